@@ -1,0 +1,849 @@
+//! A database: one directory holding one SQLite file in WAL mode (`tandem.db`) and a lock file.
+//! Its identity — `database_id`, `epoch` with its history, `lsn`, `chain`, role — lives in the
+//! same file as the rows, so it is always consistent with them.
+
+use crate::error::{Result, StoreError};
+use crate::history::{History, HistoryEntry, Position};
+use crate::journal::{self, Consumer, JournalStats, RecordBatch};
+use crate::record::{Chain, Epoch, Lsn};
+use crate::schema::{Migration, pending_migrations};
+use crate::writer::{Applied, Call, Job, Outcome, StopAt, Tx, WriteJob, Writer};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, watch};
+
+/// The SQLite file inside a database directory.
+pub const DB_FILE: &str = "tandem.db";
+const LOCK_FILE: &str = "LOCK";
+/// Version of the on-disk layout of `tandem.db`'s internal tables.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// Fixed when a database is created; kept by every copy, backup and restore.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DatabaseId(pub [u8; 16]);
+
+impl DatabaseId {
+    pub fn random() -> DatabaseId {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("the operating system's random source");
+        DatabaseId(b)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Result<DatabaseId> {
+        let b =
+            hex::decode(s).map_err(|e| StoreError::Invalid(format!("database id {s:?}: {e}")))?;
+        Ok(DatabaseId(b.try_into().map_err(|_| {
+            StoreError::Invalid(format!("database id {s:?} is not 16 bytes"))
+        })?))
+    }
+}
+
+impl std::fmt::Debug for DatabaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for DatabaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What a copy may do (DESIGN.md §2, copy roles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads and writes.
+    Primary,
+    /// Applies the synchronous stream; no client reads.
+    Mirror,
+    /// Applies log backups; no reads.
+    Restoring,
+    /// Read-only between restores.
+    Standby,
+    /// Backup-service copy of a paired pool's database; read-only.
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Mirror => "mirror",
+            Role::Restoring => "restoring",
+            Role::Standby => "standby",
+            Role::Replica => "replica",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role> {
+        Ok(match s {
+            "primary" => Role::Primary,
+            "mirror" => Role::Mirror,
+            "restoring" => Role::Restoring,
+            "standby" => Role::Standby,
+            "replica" => Role::Replica,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "unknown role {other:?} (primary, mirror, restoring, standby, replica)"
+                )));
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of an open database. Every one has a bound and a unit.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Most transactions one group commit takes.
+    pub batch_records_max: usize,
+    /// Most write jobs waiting for the writer; callers past it wait.
+    pub jobs_queued_max: usize,
+    /// Journal size past which `health` warns (records are never dropped for size).
+    pub journal_bytes_max: u64,
+    /// SQLite page cache per connection.
+    pub cache_kib: u32,
+    /// Reader connections kept open for reuse.
+    pub readers_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            batch_records_max: 1024,
+            jobs_queued_max: 8192,
+            journal_bytes_max: 1 << 30,
+            cache_kib: 16 * 1024,
+            readers_max: 8,
+        }
+    }
+}
+
+/// The writer's authoritative view of the copy.
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    pub(crate) name: String,
+    pub(crate) database_id: DatabaseId,
+    pub(crate) epoch: Epoch,
+    pub(crate) lsn: Lsn,
+    pub(crate) chain: Chain,
+    pub(crate) role: Role,
+    pub(crate) history: History,
+    pub(crate) last_time_ms: i64,
+    pub(crate) journal_bytes: u64,
+    pub(crate) journal_oldest: Option<Lsn>,
+}
+
+/// Where a copy stands, as of its last commit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Identity {
+    pub name: String,
+    pub database_id: DatabaseId,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    pub chain: Chain,
+    pub role: Role,
+    pub history: History,
+    /// Commit time of the last record (ms since the Unix epoch), 0 before any.
+    pub last_time_ms: i64,
+}
+
+impl Serialize for DatabaseId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Chain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Chain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Chain, D::Error> {
+        let s = String::deserialize(d)?;
+        Chain::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Identity {
+    pub fn position(&self) -> Position {
+        Position {
+            history: self.history.clone(),
+            lsn: self.lsn,
+            chain: self.chain,
+        }
+    }
+}
+
+/// What the writer publishes after each commit, for readers of the handle.
+pub(crate) struct Published {
+    identity: Mutex<Identity>,
+    journal: Mutex<(u64, Option<Lsn>)>,
+    committed: watch::Sender<Lsn>,
+}
+
+impl Published {
+    pub(crate) fn set(&self, s: &State) {
+        {
+            let mut id = self.identity.lock().expect("identity lock");
+            id.epoch = s.epoch;
+            id.lsn = s.lsn;
+            id.chain = s.chain;
+            id.role = s.role;
+            id.last_time_ms = s.last_time_ms;
+            if id.history != s.history {
+                id.history = s.history.clone();
+            }
+        }
+        *self.journal.lock().expect("journal lock") = (s.journal_bytes, s.journal_oldest);
+        self.committed.send_replace(s.lsn);
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
+        self.identity.lock().expect("identity lock").clone()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    jobs: Option<SyncSender<Job>>,
+    published: Arc<Published>,
+    readers: Mutex<Vec<Connection>>,
+    thread: Option<JoinHandle<()>>,
+    options: Options,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer's loop once it has answered every queued job.
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A handle to an open database. Cheap to clone; the database closes when the last handle goes.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+/// The result of a committed write: the caller's value and the LSN it committed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed<R> {
+    pub value: R,
+    /// The transaction's LSN (the current LSN for a transaction that changed nothing).
+    pub lsn: Lsn,
+}
+
+fn configure(conn: &Connection, options: &Options) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -(options.cache_kib as i64))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+const INTERNAL_SCHEMA: &str = "
+CREATE TABLE _tandem_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    format_version INTEGER NOT NULL,
+    database_id BLOB NOT NULL,
+    name TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    lsn INTEGER NOT NULL,
+    chain BLOB NOT NULL,
+    role TEXT NOT NULL,
+    last_time_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE _tandem_history (epoch INTEGER PRIMARY KEY, first_lsn INTEGER NOT NULL);
+CREATE TABLE _tandem_journal (
+    first_lsn INTEGER PRIMARY KEY,
+    last_lsn INTEGER NOT NULL,
+    chain_before BLOB NOT NULL,
+    chain_after BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE _tandem_consumers (name TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE _tandem_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, sql TEXT NOT NULL);
+";
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(StoreError::Locked(format!(
+                "database {} is already open ({}); a copy is opened by one process once",
+                dir.display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+    }
+    f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+    let _ = write!(f, "pid {}", std::process::id());
+    Ok(f)
+}
+
+/// Reads the identity stored in a database file (used by open and by backups of a snapshot).
+pub(crate) fn read_state(conn: &Connection) -> Result<State> {
+    let (version, id, name, epoch, lsn, chain, role, last_time_ms): (
+        i64,
+        Vec<u8>,
+        String,
+        i64,
+        i64,
+        Vec<u8>,
+        String,
+        i64,
+    ) = conn
+        .query_row(
+            "SELECT format_version, database_id, name, epoch, lsn, chain, role, last_time_ms \
+             FROM _tandem_state WHERE id = 1",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .map_err(|e| {
+            StoreError::Corrupt(format!("not a tandem database (no identity row): {e}"))
+        })?;
+    if version != FORMAT_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "database format {version}; this program reads format {FORMAT_VERSION}"
+        )));
+    }
+    let database_id = DatabaseId(
+        id.try_into()
+            .map_err(|_| StoreError::Corrupt("database_id is not 16 bytes".into()))?,
+    );
+    let mut history = History::default();
+    {
+        let mut stmt =
+            conn.prepare("SELECT epoch, first_lsn FROM _tandem_history ORDER BY epoch")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (epoch, first_lsn) = row?;
+            history.0.push(HistoryEntry {
+                epoch: epoch as Epoch,
+                first_lsn: first_lsn as Lsn,
+            });
+        }
+    }
+    let stats = journal::stats(conn)?;
+    let lsn = lsn as Lsn;
+    // Pair assertion with the writer: the journal ends exactly at the copy's LSN.
+    let newest: Option<i64> =
+        conn.query_row("SELECT MAX(last_lsn) FROM _tandem_journal", [], |r| {
+            r.get(0)
+        })?;
+    if let Some(newest) = newest
+        && newest as Lsn != lsn
+    {
+        return Err(StoreError::Corrupt(format!(
+            "the journal ends at LSN {newest} but the copy is at LSN {lsn}"
+        )));
+    }
+    if history.last_epoch() != epoch as Epoch {
+        return Err(StoreError::Corrupt(format!(
+            "the history ends at epoch {} but the copy is at epoch {epoch}",
+            history.last_epoch()
+        )));
+    }
+    Ok(State {
+        name,
+        database_id,
+        epoch: epoch as Epoch,
+        lsn,
+        chain: Chain::from_slice(&chain)?,
+        role: Role::parse(&role)?,
+        history,
+        last_time_ms,
+        journal_bytes: stats.bytes,
+        journal_oldest: stats.oldest_lsn,
+    })
+}
+
+impl Database {
+    /// Creates a new database — a primary at epoch 1 — in `dir`, which must not exist or be empty.
+    pub fn create(dir: &Path, name: &str, options: Options) -> Result<Database> {
+        let id = DatabaseId::random();
+        let mut history = History::default();
+        history.push(1, 1);
+        Self::init(dir, name, id, Role::Primary, history, options)
+    }
+
+    /// Creates an empty copy of the database `database_id` (LSN 0, no epoch yet) that can apply
+    /// that database's records from LSN 1 — its migrations included.
+    pub fn create_copy(
+        dir: &Path,
+        name: &str,
+        database_id: DatabaseId,
+        role: Role,
+        options: Options,
+    ) -> Result<Database> {
+        if role == Role::Primary {
+            return Err(StoreError::Role(
+                "an empty copy cannot be primary; recover it".into(),
+            ));
+        }
+        Self::init(dir, name, database_id, role, History::default(), options)
+    }
+
+    fn init(
+        dir: &Path,
+        name: &str,
+        id: DatabaseId,
+        role: Role,
+        history: History,
+        options: Options,
+    ) -> Result<Database> {
+        if dir.join(DB_FILE).exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} already holds a database",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
+        let conn = Connection::open(dir.join(DB_FILE))?;
+        configure(&conn, &options)?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(INTERNAL_SCHEMA)?;
+        tx.execute(
+            "INSERT INTO _tandem_state (id, format_version, database_id, name, epoch, lsn, chain, \
+             role, last_time_ms, created_ms) VALUES (1, ?1, ?2, ?3, ?4, 0, ?5, ?6, 0, ?7)",
+            params![
+                FORMAT_VERSION,
+                &id.0[..],
+                name,
+                history.last_epoch() as i64,
+                &Chain::genesis(&id).0[..],
+                role.as_str(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0)
+            ],
+        )?;
+        for e in &history.0 {
+            tx.execute(
+                "INSERT INTO _tandem_history (epoch, first_lsn) VALUES (?1, ?2)",
+                params![e.epoch as i64, e.first_lsn as i64],
+            )?;
+        }
+        tx.commit()?;
+        Self::start(dir, conn, lock, options)
+    }
+
+    /// Opens an existing database.
+    pub fn open(dir: &Path, options: Options) -> Result<Database> {
+        let file = dir.join(DB_FILE);
+        if !file.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} is not a tandem database (no {DB_FILE})",
+                dir.display()
+            )));
+        }
+        let lock = lock_dir(dir)?;
+        let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        configure(&conn, &options)?;
+        Self::start(dir, conn, lock, options)
+    }
+
+    fn start(dir: &Path, conn: Connection, lock: File, options: Options) -> Result<Database> {
+        let state = read_state(&conn)?;
+        let (committed, _) = watch::channel(state.lsn);
+        let published = Arc::new(Published {
+            identity: Mutex::new(Identity {
+                name: state.name.clone(),
+                database_id: state.database_id,
+                epoch: state.epoch,
+                lsn: state.lsn,
+                chain: state.chain,
+                role: state.role,
+                history: state.history.clone(),
+                last_time_ms: state.last_time_ms,
+            }),
+            journal: Mutex::new((state.journal_bytes, state.journal_oldest)),
+            committed,
+        });
+        let writer = Writer::new(
+            conn,
+            state,
+            published.clone(),
+            options.batch_records_max,
+            lock,
+        )?;
+        let (jobs, rx) = sync_channel(options.jobs_queued_max);
+        let thread = std::thread::Builder::new()
+            .name(format!("writer {}", dir.display()))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io(dir, e))?;
+        Ok(Database {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                jobs: Some(jobs),
+                published,
+                readers: Mutex::new(Vec::new()),
+                thread: Some(thread),
+                options,
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Identity as of the last commit.
+    pub fn identity(&self) -> Identity {
+        self.inner.published.identity()
+    }
+
+    pub fn position(&self) -> Position {
+        self.identity().position()
+    }
+
+    /// The LSN of the last commit, updated as commits become durable.
+    pub fn subscribe(&self) -> watch::Receiver<Lsn> {
+        self.inner.published.committed.subscribe()
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.inner
+            .jobs
+            .as_ref()
+            .expect("the queue lives as long as the handle")
+            .send(job)
+            .map_err(|_| StoreError::Closed("writer thread ended".into()))
+    }
+
+    fn submit<R, E, F>(&self, f: F) -> Result<oneshot::Receiver<Result<Committed<R>, E>>, E>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel::<Result<Committed<R>, E>>();
+        let job: WriteJob = Box::new(move |call: Call<'_, '_>| match call {
+            Call::Run(tx) => match f(tx) {
+                Ok(value) => Outcome::Commit(Box::new(move |r: Result<Lsn>| {
+                    let _ = reply.send(r.map(|lsn| Committed { value, lsn }).map_err(E::from));
+                })),
+                Err(e) => Outcome::Abort(Box::new(move || {
+                    let _ = reply.send(Err(e));
+                })),
+            },
+            Call::Refuse(e) => Outcome::Abort(Box::new(move || {
+                let _ = reply.send(Err(E::from(e)));
+            })),
+        });
+        self.send(Job::Write(job)).map_err(E::from)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` as one write transaction on the primary and returns once it is durable.
+    /// An error from `f` rolls back everything `f` did. Blocking: call from a plain thread.
+    pub fn write<R, E, F>(&self, f: F) -> Result<Committed<R>, E>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.submit(f)?.blocking_recv().unwrap_or_else(|_| {
+            Err(E::from(StoreError::Closed(
+                "the transaction panicked or the writer stopped".into(),
+            )))
+        })
+    }
+
+    /// `write` for async callers.
+    pub async fn write_async<R, E, F>(&self, f: F) -> Result<Committed<R>, E>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.submit(f)?.await.unwrap_or_else(|_| {
+            Err(E::from(StoreError::Closed(
+                "the transaction panicked or the writer stopped".into(),
+            )))
+        })
+    }
+
+    /// Applies the migrations this database has not applied yet, as one journaled record.
+    /// Returns the versions applied. A migration that differs from one already applied is refused.
+    pub fn migrate(&self, migrations: &'static [Migration]) -> Result<Vec<u32>> {
+        let done = self.write(move |tx: &mut Tx<'_>| -> Result<Vec<u32>> {
+            let applied = tx.query(
+                "SELECT version, sql FROM _tandem_migrations ORDER BY version",
+                [],
+                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)),
+            )?;
+            let pending = pending_migrations(&applied, migrations)?;
+            for m in &pending {
+                tx.migrate(m.version, m.name, m.sql)?;
+            }
+            Ok(pending.iter().map(|m| m.version).collect())
+        })?;
+        Ok(done.value)
+    }
+
+    /// Runs `f` in the writer thread, with exclusive access to the write connection.
+    fn control<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Control(Box::new(move |w: &mut Writer| {
+            let _ = reply.send(f(w));
+        })))?;
+        rx.blocking_recv().unwrap_or_else(|_| {
+            Err(StoreError::Closed(
+                "writer stopped during a control job".into(),
+            ))
+        })
+    }
+
+    /// Applies records read from another copy of this database. Refused on a primary, on a gap
+    /// or overlap, on a chain that does not continue this copy's, on an older epoch.
+    pub fn apply(&self, batch: RecordBatch, stop: Option<StopAt>) -> Result<Applied> {
+        self.control(move |w| w.apply(&batch, stop))
+    }
+
+    /// Makes this copy the primary of a new epoch (`epoch`, or the next one). After this, no
+    /// record of the old chain is applied.
+    pub fn recover(&self, epoch: Option<Epoch>) -> Result<Identity> {
+        self.control(move |w| w.recover(epoch))
+    }
+
+    /// Changes the role of a non-primary copy (or demotes a primary).
+    pub fn set_role(&self, role: Role) -> Result<()> {
+        self.control(move |w| w.set_role(role))
+    }
+
+    /// Registers a journal consumer whose cursor starts at `lsn`.
+    pub fn register_consumer(&self, name: &str, lsn: Lsn) -> Result<()> {
+        let name = name.to_string();
+        self.control(move |w| w.set_consumer(&name, lsn, true))
+    }
+
+    /// Moves a consumer's cursor forward, durably; then prunes what no consumer needs.
+    pub fn advance_consumer(&self, name: &str, lsn: Lsn) -> Result<()> {
+        let name = name.to_string();
+        self.control(move |w| {
+            w.set_consumer(&name, lsn, false)?;
+            w.prune_journal()?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_consumer(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.control(move |w| w.remove_consumer(&name))
+    }
+
+    pub fn consumers(&self) -> Result<Vec<Consumer>> {
+        self.read(journal::consumers)
+    }
+
+    /// Removes the journal records that every registered consumer is past.
+    pub fn prune_journal(&self) -> Result<u64> {
+        self.control(|w| w.prune_journal())
+    }
+
+    pub(crate) fn reset_journal(&self) -> Result<()> {
+        self.control(|w| w.reset_journal())
+    }
+
+    pub fn journal_stats(&self) -> JournalStats {
+        let (bytes, oldest) = *self.inner.published.journal.lock().expect("journal lock");
+        let lsn = self.identity().lsn;
+        JournalStats {
+            oldest_lsn: oldest,
+            records: oldest.map(|o| lsn + 1 - o).unwrap_or(0),
+            bytes,
+        }
+    }
+
+    /// Conditions an operator should know about; empty when healthy.
+    pub fn health(&self) -> Result<Vec<String>> {
+        let stats = self.journal_stats();
+        let mut warnings = Vec::new();
+        if stats.bytes > self.inner.options.journal_bytes_max {
+            let lsn = self.identity().lsn;
+            let laggards: Vec<String> = self
+                .consumers()?
+                .into_iter()
+                .map(|c| format!("{} at LSN {} ({} behind)", c.name, c.lsn, lsn - c.lsn))
+                .collect();
+            warnings.push(format!(
+                "journal holds {} MiB, over its bound of {} MiB; records are kept until every \
+                 consumer is past them: {}",
+                stats.bytes >> 20,
+                self.inner.options.journal_bytes_max >> 20,
+                if laggards.is_empty() {
+                    "no consumer is registered".to_string()
+                } else {
+                    laggards.join(", ")
+                }
+            ));
+        }
+        Ok(warnings)
+    }
+
+    /// Runs `f` on a reader connection (WAL: it sees the last commit and does not block writes).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.inner.readers.lock().expect("readers lock").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => self.open_reader()?,
+        };
+        let r = f(&conn);
+        let mut pool = self.inner.readers.lock().expect("readers lock");
+        if pool.len() < self.inner.options.readers_max {
+            pool.push(conn);
+        }
+        r
+    }
+
+    pub(crate) fn open_reader(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            self.inner.dir.join(DB_FILE),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "cache_size", -(self.inner.options.cache_kib as i64))?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(conn)
+    }
+
+    /// Reads journal records from `from` on: at most `records_max`, about `bytes_max` bytes.
+    pub fn read_journal(
+        &self,
+        from: Lsn,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<RecordBatch> {
+        self.read(|c| journal::read(c, from, records_max, bytes_max))
+    }
+
+    /// The chain just after `lsn`, when the journal still holds it (or `lsn` is the current LSN).
+    pub fn chain_at(&self, lsn: Lsn) -> Result<Option<Chain>> {
+        let id = self.identity();
+        if lsn == id.lsn {
+            return Ok(Some(id.chain));
+        }
+        if lsn == 0 {
+            return Ok(Some(Chain::genesis(&id.database_id)));
+        }
+        self.read(|c| journal::chain_at(c, lsn))
+    }
+
+    /// Every applied migration: version, name.
+    pub fn migrations(&self) -> Result<Vec<(u32, String)>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT version, name FROM _tandem_migrations ORDER BY version")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    /// Runs SQLite's integrity check; Ok(()) when it says "ok".
+    pub fn integrity_check(&self) -> Result<()> {
+        let report: Vec<String> = self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })?;
+        if report == ["ok"] {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "integrity check: {}",
+                report.join("; ")
+            )))
+        }
+    }
+
+    /// Waits until the writer has answered every job queued before this call.
+    pub fn flush(&self) -> Result<()> {
+        self.control(|_| Ok(()))
+    }
+}
+
+/// Reads a database directory's identity without opening it for writing (no lock taken):
+/// for `tandem db inspect` and for backups of a snapshot file.
+pub fn inspect(path: &Path) -> Result<(Identity, JournalStats, Vec<Consumer>)> {
+    let file = if path.is_dir() {
+        path.join(DB_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    if !file.exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} is not a tandem database",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let state = read_state(&conn)?;
+    let consumers = journal::consumers(&conn)?;
+    let stats = journal::stats(&conn)?;
+    let _: Option<i64> = conn.query_row("SELECT 1", [], |r| r.get(0)).optional()?;
+    Ok((
+        Identity {
+            name: state.name,
+            database_id: state.database_id,
+            epoch: state.epoch,
+            lsn: state.lsn,
+            chain: state.chain,
+            role: state.role,
+            history: state.history,
+            last_time_ms: state.last_time_ms,
+        },
+        stats,
+        consumers,
+    ))
+}

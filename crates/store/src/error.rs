@@ -1,0 +1,53 @@
+//! The store's one error type. Operating errors carry a sentence an operator can act on.
+
+use crate::record::{Epoch, Lsn};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Damaged bytes: a record, a journal segment, a backup file.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// A request that cannot be honoured as asked (bad argument, wrong role, unknown table).
+    #[error("{0}")]
+    Invalid(String),
+    /// The copy is not in a role that allows the operation.
+    #[error("{0}")]
+    Role(String),
+    /// A record or batch that does not follow the copy's last LSN.
+    #[error("{0}")]
+    Sequence(String),
+    /// A record or message of an epoch older than the copy's: refused (fencing).
+    #[error("stale epoch {got}: this copy is at epoch {current}")]
+    StaleEpoch { got: Epoch, current: Epoch },
+    /// The journal no longer holds what was asked for: the reader must be reseeded.
+    #[error(
+        "the journal no longer holds LSN {needed} (oldest kept: {oldest}); take a full backup and reseed"
+    )]
+    JournalPruned { needed: Lsn, oldest: Lsn },
+    /// Another process or handle has the database open.
+    #[error("{0}")]
+    Locked(String),
+    /// The database's writer has stopped (closed, or a fatal error).
+    #[error("the database writer has stopped: {0}")]
+    Closed(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,257 @@
+//! The journal: every committed record, kept in the database file itself, written in the same
+//! SQLite transaction as the rows it describes.
+//!
+//! Records are stored in **segments**, one per group commit: a row of `_tandem_journal` holding
+//! records `first_lsn..=last_lsn` as `(len u32, record)*`, with the chain before and after. A
+//! reader gets records one by one; segment boundaries mean nothing outside this file.
+//! Records leave the journal only when every registered consumer (log backup, mirror, backup
+//! service) has a durable cursor past them.
+
+use crate::error::{Result, StoreError};
+use crate::record::{Chain, Lsn, peek_header};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Records read from a journal or a log backup, ready to apply on another copy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordBatch {
+    /// The chain just before the first record.
+    pub chain_before: Chain,
+    /// Encoded records, in LSN order, contiguous.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl RecordBatch {
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.records
+            .first()
+            .map(|r| peek_header(r).map(|h| h.lsn).unwrap_or(0))
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(|r| r.len()).sum()
+    }
+}
+
+/// Size and reach of a journal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JournalStats {
+    /// Oldest LSN still in the journal, if any record is.
+    pub oldest_lsn: Option<Lsn>,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
+    let len: usize = records.iter().map(|r| r.len() + 4).sum();
+    let mut body = Vec::with_capacity(len);
+    for r in records {
+        body.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        body.extend_from_slice(r);
+    }
+    body
+}
+
+/// Splits a segment body into its records.
+pub(crate) fn decode_segment(body: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        if body.len() - at < 4 {
+            return Err(StoreError::Corrupt(format!(
+                "journal segment truncated at byte {at}"
+            )));
+        }
+        let n = u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 4;
+        if body.len() - at < n {
+            return Err(StoreError::Corrupt(format!(
+                "journal segment record at byte {at} claims {n} bytes, {} remain",
+                body.len() - at
+            )));
+        }
+        out.push(&body[at..at + n]);
+        at += n;
+    }
+    Ok(out)
+}
+
+pub(crate) fn insert_segment(
+    conn: &Connection,
+    first: Lsn,
+    last: Lsn,
+    chain_before: &Chain,
+    chain_after: &Chain,
+    body: &[u8],
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _tandem_journal (first_lsn, last_lsn, chain_before, chain_after, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        first as i64,
+        last as i64,
+        &chain_before.0[..],
+        &chain_after.0[..],
+        body
+    ])?;
+    Ok(())
+}
+
+/// Reads records `from..` (at most `records_max` records and about `bytes_max` bytes, at least
+/// one record when there is one). Checks contiguity and the chain of every segment it touches.
+pub(crate) fn read(
+    conn: &Connection,
+    from: Lsn,
+    records_max: usize,
+    bytes_max: usize,
+) -> Result<RecordBatch> {
+    assert!(from >= 1, "LSNs start at 1");
+    let oldest: Option<i64> = conn
+        .query_row("SELECT MIN(first_lsn) FROM _tandem_journal", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten();
+    let mut stmt = conn.prepare_cached(
+        "SELECT first_lsn, last_lsn, chain_before, chain_after, body FROM _tandem_journal \
+         WHERE last_lsn >= ?1 ORDER BY first_lsn",
+    )?;
+    let mut rows = stmt.query(params![from as i64])?;
+    let mut batch = RecordBatch::default();
+    let mut expect = from;
+    let mut bytes = 0usize;
+    let mut first_segment = true;
+    'segments: while let Some(row) = rows.next()? {
+        let first = row.get::<_, i64>(0)? as Lsn;
+        let last = row.get::<_, i64>(1)? as Lsn;
+        let before = Chain::from_slice(&row.get::<_, Vec<u8>>(2)?)?;
+        let after = Chain::from_slice(&row.get::<_, Vec<u8>>(3)?)?;
+        if first_segment && first > from {
+            return Err(StoreError::JournalPruned {
+                needed: from,
+                oldest: oldest.map(|o| o as Lsn).unwrap_or(first),
+            });
+        }
+        if !first_segment && first != expect {
+            return Err(StoreError::Corrupt(format!(
+                "journal gap: segment starts at LSN {first}, expected {expect}"
+            )));
+        }
+        first_segment = false;
+        let body: Vec<u8> = row.get(4)?;
+        let records = decode_segment(&body)?;
+        if records.len() as u64 != last - first + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "journal segment {first}..={last} holds {} records",
+                records.len()
+            )));
+        }
+        let mut chain = before;
+        for (i, rec) in records.iter().enumerate() {
+            let lsn = first + i as u64;
+            let header = peek_header(rec)?;
+            if header.lsn != lsn {
+                return Err(StoreError::Corrupt(format!(
+                    "journal segment {first}..={last}: record {i} has LSN {}, expected {lsn}",
+                    header.lsn
+                )));
+            }
+            if lsn == from {
+                batch.chain_before = chain;
+            }
+            chain = chain.next(rec);
+            if lsn >= from && lsn == expect {
+                let full = batch.records.len() >= records_max
+                    || (bytes >= bytes_max && !batch.records.is_empty());
+                if full {
+                    break 'segments;
+                }
+                bytes += rec.len();
+                batch.records.push(rec.to_vec());
+                expect += 1;
+            }
+        }
+        if chain != after {
+            return Err(StoreError::Corrupt(format!(
+                "journal segment {first}..={last}: chain {chain} recomputed, {after} stored"
+            )));
+        }
+    }
+    Ok(batch)
+}
+
+/// The chain just after `lsn`, if the journal still holds that record (or `lsn` is the start of
+/// a segment's chain).
+pub(crate) fn chain_at(conn: &Connection, lsn: Lsn) -> Result<Option<Chain>> {
+    let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT first_lsn, chain_before, body FROM _tandem_journal \
+             WHERE first_lsn <= ?1 + 1 AND last_lsn >= ?1 ORDER BY first_lsn LIMIT 1",
+            params![lsn as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((first, before, body)) = row else {
+        return Ok(None);
+    };
+    let mut chain = Chain::from_slice(&before)?;
+    let first = first as Lsn;
+    if first == lsn + 1 {
+        return Ok(Some(chain));
+    }
+    for (i, rec) in decode_segment(&body)?.iter().enumerate() {
+        chain = chain.next(rec);
+        if first + i as u64 == lsn {
+            return Ok(Some(chain));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn stats(conn: &Connection) -> Result<JournalStats> {
+    let (oldest, newest, bytes): (Option<i64>, Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT MIN(first_lsn), MAX(last_lsn), SUM(length(body)) FROM _tandem_journal",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(JournalStats {
+        oldest_lsn: oldest.map(|o| o as Lsn),
+        records: match (oldest, newest) {
+            (Some(o), Some(n)) => (n - o + 1) as u64,
+            _ => 0,
+        },
+        bytes: bytes.unwrap_or(0) as u64,
+    })
+}
+
+/// Removes every segment wholly at or before `upto`. Returns the number of records removed.
+pub(crate) fn prune(conn: &Connection, upto: Lsn) -> Result<u64> {
+    let removed: Option<i64> = conn.query_row(
+        "SELECT SUM(last_lsn - first_lsn + 1) FROM _tandem_journal WHERE last_lsn <= ?1",
+        params![upto as i64],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "DELETE FROM _tandem_journal WHERE last_lsn <= ?1",
+        params![upto as i64],
+    )?;
+    Ok(removed.unwrap_or(0) as u64)
+}
+
+/// A named reader of the journal with a durable cursor: the last LSN it no longer needs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Consumer {
+    pub name: String,
+    pub lsn: Lsn,
+}
+
+pub(crate) fn consumers(conn: &Connection) -> Result<Vec<Consumer>> {
+    let mut stmt = conn.prepare_cached("SELECT name, lsn FROM _tandem_consumers ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Consumer {
+            name: r.get(0)?,
+            lsn: r.get::<_, i64>(1)? as Lsn,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

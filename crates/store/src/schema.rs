@@ -1,0 +1,231 @@
+//! The declared schema: numbered migrations (journaled like any write) and the cache of every
+//! journaled table's columns and primary key, from which row operations are built.
+
+use crate::error::{Result, StoreError};
+use crate::record::Op;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
+use std::collections::HashMap;
+
+/// One numbered schema change. Versions start at 1 and grow by one.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Prefix of the store's own tables, which are never journaled.
+pub(crate) const INTERNAL_PREFIX: &str = "_tandem_";
+
+pub(crate) struct TableInfo {
+    pub(crate) columns: Vec<String>,
+    pub(crate) pk: Vec<usize>,
+    insert_sql: String,
+    update_sql: String,
+    delete_sql: String,
+}
+
+/// Every journaled table of a database, by name.
+#[derive(Default)]
+pub(crate) struct Tables(HashMap<String, TableInfo>);
+
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Tables {
+    /// Reads every ordinary table of `main` (not SQLite's, not the store's, not virtual or shadow
+    /// tables, which triggers maintain). Every one must have a declared primary key.
+    pub(crate) fn load(conn: &Connection) -> Result<Tables> {
+        let mut names: Vec<String> = Vec::new();
+        {
+            let mut stmt = conn.prepare("PRAGMA main.table_list")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let schema: String = row.get("schema")?;
+                let name: String = row.get("name")?;
+                let kind: String = row.get("type")?;
+                if schema == "main"
+                    && kind == "table"
+                    && !name.starts_with("sqlite_")
+                    && !name.starts_with(INTERNAL_PREFIX)
+                {
+                    names.push(name);
+                }
+            }
+        }
+        let mut tables = HashMap::new();
+        for name in names {
+            let mut columns = Vec::new();
+            let mut pk: Vec<(i64, usize)> = Vec::new();
+            let mut stmt = conn.prepare(&format!("PRAGMA main.table_info({})", quote(&name)))?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let col: String = row.get("name")?;
+                let pk_rank: i64 = row.get("pk")?;
+                if pk_rank > 0 {
+                    pk.push((pk_rank, columns.len()));
+                }
+                columns.push(col);
+            }
+            if pk.is_empty() {
+                return Err(StoreError::Invalid(format!(
+                    "table {name} has no primary key: every journaled table needs one so that \
+                     copies address the same rows"
+                )));
+            }
+            pk.sort();
+            let pk: Vec<usize> = pk.into_iter().map(|(_, i)| i).collect();
+            tables.insert(name.clone(), TableInfo::new(&name, columns, pk));
+        }
+        Ok(Tables(tables))
+    }
+
+    pub(crate) fn get(&self, table: &str) -> Result<&TableInfo> {
+        self.0.get(table).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "no journaled table named {table:?} in this database"
+            ))
+        })
+    }
+}
+
+impl TableInfo {
+    fn new(name: &str, columns: Vec<String>, pk: Vec<usize>) -> TableInfo {
+        let t = quote(name);
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let insert_sql = format!(
+            "INSERT INTO {t} ({}) VALUES ({})",
+            cols.join(", "),
+            (1..=cols.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Every column is set from the row (parameters 1..n); the key columns select the row.
+        let update_sql = format!(
+            "UPDATE {t} SET {} WHERE {}",
+            cols.iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pk.iter()
+                .map(|&i| format!("{} = ?{}", cols[i], i + 1))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let delete_sql = format!(
+            "DELETE FROM {t} WHERE {}",
+            pk.iter()
+                .enumerate()
+                .map(|(k, &i)| format!("{} = ?{}", cols[i], k + 1))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        TableInfo {
+            columns,
+            pk,
+            insert_sql,
+            update_sql,
+            delete_sql,
+        }
+    }
+}
+
+/// Applies one row operation to `conn`. The same function serves the primary (inside a
+/// transaction) and every copy (replay), so both produce the same rows.
+/// Returns true when the operation changed the schema (the table cache must be reloaded).
+pub(crate) fn apply_op(conn: &Connection, tables: &Tables, op: &Op) -> Result<bool> {
+    match op {
+        Op::Insert { table, row } => {
+            let info = tables.get(table)?;
+            check_len(table, "row", row.len(), info.columns.len())?;
+            conn.prepare_cached(&info.insert_sql)?
+                .execute(params_from_iter(row.iter()))?;
+        }
+        Op::Update { table, row } => {
+            let info = tables.get(table)?;
+            check_len(table, "row", row.len(), info.columns.len())?;
+            let n = conn
+                .prepare_cached(&info.update_sql)?
+                .execute(params_from_iter(row.iter()))?;
+            if n != 1 {
+                let key: Vec<&Value> = info.pk.iter().map(|&i| &row[i]).collect();
+                return Err(StoreError::Invalid(format!(
+                    "update of {table}: no row with key {key:?}"
+                )));
+            }
+        }
+        Op::Delete { table, key } => {
+            let info = tables.get(table)?;
+            check_len(table, "key", key.len(), info.pk.len())?;
+            let n = conn
+                .prepare_cached(&info.delete_sql)?
+                .execute(params_from_iter(key.iter()))?;
+            if n != 1 {
+                return Err(StoreError::Invalid(format!(
+                    "delete from {table}: no row with key {key:?}"
+                )));
+            }
+        }
+        Op::Migrate { version, name, sql } => {
+            conn.execute_batch(sql).map_err(|e| {
+                StoreError::Invalid(format!("migration {version} ({name}) failed: {e}"))
+            })?;
+            conn.execute(
+                "INSERT INTO _tandem_migrations (version, name, sql) VALUES (?1, ?2, ?3)",
+                rusqlite::params![version, name, sql],
+            )?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn check_len(table: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(StoreError::Invalid(format!(
+            "{table}: {what} has {got} values, the table needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a list of migrations against what a database already applied. Returns the ones to
+/// apply, in order, or an error naming the first mismatch.
+pub(crate) fn pending_migrations(
+    applied: &[(u32, String)],
+    wanted: &[Migration],
+) -> Result<Vec<Migration>> {
+    for (i, m) in wanted.iter().enumerate() {
+        if m.version as usize != i + 1 {
+            return Err(StoreError::Invalid(format!(
+                "migration {:?} has version {}, expected {} (versions are 1, 2, 3, …)",
+                m.name,
+                m.version,
+                i + 1
+            )));
+        }
+    }
+    for (version, sql) in applied {
+        match wanted.get(*version as usize - 1) {
+            Some(m) if m.sql == sql => {}
+            Some(m) => {
+                return Err(StoreError::Invalid(format!(
+                    "migration {version} ({}) differs from the one this database applied",
+                    m.name
+                )));
+            }
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "this database has migration {version}, newer than this program knows ({}): \
+                     run a newer tandem",
+                    wanted.len()
+                )));
+            }
+        }
+    }
+    Ok(wanted[applied.len()..].to_vec())
+}

@@ -1,0 +1,702 @@
+//! The single writer of a database: one thread owns the SQLite write connection and
+//! group-commits — many pending transactions, each with its own LSN, in one SQLite transaction
+//! and one fsync. A caller is answered only once its transaction is durable.
+
+use crate::database::{Identity, Published, Role, State};
+use crate::error::{Result, StoreError};
+use crate::history::History;
+use crate::journal::{self, RecordBatch};
+use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header};
+use crate::schema::{Tables, apply_op};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
+use std::fs::File;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+/// What a write job answers once its fate is known.
+pub(crate) type Completion = Box<dyn FnOnce(Result<Lsn>) + Send>;
+
+pub(crate) enum Outcome {
+    /// Keep the transaction's changes; call back once durable.
+    Commit(Completion),
+    /// Roll the transaction back, then call back.
+    Abort(Box<dyn FnOnce() + Send>),
+}
+
+/// What the writer asks of a write job: run in this transaction, or give up with this error
+/// (the copy accepts no writes, or the transaction could not begin).
+pub(crate) enum Call<'a, 'c> {
+    Run(&'a mut Tx<'c>),
+    Refuse(StoreError),
+}
+
+pub(crate) type WriteJob = Box<dyn FnOnce(Call<'_, '_>) -> Outcome + Send>;
+pub(crate) type ControlJob = Box<dyn FnOnce(&mut Writer) + Send>;
+
+pub(crate) enum Job {
+    Write(WriteJob),
+    Control(ControlJob),
+}
+
+/// Where a replay stops early (point-in-time restore).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopAt {
+    /// Apply records up to and including this LSN.
+    Lsn(Lsn),
+    /// Apply records committed at or before this time (ms since the Unix epoch).
+    TimeMs(i64),
+}
+
+impl StopAt {
+    pub(crate) fn reached(&self, lsn: Lsn, time_ms: i64) -> bool {
+        match *self {
+            StopAt::Lsn(n) => lsn > n,
+            StopAt::TimeMs(t) => time_ms > t,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub records: u64,
+    pub lsn: Lsn,
+    pub chain: Chain,
+    /// True when a stop point was reached before the end of the batch.
+    pub stopped: bool,
+}
+
+/// A write transaction on the primary. Row changes go through `insert`, `update` and `delete`,
+/// which both change the rows and record the change in the journal; reads go through `query*`,
+/// which refuse any statement that would write.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+    tables: &'c mut Tables,
+    ops: Vec<Op>,
+    time_ms: i64,
+    schema_changed: bool,
+}
+
+impl Tx<'_> {
+    /// The commit time of this transaction (ms since the Unix epoch), decided once and recorded,
+    /// so that every copy stores the same value.
+    pub fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+
+    /// Inserts a complete row (every column, in declaration order).
+    pub fn insert(&mut self, table: &str, row: Vec<Value>) -> Result<()> {
+        self.apply(Op::Insert {
+            table: table.to_string(),
+            row,
+        })
+    }
+
+    /// Replaces the row with the same primary key by this complete row.
+    pub fn update(&mut self, table: &str, row: Vec<Value>) -> Result<()> {
+        self.apply(Op::Update {
+            table: table.to_string(),
+            row,
+        })
+    }
+
+    /// Deletes the row with this primary key (values in key order).
+    pub fn delete(&mut self, table: &str, key: Vec<Value>) -> Result<()> {
+        self.apply(Op::Delete {
+            table: table.to_string(),
+            key,
+        })
+    }
+
+    pub(crate) fn migrate(&mut self, version: u32, name: &str, sql: &str) -> Result<()> {
+        self.apply(Op::Migrate {
+            version,
+            name: name.to_string(),
+            sql: sql.to_string(),
+        })
+    }
+
+    fn apply(&mut self, op: Op) -> Result<()> {
+        if apply_op(self.conn, self.tables, &op)? {
+            self.schema_changed = true;
+            *self.tables = Tables::load(self.conn)?;
+        }
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Runs a read-only query and maps every row.
+    pub fn query<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        if !stmt.readonly() {
+            return Err(StoreError::Invalid(format!(
+                "Tx::query runs reads only; write through insert/update/delete: {sql}"
+            )));
+        }
+        Ok(stmt
+            .query_map(params, f)?
+            .collect::<rusqlite::Result<Vec<T>>>()?)
+    }
+
+    /// Runs a read-only query that returns at most one row.
+    pub fn query_row<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        if !stmt.readonly() {
+            return Err(StoreError::Invalid(format!(
+                "Tx::query_row runs reads only; write through insert/update/delete: {sql}"
+            )));
+        }
+        Ok(stmt.query_row(params, f).optional()?)
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) state: State,
+    tables: Tables,
+    published: Arc<Published>,
+    batch_records_max: usize,
+    /// Held for the life of the writer: one process, one handle per database directory.
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        state: State,
+        published: Arc<Published>,
+        batch_records_max: usize,
+        lock: File,
+    ) -> Result<Writer> {
+        let tables = Tables::load(&conn)?;
+        Ok(Writer {
+            conn,
+            state,
+            tables,
+            published,
+            batch_records_max,
+            _lock: lock,
+        })
+    }
+
+    /// The writer's loop: runs until every handle is dropped.
+    pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            match job {
+                Job::Control(f) => f(&mut self),
+                Job::Write(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < self.batch_records_max {
+                        match jobs.try_recv() {
+                            Ok(Job::Write(w)) => batch.push(w),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_batch(batch);
+                }
+            }
+        }
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// One SQLite transaction for a batch of write jobs, each in its own savepoint and with its
+    /// own LSN; one fsync at COMMIT; then every caller is answered.
+    fn commit_batch(&mut self, batch: Vec<WriteJob>) {
+        if self.state.role != Role::Primary {
+            let err = format!(
+                "this copy is {} (epoch {}): it accepts no writes",
+                self.state.role, self.state.epoch
+            );
+            for job in batch {
+                self.refuse(job, StoreError::Role(err.clone()));
+            }
+            return;
+        }
+        if let Err(e) = self.exec("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            for job in batch {
+                self.refuse(
+                    job,
+                    StoreError::Closed(format!("cannot begin a transaction: {msg}")),
+                );
+            }
+            return;
+        }
+        let time_ms = now_ms().max(self.state.last_time_ms);
+        let chain_before = self.state.chain;
+        let mut lsn = self.state.lsn;
+        let mut chain = chain_before;
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        let mut done: Vec<(Completion, Lsn)> = Vec::with_capacity(batch.len());
+        let mut schema_changed = false;
+        for job in batch {
+            if let Err(e) = self.exec("SAVEPOINT tx") {
+                self.refuse(job, e);
+                continue;
+            }
+            let mut tx = Tx {
+                conn: &self.conn,
+                tables: &mut self.tables,
+                ops: Vec::new(),
+                time_ms,
+                schema_changed: false,
+            };
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Call::Run(&mut tx))));
+            let ops = std::mem::take(&mut tx.ops);
+            let tx_schema_changed = tx.schema_changed;
+            let keep = match outcome {
+                Ok(Outcome::Commit(reply)) => {
+                    if ops.is_empty() {
+                        done.push((reply, lsn));
+                        true
+                    } else {
+                        let record = Record {
+                            lsn: lsn + 1,
+                            epoch: self.state.epoch,
+                            time_ms,
+                            ops,
+                        };
+                        let bytes = record.encode();
+                        if bytes.len() > RECORD_BYTES_MAX {
+                            reply(Err(StoreError::Invalid(format!(
+                                "transaction of {} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound",
+                                bytes.len()
+                            ))));
+                            false
+                        } else {
+                            lsn += 1;
+                            chain = chain.next(&bytes);
+                            encoded.push(bytes);
+                            done.push((reply, lsn));
+                            true
+                        }
+                    }
+                }
+                Ok(Outcome::Abort(reply)) => {
+                    reply();
+                    false
+                }
+                // The job's reply channel was dropped with the panic: its caller sees Closed.
+                Err(_) => false,
+            };
+            let end = if keep {
+                self.exec("RELEASE tx")
+            } else {
+                self.exec("ROLLBACK TO tx")
+                    .and_then(|_| self.exec("RELEASE tx"))
+            };
+            if keep {
+                schema_changed |= tx_schema_changed;
+            } else if tx_schema_changed {
+                self.reload_tables();
+            }
+            if let Err(e) = end {
+                return self.fail_batch(done, e, schema_changed);
+            }
+        }
+        if !encoded.is_empty() {
+            let first = self.state.lsn + 1;
+            let refs: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
+            let body = journal::encode_segment(&refs);
+            let r = journal::insert_segment(&self.conn, first, lsn, &chain_before, &chain, &body)
+                .and_then(|_| self.persist_position(lsn, &chain, time_ms));
+            if let Err(e) = r {
+                return self.fail_batch(done, e, schema_changed);
+            }
+            self.state.journal_bytes += body.len() as u64;
+            self.state.journal_oldest.get_or_insert(first);
+        }
+        if let Err(e) = self.exec("COMMIT") {
+            return self.fail_batch(done, e, schema_changed);
+        }
+        debug_assert_eq!(
+            lsn - self.state.lsn,
+            encoded.len() as u64,
+            "one LSN per record"
+        );
+        self.state.lsn = lsn;
+        self.state.chain = chain;
+        self.state.last_time_ms = time_ms;
+        self.publish();
+        for (reply, lsn) in done {
+            reply(Ok(lsn));
+        }
+    }
+
+    fn refuse(&mut self, job: WriteJob, err: StoreError) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| job(Call::Refuse(err)))) {
+            Ok(Outcome::Abort(reply)) => reply(),
+            Ok(Outcome::Commit(reply)) => reply(Err(StoreError::Closed("write refused".into()))),
+            Err(_) => {}
+        }
+    }
+
+    fn fail_batch(&mut self, done: Vec<(Completion, Lsn)>, e: StoreError, schema_changed: bool) {
+        let _ = self.exec("ROLLBACK");
+        if schema_changed {
+            self.reload_tables();
+        }
+        let msg = e.to_string();
+        for (reply, _) in done {
+            reply(Err(StoreError::Closed(format!("commit failed: {msg}"))));
+        }
+    }
+
+    fn reload_tables(&mut self) {
+        match Tables::load(&self.conn) {
+            Ok(t) => self.tables = t,
+            Err(e) => panic!("cannot reload the table cache after a rollback: {e}"),
+        }
+    }
+
+    fn persist_position(&self, lsn: Lsn, chain: &Chain, time_ms: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE _tandem_state SET lsn = ?1, chain = ?2, last_time_ms = ?3 WHERE id = 1",
+            )?
+            .execute(params![lsn as i64, &chain.0[..], time_ms])?;
+        Ok(())
+    }
+
+    pub(crate) fn publish(&self) {
+        self.published.set(&self.state);
+    }
+
+    /// Applies records from another copy (mirroring, log backup, backup service): contiguous,
+    /// of an epoch not older than this copy's, continuing its chain — all in one transaction.
+    pub(crate) fn apply(&mut self, batch: &RecordBatch, stop: Option<StopAt>) -> Result<Applied> {
+        if self.state.role == Role::Primary {
+            return Err(StoreError::Role(format!(
+                "this copy is primary (epoch {}, since LSN {}): it applies no records from \
+                 another copy; after recover no log backup of the old chain may be applied",
+                self.state.epoch,
+                self.state
+                    .history
+                    .0
+                    .last()
+                    .map(|e| e.first_lsn)
+                    .unwrap_or(0)
+            )));
+        }
+        let Some(first) = batch.records.first() else {
+            return Ok(self.applied(0, false));
+        };
+        let first_lsn = peek_header(first)?.lsn;
+        if first_lsn != self.state.lsn + 1 {
+            return Err(StoreError::Sequence(format!(
+                "records start at LSN {first_lsn} but this copy is at LSN {}: {}",
+                self.state.lsn,
+                if first_lsn > self.state.lsn + 1 {
+                    format!("gap of {} records", first_lsn - self.state.lsn - 1)
+                } else {
+                    "they overlap what it already applied".to_string()
+                }
+            )));
+        }
+        if batch.chain_before != self.state.chain {
+            return Err(StoreError::Sequence(format!(
+                "records continue chain {} but this copy's chain at LSN {} is {}: the copies diverged",
+                batch.chain_before, self.state.lsn, self.state.chain
+            )));
+        }
+        self.exec("BEGIN IMMEDIATE")?;
+        let saved_history = self.state.history.clone();
+        let saved_epoch = self.state.epoch;
+        let r = self.apply_in_tx(batch, stop);
+        match r {
+            Ok((applied, stopped, chain, time_ms, body_len)) => {
+                if let Err(e) = self.exec("COMMIT") {
+                    let _ = self.exec("ROLLBACK");
+                    self.state.history = saved_history;
+                    self.state.epoch = saved_epoch;
+                    self.reload_tables();
+                    return Err(e);
+                }
+                if applied > 0 {
+                    self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
+                }
+                self.state.lsn += applied;
+                self.state.chain = chain;
+                self.state.last_time_ms = time_ms;
+                self.state.journal_bytes += body_len;
+                self.publish();
+                Ok(self.applied(applied, stopped))
+            }
+            Err(e) => {
+                let _ = self.exec("ROLLBACK");
+                self.state.history = saved_history;
+                self.state.epoch = saved_epoch;
+                self.reload_tables();
+                Err(e)
+            }
+        }
+    }
+
+    fn applied(&self, records: u64, stopped: bool) -> Applied {
+        Applied {
+            records,
+            lsn: self.state.lsn,
+            chain: self.state.chain,
+            stopped,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn apply_in_tx(
+        &mut self,
+        batch: &RecordBatch,
+        stop: Option<StopAt>,
+    ) -> Result<(u64, bool, Chain, i64, u64)> {
+        let mut chain = self.state.chain;
+        let mut expect = self.state.lsn + 1;
+        let mut time_ms = self.state.last_time_ms;
+        let mut stopped = false;
+        let mut taken: Vec<&[u8]> = Vec::with_capacity(batch.records.len());
+        let mut history_changed = false;
+        for bytes in &batch.records {
+            let record = Record::decode(bytes)?;
+            if record.lsn != expect {
+                return Err(StoreError::Sequence(format!(
+                    "record LSN {} where {expect} was expected: records must be contiguous",
+                    record.lsn
+                )));
+            }
+            if stop.is_some_and(|s| s.reached(record.lsn, record.time_ms)) {
+                stopped = true;
+                break;
+            }
+            if record.epoch < self.state.epoch {
+                return Err(StoreError::StaleEpoch {
+                    got: record.epoch,
+                    current: self.state.epoch,
+                });
+            }
+            if record.epoch > self.state.epoch {
+                self.state.history.push(record.epoch, record.lsn);
+                self.state.epoch = record.epoch;
+                history_changed = true;
+            }
+            for op in &record.ops {
+                if apply_op(&self.conn, &self.tables, op).map_err(|e| {
+                    StoreError::Corrupt(format!("replay of LSN {} failed: {e}", record.lsn))
+                })? {
+                    self.tables = Tables::load(&self.conn)?;
+                }
+            }
+            chain = chain.next(bytes);
+            time_ms = record.time_ms;
+            taken.push(bytes);
+            expect += 1;
+        }
+        let applied = taken.len() as u64;
+        let mut body_len = 0;
+        if applied > 0 {
+            let body = journal::encode_segment(&taken);
+            body_len = body.len() as u64;
+            journal::insert_segment(
+                &self.conn,
+                self.state.lsn + 1,
+                expect - 1,
+                &self.state.chain,
+                &chain,
+                &body,
+            )?;
+            self.persist_position(expect - 1, &chain, time_ms)?;
+            if history_changed {
+                self.persist_identity()?;
+            }
+        }
+        Ok((applied, stopped, chain, time_ms, body_len))
+    }
+
+    /// Writes epoch, role and history (rarely changed) durably.
+    pub(crate) fn persist_identity(&self) -> Result<()> {
+        self.conn.execute(
+            "UPDATE _tandem_state SET epoch = ?1, role = ?2 WHERE id = 1",
+            params![self.state.epoch as i64, self.state.role.as_str()],
+        )?;
+        self.conn.execute("DELETE FROM _tandem_history", [])?;
+        for e in &self.state.history.0 {
+            self.conn.execute(
+                "INSERT INTO _tandem_history (epoch, first_lsn) VALUES (?1, ?2)",
+                params![e.epoch as i64, e.first_lsn as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a transaction; on error nothing it did stays, in SQLite or in memory.
+    pub(crate) fn transact<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let saved = self.state.clone();
+        self.exec("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) => match self.exec("COMMIT") {
+                Ok(()) => {
+                    self.publish();
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = self.exec("ROLLBACK");
+                    self.state = saved;
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                let _ = self.exec("ROLLBACK");
+                self.state = saved;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a non-primary copy the primary of a new epoch.
+    pub(crate) fn recover(&mut self, epoch: Option<Epoch>) -> Result<Identity> {
+        if self.state.role == Role::Primary {
+            return Err(StoreError::Role(format!(
+                "this copy is already primary (epoch {})",
+                self.state.epoch
+            )));
+        }
+        let new_epoch = epoch.unwrap_or(self.state.epoch + 1);
+        if new_epoch <= self.state.epoch {
+            return Err(StoreError::StaleEpoch {
+                got: new_epoch,
+                current: self.state.epoch,
+            });
+        }
+        self.transact(|w| {
+            let next = w.state.lsn + 1;
+            w.state.history.push(new_epoch, next);
+            w.state.epoch = new_epoch;
+            w.state.role = Role::Primary;
+            w.persist_identity()
+        })?;
+        Ok(self.published.identity())
+    }
+
+    pub(crate) fn set_role(&mut self, role: Role) -> Result<()> {
+        if role == Role::Primary {
+            return Err(StoreError::Role(
+                "a copy becomes primary only through recover (new epoch)".into(),
+            ));
+        }
+        self.transact(|w| {
+            w.state.role = role;
+            w.persist_identity()
+        })
+    }
+
+    pub(crate) fn set_consumer(&mut self, name: &str, lsn: Lsn, create: bool) -> Result<()> {
+        if lsn > self.state.lsn {
+            return Err(StoreError::Invalid(format!(
+                "consumer {name}: LSN {lsn} is past this copy's LSN {}",
+                self.state.lsn
+            )));
+        }
+        let current: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT lsn FROM _tandem_consumers WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match (current, create) {
+            (Some(_), true) => {
+                return Err(StoreError::Invalid(format!(
+                    "consumer {name} is already registered"
+                )));
+            }
+            (None, false) => {
+                return Err(StoreError::Invalid(format!("no consumer named {name}")));
+            }
+            (Some(cur), false) if (lsn as i64) < cur => {
+                return Err(StoreError::Invalid(format!(
+                    "consumer {name} is at LSN {cur}; its cursor never moves back (asked {lsn})"
+                )));
+            }
+            _ => {}
+        }
+        self.conn.execute(
+            "INSERT INTO _tandem_consumers (name, lsn) VALUES (?1, ?2) \
+             ON CONFLICT(name) DO UPDATE SET lsn = excluded.lsn",
+            params![name, lsn as i64],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_consumer(&mut self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM _tandem_consumers WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    /// Removes the records every registered consumer is past. With no consumer registered,
+    /// nothing is removed: a record nobody has said it is done with is kept.
+    pub(crate) fn prune_journal(&mut self) -> Result<u64> {
+        let min: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(lsn) FROM _tandem_consumers", [], |r| r.get(0))?;
+        let Some(upto) = min else { return Ok(0) };
+        let removed = self.transact(|w| journal::prune(&w.conn, upto as Lsn))?;
+        if removed > 0 {
+            let stats = journal::stats(&self.conn)?;
+            self.state.journal_bytes = stats.bytes;
+            self.state.journal_oldest = stats.oldest_lsn;
+            self.publish();
+        }
+        Ok(removed)
+    }
+
+    /// Empties the journal and the consumer list: for a copy just made from a full backup,
+    /// whose journal belongs to the source's consumers.
+    pub(crate) fn reset_journal(&mut self) -> Result<()> {
+        self.transact(|w| {
+            w.conn.execute("DELETE FROM _tandem_journal", [])?;
+            w.conn.execute("DELETE FROM _tandem_consumers", [])?;
+            w.state.journal_bytes = 0;
+            w.state.journal_oldest = None;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn history(&self) -> &History {
+        &self.state.history
+    }
+}
