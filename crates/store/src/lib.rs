@@ -5,14 +5,22 @@
 //! copies — mirroring, log shipping, the backup service, backups — moves that journal
 //! (DESIGN.md §2). This crate knows nothing of networking, chat or pools.
 
+mod backup;
+mod backup_file;
 mod database;
 mod error;
 mod history;
 mod journal;
 mod record;
+mod restore;
 mod schema;
 mod writer;
 
+pub use backup::{
+    BackupFile, FullHeader, LOG_BACKUP_CONSUMER, LogHeader, full_backup, log_backup, log_file_name,
+    read_header, verify_file,
+};
+pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use database::{
     Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, inspect,
 };
@@ -20,6 +28,10 @@ pub use error::{Result, StoreError};
 pub use history::{Comparison, History, HistoryEntry, Position, compare};
 pub use journal::{Consumer, JournalStats, RecordBatch};
 pub use record::{Chain, Epoch, Lsn, Op, Record, RecordHeader, peek_header};
+pub use restore::{
+    ChainReport, Recovery, RestoreOptions, RestoreReport, collect, restore_logs, restore_new,
+    verify_chain,
+};
 pub use rusqlite;
 pub use rusqlite::types::Value;
 pub use schema::Migration;

@@ -342,11 +342,11 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let values = proptest::collection::vec(value(), 0..6);
+        let values = || proptest::collection::vec(value(), 0..6);
         prop_oneof![
-            ("[a-z]{1,8}", values.clone()).prop_map(|(table, row)| Op::Insert { table, row }),
-            ("[a-z]{1,8}", values.clone()).prop_map(|(table, row)| Op::Update { table, row }),
-            ("[a-z]{1,8}", values).prop_map(|(table, key)| Op::Delete { table, key }),
+            ("[a-z]{1,8}", values()).prop_map(|(table, row)| Op::Insert { table, row }),
+            ("[a-z]{1,8}", values()).prop_map(|(table, row)| Op::Update { table, row }),
+            ("[a-z]{1,8}", values()).prop_map(|(table, key)| Op::Delete { table, key }),
             (any::<u32>(), "[a-z]{0,8}", ".{0,60}").prop_map(|(version, name, sql)| Op::Migrate {
                 version,
                 name,

@@ -4,7 +4,6 @@
 
 use crate::database::{Identity, Published, Role, State};
 use crate::error::{Result, StoreError};
-use crate::history::History;
 use crate::journal::{self, RecordBatch};
 use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header};
 use crate::schema::{Tables, apply_op};
@@ -694,9 +693,5 @@ impl Writer {
             w.state.journal_oldest = None;
             Ok(())
         })
-    }
-
-    pub(crate) fn history(&self) -> &History {
-        &self.state.history
     }
 }

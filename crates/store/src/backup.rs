@@ -1,0 +1,507 @@
+//! Full backups (a consistent snapshot, taken online, that starts a restore chain) and log
+//! backups (the journal records since the previous log backup), as checksummed files.
+//!
+//! Names sort in LSN order within a directory:
+//! `full-<lsn:016x>-e<epoch>-<created_ms>.tfb` and `log-<first:016x>-<last:016x>.tlb`.
+
+use crate::backup_file::{FULL_MAGIC, FileReader, FileWriter, LOG_MAGIC};
+use crate::database::{DB_FILE, Database, read_state};
+use crate::error::{Result, StoreError};
+use crate::history::History;
+use crate::journal::RecordBatch;
+use crate::record::{Chain, Epoch, Lsn, Record, peek_header};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The journal consumer whose cursor is the last LSN written to a log backup.
+pub const LOG_BACKUP_CONSUMER: &str = "log-backup";
+/// Chunk of the database file in one frame of a full backup.
+const FULL_CHUNK_BYTES: usize = 1 << 20;
+/// Records read from the journal at a time while writing a log backup.
+const LOG_READ_RECORDS_MAX: usize = 8192;
+
+/// Header of a full backup file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FullHeader {
+    pub database_id: String,
+    pub name: String,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    pub chain: Chain,
+    pub history: History,
+    /// Commit time of the snapshot's last record (ms since the Unix epoch).
+    pub last_time_ms: i64,
+    pub created_ms: i64,
+    /// Size of the database file carried in the frames.
+    pub payload_bytes: u64,
+}
+
+/// Header of a log backup file: records `first_lsn..=last_lsn`, all of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogHeader {
+    pub database_id: String,
+    pub name: String,
+    pub epoch: Epoch,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub chain_before: Chain,
+    pub chain_after: Chain,
+    pub records: u64,
+    pub first_time_ms: i64,
+    pub last_time_ms: i64,
+    pub created_ms: i64,
+}
+
+/// A backup file and what its header says.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackupFile {
+    Full { path: PathBuf, header: FullHeader },
+    Log { path: PathBuf, header: LogHeader },
+}
+
+impl BackupFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            BackupFile::Full { path, .. } | BackupFile::Log { path, .. } => path,
+        }
+    }
+
+    pub fn database_id(&self) -> &str {
+        match self {
+            BackupFile::Full { header, .. } => &header.database_id,
+            BackupFile::Log { header, .. } => &header.database_id,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn log_file_name(first: Lsn, last: Lsn) -> String {
+    format!("log-{first:016x}-{last:016x}.tlb")
+}
+
+fn full_file_name(h: &FullHeader) -> String {
+    format!("full-{:016x}-e{}-{}.tfb", h.lsn, h.epoch, h.created_ms)
+}
+
+/// Reads and checks a backup file's header (not its body).
+pub fn read_header(path: &Path) -> Result<BackupFile> {
+    let reader = FileReader::open(path)?;
+    parse_header(&reader)
+}
+
+fn parse_header(reader: &FileReader) -> Result<BackupFile> {
+    let path = reader.path.clone();
+    let bad = |e: serde_json::Error| {
+        StoreError::Corrupt(format!("{}: unreadable header: {e}", path.display()))
+    };
+    let file = if reader.magic == FULL_MAGIC {
+        BackupFile::Full {
+            header: serde_json::from_slice(&reader.header_json).map_err(bad)?,
+            path: path.clone(),
+        }
+    } else {
+        debug_assert_eq!(reader.magic, LOG_MAGIC);
+        let header: LogHeader = serde_json::from_slice(&reader.header_json).map_err(bad)?;
+        if header.last_lsn < header.first_lsn
+            || header.records != header.last_lsn - header.first_lsn + 1
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{}: header says LSN {}..={} in {} records",
+                path.display(),
+                header.first_lsn,
+                header.last_lsn,
+                header.records
+            )));
+        }
+        // A file renamed or swapped with another is caught here, before anything is applied.
+        let expected = log_file_name(header.first_lsn, header.last_lsn);
+        let actual = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if actual != expected && actual.starts_with("log-") {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the name says one LSN range but the header holds LSN {}..={} (expected name {expected})",
+                path.display(),
+                header.first_lsn,
+                header.last_lsn
+            )));
+        }
+        BackupFile::Log {
+            path: path.clone(),
+            header,
+        }
+    };
+    Ok(file)
+}
+
+/// Reads a whole backup file and checks everything that can be checked inside one file: every
+/// checksum, the header against the body, and for a log backup every record's LSN, epoch and
+/// the chain from `chain_before` to `chain_after`.
+pub fn verify_file(path: &Path) -> Result<BackupFile> {
+    let mut reader = FileReader::open(path)?;
+    let file = parse_header(&reader)?;
+    let mut buf = Vec::new();
+    match &file {
+        BackupFile::Full { header, .. } => {
+            let mut bytes = 0u64;
+            while reader.next_frame(&mut buf)? {
+                bytes += buf.len() as u64;
+            }
+            if bytes != header.payload_bytes {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: carries {bytes} database bytes, header says {}",
+                    path.display(),
+                    header.payload_bytes
+                )));
+            }
+            reader.finish()?;
+        }
+        BackupFile::Log { header, .. } => {
+            let mut walk = LogWalk::new(header);
+            while reader.next_frame(&mut buf)? {
+                walk.record(path, &buf)?;
+            }
+            walk.end(path)?;
+            reader.finish()?;
+        }
+    }
+    Ok(file)
+}
+
+/// Checks the records of a log backup one by one against its header.
+pub(crate) struct LogWalk<'h> {
+    header: &'h LogHeader,
+    pub(crate) next_lsn: Lsn,
+    pub(crate) chain: Chain,
+}
+
+impl<'h> LogWalk<'h> {
+    pub(crate) fn new(header: &'h LogHeader) -> LogWalk<'h> {
+        LogWalk {
+            header,
+            next_lsn: header.first_lsn,
+            chain: header.chain_before,
+        }
+    }
+
+    pub(crate) fn record(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let r = Record::decode(bytes).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}: record LSN {}: {e}",
+                path.display(),
+                self.next_lsn
+            ))
+        })?;
+        if r.lsn != self.next_lsn || r.lsn > self.header.last_lsn {
+            return Err(StoreError::Corrupt(format!(
+                "{}: holds LSN {} where LSN {} was expected",
+                path.display(),
+                r.lsn,
+                self.next_lsn
+            )));
+        }
+        if r.epoch != self.header.epoch {
+            return Err(StoreError::Corrupt(format!(
+                "{}: record LSN {} is of epoch {}, the file of epoch {}",
+                path.display(),
+                r.lsn,
+                r.epoch,
+                self.header.epoch
+            )));
+        }
+        self.chain = self.chain.next(bytes);
+        self.next_lsn += 1;
+        Ok(())
+    }
+
+    pub(crate) fn end(&self, path: &Path) -> Result<()> {
+        if self.next_lsn != self.header.last_lsn + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "{}: ends at LSN {}, header says {}",
+                path.display(),
+                self.next_lsn - 1,
+                self.header.last_lsn
+            )));
+        }
+        if self.chain != self.header.chain_after {
+            return Err(StoreError::Corrupt(format!(
+                "{}: chain {} recomputed over LSN {}..={}, header says {}",
+                path.display(),
+                self.chain,
+                self.header.first_lsn,
+                self.header.last_lsn,
+                self.header.chain_after
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Takes a full backup into `dir` while writes go on: a snapshot consistent at one LSN.
+/// Registers the log-backup consumer at that LSN if no log chain exists yet.
+pub fn full_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let snapshot = dir.join(format!(".snapshot-{}-{}.db", std::process::id(), now_ms()));
+    let result = full_backup_via(db, dir, &snapshot);
+    let _ = std::fs::remove_file(&snapshot);
+    let _ = std::fs::remove_file(snapshot.with_extension("db-journal"));
+    result
+}
+
+fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupFile> {
+    {
+        let src = db.open_reader()?;
+        let mut dst = Connection::open(snapshot)?;
+        dst.pragma_update(None, "synchronous", "OFF")?;
+        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // One step copies every page under one read transaction: a snapshot at one LSN. In WAL
+        // mode the writer goes on meanwhile.
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+    let state = {
+        // The copy is in WAL mode like its source: fold it into one self-contained file.
+        let conn = Connection::open(snapshot)?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        read_state(&conn)?
+    };
+    let payload_bytes = std::fs::metadata(snapshot)
+        .map_err(|e| StoreError::io(snapshot, e))?
+        .len();
+    let header = FullHeader {
+        database_id: state.database_id.to_hex(),
+        name: state.name.clone(),
+        epoch: state.epoch,
+        lsn: state.lsn,
+        chain: state.chain,
+        history: state.history.clone(),
+        last_time_ms: state.last_time_ms,
+        created_ms: now_ms(),
+        payload_bytes,
+    };
+    let mut out = FileWriter::create(dir, FULL_MAGIC)?;
+    let mut input = std::fs::File::open(snapshot).map_err(|e| StoreError::io(snapshot, e))?;
+    let mut buf = vec![0u8; FULL_CHUNK_BYTES];
+    let mut copied = 0u64;
+    loop {
+        let n = read_full(&mut input, &mut buf).map_err(|e| StoreError::io(snapshot, e))?;
+        if n == 0 {
+            break;
+        }
+        out.frame(&buf[..n])?;
+        copied += n as u64;
+    }
+    assert_eq!(
+        copied, payload_bytes,
+        "the snapshot changed while being copied"
+    );
+    let path = dir.join(full_file_name(&header));
+    out.finish(
+        &serde_json::to_vec(&header).expect("header serializes"),
+        &path,
+    )?;
+    if !db
+        .consumers()?
+        .iter()
+        .any(|c| c.name == LOG_BACKUP_CONSUMER)
+    {
+        db.register_consumer(LOG_BACKUP_CONSUMER, state.lsn)?;
+    }
+    Ok(BackupFile::Full { path, header })
+}
+
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Writes the journal records since the previous log backup into `dir`: one file per epoch
+/// run, then moves the log-backup cursor (which lets the journal drop them). Returns the files
+/// written; none when nothing was committed since the last one.
+pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
+    let cursor = db
+        .consumers()?
+        .into_iter()
+        .find(|c| c.name == LOG_BACKUP_CONSUMER)
+        .map(|c| c.lsn)
+        .ok_or_else(|| {
+            StoreError::Invalid(
+                "no log backup chain: take a full backup first (it starts the chain)".into(),
+            )
+        })?;
+    let id = db.identity();
+    let upto = id.lsn;
+    let mut files = Vec::new();
+    let mut next = cursor + 1;
+    let mut pending: Option<(FileWriter, LogHeader)> = None;
+    while next <= upto {
+        let batch = db.read_journal(
+            next,
+            LOG_READ_RECORDS_MAX.min((upto - next + 1) as usize),
+            64 << 20,
+        )?;
+        if batch.records.is_empty() {
+            break;
+        }
+        let mut chain = batch.chain_before;
+        for bytes in &batch.records {
+            let h = peek_header(bytes)?;
+            if h.lsn > upto {
+                break;
+            }
+            if pending
+                .as_ref()
+                .is_some_and(|(_, header)| header.epoch != h.epoch)
+            {
+                let (w, header) = pending.take().expect("checked");
+                files.push(finish_log(w, header, dir)?);
+            }
+            let (w, header) = match pending.as_mut() {
+                Some(p) => p,
+                None => pending.insert((
+                    FileWriter::create(dir, LOG_MAGIC)?,
+                    LogHeader {
+                        database_id: id.database_id.to_hex(),
+                        name: id.name.clone(),
+                        epoch: h.epoch,
+                        first_lsn: h.lsn,
+                        last_lsn: h.lsn,
+                        chain_before: chain,
+                        chain_after: chain,
+                        records: 0,
+                        first_time_ms: h.time_ms,
+                        last_time_ms: h.time_ms,
+                        created_ms: 0,
+                    },
+                )),
+            };
+            w.frame(bytes)?;
+            chain = chain.next(bytes);
+            header.last_lsn = h.lsn;
+            header.chain_after = chain;
+            header.records += 1;
+            header.last_time_ms = h.time_ms;
+            next = h.lsn + 1;
+        }
+    }
+    if let Some((w, header)) = pending.take() {
+        files.push(finish_log(w, header, dir)?);
+    }
+    if let Some(BackupFile::Log { header, .. }) = files.last() {
+        db.advance_consumer(LOG_BACKUP_CONSUMER, header.last_lsn)?;
+    }
+    Ok(files)
+}
+
+fn finish_log(w: FileWriter, mut header: LogHeader, dir: &Path) -> Result<BackupFile> {
+    header.created_ms = now_ms();
+    let path = dir.join(log_file_name(header.first_lsn, header.last_lsn));
+    if path.exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} already exists: another log backup chain writes to this directory",
+            path.display()
+        )));
+    }
+    w.finish(
+        &serde_json::to_vec(&header).expect("header serializes"),
+        &path,
+    )?;
+    Ok(BackupFile::Log { path, header })
+}
+
+/// Streams a log backup's records, checked, as batches of at most `records_max`, from the
+/// first record after `after_lsn`.
+pub(crate) fn read_log_records(
+    path: &Path,
+    header: &LogHeader,
+    after_lsn: Lsn,
+    records_max: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<bool>,
+) -> Result<()> {
+    let mut reader = FileReader::open(path)?;
+    let mut walk = LogWalk::new(header);
+    let mut batch = RecordBatch::default();
+    let mut buf = Vec::new();
+    let mut go_on = true;
+    while go_on && reader.next_frame(&mut buf)? {
+        let before = walk.chain;
+        walk.record(path, &buf)?;
+        if walk.next_lsn - 1 <= after_lsn {
+            continue;
+        }
+        if batch.records.is_empty() {
+            batch.chain_before = before;
+        }
+        batch.records.push(std::mem::take(&mut buf));
+        if batch.records.len() >= records_max {
+            go_on = sink(std::mem::take(&mut batch))?;
+        }
+    }
+    if go_on {
+        walk.end(path)?;
+        reader.finish()?;
+        if !batch.records.is_empty() {
+            sink(batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a full backup's database file into `dir/tandem.db`, checking every checksum.
+pub(crate) fn extract_full(path: &Path, header: &FullHeader, dir: &Path) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let target = dir.join(DB_FILE);
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(&target).map_err(|e| StoreError::io(&target, e))?,
+    );
+    let mut reader = FileReader::open(path)?;
+    let mut buf = Vec::new();
+    let mut bytes = 0u64;
+    while reader.next_frame(&mut buf)? {
+        out.write_all(&buf)
+            .map_err(|e| StoreError::io(&target, e))?;
+        bytes += buf.len() as u64;
+    }
+    reader.finish()?;
+    if bytes != header.payload_bytes {
+        return Err(StoreError::Corrupt(format!(
+            "{}: carries {bytes} database bytes, header says {}",
+            path.display(),
+            header.payload_bytes
+        )));
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::io(&target, e.into_error()))?;
+    file.sync_all().map_err(|e| StoreError::io(&target, e))?;
+    Ok(())
+}

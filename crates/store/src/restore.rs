@@ -1,0 +1,550 @@
+//! Restore: a full backup, then log backups in LSN order — checked as a whole chain before
+//! anything is applied — ending as `restoring` (more logs may follow), `standby` (read-only
+//! between restores) or recovered (writable, new epoch), optionally at a point in time.
+
+use crate::backup::{
+    BackupFile, FullHeader, LogHeader, extract_full, read_header, read_log_records, verify_file,
+};
+use crate::database::{Database, Identity, Options, Role};
+use crate::error::{Result, StoreError};
+use crate::record::{Chain, Epoch, Lsn};
+use crate::writer::StopAt;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a restore leaves the copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recovery {
+    /// `restoring`: more log backups may be applied; no reads.
+    NoRecovery,
+    /// `standby`: read-only; more log backups may be applied.
+    Standby,
+    /// Writable primary of a new epoch; no log of the old chain may follow.
+    Recover,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub recovery: Recovery,
+    pub stop_at: Option<StopAt>,
+    pub database: Options,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> RestoreOptions {
+        RestoreOptions {
+            recovery: Recovery::Recover,
+            stop_at: None,
+            database: Options::default(),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    pub database_id: String,
+    pub full_backup: Option<PathBuf>,
+    pub logs_applied: Vec<PathBuf>,
+    pub records_applied: u64,
+    pub lsn: Lsn,
+    pub chain: Chain,
+    pub epoch: Epoch,
+    pub role: Role,
+    /// Commit time of the last applied record (ms since the Unix epoch).
+    pub last_time_ms: i64,
+    /// True when a stop point ended the restore before the end of the chain.
+    pub stopped: bool,
+    /// Time spent applying log records.
+    pub apply_ms: u64,
+}
+
+/// Expands directories into the backup files they hold (`*.tfb`, `*.tlb`) and reads every header.
+pub fn collect(inputs: &[PathBuf]) -> Result<Vec<BackupFile>> {
+    let mut paths = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let entries = std::fs::read_dir(input).map_err(|e| StoreError::io(input, e))?;
+            let mut found: Vec<PathBuf> = Vec::new();
+            for entry in entries {
+                let p = entry.map_err(|e| StoreError::io(input, e))?.path();
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if (ext == "tfb" || ext == "tlb") && p.is_file() {
+                    found.push(p);
+                }
+            }
+            found.sort();
+            paths.extend(found);
+        } else if input.exists() {
+            paths.push(input.clone());
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "{}: no such file or directory",
+                input.display()
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &paths {
+        let canon = p.canonicalize().map_err(|e| StoreError::io(p, e))?;
+        if !seen.insert(canon) {
+            return Err(StoreError::Invalid(format!(
+                "{} is listed twice",
+                p.display()
+            )));
+        }
+    }
+    paths.iter().map(|p| read_header(p)).collect()
+}
+
+struct Start {
+    database_id: String,
+    lsn: Lsn,
+    chain: Chain,
+    epoch: Epoch,
+}
+
+/// The files a restore will apply, in order, checked as a chain.
+struct Plan {
+    full: Option<(PathBuf, FullHeader)>,
+    logs: Vec<(PathBuf, LogHeader)>,
+}
+
+fn name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>) -> Result<Plan> {
+    let (full, start) = match existing {
+        Some(id) => {
+            if id.role == Role::Primary {
+                let since = id.history.0.last().map(|e| e.first_lsn).unwrap_or(0);
+                return Err(StoreError::Role(format!(
+                    "the target is primary (recovered at epoch {}, since LSN {since}): no log \
+                     backup may be applied after recover; restore a full backup with --replace",
+                    id.epoch
+                )));
+            }
+            let start = Start {
+                database_id: id.database_id.to_hex(),
+                lsn: id.lsn,
+                chain: id.chain,
+                epoch: id.epoch,
+            };
+            (None, start)
+        }
+        None => {
+            let mut fulls: Vec<(&PathBuf, &FullHeader)> = files
+                .iter()
+                .filter_map(|f| match f {
+                    BackupFile::Full { path, header } => Some((path, header)),
+                    _ => None,
+                })
+                .collect();
+            if fulls.is_empty() {
+                return Err(StoreError::Invalid(
+                    "no full backup among the files: a restore starts from one".into(),
+                ));
+            }
+            fulls.retain(|(_, h)| match stop {
+                Some(StopAt::Lsn(n)) => h.lsn <= n,
+                Some(StopAt::TimeMs(t)) => h.last_time_ms <= t,
+                None => true,
+            });
+            fulls.sort_by_key(|(_, h)| (h.lsn, h.created_ms));
+            let Some((path, header)) = fulls.pop() else {
+                return Err(StoreError::Invalid(format!(
+                    "no full backup at or before the stop point {stop:?}"
+                )));
+            };
+            let start = Start {
+                database_id: header.database_id.clone(),
+                lsn: header.lsn,
+                chain: header.chain,
+                epoch: header.epoch,
+            };
+            (Some((path.clone(), header.clone())), start)
+        }
+    };
+    for f in files {
+        if f.database_id() != start.database_id {
+            return Err(StoreError::Invalid(format!(
+                "{} belongs to database {}, not {}: files of another database cannot be applied",
+                f.path().display(),
+                f.database_id(),
+                start.database_id
+            )));
+        }
+    }
+    let mut logs: Vec<(&PathBuf, &LogHeader)> = files
+        .iter()
+        .filter_map(|f| match f {
+            BackupFile::Log { path, header } if header.last_lsn > start.lsn => Some((path, header)),
+            _ => None,
+        })
+        .collect();
+    logs.sort_by_key(|(_, h)| (h.first_lsn, h.last_lsn));
+    let mut chosen: Vec<(PathBuf, LogHeader)> = Vec::new();
+    let (mut lsn, mut chain, mut epoch) = (start.lsn, start.chain, start.epoch);
+    for (path, h) in logs {
+        let stop_here = match stop {
+            Some(StopAt::Lsn(n)) => h.first_lsn > n,
+            Some(StopAt::TimeMs(t)) => h.first_time_ms > t,
+            None => false,
+        };
+        if stop_here {
+            break;
+        }
+        if let Some((prev, ph)) = chosen.last()
+            && h.first_lsn <= ph.last_lsn
+        {
+            return Err(StoreError::Sequence(format!(
+                "{} and {} both hold LSN {}: overlapping or duplicated log backups",
+                name(prev),
+                name(path),
+                h.first_lsn
+            )));
+        }
+        if h.first_lsn > lsn + 1 {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} starts at LSN {} but the chain is at LSN {lsn}: gap of {} records; \
+                 a log backup is missing",
+                name(path),
+                h.first_lsn,
+                h.first_lsn - lsn - 1
+            )));
+        }
+        if h.first_lsn == lsn + 1 && h.chain_before != chain {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} continues chain {} but the chain after LSN {lsn} is {chain}: it \
+                 belongs to another history (or was altered)",
+                name(path),
+                h.chain_before
+            )));
+        }
+        if h.epoch < epoch {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} is of epoch {} but the copy is already at epoch {epoch}: a log of \
+                 an epoch the target has passed",
+                name(path),
+                h.epoch
+            )));
+        }
+        lsn = h.last_lsn;
+        chain = h.chain_after;
+        epoch = h.epoch;
+        chosen.push((path.clone(), h.clone()));
+    }
+    Ok(Plan { full, logs: chosen })
+}
+
+/// Reads every file of the plan end to end (checksums, records, chain) before anything is applied.
+fn verify_plan(plan: &Plan) -> Result<()> {
+    if let Some((path, _)) = &plan.full {
+        verify_file(path)?;
+    }
+    for (path, _) in &plan.logs {
+        verify_file(path)?;
+    }
+    Ok(())
+}
+
+/// Records applied per batch (one SQLite transaction each).
+const APPLY_BATCH_RECORDS: usize = 4096;
+
+fn apply_logs(
+    db: &Database,
+    plan: &Plan,
+    stop: Option<StopAt>,
+) -> Result<(Vec<PathBuf>, u64, bool, u64)> {
+    let started = Instant::now();
+    let mut applied_files = Vec::new();
+    let mut records = 0u64;
+    let mut stopped = false;
+    for (path, header) in &plan.logs {
+        let after = db.identity().lsn;
+        read_log_records(path, header, after, APPLY_BATCH_RECORDS, |batch| {
+            let a = db.apply(batch, stop).map_err(|e| match e {
+                StoreError::Sequence(m) => StoreError::Sequence(format!("{}: {m}", name(path))),
+                other => other,
+            })?;
+            records += a.records;
+            stopped |= a.stopped;
+            Ok(!a.stopped)
+        })?;
+        applied_files.push(path.clone());
+        if stopped {
+            break;
+        }
+    }
+    Ok((
+        applied_files,
+        records,
+        stopped,
+        started.elapsed().as_millis() as u64,
+    ))
+}
+
+fn finish(db: &Database, recovery: Recovery) -> Result<Identity> {
+    match recovery {
+        Recovery::Recover => {
+            db.recover(None)?;
+        }
+        Recovery::Standby => db.set_role(Role::Standby)?,
+        Recovery::NoRecovery => db.set_role(Role::Restoring)?,
+    }
+    Ok(db.identity())
+}
+
+fn report(
+    id: &Identity,
+    full: Option<PathBuf>,
+    applied: (Vec<PathBuf>, u64, bool, u64),
+) -> RestoreReport {
+    RestoreReport {
+        database_id: id.database_id.to_hex(),
+        full_backup: full,
+        logs_applied: applied.0,
+        records_applied: applied.1,
+        lsn: id.lsn,
+        chain: id.chain,
+        epoch: id.epoch,
+        role: id.role,
+        last_time_ms: id.last_time_ms,
+        stopped: applied.2,
+        apply_ms: applied.3,
+    }
+}
+
+/// Restores a new copy into `target` from a full backup and the log backups that follow it.
+/// `target` must not exist unless `replace` is set. Everything happens in a sibling directory
+/// that replaces `target` only once the restore succeeded: on any error `target` is as it was.
+pub fn restore_new(
+    target: &Path,
+    inputs: &[PathBuf],
+    options: &RestoreOptions,
+    replace: bool,
+) -> Result<RestoreReport> {
+    if target.exists() && !replace {
+        return Err(StoreError::Invalid(format!(
+            "{} exists: pass --replace to overwrite it (or restore only log backups into a \
+             restoring copy)",
+            target.display()
+        )));
+    }
+    let files = collect(inputs)?;
+    let plan = plan(&files, None, options.stop_at)?;
+    verify_plan(&plan)?;
+    let (full_path, full_header) = plan
+        .full
+        .clone()
+        .expect("a new copy starts from a full backup");
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| StoreError::io(&parent, e))?;
+    let leaf = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work = parent.join(format!(".{leaf}.restoring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = (|| -> Result<RestoreReport> {
+        extract_full(&full_path, &full_header, &work)?;
+        let db = Database::open(&work, options.database.clone())?;
+        if db.identity().role != Role::Restoring {
+            db.set_role(Role::Restoring)?;
+        }
+        db.reset_journal()?;
+        let applied = apply_logs(&db, &plan, options.stop_at)?;
+        let id = finish(&db, options.recovery)?;
+        drop(db);
+        Ok(report(&id, Some(full_path.clone()), applied))
+    })();
+    match result {
+        Ok(r) => {
+            if target.exists() {
+                let old = parent.join(format!(".{leaf}.replaced-{}", std::process::id()));
+                std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
+                std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
+                let _ = std::fs::remove_dir_all(&old);
+            } else {
+                std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            Err(e)
+        }
+    }
+}
+
+/// Applies log backups to an open `restoring` or `standby` copy. The chain is checked in full
+/// before the first record is applied.
+pub fn restore_logs(
+    db: &Database,
+    inputs: &[PathBuf],
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let files = collect(inputs)?;
+    let id = db.identity();
+    let plan = plan(&files, Some(&id), options.stop_at)?;
+    verify_plan(&plan)?;
+    let applied = apply_logs(db, &plan, options.stop_at)?;
+    let id = finish(db, options.recovery)?;
+    Ok(report(&id, None, applied))
+}
+
+/// What `verify_chain` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainReport {
+    pub database_id: String,
+    pub files: Vec<BackupFile>,
+    /// LSNs a restore from these files can reach: from the oldest full backup to the last log.
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+}
+
+/// Checks each file and the chain across them: one database, log backups contiguous with
+/// continuing chains, no overlap, and every full backup joined to the logs that follow it.
+pub fn verify_chain(inputs: &[PathBuf]) -> Result<ChainReport> {
+    let headers = collect(inputs)?;
+    if headers.is_empty() {
+        return Err(StoreError::Invalid("no backup files to verify".into()));
+    }
+    let mut files = Vec::with_capacity(headers.len());
+    for h in &headers {
+        files.push(verify_file(h.path())?);
+    }
+    let id = files[0].database_id().to_string();
+    for f in &files {
+        if f.database_id() != id {
+            return Err(StoreError::Invalid(format!(
+                "{} belongs to database {}, {} to database {id}",
+                f.path().display(),
+                f.database_id(),
+                files[0].path().display()
+            )));
+        }
+    }
+    let mut logs: Vec<(&PathBuf, &LogHeader)> = files
+        .iter()
+        .filter_map(|f| match f {
+            BackupFile::Log { path, header } => Some((path, header)),
+            _ => None,
+        })
+        .collect();
+    logs.sort_by_key(|(_, h)| (h.first_lsn, h.last_lsn));
+    for pair in logs.windows(2) {
+        let ((pa, a), (pb, b)) = (pair[0], pair[1]);
+        if b.first_lsn <= a.last_lsn {
+            return Err(StoreError::Sequence(format!(
+                "{} and {} both hold LSN {}: overlapping or duplicated log backups",
+                name(pa),
+                name(pb),
+                b.first_lsn
+            )));
+        }
+        if b.first_lsn != a.last_lsn + 1 {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} starts at LSN {} but {} ends at LSN {}: gap of {} records; a log \
+                 backup is missing",
+                name(pb),
+                b.first_lsn,
+                name(pa),
+                a.last_lsn,
+                b.first_lsn - a.last_lsn - 1
+            )));
+        }
+        if b.chain_before != a.chain_after {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} does not continue the chain of {} (chain {} after LSN {}, {} \
+                 expected): another history, or an altered file",
+                name(pb),
+                name(pa),
+                b.chain_before,
+                a.last_lsn,
+                a.chain_after
+            )));
+        }
+        if b.epoch < a.epoch {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} is of epoch {} after {} of epoch {}",
+                name(pb),
+                b.epoch,
+                name(pa),
+                a.epoch
+            )));
+        }
+    }
+    let mut first_lsn = Lsn::MAX;
+    let mut last_lsn = logs.last().map(|(_, h)| h.last_lsn).unwrap_or(0);
+    for f in &files {
+        let BackupFile::Full { path, header } = f else {
+            continue;
+        };
+        first_lsn = first_lsn.min(header.lsn);
+        last_lsn = last_lsn.max(header.lsn);
+        let Some((first_log, fh)) = logs.first() else {
+            continue;
+        };
+        if header.lsn + 1 < fh.first_lsn {
+            return Err(StoreError::Sequence(format!(
+                "full backup {} ends at LSN {} but the first log backup {} starts at LSN {}: gap \
+                 of {} records",
+                name(path),
+                header.lsn,
+                name(first_log),
+                fh.first_lsn,
+                fh.first_lsn - header.lsn - 1
+            )));
+        }
+        if let Some(chain) = chain_in_logs(&logs, header.lsn)?
+            && chain != header.chain
+        {
+            return Err(StoreError::Sequence(format!(
+                "full backup {} has chain {} at LSN {} but the log backups have {chain} there: \
+                 they belong to another history",
+                name(path),
+                header.chain,
+                header.lsn
+            )));
+        }
+    }
+    if first_lsn == Lsn::MAX {
+        first_lsn = logs.first().map(|(_, h)| h.first_lsn - 1).unwrap_or(0);
+    }
+    Ok(ChainReport {
+        database_id: id,
+        files,
+        first_lsn,
+        last_lsn,
+    })
+}
+
+/// The chain just after `lsn` according to the log backups, when they cover it.
+fn chain_in_logs(logs: &[(&PathBuf, &LogHeader)], lsn: Lsn) -> Result<Option<Chain>> {
+    for (path, h) in logs {
+        if h.first_lsn == lsn + 1 {
+            return Ok(Some(h.chain_before));
+        }
+        if h.last_lsn == lsn {
+            return Ok(Some(h.chain_after));
+        }
+        if h.first_lsn <= lsn && lsn < h.last_lsn {
+            let mut found = None;
+            read_log_records(path, h, lsn, 1, |batch| {
+                found = Some(batch.chain_before);
+                Ok(false)
+            })?;
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,522 @@
+//! The store end to end: writes, journal replay, backups, restore and every refusal.
+
+mod common;
+
+use common::{SCHEMA, create, dump, post};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tandem_store::*;
+
+#[test]
+fn concurrent_writes_get_contiguous_lsns_and_survive_reopen() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let db = Arc::new(create(&dir));
+    let base = db.identity().lsn;
+    assert_eq!(base, 1, "the migrations are one record");
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|k| post(&db, i, &format!("m{i}-{k}")).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (1..=800).collect::<Vec<_>>(),
+        "every commit has its own id"
+    );
+    let id = db.identity();
+    assert_eq!(id.lsn, base + 800);
+    let chain = id.chain;
+    drop(db);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!(db.identity().lsn, base + 800);
+    assert_eq!(db.identity().chain, chain);
+    db.integrity_check().unwrap();
+    // The journal holds every record, in order.
+    let batch = db.read_journal(1, 10_000, 1 << 30).unwrap();
+    assert_eq!(batch.records.len(), 801);
+    for (i, r) in batch.records.iter().enumerate() {
+        assert_eq!(peek_header(r).unwrap().lsn, i as u64 + 1);
+    }
+}
+
+#[test]
+fn failed_transaction_leaves_nothing_and_takes_no_lsn() {
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("db"));
+    post(&db, 1, "one").unwrap();
+    let before = db.identity();
+    let r = db.write(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
+        tx.insert(
+            "members",
+            vec![
+                Value::Integer(1),
+                Value::Text("bob".into()),
+                Value::Integer(0),
+            ],
+        )?;
+        // Same key again: a constraint error; the whole transaction must roll back.
+        tx.insert(
+            "members",
+            vec![
+                Value::Integer(1),
+                Value::Text("bob".into()),
+                Value::Integer(1),
+            ],
+        )?;
+        Ok(())
+    });
+    assert!(r.is_err());
+    assert_eq!(db.identity().lsn, before.lsn);
+    assert_eq!(db.identity().chain, before.chain);
+    let n: i64 = db
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM members", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(n, 0);
+    // A write smuggled through the read path is refused.
+    let r = db.write(|tx: &mut Tx<'_>| {
+        tx.query("DELETE FROM messages", [], |_| Ok(()))?;
+        Ok::<_, StoreError>(())
+    });
+    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("reads only")));
+    // An unknown table and a short row are refused with their names.
+    let r = db.write(|tx: &mut Tx<'_>| tx.insert("nope", vec![Value::Null]));
+    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("nope")));
+    let r = db.write(|tx: &mut Tx<'_>| tx.insert("members", vec![Value::Null]));
+    assert!(matches!(r, Err(StoreError::Invalid(m)) if m.contains("needs 3")));
+    assert_eq!(db.identity().lsn, before.lsn);
+}
+
+#[test]
+fn a_database_is_opened_once() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let _db = create(&dir);
+    assert!(matches!(
+        Database::open(&dir, Options::default()),
+        Err(StoreError::Locked(_))
+    ));
+}
+
+#[test]
+fn journal_replay_gives_identical_rows_and_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("primary"));
+    for i in 0..300 {
+        post(&db, i % 7, &format!("hello {i}")).unwrap();
+    }
+    db.write(|tx: &mut Tx<'_>| {
+        tx.update(
+            "messages",
+            vec![
+                Value::Integer(5),
+                Value::Integer(0),
+                Value::Text("alice".into()),
+                Value::Integer(0),
+                Value::Text("edited".into()),
+                Value::Blob(vec![1, 2]),
+            ],
+        )?;
+        tx.delete("messages", vec![Value::Integer(6)])
+    })
+    .unwrap();
+    let id = db.identity();
+    let copy_dir = t.path().join("copy");
+    let copy = Database::create_copy(
+        &copy_dir,
+        "test",
+        id.database_id,
+        Role::Mirror,
+        Options::default(),
+    )
+    .unwrap();
+    let mut from = 1;
+    while from <= id.lsn {
+        let batch = db.read_journal(from, 64, 1 << 20).unwrap();
+        assert_eq!(batch.chain_before, db.chain_at(from - 1).unwrap().unwrap());
+        let a = copy.apply(batch, None).unwrap();
+        from = a.lsn + 1;
+    }
+    assert_eq!(copy.identity().lsn, id.lsn);
+    assert_eq!(copy.identity().chain, id.chain);
+    assert_eq!(copy.identity().history, id.history);
+    assert_eq!(dump(&copy_dir), dump(&t.path().join("primary")));
+    assert_eq!(
+        compare(&copy.position(), &db.position(), |_| None),
+        Comparison::InSync
+    );
+    // The copy searches like the primary: the triggers ran on replay.
+    let hits: i64 = copy
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'edited'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(hits, 1);
+    // A copy accepts no writes and no batch that does not follow it.
+    assert!(matches!(post(&copy, 1, "x"), Err(StoreError::Role(_))));
+    let again = db.read_journal(id.lsn, 10, 1 << 20).unwrap();
+    assert!(matches!(
+        copy.apply(again, None),
+        Err(StoreError::Sequence(_))
+    ));
+}
+
+#[test]
+fn apply_refuses_gaps_foreign_chains_and_stale_epochs() {
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("p"));
+    for i in 0..20 {
+        post(&db, 1, &format!("m{i}")).unwrap();
+    }
+    let id = db.identity();
+    let copy = Database::create_copy(
+        &t.path().join("c"),
+        "test",
+        id.database_id,
+        Role::Mirror,
+        Options::default(),
+    )
+    .unwrap();
+    let gap = db.read_journal(3, 5, 1 << 20).unwrap();
+    let e = copy.apply(gap, None).unwrap_err().to_string();
+    assert!(e.contains("gap of 2 records"), "{e}");
+    let mut bad = db.read_journal(1, 5, 1 << 20).unwrap();
+    bad.chain_before = Chain([9; 16]);
+    assert!(
+        copy.apply(bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("diverged")
+    );
+    // Fencing: once the copy has seen epoch 2 (it was recovered), records of epoch 1 are refused.
+    copy.apply(db.read_journal(1, 10, 1 << 20).unwrap(), None)
+        .unwrap();
+    copy.recover(None).unwrap();
+    assert_eq!(copy.identity().epoch, 2);
+    copy.set_role(Role::Mirror).unwrap();
+    let stale = db.read_journal(11, 5, 1 << 20).unwrap();
+    assert!(matches!(
+        copy.apply(stale, None),
+        Err(StoreError::StaleEpoch { got: 1, current: 2 })
+    ));
+    assert_eq!(copy.identity().lsn, 10);
+    // And the history comparison says the old primary diverged at the fork.
+    assert_eq!(
+        compare(&db.position(), &copy.position(), |_| None),
+        Comparison::Diverged { at: 11 }
+    );
+}
+
+#[test]
+fn consumers_bound_the_journal_and_a_pruned_reader_is_told_to_reseed() {
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("p"));
+    for i in 0..50 {
+        post(&db, 1, &format!("m{i}")).unwrap();
+    }
+    assert_eq!(
+        db.prune_journal().unwrap(),
+        0,
+        "no consumer: nothing is dropped"
+    );
+    db.register_consumer("mirror", 0).unwrap();
+    db.register_consumer("log-backup", 0).unwrap();
+    db.advance_consumer("mirror", 40).unwrap();
+    assert_eq!(
+        db.journal_stats().oldest_lsn,
+        Some(1),
+        "log-backup still needs everything"
+    );
+    db.advance_consumer("log-backup", 30).unwrap();
+    let stats = db.journal_stats();
+    assert!(
+        stats.oldest_lsn.unwrap() <= 31 && stats.oldest_lsn.unwrap() > 1,
+        "{stats:?}"
+    );
+    assert!(matches!(
+        db.read_journal(1, 10, 1 << 20),
+        Err(StoreError::JournalPruned { needed: 1, .. })
+    ));
+    assert!(
+        db.advance_consumer("mirror", 10).is_err(),
+        "cursors never move back"
+    );
+    assert!(db.health().unwrap().is_empty());
+}
+
+fn backup_dir_with_writes(t: &tempfile::TempDir) -> (Database, PathBuf) {
+    let db = create(&t.path().join("p"));
+    for i in 0..40 {
+        post(&db, 1, &format!("before full {i}")).unwrap();
+    }
+    let backups = t.path().join("backups");
+    full_backup(&db, &backups).unwrap();
+    for round in 0..3 {
+        for i in 0..25 {
+            post(&db, 2, &format!("round {round} {i}")).unwrap();
+        }
+        assert_eq!(log_backup(&db, &backups).unwrap().len(), 1);
+    }
+    (db, backups)
+}
+
+#[test]
+fn full_and_log_backups_restore_to_the_same_lsn_and_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, backups) = backup_dir_with_writes(&t);
+    assert!(
+        log_backup(&db, &backups).unwrap().is_empty(),
+        "nothing new: no file"
+    );
+    let id = db.identity();
+    let report = verify_chain(std::slice::from_ref(&backups)).unwrap();
+    assert_eq!(report.last_lsn, id.lsn);
+    let target = t.path().join("restored");
+    let r = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &RestoreOptions::default(),
+        false,
+    )
+    .unwrap();
+    assert_eq!((r.lsn, r.chain), (id.lsn, id.chain));
+    assert_eq!(r.epoch, 2, "recover starts a new epoch");
+    assert_eq!(dump(&target), dump(&t.path().join("p")));
+    let (restored, _, _) = inspect(&target).unwrap();
+    assert_eq!(restored.role, Role::Primary);
+    assert_eq!(restored.lsn, id.lsn);
+    // The restored copy takes writes of its new epoch.
+    let copy = Database::open(&target, Options::default()).unwrap();
+    post(&copy, 1, "after").unwrap();
+    assert_eq!(
+        copy.identity().history.0.last().unwrap().first_lsn,
+        id.lsn + 1
+    );
+}
+
+#[test]
+fn norecovery_then_more_logs_then_standby_then_recover() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, backups) = backup_dir_with_writes(&t);
+    let target = t.path().join("secondary");
+    let opts = RestoreOptions {
+        recovery: Recovery::NoRecovery,
+        ..Default::default()
+    };
+    restore_new(&target, std::slice::from_ref(&backups), &opts, false).unwrap();
+    let copy = Database::open(&target, Options::default()).unwrap();
+    assert_eq!(copy.identity().role, Role::Restoring);
+    for i in 0..10 {
+        post(&db, 3, &format!("later {i}")).unwrap();
+    }
+    log_backup(&db, &backups).unwrap();
+    let opts = RestoreOptions {
+        recovery: Recovery::Standby,
+        ..Default::default()
+    };
+    // Already-applied files in the directory are skipped; the new one is applied.
+    let r = restore_logs(&copy, std::slice::from_ref(&backups), &opts).unwrap();
+    assert_eq!(r.records_applied, 10);
+    assert_eq!(copy.identity().role, Role::Standby);
+    assert_eq!(copy.identity().chain, db.identity().chain);
+    copy.recover(None).unwrap();
+    let e = restore_logs(&copy, std::slice::from_ref(&backups), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("after recover"), "{e}");
+}
+
+#[test]
+fn point_in_time_restore_stops_at_the_lsn() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let target = t.path().join("pit");
+    let opts = RestoreOptions {
+        stop_at: Some(StopAt::Lsn(60)),
+        ..Default::default()
+    };
+    let r = restore_new(&target, &[backups], &opts, false).unwrap();
+    assert_eq!(r.lsn, 60);
+    assert!(r.stopped);
+    let n: i64 = rusqlite::Connection::open(target.join(DB_FILE))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 59, "LSN 1 is the migrations");
+}
+
+fn logs_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tlb"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn restore_refuses_a_missing_log_and_leaves_no_target() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let missing = logs_in(&backups)[1].clone();
+    std::fs::remove_file(&missing).unwrap();
+    let target = t.path().join("r");
+    let e = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &RestoreOptions::default(),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("gap of 25 records"), "{e}");
+    assert!(e.contains("log-"), "names the file: {e}");
+    assert!(!target.exists());
+    assert!(verify_chain(&[backups]).is_err());
+}
+
+#[test]
+fn restore_refuses_a_damaged_file_and_leaves_the_target_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let victim = logs_in(&backups)[2].clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let e = verify_file(&victim).unwrap_err().to_string();
+    assert!(
+        e.contains(&victim.file_name().unwrap().to_string_lossy().to_string()),
+        "{e}"
+    );
+    // Replacing an existing database: refused, and the existing one is untouched.
+    let target = t.path().join("existing");
+    let old = create(&target);
+    post(&old, 1, "keep me").unwrap();
+    drop(old);
+    let before = dump(&target);
+    let e = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &RestoreOptions::default(),
+        true,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+    assert_eq!(dump(&target), before);
+}
+
+#[test]
+fn restore_refuses_files_of_another_database() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let other = create(&t.path().join("other"));
+    post(&other, 1, "x").unwrap();
+    let other_dir = t.path().join("other-backups");
+    full_backup(&other, &other_dir).unwrap();
+    post(&other, 1, "y").unwrap();
+    let foreign = log_backup(&other, &other_dir).unwrap().remove(0);
+    let mut inputs = logs_in(&backups);
+    inputs.push(
+        std::fs::read_dir(&backups)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().unwrap() == "tfb")
+            .unwrap(),
+    );
+    inputs.push(foreign.path().to_path_buf());
+    let e = restore_new(
+        &t.path().join("r"),
+        &inputs,
+        &RestoreOptions::default(),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("belongs to database"), "{e}");
+}
+
+#[test]
+fn a_full_backup_taken_during_writes_is_consistent() {
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(create(&t.path().join("p")));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    post(&db, i, "busy").unwrap();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let f = full_backup(&db, &t.path().join("b")).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let BackupFile::Full { header, .. } = f else {
+        panic!()
+    };
+    let r = restore_new(
+        &t.path().join("r"),
+        &[t.path().join("b")],
+        &RestoreOptions::default(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.lsn, header.lsn);
+    assert_eq!(Some(r.chain), db.chain_at(header.lsn).unwrap());
+    let rows: i64 = rusqlite::Connection::open(t.path().join("r").join(DB_FILE))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows as u64,
+        header.lsn - 1,
+        "one row per record after the migrations"
+    );
+}
+
+#[test]
+fn migrations_are_checked_against_what_was_applied() {
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("p"));
+    assert!(db.migrate(SCHEMA).unwrap().is_empty(), "already applied");
+    static CHANGED: &[Migration] = &[Migration {
+        version: 1,
+        name: "messages",
+        sql: "CREATE TABLE other (id INTEGER PRIMARY KEY);",
+    }];
+    let e = db.migrate(CHANGED).unwrap_err().to_string();
+    assert!(e.contains("differs"), "{e}");
+    static NO_KEY: &[Migration] = &[
+        SCHEMA[0],
+        SCHEMA[1],
+        Migration {
+            version: 3,
+            name: "keyless",
+            sql: "CREATE TABLE keyless (a TEXT);",
+        },
+    ];
+    let e = db.migrate(NO_KEY).unwrap_err().to_string();
+    assert!(e.contains("no primary key"), "{e}");
+    assert_eq!(db.migrations().unwrap().len(), 2);
+}
