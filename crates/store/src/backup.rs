@@ -357,7 +357,8 @@ pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
             )
         })?;
     let id = db.identity();
-    let upto = id.lsn;
+    // Only what is durable here leaves this copy.
+    let upto = db.durable_lsn();
     let mut files = Vec::new();
     let mut next = cursor + 1;
     let mut pending: Option<(FileWriter, LogHeader)> = None;

@@ -7,7 +7,7 @@ use crate::history::{History, HistoryEntry, Position};
 use crate::journal::{self, Consumer, JournalStats, RecordBatch};
 use crate::record::{Chain, Epoch, Lsn};
 use crate::schema::{Migration, pending_migrations};
-use crate::writer::{Applied, Call, Job, Outcome, StopAt, Tx, WriteJob, Writer};
+use crate::writer::{Answer, Applied, Job, StopAt, Tx, WriteJob, Writer};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -194,10 +194,31 @@ impl Identity {
     }
 }
 
+/// Counters of the writer since the database was opened.
+#[derive(Default, Debug)]
+pub struct WriterCounters {
+    /// SQLite transactions committed (one fsync each): group commits and applied batches.
+    pub sqlite_commits: std::sync::atomic::AtomicU64,
+    /// Records committed or applied.
+    pub records: std::sync::atomic::AtomicU64,
+    /// Write transactions refused or rolled back.
+    pub aborted: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of `WriterCounters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStats {
+    pub sqlite_commits: u64,
+    pub records: u64,
+    pub aborted: u64,
+}
+
 /// What the writer publishes after each commit, for readers of the handle.
 pub(crate) struct Published {
+    pub(crate) counters: WriterCounters,
     identity: Mutex<Identity>,
     journal: Mutex<(u64, Option<Lsn>)>,
+    /// The durable LSN: everything up to it survives a power loss.
     committed: watch::Sender<Lsn>,
 }
 
@@ -215,7 +236,16 @@ impl Published {
             }
         }
         *self.journal.lock().expect("journal lock") = (s.journal_bytes, s.journal_oldest);
-        self.committed.send_replace(s.lsn);
+    }
+
+    pub(crate) fn set_durable(&self, lsn: Lsn) {
+        self.committed.send_if_modified(|d| {
+            let newer = lsn > *d;
+            if newer {
+                *d = lsn;
+            }
+            newer
+        });
     }
 
     pub(crate) fn identity(&self) -> Identity {
@@ -258,7 +288,8 @@ pub struct Committed<R> {
 
 fn configure(conn: &Connection, options: &Options) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // The WAL is fsynced by the acknowledgment stage before any caller is answered.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -(options.cache_kib as i64))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
@@ -494,6 +525,7 @@ impl Database {
         let state = read_state(&conn)?;
         let (committed, _) = watch::channel(state.lsn);
         let published = Arc::new(Published {
+            counters: WriterCounters::default(),
             identity: Mutex::new(Identity {
                 name: state.name.clone(),
                 database_id: state.database_id,
@@ -507,12 +539,17 @@ impl Database {
             journal: Mutex::new((state.journal_bytes, state.journal_oldest)),
             committed,
         });
+        let ack =
+            crate::ack::AckStage::start(dir.join(format!("{DB_FILE}-wal")), published.clone())?;
+        // What the file holds now may sit in the page cache after a crash: make it durable.
+        ack.wait_durable(state.lsn)?;
         let writer = Writer::new(
             conn,
             state,
             published.clone(),
             options.batch_records_max,
             lock,
+            ack,
         )?;
         let (jobs, rx) = sync_channel(options.jobs_queued_max);
         let thread = std::thread::Builder::new()
@@ -544,7 +581,23 @@ impl Database {
         self.identity().position()
     }
 
-    /// The LSN of the last commit, updated as commits become durable.
+    /// What the writer did since the database was opened.
+    pub fn writer_stats(&self) -> WriterStats {
+        let c = &self.inner.published.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        WriterStats {
+            sqlite_commits: get(&c.sqlite_commits),
+            records: get(&c.records),
+            aborted: get(&c.aborted),
+        }
+    }
+
+    /// The durable LSN: every record up to it is on disk (callers are answered only then).
+    pub fn durable_lsn(&self) -> Lsn {
+        *self.inner.published.committed.borrow()
+    }
+
+    /// The durable LSN, updated as commits become durable.
     pub fn subscribe(&self) -> watch::Receiver<Lsn> {
         self.inner.published.committed.subscribe()
     }
@@ -560,55 +613,60 @@ impl Database {
 
     fn submit<R, E, F>(&self, f: F) -> Result<oneshot::Receiver<Result<Committed<R>, E>>, E>
     where
-        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        F: Fn(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel::<Result<Committed<R>, E>>();
-        let job: WriteJob = Box::new(move |call: Call<'_, '_>| match call {
-            Call::Run(tx) => match f(tx) {
-                Ok(value) => Outcome::Commit(Box::new(move |r: Result<Lsn>| {
-                    let _ = reply.send(r.map(|lsn| Committed { value, lsn }).map_err(E::from));
-                })),
-                Err(e) => Outcome::Abort(Box::new(move || {
-                    let _ = reply.send(Err(e));
-                })),
-            },
-            Call::Refuse(e) => Outcome::Abort(Box::new(move || {
-                let _ = reply.send(Err(E::from(e)));
-            })),
-        });
+        let job = WriteJob {
+            run: Box::new(move |tx: &mut Tx<'_>| match f(tx) {
+                Ok(v) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
+                Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),
+            }),
+            answer: Box::new(move |a: Answer| {
+                let r = match a {
+                    Answer::Committed(v, lsn) => Ok(Committed {
+                        value: *v.downcast::<R>().expect("the job's own value type"),
+                        lsn,
+                    }),
+                    Answer::Aborted(e) => {
+                        Err(*e.downcast::<E>().expect("the job's own error type"))
+                    }
+                    Answer::Failed(e) => Err(E::from(e)),
+                };
+                let _ = reply.send(r);
+            }),
+        };
         self.send(Job::Write(job)).map_err(E::from)?;
         Ok(rx)
     }
 
     /// Runs `f` as one write transaction on the primary and returns once it is durable.
-    /// An error from `f` rolls back everything `f` did. Blocking: call from a plain thread.
+    /// An error from `f` undoes everything `f` did. `f` may run more than once (when a
+    /// transaction grouped with it fails after changing rows, the group is run again): it must
+    /// decide from the database and its captured values only — `tx.time_ms()` for the time.
+    /// Blocking: call from a plain thread.
     pub fn write<R, E, F>(&self, f: F) -> Result<Committed<R>, E>
     where
-        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        F: Fn(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.submit(f)?.blocking_recv().unwrap_or_else(|_| {
-            Err(E::from(StoreError::Closed(
-                "the transaction panicked or the writer stopped".into(),
-            )))
-        })
+        self.submit(f)?
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(E::from(StoreError::Closed("the writer stopped".into()))))
     }
 
     /// `write` for async callers.
     pub async fn write_async<R, E, F>(&self, f: F) -> Result<Committed<R>, E>
     where
-        F: FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+        F: Fn(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.submit(f)?.await.unwrap_or_else(|_| {
-            Err(E::from(StoreError::Closed(
-                "the transaction panicked or the writer stopped".into(),
-            )))
-        })
+        self.submit(f)?
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::Closed("the writer stopped".into()))))
     }
 
     /// Applies the migrations this database has not applied yet, as one journaled record.
@@ -807,9 +865,9 @@ impl Database {
         }
     }
 
-    /// Waits until the writer has answered every job queued before this call.
+    /// Waits until every job queued before this call is answered and durable.
     pub fn flush(&self) -> Result<()> {
-        self.control(|_| Ok(()))
+        self.control(|w| w.wait_durable())
     }
 }
 

@@ -5,6 +5,7 @@
 //! copies — mirroring, log shipping, the backup service, backups — moves that journal
 //! (DESIGN.md §2). This crate knows nothing of networking, chat or pools.
 
+mod ack;
 mod backup;
 mod backup_file;
 mod database;
@@ -22,7 +23,8 @@ pub use backup::{
 };
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use database::{
-    Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, inspect,
+    Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, WriterStats,
+    inspect,
 };
 pub use error::{Result, StoreError};
 pub use history::{Comparison, History, HistoryEntry, Position, compare};

@@ -14,24 +14,47 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
-/// What a write job answers once its fate is known.
+/// Answers a caller once its transaction's fate is known: its LSN once durable, or an error.
 pub(crate) type Completion = Box<dyn FnOnce(Result<Lsn>) + Send>;
 
-pub(crate) enum Outcome {
-    /// Keep the transaction's changes; call back once durable.
-    Commit(Completion),
-    /// Roll the transaction back, then call back.
-    Abort(Box<dyn FnOnce() + Send>),
+/// A transaction's own result, kept until the caller is answered.
+pub(crate) type Value_ = Box<dyn std::any::Any + Send>;
+
+/// How a write job ended.
+pub(crate) enum Answer {
+    /// Committed and durable at this LSN; the value the job returned.
+    Committed(Value_, Lsn),
+    /// The job returned an error: everything it did was undone.
+    Aborted(Value_),
+    /// The job was not run, or its commit failed.
+    Failed(StoreError),
 }
 
-/// What the writer asks of a write job: run in this transaction, or give up with this error
-/// (the copy accepts no writes, or the transaction could not begin).
-pub(crate) enum Call<'a, 'c> {
-    Run(&'a mut Tx<'c>),
-    Refuse(StoreError),
+/// A write transaction. `run` may be called more than once (the writer re-runs the earlier
+/// transactions of a group when a later one fails after changing rows: no savepoint is paid for
+/// the common case); it must decide from the database and its captures alone.
+pub(crate) struct WriteJob {
+    pub(crate) run: Box<dyn FnMut(&mut Tx<'_>) -> std::result::Result<Value_, Value_> + Send>,
+    pub(crate) answer: Box<dyn FnOnce(Answer) + Send>,
 }
 
-pub(crate) type WriteJob = Box<dyn FnOnce(Call<'_, '_>) -> Outcome + Send>;
+fn refuse_all(jobs: Vec<WriteJob>, err: &StoreError) {
+    for job in jobs {
+        (job.answer)(Answer::Failed(match err {
+            StoreError::Role(m) => StoreError::Role(m.clone()),
+            StoreError::Closed(m) => StoreError::Closed(m.clone()),
+            other => StoreError::Closed(other.to_string()),
+        }));
+    }
+}
+
+/// A job that ran and is part of the open SQLite transaction.
+struct Kept {
+    job: WriteJob,
+    value: Value_,
+    lsn: Lsn,
+}
+
 pub(crate) type ControlJob = Box<dyn FnOnce(&mut Writer) + Send>;
 
 pub(crate) enum Job {
@@ -167,6 +190,7 @@ pub(crate) struct Writer {
     tables: Tables,
     published: Arc<Published>,
     batch_records_max: usize,
+    ack: crate::ack::AckStage,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
@@ -185,6 +209,7 @@ impl Writer {
         published: Arc<Published>,
         batch_records_max: usize,
         lock: File,
+        ack: crate::ack::AckStage,
     ) -> Result<Writer> {
         let tables = Tables::load(&conn)?;
         Ok(Writer {
@@ -193,6 +218,7 @@ impl Writer {
             tables,
             published,
             batch_records_max,
+            ack,
             _lock: lock,
         })
     }
@@ -233,41 +259,34 @@ impl Writer {
         Ok(())
     }
 
-    /// One SQLite transaction for a batch of write jobs, each in its own savepoint and with its
-    /// own LSN; one fsync at COMMIT; then every caller is answered.
+    /// One SQLite transaction for a batch of write jobs, each with its own LSN; one fsync for
+    /// all of them (in the acknowledgment stage); then every caller is answered.
     fn commit_batch(&mut self, batch: Vec<WriteJob>) {
+        if let Some(failure) = self.ack.failure() {
+            return refuse_all(batch, &StoreError::Closed(failure));
+        }
         if self.state.role != Role::Primary {
-            let err = format!(
-                "this copy is {} (epoch {}): it accepts no writes",
-                self.state.role, self.state.epoch
+            return refuse_all(
+                batch,
+                &StoreError::Role(format!(
+                    "this copy is {} (epoch {}): it accepts no writes",
+                    self.state.role, self.state.epoch
+                )),
             );
-            for job in batch {
-                self.refuse(job, StoreError::Role(err.clone()));
-            }
-            return;
         }
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            for job in batch {
-                self.refuse(
-                    job,
-                    StoreError::Closed(format!("cannot begin a transaction: {msg}")),
-                );
-            }
-            return;
+            return refuse_all(
+                batch,
+                &StoreError::Closed(format!("cannot begin a transaction: {e}")),
+            );
         }
         let time_ms = now_ms().max(self.state.last_time_ms);
-        let chain_before = self.state.chain;
-        let mut lsn = self.state.lsn;
-        let mut chain = chain_before;
-        let mut encoded: Vec<Vec<u8>> = Vec::new();
-        let mut done: Vec<(Completion, Lsn)> = Vec::with_capacity(batch.len());
+        let mut queue: std::collections::VecDeque<WriteJob> = batch.into();
+        let mut kept: Vec<Kept> = Vec::with_capacity(queue.len());
+        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(queue.len());
+        let mut chain = self.state.chain;
         let mut schema_changed = false;
-        for job in batch {
-            if let Err(e) = self.exec("SAVEPOINT tx") {
-                self.refuse(job, e);
-                continue;
-            }
+        while let Some(mut job) = queue.pop_front() {
             let mut tx = Tx {
                 conn: &self.conn,
                 tables: &mut self.tables,
@@ -275,105 +294,130 @@ impl Writer {
                 time_ms,
                 schema_changed: false,
             };
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| job(Call::Run(&mut tx))));
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(&mut tx)));
             let ops = std::mem::take(&mut tx.ops);
-            let tx_schema_changed = tx.schema_changed;
-            let keep = match outcome {
-                Ok(Outcome::Commit(reply)) => {
-                    if ops.is_empty() {
-                        done.push((reply, lsn));
-                        true
-                    } else {
-                        let record = Record {
-                            lsn: lsn + 1,
-                            epoch: self.state.epoch,
-                            time_ms,
-                            ops,
-                        };
-                        let bytes = record.encode();
-                        if bytes.len() > RECORD_BYTES_MAX {
-                            reply(Err(StoreError::Invalid(format!(
-                                "transaction of {} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound",
-                                bytes.len()
-                            ))));
-                            false
-                        } else {
-                            lsn += 1;
-                            chain = chain.next(&bytes);
-                            encoded.push(bytes);
-                            done.push((reply, lsn));
-                            true
-                        }
-                    }
-                }
-                Ok(Outcome::Abort(reply)) => {
-                    reply();
+            schema_changed |= tx.schema_changed;
+            let changed = !ops.is_empty();
+            let lsn = self.state.lsn + encoded.len() as u64;
+            let undo = match outcome {
+                Ok(Ok(value)) if !changed => {
+                    kept.push(Kept { job, value, lsn });
                     false
                 }
-                // The job's reply channel was dropped with the panic: its caller sees Closed.
-                Err(_) => false,
+                Ok(Ok(value)) => {
+                    let record = Record {
+                        lsn: lsn + 1,
+                        epoch: self.state.epoch,
+                        time_ms,
+                        ops,
+                    };
+                    let bytes = record.encode();
+                    if bytes.len() > RECORD_BYTES_MAX {
+                        (job.answer)(Answer::Failed(StoreError::Invalid(format!(
+                            "transaction of {} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound",
+                            bytes.len()
+                        ))));
+                        self.count(0, 0, 1);
+                        true
+                    } else {
+                        chain = chain.next(&bytes);
+                        encoded.push(bytes);
+                        kept.push(Kept {
+                            job,
+                            value,
+                            lsn: lsn + 1,
+                        });
+                        false
+                    }
+                }
+                Ok(Err(e)) => {
+                    (job.answer)(Answer::Aborted(e));
+                    changed
+                }
+                Err(_) => {
+                    (job.answer)(Answer::Failed(StoreError::Invalid(
+                        "the transaction panicked".into(),
+                    )));
+                    true
+                }
             };
-            let end = if keep {
-                self.exec("RELEASE tx")
-            } else {
-                self.exec("ROLLBACK TO tx")
-                    .and_then(|_| self.exec("RELEASE tx"))
-            };
-            if keep {
-                schema_changed |= tx_schema_changed;
-            } else if tx_schema_changed {
-                self.reload_tables();
-            }
-            if let Err(e) = end {
-                return self.fail_batch(done, e, schema_changed);
+            self.count(
+                0,
+                0,
+                u64::from(undo || matches!(kept.last(), Some(k) if k.lsn != lsn + 1 && changed)),
+            );
+            if undo {
+                // A transaction failed after changing rows: undo the whole SQLite transaction and
+                // run again the ones that had succeeded (same state, same time: same result).
+                if let Err(e) = self
+                    .exec("ROLLBACK")
+                    .and_then(|_| self.exec("BEGIN IMMEDIATE"))
+                {
+                    let err = StoreError::Closed(format!("cannot restart a transaction: {e}"));
+                    refuse_all(kept.into_iter().map(|k| k.job).chain(queue).collect(), &err);
+                    let _ = self.exec("ROLLBACK");
+                    self.reload_tables();
+                    return;
+                }
+                if schema_changed {
+                    self.reload_tables();
+                    schema_changed = false;
+                }
+                encoded.clear();
+                chain = self.state.chain;
+                for k in kept.drain(..).rev() {
+                    queue.push_front(k.job);
+                }
             }
         }
+        let lsn = self.state.lsn + encoded.len() as u64;
         if !encoded.is_empty() {
             let first = self.state.lsn + 1;
             let refs: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
             let body = journal::encode_segment(&refs);
-            let r = journal::insert_segment(&self.conn, first, lsn, &chain_before, &chain, &body)
-                .and_then(|_| self.persist_position(lsn, &chain, time_ms));
+            let r =
+                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, &body)
+                    .and_then(|_| self.persist_position(lsn, &chain, time_ms));
             if let Err(e) = r {
-                return self.fail_batch(done, e, schema_changed);
+                return self.fail_batch(kept, e, schema_changed);
             }
             self.state.journal_bytes += body.len() as u64;
             self.state.journal_oldest.get_or_insert(first);
         }
         if let Err(e) = self.exec("COMMIT") {
-            return self.fail_batch(done, e, schema_changed);
+            return self.fail_batch(kept, e, schema_changed);
         }
-        debug_assert_eq!(
-            lsn - self.state.lsn,
-            encoded.len() as u64,
-            "one LSN per record"
-        );
         self.state.lsn = lsn;
         self.state.chain = chain;
         self.state.last_time_ms = time_ms;
         self.publish();
-        for (reply, lsn) in done {
-            reply(Ok(lsn));
-        }
+        self.count(1, encoded.len() as u64, 0);
+        let replies = kept
+            .into_iter()
+            .map(|k| {
+                let Kept { job, value, lsn } = k;
+                let answer = job.answer;
+                let reply: Completion = Box::new(move |r: Result<Lsn>| {
+                    answer(match r {
+                        Ok(lsn) => Answer::Committed(value, lsn),
+                        Err(e) => Answer::Failed(e),
+                    })
+                });
+                (reply, lsn)
+            })
+            .collect();
+        self.ack.submit(crate::ack::Pending { lsn, replies });
     }
 
-    fn refuse(&mut self, job: WriteJob, err: StoreError) {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| job(Call::Refuse(err)))) {
-            Ok(Outcome::Abort(reply)) => reply(),
-            Ok(Outcome::Commit(reply)) => reply(Err(StoreError::Closed("write refused".into()))),
-            Err(_) => {}
-        }
-    }
-
-    fn fail_batch(&mut self, done: Vec<(Completion, Lsn)>, e: StoreError, schema_changed: bool) {
+    fn fail_batch(&mut self, kept: Vec<Kept>, e: StoreError, schema_changed: bool) {
         let _ = self.exec("ROLLBACK");
         if schema_changed {
             self.reload_tables();
         }
-        let msg = e.to_string();
-        for (reply, _) in done {
-            reply(Err(StoreError::Closed(format!("commit failed: {msg}"))));
-        }
+        refuse_all(
+            kept.into_iter().map(|k| k.job).collect(),
+            &StoreError::Closed(format!("commit failed: {e}")),
+        );
     }
 
     fn reload_tables(&mut self) {
@@ -390,6 +434,18 @@ impl Writer {
             )?
             .execute(params![lsn as i64, &chain.0[..], time_ms])?;
         Ok(())
+    }
+
+    pub(crate) fn wait_durable(&self) -> Result<()> {
+        self.ack.wait_durable(self.state.lsn)
+    }
+
+    fn count(&self, commits: u64, records: u64, aborted: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.published.counters;
+        c.sqlite_commits.fetch_add(commits, Relaxed);
+        c.records.fetch_add(records, Relaxed);
+        c.aborted.fetch_add(aborted, Relaxed);
     }
 
     pub(crate) fn publish(&self) {
@@ -454,6 +510,9 @@ impl Writer {
                 self.state.last_time_ms = time_ms;
                 self.state.journal_bytes += body_len;
                 self.publish();
+                self.count(1, applied, 0);
+                // A copy says it has records only once they are durable.
+                self.wait_durable()?;
                 Ok(self.applied(applied, stopped))
             }
             Err(e) => {
@@ -567,6 +626,7 @@ impl Writer {
             Ok(v) => match self.exec("COMMIT") {
                 Ok(()) => {
                     self.publish();
+                    self.wait_durable()?;
                     Ok(v)
                 }
                 Err(e) => {

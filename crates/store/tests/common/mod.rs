@@ -54,7 +54,7 @@ pub fn post(db: &Database, room: i64, body: &str) -> Result<i64, StoreError> {
                 Value::Integer(room),
                 Value::Text("alice".into()),
                 Value::Integer(t),
-                Value::Text(body),
+                Value::Text(body.clone()),
                 Value::Null,
             ],
         )?;

@@ -1,0 +1,390 @@
+//! `tandem bench store`: in one run, on the same rows,
+//! (a) raw rusqlite batched inserts — the machine's limit with the same durability (WAL,
+//!     synchronous=FULL) and the store's group size;
+//! (b) store commits/s with 1, 16 and 256 concurrent writers, one row per commit;
+//! (c) log backup and full backup MB/s; (d) restore apply records/s.
+//! With `--dir DIR` the database stays in `DIR/db` and its backups in `DIR/backups`: one full
+//! backup, log backups taken while writes went on, and a last one after the writes ended.
+
+use super::Latency;
+use crate::output::{Output, count};
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use rusqlite::params_from_iter;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tandem_store::{
+    BackupFile, Database, Migration, Options, RestoreOptions, StoreError, Tx, Value,
+};
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Keep the database in DIR/db and its backups in DIR/backups (DIR must not hold them yet).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Rows of the raw baseline and of the 256-writer run (the 16-writer run writes a tenth).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1_000..=50_000_000))]
+    rows: u64,
+}
+
+static SCHEMA: &[Migration] = &[Migration {
+    version: 1,
+    name: "bench rows",
+    sql: "CREATE TABLE rows (id INTEGER PRIMARY KEY, room INTEGER NOT NULL, sender TEXT NOT NULL, \
+          time_ms INTEGER NOT NULL, body TEXT NOT NULL)",
+}];
+
+const INSERT: &str =
+    "INSERT INTO rows (id, room, sender, time_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// Rows per transaction of the raw baseline: the store's largest group commit.
+const RAW_BATCH_ROWS: usize = 1024;
+const LOG_BACKUP_INTERVAL_MS: u64 = 200;
+
+/// Row `i`: the same for the baseline and the store. About 150 bytes.
+fn row(i: u64) -> Vec<Value> {
+    const WORDS: [&str; 8] = [
+        "failover", "mirror", "witness", "epoch", "journal", "restore", "site", "pool",
+    ];
+    let mut body = format!("message {i}:");
+    let mut k = i;
+    while body.len() < 100 {
+        body.push(' ');
+        body.push_str(WORDS[(k % 8) as usize]);
+        k = k / 8 + 7;
+    }
+    vec![
+        Value::Integer(i as i64),
+        Value::Integer((i % 64) as i64),
+        Value::Text(format!("user{}", i % 1000)),
+        Value::Integer(1_700_000_000_000 + i as i64),
+        Value::Text(body),
+    ]
+}
+
+#[derive(Serialize)]
+struct Rate {
+    rows: u64,
+    seconds: f64,
+    per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Phase {
+    writers: usize,
+    commits: u64,
+    seconds: f64,
+    per_second: f64,
+    latency: Latency,
+    /// Average transactions per SQLite commit (one fsync each).
+    group_commit_avg: f64,
+}
+
+#[derive(Serialize)]
+struct Throughput {
+    files: usize,
+    bytes: u64,
+    seconds: f64,
+    mb_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct Restore {
+    records: u64,
+    apply_seconds: f64,
+    records_per_second: f64,
+    total_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    rows: u64,
+    raw_batched_inserts: Rate,
+    store: Vec<Phase>,
+    store_256_to_raw: f64,
+    log_backup: Throughput,
+    log_backups_during_writes: usize,
+    full_backup: Throughput,
+    restore: Restore,
+    lsn: u64,
+    chain: String,
+    dir: Option<PathBuf>,
+}
+
+fn raw(dir: &Path, rows: u64) -> anyhow::Result<Rate> {
+    let conn = rusqlite::Connection::open(dir.join("raw.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA[0].sql)?;
+    let started = Instant::now();
+    let mut next = 1u64;
+    while next <= rows {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT)?;
+            for i in next..(next + RAW_BATCH_ROWS as u64).min(rows + 1) {
+                stmt.execute(params_from_iter(row(i)))?;
+            }
+        }
+        tx.commit()?;
+        next += RAW_BATCH_ROWS as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        rows,
+        seconds,
+        per_second: rows as f64 / seconds,
+    })
+}
+
+/// `writers` concurrent tasks (as the node's request handlers are) commit one row each until
+/// `commits` rows are written.
+fn phase(
+    rt: &tokio::runtime::Runtime,
+    db: &Database,
+    writers: usize,
+    commits: u64,
+    next_id: &Arc<AtomicU64>,
+) -> anyhow::Result<Phase> {
+    let end = next_id.load(Ordering::SeqCst) + commits;
+    let before = db.writer_stats();
+    let started = Instant::now();
+    let samples = rt.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let (db, next_id) = (db.clone(), next_id.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let id = next_id.fetch_add(1, Ordering::SeqCst);
+                        if id >= end {
+                            return Ok::<_, StoreError>(lat);
+                        }
+                        let t0 = Instant::now();
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", row(id)))
+                            .await?;
+                        lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                })
+            })
+            .collect();
+        let mut samples = Vec::with_capacity(commits as usize);
+        for t in tasks {
+            samples.extend(t.await.expect("writer task")?);
+        }
+        Ok::<_, StoreError>(samples)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    next_id.store(end, Ordering::SeqCst);
+    let after = db.writer_stats();
+    Ok(Phase {
+        writers,
+        commits,
+        seconds,
+        per_second: commits as f64 / seconds,
+        latency: Latency::of(samples),
+        group_commit_avg: (after.records - before.records) as f64
+            / (after.sqlite_commits - before.sqlite_commits).max(1) as f64,
+    })
+}
+
+/// Takes log backups every interval until told to stop; returns the files and the time spent.
+fn log_backups_while(
+    db: Database,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<(Vec<BackupFile>, Duration)>> {
+    std::thread::spawn(move || {
+        let mut files = Vec::new();
+        let mut spent = Duration::ZERO;
+        while !stop.load(Ordering::SeqCst) {
+            let t0 = Instant::now();
+            files.extend(tandem_store::log_backup(&db, &dir)?);
+            spent += t0.elapsed();
+            std::thread::sleep(Duration::from_millis(LOG_BACKUP_INTERVAL_MS));
+        }
+        Ok((files, spent))
+    })
+}
+
+fn size_of(files: &[BackupFile]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for f in files {
+        total += std::fs::metadata(f.path())?.len();
+    }
+    Ok(total)
+}
+
+fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-9)
+}
+
+pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
+    let scratch = tempfile::Builder::new().prefix("tandem-bench-").tempdir()?;
+    let root = match &a.dir {
+        Some(d) => {
+            for sub in ["db", "backups"] {
+                if d.join(sub).exists() {
+                    bail!(
+                        "{} exists: give --dir a directory without db/ and backups/",
+                        d.join(sub).display()
+                    );
+                }
+            }
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => scratch.path().to_path_buf(),
+    };
+    let (db_dir, backups) = (root.join("db"), root.join("backups"));
+
+    out.progress(&format!(
+        "raw SQLite: {} rows in batches of {RAW_BATCH_ROWS}…",
+        a.rows
+    ));
+    let raw = raw(scratch.path(), a.rows)?;
+
+    let db = Database::create(&db_dir, "bench", Options::default())?;
+    db.migrate(SCHEMA)?;
+    let next_id = Arc::new(AtomicU64::new(1));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut phases = Vec::new();
+    let single = (a.rows / 100).clamp(200, 2_000);
+    out.progress(&format!("store: 1 writer, {single} commits…"));
+    phases.push(phase(&rt, &db, 1, single, &next_id)?);
+
+    tandem_store::full_backup(&db, &backups)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let logger = log_backups_while(db.clone(), backups.clone(), stop.clone());
+    out.progress(&format!("store: 16 writers, {} commits…", a.rows / 10));
+    phases.push(phase(&rt, &db, 16, a.rows / 10, &next_id)?);
+    out.progress(&format!("store: 256 writers, {} commits…", a.rows));
+    phases.push(phase(&rt, &db, 256, a.rows, &next_id)?);
+    stop.store(true, Ordering::SeqCst);
+    let (mut logs, mut log_time) = logger.join().expect("log backup thread")?;
+    let during = logs.len();
+    let t0 = Instant::now();
+    let last = tandem_store::log_backup(&db, &backups)?;
+    log_time += t0.elapsed();
+    ensure!(!last.is_empty() || during > 0, "no log backup was written");
+    logs.extend(last);
+    let log_bytes = size_of(&logs)?;
+
+    out.progress("full backup…");
+    let t0 = Instant::now();
+    let full = tandem_store::full_backup(&db, &scratch.path().join("full"))?;
+    let full_time = t0.elapsed();
+    let full_bytes = size_of(std::slice::from_ref(&full))?;
+
+    let id = db.identity();
+    drop(db);
+    out.progress("restore from the full backup and the log backups…");
+    let t0 = Instant::now();
+    let restored = tandem_store::restore_new(
+        &scratch.path().join("restored"),
+        std::slice::from_ref(&backups),
+        &RestoreOptions::default(),
+        false,
+    )?;
+    let restore_time = t0.elapsed();
+    ensure!(
+        restored.lsn == id.lsn && restored.chain == id.chain,
+        "the restored copy is at LSN {} chain {}, the source at LSN {} chain {}",
+        restored.lsn,
+        restored.chain,
+        id.lsn,
+        id.chain
+    );
+
+    let report = Report {
+        rows: a.rows,
+        store_256_to_raw: phases[2].per_second / raw.per_second,
+        raw_batched_inserts: raw,
+        store: phases,
+        log_backup: Throughput {
+            files: logs.len(),
+            bytes: log_bytes,
+            seconds: log_time.as_secs_f64(),
+            mb_per_second: mb_per_s(log_bytes, log_time),
+        },
+        log_backups_during_writes: during,
+        full_backup: Throughput {
+            files: 1,
+            bytes: full_bytes,
+            seconds: full_time.as_secs_f64(),
+            mb_per_second: mb_per_s(full_bytes, full_time),
+        },
+        restore: Restore {
+            records: restored.records_applied,
+            apply_seconds: restored.apply_ms as f64 / 1000.0,
+            records_per_second: restored.records_applied as f64
+                / (restored.apply_ms.max(1) as f64 / 1000.0),
+            total_seconds: restore_time.as_secs_f64(),
+        },
+        lsn: id.lsn,
+        chain: id.chain.to_hex(),
+        dir: a.dir.clone(),
+    };
+    out.emit(&report, || human(&report))
+}
+
+fn human(r: &Report) -> String {
+    let mut s = format!(
+        "tandem bench store — {} rows of ~150 bytes, WAL, synchronous=FULL, one row per commit\n\n",
+        count(r.rows as f64)
+    );
+    s.push_str(&format!(
+        "{:<34}{:>14} rows/s\n",
+        format!("raw SQLite, batches of {RAW_BATCH_ROWS}"),
+        count(r.raw_batched_inserts.per_second)
+    ));
+    for p in &r.store {
+        s.push_str(&format!(
+            "{:<34}{:>14} commits/s   p50 {:.2} ms  p99 {:.2} ms  {:.0} per fsync\n",
+            format!(
+                "store, {} writer{}",
+                p.writers,
+                if p.writers == 1 { "" } else { "s" }
+            ),
+            count(p.per_second),
+            p.latency.p50_ms,
+            p.latency.p99_ms,
+            p.group_commit_avg
+        ));
+    }
+    s.push_str(&format!(
+        "{:<34}{:>14.0} %           (target ≥ 50 %)\n",
+        "store 256 writers / raw",
+        r.store_256_to_raw * 100.0
+    ));
+    s.push_str(&format!(
+        "{:<34}{:>14.0} MB/s        ({} files, {} during writes; target ≥ 200)\n",
+        "log backup", r.log_backup.mb_per_second, r.log_backup.files, r.log_backups_during_writes
+    ));
+    s.push_str(&format!(
+        "{:<34}{:>14.0} MB/s        (target ≥ 200)\n",
+        "full backup", r.full_backup.mb_per_second
+    ));
+    s.push_str(&format!(
+        "{:<34}{:>14} records/s   (target ≥ 200,000; whole restore {:.2} s)\n",
+        "restore apply",
+        count(r.restore.records_per_second),
+        r.restore.total_seconds
+    ));
+    s.push_str(&format!(
+        "\nsource and restored copy: LSN {}, chain {}\n",
+        r.lsn, r.chain
+    ));
+    if let Some(d) = &r.dir {
+        s.push_str(&format!(
+            "kept: {0}/db and {0}/backups — try `tandem db verify {0}/backups`\n",
+            d.display()
+        ));
+    }
+    s
+}

@@ -1,0 +1,310 @@
+//! `tandem db …`: database copies and backup files, offline (no server needed).
+
+use crate::output::{Output, bytes, time};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tandem_store::{
+    BackupFile, ChainReport, Consumer, Database, Identity, JournalStats, Options, Recovery,
+    RestoreOptions, RestoreReport, StopAt,
+};
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Show a database copy's identity (id, role, epoch, LSN, chain, history) or a backup file's header.
+    Inspect {
+        /// A database directory, or a backup file (.tfb, .tlb).
+        path: PathBuf,
+    },
+    /// Check backup files — each one, and the chain across them. Non-zero exit on the first problem.
+    Verify {
+        /// Backup files, or directories holding them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Take a full backup (default) or a log backup of a database directory.
+    Backup(BackupArgs),
+    /// Restore a full backup and the log backups after it, or apply more log backups to a
+    /// restoring/standby copy.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// The database directory (offline: no node may have it open).
+    #[arg(long)]
+    path: PathBuf,
+    /// The directory the backup file is written to.
+    #[arg(long)]
+    to: PathBuf,
+    /// Back up the journal records since the previous log backup instead of the whole database.
+    #[arg(long)]
+    log: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The database directory to create (or, when it holds a restoring or standby copy, to
+    /// apply log backups to).
+    #[arg(long)]
+    path: PathBuf,
+    /// Backup files, or directories holding them.
+    #[arg(long, num_args = 1.., required = true)]
+    from: Vec<PathBuf>,
+    /// Leave the copy restoring: more log backups may follow; no reads.
+    #[arg(long, conflicts_with = "standby")]
+    norecovery: bool,
+    /// Leave the copy read-only: more log backups may follow.
+    #[arg(long)]
+    standby: bool,
+    /// Stop after this LSN.
+    #[arg(long, conflicts_with = "stop_at_time")]
+    stop_at_lsn: Option<u64>,
+    /// Stop after the last record committed at or before this time (RFC 3339, e.g.
+    /// 2026-11-23T10:00:00Z, or milliseconds since the Unix epoch).
+    #[arg(long)]
+    stop_at_time: Option<String>,
+    /// Replace an existing database at PATH with the restored copy.
+    #[arg(long)]
+    replace: bool,
+}
+
+pub fn run(cmd: DbCommand, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Inspect { path } => inspect(&path, out),
+        DbCommand::Verify { files } => verify(&files, out),
+        DbCommand::Backup(a) => backup(a, out),
+        DbCommand::Restore(a) => restore(a, out),
+    }
+}
+
+#[derive(Serialize)]
+struct InspectDatabase {
+    kind: &'static str,
+    path: PathBuf,
+    #[serde(flatten)]
+    identity: Identity,
+    journal: JournalStats,
+    consumers: Vec<Consumer>,
+}
+
+fn inspect(path: &Path, out: &Output) -> anyhow::Result<()> {
+    if path.is_file() && !path.ends_with(tandem_store::DB_FILE) {
+        let file = tandem_store::read_header(path)?;
+        return out.emit(&file, || describe_file(&file));
+    }
+    let (identity, journal, consumers) = tandem_store::inspect(path)?;
+    let report = InspectDatabase {
+        kind: "database",
+        path: path.to_path_buf(),
+        identity,
+        journal,
+        consumers,
+    };
+    out.emit(&report, || {
+        let id = &report.identity;
+        let history: Vec<String> = id
+            .history
+            .0
+            .iter()
+            .map(|e| format!("epoch {} from LSN {}", e.epoch, e.first_lsn))
+            .collect();
+        let consumers: Vec<String> = report
+            .consumers
+            .iter()
+            .map(|c| format!("{} at LSN {}", c.name, c.lsn))
+            .collect();
+        let journal = match report.journal.oldest_lsn {
+            Some(o) => format!(
+                "LSN {o}..={} ({} records, {})",
+                id.lsn,
+                report.journal.records,
+                bytes(report.journal.bytes)
+            ),
+            None => "empty".into(),
+        };
+        format!(
+            "database     {}\nid           {}\nrole         {}\nepoch        {}\nlsn          {}\nchain        {}\nhistory      {}\nlast commit  {}\njournal      {}\nconsumers    {}\n",
+            id.name,
+            id.database_id,
+            id.role,
+            id.epoch,
+            id.lsn,
+            id.chain,
+            if history.is_empty() { "none".into() } else { history.join("; ") },
+            time(id.last_time_ms),
+            journal,
+            if consumers.is_empty() { "none".into() } else { consumers.join(", ") },
+        )
+    })
+}
+
+fn describe_file(file: &BackupFile) -> String {
+    match file {
+        BackupFile::Full { path, header } => format!(
+            "full backup  {}\ndatabase     {} (id {})\nepoch        {}\nlsn          {}\nchain        {}\nlast commit  {}\ntaken        {}\nsize         {}\n",
+            path.display(),
+            header.name,
+            header.database_id,
+            header.epoch,
+            header.lsn,
+            header.chain,
+            time(header.last_time_ms),
+            time(header.created_ms),
+            bytes(header.payload_bytes)
+        ),
+        BackupFile::Log { path, header } => format!(
+            "log backup   {}\ndatabase     {} (id {})\nepoch        {}\nlsn          {}..={} ({} records)\nchain        {} -> {}\ncommits      {} .. {}\ntaken        {}\n",
+            path.display(),
+            header.name,
+            header.database_id,
+            header.epoch,
+            header.first_lsn,
+            header.last_lsn,
+            header.records,
+            header.chain_before,
+            header.chain_after,
+            time(header.first_time_ms),
+            time(header.last_time_ms),
+            time(header.created_ms)
+        ),
+    }
+}
+
+fn verify(files: &[PathBuf], out: &Output) -> anyhow::Result<()> {
+    let report: ChainReport = tandem_store::verify_chain(files)?;
+    out.emit(&report, || {
+        let mut s = String::new();
+        for f in &report.files {
+            match f {
+                BackupFile::Full { header, .. } => {
+                    s.push_str(&format!("ok  {}  full at LSN {}\n", f.name(), header.lsn))
+                }
+                BackupFile::Log { header, .. } => s.push_str(&format!(
+                    "ok  {}  LSN {}..={}\n",
+                    f.name(),
+                    header.first_lsn,
+                    header.last_lsn
+                )),
+            }
+        }
+        s.push_str(&format!(
+            "chain ok: {} files of database {}, restorable from LSN {} to LSN {}\n",
+            report.files.len(),
+            report.database_id,
+            report.first_lsn,
+            report.last_lsn
+        ));
+        s
+    })
+}
+
+fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
+    let db = Database::open(&a.path, Options::default())
+        .with_context(|| format!("cannot open the database {}", a.path.display()))?;
+    let files = if a.log {
+        tandem_store::log_backup(&db, &a.to)?
+    } else {
+        vec![tandem_store::full_backup(&db, &a.to)?]
+    };
+    drop(db);
+    out.emit(&files, || {
+        if files.is_empty() {
+            return "nothing committed since the last log backup: no file written\n".into();
+        }
+        files
+            .iter()
+            .map(describe_file)
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// Parses `--stop-at-time`: RFC 3339, or milliseconds since the Unix epoch.
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
+        format!("--stop-at-time {s:?} is neither RFC 3339 (2026-11-23T10:00:00Z) nor milliseconds")
+    })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
+}
+
+fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
+    let recovery = if a.norecovery {
+        Recovery::NoRecovery
+    } else if a.standby {
+        Recovery::Standby
+    } else {
+        Recovery::Recover
+    };
+    let stop_at = match (a.stop_at_lsn, &a.stop_at_time) {
+        (Some(n), _) => Some(StopAt::Lsn(n)),
+        (None, Some(t)) => Some(StopAt::TimeMs(parse_time(t)?)),
+        (None, None) => None,
+    };
+    let options = RestoreOptions {
+        recovery,
+        stop_at,
+        ..Default::default()
+    };
+    let holds_database = a.path.join(tandem_store::DB_FILE).exists();
+    let report: RestoreReport = if holds_database && !a.replace {
+        let db = Database::open(&a.path, Options::default())
+            .with_context(|| format!("cannot open the database {}", a.path.display()))?;
+        tandem_store::restore_logs(&db, &a.from, &options)?
+    } else {
+        if a.path.exists() && !holds_database && !a.replace {
+            let empty = std::fs::read_dir(&a.path)?.next().is_none();
+            if !empty {
+                bail!(
+                    "{} exists and is not a database: choose a new directory",
+                    a.path.display()
+                );
+            }
+            std::fs::remove_dir(&a.path)?;
+        }
+        tandem_store::restore_new(&a.path, &a.from, &options, a.replace)?
+    };
+    out.emit(&report, || {
+        let mut s = String::new();
+        if let Some(f) = &report.full_backup {
+            s.push_str(&format!("full backup  {}\n", f.display()));
+        }
+        s.push_str(&format!(
+            "log backups  {} applied, {} records\n",
+            report.logs_applied.len(),
+            report.records_applied
+        ));
+        s.push_str(&format!(
+            "restored     {} at LSN {} (chain {}), epoch {}, role {}{}\nlast commit  {}\n",
+            a.path.display(),
+            report.lsn,
+            report.chain,
+            report.epoch,
+            report.role,
+            if report.stopped {
+                ", stopped at the stop point"
+            } else {
+                ""
+            },
+            time(report.last_time_ms)
+        ));
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn stop_times_parse_or_say_why() {
+        assert_eq!(parse_time("1000").unwrap(), 1000);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        let e = parse_time("yesterday").unwrap_err().to_string();
+        assert!(e.contains("RFC 3339"), "{e}");
+    }
+}
