@@ -1,0 +1,227 @@
+//! The offline commands, driven as an operator would: through the `tandem` binary.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tandem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .output()
+        .expect("run tandem")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = tandem(args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tandem {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = tandem(args);
+    assert!(!out.status.success(), "tandem {args:?} should have failed");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line on stderr: {err}"
+    );
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn bench_leaves_backups_that_verify_restore_and_inspect() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("bench");
+    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "2000", "--json"]);
+    let lsn = report["lsn"].as_u64().unwrap();
+    let chain = report["chain"].as_str().unwrap().to_string();
+    assert!(lsn > 2000);
+
+    let source = ok_json(&["db", "inspect", s(&d.join("db")), "--json"]);
+    assert_eq!(source["lsn"].as_u64(), Some(lsn));
+    assert_eq!(source["chain"].as_str(), Some(chain.as_str()));
+
+    let backups = d.join("backups");
+    let verified = ok_json(&["db", "verify", s(&backups), "--json"]);
+    assert_eq!(verified["last_lsn"].as_u64(), Some(lsn));
+    let files: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files
+            .iter()
+            .filter(|p| p.extension().unwrap() == "tfb")
+            .count(),
+        1
+    );
+    assert!(
+        files
+            .iter()
+            .filter(|p| p.extension().unwrap() == "tlb")
+            .count()
+            >= 1
+    );
+
+    let restored = t.path().join("restored");
+    let r = ok_json(&[
+        "db",
+        "restore",
+        "--path",
+        s(&restored),
+        "--from",
+        s(&backups),
+        "--json",
+    ]);
+    assert_eq!(r["lsn"].as_u64(), Some(lsn));
+    let inspected = ok_json(&["db", "inspect", s(&restored), "--json"]);
+    assert_eq!(inspected["lsn"].as_u64(), Some(lsn));
+    assert_eq!(inspected["chain"].as_str(), Some(chain.as_str()));
+    assert_eq!(inspected["role"].as_str(), Some("primary"));
+
+    // A damaged copy of the backups: verify and restore refuse, naming the file.
+    let damaged = t.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    let mut victim = None;
+    for f in &files {
+        let to = damaged.join(f.file_name().unwrap());
+        std::fs::copy(f, &to).unwrap();
+        if f.extension().unwrap() == "tlb" {
+            victim = Some(to);
+        }
+    }
+    let victim = victim.unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = 4200 + (bytes.len() - 4200) / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let err = fails(&["db", "verify", s(&damaged)]);
+    assert!(err.contains(&name), "{err}");
+    let target = t.path().join("from-damaged");
+    let err = fails(&["db", "restore", "--path", s(&target), "--from", s(&damaged)]);
+    assert!(err.contains(&name), "{err}");
+    assert!(!target.exists(), "a refused restore leaves nothing behind");
+}
+
+#[test]
+fn restore_in_steps_norecovery_then_standby_then_recover() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("bench");
+    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "1000", "--json"]);
+    let lsn = report["lsn"].as_u64().unwrap();
+    let backups = d.join("backups");
+    let mut logs: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().unwrap() == "tlb")
+        .collect();
+    logs.sort();
+    let full = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().unwrap() == "tfb")
+        .unwrap();
+    let last = logs.pop().unwrap();
+    let target = t.path().join("secondary");
+    let mut args = vec![
+        "db",
+        "restore",
+        "--path",
+        s(&target),
+        "--norecovery",
+        "--json",
+        "--from",
+        s(&full),
+    ];
+    args.extend(logs.iter().map(|p| s(p)));
+    let r = ok_json(&args);
+    assert_eq!(r["role"].as_str(), Some("restoring"));
+    let r = ok_json(&[
+        "db",
+        "restore",
+        "--path",
+        s(&target),
+        "--standby",
+        "--json",
+        "--from",
+        s(&last),
+    ]);
+    assert_eq!(
+        (r["role"].as_str(), r["lsn"].as_u64()),
+        (Some("standby"), Some(lsn))
+    );
+    let r = ok_json(&[
+        "db",
+        "restore",
+        "--path",
+        s(&target),
+        "--json",
+        "--from",
+        s(&backups),
+    ]);
+    assert_eq!(
+        (r["role"].as_str(), r["records_applied"].as_u64()),
+        (Some("primary"), Some(0))
+    );
+    // After recover, no log of the old chain is applied.
+    let err = fails(&["db", "restore", "--path", s(&target), "--from", s(&last)]);
+    assert!(err.contains("after recover"), "{err}");
+    // Point in time into a new copy.
+    let pit = t.path().join("pit");
+    let stop = (lsn - 50).to_string();
+    let r = ok_json(&[
+        "db",
+        "restore",
+        "--path",
+        s(&pit),
+        "--from",
+        s(&backups),
+        "--stop-at-lsn",
+        &stop,
+        "--json",
+    ]);
+    assert_eq!(r["lsn"].as_u64(), Some(lsn - 50));
+    assert_eq!(r["stopped"].as_bool(), Some(true));
+}
+
+#[test]
+fn bad_arguments_get_one_clear_line() {
+    let t = tempfile::tempdir().unwrap();
+    let err = fails(&["db", "inspect", s(&t.path().join("nothing"))]);
+    assert!(err.contains("not a tandem database"), "{err}");
+    let err = fails(&["db", "verify", s(t.path())]);
+    assert!(err.contains("no backup files"), "{err}");
+    let junk = t.path().join("junk.tlb");
+    std::fs::write(&junk, b"hello").unwrap();
+    let err = fails(&["db", "verify", s(&junk)]);
+    assert!(
+        err.contains("junk.tlb") && err.contains("too short"),
+        "{err}"
+    );
+    let err = fails(&[
+        "db",
+        "restore",
+        "--path",
+        s(&t.path().join("x")),
+        "--from",
+        s(t.path()),
+        "--stop-at-time",
+        "yesterday",
+    ]);
+    assert!(err.contains("RFC 3339"), "{err}");
+}
