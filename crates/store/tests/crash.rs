@@ -101,7 +101,9 @@ fn parse_line(line: &str) -> Option<Event> {
 }
 
 /// Inserts one message with the next id (chosen inside the transaction); with `abort`, rolls the
-/// transaction back after the insert.
+/// transaction back after the insert. The closure may run more than once (the writer re-runs a
+/// group when one of its transactions fails after changing rows): it decides from the database
+/// and its captures only.
 fn post_message(
     db: &Database,
     room: i64,
@@ -123,8 +125,8 @@ fn post_message(
                 Value::Integer(room),
                 Value::Text("crash".into()),
                 Value::Integer(time_ms),
-                Value::Text(text),
-                Value::Blob(extra),
+                Value::Text(text.clone()),
+                Value::Blob(extra.clone()),
             ],
         )?;
         if abort {
