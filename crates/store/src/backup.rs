@@ -360,6 +360,7 @@ pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
     // Only what is durable here leaves this copy.
     let upto = db.durable_lsn();
     let mut files = Vec::new();
+    let cursor = adopt_unrecorded(db, dir, cursor, &mut files)?;
     let mut next = cursor + 1;
     let mut pending: Option<(FileWriter, LogHeader)> = None;
     while next <= upto {
@@ -419,6 +420,49 @@ pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
         db.advance_consumer(LOG_BACKUP_CONSUMER, header.last_lsn)?;
     }
     Ok(files)
+}
+
+/// A log backup written to `dir` whose cursor move was lost (a crash between the rename and the
+/// cursor update) is taken as done, once it checks out against this copy's journal: the next
+/// file then follows it instead of overlapping it.
+fn adopt_unrecorded(
+    db: &Database,
+    dir: &Path,
+    mut cursor: Lsn,
+    files: &mut Vec<BackupFile>,
+) -> Result<Lsn> {
+    let id = db.identity();
+    loop {
+        let prefix = format!("log-{:016x}-", cursor + 1);
+        let found = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tlb"))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io(dir, e)),
+        };
+        let Some(path) = found else { return Ok(cursor) };
+        let file = verify_file(&path)?;
+        let BackupFile::Log { header, .. } = &file else {
+            unreachable!("a .tlb file verifies as a log backup")
+        };
+        let ours = |lsn| db.chain_at(lsn);
+        if header.database_id != id.database_id.to_hex()
+            || ours(cursor)? != Some(header.chain_before)
+            || ours(header.last_lsn)? != Some(header.chain_after)
+        {
+            return Err(StoreError::Invalid(format!(
+                "{} is in the way of the next log backup and does not match this database's \
+                 journal: another chain writes to this directory",
+                path.display()
+            )));
+        }
+        db.advance_consumer(LOG_BACKUP_CONSUMER, header.last_lsn)?;
+        cursor = header.last_lsn;
+        files.push(file);
+    }
 }
 
 fn finish_log(w: FileWriter, mut header: LogHeader, dir: &Path) -> Result<BackupFile> {

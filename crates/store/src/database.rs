@@ -278,6 +278,19 @@ pub struct Database {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = self.identity();
+        f.debug_struct("Database")
+            .field("dir", &self.inner.dir)
+            .field("name", &id.name)
+            .field("role", &id.role)
+            .field("epoch", &id.epoch)
+            .field("lsn", &id.lsn)
+            .finish()
+    }
+}
+
 /// The result of a committed write: the caller's value and the LSN it committed at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed<R> {
@@ -468,42 +481,54 @@ impl Database {
         history: History,
         options: Options,
     ) -> Result<Database> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         if dir.join(DB_FILE).exists() {
             return Err(StoreError::Invalid(format!(
                 "{} already holds a database",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let lock = lock_dir(dir)?;
-        let conn = Connection::open(dir.join(DB_FILE))?;
-        configure(&conn, &options)?;
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(INTERNAL_SCHEMA)?;
-        tx.execute(
-            "INSERT INTO _tandem_state (id, format_version, database_id, name, epoch, lsn, chain, \
-             role, last_time_ms, created_ms) VALUES (1, ?1, ?2, ?3, ?4, 0, ?5, ?6, 0, ?7)",
-            params![
-                FORMAT_VERSION,
-                &id.0[..],
-                name,
-                history.last_epoch() as i64,
-                &Chain::genesis(&id).0[..],
-                role.as_str(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0)
-            ],
-        )?;
-        for e in &history.0 {
+        // Built under another name and renamed once its identity is committed: a crash while
+        // creating leaves no half-made database behind.
+        let partial = dir.join(format!("{DB_FILE}.creating"));
+        let _ = std::fs::remove_file(&partial);
+        {
+            let conn = Connection::open(&partial)?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(INTERNAL_SCHEMA)?;
             tx.execute(
-                "INSERT INTO _tandem_history (epoch, first_lsn) VALUES (?1, ?2)",
-                params![e.epoch as i64, e.first_lsn as i64],
+                "INSERT INTO _tandem_state (id, format_version, database_id, name, epoch, lsn, chain, \
+                 role, last_time_ms, created_ms) VALUES (1, ?1, ?2, ?3, ?4, 0, ?5, ?6, 0, ?7)",
+                params![
+                    FORMAT_VERSION,
+                    &id.0[..],
+                    name,
+                    history.last_epoch() as i64,
+                    &Chain::genesis(&id).0[..],
+                    role.as_str(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0)
+                ],
             )?;
+            for e in &history.0 {
+                tx.execute(
+                    "INSERT INTO _tandem_history (epoch, first_lsn) VALUES (?1, ?2)",
+                    params![e.epoch as i64, e.first_lsn as i64],
+                )?;
+            }
+            tx.commit()?;
         }
-        tx.commit()?;
-        Self::start(dir, conn, lock, options)
+        File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io(&partial, e))?;
+        std::fs::rename(&partial, dir.join(DB_FILE)).map_err(|e| StoreError::io(dir, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(dir, e))?;
+        Self::open_locked(dir, lock, options)
     }
 
     /// Opens an existing database.
@@ -516,7 +541,12 @@ impl Database {
             )));
         }
         let lock = lock_dir(dir)?;
-        let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        Self::open_locked(dir, lock, options)
+    }
+
+    fn open_locked(dir: &Path, lock: File, options: Options) -> Result<Database> {
+        let conn =
+            Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         configure(&conn, &options)?;
         Self::start(dir, conn, lock, options)
     }

@@ -33,8 +33,10 @@ pub(crate) enum Answer {
 /// A write transaction. `run` may be called more than once (the writer re-runs the earlier
 /// transactions of a group when a later one fails after changing rows: no savepoint is paid for
 /// the common case); it must decide from the database and its captures alone.
+pub(crate) type RunFn = Box<dyn FnMut(&mut Tx<'_>) -> std::result::Result<Value_, Value_> + Send>;
+
 pub(crate) struct WriteJob {
-    pub(crate) run: Box<dyn FnMut(&mut Tx<'_>) -> std::result::Result<Value_, Value_> + Send>,
+    pub(crate) run: RunFn,
     pub(crate) answer: Box<dyn FnOnce(Answer) + Send>,
 }
 

@@ -612,3 +612,80 @@ fn a_transaction_failing_after_changes_undoes_only_itself() {
     assert_eq!(copy.identity().chain, db.identity().chain);
     assert_eq!(dump(&copy_dir), dump(&dir));
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn a_log_backup_whose_cursor_move_was_lost_is_adopted_not_overlapped() {
+    // The state a crash leaves between the rename of a log backup and the move of its cursor:
+    // the file is on the share, the database does not know it.
+    let t = tempfile::tempdir().unwrap();
+    let (p, crashed, share) = (
+        t.path().join("p"),
+        t.path().join("crashed"),
+        t.path().join("share"),
+    );
+    let db = create(&p);
+    full_backup(&db, &share).unwrap();
+    for i in 0..5 {
+        post(&db, 1, &format!("m{i}")).unwrap();
+    }
+    drop(db);
+    copy_dir(&p, &crashed);
+    let db = Database::open(&p, Options::default()).unwrap();
+    assert_eq!(log_backup(&db, &share).unwrap().len(), 1);
+    drop(db);
+    let db = Database::open(&crashed, Options::default()).unwrap();
+    // Nothing new: the file on the share is taken as this run's.
+    let adopted = log_backup(&db, &share).unwrap();
+    assert_eq!(adopted.len(), 1);
+    post(&db, 1, "after").unwrap();
+    log_backup(&db, &share).unwrap();
+    let report = verify_chain(std::slice::from_ref(&share)).unwrap();
+    assert_eq!(report.last_lsn, db.identity().lsn);
+    let r = restore_new(
+        &t.path().join("r"),
+        &[share],
+        &RestoreOptions::default(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.chain, db.identity().chain);
+}
+
+#[test]
+fn a_foreign_log_backup_in_the_way_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    let (a, b) = (create(&t.path().join("a")), create(&t.path().join("b")));
+    for db in [&a, &b] {
+        full_backup(db, &share).unwrap();
+        post(db, 1, "x").unwrap();
+    }
+    log_backup(&a, &share).unwrap();
+    let e = log_backup(&b, &share).unwrap_err().to_string();
+    assert!(e.contains("does not match this database"), "{e}");
+}
+
+#[test]
+fn a_create_interrupted_before_its_rename_leaves_nothing_in_the_way() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{DB_FILE}.creating")), b"").unwrap();
+    assert!(
+        Database::open(&dir, Options::default())
+            .unwrap_err()
+            .to_string()
+            .contains("not a tandem database")
+    );
+    let db = create(&dir);
+    post(&db, 1, "ok").unwrap();
+    assert!(!dir.join(format!("{DB_FILE}.creating")).exists());
+}
