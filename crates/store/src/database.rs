@@ -573,6 +573,9 @@ impl Database {
             crate::ack::AckStage::start(dir.join(format!("{DB_FILE}-wal")), published.clone())?;
         // What the file holds now may sit in the page cache after a crash: make it durable.
         ack.wait_durable(state.lsn)?;
+        // Checkpoints run on their own connection, off the writer's path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = crate::checkpoint::Checkpointer::start(dir.join(DB_FILE));
         let writer = Writer::new(
             conn,
             state,
@@ -580,6 +583,7 @@ impl Database {
             options.batch_records_max,
             lock,
             ack,
+            checkpointer,
         )?;
         let (jobs, rx) = sync_channel(options.jobs_queued_max);
         let thread = std::thread::Builder::new()

@@ -8,6 +8,7 @@
 mod ack;
 mod backup;
 mod backup_file;
+mod checkpoint;
 mod database;
 mod error;
 mod history;

@@ -193,6 +193,8 @@ pub(crate) struct Writer {
     published: Arc<Published>,
     batch_records_max: usize,
     ack: crate::ack::AckStage,
+    checkpointer: crate::checkpoint::Checkpointer,
+    commits: u64,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
@@ -212,6 +214,7 @@ impl Writer {
         batch_records_max: usize,
         lock: File,
         ack: crate::ack::AckStage,
+        checkpointer: crate::checkpoint::Checkpointer,
     ) -> Result<Writer> {
         let tables = Tables::load(&conn)?;
         Ok(Writer {
@@ -221,6 +224,8 @@ impl Writer {
             published,
             batch_records_max,
             ack,
+            checkpointer,
+            commits: 0,
             _lock: lock,
         })
     }
@@ -394,6 +399,10 @@ impl Writer {
         self.state.last_time_ms = time_ms;
         self.publish();
         self.count(1, encoded.len() as u64, 0);
+        self.commits += 1;
+        if self.commits % crate::checkpoint::CHECKPOINT_COMMITS == 0 {
+            self.checkpointer.nudge();
+        }
         let replies = kept
             .into_iter()
             .map(|k| {

@@ -1,0 +1,65 @@
+//! The checkpointer: folds the WAL back into the database file from its own connection and
+//! thread, so the writer never stalls on a checkpoint (SQLite's automatic checkpoint is off on
+//! the write connection). Passive checkpoints never block the writer or readers.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A checkpoint runs at least this often while the database is open.
+const CHECKPOINT_INTERVAL_MS: u64 = 200;
+/// The writer asks for a checkpoint after this many commits.
+pub(crate) const CHECKPOINT_COMMITS: u64 = 64;
+
+pub(crate) struct Checkpointer {
+    nudge: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(db_file: PathBuf) -> Checkpointer {
+        let (nudge, rx) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || run(db_file, rx))
+            .ok();
+        Checkpointer {
+            nudge: Some(nudge),
+            thread,
+        }
+    }
+
+    /// Asks for a checkpoint soon; never blocks.
+    pub(crate) fn nudge(&self) {
+        if let Some(n) = &self.nudge {
+            let _ = n.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.nudge.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(db_file: PathBuf, rx: Receiver<()>) {
+    let conn = match Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(c) => c,
+        // Without a checkpointer the WAL grows until the database is closed; nothing is lost.
+        Err(_) => return,
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    loop {
+        match rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    }
+}
