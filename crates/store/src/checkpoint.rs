@@ -55,11 +55,9 @@ fn run(db_file: PathBuf, rx: Receiver<()>) {
         Err(_) => return,
     };
     let _ = conn.busy_timeout(Duration::from_millis(100));
-    loop {
-        match rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
+    while let Ok(()) | Err(RecvTimeoutError::Timeout) =
+        rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS))
+    {
         let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 }
