@@ -400,7 +400,10 @@ impl Writer {
         self.publish();
         self.count(1, encoded.len() as u64, 0);
         self.commits += 1;
-        if self.commits % crate::checkpoint::CHECKPOINT_COMMITS == 0 {
+        if self
+            .commits
+            .is_multiple_of(crate::checkpoint::CHECKPOINT_COMMITS)
+        {
             self.checkpointer.nudge();
         }
         let replies = kept

@@ -1,0 +1,271 @@
+//! `Topology`: a validated deployment description — sites, nodes, pools, the chat pool, the CMS,
+//! the witnesses, the share and the cluster secret — and the questions asked of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Source, TopologyError};
+use crate::file;
+use crate::validate::validate;
+
+/// The largest topology file `Topology::load` reads, in bytes.
+pub const TOPOLOGY_BYTES_MAX: u64 = 1024 * 1024;
+
+/// A deployment, as described by a `topology.toml` that passed every rule.
+///
+/// Guarantees, when it comes from [`Topology::load`] or [`Topology::parse`]: names of sites, nodes
+/// and pools are unique; every name it holds refers to a declared site or node of the right role
+/// and site (pool primaries in the pool's site, mirrors beside their primary, backups and standbys
+/// in another site, active chat servers in the chat primary's site, pairs symmetric and across
+/// sites); node addresses are unique; paths are resolved against the topology file's directory.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Topology {
+    /// The deployment's name.
+    pub name: String,
+    /// The cluster secret nodes authenticate each other with: lowercase or uppercase hex of at
+    /// least 32 bytes, as written in the file.
+    pub secret: String,
+    /// The share (log backups, full backups): a directory, resolved against `dir` when written as
+    /// a relative path; the path of a `file://` URL.
+    pub share: PathBuf,
+    /// The directory of the topology file (`.` for a bare file name given to `parse`; absolute
+    /// after `load`).
+    pub dir: PathBuf,
+    /// Site names, in file order.
+    pub sites: Vec<String>,
+    /// Nodes, in file order.
+    pub nodes: Vec<Node>,
+    /// Front-end pools, in file order.
+    pub pools: Vec<Pool>,
+    /// The persistent chat pool, when the deployment has one.
+    pub chat: Option<ChatPool>,
+    /// Where the Central Management Store lives.
+    pub cms: Cms,
+    /// Site name → the witness node that serves the mirroring of that site.
+    pub witnesses: BTreeMap<String, String>,
+}
+
+/// Every field but the secret, so that a logged topology does not leak it.
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topology")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("share", &self.share)
+            .field("dir", &self.dir)
+            .field("sites", &self.sites)
+            .field("nodes", &self.nodes)
+            .field("pools", &self.pools)
+            .field("chat", &self.chat)
+            .field("cms", &self.cms)
+            .field("witnesses", &self.witnesses)
+            .finish()
+    }
+}
+
+/// One node: one `tandem serve` process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Node {
+    /// Unique node name.
+    pub name: String,
+    /// The site it runs in (a declared site).
+    pub site: String,
+    /// Listen address, `host:port`, as written (port not 0; unique in the topology).
+    pub address: String,
+    /// Its roles: never empty.
+    pub roles: BTreeSet<Role>,
+    /// Its data directory, resolved against the topology's directory (default `data/<name>`).
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    /// Whether the node has `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// What a node does. A node has one or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds copies of databases.
+    Db,
+    /// Serves the users homed on its pool.
+    Frontend,
+    /// A persistent chat server.
+    Chat,
+    /// Arbitrates automatic mirror failover.
+    Witness,
+}
+
+impl Role {
+    /// Every role, in order.
+    pub const ALL: [Role; 4] = [Role::Db, Role::Frontend, Role::Chat, Role::Witness];
+
+    /// The role's name as written in `topology.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Db => "db",
+            Role::Frontend => "frontend",
+            Role::Chat => "chat",
+            Role::Witness => "witness",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role {s:?}; a role is one of db, frontend, chat, witness")
+            })
+    }
+}
+
+/// A front-end pool: the front ends of one site and the db node(s) holding its users' database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Pool {
+    /// Unique pool name.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// Its front-end nodes: at least one, each with the `frontend` role, in `site`, in no other
+    /// pool.
+    pub frontends: Vec<String>,
+    /// The paired pool, in another site, whose `pair` names this pool back.
+    pub pair: Option<String>,
+    /// The db node holding the primary copy of the pool's user database, in `site`.
+    pub primary: String,
+    /// The db node holding its synchronous mirror, in the primary's site, not the primary.
+    pub mirror: Option<String>,
+}
+
+impl Pool {
+    /// The name of the pool's user database: `users-<pool>`.
+    pub fn users_database(&self) -> String {
+        users_database(&self.name)
+    }
+}
+
+/// The name of pool `pool`'s user database.
+pub(crate) fn users_database(pool: &str) -> String {
+    format!("users-{pool}")
+}
+
+/// The persistent chat pool and the placement of its databases `mgc` and `mgccomp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChatPool {
+    /// Chat nodes: 1 to `CHAT_SERVERS_MAX`, each with the `chat` role, no duplicates.
+    pub servers: Vec<String>,
+    /// The initially active servers: at most `CHAT_ACTIVE_MAX`, a subset of `servers`, all in the
+    /// site of `primary`.
+    pub active: Vec<String>,
+    /// The db node holding the primary copies of `mgc` and `mgccomp`.
+    pub primary: String,
+    /// Their synchronous mirror, in the primary's site.
+    pub mirror: Option<String>,
+    /// The log-shipping secondary of `mgc`, in another site than the primary.
+    pub backup: Option<String>,
+    /// The mirror of the secondary, in the backup's site (only with a backup).
+    pub backup_mirror: Option<String>,
+}
+
+/// At most this many chat servers in the chat pool.
+pub const CHAT_SERVERS_MAX: usize = 8;
+/// At most this many active chat servers.
+pub const CHAT_ACTIVE_MAX: usize = 4;
+
+/// Where the Central Management Store's copies live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cms {
+    /// The db node holding the writable copy.
+    pub primary: String,
+    /// Its synchronous mirror, in the primary's site.
+    pub mirror: Option<String>,
+    /// The standby copy, in another site.
+    pub standby: Option<String>,
+}
+
+impl Topology {
+    /// Reads and validates the topology at `path`.
+    ///
+    /// `path` is made absolute first (against the current directory), so `dir`, `share` and every
+    /// node's `data_dir` in the result are absolute. Refuses files over [`TOPOLOGY_BYTES_MAX`].
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let read_error = |source| TopologyError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let absolute = std::path::absolute(path).map_err(read_error)?;
+        let file = std::fs::File::open(&absolute).map_err(read_error)?;
+        let mut text = String::new();
+        file.take(TOPOLOGY_BYTES_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(read_error)?;
+        if text.len() as u64 > TOPOLOGY_BYTES_MAX {
+            return Err(TopologyError::TooLarge {
+                path: path.to_path_buf(),
+                bytes: std::fs::metadata(&absolute).map_or(text.len() as u64, |m| m.len()),
+                max: TOPOLOGY_BYTES_MAX,
+            });
+        }
+        Topology::parse(&text, &absolute)
+    }
+
+    /// Parses and validates `text`, the contents of the file at `path`.
+    ///
+    /// `path` is only named in errors and its parent directory resolves the relative paths of the
+    /// topology (the share, data directories); nothing is read or created. The first rule broken,
+    /// in file order of sections, is the error returned.
+    pub fn parse(text: &str, path: &Path) -> Result<Topology, TopologyError> {
+        let source = Source { text, path };
+        let file: file::File = toml::from_str(text).map_err(|e| source.toml(&e))?;
+        validate(file, &source)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+
+    /// The site of node `node`.
+    pub fn site_of(&self, node: &str) -> Option<&str> {
+        self.node(node).map(|node| node.site.as_str())
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|pool| pool.name == name)
+    }
+
+    /// The nodes of site `site`, in file order (none for an unknown site).
+    pub fn nodes_in_site(&self, site: &str) -> Vec<&Node> {
+        self.nodes.iter().filter(|node| node.site == site).collect()
+    }
+
+    /// The nodes that have `role`, in file order.
+    pub fn nodes_with(&self, role: Role) -> Vec<&Node> {
+        self.nodes.iter().filter(|node| node.has(role)).collect()
+    }
+}
