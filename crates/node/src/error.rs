@@ -1,0 +1,119 @@
+//! Every HTTP error is JSON: `{"error": {"code": "...", "message": "..."}}` with a 4xx or 5xx
+//! status that says whose fault it is.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorEnvelope {
+    pub(crate) error: ErrorBody,
+}
+
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<tandem_pool::PoolError> for ApiError {
+    fn from(e: tandem_pool::PoolError) -> ApiError {
+        use tandem_pool::PoolError::*;
+        let status = match &e {
+            NotFound(_) => StatusCode::NOT_FOUND,
+            Conflict(_) => StatusCode::CONFLICT,
+            Invalid(_) => StatusCode::BAD_REQUEST,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Store(s) => return ApiError::from_store(s),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl ApiError {
+    fn from_store(e: &tandem_store::StoreError) -> ApiError {
+        use tandem_store::StoreError::*;
+        match e {
+            Role(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_primary", m.clone()),
+            StaleEpoch { .. } => ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string()),
+            Invalid(m) => ApiError::bad_request(m.clone()),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        }
+    }
+}
+
+impl From<tandem_store::StoreError> for ApiError {
+    fn from(e: tandem_store::StoreError) -> ApiError {
+        ApiError::from_store(&e)
+    }
+}
+
+impl From<crate::client::ClientError> for ApiError {
+    fn from(e: crate::client::ClientError) -> ApiError {
+        match e {
+            crate::client::ClientError::Api { status, body } => ApiError {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code: match body.code.as_str() {
+                    "not_found" => "not_found",
+                    "conflict" => "conflict",
+                    "invalid" => "invalid",
+                    "unauthorized" => "unauthorized",
+                    "not_primary" => "not_primary",
+                    _ => "upstream",
+                },
+                message: body.message,
+            },
+            other => ApiError::unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The frontend role: users of the pool sign in with their password for a bearer token; the
+//! token names its user so any frontend can check it against the user's home pool.
+
+use crate::error::ApiError;
+use crate::server::Shared;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+/// A user's bearer token: `<user>.<secret>`. Only the secret part's hash is stored.
+pub fn user_token(user: &str, secret: &str) -> String {
+    format!("{user}.{secret}")
+}
+
+fn split_token(token: &str) -> Option<(&str, &str)> {
+    token.rsplit_once('.')
+}
+
+/// The pool `user` is homed on, from the CMS snapshot this node follows.
+fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
+    let snap = node.cms.current().ok_or_else(|| {
+        ApiError::unavailable(
+            "no CMS snapshot yet: the CMS has not answered since this node started",
+        )
+    })?;
+    snap.homes
+        .get(user)
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
+}
+
+async fn login(
+    State(node): State<Shared>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(l) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let pool = home(&node, &l.user)?;
+    let r = node
+        .call_db(
+            &format!("users-{pool}"),
+            "users.login",
+            json!({ "name": l.user, "password": l.password }),
+        )
+        .await?;
+    let secret = r["token"]
+        .as_str()
+        .ok_or_else(|| ApiError::unavailable("the user database answered no token"))?;
+    Ok(Json(
+        json!({ "user": l.user, "pool": pool, "token": user_token(&l.user, secret) }),
+    ))
+}
+
+/// The signed-in user, from the `Authorization: Bearer` header.
+pub(crate) async fn authenticate(
+    node: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, String), ApiError> {
+    let bad = || {
+        ApiError::unauthorized("a valid bearer token is needed: sign in with POST /api/v1/login")
+    };
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(bad)?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(bad)?;
+    let (user, secret) = split_token(token).ok_or_else(bad)?;
+    let pool = home(node, user).map_err(|_| bad())?;
+    let r = node
+        .call_db(
+            &format!("users-{pool}"),
+            "users.authenticate",
+            json!({ "token": secret }),
+        )
+        .await?;
+    match r.get("name").and_then(|n| n.as_str()) {
+        Some(name) if name == user => Ok((user.to_string(), pool)),
+        _ => Err(bad()),
+    }
+}
+
+async fn me(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let (user, pool) = authenticate(&node, &headers).await?;
+    Ok(Json(json!({ "user": user, "pool": pool })))
+}
+
+pub(crate) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/me", get(me))
+}

@@ -1,0 +1,21 @@
+//! A tandem node: one `tandem serve` process with the roles the topology gives it (DESIGN.md
+//! §3). It serves `/health`, `/metrics`, the internal API (cluster secret required) that nodes
+//! and the CLI use, and the users' API on frontends. Databases are the store's; what they mean
+//! is the domain crates'; this crate only hosts and transports.
+
+mod auth;
+mod client;
+mod cms_follower;
+mod db_host;
+mod error;
+mod frontend;
+mod metrics;
+mod procedures;
+mod server;
+mod status;
+
+pub use client::{CallAnswer, Client, ClientError, REQUEST_TIMEOUT_MS, SECRET_HEADER};
+pub use error::ErrorBody;
+pub use frontend::user_token;
+pub use server::{REQUEST_BYTES_MAX, serve};
+pub use status::{CmsView, DatabaseStatus, NodeStatus};

@@ -1,0 +1,251 @@
+//! One node: binds its address, opens what the topology places on it, follows the CMS, and
+//! serves the HTTP API until told to stop.
+
+use crate::client::Client;
+use crate::cms_follower::{CMS_FOLLOW_INTERVAL_MS, CMS_REQUEST_TIMEOUT_MS, CmsFollower};
+use crate::db_host::DbHost;
+use crate::error::ApiError;
+use crate::procedures;
+use crate::status::NodeStatus;
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_topology::{DATABASE_CMS, PlacementRole, Role, Topology};
+
+/// Largest request body the API reads.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+pub(crate) struct NodeState {
+    pub(crate) topology: Topology,
+    pub(crate) name: String,
+    pub(crate) started: Instant,
+    pub(crate) host: DbHost,
+    pub(crate) cms: CmsFollower,
+    pub(crate) client: Client,
+}
+
+pub(crate) type Shared = Arc<NodeState>;
+
+impl NodeState {
+    pub(crate) fn me(&self) -> &tandem_topology::Node {
+        self.topology.node(&self.name).expect("checked at start")
+    }
+
+    /// The node the topology names as primary of `database`.
+    pub(crate) fn primary_of(&self, database: &str) -> Option<&tandem_topology::Node> {
+        self.topology.nodes.iter().find(|n| {
+            self.topology
+                .databases_on(&n.name)
+                .iter()
+                .any(|p| p.database == database && p.role == PlacementRole::Primary)
+        })
+    }
+
+    /// Runs a procedure on the primary of `database`, here or on the node that holds it.
+    pub(crate) async fn call_db(
+        &self,
+        database: &str,
+        procedure: &str,
+        args: Value,
+    ) -> Result<Value, ApiError> {
+        if let Some(db) = self.host.get(database).cloned() {
+            let (name, call) = (
+                database.to_string(),
+                procedures::Call {
+                    procedure: procedure.to_string(),
+                    args,
+                },
+            );
+            return tokio::task::spawn_blocking(move || procedures::run(&name, &db, call))
+                .await
+                .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))?;
+        }
+        let node = self
+            .primary_of(database)
+            .ok_or_else(|| ApiError::not_found(format!("no node holds database {database}")))?;
+        let answer = self
+            .client
+            .call::<Value, _>(&node.address, database, procedure, &args)
+            .await?;
+        Ok(answer.result)
+    }
+
+    fn status(&self) -> NodeStatus {
+        let me = self.me();
+        NodeStatus {
+            node: self.name.clone(),
+            site: me.site.clone(),
+            roles: me.roles.iter().map(|r| r.as_str().to_string()).collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            databases: self.host.status(),
+            cms: self.cms.view(),
+        }
+    }
+}
+
+async fn health(State(node): State<Shared>) -> Json<Value> {
+    Json(json!({ "status": "ok", "node": node.name, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn status(State(node): State<Shared>) -> Json<NodeStatus> {
+    Json(node.status())
+}
+
+async fn call(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<procedures::Call>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(call) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let db = node.host.get(&database).cloned().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "node {} holds no open copy of database {database}",
+            node.name
+        ))
+    })?;
+    let name = database.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let r = procedures::run(&name, &db, call);
+        r.map(|v| (v, db.identity().lsn))
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))??;
+    Ok(Json(json!({ "result": result.0, "lsn": result.1 })))
+}
+
+async fn cms_snapshot(
+    State(node): State<Shared>,
+) -> Result<Json<tandem_pool::cms::CmsSnapshot>, ApiError> {
+    let db =
+        node.host.get(DATABASE_CMS).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("node {} does not hold the CMS", node.name))
+        })?;
+    let snap = tokio::task::spawn_blocking(move || tandem_pool::cms::snapshot(&db))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(Json(snap))
+}
+
+async fn metrics_page(State(node): State<Shared>) -> String {
+    crate::metrics::render(&node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json once the chat API is there, or /health")
+}
+
+fn router(node: Shared) -> Router {
+    let internal = Router::new()
+        .route("/internal/v1/status", get(status))
+        .route("/internal/v1/db/{database}/call", post(call))
+        .route("/internal/v1/cms/snapshot", get(cms_snapshot))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            crate::auth::require_secret,
+        ));
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .merge(internal);
+    if node.me().has(Role::Frontend) {
+        app = app.merge(crate::frontend::routes());
+    }
+    app.fallback(not_found)
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(node)
+}
+
+/// Asks the CMS for changes until the node stops.
+async fn follow_cms(node: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(CMS_FOLLOW_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreachable_logged = false;
+    loop {
+        tick.tick().await;
+        let snap = if let Some(db) = node.host.get(DATABASE_CMS).cloned() {
+            tokio::task::spawn_blocking(move || {
+                tandem_pool::cms::snapshot(&db).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        } else if let Some(master) = node.topology.node(&node.topology.cms.primary) {
+            node.client
+                .cms_snapshot(
+                    &master.address,
+                    Duration::from_millis(CMS_REQUEST_TIMEOUT_MS),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the topology names no CMS node".into())
+        };
+        match snap {
+            Ok(s) => {
+                unreachable_logged = false;
+                node.cms.heard(s);
+            }
+            Err(e) if !unreachable_logged => {
+                unreachable_logged = true;
+                tracing::warn!(error = %e, "the CMS does not answer; serving from the last snapshot");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Runs the node `name` of `topology` until `shutdown` completes. Errors are one line for the
+/// operator: the address in use, a database another process holds open, an unknown node.
+pub async fn serve(
+    topology: Topology,
+    name: &str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let me = topology
+        .node(name)
+        .ok_or_else(|| format!("the topology has no node named {name}"))?
+        .clone();
+    let addr: SocketAddr = tokio::net::lookup_host(&me.address)
+        .await
+        .map_err(|e| format!("{name}: cannot resolve {}: {e}", me.address))?
+        .next()
+        .ok_or_else(|| format!("{name}: {} resolves to no address", me.address))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{name} cannot listen on {}: {e}", me.address))?;
+    std::fs::create_dir_all(&me.data_dir)
+        .map_err(|e| format!("{name}: cannot create {}: {e}", me.data_dir.display()))?;
+    crate::metrics::install();
+    let (topo, node_name, data_dir) = (topology.clone(), name.to_string(), me.data_dir.clone());
+    let host = tokio::task::spawn_blocking(move || DbHost::open(&topo, &node_name, data_dir))
+        .await
+        .map_err(|e| e.to_string())??;
+    let state = Arc::new(NodeState {
+        client: Client::new(&topology.secret),
+        cms: CmsFollower::load(&me.data_dir),
+        topology,
+        name: name.to_string(),
+        started: Instant::now(),
+        host,
+    });
+    tracing::info!(node = name, address = %me.address, databases = ?state.host.copies.keys().collect::<Vec<_>>(), data = %state.host.dir().display(), "serving");
+    let follower = tokio::spawn(follow_cms(state.clone()));
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    follower.abort();
+    let _ = follower.await;
+    // Close every database (their writers finish what is queued) before returning.
+    tokio::task::spawn_blocking(move || drop(state)).await.ok();
+    tracing::info!(node = name, "stopped");
+    result.map_err(|e| format!("{name}: {e}"))
+}

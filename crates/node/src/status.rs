@@ -1,0 +1,45 @@
+//! What a node says about itself: `GET /internal/v1/status`, read by `tandem status`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub site: String,
+    pub roles: Vec<String>,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub databases: Vec<DatabaseStatus>,
+    pub cms: Option<CmsView>,
+}
+
+/// One database copy the topology places on this node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatabaseStatus {
+    pub database: String,
+    /// The role the topology gives this copy (primary, mirror, backup, …).
+    pub placement: String,
+    /// Whether the copy exists and is open here.
+    pub open: bool,
+    /// The copy's own role, epoch and position, when open.
+    pub role: Option<String>,
+    pub epoch: Option<u64>,
+    pub lsn: Option<u64>,
+    pub durable_lsn: Option<u64>,
+    pub warnings: Vec<String>,
+}
+
+/// The node's copy of the CMS: where it came from and how fresh it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CmsView {
+    /// `live` (followed from the CMS master), or `local` (read from this node's own snapshot
+    /// file because the CMS has not answered since the node started).
+    pub source: String,
+    pub lsn: u64,
+    pub epoch: u64,
+    /// Time since the CMS last answered, if it ever did since start.
+    pub last_heard_ms: Option<u64>,
+    pub chat_state: Option<String>,
+    pub chat_active: Vec<String>,
+}
