@@ -3,7 +3,13 @@
 
 mod bench;
 mod db;
+mod deployment;
+mod init;
 mod output;
+mod serve;
+mod status;
+mod up;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -17,12 +23,33 @@ struct Cli {
     /// Print one JSON document on stdout instead of a human report.
     #[arg(long, global = true)]
     json: bool,
+    /// The deployment's topology.
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_TOPOLOGY",
+        default_value = "topology.toml"
+    )]
+    topology: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a two-site example deployment (DESIGN.md §3) on 127.0.0.1 into DIR.
+    Init(init::InitArgs),
+    /// Start the deployment's nodes as child processes and wait until they are ready.
+    Up(up::UpArgs),
+    /// Stop the deployment's nodes.
+    Down(up::DownArgs),
+    /// Run one node in the foreground.
+    Serve(serve::ServeArgs),
+    /// Every node, database copy, the CMS and the pool states.
+    Status,
+    /// Users: add (prints a token), list, remove.
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Database copies and backup files.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -34,7 +61,15 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let out = output::Output { json: cli.json };
+    let topology = cli.topology;
+    let deployment = || deployment::Deployment::load(&topology);
     let result = match cli.command {
+        Command::Init(a) => init::run(a, &out),
+        Command::Up(a) => deployment().and_then(|d| up::up(&d, a, &out)),
+        Command::Down(a) => deployment().and_then(|d| up::down(&d, a, &out)),
+        Command::Serve(a) => deployment().and_then(|d| serve::run(d, a)),
+        Command::Status => deployment().and_then(|d| status::run(&d, &out)),
+        Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Db(c) => db::run(c, &out),
         Command::Bench(c) => bench::run(c, &out),
     };

@@ -27,16 +27,28 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
     token.rsplit_once('.')
 }
 
-/// The pool `user` is homed on, from the CMS snapshot this node follows.
-fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
-    let snap = node.cms.current().ok_or_else(|| {
-        ApiError::unavailable(
-            "no CMS snapshot yet: the CMS has not answered since this node started",
+/// The pool `user` is homed on: from the CMS snapshot this node follows, or, for a user the
+/// snapshot does not know yet (added within the last follow interval), from the CMS itself.
+async fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
+    if let Some(pool) = node.cms.current().and_then(|s| s.homes.get(user).cloned()) {
+        return Ok(pool);
+    }
+    let asked = node
+        .call_db(
+            tandem_topology::DATABASE_CMS,
+            "cms.home_of",
+            json!({ "user": user }),
         )
-    })?;
-    snap.homes
-        .get(user)
-        .cloned()
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "the CMS does not answer and this node's snapshot does not know the user: {}",
+                e.message
+            ))
+        })?;
+    asked["pool"]
+        .as_str()
+        .map(str::to_string)
         .ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
 }
 
@@ -45,7 +57,7 @@ async fn login(
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(l) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let pool = home(&node, &l.user)?;
+    let pool = home(&node, &l.user).await?;
     let r = node
         .call_db(
             &format!("users-{pool}"),
@@ -75,7 +87,7 @@ pub(crate) async fn authenticate(
         .ok_or_else(bad)?;
     let token = value.strip_prefix("Bearer ").ok_or_else(bad)?;
     let (user, secret) = split_token(token).ok_or_else(bad)?;
-    let pool = home(node, user).map_err(|_| bad())?;
+    let pool = home(node, user).await.map_err(|_| bad())?;
     let r = node
         .call_db(
             &format!("users-{pool}"),

@@ -1,0 +1,190 @@
+//! The deployment a command works on: its topology, the directory beside it (`run/`, `logs/`,
+//! the users' tokens), the processes of its nodes, and the client of its internal API.
+
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tandem_topology::Topology;
+
+pub struct Deployment {
+    pub topology: Topology,
+    pub file: PathBuf,
+}
+
+impl Deployment {
+    pub fn load(file: &Path) -> anyhow::Result<Deployment> {
+        if !file.exists() {
+            bail!(
+                "no topology at {}: run `tandem init DIR` and work from DIR, or pass --topology FILE",
+                file.display()
+            );
+        }
+        let topology = Topology::load(file)?;
+        let file = file
+            .canonicalize()
+            .with_context(|| format!("{}", file.display()))?;
+        Ok(Deployment { topology, file })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.topology.dir
+    }
+
+    pub fn pid_file(&self, node: &str) -> PathBuf {
+        self.dir().join("run").join(format!("{node}.pid"))
+    }
+
+    pub fn log_file(&self, node: &str) -> PathBuf {
+        self.dir().join("logs").join(format!("{node}.log"))
+    }
+
+    pub fn client(&self) -> tandem_node::Client {
+        tandem_node::Client::new(&self.topology.secret)
+    }
+
+    /// Node names from `--nodes`, every node when empty; unknown names are refused.
+    pub fn select(&self, names: &[String]) -> anyhow::Result<Vec<String>> {
+        if names.is_empty() {
+            return Ok(self.topology.nodes.iter().map(|n| n.name.clone()).collect());
+        }
+        for n in names {
+            if self.topology.node(n).is_none() {
+                let known: Vec<&str> = self
+                    .topology
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect();
+                bail!(
+                    "no node named {n} in {} (nodes: {})",
+                    self.file.display(),
+                    known.join(", ")
+                );
+            }
+        }
+        Ok(names.to_vec())
+    }
+
+    /// The address of the node the topology names as primary of `database`.
+    pub fn primary_address(&self, database: &str) -> anyhow::Result<(String, String)> {
+        for n in &self.topology.nodes {
+            if self.topology.databases_on(&n.name).iter().any(|p| {
+                p.database == database && p.role == tandem_topology::PlacementRole::Primary
+            }) {
+                return Ok((n.name.clone(), n.address.clone()));
+            }
+        }
+        bail!("the topology places no primary copy of database {database}")
+    }
+
+    /// The pid recorded for `node`, if its process is alive and is that node's `tandem serve`.
+    pub fn running_pid(&self, node: &str) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file(node))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        is_node_process(pid, node).then_some(pid)
+    }
+
+    fn tokens_file(&self) -> PathBuf {
+        self.dir().join(".tandem").join("tokens.json")
+    }
+
+    pub fn tokens(&self) -> BTreeMap<String, String> {
+        std::fs::read(self.tokens_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Keeps (or, with None, forgets) a user's token beside the topology, readable by its owner only.
+    pub fn save_token(&self, user: &str, token: Option<&str>) -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut all = self.tokens();
+        match token {
+            Some(t) => all.insert(user.to_string(), t.to_string()),
+            None => all.remove(user),
+        };
+        let file = self.tokens_file();
+        std::fs::create_dir_all(file.parent().expect("has a parent"))?;
+        let tmp = file.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&all)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
+    }
+}
+
+/// True when `pid` is alive (not a zombie) and its command line is `tandem serve --node NODE`.
+pub fn is_node_process(pid: i32, node: &str) -> bool {
+    if pid <= 0 || !alive(pid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.iter().any(|a| *a == b"serve")
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--node" && w[1] == node.as_bytes())
+}
+
+/// True when the process exists and has not exited (a zombie has exited).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: sending a signal to a pid we checked is one of our node processes.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Asks a node process to stop (SIGTERM), waits up to `grace`, then kills it (SIGKILL).
+/// Returns true when it stopped cleanly.
+pub fn stop(pid: i32, grace: Duration) -> bool {
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    signal(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// A runtime for a command that talks to nodes.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,46 @@
+//! `tandem serve --node NAME`: one node in the foreground, logging one line per event on
+//! stdout, until SIGTERM or Ctrl-C.
+
+use crate::deployment::Deployment;
+use anyhow::bail;
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The node of the topology to run.
+    #[arg(long)]
+    node: String,
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+    }
+}
+
+pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let span = tracing::info_span!("node", name = %a.node);
+    let result = rt.block_on(tracing::Instrument::instrument(
+        tandem_node::serve(d.topology, &a.node, stop_signal()),
+        span,
+    ));
+    if let Err(e) = result {
+        bail!(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `tandem status`: every node (up or down, roles, site, version), every database copy (node,
+//! role, epoch, LSN), the CMS and the pool and chat pool states. Nodes are asked in parallel,
+//! each with a deadline, so a lost site costs one deadline, not one per node.
+
+use crate::deployment::{Deployment, runtime};
+use crate::output::Output;
+use serde::Serialize;
+use std::time::Duration;
+use tandem_node::NodeStatus;
+use tandem_pool::cms::CmsSnapshot;
+
+/// Deadline for each node's answer (all nodes are asked at once).
+const NODE_TIMEOUT_MS: u64 = 1_200;
+
+#[derive(Serialize)]
+struct NodeLine {
+    node: String,
+    site: String,
+    roles: Vec<String>,
+    address: String,
+    up: bool,
+    version: Option<String>,
+    pid: Option<u32>,
+    uptime_ms: Option<u64>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CopyLine {
+    database: String,
+    node: String,
+    placement: String,
+    state: String,
+    role: Option<String>,
+    epoch: Option<u64>,
+    lsn: Option<u64>,
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CmsLine {
+    master: String,
+    reachable: bool,
+    /// Where the configuration below was read: the master, or the freshest node snapshot.
+    source: String,
+    snapshot: Option<CmsSnapshot>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    deployment: String,
+    nodes: Vec<NodeLine>,
+    databases: Vec<CopyLine>,
+    cms: CmsLine,
+}
+
+pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
+    let client = d.client();
+    let timeout = Duration::from_millis(NODE_TIMEOUT_MS);
+    let rt = runtime()?;
+    let master = d
+        .topology
+        .node(&d.topology.cms.primary)
+        .expect("validated")
+        .clone();
+    let (answers, snapshot) = rt.block_on(async {
+        let asks = d.topology.nodes.iter().map(|n| {
+            let c = client.clone();
+            let addr = n.address.clone();
+            async move { c.status(&addr, timeout).await }
+        });
+        let snap = client.cms_snapshot(&master.address, timeout);
+        tokio::join!(futures_util::future::join_all(asks), snap)
+    });
+    let mut nodes = Vec::new();
+    let mut databases = Vec::new();
+    let mut statuses: Vec<&NodeStatus> = Vec::new();
+    for (n, answer) in d.topology.nodes.iter().zip(&answers) {
+        let roles = n.roles.iter().map(|r| r.as_str().to_string()).collect();
+        match answer {
+            Ok(s) => {
+                statuses.push(s);
+                nodes.push(NodeLine {
+                    node: n.name.clone(),
+                    site: n.site.clone(),
+                    roles,
+                    address: n.address.clone(),
+                    up: true,
+                    version: Some(s.version.clone()),
+                    pid: Some(s.pid),
+                    uptime_ms: Some(s.uptime_ms),
+                    error: None,
+                });
+                for db in &s.databases {
+                    databases.push(CopyLine {
+                        database: db.database.clone(),
+                        node: n.name.clone(),
+                        placement: db.placement.clone(),
+                        state: if db.open { "open" } else { "absent" }.into(),
+                        role: db.role.clone(),
+                        epoch: db.epoch,
+                        lsn: db.lsn,
+                        warnings: db.warnings.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                nodes.push(NodeLine {
+                    node: n.name.clone(),
+                    site: n.site.clone(),
+                    roles,
+                    address: n.address.clone(),
+                    up: false,
+                    version: None,
+                    pid: None,
+                    uptime_ms: None,
+                    error: Some(e.to_string()),
+                });
+                for p in d.topology.databases_on(&n.name) {
+                    databases.push(CopyLine {
+                        database: p.database.clone(),
+                        node: n.name.clone(),
+                        placement: serde_json::to_value(p.role)?
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                        state: "node down".into(),
+                        role: None,
+                        epoch: None,
+                        lsn: None,
+                        warnings: vec![],
+                    });
+                }
+            }
+        }
+    }
+    databases.sort_by(|a, b| (&a.database, &a.node).cmp(&(&b.database, &b.node)));
+    let cms = match snapshot {
+        Ok(s) => CmsLine {
+            master: master.name.clone(),
+            reachable: true,
+            source: format!("master {}", master.name),
+            snapshot: Some(s),
+        },
+        Err(e) => {
+            // The freshest copy a node holds of the CMS tells what the deployment last knew.
+            let freshest = statuses
+                .iter()
+                .filter_map(|s| s.cms.as_ref().map(|c| (c.lsn, s.node.clone())))
+                .max();
+            CmsLine {
+                master: master.name.clone(),
+                reachable: false,
+                source: match freshest {
+                    Some((lsn, node)) => {
+                        format!("unreachable ({e}); node {node} holds a snapshot at LSN {lsn}")
+                    }
+                    None => format!("unreachable ({e}); no node holds a snapshot"),
+                },
+                snapshot: None,
+            }
+        }
+    };
+    let report = Report {
+        deployment: d.topology.name.clone(),
+        nodes,
+        databases,
+        cms,
+    };
+    out.emit(&report, || human(&report))
+}
+
+fn human(r: &Report) -> String {
+    let mut s = format!(
+        "deployment {}\n\nNODE       SITE  STATE  ROLES                    ADDRESS\n",
+        r.deployment
+    );
+    for n in &r.nodes {
+        s.push_str(&format!(
+            "{:<10} {:<5} {:<6} {:<24} {}{}\n",
+            n.node,
+            n.site,
+            if n.up { "up" } else { "down" },
+            n.roles.join(","),
+            n.address,
+            n.error
+                .as_ref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        ));
+    }
+    s.push_str("\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH  LSN\n");
+    for c in &r.databases {
+        s.push_str(&format!(
+            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<6} {}\n",
+            c.database,
+            c.node,
+            c.placement,
+            c.state,
+            c.role.as_deref().unwrap_or("-"),
+            c.epoch.map(|e| e.to_string()).unwrap_or("-".into()),
+            c.lsn.map(|e| e.to_string()).unwrap_or("-".into())
+        ));
+        for w in &c.warnings {
+            s.push_str(&format!("    warning: {w}\n"));
+        }
+    }
+    s.push_str(&format!(
+        "\nCMS master {}: {}\n",
+        r.cms.master, r.cms.source
+    ));
+    if let Some(snap) = &r.cms.snapshot {
+        if let Some(chat) = &snap.chat {
+            s.push_str(&format!(
+                "chat pool  {}, active servers: {}\n",
+                chat.state.as_str(),
+                if chat.active.is_empty() {
+                    "none".to_string()
+                } else {
+                    chat.active.join(", ")
+                }
+            ));
+        }
+        for p in &snap.pools {
+            s.push_str(&format!(
+                "pool       {:<9} site {:<4} {:<11} served by {}{}\n",
+                p.name,
+                p.site,
+                p.mode.as_str(),
+                p.served_by,
+                p.pair
+                    .as_ref()
+                    .map(|x| format!(", paired with {x}"))
+                    .unwrap_or_default()
+            ));
+        }
+        s.push_str(&format!("users      {} homed\n", snap.homes.len()));
+    }
+    s
+}

@@ -1,0 +1,269 @@
+//! `tandem up` starts the deployment's nodes as child processes (`run/NODE.pid`,
+//! `logs/NODE.log`), waits until each answers its health check, and either returns (`--detach`)
+//! or supervises them until Ctrl-C; `tandem down` stops them.
+
+use crate::deployment::{Deployment, alive, runtime, stop};
+use crate::output::Output;
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to answer its first health check.
+const READY_TIMEOUT_MS: u64 = 30_000;
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_GRACE_MS: u64 = 10_000;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Only these nodes (comma-separated); default every node.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Return once every node is ready, leaving them running.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    /// Only these nodes (comma-separated); default every node.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Started {
+    node: String,
+    site: String,
+    address: String,
+    pid: i32,
+    log: String,
+}
+
+fn last_lines(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
+    let names = d.select(&a.nodes)?;
+    for n in &names {
+        if let Some(pid) = d.running_pid(n) {
+            bail!("{n} is already running (pid {pid}); `tandem down --nodes {n}` first");
+        }
+    }
+    std::fs::create_dir_all(d.dir().join("run"))?;
+    std::fs::create_dir_all(d.dir().join("logs"))?;
+    let exe = std::env::current_exe().context("cannot find the tandem executable")?;
+    let mut children = Vec::new();
+    for n in &names {
+        let log_path = d.log_file(n);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .args(["serve", "--node", n, "--topology"])
+            .arg(&d.file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for `up` reaches the nodes through `up`.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {n}"))?;
+        std::fs::write(d.pid_file(n), format!("{}\n", child.id()))?;
+        children.push((n.clone(), child));
+    }
+    let started = Instant::now();
+    let client = d.client();
+    let rt = runtime()?;
+    let mut pending: Vec<String> = names.clone();
+    while !pending.is_empty() {
+        for (n, child) in &mut children {
+            if let Some(status) = child.try_wait()? {
+                let err = format!(
+                    "{n} exited ({status}) before it was ready: {}",
+                    last_lines(&d.log_file(n), 2)
+                );
+                stop_all(d, &names);
+                bail!(err);
+            }
+        }
+        let checks = pending.iter().map(|n| {
+            let addr = d.topology.node(n).expect("selected").address.clone();
+            let client = client.clone();
+            async move { client.healthy(&addr, Duration::from_millis(500)).await }
+        });
+        let ready = rt.block_on(futures_util::future::join_all(checks));
+        pending = pending
+            .into_iter()
+            .zip(ready)
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| n)
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        if started.elapsed() > Duration::from_millis(READY_TIMEOUT_MS) {
+            stop_all(d, &names);
+            bail!(
+                "{} did not answer its health check within {} s; see {}",
+                pending.join(", "),
+                READY_TIMEOUT_MS / 1000,
+                d.log_file(&pending[0]).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report: Vec<Started> = children
+        .iter()
+        .map(|(n, c)| {
+            let node = d.topology.node(n).expect("selected");
+            Started {
+                node: n.clone(),
+                site: node.site.clone(),
+                address: node.address.clone(),
+                pid: c.id() as i32,
+                log: d.log_file(n).display().to_string(),
+            }
+        })
+        .collect();
+    out.emit(&report, || {
+        let mut s = String::new();
+        for r in &report {
+            s.push_str(&format!(
+                "{:<10} {:<5} http://{:<22} pid {}\n",
+                r.node, r.site, r.address, r.pid
+            ));
+        }
+        s.push_str(&format!(
+            "{} nodes ready in {:.1} s{}\n",
+            report.len(),
+            started.elapsed().as_secs_f64(),
+            if a.detach {
+                "; `tandem down` stops them"
+            } else {
+                "; Ctrl-C stops them"
+            }
+        ));
+        s
+    })?;
+    if a.detach {
+        return Ok(());
+    }
+    supervise(d, children, out)
+}
+
+/// Waits for Ctrl-C (then stops every node) or for every node to exit, reporting each exit.
+fn supervise(
+    d: &Deployment,
+    mut children: Vec<(String, std::process::Child)>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    loop {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            out.progress("stopping every node…");
+            stop_all(d, &names);
+            for (_, c) in &mut children {
+                let _ = c.wait();
+            }
+            return Ok(());
+        }
+        children.retain_mut(|(n, c)| match c.try_wait() {
+            Ok(Some(status)) => {
+                out.progress(&format!(
+                    "{n} exited ({status}); see {}",
+                    d.log_file(n).display()
+                ));
+                let _ = std::fs::remove_file(d.pid_file(n));
+                false
+            }
+            _ => true,
+        });
+        if children.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop_all(d: &Deployment, names: &[String]) {
+    let handles: Vec<_> = names
+        .iter()
+        .filter_map(|n| d.running_pid(n).map(|pid| (n.clone(), pid)))
+        .map(|(n, pid)| {
+            std::thread::spawn(move || (n, stop(pid, Duration::from_millis(STOP_GRACE_MS))))
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    for n in names {
+        let _ = std::fs::remove_file(d.pid_file(n));
+    }
+}
+
+#[derive(Serialize)]
+struct Stopped {
+    node: String,
+    pid: Option<i32>,
+    /// `stopped` (SIGTERM), `killed` (SIGKILL after the grace period) or `not running`.
+    how: &'static str,
+}
+
+pub fn down(d: &Deployment, a: DownArgs, out: &Output) -> anyhow::Result<()> {
+    let names = d.select(&a.nodes)?;
+    let handles: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let pid = d.running_pid(n);
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let how = match pid {
+                    None => "not running",
+                    Some(p) if stop(p, Duration::from_millis(STOP_GRACE_MS)) => "stopped",
+                    Some(p) if alive(p) => "still running",
+                    Some(_) => "killed",
+                };
+                Stopped { node: n, pid, how }
+            })
+        })
+        .collect();
+    let report: Vec<Stopped> = handles
+        .into_iter()
+        .map(|h| h.join().expect("stopper"))
+        .collect();
+    for r in &report {
+        let _ = std::fs::remove_file(d.pid_file(&r.node));
+    }
+    out.emit(&report, || {
+        report
+            .iter()
+            .map(|r| match r.pid {
+                Some(p) => format!("{:<10} {} (pid {p})\n", r.node, r.how),
+                None => format!("{:<10} {}\n", r.node, r.how),
+            })
+            .collect()
+    })?;
+    if let Some(r) = report.iter().find(|r| r.how == "still running") {
+        bail!("{} (pid {}) did not stop", r.node, r.pid.unwrap_or(0));
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `tandem user add|list|remove`: users live in their pool's user database; the CMS records
+//! which pool each user is homed on. `add` prints the user's bearer token and keeps it beside
+//! the topology so that `--as USER` works in later commands.
+
+use crate::deployment::{Deployment, runtime};
+use crate::output::Output;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::json;
+use tandem_pool::users::{NewUser, UserInfo};
+use tandem_topology::DATABASE_CMS;
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user homed on POOL; prints the user's bearer token.
+    Add {
+        name: String,
+        #[arg(long)]
+        pool: String,
+        /// A password for signing in over HTTP (without one, the token is the only way in).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List the users of every pool, or of one.
+    List {
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Remove a user and every token of theirs.
+    Remove { name: String },
+}
+
+#[derive(Serialize)]
+struct Added {
+    user: String,
+    pool: String,
+    token: String,
+}
+
+pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let client = d.client();
+    let (cms_node, cms) = d.primary_address(DATABASE_CMS)?;
+    match cmd {
+        UserCommand::Add {
+            name,
+            pool,
+            password,
+        } => {
+            let p = d.topology.pool(&pool).with_context(|| {
+                let pools: Vec<&str> = d.topology.pools.iter().map(|p| p.name.as_str()).collect();
+                format!("no pool named {pool} (pools: {})", pools.join(", "))
+            })?;
+            tandem_pool::users::validate_name(&name)?;
+            let users_db = p.users_database();
+            let (_, users) = d.primary_address(&users_db)?;
+            let added: NewUser = rt.block_on(async {
+                let home = client
+                    .call::<serde_json::Value, _>(
+                        &cms,
+                        DATABASE_CMS,
+                        "cms.home_of",
+                        &json!({ "user": name }),
+                    )
+                    .await
+                    .with_context(|| format!("the CMS on {cms_node}"))?;
+                if let Some(other) = home.result["pool"].as_str()
+                    && other != pool
+                {
+                    bail!("{name} is already homed on {other}");
+                }
+                client
+                    .call::<serde_json::Value, _>(
+                        &cms,
+                        DATABASE_CMS,
+                        "cms.set_home",
+                        &json!({ "user": name, "pool": pool }),
+                    )
+                    .await
+                    .with_context(|| format!("the CMS on {cms_node}"))?;
+                let r = client
+                    .call::<NewUser, _>(
+                        &users,
+                        &users_db,
+                        "users.add",
+                        &json!({ "name": name, "pool": pool, "password": password }),
+                    )
+                    .await?;
+                Ok(r.result)
+            })?;
+            let token = tandem_node::user_token(&added.name, &added.token);
+            d.save_token(&added.name, Some(&token))?;
+            let report = Added {
+                user: added.name,
+                pool: added.pool,
+                token,
+            };
+            out.emit(&report, || format!("{}\n", report.token))
+        }
+        UserCommand::List { pool } => {
+            let pools: Vec<_> = match &pool {
+                Some(p) => vec![
+                    d.topology
+                        .pool(p)
+                        .with_context(|| format!("no pool named {p}"))?
+                        .clone(),
+                ],
+                None => d.topology.pools.clone(),
+            };
+            let mut all: Vec<UserInfo> = Vec::new();
+            for p in pools {
+                let db = p.users_database();
+                let (node, addr) = d.primary_address(&db)?;
+                let r = rt
+                    .block_on(client.call::<Vec<UserInfo>, _>(&addr, &db, "users.list", &json!({})))
+                    .with_context(|| format!("pool {} (database {db} on {node})", p.name))?;
+                all.extend(r.result);
+            }
+            out.emit(&all, || {
+                all.iter()
+                    .map(|u| {
+                        format!(
+                            "{:<20} {:<10} {}\n",
+                            u.name,
+                            u.pool,
+                            if u.has_password {
+                                "password"
+                            } else {
+                                "token only"
+                            }
+                        )
+                    })
+                    .collect()
+            })
+        }
+        UserCommand::Remove { name } => {
+            let home = rt.block_on(client.call::<serde_json::Value, _>(
+                &cms,
+                DATABASE_CMS,
+                "cms.home_of",
+                &json!({ "user": name }),
+            ))?;
+            let Some(pool) = home.result["pool"].as_str().map(str::to_string) else {
+                bail!("no user named {name}");
+            };
+            let db = format!("users-{pool}");
+            let (_, addr) = d.primary_address(&db)?;
+            rt.block_on(async {
+                client
+                    .call::<serde_json::Value, _>(
+                        &addr,
+                        &db,
+                        "users.remove",
+                        &json!({ "name": name }),
+                    )
+                    .await?;
+                client
+                    .call::<serde_json::Value, _>(
+                        &cms,
+                        DATABASE_CMS,
+                        "cms.remove_home",
+                        &json!({ "user": name }),
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            d.save_token(&name, None)?;
+            out.emit(&json!({ "removed": name, "pool": pool }), || {
+                format!("removed {name} from {pool}\n")
+            })
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! A deployment as real processes: init, up, status, users, kill -9, down — through the binary.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn tandem(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .expect("run tandem")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = tandem(dir, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(dir, &args)).expect("one JSON document")
+}
+
+/// A deployment in a temporary directory; every node it started is stopped when it goes,
+/// also when the test fails.
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Deployment {
+    fn init() -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
+        Deployment { _tmp: tmp, dir }
+    }
+
+    fn pid(&self, node: &str) -> i32 {
+        std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("run")) else {
+            return vec![];
+        };
+        entries
+            .filter_map(|e| {
+                std::fs::read_to_string(e.ok()?.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn address(&self, node: &str) -> String {
+        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
+        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
+        let line = topo[at..]
+            .lines()
+            .find(|l| l.starts_with("address"))
+            .unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    }
+
+    fn status(&self) -> Value {
+        json(&self.dir, &["status"])
+    }
+
+    /// Waits (with a deadline) until `cond` holds on `tandem status`.
+    fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within 10 s; last status {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let pids = self.pids();
+        let _ = tandem(&self.dir, &["down"]);
+        for pid in pids {
+            // SAFETY: killing processes this test started, whatever `down` did.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == name)
+        .unwrap()
+}
+
+/// One raw HTTP/1.1 request; returns the status code and the body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn up_status_users_kill_and_down() {
+    let d = Deployment::init();
+    let up = json(&d.dir, &["up", "--detach"]);
+    assert_eq!(up.as_array().unwrap().len(), 6);
+    let s = d.status();
+    for n in s["nodes"].as_array().unwrap() {
+        assert_eq!(n["up"], true, "{n}");
+    }
+    assert_eq!(s["cms"]["reachable"], true);
+    assert_eq!(
+        s["cms"]["snapshot"]["chat"]["active"],
+        serde_json::json!(["atl-fe"])
+    );
+    let cms = s["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["database"] == "cms" && c["node"] == "atl-db1")
+        .unwrap();
+    assert_eq!(
+        (cms["role"].as_str(), cms["epoch"].as_u64()),
+        (Some("primary"), Some(1))
+    );
+
+    let token = ok(
+        &d.dir,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--pool",
+            "pool-atl",
+            "--password",
+            "pw-alice",
+        ],
+    );
+    assert!(token.trim().starts_with("alice."), "{token}");
+    let tokens: Value =
+        serde_json::from_slice(&std::fs::read(d.dir.join(".tandem/tokens.json")).unwrap()).unwrap();
+    assert_eq!(tokens["alice"].as_str(), Some(token.trim()));
+    let err = tandem(&d.dir, &["user", "add", "alice", "--pool", "pool-dal"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("already homed on pool-atl"));
+
+    // Sign in over HTTP at the other site's frontend, then use the token.
+    let fe = d.address("dal-fe");
+    let (code, body) = http(
+        &fe,
+        "POST",
+        "/api/v1/login",
+        &[("content-type", "application/json")],
+        r#"{"user":"alice","password":"pw-alice"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let t: Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Bearer {}", t["token"].as_str().unwrap());
+    let (code, body) = http(&fe, "GET", "/api/v1/me", &[("authorization", &bearer)], "");
+    assert_eq!((code, body.contains("pool-atl")), (200, true), "{body}");
+    let (code, _) = http(
+        &fe,
+        "POST",
+        "/api/v1/login",
+        &[("content-type", "application/json")],
+        r#"{"user":"alice","password":"wrong"}"#,
+    );
+    assert_eq!(code, 401);
+
+    // kill -9 of atl-db2: seen as down within 5 s, the others unaffected.
+    let victim = d.pid("atl-db2");
+    let killed = Instant::now();
+    // SAFETY: a node process this test started.
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    let s = d.wait_status("atl-db2 down", |s| node(s, "atl-db2")["up"] == false);
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    for n in ["atl-fe", "atl-db1", "dal-fe", "dal-db1", "dal-db2"] {
+        assert_eq!(node(&s, n)["up"], true, "{n}");
+    }
+
+    let pids = d.pids();
+    ok(&d.dir, &["down"]);
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} survived `tandem down`");
+    }
+    assert!(d.pids().is_empty(), "down removes the pid files");
+}
+
+#[test]
+fn the_internal_api_refuses_requests_without_the_secret() {
+    let d = Deployment::init();
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let addr = d.address("atl-db1");
+    let (code, body) = http(&addr, "GET", "/internal/v1/status", &[], "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("cluster secret"), "{body}");
+    let (code, _) = http(
+        &addr,
+        "GET",
+        "/internal/v1/status",
+        &[("x-tandem-secret", "00")],
+        "",
+    );
+    assert_eq!(code, 401);
+    let call = r#"{"procedure":"users.list","args":{}}"#;
+    let (code, _) = http(
+        &addr,
+        "POST",
+        "/internal/v1/db/users-pool-atl/call",
+        &[("content-type", "application/json")],
+        call,
+    );
+    assert_eq!(code, 401);
+    let log = std::fs::read_to_string(d.dir.join("logs/atl-db1.log")).unwrap();
+    assert!(
+        log.contains("internal request refused"),
+        "refusals are logged: {log}"
+    );
+    // The health check and the metrics need no secret.
+    assert_eq!(http(&addr, "GET", "/health", &[], "").0, 200);
+    let (code, metrics) = http(&addr, "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("tandem_database_lsn"), "{metrics}");
+    assert!(
+        metrics.contains("tandem_internal_requests_refused_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn cms_changes_reach_every_node_and_a_node_starts_from_its_snapshot() {
+    let d = Deployment::init();
+    ok(&d.dir, &["up", "--detach"]);
+    ok(
+        &d.dir,
+        &[
+            "user",
+            "add",
+            "bob",
+            "--pool",
+            "pool-dal",
+            "--password",
+            "pw-bob",
+        ],
+    );
+    let cms_lsn = d.status()["cms"]["snapshot"]["lsn"].as_u64().unwrap();
+    // Every node follows the CMS (they poll it; within about a second).
+    let started = Instant::now();
+    let nodes = [
+        "atl-fe", "atl-db1", "atl-db2", "dal-fe", "dal-db1", "dal-db2",
+    ];
+    for n in nodes {
+        let status_of = |n: &str| {
+            let secret_line = std::fs::read_to_string(d.dir.join("topology.toml")).unwrap();
+            let secret = secret_line
+                .lines()
+                .find(|l| l.starts_with("secret"))
+                .unwrap()
+                .split('"')
+                .nth(1)
+                .unwrap()
+                .to_string();
+            let (_, body) = http(
+                &d.address(n),
+                "GET",
+                "/internal/v1/status",
+                &[("x-tandem-secret", &secret)],
+                "",
+            );
+            serde_json::from_str::<Value>(&body).unwrap()
+        };
+        loop {
+            if status_of(n)["cms"]["lsn"].as_u64() == Some(cms_lsn) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{n} did not follow the CMS to LSN {cms_lsn}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The CMS master goes down; a frontend restarted meanwhile starts from its own snapshot
+    // and still signs in users of a pool whose database is up.
+    ok(&d.dir, &["down", "--nodes", "atl-db1,dal-fe"]);
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-fe"]);
+    let s = d.status();
+    assert_eq!(s["cms"]["reachable"], false);
+    let fe = d.address("dal-fe");
+    let (code, body) = http(
+        &fe,
+        "POST",
+        "/api/v1/login",
+        &[("content-type", "application/json")],
+        r#"{"user":"bob","password":"pw-bob"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let log = std::fs::read_to_string(d.dir.join("logs/dal-fe.log")).unwrap();
+    assert!(
+        log.contains("starting from the local CMS snapshot"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_broken_topology_is_refused_with_its_line_and_rule() {
+    let d = Deployment::init();
+    let file = d.dir.join("topology.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let cases = [
+        ("pair = \"pool-dal\"", "pair = \"pool-atl\"", "pair"),
+        (
+            "active = [\"atl-fe\"]",
+            "active = [\"dal-fe\"]",
+            "site of the chat primary",
+        ),
+        ("mirror = \"atl-db2\"", "mirror = \"dal-db2\"", "site"),
+        ("primary = \"atl-db1\"", "primary = \"nowhere\"", "nowhere"),
+    ];
+    for (from, to, expect) in cases {
+        let bad = good.replacen(from, to, 1);
+        assert_ne!(bad, good, "{from} is in the example");
+        std::fs::write(&file, &bad).unwrap();
+        let line = bad.lines().position(|l| l.contains(to)).unwrap() + 1;
+        let out = tandem(&d.dir, &["status"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("topology.toml:{line}")),
+            "{from} -> {to}: {err}"
+        );
+        assert!(err.contains(expect), "{from} -> {to}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    std::fs::write(&file, good).unwrap();
+    let out = tandem(&d.dir, &["status", "--topology", "nothing.toml"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tandem init"));
+}
