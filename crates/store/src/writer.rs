@@ -100,6 +100,7 @@ pub struct Tx<'c> {
     tables: &'c mut Tables,
     ops: Vec<Op>,
     time_ms: i64,
+    lsn: Lsn,
     schema_changed: bool,
 }
 
@@ -108,6 +109,13 @@ impl Tx<'_> {
     /// so that every copy stores the same value.
     pub fn time_ms(&self) -> i64 {
         self.time_ms
+    }
+
+    /// The LSN this transaction commits at if it changes anything — decided by the writer and,
+    /// like every value written, recorded: storing it in a row gives every copy the same row.
+    /// Readers use it to stop at a durable (or, with a mirror, hardened) LSN.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
     }
 
     /// Inserts a complete row (every column, in declaration order).
@@ -299,6 +307,7 @@ impl Writer {
                 tables: &mut self.tables,
                 ops: Vec::new(),
                 time_ms,
+                lsn: self.state.lsn + encoded.len() as u64 + 1,
                 schema_changed: false,
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(&mut tx)));

@@ -689,3 +689,43 @@ fn a_create_interrupted_before_its_rename_leaves_nothing_in_the_way() {
     post(&db, 1, "ok").unwrap();
     assert!(!dir.join(format!("{DB_FILE}.creating")).exists());
 }
+
+#[test]
+fn a_transaction_knows_the_lsn_it_commits_at() {
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(create(&t.path().join("p")));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                (0..30)
+                    .map(|k| {
+                        let c = db
+                            .write(move |tx: &mut Tx<'_>| {
+                                let lsn = tx.lsn();
+                                tx.insert(
+                                    "members",
+                                    vec![
+                                        Value::Integer(i * 100 + k),
+                                        Value::Text(lsn.to_string()),
+                                        Value::Integer(0),
+                                    ],
+                                )?;
+                                Ok::<_, StoreError>(lsn)
+                            })
+                            .unwrap();
+                        assert_eq!(c.value, c.lsn);
+                        c.lsn
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    assert_eq!(
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum::<usize>(),
+        240
+    );
+}
