@@ -2,6 +2,7 @@
 //! JSON document with `--json`. Exit 0 on success; otherwise one clear line on stderr.
 
 mod bench;
+mod chat;
 mod db;
 mod deployment;
 mod init;
@@ -50,6 +51,9 @@ enum Command {
     /// Users: add (prints a token), list, remove.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Chat as a user: categories, rooms, members, posts, history, search.
+    #[command(subcommand)]
+    Chat(chat::ChatCommand),
     /// Database copies and backup files.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -70,6 +74,7 @@ fn main() {
         Command::Serve(a) => deployment().and_then(|d| serve::run(d, a)),
         Command::Status => deployment().and_then(|d| status::run(&d, &out)),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
+        Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
         Command::Db(c) => db::run(c, &out),
         Command::Bench(c) => bench::run(c, &out),
     };
@@ -78,5 +83,14 @@ fn main() {
         let msg = format!("{e:#}").replace('\n', " ");
         eprintln!("tandem: {msg}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -112,6 +112,26 @@ impl Client {
         self.send(addr, req, None).await
     }
 
+    /// Events of `db` after `after` (or, with a negative `after`, where the feed stands),
+    /// waiting up to `wait_ms` for some.
+    pub async fn feed(
+        &self,
+        addr: &str,
+        db: &str,
+        after: i64,
+        wait_ms: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let req = self.http.get(format!(
+            "http://{addr}/internal/v1/db/{db}/feed?after={after}&wait_ms={wait_ms}"
+        ));
+        self.send(
+            addr,
+            req,
+            Some(Duration::from_millis(wait_ms + REQUEST_TIMEOUT_MS)),
+        )
+        .await
+    }
+
     /// The node's own view of itself.
     pub async fn status(&self, addr: &str, timeout: Duration) -> Result<NodeStatus, ClientError> {
         let req = self.http.get(format!("http://{addr}/internal/v1/status"));
@@ -146,4 +166,70 @@ fn root(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// A client of the users' API (what a chat client or a web page uses), acting as one user.
+#[derive(Clone)]
+pub struct UserApi {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+}
+
+impl UserApi {
+    pub fn new(addr: &str, token: &str) -> UserApi {
+        UserApi {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+                .no_proxy()
+                .build()
+                .expect("an HTTP client without TLS builds"),
+            addr: addr.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// Sends `method path` with an optional JSON body; the JSON answer, or the API's error.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addr))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            message: root(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            addr: self.addr.clone(),
+            message: root(&e),
+        })?;
+        if !status.is_success() {
+            let body = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| ErrorBody {
+                    code: "upstream".into(),
+                    message: format!("{} answered {status}", self.addr),
+                });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            addr: self.addr.clone(),
+            message: e.to_string(),
+        })
+    }
 }

@@ -12,6 +12,8 @@ use tandem_topology::{DATABASE_CMS, Placement, PlacementRole, Topology};
 pub(crate) enum Kind {
     Users,
     Cms,
+    /// The chat database `mgc`.
+    Chat,
     /// A database whose domain schema comes with a later part (chat's `mgc`, `mgccomp`).
     Other,
 }
@@ -19,6 +21,8 @@ pub(crate) enum Kind {
 pub(crate) fn kind_of(database: &str) -> Kind {
     if database == DATABASE_CMS {
         Kind::Cms
+    } else if database == tandem_topology::DATABASE_MGC {
+        Kind::Chat
     } else if database.starts_with("users-") {
         Kind::Users
     } else {
@@ -76,6 +80,10 @@ impl DbHost {
                         {
                             tracing::info!(database, "CMS seeded from the topology");
                         }
+                    }
+                    Kind::Chat => {
+                        db.migrate(tandem_chat::MGC_SCHEMA)
+                            .map_err(|e| format!("database {database}: {e}"))?;
                     }
                     Kind::Other => {}
                 }

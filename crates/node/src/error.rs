@@ -92,6 +92,20 @@ impl ApiError {
     }
 }
 
+impl From<tandem_chat::ChatError> for ApiError {
+    fn from(e: tandem_chat::ChatError) -> ApiError {
+        use tandem_chat::ChatError::*;
+        let status = match &e {
+            NotFound(_) => StatusCode::NOT_FOUND,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            Invalid(_) => StatusCode::BAD_REQUEST,
+            Conflict(_) => StatusCode::CONFLICT,
+            Store(s) => return ApiError::from_store(s),
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
 impl From<tandem_store::StoreError> for ApiError {
     fn from(e: tandem_store::StoreError) -> ApiError {
         ApiError::from_store(&e)
@@ -108,7 +122,10 @@ impl From<crate::client::ClientError> for ApiError {
                     "conflict" => "conflict",
                     "invalid" => "invalid",
                     "unauthorized" => "unauthorized",
+                    "forbidden" => "forbidden",
                     "not_primary" => "not_primary",
+                    "not_active" => "not_active",
+                    "too_large" => "too_large",
                     _ => "upstream",
                 },
                 message: body.message,

@@ -4,18 +4,24 @@
 //! is the domain crates'; this crate only hosts and transports.
 
 mod auth;
+mod chat_api;
+mod chat_feed;
+mod chat_procedures;
 mod client;
 mod cms_follower;
 mod db_host;
 mod error;
 mod frontend;
 mod metrics;
+mod openapi;
 mod procedures;
 mod server;
 mod status;
 
-pub use client::{CallAnswer, Client, ClientError, REQUEST_TIMEOUT_MS, SECRET_HEADER};
+pub use client::{CallAnswer, Client, ClientError, REQUEST_TIMEOUT_MS, SECRET_HEADER, UserApi};
 pub use error::ErrorBody;
 pub use frontend::user_token;
+pub use openapi::document_value as openapi_document;
+pub use reqwest::Method;
 pub use server::{REQUEST_BYTES_MAX, serve};
 pub use status::{CmsView, DatabaseStatus, NodeStatus};

@@ -17,7 +17,7 @@ pub(crate) struct Call {
     pub(crate) args: Value,
 }
 
-fn args<T: DeserializeOwned>(procedure: &str, v: Value) -> Result<T, ApiError> {
+pub(crate) fn args<T: DeserializeOwned>(procedure: &str, v: Value) -> Result<T, ApiError> {
     let v = if v.is_null() { json!({}) } else { v };
     serde_json::from_value(v)
         .map_err(|e| ApiError::bad_request(format!("{procedure}: bad arguments: {e}")))
@@ -67,8 +67,19 @@ struct User {
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Active {
+    nodes: Vec<String>,
+}
+
 /// Runs `call` on `db` (named `database`). Blocking: run it off the async runtime.
-pub(crate) fn run(database: &str, db: &Database, call: Call) -> Result<Value, ApiError> {
+pub(crate) fn run(
+    database: &str,
+    db: &Database,
+    call: Call,
+    topology: &tandem_topology::Topology,
+) -> Result<Value, ApiError> {
     let p = call.procedure.as_str();
     let kind = kind_of(database);
     let wrong = || {
@@ -118,10 +129,16 @@ pub(crate) fn run(database: &str, db: &Database, call: Call) -> Result<Value, Ap
             let a: User = args(p, call.args)?;
             Ok(json!({ "removed": cms::remove_home(db, &a.user)? }))
         }
+        (Kind::Cms, "cms.set_chat_active") => {
+            let a: Active = args(p, call.args)?;
+            cms::set_chat_active(db, topology, &a.nodes)?;
+            Ok(json!({}))
+        }
         (Kind::Cms, "cms.home_of") => {
             let a: User = args(p, call.args)?;
             Ok(json!({ "pool": cms::home_of(db, &a.user)? }))
         }
+        (Kind::Chat, _) if p.starts_with("chat.") => crate::chat_procedures::run(db, p, call.args),
         _ => Err(wrong()),
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct NodeState {
     pub(crate) host: DbHost,
     pub(crate) cms: CmsFollower,
     pub(crate) client: Client,
+    /// Present on nodes with the chat role.
+    pub(crate) chat: Option<crate::chat_api::ChatRole>,
 }
 
 pub(crate) type Shared = Arc<NodeState>;
@@ -63,9 +65,12 @@ impl NodeState {
                     args,
                 },
             );
-            return tokio::task::spawn_blocking(move || procedures::run(&name, &db, call))
-                .await
-                .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))?;
+            let topology = self.topology.clone();
+            return tokio::task::spawn_blocking(move || {
+                procedures::run(&name, &db, call, &topology)
+            })
+            .await
+            .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))?;
         }
         let node = self
             .primary_of(database)
@@ -113,8 +118,9 @@ async fn call(
         ))
     })?;
     let name = database.clone();
+    let topology = node.topology.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let r = procedures::run(&name, &db, call);
+        let r = procedures::run(&name, &db, call, &topology);
         r.map(|v| (v, db.identity().lsn))
     })
     .await
@@ -140,7 +146,7 @@ async fn metrics_page(State(node): State<Shared>) -> String {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("no such route; see /openapi.json once the chat API is there, or /health")
+    ApiError::not_found("no such route; the API is described at /openapi.json")
 }
 
 fn router(node: Shared) -> Router {
@@ -148,6 +154,10 @@ fn router(node: Shared) -> Router {
         .route("/internal/v1/status", get(status))
         .route("/internal/v1/db/{database}/call", post(call))
         .route("/internal/v1/cms/snapshot", get(cms_snapshot))
+        .route(
+            "/internal/v1/db/{database}/feed",
+            get(crate::chat_feed::serve_feed),
+        )
         .layer(middleware::from_fn_with_state(
             node.clone(),
             crate::auth::require_secret,
@@ -156,9 +166,13 @@ fn router(node: Shared) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .merge(internal);
-    if node.me().has(Role::Frontend) {
+    if node.me().has(Role::Frontend) || node.me().has(Role::Chat) {
         app = app.merge(crate::frontend::routes());
     }
+    if node.chat.is_some() {
+        app = app.merge(crate::chat_api::routes());
+    }
+    app = app.route("/openapi.json", get(crate::openapi::document));
     app.fallback(not_found)
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(node)
@@ -229,6 +243,7 @@ pub async fn serve(
         .await
         .map_err(|e| e.to_string())??;
     let state = Arc::new(NodeState {
+        chat: me.has(Role::Chat).then(crate::chat_api::ChatRole::new),
         client: Client::new(&topology.secret),
         cms: CmsFollower::load(&me.data_dir),
         topology,
@@ -238,12 +253,20 @@ pub async fn serve(
     });
     tracing::info!(node = name, address = %me.address, databases = ?state.host.copies.keys().collect::<Vec<_>>(), data = %state.host.dir().display(), "serving");
     let follower = tokio::spawn(follow_cms(state.clone()));
+    let feed = state
+        .chat
+        .as_ref()
+        .map(|c| tokio::spawn(crate::chat_feed::follow(state.clone(), c.events.clone())));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     follower.abort();
     let _ = follower.await;
+    if let Some(f) = feed {
+        f.abort();
+        let _ = f.await;
+    }
     // Close every database (their writers finish what is queued) before returning.
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     tracing::info!(node = name, "stopped");

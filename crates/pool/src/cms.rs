@@ -330,6 +330,94 @@ pub fn set_home(db: &Database, user: &str, pool: &str) -> Result<(), PoolError> 
     Ok(())
 }
 
+/// Checks an active server list against the topology (DESIGN §6 invariant 5): chat servers
+/// only, no duplicates, at most `CHAT_ACTIVE_MAX`, every one in the site of the chat database
+/// copy the chat pool uses in `state` (the primary in `normal`, the backup in `failed-over`).
+pub fn check_active(
+    topology: &Topology,
+    state: ChatPoolState,
+    nodes: &[String],
+) -> Result<(), PoolError> {
+    let chat = topology
+        .chat
+        .as_ref()
+        .ok_or_else(|| PoolError::Invalid("the topology has no chat pool".into()))?;
+    if nodes.len() > CHAT_ACTIVE_MAX {
+        return Err(PoolError::Invalid(format!(
+            "{} active servers: a chat pool has at most {CHAT_ACTIVE_MAX}",
+            nodes.len()
+        )));
+    }
+    let db_node = match state {
+        ChatPoolState::Normal => chat.primary.clone(),
+        ChatPoolState::FailedOver => chat.backup.clone().ok_or_else(|| {
+            PoolError::Invalid(
+                "the chat pool is failed over but the topology names no backup".into(),
+            )
+        })?,
+    };
+    let site = topology.site_of(&db_node).unwrap_or_default().to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for n in nodes {
+        if !chat.servers.contains(n) {
+            return Err(PoolError::Invalid(format!(
+                "{n} is not a server of the chat pool (servers: {})",
+                chat.servers.join(", ")
+            )));
+        }
+        if !seen.insert(n) {
+            return Err(PoolError::Invalid(format!("{n} is listed twice")));
+        }
+        let s = topology.site_of(n).unwrap_or_default();
+        if s != site {
+            return Err(PoolError::Invalid(format!(
+                "{n} is in site {s}, but the chat database the pool uses ({db_node}, state {}) \
+                 is in site {site}: every active chat server must be in that site",
+                state.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the chat pool's active server list, after `check_active` against the chat pool
+/// state read in the same transaction. An empty list is allowed (failback step 1).
+pub fn set_chat_active(
+    db: &Database,
+    topology: &Topology,
+    nodes: &[String],
+) -> Result<(), PoolError> {
+    let (topology, nodes) = (topology.clone(), nodes.to_vec());
+    db.write(move |tx: &mut Tx<'_>| {
+        let state = tx
+            .query_row("SELECT state FROM chat WHERE id = 1", [], |r| {
+                r.get::<_, String>(0)
+            })?
+            .ok_or_else(|| PoolError::Invalid("the CMS has no chat pool".into()))?;
+        let state = if state == ChatPoolState::FailedOver.as_str() {
+            ChatPoolState::FailedOver
+        } else {
+            ChatPoolState::Normal
+        };
+        check_active(&topology, state, &nodes)?;
+        let current = tx.query("SELECT node FROM chat_active", [], |r| {
+            r.get::<_, String>(0)
+        })?;
+        for n in &current {
+            if !nodes.contains(n) {
+                tx.delete("chat_active", vec![Value::Text(n.clone())])?;
+            }
+        }
+        for n in &nodes {
+            if !current.contains(n) {
+                tx.insert("chat_active", vec![Value::Text(n.clone())])?;
+            }
+        }
+        Ok::<_, PoolError>(())
+    })?;
+    Ok(())
+}
+
 /// Removes the home of `user`. Returns whether it had one.
 pub fn remove_home(db: &Database, user: &str) -> Result<bool, PoolError> {
     let user = user.to_string();

@@ -1,6 +1,7 @@
 //! `tandem bench …`: measurements against the budgets of DESIGN.md §8. Figures go to README's
 //! performance table; no test asserts a time.
 
+mod chat;
 mod store;
 
 use crate::output::Output;
@@ -10,11 +11,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// The store: raw SQLite against group commit with 1, 16 and 256 writers; backups; restore.
     Store(store::StoreArgs),
+    /// Chat posts and history through the HTTP API of real nodes.
+    Chat(chat::ChatArgs),
 }
 
 pub fn run(cmd: BenchCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(a) => store::run(a, out),
+        BenchCommand::Chat(a) => chat::run(a, out),
     }
 }
 

@@ -1,0 +1,45 @@
+//! Helpers of the unit tests.
+
+use crate::events::{EventKind, NewEvent, append};
+use crate::{ChatError, MGC_SCHEMA, NewRoom, Privacy};
+use std::path::Path;
+use tandem_store::{Database, Options, Tx};
+
+/// A new `mgc` database in `dir`, with its schema.
+pub(crate) fn mgc(dir: &Path) -> Database {
+    let db = Database::create(&dir.join("mgc"), "mgc", Options::default()).unwrap();
+    db.migrate(MGC_SCHEMA).unwrap();
+    db
+}
+
+/// A room without category or description.
+pub(crate) fn new_room(name: &str, privacy: Privacy) -> NewRoom {
+    NewRoom {
+        name: name.to_string(),
+        category: None,
+        description: None,
+        privacy,
+    }
+}
+
+/// Appends `n` messages to `room` in one transaction (one fsync), as `post` stores them.
+pub(crate) fn bulk_post(db: &Database, room: &str, sender: &str, n: usize) {
+    let (room, sender) = (room.to_string(), sender.to_string());
+    db.write(move |tx: &mut Tx<'_>| {
+        for i in 0..n {
+            append(
+                tx,
+                NewEvent {
+                    room: &room,
+                    kind: EventKind::Message,
+                    sender: &sender,
+                    text: format!("message {i} from {sender}"),
+                    subject: None,
+                    reply_to: None,
+                },
+            )?;
+        }
+        Ok::<_, ChatError>(())
+    })
+    .unwrap();
+}

@@ -1,0 +1,475 @@
+//! `tandem bench chat`: chat posts through the HTTP API of a real chat node in front of a real
+//! db node (no mirror), from concurrent clients in this process:
+//! (a) the most posts/s into one room and into many rooms;
+//! (b) post latency at a fixed offered rate (open loop, default 5,000/s);
+//! (c) history pages of 100 from a room of many messages (default 1,000,000, loaded through the
+//!     chat domain before the nodes start).
+
+use super::Latency;
+use crate::output::{Output, count};
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tandem_node::{Method, UserApi};
+use tandem_store::{Database, Options};
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// Messages loaded into the history room before the nodes start.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=20_000_000))]
+    history_messages: u64,
+    /// Seconds each throughput run lasts.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+    seconds: u64,
+    /// Concurrent HTTP clients of the throughput runs.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    clients: u64,
+    /// Offered rate of the latency run, posts per second.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rate: u64,
+}
+
+#[derive(Serialize)]
+struct Throughput {
+    rooms: usize,
+    clients: u64,
+    posts: u64,
+    errors: u64,
+    seconds: f64,
+    per_second: f64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct Paced {
+    offered_per_second: u64,
+    posts: u64,
+    errors: u64,
+    achieved_per_second: f64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct History {
+    room_messages: u64,
+    pages: u64,
+    page_size: u64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct Report {
+    one_room: Throughput,
+    many_rooms: Throughput,
+    paced: Paced,
+    history: History,
+    load_seconds: f64,
+}
+
+const USER: &str = "bench";
+const ROOMS: usize = 64;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn topology(chat_port: u16, db_port: u16) -> String {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("random secret");
+    let secret = hex::encode(raw);
+    format!(
+        r#"[deployment]
+name = "bench-chat"
+secret = "{secret}"
+share = "share"
+
+[[site]]
+name = "s"
+
+[[node]]
+name = "chat"
+site = "s"
+address = "127.0.0.1:{chat_port}"
+roles = ["frontend", "chat"]
+
+[[node]]
+name = "db"
+site = "s"
+address = "127.0.0.1:{db_port}"
+roles = ["db"]
+
+[[pool]]
+name = "pool-s"
+site = "s"
+frontends = ["chat"]
+primary = "db"
+
+[chat]
+servers = ["chat"]
+active = ["chat"]
+primary = "db"
+
+[cms]
+primary = "db"
+"#
+    )
+}
+
+/// Loads `n` messages into room `big` (and creates the bench rooms) before any node runs.
+fn preload(mgc: &Path, n: u64, out: &Output) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let db = Database::create(mgc, "mgc", Options::default())?;
+    db.migrate(tandem_chat::MGC_SCHEMA)?;
+    let room = |name: &str| tandem_chat::NewRoom {
+        name: name.to_string(),
+        category: None,
+        description: None,
+        privacy: tandem_chat::Privacy::Open,
+    };
+    tandem_chat::create_room(&db, USER, &room("big"))?;
+    for r in 0..ROOMS {
+        tandem_chat::create_room(&db, USER, &room(&format!("room-{r}")))?;
+    }
+    out.progress(&format!(
+        "loading {} messages into room big…",
+        count(n as f64)
+    ));
+    let next = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (db, next) = (db.clone(), next.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok(());
+                    }
+                    tandem_chat::post(
+                        &db,
+                        USER,
+                        "big",
+                        &format!("history message {i} about failover and journals"),
+                        None,
+                    )?;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("loader")?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+struct Nodes {
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            crate::deployment::signal(c.id() as i32, libc::SIGTERM);
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn post_loop(
+    api: UserApi,
+    rooms: Vec<String>,
+    stop: Arc<AtomicBool>,
+    k: usize,
+) -> (Vec<u32>, u64) {
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let mut i = k;
+    while !stop.load(Ordering::Relaxed) {
+        let room = &rooms[i % rooms.len()];
+        i += 1;
+        let t0 = Instant::now();
+        let r = api
+            .request(
+                Method::POST,
+                &format!("/api/v1/rooms/{room}/messages"),
+                Some(&json!({ "text": format!("bench post {i}") })),
+            )
+            .await;
+        match r {
+            Ok(_) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Err(_) => errors += 1,
+        }
+    }
+    (lat, errors)
+}
+
+async fn throughput(
+    addr: &str,
+    token: &str,
+    rooms: Vec<String>,
+    clients: u64,
+    seconds: u64,
+) -> Throughput {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients as usize)
+        .map(|k| {
+            let rooms = if rooms.len() == 1 {
+                rooms.clone()
+            } else {
+                vec![rooms[k % rooms.len()].clone()]
+            };
+            tokio::spawn(post_loop(UserApi::new(addr, token), rooms, stop.clone(), k))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("client task");
+        samples.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Throughput {
+        rooms: rooms.len().min(clients as usize),
+        clients,
+        posts: samples.len() as u64,
+        errors,
+        seconds: secs,
+        per_second: samples.len() as f64 / secs,
+        latency: Latency::of(samples),
+    }
+}
+
+/// Open loop: a post is sent every 1/rate seconds whatever the answers do; latency is measured
+/// from the scheduled send time, so a slow server cannot hide queueing.
+async fn paced(addr: &str, token: &str, rate: u64, seconds: u64) -> Paced {
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let api = UserApi::new(addr, token);
+    let start = tokio::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..total {
+        let at = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at).await;
+        let (api, tx) = (api.clone(), tx.clone());
+        tokio::spawn(async move {
+            let room = format!("room-{}", i as usize % ROOMS);
+            let r = api
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/rooms/{room}/messages"),
+                    Some(&json!({ "text": format!("paced {i}") })),
+                )
+                .await;
+            let _ = tx.send(
+                r.is_ok()
+                    .then(|| at.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            );
+        });
+    }
+    drop(tx);
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = rx.recv().await {
+        match r {
+            Some(l) => samples.push(l),
+            None => errors += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Paced {
+        offered_per_second: rate,
+        posts: samples.len() as u64,
+        errors,
+        achieved_per_second: samples.len() as f64 / secs,
+        latency: Latency::of(samples),
+    }
+}
+
+async fn history(addr: &str, token: &str, room_messages: u64) -> anyhow::Result<History> {
+    let api = UserApi::new(addr, token);
+    let pages = 2_000u64;
+    let mut samples = Vec::with_capacity(pages as usize);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..pages {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let before = 100 + x % room_messages;
+        let t0 = Instant::now();
+        let page = api
+            .request(
+                Method::GET,
+                &format!("/api/v1/rooms/big/messages?limit=100&before={before}"),
+                None,
+            )
+            .await?;
+        samples.push(t0.elapsed().as_micros() as u32);
+        if page["events"].as_array().map(|a| a.len()).unwrap_or(0) != 100 {
+            bail!("a history page before {before} did not hold 100 events: {page}");
+        }
+    }
+    Ok(History {
+        room_messages,
+        pages,
+        page_size: 100,
+        latency: Latency::of(samples),
+    })
+}
+
+pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("tandem-bench-chat-")
+        .tempdir()?;
+    let dir = tmp.path();
+    let (chat_port, db_port) = (free_port()?, free_port()?);
+    std::fs::write(dir.join("topology.toml"), topology(chat_port, db_port))?;
+    let d = crate::deployment::Deployment::load(&dir.join("topology.toml"))?;
+    let db_node = d
+        .topology
+        .node("db")
+        .expect("in the bench topology")
+        .clone();
+    let load_seconds = preload(
+        &db_node.data_dir.join("databases").join("mgc"),
+        a.history_messages,
+        out,
+    )?;
+    out.progress("starting a db node and a chat node…");
+    let exe = std::env::current_exe()?;
+    let mut nodes = Nodes {
+        children: Vec::new(),
+    };
+    for n in ["db", "chat"] {
+        let log = std::fs::File::create(dir.join(format!("{n}.log")))?;
+        nodes.children.push(
+            std::process::Command::new(&exe)
+                .args(["serve", "--node", n, "--topology"])
+                .arg(&d.file)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {n}"))?,
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let chat_addr = d
+        .topology
+        .node("chat")
+        .expect("in the bench topology")
+        .address
+        .clone();
+    let client = d.client();
+    let token = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for n in [&db_node.address, &chat_addr] {
+            while !client.healthy(n, Duration::from_millis(500)).await {
+                if Instant::now() > deadline {
+                    bail!("the bench nodes did not start; see {}", dir.display());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        client
+            .call::<serde_json::Value, _>(
+                &db_node.address,
+                "cms",
+                "cms.set_home",
+                &json!({ "user": USER, "pool": "pool-s" }),
+            )
+            .await?;
+        let added = client
+            .call::<tandem_pool::users::NewUser, _>(
+                &db_node.address,
+                "users-pool-s",
+                "users.add",
+                &json!({ "name": USER, "pool": "pool-s", "password": null }),
+            )
+            .await?;
+        Ok(tandem_node::user_token(USER, &added.result.token))
+    })?;
+    let rooms: Vec<String> = (0..ROOMS).map(|r| format!("room-{r}")).collect();
+    out.progress(&format!(
+        "posting into one room: {} clients, {} s…",
+        a.clients, a.seconds
+    ));
+    let one_room = rt.block_on(throughput(
+        &chat_addr,
+        &token,
+        vec!["room-0".into()],
+        a.clients,
+        a.seconds,
+    ));
+    out.progress(&format!(
+        "posting into {ROOMS} rooms: {} clients, {} s…",
+        a.clients, a.seconds
+    ));
+    let many_rooms = rt.block_on(throughput(&chat_addr, &token, rooms, a.clients, a.seconds));
+    out.progress(&format!("posting at {} posts/s, {} s…", a.rate, a.seconds));
+    let paced = rt.block_on(paced(&chat_addr, &token, a.rate, a.seconds));
+    out.progress("history pages of 100…");
+    let history = rt.block_on(history(&chat_addr, &token, a.history_messages))?;
+    drop(nodes);
+    let report = Report {
+        one_room,
+        many_rooms,
+        paced,
+        history,
+        load_seconds,
+    };
+    out.emit(&report, || human(&report))
+}
+
+fn human(r: &Report) -> String {
+    let t = |name: &str, t: &Throughput| {
+        format!(
+            "{:<34}{:>10} posts/s   p50 {:.2} ms  p99 {:.2} ms  ({} clients, {} errors)\n",
+            name,
+            count(t.per_second),
+            t.latency.p50_ms,
+            t.latency.p99_ms,
+            t.clients,
+            t.errors
+        )
+    };
+    let mut s =
+        String::from("tandem bench chat — HTTP API of one chat node, one db node, no mirror\n\n");
+    s.push_str(&t("posts, one room", &r.one_room));
+    s.push_str(&t(
+        &format!("posts, {} rooms", r.many_rooms.rooms),
+        &r.many_rooms,
+    ));
+    s.push_str(&format!(
+        "{:<34}{:>10} posts/s   p50 {:.2} ms  p99 {:.2} ms  (offered {}/s; target p99 < 10 ms)\n",
+        "posts at a fixed rate",
+        count(r.paced.achieved_per_second),
+        r.paced.latency.p50_ms,
+        r.paced.latency.p99_ms,
+        count(r.paced.offered_per_second as f64)
+    ));
+    s.push_str(&format!(
+        "{:<34}{:>10} pages     p50 {:.2} ms  p99 {:.2} ms  (room of {} messages; target p99 < 5 ms)\n",
+        "history page of 100",
+        r.history.pages,
+        r.history.latency.p50_ms,
+        r.history.latency.p99_ms,
+        count(r.history.room_messages as f64)
+    ));
+    s.push_str("\ntarget: ≥ 20,000 posts/s\n");
+    s
+}

@@ -1,0 +1,448 @@
+//! `tandem chat …` as a user: rooms, members, posts, history and search through the users' API
+//! of an active chat server, with the token `tandem user add` kept for `--as USER`.
+
+use crate::deployment::{Deployment, runtime};
+use crate::output::{Output, time};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tandem_node::{Method, UserApi};
+
+#[derive(Args)]
+pub struct As {
+    /// The user to act as (a user added with `tandem user add` on this deployment).
+    #[arg(long = "as", value_name = "USER", id = "as_user")]
+    user: String,
+}
+
+#[derive(Subcommand)]
+pub enum ChatCommand {
+    /// Categories of rooms.
+    #[command(subcommand)]
+    Category(CategoryCommand),
+    /// Rooms: create, add members, list.
+    #[command(subcommand)]
+    Room(RoomCommand),
+    /// Post a message to a room.
+    Post {
+        room: String,
+        text: String,
+        /// The id of the message this one answers.
+        #[arg(long)]
+        reply_to: Option<i64>,
+        #[command(flatten)]
+        who: As,
+    },
+    /// A room's history, oldest first; the newest page unless --before or --after.
+    History {
+        room: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        before: Option<i64>,
+        #[arg(long)]
+        after: Option<i64>,
+        #[command(flatten)]
+        who: As,
+    },
+    /// The chat pool's active servers (operator; stored in the CMS).
+    ActiveServers {
+        #[command(subcommand)]
+        action: ActiveAction,
+    },
+    /// Search the messages you may read.
+    Search {
+        query: String,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        who: As,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ActiveAction {
+    /// Show the active servers (from the CMS).
+    Show,
+    /// Empty the list: no chat node serves (failback step 1).
+    Clear,
+    /// Replace the list; every server must be in the site of the chat database in use.
+    Set {
+        #[arg(value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CategoryCommand {
+    /// Add a category.
+    Add {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        who: As,
+    },
+    /// List the categories.
+    List {
+        #[command(flatten)]
+        who: As,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RoomCommand {
+    /// Create a room; you become its manager.
+    Create {
+        room: String,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long, default_value = "open", value_parser = ["open", "closed", "secret"])]
+        privacy: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        who: As,
+    },
+    /// Add a member (managers; in an open room you may add yourself).
+    AddMember {
+        room: String,
+        user: String,
+        #[arg(long)]
+        manager: bool,
+        #[command(flatten)]
+        who: As,
+    },
+    /// The rooms you may see.
+    List {
+        #[command(flatten)]
+        who: As,
+    },
+}
+
+/// An active chat server of the deployment, as the CMS says, that answers.
+fn chat_server(d: &Deployment, rt: &tokio::runtime::Runtime) -> anyhow::Result<String> {
+    let client = d.client();
+    let (_, cms) = d.primary_address(tandem_topology::DATABASE_CMS)?;
+    let timeout = Duration::from_millis(1_500);
+    let active: Vec<String> = match rt.block_on(client.cms_snapshot(&cms, timeout)) {
+        Ok(s) => s.chat.map(|c| c.active).unwrap_or_default(),
+        // The CMS is down: any chat node's own snapshot says who is active.
+        Err(_) => {
+            let mut found = Vec::new();
+            for n in d
+                .topology
+                .nodes
+                .iter()
+                .filter(|n| n.has(tandem_topology::Role::Chat))
+            {
+                if let Ok(s) = rt.block_on(client.status(&n.address, timeout))
+                    && let Some(c) = s.cms
+                {
+                    found = c.chat_active;
+                    break;
+                }
+            }
+            found
+        }
+    };
+    if active.is_empty() {
+        bail!("the chat pool has no active server (tandem chat active-servers show)");
+    }
+    for name in &active {
+        if let Some(n) = d.topology.node(name)
+            && rt.block_on(client.healthy(&n.address, timeout))
+        {
+            return Ok(n.address.clone());
+        }
+    }
+    bail!(
+        "no active chat server answers (active: {})",
+        active.join(", ")
+    )
+}
+
+fn as_user(d: &Deployment, who: &As, rt: &tokio::runtime::Runtime) -> anyhow::Result<UserApi> {
+    let tokens = d.tokens();
+    let token = tokens.get(&who.user).with_context(|| {
+        format!(
+            "no token for {0} beside this topology: `tandem user add {0} --pool POOL` keeps one",
+            who.user
+        )
+    })?;
+    Ok(UserApi::new(&chat_server(d, rt)?, token))
+}
+
+fn call(
+    rt: &tokio::runtime::Runtime,
+    api: &UserApi,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    Ok(rt.block_on(api.request(method, path, body.as_ref()))?)
+}
+
+/// Percent-encodes a path segment or query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn event_line(e: &Value) -> String {
+    let kind = e["kind"].as_str().unwrap_or("");
+    let head = format!(
+        "#{:<6} {} {:<10}",
+        e["id"].as_i64().unwrap_or(0),
+        time(e["time_ms"].as_i64().unwrap_or(0)),
+        e["sender"].as_str().unwrap_or("")
+    );
+    if kind == "message" {
+        let reply = e["reply_to"]
+            .as_i64()
+            .map(|r| format!("(re #{r}) "))
+            .unwrap_or_default();
+        format!("{head} {reply}{}\n", e["text"].as_str().unwrap_or(""))
+    } else {
+        format!("{head} * {}\n", e["text"].as_str().unwrap_or(""))
+    }
+}
+
+fn active_servers(
+    d: &Deployment,
+    action: ActiveAction,
+    out: &Output,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let client = d.client();
+    let (cms_node, cms) = d.primary_address(tandem_topology::DATABASE_CMS)?;
+    let cms_db = tandem_topology::DATABASE_CMS;
+    let set = match action {
+        ActiveAction::Show => None,
+        ActiveAction::Clear => Some(Vec::new()),
+        ActiveAction::Set { nodes } => Some(nodes),
+    };
+    if let Some(nodes) = &set {
+        rt.block_on(client.call::<Value, _>(
+            &cms,
+            cms_db,
+            "cms.set_chat_active",
+            &json!({ "nodes": nodes }),
+        ))
+        .with_context(|| format!("the CMS on {cms_node}"))?;
+    }
+    let snap = rt
+        .block_on(client.cms_snapshot(&cms, Duration::from_millis(2_000)))
+        .with_context(|| format!("the CMS on {cms_node}"))?;
+    let chat = snap.chat.context("the CMS has no chat pool")?;
+    let report = json!({ "state": chat.state, "active": chat.active, "cms_lsn": snap.lsn });
+    out.emit(&report, || {
+        format!(
+            "chat pool {}; active servers: {}\n",
+            chat.state.as_str(),
+            if chat.active.is_empty() {
+                "none".to_string()
+            } else {
+                chat.active.join(", ")
+            }
+        )
+    })
+}
+
+pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        ChatCommand::ActiveServers { action } => active_servers(d, action, out, &rt),
+        ChatCommand::Category(CategoryCommand::Add {
+            name,
+            description,
+            who,
+        }) => {
+            let api = as_user(d, &who, &rt)?;
+            let c = call(
+                &rt,
+                &api,
+                Method::POST,
+                "/api/v1/categories",
+                Some(json!({ "name": name, "description": description })),
+            )?;
+            out.emit(&c, || format!("category {name} added\n"))
+        }
+        ChatCommand::Category(CategoryCommand::List { who }) => {
+            let api = as_user(d, &who, &rt)?;
+            let c = call(&rt, &api, Method::GET, "/api/v1/categories", None)?;
+            out.emit(&c, || {
+                c.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| {
+                                format!(
+                                    "{}\t{}\n",
+                                    c["name"].as_str().unwrap_or(""),
+                                    c["description"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        }
+        ChatCommand::Room(RoomCommand::Create {
+            room,
+            category,
+            privacy,
+            description,
+            who,
+        }) => {
+            let api = as_user(d, &who, &rt)?;
+            let r = call(
+                &rt,
+                &api,
+                Method::POST,
+                "/api/v1/rooms",
+                Some(
+                    json!({ "name": room, "category": category, "privacy": privacy, "description": description }),
+                ),
+            )?;
+            out.emit(&r, || {
+                format!("room {room} created ({privacy}); {} manages it\n", who.user)
+            })
+        }
+        ChatCommand::Room(RoomCommand::AddMember {
+            room,
+            user,
+            manager,
+            who,
+        }) => {
+            let api = as_user(d, &who, &rt)?;
+            let r = call(
+                &rt,
+                &api,
+                Method::POST,
+                &format!("/api/v1/rooms/{}/members", enc(&room)),
+                Some(json!({ "user": user, "manager": manager })),
+            )?;
+            out.emit(&r, || {
+                format!(
+                    "{user} is a {} of {room}\n",
+                    if manager { "manager" } else { "member" }
+                )
+            })
+        }
+        ChatCommand::Room(RoomCommand::List { who }) => {
+            let api = as_user(d, &who, &rt)?;
+            let r = call(&rt, &api, Method::GET, "/api/v1/rooms", None)?;
+            out.emit(&r, || {
+                r.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|r| {
+                                format!(
+                                    "{:<20} {:<7} {:>4} members{}\n",
+                                    r["name"].as_str().unwrap_or(""),
+                                    r["privacy"].as_str().unwrap_or(""),
+                                    r["members"].as_u64().unwrap_or(0),
+                                    if r["member"] == true {
+                                        "  (member)"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        }
+        ChatCommand::Post {
+            room,
+            text,
+            reply_to,
+            who,
+        } => {
+            let api = as_user(d, &who, &rt)?;
+            let e = call(
+                &rt,
+                &api,
+                Method::POST,
+                &format!("/api/v1/rooms/{}/messages", enc(&room)),
+                Some(json!({ "text": text, "reply_to": reply_to })),
+            )?;
+            out.emit(&e, || {
+                format!("posted #{} to {room}\n", e["id"].as_i64().unwrap_or(0))
+            })
+        }
+        ChatCommand::History {
+            room,
+            limit,
+            before,
+            after,
+            who,
+        } => {
+            let api = as_user(d, &who, &rt)?;
+            let mut q = format!("limit={limit}");
+            if let Some(b) = before {
+                q.push_str(&format!("&before={b}"));
+            }
+            if let Some(a) = after {
+                q.push_str(&format!("&after={a}"));
+            }
+            let page = call(
+                &rt,
+                &api,
+                Method::GET,
+                &format!("/api/v1/rooms/{}/messages?{q}", enc(&room)),
+                None,
+            )?;
+            out.emit(&page, || {
+                let mut s: String = page["events"]
+                    .as_array()
+                    .map(|a| a.iter().map(event_line).collect())
+                    .unwrap_or_default();
+                if page["more"] == true {
+                    s.push_str("… more: --before the first id\n");
+                }
+                s
+            })
+        }
+        ChatCommand::Search { query, limit, who } => {
+            let api = as_user(d, &who, &rt)?;
+            let mut q = format!("q={}", enc(&query));
+            if let Some(l) = limit {
+                q.push_str(&format!("&limit={l}"));
+            }
+            let r = call(&rt, &api, Method::GET, &format!("/api/v1/search?{q}"), None)?;
+            out.emit(&r, || {
+                r.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|e| {
+                                format!(
+                                    "{:<12} {}",
+                                    e["room"].as_str().unwrap_or(""),
+                                    event_line(e)
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(super::enc("a b/c"), "a%20b%2Fc");
+        assert_eq!(super::enc("ok-1.x_y~"), "ok-1.x_y~");
+    }
+}

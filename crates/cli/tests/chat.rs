@@ -1,0 +1,597 @@
+//! The chat service as real processes: two chat nodes in front of one db node.
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn tandem(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .expect("run tandem")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = tandem(dir, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Chat {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    fe1: String,
+    fe2: String,
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let pids: Vec<i32> = std::fs::read_dir(self.dir.join("run"))
+            .map(|it| {
+                it.filter_map(|e| {
+                    std::fs::read_to_string(e.ok()?.path())
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        let _ = tandem(&self.dir, &["down"]);
+        for pid in pids {
+            // SAFETY: processes this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// One site: fe1 (frontend, chat), fe2 (chat), db (users, CMS, mgc); both chat nodes active.
+fn start() -> Chat {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let topology = format!(
+        r#"[deployment]
+name = "chat-test"
+secret = "{secret}"
+share = "share"
+
+[[site]]
+name = "s"
+
+[[node]]
+name = "fe1"
+site = "s"
+address = "127.0.0.1:{p1}"
+roles = ["frontend", "chat"]
+
+[[node]]
+name = "fe2"
+site = "s"
+address = "127.0.0.1:{p2}"
+roles = ["chat"]
+
+[[node]]
+name = "db"
+site = "s"
+address = "127.0.0.1:{p3}"
+roles = ["db"]
+
+[[pool]]
+name = "pool-s"
+site = "s"
+frontends = ["fe1"]
+primary = "db"
+
+[chat]
+servers = ["fe1", "fe2"]
+active = ["fe1", "fe2"]
+primary = "db"
+
+[cms]
+primary = "db"
+"#,
+        secret = "cd".repeat(32)
+    );
+    std::fs::write(dir.join("topology.toml"), topology).unwrap();
+    let chat = Chat {
+        _tmp: tmp,
+        dir,
+        fe1: format!("127.0.0.1:{p1}"),
+        fe2: format!("127.0.0.1:{p2}"),
+    };
+    ok(&chat.dir, &["up", "--detach"]);
+    chat
+}
+
+/// One raw HTTP/1.1 request; the status and the body.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let _ = s.write_all(&bytes);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn api(addr: &str, method: &str, path: &str, token: &str, body: Value) -> Value {
+    let b = if body.is_null() {
+        vec![]
+    } else {
+        body.to_string().into_bytes()
+    };
+    let (code, text) = http(addr, method, path, Some(token), &b);
+    assert!((200..300).contains(&code), "{method} {path}: {code} {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+fn user(c: &Chat, name: &str) -> String {
+    ok(
+        &c.dir,
+        &[
+            "user",
+            "add",
+            name,
+            "--pool",
+            "pool-s",
+            "--password",
+            &format!("pw-{name}"),
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe(addr: &str, token: &str, rooms: &str, after: Option<i64>) -> Ws {
+    let mut url = format!("ws://{addr}/api/v1/events?rooms={rooms}&token={token}");
+    if let Some(a) = after {
+        url.push_str(&format!("&after={a}"));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    // Wait for the end of the backlog.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("ready in time");
+        let v: Value = serde_json::from_str(m.unwrap().unwrap().to_text().unwrap()).unwrap();
+        if v["type"] == "ready" {
+            return ws;
+        }
+    }
+}
+
+/// The events a socket delivers until `n` messages arrived (with a deadline).
+async fn receive(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|e: &&Value| e["kind"] == "message")
+        .count()
+        < n
+    {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", got.len()));
+        let m = m.unwrap().unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["type"], "event", "{v}");
+            got.push(v["event"].clone());
+        }
+    }
+    got
+}
+
+#[test]
+fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
+    let c = start();
+    let (alice, bob, carol) = (user(&c, "alice"), user(&c, "bob"), user(&c, "carol"));
+    // The CLI as alice: an open room, a secret room with bob in it.
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "create",
+            "lobby",
+            "--privacy",
+            "open",
+            "--as",
+            "alice",
+        ],
+    );
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "create",
+            "vault",
+            "--privacy",
+            "secret",
+            "--as",
+            "alice",
+        ],
+    );
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "create",
+            "club",
+            "--privacy",
+            "closed",
+            "--as",
+            "alice",
+        ],
+    );
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "vault",
+            "bob",
+            "--as",
+            "alice",
+        ],
+    );
+    ok(
+        &c.dir,
+        &["chat", "post", "lobby", "hello everyone", "--as", "alice"],
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // bob follows both rooms through each chat node.
+    let (mut ws1, mut ws2) = rt.block_on(async {
+        (
+            subscribe(&c.fe1, &bob, "lobby,vault", None).await,
+            subscribe(&c.fe2, &bob, "lobby,vault", None).await,
+        )
+    });
+    let mut posted = Vec::new();
+    for i in 0..20 {
+        let (room, node) = if i % 2 == 0 {
+            ("lobby", &c.fe1)
+        } else {
+            ("vault", &c.fe2)
+        };
+        let text = format!(
+            "live {i} {}",
+            if room == "vault" { "zebra" } else { "giraffe" }
+        );
+        let e = api(
+            node,
+            "POST",
+            &format!("/api/v1/rooms/{room}/messages"),
+            &alice,
+            json!({ "text": text }),
+        );
+        posted.push((e["id"].as_i64().unwrap(), text));
+    }
+    for ws in [&mut ws1, &mut ws2] {
+        let got = rt.block_on(receive(ws, 20));
+        let ids: Vec<i64> = got.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "in order, once: {ids:?}"
+        );
+        let texts: Vec<(i64, String)> = got
+            .iter()
+            .filter(|e| e["kind"] == "message")
+            .map(|e| {
+                (
+                    e["id"].as_i64().unwrap(),
+                    e["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            texts, posted,
+            "every message reaches every socket once, in order"
+        );
+    }
+    // A reconnect resumes after the last id seen: what was posted meanwhile, nothing twice.
+    let last = posted.last().unwrap().0;
+    drop(ws1);
+    let e = api(
+        &c.fe1,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &alice,
+        json!({ "text": "while away" }),
+    );
+    let mut again = rt.block_on(subscribe(&c.fe1, &bob, "lobby,vault", Some(last)));
+    let _ = &mut again;
+    let resumed = rt.block_on(async {
+        let mut ws = subscribe(&c.fe2, &bob, "lobby", Some(last)).await;
+        api(
+            &c.fe2,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            json!({ "text": "after" }),
+        );
+        receive(&mut ws, 1).await
+    });
+    assert_eq!(resumed[0]["text"], "after");
+    let _ = e;
+
+    // History paging returns every message exactly once.
+    for i in 0..230 {
+        api(
+            &c.fe2,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            json!({ "text": format!("bulk {i}") }),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/v1/rooms/lobby/messages?limit=100&before={b}"),
+            None => "/api/v1/rooms/lobby/messages?limit=100".to_string(),
+        };
+        let page = api(&c.fe1, "GET", &path, &carol, Value::Null);
+        let events = page["events"].as_array().unwrap();
+        let mut ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        before = ids.first().copied();
+        ids.reverse();
+        seen.extend(ids);
+        if page["more"] != true {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no event twice");
+    let messages: Vec<i64> = seen.iter().copied().filter(|_| true).collect();
+    assert!(messages.len() >= 230 + 10 + 3, "{}", messages.len());
+
+    // Search finds only what the user may read; the secret room stays invisible to carol.
+    let hits = api(&c.fe1, "GET", "/api/v1/search?q=zebra", &bob, Value::Null);
+    assert_eq!(hits.as_array().unwrap().len(), 10);
+    let hits = api(&c.fe1, "GET", "/api/v1/search?q=zebra", &carol, Value::Null);
+    assert_eq!(
+        hits.as_array().unwrap().len(),
+        0,
+        "carol reads no secret room"
+    );
+    let rooms = api(&c.fe1, "GET", "/api/v1/rooms", &carol, Value::Null);
+    let names: Vec<&str> = rooms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"lobby") && names.contains(&"club") && !names.contains(&"vault"),
+        "{names:?}"
+    );
+    let out = ok(&c.dir, &["chat", "search", "zebra", "--as", "carol"]);
+    assert!(out.trim().is_empty(), "{out}");
+    let out = ok(
+        &c.dir,
+        &["chat", "history", "lobby", "--limit", "5", "--as", "carol"],
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('#')).count(),
+        5,
+        "{out}"
+    );
+
+    // Bad input: 4xx with a JSON message, never 5xx, and nothing written.
+    let count = |c: &Chat| {
+        api(
+            &c.fe1,
+            "GET",
+            "/api/v1/rooms/vault/messages?limit=500",
+            &bob,
+            Value::Null,
+        )["events"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before_bad = count(&c);
+    let long = "x".repeat(9000);
+    // (method, path, token, body, expected status)
+    type Case<'a> = (&'a str, String, Option<&'a str>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            json!({ "text": long }).to_string().into_bytes(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/nowhere/messages".into(),
+            Some(&alice),
+            br#"{"text":"x"}"#.to_vec(),
+            404,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&carol),
+            br#"{"text":"x"}"#.to_vec(),
+            404,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/club/messages".into(),
+            Some(&carol),
+            br#"{"text":"x"}"#.to_vec(),
+            403,
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/club/messages".into(),
+            Some(&carol),
+            vec![],
+            403,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            br#"{"text": "#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            br#"{"text": 5}"#.to_vec(),
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            b"{\"text\": \"\xff\xfe\"}".to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            vec![b'a'; 2 * 1024 * 1024],
+            413,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            None,
+            br#"{"text":"x"}"#.to_vec(),
+            401,
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some("alice.0000"),
+            br#"{"text":"x"}"#.to_vec(),
+            401,
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/vault/messages?limit=banana".into(),
+            Some(&alice),
+            vec![],
+            400,
+        ),
+    ];
+    for (method, path, token, body, expect) in cases {
+        let (code, text) = http(&c.fe1, method, &path, token, &body);
+        assert_eq!(
+            code,
+            expect,
+            "{method} {path} ({} bytes): {text}",
+            body.len()
+        );
+        if code != 413 {
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("JSON error for {path}: {text}"));
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{text}"
+            );
+        }
+    }
+    assert_eq!(count(&c), before_bad, "bad input writes nothing");
+
+    // The API is described for outside clients.
+    let (code, doc) = http(&c.fe2, "GET", "/openapi.json", None, &[]);
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert!(doc["paths"]["/api/v1/rooms/{room}/messages"]["post"].is_object());
+
+    // A chat node taken off the active list refuses new connections, as in the seed.
+    ok(&c.dir, &["chat", "active-servers", "set", "fe1"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, text) = http(&c.fe2, "GET", "/api/v1/rooms", Some(&alice), &[]);
+        if code == 503 {
+            assert!(text.contains("not an active server"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fe2 still serves after leaving the active list: {code} {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = rt.block_on(tokio_tungstenite::connect_async(format!(
+        "ws://{}/api/v1/events?rooms=lobby&token={alice}",
+        c.fe2
+    )));
+    assert!(refused.is_err(), "the WebSocket is refused too");
+    assert_eq!(
+        http(&c.fe1, "GET", "/api/v1/rooms", Some(&alice), &[]).0,
+        200
+    );
+    let err = tandem(&c.dir, &["chat", "active-servers", "set", "db"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("not a server of the chat pool"));
+}

@@ -1,0 +1,565 @@
+//! The chat role: users' chat API (JSON over HTTP, bearer tokens) and the WebSocket of live
+//! room events. A chat node serves only while the CMS lists it as an active server; it calls the
+//! chat database the chat pool state names (domain operations, never SQL) and streams the
+//! events that database's feed broadcasts.
+
+use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_database_node};
+use crate::error::ApiError;
+use crate::server::Shared;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tandem_chat::{Event, EventKind, HistoryQuery, NewRoom, RoomUpdate};
+use tokio::sync::broadcast;
+
+/// How long a checked token is trusted without asking its pool again.
+const TOKEN_CACHE_TTL_MS: u64 = 30_000;
+/// Tokens remembered at most.
+const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
+/// Rooms one WebSocket may follow.
+const SESSION_ROOMS_MAX: usize = 256;
+
+/// Chat-node state: the token cache and the broadcast of the chat database's feed.
+pub(crate) struct ChatRole {
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    pub(crate) events: broadcast::Sender<Event>,
+}
+
+impl ChatRole {
+    pub(crate) fn new() -> ChatRole {
+        ChatRole {
+            tokens: Mutex::new(HashMap::new()),
+            events: broadcast::channel(BROADCAST_EVENTS_MAX).0,
+        }
+    }
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(v)| v).map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "invalid"
+        };
+        ApiError::new(
+            if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            code,
+            e.body_text(),
+        )
+    })
+}
+
+fn path<T>(r: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    r.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn query<T>(r: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    r.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// The user behind the request's bearer token (also accepted as `?token=` for WebSockets,
+/// which browsers open without headers). Refuses when this node is not an active chat server.
+async fn user(
+    node: &Shared,
+    headers: &HeaderMap,
+    token_param: Option<&str>,
+) -> Result<String, ApiError> {
+    active(node)?;
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = header.or(token_param).ok_or_else(|| {
+        ApiError::unauthorized("a bearer token is needed: sign in with POST /api/v1/login")
+    })?;
+    let chat = node
+        .chat
+        .as_ref()
+        .expect("chat routes exist only with the chat role");
+    if let Some((user, at)) = chat.tokens.lock().expect("token cache").get(token)
+        && at.elapsed() < Duration::from_millis(TOKEN_CACHE_TTL_MS)
+    {
+        return Ok(user.clone());
+    }
+    let mut h = HeaderMap::new();
+    h.insert(
+        axum::http::header::AUTHORIZATION,
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ApiError::unauthorized("malformed token"))?,
+    );
+    let (user, _) = crate::frontend::authenticate(node, &h).await?;
+    let mut cache = chat.tokens.lock().expect("token cache");
+    if cache.len() >= TOKEN_CACHE_ENTRIES_MAX {
+        cache.clear();
+    }
+    cache.insert(token.to_string(), (user.clone(), Instant::now()));
+    Ok(user)
+}
+
+/// A chat node serves only while it is in the CMS's active server list (as in the seed).
+fn active(node: &Shared) -> Result<(), ApiError> {
+    let snap = node.cms.current().ok_or_else(|| {
+        ApiError::unavailable(
+            "no CMS snapshot yet: this chat node does not know the active server list",
+        )
+    })?;
+    let chat = snap
+        .chat
+        .ok_or_else(|| ApiError::unavailable("the CMS has no chat pool"))?;
+    if chat.active.iter().any(|n| *n == node.name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_active",
+            format!(
+                "chat node {} is not an active server of the chat pool; active servers: {}",
+                node.name,
+                if chat.active.is_empty() {
+                    "none".to_string()
+                } else {
+                    chat.active.join(", ")
+                }
+            ),
+        ))
+    }
+}
+
+async fn mgc(node: &Shared, procedure: &str, args: Value) -> Result<Value, ApiError> {
+    let target = chat_database_node(node)?;
+    if target.name == node.name {
+        return node
+            .call_db(tandem_topology::DATABASE_MGC, procedure, args)
+            .await;
+    }
+    Ok(node
+        .client
+        .call::<Value, _>(
+            &target.address,
+            tandem_topology::DATABASE_MGC,
+            procedure,
+            &args,
+        )
+        .await?
+        .result)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCategory {
+    name: String,
+    description: Option<String>,
+}
+
+async fn categories(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    user(&node, &headers, None).await?;
+    Ok(Json(mgc(&node, "chat.categories", json!({})).await?))
+}
+
+async fn add_category(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    b: Result<Json<NewCategory>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let c = body(b)?;
+    let r = mgc(
+        &node,
+        "chat.add_category",
+        json!({ "user": u, "name": c.name, "description": c.description }),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn rooms(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    Ok(Json(mgc(&node, "chat.rooms", json!({ "user": u })).await?))
+}
+
+async fn create_room(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    b: Result<Json<NewRoom>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let room = body(b)?;
+    let r = mgc(
+        &node,
+        "chat.create_room",
+        json!({ "user": u, "room": room }),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn get_room(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let room = path(p)?;
+    Ok(Json(
+        mgc(&node, "chat.room", json!({ "user": u, "room": room })).await?,
+    ))
+}
+
+async fn update_room(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<RoomUpdate>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, update) = (path(p)?, body(b)?);
+    Ok(Json(
+        mgc(
+            &node,
+            "chat.update_room",
+            json!({ "user": u, "room": room, "update": update }),
+        )
+        .await?,
+    ))
+}
+
+async fn members(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let room = path(p)?;
+    Ok(Json(
+        mgc(&node, "chat.members", json!({ "user": u, "room": room })).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    user: String,
+    #[serde(default)]
+    manager: bool,
+}
+
+async fn add_member(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<NewMember>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, m) = (path(p)?, body(b)?);
+    let r = mgc(
+        &node,
+        "chat.add_member",
+        json!({ "user": u, "room": room, "member": m.user, "manager": m.manager }),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn remove_member(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, member) = path(p)?;
+    mgc(
+        &node,
+        "chat.remove_member",
+        json!({ "user": u, "room": room, "member": member }),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    text: String,
+    reply_to: Option<i64>,
+}
+
+async fn post_message(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<NewMessage>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, m) = (path(p)?, body(b)?);
+    let r = mgc(
+        &node,
+        "chat.post",
+        json!({ "user": u, "room": room, "text": m.text, "reply_to": m.reply_to }),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn history(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, q) = (path(p)?, query(q)?);
+    Ok(Json(
+        mgc(
+            &node,
+            "chat.history",
+            json!({ "user": u, "room": room, "query": q }),
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: String,
+    limit: Option<usize>,
+}
+
+async fn search(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let q = query(q)?;
+    Ok(Json(
+        mgc(
+            &node,
+            "chat.search",
+            json!({ "user": u, "query": q.q, "limit": q.limit }),
+        )
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadMark {
+    event_id: i64,
+}
+
+async fn mark_read(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Json<ReadMark>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let (room, m) = (path(p)?, body(b)?);
+    mgc(
+        &node,
+        "chat.mark_read",
+        json!({ "user": u, "room": room, "event_id": m.event_id }),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unread(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let u = user(&node, &headers, None).await?;
+    let room = path(p)?;
+    Ok(Json(
+        mgc(&node, "chat.unread", json!({ "user": u, "room": room })).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Comma-separated room names.
+    rooms: String,
+    /// Resume after this event id (default: only new events).
+    after: Option<i64>,
+    token: Option<String>,
+}
+
+/// `GET /api/v1/events?rooms=a,b&after=ID`: a WebSocket of the rooms' events, in id order,
+/// first those after `after` (the backlog), then live ones, each once.
+async fn events(
+    State(node): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let u = user(&node, &headers, q.token.as_deref()).await?;
+    let rooms: HashSet<String> = q
+        .rooms
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .collect();
+    if rooms.is_empty() || rooms.len() > SESSION_ROOMS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "rooms: name 1 to {SESSION_ROOMS_MAX} rooms, comma-separated"
+        )));
+    }
+    for r in &rooms {
+        let ok = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
+        if ok["can_read"] != true {
+            return Err(ApiError::not_found(format!(
+                "no room named {r} that you may read"
+            )));
+        }
+    }
+    let rx = node.chat.as_ref().expect("chat role").events.subscribe();
+    let after = match q.after {
+        Some(a) => a,
+        None => {
+            let target = chat_database_node(&node)?;
+            let v = node
+                .client
+                .feed(&target.address, tandem_topology::DATABASE_MGC, -1, 0)
+                .await?;
+            v["last_id"].as_i64().unwrap_or(0)
+        }
+    };
+    Ok(ws.on_upgrade(move |socket| session(node, u, rooms, after, rx, socket)))
+}
+
+/// Sends the backlog after `after` read from the feed, then the live broadcast, skipping what
+/// was already sent; a session that falls behind the broadcast re-reads from the feed.
+async fn session(
+    node: Shared,
+    user: String,
+    mut rooms: HashSet<String>,
+    mut last: i64,
+    mut rx: broadcast::Receiver<Event>,
+    mut socket: WebSocket,
+) {
+    let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
+    if let Err(e) = catch_up(&node, &rooms, &mut last, &mut socket, &user).await {
+        let _ = socket
+            .send(Message::Text(
+                json!({ "type": "error", "message": e }).to_string().into(),
+            ))
+            .await;
+        return;
+    }
+    let _ = socket
+        .send(Message::Text(
+            json!({ "type": "ready", "last_id": last })
+                .to_string()
+                .into(),
+        ))
+        .await;
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Ok(e) => {
+                    if e.id <= last || !rooms.contains(&e.room) {
+                        continue;
+                    }
+                    last = e.id;
+                    let leaving = e.kind == EventKind::MemberRemoved && e.subject.as_deref() == Some(user.as_str());
+                    if socket.send(send(&e)).await.is_err() {
+                        return;
+                    }
+                    if leaving {
+                        let still = mgc(&node, "chat.can_read", json!({ "user": user, "room": e.room })).await;
+                        if !matches!(still, Ok(v) if v["can_read"] == true) {
+                            rooms.remove(&e.room);
+                            if rooms.is_empty() {
+                                let _ = socket.send(Message::Close(None)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if catch_up(&node, &rooms, &mut last, &mut socket, &user).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn catch_up(
+    node: &Shared,
+    rooms: &HashSet<String>,
+    last: &mut i64,
+    socket: &mut WebSocket,
+    _user: &str,
+) -> Result<(), String> {
+    loop {
+        let target = chat_database_node(node).map_err(|e| e.message)?;
+        let v = node
+            .client
+            .feed(&target.address, tandem_topology::DATABASE_MGC, *last, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let events: Vec<Event> =
+            serde_json::from_value(v["events"].clone()).map_err(|e| e.to_string())?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for e in events {
+            *last = e.id;
+            if rooms.contains(&e.room) {
+                let m = Message::Text(json!({ "type": "event", "event": e }).to_string().into());
+                socket.send(m).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+pub(crate) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/api/v1/categories", get(categories).post(add_category))
+        .route("/api/v1/rooms", get(rooms).post(create_room))
+        .route("/api/v1/rooms/{room}", get(get_room).patch(update_room))
+        .route(
+            "/api/v1/rooms/{room}/members",
+            get(members).post(add_member),
+        )
+        .route("/api/v1/rooms/{room}/members/{user}", delete(remove_member))
+        .route(
+            "/api/v1/rooms/{room}/messages",
+            get(history).post(post_message),
+        )
+        .route("/api/v1/rooms/{room}/read", post(mark_read))
+        .route("/api/v1/rooms/{room}/unread", get(unread))
+        .route("/api/v1/search", get(search))
+        .route("/api/v1/events", get(events))
+}

@@ -1,0 +1,175 @@
+//! The chat domain's operations on `mgc`, by name: what chat nodes call on the db node holding
+//! the chat database. Each takes the (already authenticated) user as an argument.
+
+use crate::error::ApiError;
+use crate::procedures::args;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tandem_chat as chat;
+use tandem_store::Database;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddCategory {
+    user: String,
+    name: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    user: String,
+    room: chat::NewRoom,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRoom {
+    user: String,
+    room: String,
+    update: chat::RoomUpdate,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRoom {
+    user: String,
+    room: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserOnly {
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    user: String,
+    room: String,
+    member: String,
+    #[serde(default)]
+    manager: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveMember {
+    user: String,
+    room: String,
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Post {
+    user: String,
+    room: String,
+    text: String,
+    reply_to: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct History {
+    user: String,
+    room: String,
+    #[serde(default)]
+    query: chat::HistoryQuery,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    user: String,
+    query: String,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkRead {
+    user: String,
+    room: String,
+    event_id: i64,
+}
+
+fn to(v: impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+pub(crate) fn run(db: &Database, p: &str, a: Value) -> Result<Value, ApiError> {
+    match p {
+        "chat.add_category" => {
+            let a: AddCategory = args(p, a)?;
+            to(chat::add_category(
+                db,
+                &a.user,
+                &a.name,
+                a.description.as_deref(),
+            )?)
+        }
+        "chat.categories" => to(chat::categories(db)?),
+        "chat.create_room" => {
+            let a: CreateRoom = args(p, a)?;
+            to(chat::create_room(db, &a.user, &a.room)?)
+        }
+        "chat.update_room" => {
+            let a: UpdateRoom = args(p, a)?;
+            to(chat::update_room(db, &a.user, &a.room, &a.update)?)
+        }
+        "chat.room" => {
+            let a: UserRoom = args(p, a)?;
+            to(chat::room(db, &a.user, &a.room)?)
+        }
+        "chat.rooms" => {
+            let a: UserOnly = args(p, a)?;
+            to(chat::rooms(db, &a.user)?)
+        }
+        "chat.members" => {
+            let a: UserRoom = args(p, a)?;
+            to(chat::members(db, &a.user, &a.room)?)
+        }
+        "chat.add_member" => {
+            let a: AddMember = args(p, a)?;
+            to(chat::add_member(
+                db, &a.user, &a.room, &a.member, a.manager,
+            )?)
+        }
+        "chat.remove_member" => {
+            let a: RemoveMember = args(p, a)?;
+            chat::remove_member(db, &a.user, &a.room, &a.member)?;
+            Ok(json!({}))
+        }
+        "chat.post" => {
+            let a: Post = args(p, a)?;
+            to(chat::post(db, &a.user, &a.room, &a.text, a.reply_to)?)
+        }
+        "chat.history" => {
+            let a: History = args(p, a)?;
+            to(chat::history(db, &a.user, &a.room, &a.query)?)
+        }
+        "chat.search" => {
+            let a: Search = args(p, a)?;
+            to(chat::search(db, &a.user, &a.query, a.limit)?)
+        }
+        "chat.can_read" => {
+            let a: UserRoom = args(p, a)?;
+            Ok(json!({ "can_read": chat::can_read(db, &a.user, &a.room)? }))
+        }
+        "chat.mark_read" => {
+            let a: MarkRead = args(p, a)?;
+            chat::mark_read(db, &a.user, &a.room, a.event_id)?;
+            Ok(json!({}))
+        }
+        "chat.unread" => {
+            let a: UserRoom = args(p, a)?;
+            Ok(json!({ "unread": chat::unread(db, &a.user, &a.room)? }))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "procedure {other} does not exist on the chat database"
+        ))),
+    }
+}

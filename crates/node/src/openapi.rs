@@ -1,0 +1,147 @@
+//! `/openapi.json`: the users' API (sign-in and chat), OpenAPI 3.1. Integration tests call
+//! every operation listed here on a live node, so the document cannot drift from the routes.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        let what = match *c {
+            "400" => "bad input: malformed JSON, wrong types, invalid names, text too long",
+            "401" => "no valid bearer token",
+            "403" => "not allowed: not a member, not a manager",
+            "404" => "no such room, category or member (secret rooms are not found by non-members)",
+            "409" => "already exists",
+            "413" => "request body over 1 MiB",
+            "503" => "this node is not an active chat server, or the chat database is unreachable",
+            _ => "error",
+        };
+        m.insert(c.to_string(), json!({ "description": what, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }));
+    }
+    Value::Object(m)
+}
+
+fn op(summary: &str, ok: (&str, &str, Value), errors: &[&str], extra: Value) -> Value {
+    let mut responses = error_responses(errors);
+    let body = if ok.2.is_null() {
+        json!({ "description": ok.1 })
+    } else {
+        json!({ "description": ok.1, "content": { "application/json": { "schema": ok.2 } } })
+    };
+    responses[ok.0] = body;
+    let mut o =
+        json!({ "summary": summary, "responses": responses, "security": [{ "bearer": [] }] });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            o[k] = v;
+        }
+    }
+    o
+}
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn array(name: &str) -> Value {
+    json!({ "type": "array", "items": schema(name) })
+}
+
+fn body(name: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema(name) } } })
+}
+
+fn room_param() -> Value {
+    json!({ "name": "room", "in": "path", "required": true, "schema": { "type": "string" } })
+}
+
+/// The document.
+pub fn document_value() -> Value {
+    let std_errors = ["400", "401", "403", "404", "503"];
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tandem",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Persistent group chat. Sign in at POST /api/v1/login for a bearer token, then use it as `Authorization: Bearer TOKEN`. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Live events: a WebSocket at GET /api/v1/events?rooms=a,b&after=ID (token as header or ?token=) sends {\"type\":\"event\",\"event\":Event} in id order, a {\"type\":\"ready\"} once the backlog after ID is sent, then live events; reconnect with after=<last id seen> to resume without gaps or duplicates."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
+                "Login": { "type": "object", "required": ["user", "password"], "additionalProperties": false, "properties": { "user": { "type": "string" }, "password": { "type": "string" } } },
+                "Token": { "type": "object", "properties": { "user": { "type": "string" }, "pool": { "type": "string" }, "token": { "type": "string" } } },
+                "Me": { "type": "object", "properties": { "user": { "type": "string" }, "pool": { "type": "string" } } },
+                "Privacy": { "type": "string", "enum": ["open", "closed", "secret"], "description": "open: anyone reads and may join; closed: listed to all, members read and post; secret: invisible to non-members" },
+                "Category": { "type": "object", "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "created_by": { "type": "string" }, "created_ms": { "type": "integer" } } },
+                "NewCategory": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64 }, "description": { "type": "string" } } },
+                "Room": { "type": "object", "properties": { "name": { "type": "string" }, "category": { "type": ["string", "null"] }, "description": { "type": "string" }, "privacy": schema("Privacy"), "created_by": { "type": "string" }, "created_ms": { "type": "integer" }, "members": { "type": "integer" }, "member": { "type": "boolean" }, "manager": { "type": "boolean" } } },
+                "NewRoom": { "type": "object", "required": ["name", "privacy"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" }, "category": { "type": ["string", "null"] }, "description": { "type": ["string", "null"] }, "privacy": schema("Privacy") } },
+                "RoomUpdate": { "type": "object", "additionalProperties": false, "properties": { "description": { "type": ["string", "null"] }, "privacy": schema("Privacy"), "category": { "type": ["string", "null"] } } },
+                "Member": { "type": "object", "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" }, "joined_ms": { "type": "integer" } } },
+                "NewMember": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" } } },
+                "NewMessage": { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string", "maxLength": 8192 }, "reply_to": { "type": ["integer", "null"] } } },
+                "Event": { "type": "object", "description": "A message or a room change; ids grow across all rooms.", "properties": { "id": { "type": "integer" }, "room": { "type": "string" }, "kind": { "type": "string", "enum": ["message", "room_created", "room_updated", "member_added", "member_removed"] }, "sender": { "type": "string" }, "time_ms": { "type": "integer" }, "text": { "type": "string" }, "subject": { "type": ["string", "null"] }, "reply_to": { "type": ["integer", "null"] }, "lsn": { "type": "integer" } } },
+                "Page": { "type": "object", "properties": { "events": array("Event"), "more": { "type": "boolean" } } },
+                "ReadMark": { "type": "object", "required": ["event_id"], "additionalProperties": false, "properties": { "event_id": { "type": "integer" } } },
+                "Unread": { "type": "object", "properties": { "unread": { "type": "integer" } } }
+            }
+        },
+        "paths": {
+            "/api/v1/login": { "post": {
+                "summary": "Sign in with a password for a bearer token",
+                "requestBody": body("Login"),
+                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"] }
+            } },
+            "/api/v1/me": { "get": op("The signed-in user", ("200", "the user", schema("Me")), &["401"], json!({})) },
+            "/api/v1/categories": {
+                "get": op("Every category", ("200", "categories", array("Category")), &["401", "503"], json!({})),
+                "post": op("Add a category", ("201", "added", schema("Category")), &["400", "401", "409", "413", "503"], json!({ "requestBody": body("NewCategory") }))
+            },
+            "/api/v1/rooms": {
+                "get": op("The rooms I may see", ("200", "rooms", array("Room")), &["401", "503"], json!({})),
+                "post": op("Create a room (I become its manager)", ("201", "created", schema("Room")), &["400", "401", "404", "409", "413", "503"], json!({ "requestBody": body("NewRoom") }))
+            },
+            "/api/v1/rooms/{room}": {
+                "get": op("A room", ("200", "the room", schema("Room")), &std_errors, json!({ "parameters": [room_param()] })),
+                "patch": op("Edit a room (managers)", ("200", "the room", schema("Room")), &std_errors, json!({ "parameters": [room_param()], "requestBody": body("RoomUpdate") }))
+            },
+            "/api/v1/rooms/{room}/members": {
+                "get": op("A room's members", ("200", "members", array("Member")), &std_errors, json!({ "parameters": [room_param()] })),
+                "post": op("Add a member (managers; anyone may join an open room)", ("201", "added", schema("Member")), &["400", "401", "403", "404", "409", "503"], json!({ "parameters": [room_param()], "requestBody": body("NewMember") }))
+            },
+            "/api/v1/rooms/{room}/members/{user}": {
+                "delete": op("Remove a member (managers) or leave", ("204", "removed", Value::Null), &std_errors, json!({ "parameters": [room_param(), { "name": "user", "in": "path", "required": true, "schema": { "type": "string" } }] }))
+            },
+            "/api/v1/rooms/{room}/messages": {
+                "get": op("History, oldest first within the page", ("200", "a page of events", schema("Page")), &std_errors, json!({ "parameters": [room_param(),
+                    { "name": "before", "in": "query", "schema": { "type": "integer" }, "description": "the page before this event id" },
+                    { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "the page after this event id" },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 100 } }] })),
+                "post": op("Post a message (members)", ("201", "the message", schema("Event")), &["400", "401", "403", "404", "413", "503"], json!({ "parameters": [room_param()], "requestBody": body("NewMessage") }))
+            },
+            "/api/v1/rooms/{room}/read": {
+                "post": op("Mark the room read up to an event", ("204", "marked", Value::Null), &std_errors, json!({ "parameters": [room_param()], "requestBody": body("ReadMark") }))
+            },
+            "/api/v1/rooms/{room}/unread": {
+                "get": op("Messages after my read position", ("200", "count", schema("Unread")), &std_errors, json!({ "parameters": [room_param()] }))
+            },
+            "/api/v1/search": {
+                "get": op("Full-text search over the messages I may read, newest first", ("200", "events", array("Event")), &["400", "401", "503"], json!({ "parameters": [
+                    { "name": "q", "in": "query", "required": true, "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 100, "default": 20 } }] }))
+            },
+            "/api/v1/events": {
+                "get": op("WebSocket of live room events (see the description above)", ("101", "switching to WebSocket", Value::Null), &["400", "401", "404", "503"], json!({ "parameters": [
+                    { "name": "rooms", "in": "query", "required": true, "schema": { "type": "string" }, "description": "comma-separated room names" },
+                    { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "resume after this event id" },
+                    { "name": "token", "in": "query", "schema": { "type": "string" }, "description": "the bearer token, for clients that cannot set headers" }] }))
+            }
+        }
+    })
+}
+
+pub(crate) async fn document() -> Json<Value> {
+    Json(document_value())
+}
