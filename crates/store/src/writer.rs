@@ -102,6 +102,9 @@ pub struct Tx<'c> {
     time_ms: i64,
     lsn: Lsn,
     schema_changed: bool,
+    /// Set before an operation that can leave effects behind even when it fails (a migration
+    /// is several statements): a failure after it must roll the SQLite transaction back.
+    dirty: bool,
 }
 
 impl Tx<'_> {
@@ -151,6 +154,9 @@ impl Tx<'_> {
     }
 
     fn apply(&mut self, op: Op) -> Result<()> {
+        // A single statement that fails leaves nothing (SQLite statement atomicity); several
+        // statements do not have that guarantee.
+        self.dirty |= matches!(op, Op::Migrate { .. });
         if apply_op(self.conn, self.tables, &op)? {
             self.schema_changed = true;
             *self.tables = Tables::load(self.conn)?;
@@ -302,6 +308,7 @@ impl Writer {
         let mut chain = self.state.chain;
         let mut schema_changed = false;
         while let Some(mut job) = queue.pop_front() {
+            let changes_before = self.conn.total_changes();
             let mut tx = Tx {
                 conn: &self.conn,
                 tables: &mut self.tables,
@@ -309,11 +316,14 @@ impl Writer {
                 time_ms,
                 lsn: self.state.lsn + encoded.len() as u64 + 1,
                 schema_changed: false,
+                dirty: false,
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(&mut tx)));
             let ops = std::mem::take(&mut tx.ops);
             schema_changed |= tx.schema_changed;
-            let changed = !ops.is_empty();
+            // Pair check: anything SQLite changed is either recorded or forces the undo below.
+            let changed =
+                !ops.is_empty() || tx.dirty || self.conn.total_changes() != changes_before;
             let lsn = self.state.lsn + encoded.len() as u64;
             let undo = match outcome {
                 Ok(Ok(value)) if !changed => {
