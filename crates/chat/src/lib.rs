@@ -36,7 +36,7 @@ pub use events::{Event, EventKind};
 pub use members::{Member, add_member, members, remove_member};
 pub use messages::{
     FEED_LIMIT_MAX, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, HistoryQuery, Page, TEXT_BYTES_MAX,
-    feed, history, last_event_id, post,
+    feed, history, last_event_id, post, post_async,
 };
 pub use names::NAME_CHARS_MAX;
 pub use rooms::{

@@ -44,22 +44,17 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
-/// Posts `text` in `room` as `user` and returns the `Message` event, durable. Only members post
-/// (in an open room too: join first): Forbidden otherwise, NotFound when `user` may not know
-/// the room exists. Invalid for text that is empty, only white space or over `TEXT_BYTES_MAX`
-/// bytes, and for a `reply_to` that is not a message of the same room.
-pub fn post(
-    db: &Database,
+fn post_tx(
     user: &str,
     room: &str,
     text: &str,
     reply_to: Option<i64>,
-) -> Result<Event, ChatError> {
+) -> Result<impl Fn(&mut Tx<'_>) -> Result<Event, ChatError> + Send + 'static, ChatError> {
     check_name(NameOf::User, user)?;
     check_name(NameOf::Room, room)?;
     check_text(text)?;
     let (user, room, text) = (user.to_string(), room.to_string(), text.to_string());
-    let done = db.write(move |tx: &mut Tx<'_>| {
+    Ok(move |tx: &mut Tx<'_>| {
         let r = visible(tx, &user, &room)?;
         if !r.member {
             return Err(ChatError::Forbidden(format!(
@@ -95,8 +90,35 @@ pub fn post(
                 reply_to,
             },
         )
-    })?;
-    Ok(done.value)
+    })
+}
+
+/// Posts `text` in `room` as `user` and returns the `Message` event, durable. Only members post
+/// (in an open room too: join first): Forbidden otherwise, NotFound when `user` may not know
+/// the room exists. Invalid for text that is empty, only white space or over `TEXT_BYTES_MAX`
+/// bytes, and for a `reply_to` that is not a message of the same room.
+pub fn post(
+    db: &Database,
+    user: &str,
+    room: &str,
+    text: &str,
+    reply_to: Option<i64>,
+) -> Result<Event, ChatError> {
+    Ok(db.write(post_tx(user, room, text, reply_to)?)?.value)
+}
+
+/// `post` for async callers: the same transaction, awaited instead of blocking a thread.
+pub async fn post_async(
+    db: &Database,
+    user: &str,
+    room: &str,
+    text: &str,
+    reply_to: Option<i64>,
+) -> Result<Event, ChatError> {
+    Ok(db
+        .write_async(post_tx(user, room, text, reply_to)?)
+        .await?
+        .value)
 }
 
 /// A page of `room`'s events for `user`: the newest `limit`, the newest `limit` before a

@@ -595,3 +595,89 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     let err = tandem(&c.dir, &["chat", "active-servers", "set", "db"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("not a server of the chat pool"));
 }
+
+/// A value for a schema, from the document itself: required properties only.
+fn example(doc: &Value, schema: &Value) -> Value {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return example(doc, &doc["components"]["schemas"][name]);
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        return e[0].clone();
+    }
+    let ty = match &schema["type"] {
+        Value::Array(a) => a[0].as_str().unwrap_or("string").to_string(),
+        Value::String(s) => s.clone(),
+        _ => "object".to_string(),
+    };
+    match ty.as_str() {
+        "object" => {
+            let mut o = serde_json::Map::new();
+            for req in schema["required"].as_array().cloned().unwrap_or_default() {
+                let k = req.as_str().unwrap();
+                o.insert(k.to_string(), example(doc, &schema["properties"][k]));
+            }
+            Value::Object(o)
+        }
+        "integer" => json!(1),
+        "boolean" => json!(false),
+        _ => json!("openapi-probe"),
+    }
+}
+
+#[test]
+fn every_documented_operation_answers_on_a_live_node() {
+    let c = start();
+    let alice = user(&c, "alice");
+    user(&c, "bob");
+    ok(
+        &c.dir,
+        &["chat", "room", "create", "lobby", "--as", "alice"],
+    );
+    let (code, doc) = http(&c.fe1, "GET", "/openapi.json", None, &[]);
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut url = path.replace("{room}", "lobby").replace("{user}", "bob");
+            let mut query = Vec::new();
+            for p in op["parameters"].as_array().cloned().unwrap_or_default() {
+                if p["in"] == "query" && p["required"] == true {
+                    query.push(format!("{}=probe", p["name"].as_str().unwrap()));
+                }
+            }
+            if path == "/api/v1/events" {
+                query.push("token=".to_string() + &alice);
+            }
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let body = match op["requestBody"]["content"]["application/json"]["schema"].as_object()
+            {
+                Some(s) => {
+                    let mut b = example(&doc, &Value::Object(s.clone()));
+                    if path == "/api/v1/login" {
+                        b = json!({ "user": "alice", "password": "pw-alice" });
+                    }
+                    b.to_string().into_bytes()
+                }
+                None => vec![],
+            };
+            let (code, text) = http(&c.fe1, &method.to_uppercase(), &url, Some(&alice), &body);
+            operations += 1;
+            assert!(code != 0 && code < 500, "{method} {url}: {code} {text}");
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            // A WebSocket route answers a plain GET with 400 (no upgrade), which it documents.
+            assert!(
+                documented.iter().any(|d| d.as_str() == code.to_string()),
+                "{method} {url} answered {code}, not among its documented responses {documented:?}: {text}"
+            );
+            assert!(
+                !text.contains("no such route"),
+                "{method} {url} is documented but not routed"
+            );
+        }
+    }
+    assert!(operations >= 17, "{operations} operations");
+}

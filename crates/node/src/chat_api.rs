@@ -115,13 +115,14 @@ async fn user(
 
 /// A chat node serves only while it is in the CMS's active server list (as in the seed).
 fn active(node: &Shared) -> Result<(), ApiError> {
-    let snap = node.cms.current().ok_or_else(|| {
-        ApiError::unavailable(
+    if !node.cms.has_snapshot() {
+        return Err(ApiError::unavailable(
             "no CMS snapshot yet: this chat node does not know the active server list",
-        )
-    })?;
-    let chat = snap
-        .chat
+        ));
+    }
+    let chat = node
+        .cms
+        .chat()
         .ok_or_else(|| ApiError::unavailable("the CMS has no chat pool"))?;
     if chat.active.iter().any(|n| *n == node.name) {
         Ok(())

@@ -92,8 +92,7 @@ pub(crate) fn chat_database_node(node: &NodeState) -> Result<tandem_topology::No
         .ok_or_else(|| ApiError::not_found("the topology has no chat pool"))?;
     let failed_over = node
         .cms
-        .current()
-        .and_then(|s| s.chat)
+        .chat()
         .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver);
     let name = if failed_over {
         chat.backup.clone().ok_or_else(|| {

@@ -55,8 +55,28 @@ impl CmsFollower {
         }
     }
 
-    pub(crate) fn current(&self) -> Option<CmsSnapshot> {
-        self.state.read().expect("cms state").snapshot.clone()
+    /// The chat pool's configuration alone (cheaper than the whole snapshot).
+    pub(crate) fn chat(&self) -> Option<tandem_pool::cms::ChatConfig> {
+        self.state
+            .read()
+            .expect("cms state")
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.chat.clone())
+    }
+
+    /// The pool `user` is homed on, per the snapshot.
+    pub(crate) fn home_of(&self, user: &str) -> Option<String> {
+        self.state
+            .read()
+            .expect("cms state")
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.homes.get(user).cloned())
+    }
+
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.state.read().expect("cms state").snapshot.is_some()
     }
 
     /// Records a snapshot just read from the CMS; persists it when it is new. Never goes back

@@ -30,7 +30,7 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
 /// The pool `user` is homed on: from the CMS snapshot this node follows, or, for a user the
 /// snapshot does not know yet (added within the last follow interval), from the CMS itself.
 async fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
-    if let Some(pool) = node.cms.current().and_then(|s| s.homes.get(user).cloned()) {
+    if let Some(pool) = node.cms.home_of(user) {
         return Ok(pool);
     }
     let asked = node

@@ -58,6 +58,9 @@ impl NodeState {
         args: Value,
     ) -> Result<Value, ApiError> {
         if let Some(db) = self.host.get(database).cloned() {
+            if let Some(r) = crate::chat_procedures::run_async(&db, procedure, &args).await {
+                return r;
+            }
             let (name, call) = (
                 database.to_string(),
                 procedures::Call {

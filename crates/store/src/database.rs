@@ -299,7 +299,12 @@ pub struct Committed<R> {
     pub lsn: Lsn,
 }
 
+/// Prepared statements kept per connection: the store's own and a domain's (rusqlite keeps 16
+/// by default, and a statement evicted is parsed again on its next use).
+const STATEMENTS_CACHED_MAX: usize = 256;
+
 fn configure(conn: &Connection, options: &Options) -> Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // The WAL is fsynced by the acknowledgment stage before any caller is answered.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -846,6 +851,7 @@ impl Database {
         )?;
         conn.pragma_update(None, "cache_size", -(self.inner.options.cache_kib as i64))?;
         conn.pragma_update(None, "query_only", true)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(conn)
     }

@@ -300,8 +300,12 @@ async fn paced(addr: &str, token: &str, rate: u64, seconds: u64) -> Paced {
 async fn history(addr: &str, token: &str, room_messages: u64) -> anyhow::Result<History> {
     let api = UserApi::new(addr, token);
     let pages = 2_000u64;
-    let newest = api.request(Method::GET, "/api/v1/rooms/big/messages?limit=1", None).await?;
-    let last = newest["events"][0]["id"].as_i64().context("room big has no message")? as u64;
+    let newest = api
+        .request(Method::GET, "/api/v1/rooms/big/messages?limit=1", None)
+        .await?;
+    let last = newest["events"][0]["id"]
+        .as_i64()
+        .context("room big has no message")? as u64;
     let mut samples = Vec::with_capacity(pages as usize);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..pages {
