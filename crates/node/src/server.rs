@@ -100,8 +100,25 @@ impl NodeState {
     }
 }
 
-async fn health(State(node): State<Shared>) -> Json<Value> {
-    Json(json!({ "status": "ok", "node": node.name, "version": env!("CARGO_PKG_VERSION") }))
+/// 200 once the node can serve its roles, 503 while it starts: a chat or frontend node needs a
+/// CMS snapshot (from the CMS, or its own file) to know the active servers and user homes.
+async fn health(State(node): State<Shared>) -> (axum::http::StatusCode, Json<Value>) {
+    let me = node.me();
+    let needs_cms = me.has(Role::Chat) || me.has(Role::Frontend);
+    let ready = !needs_cms || node.cms.has_snapshot();
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ok" } else { "starting: waiting for a first CMS snapshot" },
+            "node": node.name,
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+    )
 }
 
 async fn status(State(node): State<Shared>) -> Json<NodeStatus> {
@@ -183,11 +200,19 @@ fn router(node: Shared) -> Router {
 
 /// Asks the CMS for changes until the node stops.
 async fn follow_cms(node: Shared) {
-    let mut tick = tokio::time::interval(Duration::from_millis(CMS_FOLLOW_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreachable_logged = false;
+    let mut first = true;
     loop {
-        tick.tick().await;
+        if !first {
+            // Until a first snapshot arrives, ask more often: the node is not ready without one.
+            let wait = if node.cms.has_snapshot() {
+                CMS_FOLLOW_INTERVAL_MS
+            } else {
+                CMS_FOLLOW_INTERVAL_MS / 6
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        first = false;
         let snap = if let Some(db) = node.host.get(DATABASE_CMS).cloned() {
             tokio::task::spawn_blocking(move || {
                 tandem_pool::cms::snapshot(&db).map_err(|e| e.to_string())
