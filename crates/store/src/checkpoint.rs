@@ -8,10 +8,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// A checkpoint runs at least this often while the database is open.
-const CHECKPOINT_INTERVAL_MS: u64 = 200;
+/// A checkpoint runs at least this often while the database is open. Checkpoints fsync the
+/// database file on the same disk as the WAL fsyncs that callers wait for: running them rarely
+/// (with a larger WAL in between) keeps commit latency low under load (bench store: 256
+/// writers went from about 200k to about 270k commits/s when this went from 200 ms and 64
+/// commits to 1 s and 4096).
+const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// The writer asks for a checkpoint after this many commits.
-pub(crate) const CHECKPOINT_COMMITS: u64 = 64;
+pub(crate) const CHECKPOINT_COMMITS: u64 = 4096;
 
 pub(crate) struct Checkpointer {
     nudge: Option<SyncSender<()>>,
