@@ -1,31 +1,13 @@
 //! The chat service as real processes: two chat nodes in front of one db node.
 
+mod common;
+
+use common::{ok, tandem};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-
-fn tandem(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("TANDEM_TOPOLOGY")
-        .output()
-        .expect("run tandem")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = tandem(dir, args);
-    assert!(
-        out.status.success(),
-        "tandem {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -44,25 +26,7 @@ struct Chat {
 
 impl Drop for Chat {
     fn drop(&mut self) {
-        let pids: Vec<i32> = std::fs::read_dir(self.dir.join("run"))
-            .map(|it| {
-                it.filter_map(|e| {
-                    std::fs::read_to_string(e.ok()?.path())
-                        .ok()?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .collect()
-            })
-            .unwrap_or_default();
-        let _ = tandem(&self.dir, &["down"]);
-        for pid in pids {
-            // SAFETY: processes this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
+        common::stop_all(&self.dir);
     }
 }
 
@@ -125,34 +89,14 @@ primary = "db"
     chat
 }
 
-/// One raw HTTP/1.1 request; the status and the body.
+/// One raw HTTP/1.1 request with JSON and an optional bearer token.
 fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
     }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    let _ = s.write_all(&bytes);
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let resp = String::from_utf8_lossy(&resp).to_string();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    common::http(addr, method, path, &headers, body)
 }
 
 fn api(addr: &str, method: &str, path: &str, token: &str, body: Value) -> Value {

@@ -1,36 +1,11 @@
 //! A deployment as real processes: init, up, status, users, kill -9, down — through the binary.
 
+mod common;
+
+use common::{http, json, ok, tandem};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn tandem(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("TANDEM_TOPOLOGY")
-        .output()
-        .expect("run tandem")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = tandem(dir, args);
-    assert!(
-        out.status.success(),
-        "tandem {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    serde_json::from_str(&ok(dir, &args)).expect("one JSON document")
-}
 
 /// A deployment in a temporary directory; every node it started is stopped when it goes,
 /// also when the test fails.
@@ -103,14 +78,7 @@ impl Deployment {
 
 impl Drop for Deployment {
     fn drop(&mut self) {
-        let pids = self.pids();
-        let _ = tandem(&self.dir, &["down"]);
-        for pid in pids {
-            // SAFETY: killing processes this test started, whatever `down` did.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
+        common::stop_all(&self.dir);
     }
 }
 
@@ -131,36 +99,6 @@ fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|n| n["node"] == name)
         .unwrap()
-}
-
-/// One raw HTTP/1.1 request; returns the status code and the body.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let code = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 #[test]

@@ -70,26 +70,7 @@ impl Client {
                 root(&e)
             },
         })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            addr: addr.to_string(),
-            message: root(&e),
-        })?;
-        if !status.is_success() {
-            let body = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| ErrorBody {
-                    code: "upstream".into(),
-                    message: format!(
-                        "{addr} answered {status}: {}",
-                        String::from_utf8_lossy(&bytes)
-                    ),
-                });
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            });
-        }
+        let bytes = answer(addr, resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             addr: addr.to_string(),
             message: e.to_string(),
@@ -159,6 +140,32 @@ impl Client {
     }
 }
 
+/// The body of a successful answer, or the node's JSON error (or a description of what it sent
+/// instead of one).
+async fn answer(addr: &str, resp: reqwest::Response) -> Result<axum::body::Bytes, ClientError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        addr: addr.to_string(),
+        message: root(&e),
+    })?;
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let body = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| ErrorBody {
+            code: "upstream".into(),
+            message: format!(
+                "{addr} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        });
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        body,
+    })
+}
+
 /// The innermost cause of an HTTP client error: "connection refused", not "error sending request".
 fn root(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
@@ -207,23 +214,7 @@ impl UserApi {
             addr: self.addr.clone(),
             message: root(&e),
         })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            addr: self.addr.clone(),
-            message: root(&e),
-        })?;
-        if !status.is_success() {
-            let body = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| ErrorBody {
-                    code: "upstream".into(),
-                    message: format!("{} answered {status}", self.addr),
-                });
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            });
-        }
+        let bytes = answer(&self.addr, resp).await?;
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }

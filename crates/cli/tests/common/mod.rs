@@ -1,0 +1,103 @@
+//! What the CLI's multi-process tests share: running the binary, raw HTTP, stopping nodes.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Runs `tandem ARGS` in `dir` (so `topology.toml` there is the deployment).
+pub fn tandem(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .expect("run tandem")
+}
+
+/// Runs `tandem ARGS`, which must succeed; its stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = tandem(dir, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs `tandem ARGS --json`, which must succeed; its document.
+pub fn json(dir: &Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(dir, &args)).expect("one JSON document")
+}
+
+/// One raw HTTP/1.1 request; the status (0 when nothing came back) and the body.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl AsRef<[u8]>,
+) -> (u16, String) {
+    let body = body.as_ref();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let _ = s.write_all(&bytes);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The pids in `dir/run/*.pid`.
+pub fn pids(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(dir.join("run")) else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| {
+            std::fs::read_to_string(e.ok()?.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// `tandem down`, then SIGKILL to whatever it left: a test stops every node it started, also
+/// when it fails.
+pub fn stop_all(dir: &Path) {
+    let pids = pids(dir);
+    let _ = tandem(dir, &["down"]);
+    for pid in pids {
+        // SAFETY: processes the test started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
