@@ -59,6 +59,11 @@ fn run(db_file: PathBuf, rx: Receiver<()>) {
         Err(_) => return,
     };
     let _ = conn.busy_timeout(Duration::from_millis(100));
+    // Closing must not delete the WAL under the writer's feet.
+    let _ = conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    );
     while let Ok(()) | Err(RecvTimeoutError::Timeout) =
         rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS))
     {

@@ -852,6 +852,12 @@ impl Database {
         conn.pragma_update(None, "cache_size", -(self.inner.options.cache_kib as i64))?;
         conn.pragma_update(None, "query_only", true)?;
         conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
+        // A reader closing while no other connection holds a lock would otherwise checkpoint
+        // the whole WAL and delete it, on the caller's path; checkpoints are the checkpointer's.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(conn)
     }
