@@ -55,7 +55,7 @@ impl DbHost {
         topology: &Topology,
         node: &str,
         data_dir: PathBuf,
-    ) -> anyhow_like::Result<DbHost> {
+    ) -> Result<DbHost, String> {
         let dir = data_dir.join("databases");
         let mut copies = BTreeMap::new();
         for Placement { database, role } in topology.databases_on(node) {
@@ -143,9 +143,4 @@ impl DbHost {
     pub(crate) fn dir(&self) -> &PathBuf {
         &self.dir
     }
-}
-
-/// A plain string error for startup, turned into one line by the caller.
-pub(crate) mod anyhow_like {
-    pub(crate) type Result<T> = std::result::Result<T, String>;
 }
