@@ -46,6 +46,11 @@ pub enum ChatCommand {
         #[command(flatten)]
         who: As,
     },
+    /// The chat pool state: which chat database copy the pool uses (operator; in the CMS).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// The chat pool's active servers (operator; stored in the CMS).
     ActiveServers {
         #[command(subcommand)]
@@ -58,6 +63,17 @@ pub enum ChatCommand {
         limit: Option<usize>,
         #[command(flatten)]
         who: As,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StateAction {
+    /// Show the state and the active servers.
+    Show,
+    /// `normal`: the primary chat database; `failed-over`: the backup (in the other site).
+    Set {
+        #[arg(value_parser = ["normal", "failed-over"])]
+        state: String,
     },
 }
 
@@ -215,28 +231,19 @@ fn event_line(e: &Value) -> String {
     }
 }
 
-fn active_servers(
+/// Applies an operator change to the chat pool in the CMS (if any), then shows the chat pool.
+fn chat_pool(
     d: &Deployment,
-    action: ActiveAction,
+    change: Option<(&str, Value)>,
     out: &Output,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
     let client = d.client();
     let (cms_node, cms) = d.primary_address(tandem_topology::DATABASE_CMS)?;
     let cms_db = tandem_topology::DATABASE_CMS;
-    let set = match action {
-        ActiveAction::Show => None,
-        ActiveAction::Clear => Some(Vec::new()),
-        ActiveAction::Set { nodes } => Some(nodes),
-    };
-    if let Some(nodes) = &set {
-        rt.block_on(client.call::<Value, _>(
-            &cms,
-            cms_db,
-            "cms.set_chat_active",
-            &json!({ "nodes": nodes }),
-        ))
-        .with_context(|| format!("the CMS on {cms_node}"))?;
+    if let Some((procedure, args)) = change {
+        rt.block_on(client.call::<Value, _>(&cms, cms_db, procedure, &args))
+            .with_context(|| format!("the CMS on {cms_node}"))?;
     }
     let snap = rt
         .block_on(client.cms_snapshot(&cms, Duration::from_millis(2_000)))
@@ -259,7 +266,25 @@ fn active_servers(
 pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()> {
     let rt = runtime()?;
     match cmd {
-        ChatCommand::ActiveServers { action } => active_servers(d, action, out, &rt),
+        ChatCommand::ActiveServers { action } => {
+            let change = match action {
+                ActiveAction::Show => None,
+                ActiveAction::Clear => Some(("cms.set_chat_active", json!({ "nodes": [] }))),
+                ActiveAction::Set { nodes } => {
+                    Some(("cms.set_chat_active", json!({ "nodes": nodes })))
+                }
+            };
+            chat_pool(d, change, out, &rt)
+        }
+        ChatCommand::State { action } => {
+            let change = match action {
+                StateAction::Show => None,
+                StateAction::Set { state } => {
+                    Some(("cms.set_chat_state", json!({ "state": state })))
+                }
+            };
+            chat_pool(d, change, out, &rt)
+        }
         ChatCommand::Category(CategoryCommand::Add {
             name,
             description,

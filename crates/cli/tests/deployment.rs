@@ -339,3 +339,47 @@ fn a_broken_topology_is_refused_with_its_line_and_rule() {
     let out = tandem(&d.dir, &["status", "--topology", "nothing.toml"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tandem init"));
 }
+
+#[test]
+fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_site() {
+    let d = Deployment::init();
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let fails = |args: &[&str]| {
+        let out = tandem(&d.dir, args);
+        assert!(!out.status.success(), "{args:?} should be refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let state = |s: &Value| {
+        (
+            s["state"].as_str().unwrap().to_string(),
+            s["active"].clone(),
+        )
+    };
+    assert_eq!(
+        state(&json(&d.dir, &["chat", "state", "show"])),
+        ("normal".into(), serde_json::json!(["atl-fe"]))
+    );
+    // Failing over while atl-fe is active would leave it outside the backup's site.
+    let err = fails(&["chat", "state", "set", "failed-over"]);
+    assert!(
+        err.contains("atl-fe") && err.contains("active-servers clear"),
+        "{err}"
+    );
+    // The seed's order: clear, set the state, then the servers of the new site.
+    ok(&d.dir, &["chat", "active-servers", "clear"]);
+    ok(&d.dir, &["chat", "state", "set", "failed-over"]);
+    let err = fails(&["chat", "active-servers", "set", "atl-fe"]);
+    assert!(err.contains("site"), "{err}");
+    let s = json(&d.dir, &["chat", "active-servers", "set", "dal-fe"]);
+    assert_eq!(
+        state(&s),
+        ("failed-over".into(), serde_json::json!(["dal-fe"]))
+    );
+    assert!(fails(&["chat", "state", "set", "normal"]).contains("dal-fe"));
+    assert!(fails(&["chat", "active-servers", "set", "dal-fe,dal-fe"]).contains("twice"));
+    assert!(fails(&["chat", "active-servers", "set", "atl-db2"]).contains("not a server"));
+    ok(&d.dir, &["chat", "active-servers", "clear"]);
+    ok(&d.dir, &["chat", "state", "set", "normal"]);
+    let s = json(&d.dir, &["chat", "active-servers", "set", "atl-fe"]);
+    assert_eq!(state(&s), ("normal".into(), serde_json::json!(["atl-fe"])));
+}

@@ -69,6 +69,12 @@ struct Empty {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ChatState {
+    state: cms::ChatPoolState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Active {
     nodes: Vec<String>,
 }
@@ -132,6 +138,11 @@ pub(crate) fn run(
         (Kind::Cms, "cms.set_chat_active") => {
             let a: Active = args(p, call.args)?;
             cms::set_chat_active(db, topology, &a.nodes)?;
+            Ok(json!({}))
+        }
+        (Kind::Cms, "cms.set_chat_state") => {
+            let a: ChatState = args(p, call.args)?;
+            cms::set_chat_state(db, topology, a.state)?;
             Ok(json!({}))
         }
         (Kind::Cms, "cms.home_of") => {

@@ -418,6 +418,43 @@ pub fn set_chat_active(
     Ok(())
 }
 
+/// Sets the chat pool state: which chat database copy the pool uses (the primary in `normal`,
+/// the backup in `failed-over`). Refused while an active server would then be outside the
+/// site of that copy (invariant 5): clear or set the active servers first.
+pub fn set_chat_state(
+    db: &Database,
+    topology: &Topology,
+    state: ChatPoolState,
+) -> Result<(), PoolError> {
+    let topology = topology.clone();
+    db.write(move |tx: &mut Tx<'_>| {
+        let current = tx
+            .query_row("SELECT state FROM chat WHERE id = 1", [], |r| {
+                r.get::<_, String>(0)
+            })?
+            .ok_or_else(|| PoolError::Invalid("the CMS has no chat pool".into()))?;
+        if current == state.as_str() {
+            return Ok(());
+        }
+        let active = tx.query("SELECT node FROM chat_active ORDER BY node", [], |r| {
+            r.get::<_, String>(0)
+        })?;
+        check_active(&topology, state, &active).map_err(|e| {
+            PoolError::Invalid(format!(
+                "cannot set the chat pool {}: {e}; clear the active servers (tandem chat \
+                 active-servers clear) or set servers of the right site first",
+                state.as_str()
+            ))
+        })?;
+        tx.update(
+            "chat",
+            vec![Value::Integer(1), Value::Text(state.as_str().into())],
+        )?;
+        Ok::<_, PoolError>(())
+    })?;
+    Ok(())
+}
+
 /// Removes the home of `user`. Returns whether it had one.
 pub fn remove_home(db: &Database, user: &str) -> Result<bool, PoolError> {
     let user = user.to_string();
