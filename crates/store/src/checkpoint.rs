@@ -1,6 +1,11 @@
 //! The checkpointer: folds the WAL back into the database file from its own connection and
-//! thread, so the writer never stalls on a checkpoint (SQLite's automatic checkpoint is off on
-//! the write connection). Passive checkpoints never block the writer or readers.
+//! thread, so the writer does not stall on the bulk of a checkpoint (SQLite's automatic
+//! checkpoint is off on the write connection). Passive checkpoints never block the writer or
+//! readers — but beside a busy writer one never backfills every frame, and SQLite restarts the
+//! WAL from its beginning only after that: the WAL would grow without bound and every commit
+//! would append (an fsync after an append costs about twice one after an overwrite here). So
+//! after each bulk pass the writer, between two groups, runs a short checkpoint of the tail;
+//! with no writer beside it, it completes, and the next commit starts the WAL over.
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;
@@ -18,6 +23,8 @@ const CHECKPOINT_INTERVAL_MS: u64 = 1000;
 pub(crate) const CHECKPOINT_COMMITS: u64 = 4096;
 
 pub(crate) struct Checkpointer {
+    /// Set after each bulk pass: the writer then finishes the checkpoint between two groups.
+    passed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     nudge: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -25,14 +32,22 @@ pub(crate) struct Checkpointer {
 impl Checkpointer {
     pub(crate) fn start(db_file: PathBuf) -> Checkpointer {
         let (nudge, rx) = sync_channel(1);
+        let passed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = passed.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || run(db_file, rx))
+            .spawn(move || run(db_file, rx, flag))
             .ok();
         Checkpointer {
+            passed,
             nudge: Some(nudge),
             thread,
         }
+    }
+
+    /// True once after each bulk pass of the checkpointer.
+    pub(crate) fn take_passed(&self) -> bool {
+        self.passed.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Asks for a checkpoint soon; never blocks.
@@ -52,7 +67,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(db_file: PathBuf, rx: Receiver<()>) {
+fn run(db_file: PathBuf, rx: Receiver<()>, passed: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let conn = match Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(c) => c,
         // Without a checkpointer the WAL grows until the database is closed; nothing is lost.
@@ -68,5 +83,6 @@ fn run(db_file: PathBuf, rx: Receiver<()>) {
         rx.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS))
     {
         let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        passed.store(true, std::sync::atomic::Ordering::Release);
     }
 }

@@ -425,6 +425,12 @@ impl Writer {
         {
             self.checkpointer.nudge();
         }
+        if self.checkpointer.take_passed() {
+            // The tail since the bulk pass; with no writer beside it, it backfills every frame.
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
         let replies = kept
             .into_iter()
             .map(|k| {
