@@ -79,15 +79,31 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                     )
                     .await
                     .with_context(|| format!("the CMS on {cms_node}"))?;
-                let r = client
+                let added = client
                     .call::<NewUser, _>(
                         &users,
                         &users_db,
                         "users.add",
                         &json!({ "name": name, "pool": pool, "password": password }),
                     )
-                    .await?;
-                Ok(r.result)
+                    .await;
+                match added {
+                    Ok(r) => Ok(r.result),
+                    Err(e) => {
+                        // No user, no home: undo the home this command just recorded.
+                        if home.result["pool"].as_str().is_none() {
+                            let _ = client
+                                .call::<serde_json::Value, _>(
+                                    &cms,
+                                    DATABASE_CMS,
+                                    "cms.remove_home",
+                                    &json!({ "user": name }),
+                                )
+                                .await;
+                        }
+                        Err(e.into())
+                    }
+                }
             })?;
             let token = tandem_node::user_token(&added.name, &added.token);
             d.save_token(&added.name, Some(&token))?;

@@ -144,6 +144,25 @@ fn up_status_users_kill_and_down() {
     assert_eq!(tokens["alice"].as_str(), Some(token.trim()));
     let err = tandem(&d.dir, &["user", "add", "alice", "--pool", "pool-dal"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("already homed on pool-atl"));
+    // A user the pool refuses (an empty password) leaves no home behind in the CMS.
+    let err = tandem(
+        &d.dir,
+        &[
+            "user",
+            "add",
+            "carol",
+            "--pool",
+            "pool-atl",
+            "--password",
+            "",
+        ],
+    );
+    assert!(!err.status.success());
+    let homes = &d.status()["cms"]["snapshot"]["homes"];
+    assert!(
+        homes.get("alice").is_some() && homes.get("carol").is_none(),
+        "{homes}"
+    );
 
     // Sign in over HTTP at the other site's frontend, then use the token.
     let fe = d.address("dal-fe");
