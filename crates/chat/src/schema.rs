@@ -57,19 +57,36 @@ pub static MGC_SCHEMA: &[Migration] = &[Migration {
               PRIMARY KEY (user, room)
           ) WITHOUT ROWID;
           CREATE VIRTUAL TABLE events_fts USING fts5 (text, content='events', content_rowid='id');
-          CREATE TRIGGER events_fts_insert AFTER INSERT ON events WHEN new.kind = 'message' BEGIN
-              INSERT INTO events_fts (rowid, text) VALUES (new.id, new.text);
-          END;
+          CREATE INDEX events_lsn ON events (lsn);
           CREATE TRIGGER events_fts_delete AFTER DELETE ON events WHEN old.kind = 'message' BEGIN
               INSERT INTO events_fts (events_fts, rowid, text) VALUES ('delete', old.id, old.text);
           END;
-          CREATE TRIGGER events_fts_update AFTER UPDATE ON events BEGIN
-              INSERT INTO events_fts (events_fts, rowid, text)
-                  SELECT 'delete', old.id, old.text WHERE old.kind = 'message';
-              INSERT INTO events_fts (rowid, text)
-                  SELECT new.id, new.text WHERE new.kind = 'message';
+          CREATE TRIGGER events_fts_update AFTER UPDATE ON events WHEN old.kind = 'message' BEGIN
+              INSERT INTO events_fts (events_fts, rowid, text) VALUES ('delete', old.id, old.text);
           END;",
 }];
+
+/// Indexes the messages committed at LSNs `?1..=?2` for search, in one statement per group
+/// commit (and per applied batch on every copy). Registered by [`prepare`]. (A trigger per
+/// inserted message made SQLite open a statement savepoint per post, and FTS5 flushes its
+/// pending index at every savepoint: one index segment per post. Deletes and updates, rare,
+/// remove the old entry by trigger; an updated event carries the LSN of its update, so this
+/// statement indexes its new text.)
+pub static SEARCH_INDEX: tandem_store::Derived = tandem_store::Derived {
+    name: "search index",
+    sql: "INSERT INTO events_fts (rowid, text) \
+          SELECT id, text FROM events WHERE lsn BETWEEN ?1 AND ?2 AND kind = 'message'",
+};
+
+/// Makes `db` ready to hold chat: applies `MGC_SCHEMA` (a primary) and registers
+/// `SEARCH_INDEX` (every copy, before it commits or applies anything).
+pub fn prepare(db: &Database) -> Result<(), ChatError> {
+    if db.identity().role == tandem_store::Role::Primary {
+        db.migrate(MGC_SCHEMA)?;
+    }
+    db.derive(SEARCH_INDEX)?;
+    Ok(())
+}
 
 /// Read-only queries, the same on a reader connection and inside a write transaction, so that
 /// the rules (who may see a room, what a row means) are written once.
@@ -158,7 +175,7 @@ mod tests {
     use super::*;
     use tandem_store::{Options, StoreError, Value};
 
-    fn event(id: i64, kind: &str, text: &str) -> Vec<Value> {
+    fn event(id: i64, kind: &str, text: &str, lsn: u64) -> Vec<Value> {
         vec![
             Value::Integer(id),
             Value::Text("lobby".into()),
@@ -168,7 +185,7 @@ mod tests {
             Value::Text(text.into()),
             Value::Null,
             Value::Null,
-            Value::Integer(0),
+            Value::Integer(lsn as i64),
         ]
     }
 
@@ -187,11 +204,15 @@ mod tests {
     fn the_schema_applies_once_and_the_triggers_index_only_messages() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(&dir.path().join("mgc"), "mgc", Options::default()).unwrap();
-        assert_eq!(db.migrate(MGC_SCHEMA).unwrap(), vec![1]);
+        crate::prepare(&db).unwrap();
+        assert_eq!(db.migrations().unwrap().len(), 1);
         assert!(db.migrate(MGC_SCHEMA).unwrap().is_empty(), "applied once");
         db.write(|tx: &mut Tx<'_>| {
-            tx.insert("events", event(1, "room_created", "alice created lobby"))?;
-            tx.insert("events", event(2, "message", "hello lobby"))?;
+            tx.insert(
+                "events",
+                event(1, "room_created", "alice created lobby", tx.lsn()),
+            )?;
+            tx.insert("events", event(2, "message", "hello lobby", tx.lsn()))?;
             Ok::<_, StoreError>(())
         })
         .unwrap();
@@ -199,14 +220,17 @@ mod tests {
 
         // Updates and deletes keep the index exact, whatever the kinds before and after.
         db.write(|tx: &mut Tx<'_>| {
-            tx.update("events", event(2, "message", "goodbye"))?;
-            tx.update("events", event(1, "message", "lobby renamed"))
+            tx.update("events", event(2, "message", "goodbye", tx.lsn()))?;
+            tx.update("events", event(1, "message", "lobby renamed", tx.lsn()))
         })
         .unwrap();
         assert_eq!(hits(&db, "lobby"), [1]);
         assert_eq!(hits(&db, "goodbye"), [2]);
         db.write(|tx: &mut Tx<'_>| {
-            tx.update("events", event(1, "room_updated", "lobby renamed"))?;
+            tx.update(
+                "events",
+                event(1, "room_updated", "lobby renamed", tx.lsn()),
+            )?;
             tx.delete("events", vec![Value::Integer(2)])
         })
         .unwrap();
@@ -222,7 +246,7 @@ mod tests {
 
         // A kind outside the list is refused by the table itself.
         let e = db
-            .write(|tx: &mut Tx<'_>| tx.insert("events", event(3, "gossip", "x")))
+            .write(|tx: &mut Tx<'_>| tx.insert("events", event(3, "gossip", "x", tx.lsn())))
             .unwrap_err();
         assert!(e.to_string().contains("CHECK"), "{e}");
     }

@@ -304,6 +304,7 @@ mod tests {
             tandem_store::Options::default(),
         )
         .unwrap();
+        crate::prepare(&copy).unwrap();
         let mut from = 1;
         while from <= id.lsn {
             // Small batches: the triggers must fire the same across batch boundaries.

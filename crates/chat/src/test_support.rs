@@ -1,14 +1,14 @@
 //! Helpers of the unit tests.
 
 use crate::events::{EventKind, NewEvent, append};
-use crate::{ChatError, MGC_SCHEMA, NewRoom, Privacy};
+use crate::{ChatError, NewRoom, Privacy};
 use std::path::Path;
 use tandem_store::{Database, Options, Tx};
 
 /// A new `mgc` database in `dir`, with its schema.
 pub(crate) fn mgc(dir: &Path) -> Database {
     let db = Database::create(&dir.join("mgc"), "mgc", Options::default()).unwrap();
-    db.migrate(MGC_SCHEMA).unwrap();
+    crate::prepare(&db).unwrap();
     db
 }
 

@@ -82,7 +82,7 @@ impl DbHost {
                         }
                     }
                     Kind::Chat => {
-                        db.migrate(tandem_chat::MGC_SCHEMA)
+                        tandem_chat::prepare(&db)
                             .map_err(|e| format!("database {database}: {e}"))?;
                     }
                     Kind::Other => {}

@@ -726,6 +726,12 @@ impl Database {
         Ok(done.value)
     }
 
+    /// Registers a statement that maintains a derived structure on this copy (see `Derived`).
+    /// Register it after the migrations that create what it reads and writes, on every copy.
+    pub fn derive(&self, d: crate::schema::Derived) -> Result<()> {
+        self.control(move |w| w.derive(d))
+    }
+
     /// Runs `f` in the writer thread, with exclusive access to the write connection.
     fn control<T: Send + 'static>(
         &self,

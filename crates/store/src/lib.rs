@@ -37,5 +37,5 @@ pub use restore::{
 };
 pub use rusqlite;
 pub use rusqlite::types::Value;
-pub use schema::Migration;
+pub use schema::{Derived, Migration};
 pub use writer::{Applied, StopAt, Tx};

@@ -209,6 +209,7 @@ pub(crate) struct Writer {
     ack: crate::ack::AckStage,
     checkpointer: crate::checkpoint::Checkpointer,
     commits: u64,
+    derived: Vec<crate::schema::Derived>,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
@@ -240,6 +241,7 @@ impl Writer {
             ack,
             checkpointer,
             commits: 0,
+            derived: Vec::new(),
             _lock: lock,
         })
     }
@@ -401,9 +403,19 @@ impl Writer {
             let first = self.state.lsn + 1;
             let refs: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
             let body = journal::encode_segment(&refs);
-            let r =
-                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, &body)
-                    .and_then(|_| self.persist_position(lsn, &chain, time_ms));
+            let r = self
+                .run_derived(first, lsn)
+                .and_then(|_| {
+                    journal::insert_segment(
+                        &self.conn,
+                        first,
+                        lsn,
+                        &self.state.chain,
+                        &chain,
+                        &body,
+                    )
+                })
+                .and_then(|_| self.persist_position(lsn, &chain, time_ms));
             if let Err(e) = r {
                 return self.fail_batch(kept, e, schema_changed);
             }
@@ -472,6 +484,34 @@ impl Writer {
                 "UPDATE _tandem_state SET lsn = ?1, chain = ?2, last_time_ms = ?3 WHERE id = 1",
             )?
             .execute(params![lsn as i64, &chain.0[..], time_ms])?;
+        Ok(())
+    }
+
+    /// Runs every derived statement over the records `first..=last` just written.
+    fn run_derived(&self, first: Lsn, last: Lsn) -> Result<()> {
+        for d in &self.derived {
+            let mut stmt = match self.conn.prepare_cached(d.sql) {
+                Ok(s) => s,
+                // A copy replaying from LSN 1 has not created the tables yet: nothing to derive.
+                Err(e) if e.to_string().contains("no such table") => continue,
+                Err(e) => {
+                    return Err(StoreError::Invalid(format!(
+                        "derived statement {}: {e}",
+                        d.name
+                    )));
+                }
+            };
+            stmt.execute(params![first as i64, last as i64])
+                .map_err(|e| StoreError::Invalid(format!("derived statement {}: {e}", d.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a derived statement (once per name); from now on every commit and apply runs it.
+    pub(crate) fn derive(&mut self, d: crate::schema::Derived) -> Result<()> {
+        if !self.derived.iter().any(|x| x.name == d.name) {
+            self.derived.push(d);
+        }
         Ok(())
     }
 
@@ -625,6 +665,7 @@ impl Writer {
         if applied > 0 {
             let body = journal::encode_segment(&taken);
             body_len = body.len() as u64;
+            self.run_derived(self.state.lsn + 1, expect - 1)?;
             journal::insert_segment(
                 &self.conn,
                 self.state.lsn + 1,

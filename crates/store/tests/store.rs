@@ -729,3 +729,89 @@ fn a_transaction_knows_the_lsn_it_commits_at() {
         240
     );
 }
+
+fn logged_ranges(db: &Database) -> Vec<(u64, u64)> {
+    db.read(|c| {
+        let mut s = c.prepare("SELECT first, last FROM derived_log ORDER BY first")?;
+        let rows = s.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    })
+    .unwrap()
+}
+
+fn assert_contiguous(ranges: &[(u64, u64)], from: u64, to: u64) {
+    assert_eq!(ranges.first().map(|r| r.0), Some(from), "{ranges:?}");
+    assert_eq!(ranges.last().map(|r| r.1), Some(to), "{ranges:?}");
+    for w in ranges.windows(2) {
+        assert_eq!(w[1].0, w[0].1 + 1, "every LSN once: {ranges:?}");
+    }
+}
+
+#[test]
+fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_copy() {
+    static LOGGED: &[Migration] = &[
+        SCHEMA[0],
+        SCHEMA[1],
+        Migration {
+            version: 3,
+            name: "derived log",
+            sql: "CREATE TABLE derived_log (first INTEGER PRIMARY KEY, last INTEGER NOT NULL)",
+        },
+    ];
+    static LOG: Derived = Derived {
+        name: "log",
+        sql: "INSERT INTO derived_log (first, last) VALUES (?1, ?2)",
+    };
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::create(&t.path().join("p"), "test", Options::default()).unwrap());
+    db.migrate(LOGGED).unwrap();
+    db.derive(LOG).unwrap();
+    db.derive(LOG).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for k in 0..25 {
+                    post(&db, i, &format!("m{k}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let lsn = db.identity().lsn;
+    let ranges = logged_ranges(&db);
+    assert_contiguous(&ranges, 2, lsn);
+    assert!(
+        ranges.len() < 200,
+        "grouped: {} runs for 200 commits",
+        ranges.len()
+    );
+    // A copy derives for itself, per applied batch, once its table exists (LSN 1 creates it).
+    let copy = Database::create_copy(
+        &t.path().join("c"),
+        "test",
+        db.identity().database_id,
+        Role::Mirror,
+        Options::default(),
+    )
+    .unwrap();
+    copy.derive(LOG).unwrap();
+    let mut from = 1;
+    while from <= lsn {
+        from = copy
+            .apply(db.read_journal(from, 7, 1 << 20).unwrap(), None)
+            .unwrap()
+            .lsn
+            + 1;
+    }
+    assert_contiguous(&logged_ranges(&copy), 1, lsn);
+    assert_eq!(
+        copy.identity().chain,
+        db.identity().chain,
+        "derived rows are not journaled"
+    );
+}

@@ -126,7 +126,7 @@ primary = "db"
 fn preload(mgc: &Path, n: u64, out: &Output) -> anyhow::Result<f64> {
     let started = Instant::now();
     let db = Database::create(mgc, "mgc", Options::default())?;
-    db.migrate(tandem_chat::MGC_SCHEMA)?;
+    tandem_chat::prepare(&db)?;
     let room = |name: &str| tandem_chat::NewRoom {
         name: name.to_string(),
         category: None,
