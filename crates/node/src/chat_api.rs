@@ -32,6 +32,8 @@ const SESSION_ROOMS_MAX: usize = 256;
 pub(crate) struct ChatRole {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     pub(crate) events: broadcast::Sender<Event>,
+    /// Set once the node is built (the senders hold a weak reference to it).
+    pub(crate) posts: std::sync::OnceLock<crate::post_batcher::PostBatcher>,
 }
 
 impl ChatRole {
@@ -39,6 +41,7 @@ impl ChatRole {
         ChatRole {
             tokens: Mutex::new(HashMap::new()),
             events: broadcast::channel(BROADCAST_EVENTS_MAX).0,
+            posts: std::sync::OnceLock::new(),
         }
     }
 }
@@ -312,12 +315,19 @@ async fn post_message(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
-    let r = mgc(
-        &node,
-        "chat.post",
-        json!({ "user": u, "room": room, "text": m.text, "reply_to": m.reply_to }),
-    )
-    .await?;
+    let batcher = node
+        .chat
+        .as_ref()
+        .and_then(|c| c.posts.get())
+        .expect("set at start");
+    let r = batcher
+        .post(crate::chat_procedures::Post {
+            user: u,
+            room,
+            text: m.text,
+            reply_to: m.reply_to,
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 

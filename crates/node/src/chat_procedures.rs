@@ -64,11 +64,18 @@ struct RemoveMember {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Post {
-    user: String,
-    room: String,
-    text: String,
-    reply_to: Option<i64>,
+struct PostBatch {
+    posts: Vec<Post>,
+}
+
+/// One post, as a chat node sends it (alone or in a batch).
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Post {
+    pub(crate) user: String,
+    pub(crate) room: String,
+    pub(crate) text: String,
+    pub(crate) reply_to: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -103,19 +110,52 @@ pub(crate) async fn run_async(
     p: &str,
     a: &Value,
 ) -> Option<Result<Value, ApiError>> {
-    if p != "chat.post" {
-        return None;
+    match p {
+        "chat.post" => {
+            let a: Post = match args(p, a.clone()) {
+                Ok(a) => a,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(post_one(db, a).await)
+        }
+        "chat.post_batch" => {
+            let a: PostBatch = match args(p, a.clone()) {
+                Ok(a) => a,
+                Err(e) => return Some(Err(e)),
+            };
+            if a.posts.len() > POST_BATCH_MAX {
+                return Some(Err(ApiError::bad_request(format!(
+                    "{} posts in one batch; at most {POST_BATCH_MAX}",
+                    a.posts.len()
+                ))));
+            }
+            // Submitted together, they share a group commit; each gets its own answer.
+            let answers =
+                futures_util::future::join_all(a.posts.into_iter().map(|p| post_one(db, p))).await;
+            let items: Vec<Value> = answers
+                .into_iter()
+                .map(|r| match r {
+                    Ok(event) => json!({ "ok": event }),
+                    Err(e) => json!({
+                        "error": { "code": e.code, "message": e.message },
+                        "status": e.status.as_u16()
+                    }),
+                })
+                .collect();
+            Some(Ok(Value::Array(items)))
+        }
+        _ => None,
     }
-    let a: Post = match args(p, a.clone()) {
-        Ok(a) => a,
-        Err(e) => return Some(Err(e)),
-    };
-    Some(
-        chat::post_async(db, &a.user, &a.room, &a.text, a.reply_to)
-            .await
-            .map_err(ApiError::from)
-            .and_then(to),
-    )
+}
+
+/// Posts one chat node may send in one `chat.post_batch` call.
+pub(crate) const POST_BATCH_MAX: usize = 512;
+
+async fn post_one(db: &Database, a: Post) -> Result<Value, ApiError> {
+    chat::post_async(db, &a.user, &a.room, &a.text, a.reply_to)
+        .await
+        .map_err(ApiError::from)
+        .and_then(to)
 }
 
 fn to(v: impl serde::Serialize) -> Result<Value, ApiError> {

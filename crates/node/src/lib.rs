@@ -14,6 +14,7 @@ mod error;
 mod frontend;
 mod metrics;
 mod openapi;
+mod post_batcher;
 mod procedures;
 mod server;
 mod status;

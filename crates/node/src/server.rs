@@ -137,6 +137,11 @@ async fn call(
             node.name
         ))
     })?;
+    if crate::db_host::kind_of(&database) == crate::db_host::Kind::Chat
+        && let Some(r) = crate::chat_procedures::run_async(&db, &call.procedure, &call.args).await
+    {
+        return Ok(Json(json!({ "result": r?, "lsn": db.identity().lsn })));
+    }
     let name = database.clone();
     let topology = node.topology.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -280,6 +285,13 @@ pub async fn serve(
         host,
     });
     tracing::info!(node = name, address = %me.address, databases = ?state.host.copies.keys().collect::<Vec<_>>(), data = %state.host.dir().display(), "serving");
+    if let Some(chat) = &state.chat {
+        let _ = chat
+            .posts
+            .set(crate::post_batcher::PostBatcher::start(Arc::downgrade(
+                &state,
+            )));
+    }
     let follower = tokio::spawn(follow_cms(state.clone()));
     let feed = state
         .chat
