@@ -4,6 +4,7 @@ mod common;
 
 use common::{http, json, ok, tandem};
 use serde_json::Value;
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -401,4 +402,67 @@ fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_s
     ok(&d.dir, &["chat", "state", "set", "normal"]);
     let s = json(&d.dir, &["chat", "active-servers", "set", "atl-fe"]);
     assert_eq!(state(&s), ("normal".into(), serde_json::json!(["atl-fe"])));
+}
+
+#[test]
+fn up_in_the_foreground_reports_a_dead_node_and_stops_them_all_on_ctrl_c() {
+    let d = Deployment::init();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["up", "--nodes", "atl-db1,atl-db2"])
+        .current_dir(&d.dir)
+        .env_remove("TANDEM_TOPOLOGY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = up.id() as i32;
+    let mut up_stderr = up.stderr.take().unwrap();
+    let up_stdout = up.stdout.take().unwrap();
+    let mut up = Reap(up);
+    // Past its start (where a node that dies makes `up` stop them all), `up` supervises.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up_stdout));
+    loop {
+        let line = lines.next().expect("up reports the nodes ready").unwrap();
+        if line.contains("nodes ready") {
+            break;
+        }
+    }
+    // A node dies: up reports it and keeps supervising the other.
+    let victim = d.pid("atl-db2");
+    // SAFETY: a node process this test started.
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    let survivor = d.pid("atl-db1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.dir.join("run/atl-db2.pid").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "up did not notice atl-db2's death"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alive(survivor));
+    // Ctrl-C: every node stops, and up with them.
+    // SAFETY: the `tandem up` process this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "up did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(survivor), "the nodes stop with up");
+    assert!(d.pids().is_empty(), "no pid file left");
+    let mut err = String::new();
+    up_stderr.read_to_string(&mut err).unwrap();
+    assert!(err.contains("atl-db2 exited"), "{err}");
 }
