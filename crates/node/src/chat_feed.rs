@@ -66,11 +66,13 @@ pub(crate) async fn serve_feed(
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(json!({ "events": events, "durable_lsn": upto })));
         }
-        // Wait for the next durable commit (or the deadline), then look again.
-        if tokio::time::timeout_at(deadline, durable.changed())
-            .await
-            .is_err()
-        {
+        // Wait for the next durable commit (or the deadline, or the node stopping).
+        let mut stopping = node.stopping.clone();
+        let woken = tokio::select! {
+            r = tokio::time::timeout_at(deadline, durable.changed()) => r.is_ok(),
+            _ = stopping.wait_for(|s| *s) => false,
+        };
+        if !woken {
             let d = db.clone();
             let upto = *durable.borrow();
             let events =

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_topology::{DATABASE_CMS, PlacementRole, Role, Topology};
 
+/// After the stop signal, how long open requests may go on before the node closes them.
+const STOP_GRACE_MS: u64 = 2_000;
+
 /// Largest request body the API reads.
 pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
@@ -31,6 +34,8 @@ pub(crate) struct NodeState {
     pub(crate) client: Client,
     /// Present on nodes with the chat role.
     pub(crate) chat: Option<crate::chat_api::ChatRole>,
+    /// Turns true when the node is asked to stop: long polls answer at once.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) type Shared = Arc<NodeState>;
@@ -275,7 +280,9 @@ pub async fn serve(
     let host = tokio::task::spawn_blocking(move || DbHost::open(&topo, &node_name, data_dir))
         .await
         .map_err(|e| e.to_string())??;
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(NodeState {
+        stopping: stopping.clone(),
         chat: me.has(Role::Chat).then(crate::chat_api::ChatRole::new),
         client: Client::new(&topology.secret),
         cms: CmsFollower::load(&me.data_dir),
@@ -298,9 +305,25 @@ pub async fn serve(
         .as_ref()
         .map(|c| tokio::spawn(crate::chat_feed::follow(state.clone(), c.events.clone())));
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stopping.clone();
+    let mut hard = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    });
+    let result = tokio::select! {
+        r = server => r,
+        _ = async move {
+            let _ = hard.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_millis(STOP_GRACE_MS)).await;
+        } => {
+            tracing::warn!("requests still open {STOP_GRACE_MS} ms after the stop signal: closing them");
+            Ok(())
+        }
+    };
     follower.abort();
     let _ = follower.await;
     if let Some(f) = feed {
