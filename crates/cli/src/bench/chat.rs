@@ -183,29 +183,101 @@ impl Drop for Nodes {
     }
 }
 
+/// One keep-alive HTTP/1.1 connection that sends posts as raw bytes: the load generator
+/// shares the machine with the nodes, so it spends as little as a `wrk` would.
+struct RawPoster {
+    conn: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+    token: String,
+    request: Vec<u8>,
+    line: String,
+}
+
+impl RawPoster {
+    async fn connect(addr: &str, token: &str) -> std::io::Result<RawPoster> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawPoster {
+            conn: tokio::io::BufReader::new(stream),
+            host: addr.to_string(),
+            token: token.to_string(),
+            request: Vec::with_capacity(512),
+            line: String::new(),
+        })
+    }
+
+    /// Posts `text` to `room`; the HTTP status.
+    async fn post(&mut self, room: &str, text: &str) -> std::io::Result<u16> {
+        use std::io::Write as _;
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let body = json!({ "text": text }).to_string();
+        self.request.clear();
+        write!(
+            self.request,
+            "POST /api/v1/rooms/{room}/messages HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            self.host,
+            self.token,
+            body.len()
+        )?;
+        self.conn.get_mut().write_all(&self.request).await?;
+        self.line.clear();
+        self.conn.read_line(&mut self.line).await?;
+        let status = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            if self.conn.read_line(&mut self.line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if self.line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = self.line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.conn.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
 async fn post_loop(
-    api: UserApi,
+    addr: String,
+    token: String,
     rooms: Vec<String>,
     stop: Arc<AtomicBool>,
     k: usize,
 ) -> (Vec<u32>, u64) {
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut poster = match RawPoster::connect(&addr, &token).await {
+        Ok(p) => p,
+        Err(_) => return (lat, 1),
+    };
     let mut i = k;
     while !stop.load(Ordering::Relaxed) {
         let room = &rooms[i % rooms.len()];
         i += 1;
         let t0 = Instant::now();
-        let r = api
-            .request(
-                Method::POST,
-                &format!("/api/v1/rooms/{room}/messages"),
-                Some(&json!({ "text": format!("bench post {i}") })),
-            )
-            .await;
-        match r {
-            Ok(_) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
-            Err(_) => errors += 1,
+        match poster.post(room, &format!("bench post {i}")).await {
+            Ok(201) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Ok(_) => errors += 1,
+            Err(_) => {
+                errors += 1;
+                match RawPoster::connect(&addr, &token).await {
+                    Ok(p) => poster = p,
+                    Err(_) => return (lat, errors),
+                }
+            }
         }
     }
     (lat, errors)
@@ -227,7 +299,13 @@ async fn throughput(
             } else {
                 vec![rooms[k % rooms.len()].clone()]
             };
-            tokio::spawn(post_loop(UserApi::new(addr, token), rooms, stop.clone(), k))
+            tokio::spawn(post_loop(
+                addr.to_string(),
+                token.to_string(),
+                rooms,
+                stop.clone(),
+                k,
+            ))
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -252,30 +330,34 @@ async fn throughput(
 }
 
 /// Open loop: a post is sent every 1/rate seconds whatever the answers do; latency is measured
-/// from the scheduled send time, so a slow server cannot hide queueing.
-async fn paced(addr: &str, token: &str, rate: u64, seconds: u64) -> Paced {
+/// from the scheduled send time, so a slow server cannot hide queueing (waiting for one of the
+/// pooled connections counts too).
+async fn paced(addr: &str, token: &str, rate: u64, seconds: u64) -> anyhow::Result<Paced> {
+    const CONNECTIONS: usize = 64;
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let api = UserApi::new(addr, token);
+    let (give, take) = tokio::sync::mpsc::channel(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        give.send(RawPoster::connect(addr, token).await?).await?;
+    }
+    let take = Arc::new(tokio::sync::Mutex::new(take));
     let start = tokio::time::Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..total {
         let at = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(at).await;
-        let (api, tx) = (api.clone(), tx.clone());
+        let (give, take, tx) = (give.clone(), take.clone(), tx.clone());
         tokio::spawn(async move {
+            let mut poster = take
+                .lock()
+                .await
+                .recv()
+                .await
+                .expect("the pool outlives its users");
             let room = format!("room-{}", i as usize % ROOMS);
-            let r = api
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/rooms/{room}/messages"),
-                    Some(&json!({ "text": format!("paced {i}") })),
-                )
-                .await;
-            let _ = tx.send(
-                r.is_ok()
-                    .then(|| at.elapsed().as_micros().min(u32::MAX as u128) as u32),
-            );
+            let ok = matches!(poster.post(&room, &format!("paced {i}")).await, Ok(201));
+            let _ = give.send(poster).await;
+            let _ = tx.send(ok.then(|| at.elapsed().as_micros().min(u32::MAX as u128) as u32));
         });
     }
     drop(tx);
@@ -288,13 +370,13 @@ async fn paced(addr: &str, token: &str, rate: u64, seconds: u64) -> Paced {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    Paced {
+    Ok(Paced {
         offered_per_second: rate,
         posts: samples.len() as u64,
         errors,
         achieved_per_second: samples.len() as f64 / secs,
         latency: Latency::of(samples),
-    }
+    })
 }
 
 async fn history(addr: &str, token: &str, room_messages: u64) -> anyhow::Result<History> {
@@ -428,7 +510,7 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
     ));
     let many_rooms = rt.block_on(throughput(&chat_addr, &token, rooms, a.clients, a.seconds));
     out.progress(&format!("posting at {} posts/s, {} s…", a.rate, a.seconds));
-    let paced = rt.block_on(paced(&chat_addr, &token, a.rate, a.seconds));
+    let paced = rt.block_on(paced(&chat_addr, &token, a.rate, a.seconds))?;
     out.progress("history pages of 100…");
     let history = rt.block_on(history(&chat_addr, &token, a.history_messages))?;
     drop(nodes);
