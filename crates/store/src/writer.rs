@@ -341,11 +341,12 @@ impl Writer {
                     };
                     let bytes = record.encode();
                     if bytes.len() > RECORD_BYTES_MAX {
+                        // Counted before the answer: a caller reading the stats sees it.
+                        self.count(0, 0, 1);
                         (job.answer)(Answer::Failed(StoreError::Invalid(format!(
                             "transaction of {} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound",
                             bytes.len()
                         ))));
-                        self.count(0, 0, 1);
                         true
                     } else {
                         chain = chain.next(&bytes);
@@ -359,21 +360,18 @@ impl Writer {
                     }
                 }
                 Ok(Err(e)) => {
+                    self.count(0, 0, 1);
                     (job.answer)(Answer::Aborted(e));
                     changed
                 }
                 Err(_) => {
+                    self.count(0, 0, 1);
                     (job.answer)(Answer::Failed(StoreError::Invalid(
                         "the transaction panicked".into(),
                     )));
                     true
                 }
             };
-            self.count(
-                0,
-                0,
-                u64::from(undo || matches!(kept.last(), Some(k) if k.lsn != lsn + 1 && changed)),
-            );
             if undo {
                 // A transaction failed after changing rows: undo the whole SQLite transaction and
                 // run again the ones that had succeeded (same state, same time: same result).
