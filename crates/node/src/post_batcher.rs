@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-/// Batches in flight at once per chat node.
-const SENDERS: usize = 4;
+/// Batches in flight at once per chat node (bench chat: 4 gave p99 10–13 ms at 5,000 posts/s,
+/// 8 gives 7–9 ms: at moderate load a post waits less for a free sender).
+const SENDERS: usize = 8;
 /// Posts waiting at most; a post past it waits for room.
 const QUEUED_POSTS_MAX: usize = 8_192;
 
