@@ -190,13 +190,16 @@ fn as_user(d: &Deployment, who: &As, rt: &tokio::runtime::Runtime) -> anyhow::Re
     Ok(UserApi::new(&chat_server(d, rt)?, token))
 }
 
-fn call(
+/// Sends one request of the users' API as `who`, to an active chat server.
+fn request(
+    d: &Deployment,
+    who: &As,
     rt: &tokio::runtime::Runtime,
-    api: &UserApi,
     method: Method,
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    let api = as_user(d, who, rt)?;
     Ok(rt.block_on(api.request(method, path, body.as_ref()))?)
 }
 
@@ -290,10 +293,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             description,
             who,
         }) => {
-            let api = as_user(d, &who, &rt)?;
-            let c = call(
+            let c = request(
+                d,
+                &who,
                 &rt,
-                &api,
                 Method::POST,
                 "/api/v1/categories",
                 Some(json!({ "name": name, "description": description })),
@@ -301,8 +304,7 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             out.emit(&c, || format!("category {name} added\n"))
         }
         ChatCommand::Category(CategoryCommand::List { who }) => {
-            let api = as_user(d, &who, &rt)?;
-            let c = call(&rt, &api, Method::GET, "/api/v1/categories", None)?;
+            let c = request(d, &who, &rt, Method::GET, "/api/v1/categories", None)?;
             out.emit(&c, || {
                 c.as_array()
                     .map(|a| {
@@ -326,10 +328,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             description,
             who,
         }) => {
-            let api = as_user(d, &who, &rt)?;
-            let r = call(
+            let r = request(
+                d,
+                &who,
                 &rt,
-                &api,
                 Method::POST,
                 "/api/v1/rooms",
                 Some(
@@ -346,10 +348,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             manager,
             who,
         }) => {
-            let api = as_user(d, &who, &rt)?;
-            let r = call(
+            let r = request(
+                d,
+                &who,
                 &rt,
-                &api,
                 Method::POST,
                 &format!("/api/v1/rooms/{}/members", enc(&room)),
                 Some(json!({ "user": user, "manager": manager })),
@@ -362,8 +364,7 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             })
         }
         ChatCommand::Room(RoomCommand::List { who }) => {
-            let api = as_user(d, &who, &rt)?;
-            let r = call(&rt, &api, Method::GET, "/api/v1/rooms", None)?;
+            let r = request(d, &who, &rt, Method::GET, "/api/v1/rooms", None)?;
             out.emit(&r, || {
                 r.as_array()
                     .map(|a| {
@@ -392,10 +393,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             reply_to,
             who,
         } => {
-            let api = as_user(d, &who, &rt)?;
-            let e = call(
+            let e = request(
+                d,
+                &who,
                 &rt,
-                &api,
                 Method::POST,
                 &format!("/api/v1/rooms/{}/messages", enc(&room)),
                 Some(json!({ "text": text, "reply_to": reply_to })),
@@ -411,7 +412,6 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             after,
             who,
         } => {
-            let api = as_user(d, &who, &rt)?;
             let mut q = format!("limit={limit}");
             if let Some(b) = before {
                 q.push_str(&format!("&before={b}"));
@@ -419,9 +419,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             if let Some(a) = after {
                 q.push_str(&format!("&after={a}"));
             }
-            let page = call(
+            let page = request(
+                d,
+                &who,
                 &rt,
-                &api,
                 Method::GET,
                 &format!("/api/v1/rooms/{}/messages?{q}", enc(&room)),
                 None,
@@ -438,12 +439,18 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             })
         }
         ChatCommand::Search { query, limit, who } => {
-            let api = as_user(d, &who, &rt)?;
             let mut q = format!("q={}", enc(&query));
             if let Some(l) = limit {
                 q.push_str(&format!("&limit={l}"));
             }
-            let r = call(&rt, &api, Method::GET, &format!("/api/v1/search?{q}"), None)?;
+            let r = request(
+                d,
+                &who,
+                &rt,
+                Method::GET,
+                &format!("/api/v1/search?{q}"),
+                None,
+            )?;
             out.emit(&r, || {
                 r.as_array()
                     .map(|a| {

@@ -120,10 +120,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                     databases.push(CopyLine {
                         database: p.database.clone(),
                         node: n.name.clone(),
-                        placement: serde_json::to_value(p.role)?
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string(),
+                        placement: p.role.as_str().to_string(),
                         state: "node down".into(),
                         role: None,
                         epoch: None,

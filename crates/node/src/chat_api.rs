@@ -5,7 +5,7 @@
 
 use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_database_node};
 use crate::error::ApiError;
-use crate::server::Shared;
+use crate::server::{NodeState, Shared};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -100,14 +100,7 @@ async fn user(
     {
         return Ok(user.clone());
     }
-    let mut h = HeaderMap::new();
-    h.insert(
-        axum::http::header::AUTHORIZATION,
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ApiError::unauthorized("malformed token"))?,
-    );
-    let (user, _) = crate::frontend::authenticate(node, &h).await?;
+    let (user, _) = crate::frontend::authenticate_token(node, token).await?;
     let mut cache = chat.tokens.lock().expect("token cache");
     if cache.len() >= TOKEN_CACHE_ENTRIES_MAX {
         cache.clear();
@@ -146,7 +139,8 @@ fn active(node: &Shared) -> Result<(), ApiError> {
     }
 }
 
-async fn mgc(node: &Shared, procedure: &str, args: Value) -> Result<Value, ApiError> {
+/// Runs a chat procedure on the chat database the chat pool uses now, here or remotely.
+pub(crate) async fn mgc(node: &NodeState, procedure: &str, args: Value) -> Result<Value, ApiError> {
     let target = chat_database_node(node)?;
     if target.name == node.name {
         return node
@@ -473,7 +467,7 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
-    if let Err(e) = catch_up(&node, &rooms, &mut last, &mut socket, &user).await {
+    if let Err(e) = catch_up(&node, &rooms, &mut last, &mut socket).await {
         let _ = socket
             .send(Message::Text(
                 json!({ "type": "error", "message": e }).to_string().into(),
@@ -512,7 +506,7 @@ async fn session(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if catch_up(&node, &rooms, &mut last, &mut socket, &user).await.is_err() {
+                    if catch_up(&node, &rooms, &mut last, &mut socket).await.is_err() {
                         return;
                     }
                 }
@@ -531,7 +525,6 @@ async fn catch_up(
     rooms: &HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
-    _user: &str,
 ) -> Result<(), String> {
     loop {
         let target = chat_database_node(node).map_err(|e| e.message)?;

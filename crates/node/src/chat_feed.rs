@@ -140,18 +140,19 @@ pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<Event>) {
         match answer {
             Ok(v) => {
                 failures = 0;
-                let parsed: Result<FeedAnswer, _> = serde_json::from_value(v.clone());
-                match (after, parsed) {
-                    (None, _) => {
-                        after = Some(v["last_id"].as_i64().unwrap_or(0));
-                    }
-                    (Some(_), Ok(f)) => {
+                if after.is_none() {
+                    // The first answer says where the feed stands.
+                    after = Some(v["last_id"].as_i64().unwrap_or(0));
+                    continue;
+                }
+                match serde_json::from_value::<FeedAnswer>(v) {
+                    Ok(f) => {
                         for e in f.events {
                             after = Some(e.id);
                             let _ = tx.send(e);
                         }
                     }
-                    (Some(_), Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(error = %e, "unreadable feed answer");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

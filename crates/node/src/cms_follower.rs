@@ -123,12 +123,7 @@ impl CmsFollower {
             lsn: s.lsn,
             epoch: s.epoch,
             last_heard_ms: st.last_heard.map(|t| t.elapsed().as_millis() as u64),
-            chat_state: s.chat.as_ref().map(|c| {
-                serde_json::to_value(c.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            }),
+            chat_state: s.chat.as_ref().map(|c| c.state.as_str().to_string()),
             chat_active: s
                 .chat
                 .as_ref()

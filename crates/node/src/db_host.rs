@@ -41,13 +41,6 @@ pub(crate) struct DbHost {
     pub(crate) copies: BTreeMap<String, Hosted>,
 }
 
-fn placement_name(p: PlacementRole) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{p:?}"))
-}
-
 impl DbHost {
     /// Opens (creating on first start) every primary copy the topology places on `node`; copies
     /// placed as mirror, backup or standby are seeded by replication, not created empty here.
@@ -124,7 +117,7 @@ impl DbHost {
                 let id = h.db.as_ref().map(|d| d.identity());
                 DatabaseStatus {
                     database: name.clone(),
-                    placement: placement_name(h.placement),
+                    placement: h.placement.as_str().to_string(),
                     open: h.db.is_some(),
                     role: id.as_ref().map(|i| i.role.to_string()),
                     epoch: id.as_ref().map(|i| i.epoch),

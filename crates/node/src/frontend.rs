@@ -86,6 +86,17 @@ pub(crate) async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(bad)?;
     let token = value.strip_prefix("Bearer ").ok_or_else(bad)?;
+    authenticate_token(node, token).await
+}
+
+/// The user and home pool of a bearer token, checked against the user's home pool.
+pub(crate) async fn authenticate_token(
+    node: &Shared,
+    token: &str,
+) -> Result<(String, String), ApiError> {
+    let bad = || {
+        ApiError::unauthorized("a valid bearer token is needed: sign in with POST /api/v1/login")
+    };
     let (user, secret) = split_token(token).ok_or_else(bad)?;
     let pool = home(node, user).await.map_err(|_| bad())?;
     let r = node

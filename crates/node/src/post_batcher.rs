@@ -3,7 +3,6 @@
 //! call, which the db node commits as one group. While a batch is in flight the next one grows,
 //! so batches follow the load the way group commit does.
 
-use crate::chat_feed::chat_database_node;
 use crate::chat_procedures::{POST_BATCH_MAX, Post};
 use crate::error::ApiError;
 use crate::server::NodeState;
@@ -93,24 +92,8 @@ async fn sender(node: Weak<NodeState>, rx: Arc<Mutex<mpsc::Receiver<(Post, Reply
     }
 }
 
-async fn send(node: &Arc<NodeState>, posts: &[Post]) -> Result<Vec<Value>, ApiError> {
-    let target = chat_database_node(node)?;
-    let args = json!({ "posts": posts });
-    let result = if target.name == node.name {
-        node.call_db(tandem_topology::DATABASE_MGC, "chat.post_batch", args)
-            .await?
-    } else {
-        node.client
-            .call::<Value, _>(
-                &target.address,
-                tandem_topology::DATABASE_MGC,
-                "chat.post_batch",
-                &args,
-            )
-            .await?
-            .result
-    };
-    match result {
+async fn send(node: &NodeState, posts: &[Post]) -> Result<Vec<Value>, ApiError> {
+    match crate::chat_api::mgc(node, "chat.post_batch", json!({ "posts": posts })).await? {
         Value::Array(items) => Ok(items),
         other => Err(ApiError::unavailable(format!(
             "the chat database answered {other} to a batch of posts"

@@ -38,14 +38,6 @@ impl DatabaseId {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
-
-    pub fn from_hex(s: &str) -> Result<DatabaseId> {
-        let b =
-            hex::decode(s).map_err(|e| StoreError::Invalid(format!("database id {s:?}: {e}")))?;
-        Ok(DatabaseId(b.try_into().map_err(|_| {
-            StoreError::Invalid(format!("database id {s:?} is not 16 bytes"))
-        })?))
-    }
 }
 
 impl std::fmt::Debug for DatabaseId {
@@ -915,11 +907,6 @@ impl Database {
                 report.join("; ")
             )))
         }
-    }
-
-    /// Waits until every job queued before this call is answered and durable.
-    pub fn flush(&self) -> Result<()> {
-        self.control(|w| w.wait_durable())
     }
 }
 

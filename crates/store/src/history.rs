@@ -35,15 +35,6 @@ impl History {
         }
         self.0.push(HistoryEntry { epoch, first_lsn });
     }
-
-    /// The epoch under which `lsn` was written, if the history covers it.
-    pub fn epoch_of(&self, lsn: Lsn) -> Option<Epoch> {
-        self.0
-            .iter()
-            .rev()
-            .find(|e| e.first_lsn <= lsn)
-            .map(|e| e.epoch)
-    }
 }
 
 /// Where a copy stands: enough to compare it with another copy of the same database.

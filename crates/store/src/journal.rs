@@ -20,18 +20,6 @@ pub struct RecordBatch {
     pub records: Vec<Vec<u8>>,
 }
 
-impl RecordBatch {
-    pub fn first_lsn(&self) -> Option<Lsn> {
-        self.records
-            .first()
-            .map(|r| peek_header(r).map(|h| h.lsn).unwrap_or(0))
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.records.iter().map(|r| r.len()).sum()
-    }
-}
-
 /// Size and reach of a journal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JournalStats {

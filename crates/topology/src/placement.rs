@@ -37,6 +37,19 @@ pub enum PlacementRole {
     Standby,
 }
 
+impl PlacementRole {
+    /// The name used in status reports and JSON (`backup-mirror`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementRole::Primary => "primary",
+            PlacementRole::Mirror => "mirror",
+            PlacementRole::Backup => "backup",
+            PlacementRole::BackupMirror => "backup-mirror",
+            PlacementRole::Standby => "standby",
+        }
+    }
+}
+
 impl Topology {
     /// Every copy the topology places on node `node`: chat's `mgc` and `mgccomp` on its primary
     /// and mirror, `mgc` alone on its backup and backup mirror (`mgccomp` is mirrored, not
@@ -165,5 +178,17 @@ mod tests {
             .trim_start_matches("role = ")
             .trim_matches('"')
             .to_string()
+    }
+}
+
+#[cfg(test)]
+mod as_str_tests {
+    use super::PlacementRole::*;
+
+    #[test]
+    fn names_are_the_serialized_ones() {
+        for r in [Primary, Mirror, Backup, BackupMirror, Standby] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 }
