@@ -78,9 +78,7 @@ pub(crate) async fn authenticate(
     node: &Shared,
     headers: &HeaderMap,
 ) -> Result<(String, String), ApiError> {
-    let bad = || {
-        ApiError::unauthorized("a valid bearer token is needed: sign in with POST /api/v1/login")
-    };
+    let bad = bad_token;
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -89,14 +87,16 @@ pub(crate) async fn authenticate(
     authenticate_token(node, token).await
 }
 
+fn bad_token() -> ApiError {
+    ApiError::unauthorized("a valid bearer token is needed: sign in with POST /api/v1/login")
+}
+
 /// The user and home pool of a bearer token, checked against the user's home pool.
 pub(crate) async fn authenticate_token(
     node: &Shared,
     token: &str,
 ) -> Result<(String, String), ApiError> {
-    let bad = || {
-        ApiError::unauthorized("a valid bearer token is needed: sign in with POST /api/v1/login")
-    };
+    let bad = bad_token;
     let (user, secret) = split_token(token).ok_or_else(bad)?;
     let pool = home(node, user).await.map_err(|_| bad())?;
     let r = node
