@@ -1,42 +1,212 @@
 //! The acknowledgment stage. The writer commits a batch to SQLite (its WAL frames written, not
 //! yet fsynced: `synchronous=NORMAL`) and goes on with the next batch; this stage fsyncs the WAL
-//! and only then answers the batch's callers and publishes the durable LSN. One fsync covers
-//! every batch committed before it began, so a slow disk makes groups larger, not the writer
-//! idle. (Synchronous mirroring waits here too, for the mirror's hardened LSN.)
+//! and only then answers the batch's callers and publishes the acknowledged LSN. One fsync
+//! covers every batch committed before it began, so a slow disk makes groups larger, not the
+//! writer idle.
+//!
+//! The [`Gate`] is where mirroring plugs in (DESIGN.md §2, mirroring and the witness): with a
+//! synchronous mirror, callers are answered only once the mirror has hardened their LSN too;
+//! with a lease, only while the lease runs; once fenced, never (their transactions were not
+//! acknowledged, and the copy will be reseeded or rejoin behind the new primary).
 
 use crate::database::Published;
 use crate::error::{Result, StoreError};
 use crate::record::Lsn;
 use crate::writer::Completion;
+use serde::Serialize;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Batches committed but not yet answered, at most.
 const PENDING_BATCHES_MAX: usize = 1024;
+/// While answers are held by the lease, how often the stage looks at the clock.
+const LEASE_POLL_MS: u64 = 20;
 
 /// A committed batch waiting to be durable: its last LSN and its callers.
 pub(crate) struct Pending {
     pub(crate) lsn: Lsn,
     pub(crate) replies: Vec<(Completion, Lsn)>,
+    /// Answered once durable here, whatever the gate says: the writer's own control jobs
+    /// (consumer cursors, roles), which hold no caller's data.
+    pub(crate) local_only: bool,
+}
+
+enum Msg {
+    Pending(Pending),
+    /// The gate changed: look at the held answers again.
+    Wake,
+}
+
+/// What holds acknowledgments back beyond the local fsync.
+#[derive(Debug, Default)]
+struct GateState {
+    /// Answers wait for the mirror's hardened LSN.
+    sync: bool,
+    /// The highest LSN the mirror has durably applied.
+    hardened: Lsn,
+    /// When a lease is required: until when it runs.
+    lease: Option<Instant>,
+    lease_required: bool,
+    /// Set when the copy learned of a newer epoch: nothing more is answered or accepted.
+    fenced: Option<String>,
+}
+
+/// Where a copy's acknowledgments stand, for status and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GateStatus {
+    pub sync: bool,
+    pub hardened_lsn: Lsn,
+    pub lease_required: bool,
+    /// Milliseconds the lease still runs (0 when expired or not required).
+    pub lease_left_ms: u64,
+    pub fenced: Option<String>,
+    /// Durable commits whose callers are still waiting.
+    pub held: usize,
+}
+
+/// The acknowledgment gate of a copy (see the module documentation).
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    wake: Mutex<Option<SyncSender<Msg>>>,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn update(&self, f: impl FnOnce(&mut GateState)) {
+        f(&mut self.state.lock().expect("gate lock"));
+        if let Some(w) = self.wake.lock().expect("wake lock").as_ref() {
+            let _ = w.try_send(Msg::Wake);
+        }
+    }
+
+    /// Answers wait for the mirror (`true`) or only for the local disk.
+    pub fn set_sync(&self, sync: bool, hardened: Lsn) {
+        self.update(|s| {
+            s.sync = sync;
+            s.hardened = s.hardened.max(hardened);
+        });
+    }
+
+    /// The mirror has durably applied every record up to `lsn`.
+    pub fn hardened(&self, lsn: Lsn) {
+        let changed = {
+            let s = self.state.lock().expect("gate lock");
+            lsn > s.hardened
+        };
+        if changed {
+            self.update(|s| s.hardened = s.hardened.max(lsn));
+        }
+    }
+
+    /// With `true`, writes are accepted and answered only while a lease runs.
+    pub fn require_lease(&self, required: bool) {
+        self.update(|s| {
+            s.lease_required = required;
+            if !required {
+                s.lease = None;
+            }
+        });
+    }
+
+    /// The lease runs until `until` (never shortened).
+    pub fn renew_lease(&self, until: Instant) {
+        let mut s = self.state.lock().expect("gate lock");
+        let was_running = s.lease.is_some_and(|l| l > Instant::now());
+        if s.lease.is_none_or(|l| l < until) {
+            s.lease = Some(until);
+        }
+        drop(s);
+        if !was_running {
+            self.update(|_| {});
+        }
+    }
+
+    /// The copy learned of a newer epoch: every held answer fails, no write is accepted.
+    pub fn fence(&self, reason: &str) {
+        self.update(|s| {
+            s.fenced = Some(reason.to_string());
+            s.sync = false;
+        });
+    }
+
+    /// A copy made primary again (recover) starts unfenced, without a mirror or a lease.
+    pub fn reset(&self) {
+        self.update(|s| *s = GateState::default());
+    }
+
+    /// Why the copy accepts no write now, if it does not.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        let s = self.state.lock().expect("gate lock");
+        if let Some(f) = &s.fenced {
+            return Some(f.clone());
+        }
+        if s.lease_required && s.lease.is_none_or(|l| l <= Instant::now()) {
+            return Some(
+                "this primary has heard from neither its mirror nor its witness within its \
+                 lease: it accepts no write until one answers (no split brain)"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    pub fn status(&self) -> GateStatus {
+        let s = self.state.lock().expect("gate lock");
+        let now = Instant::now();
+        GateStatus {
+            sync: s.sync,
+            hardened_lsn: s.hardened,
+            lease_required: s.lease_required,
+            lease_left_ms: s
+                .lease
+                .filter(|_| s.lease_required)
+                .map(|l| l.saturating_duration_since(now).as_millis() as u64)
+                .unwrap_or(0),
+            fenced: s.fenced.clone(),
+            held: self.held.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Up to which LSN answers may go, given the local durable LSN; `Err` when they must fail.
+    fn limit(&self, local: Lsn) -> std::result::Result<Option<Lsn>, String> {
+        let s = self.state.lock().expect("gate lock");
+        if let Some(f) = &s.fenced {
+            return Err(f.clone());
+        }
+        if s.lease_required && s.lease.is_none_or(|l| l <= Instant::now()) {
+            return Ok(None);
+        }
+        Ok(Some(if s.sync { local.min(s.hardened) } else { local }))
+    }
 }
 
 pub(crate) struct AckStage {
-    queue: Option<SyncSender<Pending>>,
+    queue: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Mutex<Option<String>>>,
+    gate: Arc<Gate>,
 }
 
 impl AckStage {
-    pub(crate) fn start(wal: PathBuf, published: Arc<Published>) -> Result<AckStage> {
+    pub(crate) fn start(
+        wal: PathBuf,
+        published: Arc<Published>,
+        gate: Arc<Gate>,
+    ) -> Result<AckStage> {
         let (queue, rx) = sync_channel(PENDING_BATCHES_MAX);
+        *gate.wake.lock().expect("wake lock") = Some(queue.clone());
         let failure = Arc::new(Mutex::new(None));
         let f = failure.clone();
+        let g = gate.clone();
         let thread = std::thread::Builder::new()
             .name("ack".into())
-            .spawn(move || run(wal, published, rx, f))
+            .spawn(move || run(wal, published, rx, f, g))
             .map_err(|e| {
                 StoreError::Closed(format!("cannot start the acknowledgment thread: {e}"))
             })?;
@@ -44,14 +214,17 @@ impl AckStage {
             queue: Some(queue),
             thread: Some(thread),
             failure,
+            gate,
         })
     }
 
     /// Hands a committed batch over; its callers are answered once it is durable.
     pub(crate) fn submit(&self, pending: Pending) {
         let queue = self.queue.as_ref().expect("open while the writer runs");
-        if let Err(e) = queue.send(pending) {
-            for (reply, _) in e.0.replies {
+        if let Err(e) = queue.send(Msg::Pending(pending))
+            && let Msg::Pending(p) = e.0
+        {
+            for (reply, _) in p.replies {
                 reply(Err(StoreError::Closed(
                     "the acknowledgment thread stopped".into(),
                 )));
@@ -59,7 +232,7 @@ impl AckStage {
         }
     }
 
-    /// Blocks until everything committed up to `lsn` is durable.
+    /// Blocks until everything committed up to `lsn` is durable on this copy.
     pub(crate) fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
         let reply: Completion = Box::new(move |r| {
@@ -68,10 +241,15 @@ impl AckStage {
         self.submit(Pending {
             lsn,
             replies: vec![(reply, lsn)],
+            local_only: true,
         });
         rx.recv()
             .map_err(|_| StoreError::Closed("the acknowledgment thread stopped".into()))?
             .map(|_| ())
+    }
+
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Set once an fsync failed: from then on the database accepts no write.
@@ -82,6 +260,8 @@ impl AckStage {
 
 impl Drop for AckStage {
     fn drop(&mut self) {
+        // The gate's handle on the queue goes first, or the thread would wait forever.
+        self.gate.wake.lock().expect("wake lock").take();
         drop(self.queue.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -104,45 +284,93 @@ fn sync(wal: &mut Option<File>, path: &PathBuf) -> std::io::Result<()> {
 fn run(
     path: PathBuf,
     published: Arc<Published>,
-    rx: Receiver<Pending>,
+    rx: Receiver<Msg>,
     failure: Arc<Mutex<Option<String>>>,
+    gate: Arc<Gate>,
 ) {
     let mut wal: Option<File> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(p) = rx.try_recv() {
+    let mut local: Lsn = 0;
+    // Durable here, waiting for the gate: in LSN order.
+    let mut held: VecDeque<(Completion, Lsn)> = VecDeque::new();
+    loop {
+        let first = if held.is_empty() {
+            match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(Duration::from_millis(LEASE_POLL_MS)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => Msg::Wake,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        let mut batch = Vec::new();
+        if let Msg::Pending(p) = first {
             batch.push(p);
         }
-        let failed = failure.lock().expect("failure lock").clone();
-        let result = match failed {
-            Some(f) => Err(f),
-            None => sync(&mut wal, &path).map_err(|e| {
-                let msg = format!(
-                    "fsync of {} failed ({e}); the database accepts no more writes: restart \
-                     the node after checking the disk",
-                    path.display()
-                );
-                *failure.lock().expect("failure lock") = Some(msg.clone());
-                msg
-            }),
-        };
-        match result {
-            Ok(()) => {
-                let lsn = batch.iter().map(|p| p.lsn).max().expect("at least one");
-                published.set_durable(lsn);
-                for p in batch {
-                    for (reply, lsn) in p.replies {
-                        reply(Ok(lsn));
+        while let Ok(m) = rx.try_recv() {
+            if let Msg::Pending(p) = m {
+                batch.push(p);
+            }
+        }
+        if !batch.is_empty() {
+            let failed = failure.lock().expect("failure lock").clone();
+            let result = match failed {
+                Some(f) => Err(f),
+                None => sync(&mut wal, &path).map_err(|e| {
+                    let msg = format!(
+                        "fsync of {} failed ({e}); the database accepts no more writes: restart \
+                         the node after checking the disk",
+                        path.display()
+                    );
+                    *failure.lock().expect("failure lock") = Some(msg.clone());
+                    msg
+                }),
+            };
+            match result {
+                Ok(()) => {
+                    local = local.max(batch.iter().map(|p| p.lsn).max().expect("one"));
+                    for p in batch {
+                        if p.local_only {
+                            for (reply, lsn) in p.replies {
+                                reply(Ok(lsn));
+                            }
+                        } else {
+                            held.extend(p.replies);
+                        }
                     }
                 }
-            }
-            Err(msg) => {
-                for p in batch {
-                    for (reply, _) in p.replies {
-                        reply(Err(StoreError::Closed(msg.clone())));
+                Err(msg) => {
+                    for p in batch {
+                        for (reply, _) in p.replies {
+                            reply(Err(StoreError::Closed(msg.clone())));
+                        }
                     }
                 }
             }
         }
+        match gate.limit(local) {
+            Ok(Some(limit)) => {
+                published.set_durable(limit);
+                while held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
+                    let (reply, lsn) = held.pop_front().expect("checked");
+                    reply(Ok(lsn));
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                for (reply, _) in held.drain(..) {
+                    reply(Err(StoreError::Role(format!("not acknowledged: {reason}"))));
+                }
+            }
+        }
+        gate.held
+            .store(held.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+    for (reply, _) in held.drain(..) {
+        reply(Err(StoreError::Closed(
+            "the database closed before the commit was acknowledged".into(),
+        )));
     }
 }

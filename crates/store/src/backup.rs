@@ -76,6 +76,14 @@ impl BackupFile {
         }
     }
 
+    /// The last LSN the file holds.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            BackupFile::Full { header, .. } => header.lsn,
+            BackupFile::Log { header, .. } => header.last_lsn,
+        }
+    }
+
     pub fn name(&self) -> String {
         self.path()
             .file_name()
@@ -257,6 +265,19 @@ impl<'h> LogWalk<'h> {
 /// Takes a full backup into `dir` while writes go on: a snapshot consistent at one LSN.
 /// Registers the log-backup consumer at that LSN if no log chain exists yet.
 pub fn full_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
+    let file = seed_backup(db, dir)?;
+    if !db
+        .consumers()?
+        .iter()
+        .any(|c| c.name == LOG_BACKUP_CONSUMER)
+    {
+        db.register_consumer(LOG_BACKUP_CONSUMER, file.lsn())?;
+    }
+    Ok(file)
+}
+
+/// A full backup that starts no log chain: to seed a mirror or a replica.
+pub fn seed_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
     let snapshot = dir.join(format!(".snapshot-{}-{}.db", std::process::id(), now_ms()));
     let result = full_backup_via(db, dir, &snapshot);
@@ -321,13 +342,6 @@ fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupF
         &serde_json::to_vec(&header).expect("header serializes"),
         &path,
     )?;
-    if !db
-        .consumers()?
-        .iter()
-        .any(|c| c.name == LOG_BACKUP_CONSUMER)
-    {
-        db.register_consumer(LOG_BACKUP_CONSUMER, state.lsn)?;
-    }
     Ok(BackupFile::Full { path, header })
 }
 

@@ -53,7 +53,7 @@ impl std::fmt::Display for DatabaseId {
 }
 
 /// What a copy may do (DESIGN.md §2, copy roles).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads and writes.
@@ -210,8 +210,11 @@ pub(crate) struct Published {
     pub(crate) counters: WriterCounters,
     identity: Mutex<Identity>,
     journal: Mutex<(u64, Option<Lsn>)>,
-    /// The durable LSN: everything up to it survives a power loss.
+    /// The acknowledged LSN: everything up to it survives a power loss (and, with a
+    /// synchronous mirror, the loss of this copy).
     committed: watch::Sender<Lsn>,
+    /// The committed LSN: visible to readers, maybe not yet acknowledged.
+    written: watch::Sender<Lsn>,
 }
 
 impl Published {
@@ -228,6 +231,11 @@ impl Published {
             }
         }
         *self.journal.lock().expect("journal lock") = (s.journal_bytes, s.journal_oldest);
+        self.written.send_if_modified(|w| {
+            let changed = *w != s.lsn;
+            *w = s.lsn;
+            changed
+        });
     }
 
     pub(crate) fn set_durable(&self, lsn: Lsn) {
@@ -252,6 +260,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     thread: Option<JoinHandle<()>>,
     options: Options,
+    gate: Arc<crate::ack::Gate>,
 }
 
 impl Drop for Inner {
@@ -551,6 +560,7 @@ impl Database {
     fn start(dir: &Path, conn: Connection, lock: File, options: Options) -> Result<Database> {
         let state = read_state(&conn)?;
         let (committed, _) = watch::channel(state.lsn);
+        let (written, _) = watch::channel(state.lsn);
         let published = Arc::new(Published {
             counters: WriterCounters::default(),
             identity: Mutex::new(Identity {
@@ -565,9 +575,14 @@ impl Database {
             }),
             journal: Mutex::new((state.journal_bytes, state.journal_oldest)),
             committed,
+            written,
         });
-        let ack =
-            crate::ack::AckStage::start(dir.join(format!("{DB_FILE}-wal")), published.clone())?;
+        let gate = Arc::new(crate::ack::Gate::default());
+        let ack = crate::ack::AckStage::start(
+            dir.join(format!("{DB_FILE}-wal")),
+            published.clone(),
+            gate.clone(),
+        )?;
         // What the file holds now may sit in the page cache after a crash: make it durable.
         ack.wait_durable(state.lsn)?;
         // Checkpoints run on their own connection, off the writer's path.
@@ -595,6 +610,7 @@ impl Database {
                 readers: Mutex::new(Vec::new()),
                 thread: Some(thread),
                 options,
+                gate,
             }),
         })
     }
@@ -623,14 +639,27 @@ impl Database {
         }
     }
 
-    /// The durable LSN: every record up to it is on disk (callers are answered only then).
+    /// The acknowledged LSN: every record up to it is on disk, and with a synchronous mirror
+    /// on the mirror too (callers are answered only then). What leaves the copy — live events,
+    /// log backups — stops there.
     pub fn durable_lsn(&self) -> Lsn {
         *self.inner.published.committed.borrow()
     }
 
-    /// The durable LSN, updated as commits become durable.
+    /// The acknowledged LSN, updated as commits are acknowledged.
     pub fn subscribe(&self) -> watch::Receiver<Lsn> {
         self.inner.published.committed.subscribe()
+    }
+
+    /// The committed LSN (readable, maybe not yet acknowledged), updated at each commit: what
+    /// a mirror may be sent.
+    pub fn subscribe_committed(&self) -> watch::Receiver<Lsn> {
+        self.inner.published.written.subscribe()
+    }
+
+    /// The acknowledgment gate: synchronous mirroring, the lease, fencing.
+    pub fn gate(&self) -> &crate::ack::Gate {
+        &self.inner.gate
     }
 
     fn send(&self, job: Job) -> Result<()> {

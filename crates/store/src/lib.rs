@@ -14,13 +14,15 @@ mod error;
 mod history;
 mod journal;
 mod record;
+pub mod replication;
 mod restore;
 mod schema;
 mod writer;
 
+pub use ack::{Gate, GateStatus};
 pub use backup::{
     BackupFile, FullHeader, LOG_BACKUP_CONSUMER, LogHeader, full_backup, log_backup, log_file_name,
-    read_header, verify_file,
+    read_header, seed_backup, verify_file,
 };
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use database::{

@@ -297,6 +297,9 @@ impl Writer {
                 )),
             );
         }
+        if let Some(reason) = self.ack.gate().refusal() {
+            return refuse_all(batch, &StoreError::Role(reason));
+        }
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
             return refuse_all(
                 batch,
@@ -455,7 +458,11 @@ impl Writer {
                 (reply, lsn)
             })
             .collect();
-        self.ack.submit(crate::ack::Pending { lsn, replies });
+        self.ack.submit(crate::ack::Pending {
+            lsn,
+            replies,
+            local_only: false,
+        });
     }
 
     fn fail_batch(&mut self, kept: Vec<Kept>, e: StoreError, schema_changed: bool) {
@@ -743,6 +750,7 @@ impl Writer {
             w.state.role = Role::Primary;
             w.persist_identity()
         })?;
+        self.ack.gate().reset();
         Ok(self.published.identity())
     }
 

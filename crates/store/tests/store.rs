@@ -819,3 +819,55 @@ fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_cop
         "derived rows are not journaled"
     );
 }
+
+#[test]
+fn the_gate_holds_answers_for_the_mirror_refuses_without_a_lease_and_fails_once_fenced() {
+    use std::time::{Duration, Instant};
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(create(&t.path().join("db")));
+    let lsn = db.identity().lsn;
+    db.gate().set_sync(true, lsn);
+    let waiting = {
+        let db = db.clone();
+        std::thread::spawn(move || post(&db, 1, "held"))
+    };
+    // Committed and durable here, but not acknowledged: the mirror has not hardened it.
+    while db.identity().lsn == lsn {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiting.is_finished(), "answered before the mirror had it");
+    assert_eq!(
+        db.durable_lsn(),
+        lsn,
+        "nothing past the mirror leaves the copy"
+    );
+    assert_eq!(db.gate().status().held, 1);
+    db.gate().hardened(lsn + 1);
+    assert!(waiting.join().unwrap().is_ok());
+    assert_eq!(db.durable_lsn(), lsn + 1);
+
+    // A lease is required and has run out: writes are refused, nothing is written.
+    db.gate().set_sync(false, 0);
+    db.gate().require_lease(true);
+    let err = post(&db, 1, "no lease").unwrap_err();
+    assert!(err.to_string().contains("lease"), "{err}");
+    assert_eq!(db.identity().lsn, lsn + 1);
+    db.gate()
+        .renew_lease(Instant::now() + Duration::from_secs(60));
+    post(&db, 1, "leased").unwrap();
+
+    // Held answers fail once the copy is fenced, and every later write is refused.
+    db.gate().set_sync(true, lsn + 2);
+    let waiting = {
+        let db = db.clone();
+        std::thread::spawn(move || post(&db, 1, "never acknowledged"))
+    };
+    while db.gate().status().held == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    db.gate().fence("epoch 2 has another primary");
+    let err = waiting.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("not acknowledged"), "{err}");
+    assert!(post(&db, 1, "after").is_err());
+}
