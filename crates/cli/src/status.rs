@@ -34,6 +34,8 @@ struct CopyLine {
     role: Option<String>,
     epoch: Option<u64>,
     lsn: Option<u64>,
+    /// The copy's mirroring: partner, state (synchronized, unprotected, …), lag, witness.
+    mirroring: Option<tandem_node::mirroring::LinkStatus>,
     warnings: Vec<String>,
 }
 
@@ -100,6 +102,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         role: db.role.clone(),
                         epoch: db.epoch,
                         lsn: db.lsn,
+                        mirroring: db.mirroring.clone(),
                         warnings: db.warnings.clone(),
                     });
                 }
@@ -125,6 +128,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         role: None,
                         epoch: None,
                         lsn: None,
+                        mirroring: None,
                         warnings: vec![],
                     });
                 }
@@ -186,17 +190,32 @@ fn human(r: &Report) -> String {
                 .unwrap_or_default()
         ));
     }
-    s.push_str("\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH  LSN\n");
+    s.push_str(
+        "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH  LSN       MIRRORING\n",
+    );
     for c in &r.databases {
+        let mirroring = c
+            .mirroring
+            .as_ref()
+            .map(|m| {
+                let lag = if m.lag_records > 0 {
+                    format!(", {} behind", m.lag_records)
+                } else {
+                    String::new()
+                };
+                format!("{} with {} ({}{lag})", m.state, m.partner, m.mode)
+            })
+            .unwrap_or_default();
         s.push_str(&format!(
-            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<6} {}\n",
+            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<6} {:<9} {}\n",
             c.database,
             c.node,
             c.placement,
             c.state,
             c.role.as_deref().unwrap_or("-"),
             c.epoch.map(|e| e.to_string()).unwrap_or("-".into()),
-            c.lsn.map(|e| e.to_string()).unwrap_or("-".into())
+            c.lsn.map(|e| e.to_string()).unwrap_or("-".into()),
+            mirroring
         ));
         for w in &c.warnings {
             s.push_str(&format!("    warning: {w}\n"));

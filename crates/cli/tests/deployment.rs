@@ -363,7 +363,8 @@ fn a_broken_topology_is_refused_with_its_line_and_rule() {
 #[test]
 fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_site() {
     let d = Deployment::init();
-    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    // The CMS primary and its witness: without mirror or witness a primary writes nothing.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1,atl-fe"]);
     let fails = |args: &[&str]| {
         let out = tandem(&d.dir, args);
         assert!(!out.status.success(), "{args:?} should be refused");

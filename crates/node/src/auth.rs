@@ -30,7 +30,26 @@ pub(crate) async fn require_secret(
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok());
     match given {
-        Some(s) if same(s, &node.topology.secret) => next.run(req).await,
+        Some(s) if same(s, &node.topology.secret) => {
+            let from_node = req
+                .headers()
+                .get(crate::client::NODE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|n| n != node.name);
+            if from_node && node.client.isolated() {
+                // Fault injection: this node is cut off from the other nodes.
+                return ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "partitioned",
+                    format!(
+                        "{} is cut off from the other nodes (fault injection)",
+                        node.name
+                    ),
+                )
+                .into_response();
+            }
+            next.run(req).await
+        }
         other => {
             let why = if other.is_some() {
                 "a wrong cluster secret"

@@ -3,7 +3,7 @@
 //! chat database the chat pool state names (domain operations, never SQL) and streams the
 //! events that database's feed broadcasts.
 
-use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_database_node};
+use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_uses_backup, read_feed};
 use crate::error::ApiError;
 use crate::server::{NodeState, Shared};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -141,22 +141,13 @@ fn active(node: &Shared) -> Result<(), ApiError> {
 
 /// Runs a chat procedure on the chat database the chat pool uses now, here or remotely.
 pub(crate) async fn mgc(node: &NodeState, procedure: &str, args: Value) -> Result<Value, ApiError> {
-    let target = chat_database_node(node)?;
-    if target.name == node.name {
-        return node
-            .call_db(tandem_topology::DATABASE_MGC, procedure, args)
-            .await;
-    }
-    Ok(node
-        .client
-        .call::<Value, _>(
-            &target.address,
-            tandem_topology::DATABASE_MGC,
-            procedure,
-            &args,
-        )
-        .await?
-        .result)
+    node.call_on(
+        tandem_topology::DATABASE_MGC,
+        chat_uses_backup(node),
+        procedure,
+        args,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -445,11 +436,7 @@ async fn events(
     let after = match q.after {
         Some(a) => a,
         None => {
-            let target = chat_database_node(&node)?;
-            let v = node
-                .client
-                .feed(&target.address, tandem_topology::DATABASE_MGC, -1, 0)
-                .await?;
+            let v = read_feed(&node, -1, 0).await?;
             v["last_id"].as_i64().unwrap_or(0)
         }
     };
@@ -527,12 +514,7 @@ async fn catch_up(
     socket: &mut WebSocket,
 ) -> Result<(), String> {
     loop {
-        let target = chat_database_node(node).map_err(|e| e.message)?;
-        let v = node
-            .client
-            .feed(&target.address, tandem_topology::DATABASE_MGC, *last, 0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let v = read_feed(node, *last, 0).await.map_err(|e| e.to_string())?;
         let events: Vec<Event> =
             serde_json::from_value(v["events"].clone()).map_err(|e| e.to_string())?;
         if events.is_empty() {

@@ -36,12 +36,13 @@ pub(crate) async fn serve_feed(
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let db = node.host.get(&database).cloned().ok_or_else(|| {
+    let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
             "node {} holds no open copy of {database}",
             node.name
         ))
     })?;
+    crate::server::require_primary(&node, &database, &db)?;
     if q.after < 0 {
         // Where the feed stands: the newest durable event.
         let upto = db.durable_lsn();
@@ -84,29 +85,45 @@ pub(crate) async fn serve_feed(
     }
 }
 
-/// The address of the db node whose `mgc` copy the chat pool uses now: the primary in state
-/// `normal`, the backup in `failed-over` (as the CMS says).
-pub(crate) fn chat_database_node(node: &NodeState) -> Result<tandem_topology::Node, ApiError> {
-    let chat = node
-        .topology
-        .chat
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("the topology has no chat pool"))?;
-    let failed_over = node
-        .cms
+/// Whether the chat pool uses the backup site's `mgc` now (state `failed-over`, as the CMS says).
+pub(crate) fn chat_uses_backup(node: &NodeState) -> bool {
+    node.cms
         .chat()
-        .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver);
-    let name = if failed_over {
-        chat.backup.clone().ok_or_else(|| {
-            ApiError::unavailable("the chat pool is failed over but has no backup database")
-        })?
-    } else {
-        chat.primary.clone()
+        .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver)
+}
+
+/// Reads the feed of the chat database the chat pool uses now, following its primary when it
+/// moved (reads are safe to send again).
+pub(crate) async fn read_feed(
+    node: &NodeState,
+    after: i64,
+    wait_ms: u64,
+) -> Result<Value, crate::ClientError> {
+    let db = tandem_topology::DATABASE_MGC;
+    let backup = chat_uses_backup(node);
+    let candidates = crate::locator::candidates(&node.topology, db, backup);
+    let Some(first) = node.locator.current(db, backup, &candidates) else {
+        return Err(crate::ClientError::Unreachable {
+            addr: db.into(),
+            message: "the topology places no chat database".into(),
+            sent: false,
+        });
     };
-    node.topology
-        .node(&name)
-        .cloned()
-        .ok_or_else(|| ApiError::unavailable(format!("no node {name}")))
+    match node.client.feed(&first.address, db, after, wait_ms).await {
+        Err(e) if e.retry_elsewhere() || matches!(e, crate::ClientError::Unreachable { .. }) => {
+            match node
+                .locator
+                .probe(&node.client, db, backup, &candidates)
+                .await
+            {
+                Some(n) if n.name != first.name => {
+                    node.client.feed(&n.address, db, after, wait_ms).await
+                }
+                _ => Err(e),
+            }
+        }
+        r => r,
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,23 +137,9 @@ pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<Event>) {
     let mut after: Option<i64> = None;
     let mut failures = 0u32;
     loop {
-        let target = match chat_database_node(&node) {
-            Ok(n) => n,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
         let url_after = after.unwrap_or(-1);
-        let answer = node
-            .client
-            .feed(
-                &target.address,
-                tandem_topology::DATABASE_MGC,
-                url_after,
-                if after.is_some() { FEED_WAIT_MS_MAX } else { 0 },
-            )
-            .await;
+        let wait = if after.is_some() { FEED_WAIT_MS_MAX } else { 0 };
+        let answer = read_feed(&node, url_after, wait).await;
         match answer {
             Ok(v) => {
                 failures = 0;
@@ -161,7 +164,7 @@ pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<Event>) {
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(error = %e, db = %target.name, "the chat database's feed does not answer; retrying");
+                    tracing::warn!(error = %e, "the chat database's feed does not answer; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

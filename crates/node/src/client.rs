@@ -10,20 +10,39 @@ use tandem_pool::cms::CmsSnapshot;
 
 /// The header that carries the cluster secret between nodes.
 pub const SECRET_HEADER: &str = "x-tandem-secret";
+/// The header that names the calling node (absent on the CLI's requests).
+pub const NODE_HEADER: &str = "x-tandem-node";
 /// Default deadline of one internal request.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No answer: connection refused, reset, or past the deadline.
+    /// No answer: connection refused, reset, or past the deadline. `sent` is false when the
+    /// request surely never reached the node (it did nothing).
     #[error("{addr} is unreachable: {message}")]
-    Unreachable { addr: String, message: String },
+    Unreachable {
+        addr: String,
+        message: String,
+        sent: bool,
+    },
     /// The node answered with an error.
     #[error("{}", body.message)]
     Api { status: u16, body: ErrorBody },
     /// The node answered something this client cannot read.
     #[error("{addr} answered an unreadable document: {message}")]
     Decode { addr: String, message: String },
+}
+
+/// Where a node's copy of a database stands: `GET /internal/v1/db/{db}/role`.
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
+pub struct CopyRole {
+    pub node: String,
+    pub database: String,
+    pub role: String,
+    pub epoch: u64,
+    pub lsn: u64,
+    /// Accepts writes now (a primary with its lease, not fenced).
+    pub writable: bool,
 }
 
 /// A procedure call's answer: its result and the database's LSN after it.
@@ -33,10 +52,31 @@ pub struct CallAnswer<T> {
     pub lsn: u64,
 }
 
+impl ClientError {
+    /// True when the request surely had no effect and may be sent elsewhere: it never reached
+    /// the node, or the node refused it because its copy is not (or no longer) primary.
+    pub fn retry_elsewhere(&self) -> bool {
+        match self {
+            ClientError::Unreachable { sent, .. } => !sent,
+            ClientError::Api { body, .. } => {
+                matches!(
+                    body.code.as_str(),
+                    "not_primary" | "stale_epoch" | "partitioned"
+                )
+            }
+            ClientError::Decode { .. } => false,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     secret: String,
+    /// The calling node's name, sent with every request.
+    node: Option<String>,
+    /// Fault injection: while set, this client reaches nobody (a network cut).
+    isolated: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -49,7 +89,57 @@ impl Client {
                 .build()
                 .expect("an HTTP client without TLS builds"),
             secret: secret.to_string(),
+            node: None,
+            isolated: Default::default(),
         }
+    }
+
+    /// The client a node uses: its requests name it.
+    pub(crate) fn for_node(secret: &str, node: &str) -> Client {
+        Client {
+            node: Some(node.to_string()),
+            ..Client::new(secret)
+        }
+    }
+
+    pub(crate) fn set_isolated(&self, isolated: bool) {
+        self.isolated
+            .store(isolated, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn raw(
+        &self,
+        addr: &str,
+        req: reqwest::RequestBuilder,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        if self.isolated() {
+            return Err(ClientError::Unreachable {
+                addr: addr.to_string(),
+                message: "this node is isolated from the others (fault injection)".into(),
+                sent: false,
+            });
+        }
+        let mut req = req.header(SECRET_HEADER, &self.secret);
+        if let Some(n) = &self.node {
+            req = req.header(NODE_HEADER, n);
+        }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        req.send().await.map_err(|e| ClientError::Unreachable {
+            addr: addr.to_string(),
+            message: if e.is_timeout() {
+                "no answer before the deadline".into()
+            } else {
+                root(&e)
+            },
+            sent: !e.is_connect(),
+        })
     }
 
     async fn send<T: DeserializeOwned>(
@@ -58,18 +148,7 @@ impl Client {
         req: reqwest::RequestBuilder,
         timeout: Option<Duration>,
     ) -> Result<T, ClientError> {
-        let mut req = req.header(SECRET_HEADER, &self.secret);
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            addr: addr.to_string(),
-            message: if e.is_timeout() {
-                "no answer before the deadline".into()
-            } else {
-                root(&e)
-            },
-        })?;
+        let resp = self.raw(addr, req, timeout).await?;
         let bytes = answer(addr, resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             addr: addr.to_string(),
@@ -131,6 +210,116 @@ impl Client {
         self.send(addr, req, Some(timeout)).await
     }
 
+    /// The role and position of `db`'s copy on the node at `addr`.
+    pub async fn copy_role(
+        &self,
+        addr: &str,
+        db: &str,
+        timeout: Duration,
+    ) -> Result<CopyRole, ClientError> {
+        let req = self
+            .http
+            .get(format!("http://{addr}/internal/v1/db/{db}/role"));
+        self.send(addr, req, Some(timeout)).await
+    }
+
+    /// Asks the witness at `addr`.
+    pub async fn witness(
+        &self,
+        addr: &str,
+        request: &crate::witness::WitnessRequest,
+    ) -> Result<crate::witness::WitnessAnswer, ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{addr}/internal/v1/witness"))
+            .json(request);
+        self.send(addr, req, Some(crate::witness::WITNESS_TIMEOUT))
+            .await
+    }
+
+    /// A mirror's pull: its position and hardened LSN out, records (binary) back.
+    pub async fn pull(
+        &self,
+        addr: &str,
+        db: &str,
+        request: &tandem_store::replication::PullRequest,
+        wait_ms: u64,
+    ) -> Result<tandem_store::replication::PullAnswer, ClientError> {
+        let req = self
+            .http
+            .post(format!(
+                "http://{addr}/internal/v1/mirroring/{db}/pull?wait_ms={wait_ms}"
+            ))
+            .json(request);
+        let resp = self
+            .raw(
+                addr,
+                req,
+                Some(Duration::from_millis(wait_ms + REQUEST_TIMEOUT_MS)),
+            )
+            .await?;
+        let bytes = answer(addr, resp).await?;
+        tandem_store::replication::decode_answer(&bytes).map_err(|e| ClientError::Decode {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Streams a seed backup of `db` from its primary at `addr` into `file`; its size.
+    pub async fn seed(
+        &self,
+        addr: &str,
+        db: &str,
+        file: &std::path::Path,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let req = self
+            .http
+            .get(format!("http://{addr}/internal/v1/mirroring/{db}/seed"));
+        let mut resp = self.raw(addr, req, Some(Duration::from_secs(3600))).await?;
+        if !resp.status().is_success() {
+            return Err(answer(addr, resp)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode {
+                    addr: addr.to_string(),
+                    message: "the seed request failed".into(),
+                }));
+        }
+        let io = |e: std::io::Error| ClientError::Decode {
+            addr: addr.to_string(),
+            message: format!("{}: {e}", file.display()),
+        };
+        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
+        let mut total = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::Unreachable {
+            addr: addr.to_string(),
+            message: root(&e),
+            sent: true,
+        })? {
+            out.write_all(&chunk).await.map_err(io)?;
+            total += chunk.len() as u64;
+        }
+        out.sync_all().await.map_err(io)?;
+        Ok(total)
+    }
+
+    /// Sends a JSON request to the internal API and reads the JSON answer.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let mut req = self.http.request(method, format!("http://{addr}{path}"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(addr, req, Some(timeout)).await
+    }
+
     /// True when the node answers its health check.
     pub async fn healthy(&self, addr: &str, timeout: Duration) -> bool {
         let req = self.http.get(format!("http://{addr}/health"));
@@ -147,6 +336,7 @@ async fn answer(addr: &str, resp: reqwest::Response) -> Result<axum::body::Bytes
     let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
         addr: addr.to_string(),
         message: root(&e),
+        sent: true,
     })?;
     if status.is_success() {
         return Ok(bytes);
@@ -213,6 +403,7 @@ impl UserApi {
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             addr: self.addr.clone(),
             message: root(&e),
+            sent: !e.is_connect(),
         })?;
         let bytes = answer(&self.addr, resp).await?;
         if bytes.is_empty() {

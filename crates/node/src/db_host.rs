@@ -1,10 +1,12 @@
-//! The db role: the database copies the topology places on this node, each opened once, and
-//! the domain schema each kind of database carries.
+//! The db role: the database copies on this node, each opened once, and the domain schema each
+//! kind of database carries. Copies come and go at run time (a mirror reseeded, a mirror
+//! installed): each is behind a lock that hands out cheap clones of its handle.
 
 use crate::status::DatabaseStatus;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use tandem_store::{Database, Options};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tandem_store::{Database, Options, Role};
 use tandem_topology::{DATABASE_CMS, Placement, PlacementRole, Topology};
 
 /// What a database holds, from its name.
@@ -14,7 +16,7 @@ pub(crate) enum Kind {
     Cms,
     /// The chat database `mgc`.
     Chat,
-    /// A database whose domain schema comes with a later part (chat's `mgc`, `mgccomp`).
+    /// A database whose domain schema comes with a later part (`mgccomp`).
     Other,
 }
 
@@ -30,110 +32,170 @@ pub(crate) fn kind_of(database: &str) -> Kind {
     }
 }
 
-pub(crate) struct Hosted {
-    pub(crate) placement: PlacementRole,
-    pub(crate) db: Option<Database>,
+/// Runs what a copy of `database` needs before serving: on a primary its migrations (and the
+/// CMS seed), on every copy the derived structures its kind maintains.
+pub(crate) fn prepare(db: &Database, database: &str, topology: &Topology) -> Result<(), String> {
+    let primary = db.identity().role == Role::Primary;
+    let err = |e: &dyn std::fmt::Display| format!("database {database}: {e}");
+    match kind_of(database) {
+        Kind::Users if primary => {
+            db.migrate(tandem_pool::users::USERS_SCHEMA)
+                .map_err(|e| err(&e))?;
+        }
+        Kind::Cms if primary => {
+            db.migrate(tandem_pool::cms::CMS_SCHEMA)
+                .map_err(|e| err(&e))?;
+            if tandem_pool::cms::seed(db, topology).map_err(|e| format!("seeding the CMS: {e}"))? {
+                tracing::info!(database, "CMS seeded from the topology");
+            }
+        }
+        Kind::Chat => tandem_chat::prepare(db).map_err(|e| err(&e))?,
+        _ => {}
+    }
+    Ok(())
 }
 
-/// Every copy placed on this node.
+pub(crate) struct Hosted {
+    /// What the topology places here (`None`: installed at run time, a mirror for instance).
+    pub(crate) placement: Option<PlacementRole>,
+    db: RwLock<Option<Database>>,
+}
+
+impl Hosted {
+    pub(crate) fn get(&self) -> Option<Database> {
+        self.db.read().expect("copy lock").clone()
+    }
+}
+
+/// Every copy on this node.
 pub(crate) struct DbHost {
     dir: PathBuf,
-    pub(crate) copies: BTreeMap<String, Hosted>,
+    copies: RwLock<BTreeMap<String, Arc<Hosted>>>,
 }
 
 impl DbHost {
-    /// Opens (creating on first start) every primary copy the topology places on `node`; copies
-    /// placed as mirror, backup or standby are seeded by replication, not created empty here.
+    /// Opens every copy the topology places on `node` that exists. A missing primary copy is
+    /// created when `create_primaries` says so for it (a node's first start, or a database with
+    /// no mirror to fetch it from); copies placed as mirrors are seeded by replication.
     pub(crate) fn open(
         topology: &Topology,
         node: &str,
         data_dir: PathBuf,
+        create_primary: impl Fn(&str) -> bool,
     ) -> Result<DbHost, String> {
         let dir = data_dir.join("databases");
         let mut copies = BTreeMap::new();
         for Placement { database, role } in topology.databases_on(node) {
             let path = dir.join(&database);
-            let db = if role == PlacementRole::Primary {
-                let db = if path.join(tandem_store::DB_FILE).exists() {
+            let exists = path.join(tandem_store::DB_FILE).exists();
+            let db = if exists || (role == PlacementRole::Primary && create_primary(&database)) {
+                let db = if exists {
                     Database::open(&path, Options::default())
                 } else {
                     Database::create(&path, &database, Options::default())
                 }
                 .map_err(|e| format!("database {database} in {}: {e}", path.display()))?;
-                match kind_of(&database) {
-                    Kind::Users => {
-                        db.migrate(tandem_pool::users::USERS_SCHEMA)
-                            .map_err(|e| format!("database {database}: {e}"))?;
-                    }
-                    Kind::Cms => {
-                        db.migrate(tandem_pool::cms::CMS_SCHEMA)
-                            .map_err(|e| format!("database {database}: {e}"))?;
-                        if tandem_pool::cms::seed(&db, topology)
-                            .map_err(|e| format!("seeding the CMS: {e}"))?
-                        {
-                            tracing::info!(database, "CMS seeded from the topology");
-                        }
-                    }
-                    Kind::Chat => {
-                        tandem_chat::prepare(&db)
-                            .map_err(|e| format!("database {database}: {e}"))?;
-                    }
-                    Kind::Other => {}
-                }
-                tracing::info!(
-                    database,
-                    lsn = db.identity().lsn,
-                    epoch = db.identity().epoch,
-                    "database open"
-                );
+                prepare(&db, &database, topology)?;
+                let id = db.identity();
+                tracing::info!(database, role = %id.role, lsn = id.lsn, epoch = id.epoch, "database open");
                 Some(db)
-            } else if path.join(tandem_store::DB_FILE).exists() {
-                Some(
-                    Database::open(&path, Options::default())
-                        .map_err(|e| format!("database {database}: {e}"))?,
-                )
             } else {
                 None
             };
             copies.insert(
                 database,
-                Hosted {
-                    placement: role,
-                    db,
-                },
+                Arc::new(Hosted {
+                    placement: Some(role),
+                    db: RwLock::new(db),
+                }),
             );
         }
-        Ok(DbHost { dir, copies })
+        Ok(DbHost {
+            dir,
+            copies: RwLock::new(copies),
+        })
     }
 
-    pub(crate) fn get(&self, database: &str) -> Option<&Database> {
-        self.copies.get(database).and_then(|h| h.db.as_ref())
+    pub(crate) fn get(&self, database: &str) -> Option<Database> {
+        self.hosted(database).and_then(|h| h.get())
+    }
+
+    pub(crate) fn hosted(&self, database: &str) -> Option<Arc<Hosted>> {
+        self.copies
+            .read()
+            .expect("copies lock")
+            .get(database)
+            .cloned()
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.copies
+            .read()
+            .expect("copies lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Where the copy of `database` lives on this node.
+    pub(crate) fn path_of(&self, database: &str) -> PathBuf {
+        self.dir.join(database)
+    }
+
+    /// Puts `db` in place of whatever copy of `database` was hosted (closing it once its last
+    /// user lets go), or hosts it for the first time.
+    pub(crate) fn replace(&self, database: &str, db: Option<Database>) {
+        let hosted = {
+            let mut copies = self.copies.write().expect("copies lock");
+            copies
+                .entry(database.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Hosted {
+                        placement: None,
+                        db: RwLock::new(None),
+                    })
+                })
+                .clone()
+        };
+        *hosted.db.write().expect("copy lock") = db;
     }
 
     pub(crate) fn status(&self) -> Vec<DatabaseStatus> {
-        self.copies
+        let copies: Vec<(String, Arc<Hosted>)> = self
+            .copies
+            .read()
+            .expect("copies lock")
             .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        copies
+            .into_iter()
             .map(|(name, h)| {
-                let id = h.db.as_ref().map(|d| d.identity());
+                let db = h.get();
+                let id = db.as_ref().map(|d| d.identity());
                 DatabaseStatus {
-                    database: name.clone(),
-                    placement: h.placement.as_str().to_string(),
-                    open: h.db.is_some(),
+                    database: name,
+                    placement: h
+                        .placement
+                        .map(|p| p.as_str())
+                        .unwrap_or("installed")
+                        .to_string(),
+                    open: db.is_some(),
                     role: id.as_ref().map(|i| i.role.to_string()),
                     epoch: id.as_ref().map(|i| i.epoch),
                     lsn: id.as_ref().map(|i| i.lsn),
-                    durable_lsn: h.db.as_ref().map(|d| d.durable_lsn()),
-                    warnings: h
-                        .db
+                    durable_lsn: db.as_ref().map(|d| d.durable_lsn()),
+                    warnings: db
                         .as_ref()
                         .and_then(|d| d.health().ok())
                         .unwrap_or_default(),
+                    mirroring: None,
                 }
             })
             .collect()
     }
 
-    pub(crate) fn dir(&self) -> &PathBuf {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 }

@@ -12,14 +12,20 @@ mod cms_follower;
 mod db_host;
 mod error;
 mod frontend;
+pub mod locator;
 mod metrics;
+pub mod mirroring;
 mod openapi;
 mod post_batcher;
 mod procedures;
 mod server;
 mod status;
+pub mod witness;
 
-pub use client::{CallAnswer, Client, ClientError, REQUEST_TIMEOUT_MS, SECRET_HEADER, UserApi};
+pub use client::{
+    CallAnswer, Client, ClientError, CopyRole, NODE_HEADER, REQUEST_TIMEOUT_MS, SECRET_HEADER,
+    UserApi,
+};
 pub use error::ErrorBody;
 pub use frontend::user_token;
 pub use openapi::document_value as openapi_document;

@@ -18,8 +18,10 @@ pub(crate) fn install() {
 }
 
 pub(crate) fn render(node: &NodeState) -> String {
-    for (name, hosted) in &node.host.copies {
-        let Some(db) = &hosted.db else { continue };
+    for name in node.host.names() {
+        let Some(db) = node.host.get(&name) else {
+            continue;
+        };
         let id = db.identity();
         let stats = db.writer_stats();
         let labels = [("database", name.clone())];
@@ -30,6 +32,18 @@ pub(crate) fn render(node: &NodeState) -> String {
             .set(db.journal_stats().bytes as f64);
         metrics::gauge!("tandem_database_commits", &labels).set(stats.sqlite_commits as f64);
         metrics::gauge!("tandem_database_records", &labels).set(stats.records as f64);
+        if let Some(link) = node.mirroring.status(node, &name) {
+            let primary = id.role == tandem_store::Role::Primary;
+            // A mirrored primary serving without a synchronized mirror: one copy from loss.
+            let unprotected = primary && link.state == "unprotected";
+            metrics::gauge!("tandem_database_unprotected", &labels).set(if unprotected {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("tandem_database_mirror_lag_records", &labels)
+                .set(link.lag_records as f64);
+        }
     }
     metrics::gauge!("tandem_node_uptime_seconds").set(node.started.elapsed().as_secs_f64());
     HANDLE.get().map(|h| h.render()).unwrap_or_default()

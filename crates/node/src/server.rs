@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_topology::{DATABASE_CMS, PlacementRole, Role, Topology};
+use tandem_topology::{DATABASE_CMS, Role, Topology};
 
 /// After the stop signal, how long open requests may go on before the node closes them.
 const STOP_GRACE_MS: u64 = 2_000;
@@ -34,6 +34,12 @@ pub(crate) struct NodeState {
     pub(crate) client: Client,
     /// Present on nodes with the chat role.
     pub(crate) chat: Option<crate::chat_api::ChatRole>,
+    /// This node's mirroring links.
+    pub(crate) mirroring: crate::mirroring::Mirroring,
+    /// Present on nodes with the witness role.
+    pub(crate) witness: Option<crate::witness::Witness>,
+    /// Where the primaries of the databases this node calls are now.
+    pub(crate) locator: crate::locator::Locator,
     /// Turns true when the node is asked to stop: long polls answer at once.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -45,14 +51,11 @@ impl NodeState {
         self.topology.node(&self.name).expect("checked at start")
     }
 
-    /// The node the topology names as primary of `database`.
-    pub(crate) fn primary_of(&self, database: &str) -> Option<&tandem_topology::Node> {
-        self.topology.nodes.iter().find(|n| {
-            self.topology
-                .databases_on(&n.name)
-                .iter()
-                .any(|p| p.database == database && p.role == PlacementRole::Primary)
-        })
+    /// The local copy of `database` when it is the primary.
+    pub(crate) fn local_primary(&self, database: &str) -> Option<tandem_store::Database> {
+        self.host
+            .get(database)
+            .filter(|d| d.identity().role == tandem_store::Role::Primary)
     }
 
     /// Runs a procedure on the primary of `database`, here or on the node that holds it.
@@ -62,7 +65,22 @@ impl NodeState {
         procedure: &str,
         args: Value,
     ) -> Result<Value, ApiError> {
-        if let Some(db) = self.host.get(database).cloned() {
+        self.call_on(database, false, procedure, args).await
+    }
+
+    /// Runs a procedure on the primary of `database` among the copies of the primary site, or
+    /// with `backup` of the backup site (the chat pool failed over).
+    pub(crate) async fn call_on(
+        &self,
+        database: &str,
+        backup: bool,
+        procedure: &str,
+        args: Value,
+    ) -> Result<Value, ApiError> {
+        let candidates = crate::locator::candidates(&self.topology, database, backup);
+        let here = candidates.iter().any(|n| n.name == self.name);
+        if let Some(db) = self.local_primary(database).filter(|_| here) {
+            await_lease(&db).await;
             if let Some(r) = crate::chat_procedures::run_async(&db, procedure, &args).await {
                 return r;
             }
@@ -80,12 +98,21 @@ impl NodeState {
             .await
             .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))?;
         }
-        let node = self
-            .primary_of(database)
-            .ok_or_else(|| ApiError::not_found(format!("no node holds database {database}")))?;
+        if candidates.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "no node holds database {database}"
+            )));
+        }
         let answer = self
-            .client
-            .call::<Value, _>(&node.address, database, procedure, &args)
+            .locator
+            .call::<Value, _>(
+                &self.client,
+                database,
+                backup,
+                &candidates,
+                procedure,
+                &args,
+            )
             .await?;
         Ok(answer.result)
     }
@@ -99,7 +126,16 @@ impl NodeState {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            databases: self.host.status(),
+            databases: self
+                .host
+                .status()
+                .into_iter()
+                .map(|mut d| {
+                    d.mirroring = self.mirroring.status(self, &d.database);
+                    d
+                })
+                .collect(),
+            witness: self.witness.as_ref().map(|w| w.records()),
             cms: self.cms.view(),
         }
     }
@@ -136,12 +172,14 @@ async fn call(
     body: Result<Json<procedures::Call>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(call) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let db = node.host.get(&database).cloned().ok_or_else(|| {
+    let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
             "node {} holds no open copy of database {database}",
             node.name
         ))
     })?;
+    require_primary(&node, &database, &db)?;
+    await_lease(&db).await;
     if crate::db_host::kind_of(&database) == crate::db_host::Kind::Chat
         && let Some(r) = crate::chat_procedures::run_async(&db, &call.procedure, &call.args).await
     {
@@ -158,13 +196,95 @@ async fn call(
     Ok(Json(json!({ "result": result.0, "lsn": result.1 })))
 }
 
+/// Refuses a client's request on a copy that is not primary (mirrors serve no reads).
+pub(crate) fn require_primary(
+    node: &NodeState,
+    database: &str,
+    db: &tandem_store::Database,
+) -> Result<(), ApiError> {
+    let id = db.identity();
+    if id.role == tandem_store::Role::Primary {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "not_primary",
+        format!(
+            "{database} on {} is {} (epoch {}): ask its primary",
+            node.name, id.role, id.epoch
+        ),
+    ))
+}
+
+/// A primary waiting for its lease (just started, or its witness silent a moment) is given up
+/// to one lease time before its writes are refused: a caller sees a delay, not an error.
+pub(crate) async fn await_lease(db: &tandem_store::Database) {
+    let deadline = Instant::now() + Duration::from_millis(crate::witness::LEASE_MS);
+    loop {
+        let g = db.gate().status();
+        if !g.lease_required
+            || g.lease_left_ms > 0
+            || g.fenced.is_some()
+            || Instant::now() > deadline
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /internal/v1/db/{db}/role`: where this node's copy stands.
+async fn copy_role(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+) -> Result<Json<crate::client::CopyRole>, ApiError> {
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "node {} holds no open copy of database {database}",
+            node.name
+        ))
+    })?;
+    let id = db.identity();
+    Ok(Json(crate::client::CopyRole {
+        node: node.name.clone(),
+        database,
+        role: id.role.to_string(),
+        epoch: id.epoch,
+        lsn: id.lsn,
+        writable: id.role == tandem_store::Role::Primary && db.gate().status().fenced.is_none(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fault {
+    isolated: bool,
+}
+
+/// `POST /internal/v1/fault`: cuts this node off from every other node (its requests to them
+/// fail, theirs to it are refused) or heals the cut — a network partition for tests and demos.
+async fn fault(
+    State(node): State<Shared>,
+    body: Result<Json<Fault>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(f) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    node.client.set_isolated(f.isolated);
+    tracing::warn!(
+        isolated = f.isolated,
+        "fault injection: network cut {}",
+        if f.isolated { "on" } else { "healed" }
+    );
+    Ok(Json(json!({ "node": node.name, "isolated": f.isolated })))
+}
+
 async fn cms_snapshot(
     State(node): State<Shared>,
 ) -> Result<Json<tandem_pool::cms::CmsSnapshot>, ApiError> {
-    let db =
-        node.host.get(DATABASE_CMS).cloned().ok_or_else(|| {
-            ApiError::not_found(format!("node {} does not hold the CMS", node.name))
-        })?;
+    let db = node
+        .host
+        .get(DATABASE_CMS)
+        .ok_or_else(|| ApiError::not_found(format!("node {} does not hold the CMS", node.name)))?;
+    require_primary(&node, DATABASE_CMS, &db)?;
     let snap = tokio::task::spawn_blocking(move || tandem_pool::cms::snapshot(&db))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
@@ -184,6 +304,29 @@ fn router(node: Shared) -> Router {
         .route("/internal/v1/status", get(status))
         .route("/internal/v1/db/{database}/call", post(call))
         .route("/internal/v1/cms/snapshot", get(cms_snapshot))
+        .route("/internal/v1/db/{database}/role", get(copy_role))
+        .route("/internal/v1/fault", post(fault))
+        .route("/internal/v1/witness", post(crate::witness::serve))
+        .route(
+            "/internal/v1/mirroring/{database}",
+            axum::routing::put(crate::mirroring::install).delete(crate::mirroring::remove),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/pull",
+            post(crate::mirroring::serve_pull_route),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/seed",
+            get(crate::mirroring::serve_seed),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/failover",
+            post(crate::mirroring::planned_failover),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/promote",
+            post(crate::mirroring::promote_route),
+        )
         .route(
             "/internal/v1/db/{database}/feed",
             get(crate::chat_feed::serve_feed),
@@ -223,20 +366,35 @@ async fn follow_cms(node: Shared) {
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
         first = false;
-        let snap = if let Some(db) = node.host.get(DATABASE_CMS).cloned() {
+        let candidates = crate::locator::candidates(&node.topology, DATABASE_CMS, false);
+        let snap = if let Some(db) = node.local_primary(DATABASE_CMS) {
             tokio::task::spawn_blocking(move || {
                 tandem_pool::cms::snapshot(&db).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
-        } else if let Some(master) = node.topology.node(&node.topology.cms.primary) {
-            node.client
-                .cms_snapshot(
-                    &master.address,
-                    Duration::from_millis(CMS_REQUEST_TIMEOUT_MS),
-                )
-                .await
-                .map_err(|e| e.to_string())
+        } else if let Some(master) = node.locator.current(DATABASE_CMS, false, &candidates) {
+            let timeout = Duration::from_millis(CMS_REQUEST_TIMEOUT_MS);
+            match node.client.cms_snapshot(&master.address, timeout).await {
+                Err(e)
+                    if e.retry_elsewhere()
+                        || matches!(e, crate::ClientError::Unreachable { .. }) =>
+                {
+                    match node
+                        .locator
+                        .probe(&node.client, DATABASE_CMS, false, &candidates)
+                        .await
+                    {
+                        Some(m) if m.name != master.name => node
+                            .client
+                            .cms_snapshot(&m.address, timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        _ => Err(e.to_string()),
+                    }
+                }
+                r => r.map_err(|e| e.to_string()),
+            }
         } else {
             Err("the topology names no CMS node".into())
         };
@@ -276,22 +434,50 @@ pub async fn serve(
     std::fs::create_dir_all(&me.data_dir)
         .map_err(|e| format!("{name}: cannot create {}: {e}", me.data_dir.display()))?;
     crate::metrics::install();
+    let (mirroring, first_start) =
+        crate::mirroring::Mirroring::load(&me.data_dir, &topology, name)?;
+    // A missing primary copy is created on the node's first start, or when no mirror could
+    // hold it; otherwise it comes back from its mirror (reseed), never empty.
+    let mirrored: Vec<String> = topology
+        .databases_on(name)
+        .into_iter()
+        .map(|p| p.database)
+        .filter(|d| mirroring.has(d))
+        .collect();
     let (topo, node_name, data_dir) = (topology.clone(), name.to_string(), me.data_dir.clone());
-    let host = tokio::task::spawn_blocking(move || DbHost::open(&topo, &node_name, data_dir))
-        .await
-        .map_err(|e| e.to_string())??;
+    let host = tokio::task::spawn_blocking(move || {
+        DbHost::open(&topo, &node_name, data_dir, |db| {
+            first_start || !mirrored.iter().any(|m| m == db)
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let witness = if me.has(Role::Witness) {
+        let dir = me.data_dir.clone();
+        Some(
+            tokio::task::spawn_blocking(move || crate::witness::Witness::open(&dir))
+                .await
+                .map_err(|e| e.to_string())??,
+        )
+    } else {
+        None
+    };
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(NodeState {
         stopping: stopping.clone(),
         chat: me.has(Role::Chat).then(crate::chat_api::ChatRole::new),
-        client: Client::new(&topology.secret),
+        client: Client::for_node(&topology.secret, name),
+        mirroring,
+        witness,
+        locator: crate::locator::Locator::new(),
         cms: CmsFollower::load(&me.data_dir),
         topology,
         name: name.to_string(),
         started: Instant::now(),
         host,
     });
-    tracing::info!(node = name, address = %me.address, databases = ?state.host.copies.keys().collect::<Vec<_>>(), data = %state.host.dir().display(), "serving");
+    tracing::info!(node = name, address = %me.address, databases = ?state.host.names(), data = %state.host.dir().display(), "serving");
+    crate::mirroring::start(&state);
     if let Some(chat) = &state.chat {
         let _ = chat
             .posts
@@ -324,6 +510,7 @@ pub async fn serve(
             Ok(())
         }
     };
+    crate::mirroring::stop(&state);
     follower.abort();
     let _ = follower.await;
     if let Some(f) = feed {

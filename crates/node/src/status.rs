@@ -12,6 +12,9 @@ pub struct NodeStatus {
     pub uptime_ms: u64,
     pub databases: Vec<DatabaseStatus>,
     pub cms: Option<CmsView>,
+    /// On a witness: what it holds for each mirrored database.
+    #[serde(default)]
+    pub witness: Option<Vec<crate::witness::WitnessRecord>>,
 }
 
 /// One database copy the topology places on this node.
@@ -28,6 +31,9 @@ pub struct DatabaseStatus {
     pub lsn: Option<u64>,
     pub durable_lsn: Option<u64>,
     pub warnings: Vec<String>,
+    /// The copy's mirroring, when it is mirrored.
+    #[serde(default)]
+    pub mirroring: Option<crate::mirroring::LinkStatus>,
 }
 
 /// The node's copy of the CMS: where it came from and how fresh it is.

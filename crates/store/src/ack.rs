@@ -54,10 +54,12 @@ struct GateState {
     lease_required: bool,
     /// Set when the copy learned of a newer epoch: nothing more is answered or accepted.
     fenced: Option<String>,
+    /// Set while new writes wait (a planned failover drains the copy); held answers still go.
+    paused: Option<String>,
 }
 
 /// Where a copy's acknowledgments stand, for status and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct GateStatus {
     pub sync: bool,
     pub hardened_lsn: Lsn,
@@ -135,6 +137,12 @@ impl Gate {
         });
     }
 
+    /// Refuses new writes with `reason` (or accepts them again with `None`); commits already
+    /// made are still answered as the mirror hardens them.
+    pub fn pause_writes(&self, reason: Option<&str>) {
+        self.update(|s| s.paused = reason.map(str::to_string));
+    }
+
     /// A copy made primary again (recover) starts unfenced, without a mirror or a lease.
     pub fn reset(&self) {
         self.update(|s| *s = GateState::default());
@@ -143,7 +151,7 @@ impl Gate {
     /// Why the copy accepts no write now, if it does not.
     pub(crate) fn refusal(&self) -> Option<String> {
         let s = self.state.lock().expect("gate lock");
-        if let Some(f) = &s.fenced {
+        if let Some(f) = s.fenced.as_ref().or(s.paused.as_ref()) {
             return Some(f.clone());
         }
         if s.lease_required && s.lease.is_none_or(|l| l <= Instant::now()) {

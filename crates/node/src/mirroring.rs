@@ -1,0 +1,1148 @@
+//! Mirroring between two db nodes (DESIGN.md §2): per mirrored database, a link to the partner
+//! copy. The copy that is primary serves pulls, tells its witness it is alive, and gates its
+//! acknowledgments (synchronous mode: a commit is answered once the mirror has it durably); the
+//! copy that is not pulls records, applies them, is reseeded from a streamed full backup when it
+//! cannot continue, and takes over — new epoch, granted by the witness — when the primary has
+//! been silent too long. Which copy is primary is the copies' own business (their role and
+//! epoch), so after a failover the same link runs the other way.
+
+use crate::error::ApiError;
+use crate::server::{NodeState, Shared};
+use crate::witness::{FAILOVER_MS, LEASE_MS, Verdict, WitnessRequest};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_store::replication::{CopyPosition, PullAnswer, PullRequest, serve_pull};
+use tandem_store::{Database, GateStatus, Lsn, Role};
+use tandem_topology::{PlacementRole, Topology};
+
+/// How often a primary tells its witness it is alive.
+const HEARTBEAT_MS: u64 = 200;
+/// How long a pull waits for new records before answering with none.
+pub(crate) const PULL_WAIT_MS: u64 = 250;
+/// A primary whose mirror has not pulled for this long serves without it (after telling the
+/// witness the mirror is not synchronized).
+const MIRROR_TIMEOUT_MS: u64 = 1_000;
+/// A mirror this close to the primary starts gating acknowledgments (synchronizing).
+const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
+/// The journal consumer that keeps records for the mirror.
+const MIRROR_CONSUMER: &str = "mirror";
+/// How often the primary moves the mirror's journal cursor (a durable write).
+const CONSUMER_EVERY_MS: u64 = 1_000;
+/// The journal keeps at most this many records for a mirror that is away; one further behind is
+/// reseeded when it returns.
+pub(crate) const MIRROR_JOURNAL_RECORDS_DEFAULT: u64 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A commit is acknowledged once the mirror has it durably.
+    Sync,
+    /// The mirror follows as fast as it can; acknowledgments do not wait (no automatic failover).
+    Async,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "async" => Ok(Mode::Async),
+            other => Err(format!("unknown mirroring mode {other:?} (sync, async)")),
+        }
+    }
+}
+
+/// One database's mirroring, as configured on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partnership {
+    pub partner: String,
+    pub mode: Mode,
+}
+
+/// What `status` shows of a link.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub partner: String,
+    pub mode: String,
+    /// `synchronized`, `synchronizing`, `unprotected` (primary without its mirror),
+    /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`.
+    pub state: String,
+    /// Primary: the mirror's hardened LSN. Mirror: its own LSN.
+    pub mirror_lsn: Lsn,
+    /// Records the mirror lacks (as last seen).
+    pub lag_records: u64,
+    /// Since the partner was last heard from.
+    pub partner_heard_ms: Option<u64>,
+    pub witness: Option<String>,
+    pub witness_heard_ms: Option<u64>,
+    pub gate: Option<GateStatus>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    // The primary's side.
+    last_pull: Option<Instant>,
+    hardened: Lsn,
+    /// The witness was told the mirror is synchronized.
+    synchronized: bool,
+    /// The gate waits for the mirror; the witness is told once the mirror reaches this LSN.
+    synchronizing_from: Option<Lsn>,
+    consumer_moved: Option<Instant>,
+    // The mirror's side.
+    last_contact: Option<Instant>,
+    primary_lsn: Lsn,
+    reseeding: Option<String>,
+    // Both.
+    witness_heard: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub(crate) struct Link {
+    database: String,
+    partnership: Partnership,
+    state: Mutex<LinkState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Link {
+    fn st(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().expect("link lock")
+    }
+
+    fn error(&self, e: impl std::fmt::Display) {
+        self.st().last_error = Some(e.to_string());
+    }
+}
+
+/// Every link of this node, and the file that keeps their configuration.
+pub(crate) struct Mirroring {
+    file: PathBuf,
+    links: Mutex<BTreeMap<String, Arc<Link>>>,
+    /// Records the journal keeps for an absent mirror.
+    pub(crate) journal_records_max: u64,
+}
+
+/// The partnerships the topology sets up on `node`: each primary with its mirror.
+pub(crate) fn initial(topology: &Topology, node: &str) -> BTreeMap<String, Partnership> {
+    let holder = |database: &str, role: PlacementRole| {
+        topology.nodes.iter().find(|n| {
+            topology
+                .databases_on(&n.name)
+                .iter()
+                .any(|p| p.database == database && p.role == role)
+        })
+    };
+    let mut out = BTreeMap::new();
+    for p in topology.databases_on(node) {
+        let partner = match p.role {
+            PlacementRole::Primary => holder(&p.database, PlacementRole::Mirror),
+            PlacementRole::Mirror => holder(&p.database, PlacementRole::Primary),
+            _ => None,
+        };
+        if let Some(partner) = partner {
+            out.insert(
+                p.database,
+                Partnership {
+                    partner: partner.name.clone(),
+                    mode: Mode::Sync,
+                },
+            );
+        }
+    }
+    out
+}
+
+impl Mirroring {
+    /// Reads the node's links (`DATA/mirroring.json`), or on a first start those of the
+    /// topology. Returns whether this is the node's first start.
+    pub(crate) fn load(
+        data_dir: &std::path::Path,
+        topology: &Topology,
+        node: &str,
+    ) -> Result<(Mirroring, bool), String> {
+        let file = data_dir.join("mirroring.json");
+        let (config, first) = match std::fs::read(&file) {
+            Ok(bytes) => (
+                serde_json::from_slice::<BTreeMap<String, Partnership>>(&bytes)
+                    .map_err(|e| format!("{}: {e}", file.display()))?,
+                false,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (initial(topology, node), true),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let m = Mirroring {
+            file,
+            links: Mutex::new(
+                config
+                    .into_iter()
+                    .map(|(db, p)| (db.clone(), new_link(db, p)))
+                    .collect(),
+            ),
+            journal_records_max: MIRROR_JOURNAL_RECORDS_DEFAULT,
+        };
+        if first {
+            m.save()?;
+        }
+        Ok((m, first))
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let config: BTreeMap<String, Partnership> = self
+            .links
+            .lock()
+            .expect("links lock")
+            .iter()
+            .map(|(k, l)| (k.clone(), l.partnership.clone()))
+            .collect();
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&config).expect("serializes"),
+        )
+        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, &self.file))
+        .map_err(|e| format!("{}: {e}", self.file.display()))
+    }
+
+    pub(crate) fn link(&self, database: &str) -> Option<Arc<Link>> {
+        self.links
+            .lock()
+            .expect("links lock")
+            .get(database)
+            .cloned()
+    }
+
+    pub(crate) fn has(&self, database: &str) -> bool {
+        self.link(database).is_some()
+    }
+
+    pub(crate) fn status(&self, node: &NodeState, database: &str) -> Option<LinkStatus> {
+        let link = self.link(database)?;
+        let db = node.host.get(database);
+        let id = db.as_ref().map(|d| d.identity());
+        let primary = id.as_ref().is_some_and(|i| i.role == Role::Primary);
+        let st = link.st();
+        let ms = |t: Option<Instant>| t.map(|t| t.elapsed().as_millis() as u64);
+        let lsn = id.as_ref().map(|i| i.lsn).unwrap_or(0);
+        let (state, mirror_lsn, lag, heard) = if primary {
+            let alive = st
+                .last_pull
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS));
+            let state = if link.partnership.mode == Mode::Async {
+                if alive {
+                    "async: mirror following"
+                } else {
+                    "unprotected"
+                }
+            } else if st.synchronized && alive {
+                "synchronized"
+            } else if st.synchronizing_from.is_some() && alive {
+                "synchronizing"
+            } else {
+                "unprotected"
+            };
+            (
+                state.to_string(),
+                st.hardened,
+                lsn.saturating_sub(st.hardened),
+                ms(st.last_pull),
+            )
+        } else {
+            let state = if let Some(r) = &st.reseeding {
+                format!("mirror: reseeding ({r})")
+            } else if st
+                .last_contact
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
+            {
+                "mirror: no primary".to_string()
+            } else if lsn >= st.primary_lsn {
+                "mirror: synchronized".to_string()
+            } else {
+                "mirror: catching up".to_string()
+            };
+            (
+                state,
+                lsn,
+                st.primary_lsn.saturating_sub(lsn),
+                ms(st.last_contact),
+            )
+        };
+        Some(LinkStatus {
+            partner: link.partnership.partner.clone(),
+            mode: match link.partnership.mode {
+                Mode::Sync => "sync",
+                Mode::Async => "async",
+            }
+            .into(),
+            state,
+            mirror_lsn,
+            lag_records: lag,
+            partner_heard_ms: heard,
+            witness: witness_of(node).map(|w| w.name),
+            witness_heard_ms: ms(st.witness_heard),
+            gate: db.map(|d| d.gate().status()),
+            last_error: st.last_error.clone(),
+        })
+    }
+}
+
+fn new_link(database: String, partnership: Partnership) -> Arc<Link> {
+    Arc::new(Link {
+        database,
+        partnership,
+        state: Mutex::new(LinkState::default()),
+        task: Mutex::new(None),
+    })
+}
+
+/// The witness of this node's site.
+fn witness_of(node: &NodeState) -> Option<tandem_topology::Node> {
+    node.topology
+        .witnesses
+        .get(&node.me().site)
+        .and_then(|w| node.topology.node(w))
+        .cloned()
+}
+
+/// Starts the task of every configured link.
+pub(crate) fn start(node: &Shared) {
+    let links: Vec<Arc<Link>> = node
+        .mirroring
+        .links
+        .lock()
+        .expect("links lock")
+        .values()
+        .cloned()
+        .collect();
+    let witness = witness_of(node).is_some();
+    for link in links {
+        // A primary that comes back writes nothing until its witness or mirror confirms it:
+        // another copy may have taken over meanwhile.
+        if let Some(db) = node.host.get(&link.database)
+            && db.identity().role == Role::Primary
+            && link.partnership.mode == Mode::Sync
+            && witness
+        {
+            db.gate().require_lease(true);
+        }
+        spawn(node, link);
+    }
+}
+
+fn spawn(node: &Shared, link: Arc<Link>) {
+    let task = tokio::spawn(run(Arc::downgrade(node), link.clone()));
+    *link.task.lock().expect("task lock") = Some(task);
+}
+
+/// Stops every link's task (the node is stopping).
+pub(crate) fn stop(node: &NodeState) {
+    for link in node.mirroring.links.lock().expect("links lock").values() {
+        if let Some(t) = link.task.lock().expect("task lock").take() {
+            t.abort();
+        }
+    }
+}
+
+async fn run(node: std::sync::Weak<NodeState>, link: Arc<Link>) {
+    link.st().last_contact = Some(Instant::now());
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        if *node.stopping.borrow() {
+            return;
+        }
+        let db = node.host.get(&link.database);
+        let primary = db
+            .as_ref()
+            .is_some_and(|d| d.identity().role == Role::Primary);
+        if let (true, Some(db)) = (primary, db.clone()) {
+            primary_tick(&node, &link, db).await;
+            drop(node);
+            tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+        } else {
+            let pause = mirror_step(&node, &link, db).await;
+            drop(node);
+            if pause {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// The primary's round: heartbeat to the witness (the lease), the synchronization state, the
+/// mirror's journal cursor.
+async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
+    let gate = db.gate();
+    let witness = witness_of(node);
+    let sync_mode = link.partnership.mode == Mode::Sync;
+    gate.require_lease(witness.is_some() && sync_mode);
+    let id = db.identity();
+    if let Some(w) = &witness {
+        let req = WitnessRequest::Heartbeat {
+            database: link.database.clone(),
+            node: node.name.clone(),
+            database_id: id.database_id.to_hex(),
+            epoch: id.epoch,
+        };
+        match node.client.witness(&w.address, &req).await {
+            Ok(a) if a.verdict == Verdict::Ok => {
+                gate.renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
+                link.st().witness_heard = Some(Instant::now());
+            }
+            Ok(a) => {
+                let reason = a.reason.unwrap_or_else(|| "fenced by the witness".into());
+                demote(&db, link, &reason).await;
+                return;
+            }
+            Err(e) => link.error(format!("witness: {e}")),
+        }
+    }
+    let (alive, hardened, synchronized, from) = {
+        let st = link.st();
+        (
+            st.last_pull
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS)),
+            st.hardened,
+            st.synchronized,
+            st.synchronizing_from,
+        )
+    };
+    if sync_mode {
+        if alive {
+            if from.is_none() && hardened + SYNC_CATCH_UP_RECORDS >= id.lsn {
+                // From here on answers wait for the mirror; the witness hears "synchronized"
+                // once the mirror has what was answered before.
+                gate.set_sync(true, hardened);
+                link.st().synchronizing_from = Some(db.identity().lsn);
+            } else if let Some(from) = from
+                && !synchronized
+                && hardened >= from
+                && tell_witness(node, link, &db, witness.as_ref(), true).await
+            {
+                tracing::info!(database = %link.database, mirror = %link.partnership.partner, "mirror synchronized");
+                link.st().synchronized = true;
+            }
+        } else if from.is_some() {
+            // The mirror is gone: tell the witness before answering anything it lacks.
+            if !synchronized || tell_witness(node, link, &db, witness.as_ref(), false).await {
+                if synchronized {
+                    tracing::warn!(database = %link.database, mirror = %link.partnership.partner, "mirror lost: serving unprotected");
+                }
+                gate.set_sync(false, 0);
+                let mut st = link.st();
+                st.synchronized = false;
+                st.synchronizing_from = None;
+            }
+        }
+    }
+    let due = link
+        .st()
+        .consumer_moved
+        .is_none_or(|t| t.elapsed() > Duration::from_millis(CONSUMER_EVERY_MS));
+    if due {
+        link.st().consumer_moved = Some(Instant::now());
+        let keep = node.mirroring.journal_records_max;
+        let d = db.clone();
+        if let Err(e) = blocking(move || move_consumer(&d, hardened, keep)).await {
+            link.error(format!("mirror journal cursor: {e}"));
+        }
+    }
+}
+
+/// The mirror's journal cursor: at what it hardened, but never keeping more than `keep`
+/// records for it.
+fn move_consumer(db: &Database, hardened: Lsn, keep: u64) -> Result<(), String> {
+    let lsn = db.identity().lsn;
+    let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
+    let consumers = db.consumers().map_err(|e| e.to_string())?;
+    match consumers.iter().find(|c| c.name == MIRROR_CONSUMER) {
+        None => db
+            .register_consumer(MIRROR_CONSUMER, target)
+            .map_err(|e| e.to_string()),
+        Some(c) if c.lsn < target => db
+            .advance_consumer(MIRROR_CONSUMER, target)
+            .map_err(|e| e.to_string()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Tells the witness whether the mirror is synchronized; true once it agreed. A witness that
+/// names another primary fences this copy.
+async fn tell_witness(
+    node: &NodeState,
+    link: &Link,
+    db: &Database,
+    witness: Option<&tandem_topology::Node>,
+    synchronized: bool,
+) -> bool {
+    let Some(w) = witness else { return true };
+    let req = WitnessRequest::Synchronized {
+        database: link.database.clone(),
+        node: node.name.clone(),
+        epoch: db.identity().epoch,
+        synchronized,
+    };
+    match node.client.witness(&w.address, &req).await {
+        Ok(a) if a.verdict == Verdict::Ok => {
+            link.st().witness_heard = Some(Instant::now());
+            true
+        }
+        Ok(a) => {
+            demote(db, link, &a.reason.unwrap_or_default()).await;
+            false
+        }
+        Err(e) => {
+            link.error(format!("witness: {e}"));
+            false
+        }
+    }
+}
+
+/// This copy learned that another is primary of a newer epoch: it stops at once (answers held
+/// for the mirror fail: they were never acknowledged) and becomes a mirror.
+async fn demote(db: &Database, link: &Link, reason: &str) {
+    tracing::warn!(database = %link.database, reason, "fenced: this copy is no longer primary");
+    db.gate().fence(reason);
+    let d = db.clone();
+    if let Err(e) = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await {
+        link.error(format!("demote: {e}"));
+    }
+    let mut st = link.st();
+    *st = LinkState {
+        last_contact: Some(Instant::now()),
+        ..LinkState::default()
+    };
+}
+
+/// One pull of the mirror. Returns true when the caller should pause before the next.
+async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> bool {
+    let Some(partner) = node.topology.node(&link.partnership.partner).cloned() else {
+        link.error(format!(
+            "no node {} in the topology",
+            link.partnership.partner
+        ));
+        return true;
+    };
+    let req = PullRequest {
+        copy: db.as_ref().map(CopyPosition::of),
+        hardened: db.as_ref().map(|d| d.identity().lsn).unwrap_or(0),
+    };
+    let answer = node
+        .client
+        .pull(&partner.address, &link.database, &req, PULL_WAIT_MS)
+        .await;
+    match answer {
+        Ok(PullAnswer::Records { lsn, batch, .. }) => {
+            {
+                let mut st = link.st();
+                st.last_contact = Some(Instant::now());
+                st.primary_lsn = lsn;
+                st.reseeding = None;
+            }
+            if batch.records.is_empty() {
+                return false;
+            }
+            let Some(db) = db else { return true };
+            match blocking(move || db.apply(batch, None).map_err(|e| e.to_string())).await {
+                Ok(_) => {
+                    link.st().last_error = None;
+                    false
+                }
+                Err(e) => {
+                    link.error(format!("apply: {e}"));
+                    true
+                }
+            }
+        }
+        Ok(PullAnswer::Reseed { reason }) => {
+            link.st().last_contact = Some(Instant::now());
+            if let Err(e) = reseed(node, link, &partner, &reason).await {
+                tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
+                link.error(format!("reseed: {e}"));
+                link.st().reseeding = None;
+            }
+            true
+        }
+        Ok(PullAnswer::NotPrimary { .. }) | Ok(PullAnswer::Fenced { .. }) => {
+            // The partner answers but does not write: maybe this copy was named primary.
+            maybe_take_over(node, link, db.as_ref()).await;
+            true
+        }
+        Err(e) => {
+            link.error(format!("{}: {e}", partner.name));
+            maybe_take_over(node, link, db.as_ref()).await;
+            true
+        }
+    }
+}
+
+/// Asks the witness to make this copy primary when the primary has been silent past
+/// `FAILOVER_MS`; the witness grants it only to a synchronized mirror (or already did, for a
+/// planned failover whose last message was lost).
+async fn maybe_take_over(node: &NodeState, link: &Link, db: Option<&Database>) {
+    let Some(db) = db else { return };
+    if link.partnership.mode != Mode::Sync {
+        return;
+    }
+    let silent = link
+        .st()
+        .last_contact
+        .is_none_or(|t| t.elapsed() >= Duration::from_millis(FAILOVER_MS));
+    if !silent {
+        return;
+    }
+    let Some(w) = witness_of(node) else { return };
+    let id = db.identity();
+    let req = WitnessRequest::Failover {
+        database: link.database.clone(),
+        node: node.name.clone(),
+        database_id: id.database_id.to_hex(),
+        epoch: id.epoch,
+    };
+    let answer = match node.client.witness(&w.address, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            link.error(format!("witness: {e}"));
+            return;
+        }
+    };
+    link.st().witness_heard = Some(Instant::now());
+    match (answer.verdict, answer.record) {
+        (Verdict::Ok, Some(r)) if r.primary == node.name && r.epoch > id.epoch => {
+            promote(node, link, db, r.epoch).await;
+        }
+        (_, _) => {
+            if let Some(reason) = answer.reason {
+                link.st().last_error = Some(format!("no failover: {reason}"));
+            }
+        }
+    }
+}
+
+/// Makes this copy the primary of `epoch` (the witness recorded it first).
+async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
+    let (d, topology, name) = (db.clone(), node.topology.clone(), link.database.clone());
+    let r = blocking(move || {
+        if d.identity().role != Role::Primary {
+            d.recover(Some(epoch)).map_err(|e| e.to_string())?;
+        }
+        crate::db_host::prepare(&d, &name, &topology)
+    })
+    .await;
+    match r {
+        Ok(()) => {
+            tracing::warn!(database = %link.database, epoch, "took over as primary");
+            db.gate().require_lease(true);
+            db.gate()
+                .renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
+            *link.st() = LinkState::default();
+        }
+        Err(e) => link.error(format!("recover: {e}")),
+    }
+}
+
+/// Replaces this node's copy by one restored from a full backup streamed by the primary.
+async fn reseed(
+    node: &NodeState,
+    link: &Link,
+    partner: &tandem_topology::Node,
+    reason: &str,
+) -> Result<(), String> {
+    tracing::warn!(database = %link.database, from = %partner.name, reason, "reseeding the mirror");
+    link.st().reseeding = Some(format!("downloading: {reason}"));
+    let dir = node.host.dir().join(".seed");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join(format!("{}.tfb", link.database));
+    let started = Instant::now();
+    let bytes = node
+        .client
+        .seed(&partner.address, &link.database, &file)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(database = %link.database, bytes, ms = started.elapsed().as_millis() as u64, "seed backup received; restoring");
+    link.st().reseeding = Some(format!("restoring {} MiB", bytes >> 20));
+    let (target, name, topology) = (
+        node.host.path_of(&link.database),
+        link.database.clone(),
+        node.topology.clone(),
+    );
+    // The old copy closes first (its last users finish), then the restored one takes its place.
+    node.host.replace(&link.database, None);
+    let f = file.clone();
+    let db = blocking(move || {
+        let options = tandem_store::RestoreOptions {
+            recovery: tandem_store::Recovery::NoRecovery,
+            ..Default::default()
+        };
+        tandem_store::restore_new(&target, std::slice::from_ref(&f), &options, true)
+            .map_err(|e| e.to_string())?;
+        let db =
+            Database::open(&target, tandem_store::Options::default()).map_err(|e| e.to_string())?;
+        db.set_role(Role::Mirror).map_err(|e| e.to_string())?;
+        crate::db_host::prepare(&db, &name, &topology)?;
+        Ok(db)
+    })
+    .await;
+    let _ = std::fs::remove_file(&file);
+    let db = db?;
+    let id = db.identity();
+    tracing::info!(database = %link.database, lsn = id.lsn, epoch = id.epoch, ms = started.elapsed().as_millis() as u64, "mirror reseeded");
+    node.host.replace(&link.database, Some(db));
+    link.st().reseeding = None;
+    Ok(())
+}
+
+// ---- the internal API ----
+
+#[derive(Deserialize)]
+pub(crate) struct PullQuery {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn peer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(crate::client::NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn linked(node: &NodeState, database: &str, from: Option<&str>) -> Result<Arc<Link>, ApiError> {
+    let link = node.mirroring.link(database).ok_or_else(|| {
+        ApiError::conflict(format!("node {} does not mirror {database}", node.name))
+    })?;
+    if from.is_some_and(|f| f != link.partnership.partner) {
+        return Err(ApiError::conflict(format!(
+            "{database} on {} is mirrored with {}, not {}",
+            node.name,
+            link.partnership.partner,
+            from.unwrap_or_default()
+        )));
+    }
+    Ok(link)
+}
+
+/// `POST /internal/v1/mirroring/{db}/pull`: the mirror's position in, records out (binary).
+pub(crate) async fn serve_pull_route(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    Query(q): Query<PullQuery>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let link = linked(&node, &database, peer(&headers).as_deref())?;
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })?;
+    let caught_up = req
+        .copy
+        .as_ref()
+        .is_some_and(|c| c.position.lsn >= db.identity().lsn);
+    if caught_up && db.identity().role == Role::Primary {
+        let mut committed = db.subscribe_committed();
+        committed.borrow_and_update();
+        let mut stopping = node.stopping.clone();
+        let wait = Duration::from_millis(q.wait_ms.min(PULL_WAIT_MS * 4));
+        // Tell the gate what the mirror hardened before waiting for more.
+        on_pull(&link, &db, &req);
+        tokio::select! {
+            _ = committed.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopping.wait_for(|s| *s) => {}
+        }
+    }
+    let d = db.clone();
+    let r = req.clone();
+    let answer = blocking(move || serve_pull(&d, &r).map_err(|e| e.to_string()))
+        .await
+        .map_err(ApiError::unavailable)?;
+    match &answer {
+        PullAnswer::Records { .. } => on_pull(&link, &db, &req),
+        PullAnswer::Fenced { epoch } => {
+            let reason = format!("the mirror holds epoch {epoch}, newer than this copy's");
+            demote(&db, &link, &reason).await;
+        }
+        _ => {}
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        tandem_store::replication::encode_answer(&answer),
+    )
+        .into_response())
+}
+
+/// The primary heard from its mirror: what it hardened, and a lease.
+fn on_pull(link: &Link, db: &Database, req: &PullRequest) {
+    let hardened = req
+        .hardened
+        .min(req.copy.as_ref().map(|c| c.position.lsn).unwrap_or(0));
+    {
+        let mut st = link.st();
+        st.last_pull = Some(Instant::now());
+        st.hardened = st.hardened.max(hardened);
+    }
+    db.gate().hardened(hardened);
+    if db.identity().role == Role::Primary {
+        db.gate()
+            .renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
+    }
+}
+
+/// `GET /internal/v1/mirroring/{db}/seed`: a full backup of the primary, streamed.
+pub(crate) async fn serve_seed(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    linked(&node, &database, peer(&headers).as_deref())?;
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })?;
+    if db.identity().role != Role::Primary {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_primary",
+            format!("{database} on {} is not primary", node.name),
+        ));
+    }
+    let dir = node.host.dir().join(".seed-out");
+    let d = db.clone();
+    let file = blocking(move || {
+        // The journal keeps, for the mirror, what follows the backup.
+        let _ = d.remove_consumer(MIRROR_CONSUMER);
+        d.register_consumer(MIRROR_CONSUMER, d.identity().lsn)
+            .map_err(|e| e.to_string())?;
+        tandem_store::seed_backup(&d, &dir).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(ApiError::unavailable)?;
+    let path = file.path().to_path_buf();
+    let f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("{}: {e}", path.display())))?;
+    // Open, the file lives on until the stream ends; its name can go now.
+    let _ = std::fs::remove_file(&path);
+    tracing::info!(
+        database,
+        lsn = file.lsn(),
+        "streaming a seed backup to the mirror"
+    );
+    let stream = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Install {
+    partner: String,
+    #[serde(default = "default_mode")]
+    mode: Mode,
+}
+
+fn default_mode() -> Mode {
+    Mode::Sync
+}
+
+/// `PUT /internal/v1/mirroring/{db}`: mirror `db` with `partner` from now on.
+pub(crate) async fn install(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<Install>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let partner = node.topology.node(&req.partner).ok_or_else(|| {
+        ApiError::bad_request(format!("the topology has no node named {}", req.partner))
+    })?;
+    if partner.name == node.name {
+        return Err(ApiError::bad_request("a copy cannot mirror itself"));
+    }
+    if !partner.has(tandem_topology::Role::Db) {
+        return Err(ApiError::bad_request(format!(
+            "{} is not a db node",
+            partner.name
+        )));
+    }
+    if node.topology.site_of(&partner.name) != Some(node.me().site.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "{} is in another site than {}: a mirror is in its primary's site",
+            partner.name, node.name
+        )));
+    }
+    let partnership = Partnership {
+        partner: partner.name.clone(),
+        mode: req.mode,
+    };
+    if let Some(existing) = node.mirroring.link(&database) {
+        if existing.partnership == partnership {
+            return Ok(Json(
+                serde_json::json!({ "installed": false, "already": true }),
+            ));
+        }
+        return Err(ApiError::conflict(format!(
+            "{database} on {} is already mirrored with {}: remove that mirroring first",
+            node.name, existing.partnership.partner
+        )));
+    }
+    if node.host.get(&database).is_none() && node.host.hosted(&database).is_none() {
+        node.host.replace(&database, None);
+    }
+    let link = new_link(database.clone(), partnership);
+    node.mirroring
+        .links
+        .lock()
+        .expect("links lock")
+        .insert(database.clone(), link.clone());
+    node.mirroring.save().map_err(ApiError::unavailable)?;
+    spawn(&node, link);
+    tracing::info!(database, partner = %req.partner, "mirroring installed");
+    Ok(Json(serde_json::json!({ "installed": true })))
+}
+
+/// `DELETE /internal/v1/mirroring/{db}`: stop mirroring `db`. A primary serves on alone (no
+/// lease, no witness record); a mirror copy stays, `restoring`, until reseeded or dropped.
+pub(crate) async fn remove(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(link) = node
+        .mirroring
+        .links
+        .lock()
+        .expect("links lock")
+        .remove(&database)
+    else {
+        return Ok(Json(serde_json::json!({ "removed": false })));
+    };
+    node.mirroring.save().map_err(ApiError::unavailable)?;
+    if let Some(t) = link.task.lock().expect("task lock").take() {
+        t.abort();
+    }
+    let mut role = None;
+    if let Some(db) = node.host.get(&database) {
+        let r = db.identity().role;
+        role = Some(r.to_string());
+        if r == Role::Primary {
+            db.gate().set_sync(false, 0);
+            db.gate().require_lease(false);
+            let d = db.clone();
+            let _ = blocking(move || {
+                d.remove_consumer(MIRROR_CONSUMER)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            if let Some(w) = witness_of(&node) {
+                let _ = node
+                    .client
+                    .witness(
+                        &w.address,
+                        &WitnessRequest::Forget {
+                            database: database.clone(),
+                        },
+                    )
+                    .await;
+            }
+        } else if r == Role::Mirror {
+            let d = db.clone();
+            blocking(move || d.set_role(Role::Restoring).map_err(|e| e.to_string()))
+                .await
+                .map_err(ApiError::unavailable)?;
+        }
+    }
+    tracing::info!(database, partner = %link.partnership.partner, "mirroring removed");
+    Ok(Json(serde_json::json!({ "removed": true, "role": role })))
+}
+
+/// `POST /internal/v1/mirroring/{db}/failover` on the primary: planned, no loss. New writes
+/// wait; once the mirror has every record the witness names it primary of the next epoch, it
+/// recovers, and this copy becomes its mirror.
+pub(crate) async fn planned_failover(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let link = linked(&node, &database, None)?;
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })?;
+    let id = db.identity();
+    if id.role != Role::Primary {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_primary",
+            format!(
+                "{database} on {} is {}: ask its primary",
+                node.name, id.role
+            ),
+        ));
+    }
+    let partner = node
+        .topology
+        .node(&link.partnership.partner)
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("the partner is not in the topology"))?;
+    db.gate()
+        .pause_writes(Some("a planned failover is in progress: retry in a moment"));
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let lsn = loop {
+            let lsn = db.identity().lsn;
+            if link.st().hardened >= lsn {
+                break lsn;
+            }
+            if Instant::now() > deadline {
+                return Err(ApiError::unavailable(format!(
+                    "the mirror on {} did not catch up within 30 s (it has LSN {}, the primary {lsn})",
+                    partner.name,
+                    link.st().hardened
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let epoch = match witness_of(&node) {
+            Some(w) => {
+                let a = node
+                    .client
+                    .witness(
+                        &w.address,
+                        &WitnessRequest::Handover {
+                            database: database.clone(),
+                            node: node.name.clone(),
+                            to: partner.name.clone(),
+                            epoch: id.epoch,
+                        },
+                    )
+                    .await?;
+                match (a.verdict, a.record) {
+                    (Verdict::Ok, Some(r)) => r.epoch,
+                    (_, _) => {
+                        return Err(ApiError::conflict(format!(
+                            "the witness refused the handover: {}",
+                            a.reason.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            None => id.epoch + 1,
+        };
+        // From here the partner is primary of `epoch`: this copy steps down first.
+        demote(&db, &link, &format!("planned failover to {} (epoch {epoch})", partner.name)).await;
+        let promoted: Result<serde_json::Value, _> = node
+            .client
+            .json(
+                &partner.address,
+                reqwest::Method::POST,
+                &format!("/internal/v1/mirroring/{database}/promote"),
+                Some(&serde_json::json!({ "epoch": epoch })),
+                Duration::from_secs(30),
+            )
+            .await;
+        if let Err(e) = promoted {
+            // The partner takes over on its own once it hears the witness named it.
+            tracing::warn!(database, error = %e, "the new primary did not confirm; it will learn from the witness");
+        }
+        Ok(serde_json::json!({
+            "database": database,
+            "old_primary": node.name,
+            "new_primary": partner.name,
+            "epoch": epoch,
+            "lsn": lsn,
+        }))
+    }
+    .await;
+    db.gate().pause_writes(None);
+    result.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Promote {
+    epoch: u64,
+}
+
+/// `POST /internal/v1/mirroring/{db}/promote` on the mirror, after the witness named it.
+pub(crate) async fn promote_route(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let link = linked(&node, &database, None)?;
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })?;
+    let id = db.identity();
+    if id.role == Role::Primary && id.epoch >= req.epoch {
+        return Ok(Json(serde_json::json!({ "epoch": id.epoch })));
+    }
+    if req.epoch <= id.epoch {
+        return Err(ApiError::conflict(format!(
+            "epoch {} is not newer than this copy's {}",
+            req.epoch, id.epoch
+        )));
+    }
+    if let Some(w) = witness_of(&node) {
+        let a = node
+            .client
+            .witness(
+                &w.address,
+                &WitnessRequest::Get {
+                    database: database.clone(),
+                },
+            )
+            .await?;
+        let named = a
+            .record
+            .as_ref()
+            .is_some_and(|r| r.primary == node.name && r.epoch == req.epoch);
+        if !named {
+            return Err(ApiError::conflict(format!(
+                "the witness does not name {} primary of {database} at epoch {}",
+                node.name, req.epoch
+            )));
+        }
+    }
+    // Everything the old primary wrote must be here first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while link.st().primary_lsn > db.identity().lsn && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    promote(&node, &link, &db, req.epoch).await;
+    let id = db.identity();
+    if id.role != Role::Primary {
+        return Err(ApiError::unavailable(
+            link.st().last_error.clone().unwrap_or_default(),
+        ));
+    }
+    Ok(Json(
+        serde_json::json!({ "epoch": id.epoch, "lsn": id.lsn }),
+    ))
+}
