@@ -66,16 +66,29 @@ impl Deployment {
         Ok(names.to_vec())
     }
 
-    /// The address of the node the topology names as primary of `database`.
+    /// The node that holds the writable copy of `database` now (failovers move it among the
+    /// copies the topology places), and its address. When no copy answers as primary, the
+    /// topology's primary (so the error names it).
     pub fn primary_address(&self, database: &str) -> anyhow::Result<(String, String)> {
-        for n in &self.topology.nodes {
-            if self.topology.databases_on(&n.name).iter().any(|p| {
-                p.database == database && p.role == tandem_topology::PlacementRole::Primary
-            }) {
-                return Ok((n.name.clone(), n.address.clone()));
+        let candidates = tandem_node::locator::candidates(&self.topology, database, false);
+        let Some(first) = candidates.first() else {
+            bail!("the topology places no primary copy of database {database}")
+        };
+        if candidates.len() > 1 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let found = rt.block_on(tandem_node::locator::Locator::new().probe(
+                &self.client(),
+                database,
+                false,
+                &candidates,
+            ));
+            if let Some(n) = found {
+                return Ok((n.name, n.address));
             }
         }
-        bail!("the topology places no primary copy of database {database}")
+        Ok((first.name.clone(), first.address.clone()))
     }
 
     /// The pid recorded for `node`, if its process is alive and is that node's `tandem serve`.

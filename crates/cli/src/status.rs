@@ -60,11 +60,9 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
     let client = d.client();
     let timeout = Duration::from_millis(NODE_TIMEOUT_MS);
     let rt = runtime()?;
-    let master = d
-        .topology
-        .node(&d.topology.cms.primary)
-        .expect("validated")
-        .clone();
+    // The CMS copy that writes now (a mirror failover moves it).
+    let (master_name, _) = d.primary_address(tandem_topology::DATABASE_CMS)?;
+    let master = d.topology.node(&master_name).expect("validated").clone();
     let (answers, snapshot) = rt.block_on(async {
         let asks = d.topology.nodes.iter().map(|n| {
             let c = client.clone();
