@@ -28,6 +28,9 @@ pub enum DbCommand {
     /// Restore a full backup and the log backups after it, or apply more log backups to a
     /// restoring/standby copy.
     Restore(RestoreArgs),
+    /// Mirroring between db nodes: install, remove, planned failover (against the nodes).
+    #[command(subcommand)]
+    Mirror(crate::mirror::MirrorCommand),
 }
 
 #[derive(Args)]
@@ -76,6 +79,7 @@ pub fn run(cmd: DbCommand, out: &Output) -> anyhow::Result<()> {
         DbCommand::Verify { files } => verify(&files, out),
         DbCommand::Backup(a) => backup(a, out),
         DbCommand::Restore(a) => restore(a, out),
+        DbCommand::Mirror(_) => unreachable!("run with the deployment by main"),
     }
 }
 

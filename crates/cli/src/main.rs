@@ -6,6 +6,7 @@ mod chat;
 mod db;
 mod deployment;
 mod init;
+mod mirror;
 mod output;
 mod serve;
 mod status;
@@ -75,6 +76,9 @@ fn main() {
         Command::Status => deployment().and_then(|d| status::run(&d, &out)),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
+        Command::Db(db::DbCommand::Mirror(c)) => {
+            deployment().and_then(|d| mirror::run(&d, c, &out))
+        }
         Command::Db(c) => db::run(c, &out),
         Command::Bench(c) => bench::run(c, &out),
     };

@@ -1,0 +1,345 @@
+//! `tandem db mirror install|remove|failover`: the seed's Install-CsMirrorDatabase and its
+//! companions, against the running nodes. Each asks the nodes to change their mirroring links;
+//! the nodes do the work (seeding, streaming, the witness's epochs).
+
+use crate::deployment::{Deployment, runtime};
+use crate::output::Output;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tandem_node::{Client, Method, NodeStatus};
+
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+#[derive(Subcommand)]
+pub enum MirrorCommand {
+    /// Seed a mirror of DB on --mirror from its primary on --primary, then mirror it.
+    Install {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        primary: String,
+        #[arg(long)]
+        mirror: String,
+        /// `sync`: a commit is acknowledged once the mirror has it (automatic failover with a
+        /// witness); `async`: the mirror follows, acknowledgments do not wait.
+        #[arg(long, default_value = "sync")]
+        mode: String,
+        /// Give up waiting for the mirror to be synchronized after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Stop mirroring DB between NODE and its partner. The primary serves on alone; a mirror
+    /// copy stays on its node, `restoring`.
+    Remove {
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        instance: String,
+    },
+    /// Planned failover: the mirror takes over once it has every record (no loss); the old
+    /// primary becomes its mirror.
+    Failover {
+        #[arg(long)]
+        db: String,
+    },
+}
+
+pub fn run(d: &Deployment, cmd: MirrorCommand, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        MirrorCommand::Install {
+            db,
+            primary,
+            mirror,
+            mode,
+            timeout,
+        } => install(d, &db, &primary, &mirror, &mode, timeout, out),
+        MirrorCommand::Remove { db, instance } => remove(d, &db, &instance, out),
+        MirrorCommand::Failover { db } => failover(d, &db, out),
+    }
+}
+
+fn db_node(d: &Deployment, name: &str) -> anyhow::Result<tandem_topology::Node> {
+    let n = d.topology.node(name).with_context(|| {
+        let known: Vec<&str> = d
+            .topology
+            .nodes_with(tandem_topology::Role::Db)
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        format!("no node named {name} (db nodes: {})", known.join(", "))
+    })?;
+    if !n.has(tandem_topology::Role::Db) {
+        bail!("{name} is not a db node");
+    }
+    Ok(n.clone())
+}
+
+fn link_of(s: &NodeStatus, db: &str) -> Option<tandem_node::mirroring::LinkStatus> {
+    s.databases
+        .iter()
+        .find(|c| c.database == db)
+        .and_then(|c| c.mirroring.clone())
+}
+
+fn role_of(s: &NodeStatus, db: &str) -> Option<String> {
+    s.databases
+        .iter()
+        .find(|c| c.database == db)
+        .and_then(|c| c.role.clone())
+}
+
+#[derive(Serialize)]
+struct Installed {
+    database: String,
+    primary: String,
+    mirror: String,
+    mode: String,
+    state: String,
+    epoch: Option<u64>,
+    lsn: Option<u64>,
+    seconds: f64,
+}
+
+fn install(
+    d: &Deployment,
+    db: &str,
+    primary: &str,
+    mirror: &str,
+    mode: &str,
+    timeout: u64,
+    out: &Output,
+) -> anyhow::Result<()> {
+    tandem_node::mirroring::Mode::parse(mode).map_err(anyhow::Error::msg)?;
+    let (p, m) = (db_node(d, primary)?, db_node(d, mirror)?);
+    if p.name == m.name {
+        bail!("the mirror must be another node than the primary");
+    }
+    if p.site != m.site {
+        bail!(
+            "{} is in site {} and {} in site {}: a mirror is in its primary's site",
+            p.name,
+            p.site,
+            m.name,
+            m.site
+        );
+    }
+    let client = d.client();
+    let rt = runtime()?;
+    let started = Instant::now();
+    rt.block_on(async {
+        let role = client
+            .copy_role(&p.address, db, STATUS_TIMEOUT)
+            .await
+            .with_context(|| format!("{db} on {}", p.name))?;
+        if role.role != "primary" {
+            bail!(
+                "{db} on {} is {} (epoch {}): install the mirror on the copy that is primary",
+                p.name,
+                role.role,
+                role.epoch
+            );
+        }
+        for (node, partner) in [(&p, &m), (&m, &p)] {
+            client
+                .json::<Value>(
+                    &node.address,
+                    Method::PUT,
+                    &format!("/internal/v1/mirroring/{db}"),
+                    Some(&json!({ "partner": partner.name, "mode": mode })),
+                    STATUS_TIMEOUT,
+                )
+                .await
+                .with_context(|| format!("mirroring {db} on {}", node.name))?;
+        }
+        out.progress(&format!(
+            "mirroring of {db} installed on {} and {}; seeding and catching up",
+            p.name, m.name
+        ));
+        Ok(())
+    })?;
+    let want_primary = if mode == "sync" {
+        "synchronized"
+    } else {
+        "async: mirror following"
+    };
+    let mut last = String::new();
+    let deadline = started + Duration::from_secs(timeout);
+    loop {
+        let (ps, ms) = rt.block_on(async {
+            tokio::join!(
+                client.status(&p.address, STATUS_TIMEOUT),
+                client.status(&m.address, STATUS_TIMEOUT)
+            )
+        });
+        let pl = ps.as_ref().ok().and_then(|s| link_of(s, db));
+        let ml = ms.as_ref().ok().and_then(|s| link_of(s, db));
+        let state = format!(
+            "primary {}: {}; mirror {}: {}",
+            p.name,
+            pl.as_ref()
+                .map(|l| l.state.as_str())
+                .unwrap_or("unreachable"),
+            m.name,
+            ml.as_ref()
+                .map(|l| l.state.as_str())
+                .unwrap_or("unreachable")
+        );
+        if state != last {
+            out.progress(&state);
+            last = state;
+        }
+        let done = pl.as_ref().is_some_and(|l| l.state == want_primary)
+            && ml
+                .as_ref()
+                .is_some_and(|l| l.state == "mirror: synchronized");
+        if done {
+            let s = ps.ok();
+            let copy = s
+                .as_ref()
+                .and_then(|s| s.databases.iter().find(|c| c.database == db));
+            let report = Installed {
+                database: db.into(),
+                primary: p.name.clone(),
+                mirror: m.name.clone(),
+                mode: mode.into(),
+                state: want_primary.into(),
+                epoch: copy.and_then(|c| c.epoch),
+                lsn: copy.and_then(|c| c.lsn),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            return out.emit(&report, || {
+                format!(
+                    "{db}: {} mirrored on {} ({mode}), {} at LSN {} after {:.1} s\n",
+                    report.primary,
+                    report.mirror,
+                    report.state,
+                    report.lsn.unwrap_or(0),
+                    report.seconds
+                )
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("the mirror of {db} is not synchronized after {timeout} s: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Result<()> {
+    let n = db_node(d, instance)?;
+    let client = d.client();
+    let rt = runtime()?;
+    let status = rt
+        .block_on(client.status(&n.address, STATUS_TIMEOUT))
+        .with_context(|| format!("{}", n.name))?;
+    let link = link_of(&status, db).with_context(|| format!("{} does not mirror {db}", n.name))?;
+    let partner = db_node(d, &link.partner)?;
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    for node in [&n, &partner] {
+        let role = if node.name == n.name {
+            role_of(&status, db)
+        } else {
+            None
+        };
+        match rt.block_on(client.json::<Value>(
+            &node.address,
+            Method::DELETE,
+            &format!("/internal/v1/mirroring/{db}"),
+            None,
+            Duration::from_secs(10),
+        )) {
+            Ok(v) => removed.push(json!({
+                "node": node.name,
+                "role": v["role"].as_str().map(str::to_string).or(role),
+            })),
+            Err(e) => errors.push(format!("{}: {e}", node.name)),
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "mirroring of {db} removed on {} but not on: {} (run the command again once it answers)",
+            if removed.is_empty() {
+                "no node".to_string()
+            } else {
+                removed
+                    .iter()
+                    .map(|r| r["node"].as_str().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            errors.join("; ")
+        );
+    }
+    let report = json!({ "database": db, "removed": removed });
+    out.emit(&report, || {
+        format!(
+            "mirroring of {db} removed between {} and {}\n",
+            n.name, partner.name
+        )
+    })
+}
+
+/// The node whose copy of `db` is primary (highest epoch) among every db node.
+async fn find_primary(
+    client: &Client,
+    d: &Deployment,
+    db: &str,
+) -> anyhow::Result<tandem_topology::Node> {
+    let nodes = d.topology.nodes_with(tandem_topology::Role::Db);
+    let answers = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|n| client.copy_role(&n.address, db, STATUS_TIMEOUT)),
+    )
+    .await;
+    nodes
+        .iter()
+        .zip(answers)
+        .filter_map(|(n, a)| {
+            a.ok()
+                .filter(|r| r.role == "primary")
+                .map(|r| (r.epoch, *n))
+        })
+        .max_by_key(|(e, _)| *e)
+        .map(|(_, n)| n.clone())
+        .with_context(|| format!("no node answers as primary of {db}"))
+}
+
+fn failover(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()> {
+    let client = d.client();
+    let rt = runtime()?;
+    let started = Instant::now();
+    let report: Value = rt.block_on(async {
+        let p = find_primary(&client, d, db).await?;
+        out.progress(&format!(
+            "{db}: primary {}; waiting for its mirror to have every record",
+            p.name
+        ));
+        client
+            .json::<Value>(
+                &p.address,
+                Method::POST,
+                &format!("/internal/v1/mirroring/{db}/failover"),
+                None,
+                Duration::from_secs(60),
+            )
+            .await
+            .with_context(|| format!("failover of {db} on {}", p.name))
+    })?;
+    let mut report = report;
+    report["seconds"] = json!(started.elapsed().as_secs_f64());
+    out.emit(&report, || {
+        format!(
+            "{db}: {} is primary (epoch {}), {} its mirror; nothing lost (LSN {}), {:.1} s\n",
+            report["new_primary"].as_str().unwrap_or("?"),
+            report["epoch"],
+            report["old_primary"].as_str().unwrap_or("?"),
+            report["lsn"],
+            report["seconds"].as_f64().unwrap_or(0.0)
+        )
+    })
+}
