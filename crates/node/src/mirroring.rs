@@ -35,9 +35,6 @@ const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
 const MIRROR_CONSUMER: &str = "mirror";
 /// How often the primary moves the mirror's journal cursor (a durable write).
 const CONSUMER_EVERY_MS: u64 = 1_000;
-/// The journal keeps at most this many records for a mirror that is away; one further behind is
-/// reseeded when it returns.
-pub(crate) const MIRROR_JOURNAL_RECORDS_DEFAULT: u64 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,8 +122,6 @@ impl Link {
 pub(crate) struct Mirroring {
     file: PathBuf,
     links: Mutex<BTreeMap<String, Arc<Link>>>,
-    /// Records the journal keeps for an absent mirror.
-    pub(crate) journal_records_max: u64,
 }
 
 /// The partnerships the topology sets up on `node`: each primary with its mirror.
@@ -185,7 +180,6 @@ impl Mirroring {
                     .map(|(db, p)| (db.clone(), new_link(db, p)))
                     .collect(),
             ),
-            journal_records_max: MIRROR_JOURNAL_RECORDS_DEFAULT,
         };
         if first {
             m.save()?;
@@ -455,7 +449,7 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
         .is_none_or(|t| t.elapsed() > Duration::from_millis(CONSUMER_EVERY_MS));
     if due {
         link.st().consumer_moved = Some(Instant::now());
-        let keep = node.mirroring.journal_records_max;
+        let keep = node.topology.mirroring.journal_records_max;
         let d = db.clone();
         if let Err(e) = blocking(move || move_consumer(&d, hardened, keep)).await {
             link.error(format!("mirror journal cursor: {e}"));

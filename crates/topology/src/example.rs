@@ -123,6 +123,11 @@ standby = "dal-db1"
 [witness]
 atl = "atl-fe"
 dal = "dal-fe"
+
+# Mirroring: a primary keeps at most this many journal records for a mirror
+# that is away; a mirror further behind is reseeded from a full backup.
+[mirroring]
+journal_records_max = 1000000
 "#,
         atl_fe = port(0),
         atl_db1 = port(1),

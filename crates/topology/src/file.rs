@@ -27,6 +27,15 @@ pub(crate) struct File {
     pub(crate) cms: Option<Cms>,
     #[serde(default)]
     pub(crate) witness: BTreeMap<Text, Text>,
+    #[serde(default)]
+    pub(crate) mirroring: Option<Mirroring>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Mirroring {
+    #[serde(default)]
+    pub(crate) journal_records_max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,6 @@ pub use error::TopologyError;
 pub use example::example;
 pub use placement::{DATABASE_CMS, DATABASE_MGC, DATABASE_MGCCOMP, Placement, PlacementRole};
 pub use topology::{
-    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, ChatPool, Cms, Node, Pool, Role, TOPOLOGY_BYTES_MAX,
-    Topology,
+    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, ChatPool, Cms, MIRROR_JOURNAL_RECORDS_DEFAULT,
+    MIRROR_JOURNAL_RECORDS_MIN, MirroringSettings, Node, Pool, Role, TOPOLOGY_BYTES_MAX, Topology,
 };

@@ -49,6 +49,29 @@ pub struct Topology {
     pub cms: Cms,
     /// Site name → the witness node that serves the mirroring of that site.
     pub witnesses: BTreeMap<String, String>,
+    /// Settings of mirroring.
+    pub mirroring: MirroringSettings,
+}
+
+/// `[mirroring]`: how mirroring behaves (every value has a default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirroringSettings {
+    /// Journal records a primary keeps for a mirror that is away; a mirror further behind is
+    /// reseeded from a full backup when it returns.
+    pub journal_records_max: u64,
+}
+
+/// Default of `mirroring.journal_records_max`.
+pub const MIRROR_JOURNAL_RECORDS_DEFAULT: u64 = 1_000_000;
+/// Smallest `mirroring.journal_records_max` accepted.
+pub const MIRROR_JOURNAL_RECORDS_MIN: u64 = 100;
+
+impl Default for MirroringSettings {
+    fn default() -> MirroringSettings {
+        MirroringSettings {
+            journal_records_max: MIRROR_JOURNAL_RECORDS_DEFAULT,
+        }
+    }
 }
 
 /// Every field but the secret, so that a logged topology does not leak it.

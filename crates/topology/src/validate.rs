@@ -67,6 +67,25 @@ pub(crate) fn validate(file: file::File, source: &Source) -> Result<Topology> {
     };
     let cms = check_cms(&refs, cms)?;
     let witnesses = check_witnesses(&refs, &file.witness, &sites)?;
+    let mut mirroring = crate::topology::MirroringSettings::default();
+    if let Some(n) = file
+        .mirroring
+        .as_ref()
+        .and_then(|m| m.journal_records_max.as_ref())
+    {
+        let min = crate::topology::MIRROR_JOURNAL_RECORDS_MIN;
+        if *n.get_ref() < min as i64 {
+            return Err(source.rule(
+                n.span(),
+                "mirroring.journal_records_max",
+                format!("{} records is too few", n.get_ref()),
+                format!(
+                    "keep at least {min} journal records for a mirror that is away (it is reseeded when further behind)"
+                ),
+            ));
+        }
+        mirroring.journal_records_max = *n.get_ref() as u64;
+    }
     Ok(Topology {
         name: deployment.name.into_inner(),
         secret: deployment.secret.into_inner(),
@@ -78,6 +97,7 @@ pub(crate) fn validate(file: file::File, source: &Source) -> Result<Topology> {
         chat,
         cms,
         witnesses,
+        mirroring,
     })
 }
 

@@ -1104,6 +1104,32 @@ fn witnesses_serve_declared_sites_and_have_the_role() {
     assert!(parse(text).unwrap().witnesses.is_empty());
 }
 
+#[test]
+fn mirroring_keeps_a_bounded_journal_for_an_absent_mirror() {
+    assert_eq!(
+        parse(&example_text()).unwrap().mirroring.journal_records_max,
+        1_000_000
+    );
+    let text = broken("journal_records_max = 1000000", "journal_records_max = 250");
+    assert_eq!(parse(&text).unwrap().mirroring.journal_records_max, 250);
+    let text = broken("journal_records_max = 1000000", "journal_records_max = 5");
+    refused_at(
+        &text,
+        "journal_records_max = 5",
+        &[
+            "mirroring.journal_records_max",
+            "5 records is too few",
+            "at least 100",
+        ],
+    );
+    let example = example_text();
+    let text = &example[..example.find("# Mirroring").unwrap()];
+    assert_eq!(
+        parse(text).unwrap().mirroring.journal_records_max,
+        crate::MIRROR_JOURNAL_RECORDS_DEFAULT
+    );
+}
+
 // --- errors ----------------------------------------------------------------------------------
 
 #[test]
