@@ -234,7 +234,7 @@ fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Res
     let rt = runtime()?;
     let status = rt
         .block_on(client.status(&n.address, STATUS_TIMEOUT))
-        .with_context(|| format!("{}", n.name))?;
+        .with_context(|| n.name.clone())?;
     let link = link_of(&status, db).with_context(|| format!("{} does not mirror {db}", n.name))?;
     let partner = db_node(d, &link.partner)?;
     let mut removed = Vec::new();
