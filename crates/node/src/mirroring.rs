@@ -95,6 +95,8 @@ struct LinkState {
     // The mirror's side.
     last_contact: Option<Instant>,
     primary_lsn: Lsn,
+    /// The last pull left this copy with every record the primary had.
+    caught_up: bool,
     reseeding: Option<String>,
     // Both.
     witness_heard: Option<Instant>,
@@ -256,7 +258,7 @@ impl Mirroring {
                 .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
             {
                 "mirror: no primary".to_string()
-            } else if lsn >= st.primary_lsn {
+            } else if st.caught_up && lsn >= st.primary_lsn {
                 "mirror: synchronized".to_string()
             } else {
                 "mirror: catching up".to_string()
@@ -547,23 +549,32 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 st.primary_lsn = lsn;
                 st.reseeding = None;
             }
+            let Some(db) = db else { return true };
             if batch.records.is_empty() {
+                link.st().caught_up = db.identity().lsn >= lsn;
                 return false;
             }
-            let Some(db) = db else { return true };
-            match blocking(move || db.apply(batch, None).map_err(|e| e.to_string())).await {
+            let d = db.clone();
+            match blocking(move || d.apply(batch, None).map_err(|e| e.to_string())).await {
                 Ok(_) => {
-                    link.st().last_error = None;
+                    let mut st = link.st();
+                    st.last_error = None;
+                    st.caught_up = db.identity().lsn >= lsn;
                     false
                 }
                 Err(e) => {
+                    link.st().caught_up = false;
                     link.error(format!("apply: {e}"));
                     true
                 }
             }
         }
         Ok(PullAnswer::Reseed { reason }) => {
-            link.st().last_contact = Some(Instant::now());
+            {
+                let mut st = link.st();
+                st.last_contact = Some(Instant::now());
+                st.caught_up = false;
+            }
             if let Err(e) = reseed(node, link, &partner, &reason).await {
                 tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
                 link.error(format!("reseed: {e}"));
@@ -814,13 +825,22 @@ pub(crate) async fn serve_seed(
             format!("{database} on {} is not primary", node.name),
         ));
     }
-    let dir = node.host.dir().join(".seed-out");
+    let dir = node.host.dir().join(".seed-out").join(&database);
     let d = db.clone();
     let file = blocking(move || {
-        // The journal keeps, for the mirror, what follows the backup.
-        let _ = d.remove_consumer(MIRROR_CONSUMER);
-        d.register_consumer(MIRROR_CONSUMER, d.identity().lsn)
-            .map_err(|e| e.to_string())?;
+        // The journal keeps, for the mirror, what follows the backup (a cursor registered
+        // before is at or before the snapshot: it keeps that too).
+        let registered = |d: &Database| {
+            d.consumers()
+                .map(|c| c.iter().any(|c| c.name == MIRROR_CONSUMER))
+                .unwrap_or(false)
+        };
+        if !registered(&d)
+            && let Err(e) = d.register_consumer(MIRROR_CONSUMER, d.identity().lsn)
+            && !registered(&d)
+        {
+            return Err(e.to_string());
+        }
         tandem_store::seed_backup(&d, &dir).map_err(|e| e.to_string())
     })
     .await

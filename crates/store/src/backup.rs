@@ -279,7 +279,14 @@ pub fn full_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
 /// A full backup that starts no log chain: to seed a mirror or a replica.
 pub fn seed_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let snapshot = dir.join(format!(".snapshot-{}-{}.db", std::process::id(), now_ms()));
+    // Unique per process, time and call: backups of several databases may share a directory.
+    static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let snapshot = dir.join(format!(
+        ".snapshot-{}-{}-{n}.db",
+        std::process::id(),
+        now_ms()
+    ));
     let result = full_backup_via(db, dir, &snapshot);
     let _ = std::fs::remove_file(&snapshot);
     let _ = std::fs::remove_file(snapshot.with_extension("db-journal"));

@@ -1107,7 +1107,10 @@ fn witnesses_serve_declared_sites_and_have_the_role() {
 #[test]
 fn mirroring_keeps_a_bounded_journal_for_an_absent_mirror() {
     assert_eq!(
-        parse(&example_text()).unwrap().mirroring.journal_records_max,
+        parse(&example_text())
+            .unwrap()
+            .mirroring
+            .journal_records_max,
         1_000_000
     );
     let text = broken("journal_records_max = 1000000", "journal_records_max = 250");

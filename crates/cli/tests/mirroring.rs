@@ -1,0 +1,407 @@
+//! Mirroring with a witness, as real processes (the two-site example): SIGKILL of the primary
+//! under a load of chat posts, again and again; a primary cut off from its mirror and witness;
+//! a mirror away past the journal, reseeded. Every acknowledged post must survive, once.
+
+mod common;
+
+use common::{http, json, ok, tandem};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        common::stop_all(&self.dir);
+    }
+}
+
+impl Deployment {
+    /// The example deployment, all six nodes up; `edit` may change the topology first.
+    fn up(edit: impl FnOnce(String) -> String) -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
+        let file = dir.join("topology.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, edit(text)).unwrap();
+        let d = Deployment { _tmp: tmp, dir };
+        ok(&d.dir, &["up", "--detach"]);
+        // Mirrors are seeded from their primaries at the first start.
+        for db in ["cms", "mgc", "mgccomp", "users-pool-atl"] {
+            d.wait_mirror(db, "atl-db2");
+        }
+        d
+    }
+
+    fn address(&self, node: &str) -> String {
+        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
+        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
+        let line = topo[at..]
+            .lines()
+            .find(|l| l.starts_with("address"))
+            .unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    }
+
+    fn secret(&self) -> String {
+        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
+        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    }
+
+    fn pid(&self, node: &str) -> i32 {
+        std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn kill(&self, node: &str) {
+        // SAFETY: a node this test started.
+        unsafe {
+            libc::kill(self.pid(node), libc::SIGKILL);
+        }
+    }
+
+    /// The status line of `db` on `node`.
+    fn copy(&self, db: &str, node: &str) -> Value {
+        let s = json(&self.dir, &["status"]);
+        s["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["database"] == db && c["node"] == node)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits, with a deadline, until `cond` holds for the status line of `db` on `node`.
+    fn wait_copy(&self, db: &str, node: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.copy(db, node);
+            if cond(&c) {
+                return c;
+            }
+            if Instant::now() > deadline {
+                let log = |n: &str| {
+                    let text = std::fs::read_to_string(self.dir.join(format!("logs/{n}.log")))
+                        .unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                };
+                panic!(
+                    "{db} on {node}: {what}; last: {c}\n--- atl-db1 ---\n{}\n--- atl-db2 ---\n{}",
+                    log("atl-db1"),
+                    log("atl-db2")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `node` holds a mirror of `db` that its primary counts as synchronized.
+    fn wait_mirror(&self, db: &str, node: &str) -> Value {
+        let c = self.wait_copy(db, node, "a synchronized mirror", |c| {
+            c["role"] == "mirror" && c["mirroring"]["state"] == "mirror: synchronized"
+        });
+        let partner = c["mirroring"]["partner"].as_str().unwrap().to_string();
+        self.wait_copy(db, &partner, "a primary with a synchronized mirror", |p| {
+            p["role"] == "primary" && p["mirroring"]["state"] == "synchronized"
+        });
+        c
+    }
+}
+
+/// A user's token and a room to post to, through the chat node atl-fe.
+fn user_and_room(d: &Deployment) -> String {
+    let token = ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
+    ok(
+        &d.dir,
+        &["chat", "room", "create", "lobby", "--as", "alice"],
+    );
+    token.trim().to_string()
+}
+
+/// Posts one message; its id when acknowledged.
+fn post(addr: &str, token: &str, text: &str) -> Option<i64> {
+    let bearer = format!("Bearer {token}");
+    let body = serde_json::json!({ "text": text }).to_string();
+    let (code, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    );
+    if code != 201 {
+        return None;
+    }
+    serde_json::from_str::<Value>(&answer).ok()?["id"].as_i64()
+}
+
+/// Every message of the room: id → text.
+fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
+    let bearer = format!("Bearer {token}");
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (code, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let page = v["events"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return all;
+        }
+        for m in page {
+            after = m["id"].as_i64().unwrap();
+            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
+        }
+    }
+}
+
+/// Posters that keep posting unique texts and remember what was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, String, Instant)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: &str, token: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let (addr, token) = (addr.to_string(), token.to_string());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let text = format!("c{c}-{n}");
+                        match post(&addr, &token, &text) {
+                            Some(id) => acked.lock().unwrap().push((id, text, Instant::now())),
+                            None => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn acked_since(&self, t: Instant) -> bool {
+        self.acked.lock().unwrap().iter().any(|(_, _, at)| *at > t)
+    }
+
+    fn wait_acked_since(&self, t: Instant, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.acked_since(t) {
+            assert!(Instant::now() < deadline, "no post acknowledged {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> Vec<(i64, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let acked = self.acked.lock().unwrap();
+        acked
+            .iter()
+            .map(|(id, text, _)| (*id, text.clone()))
+            .collect()
+    }
+}
+
+/// Every acknowledged post is in the history once, with its text; ids are unique.
+fn check_history(acked: &[(i64, String)], history: &[(i64, String)]) {
+    let mut seen: HashMap<i64, &str> = HashMap::new();
+    let mut texts: HashMap<&str, usize> = HashMap::new();
+    for (id, text) in history {
+        assert!(
+            seen.insert(*id, text).is_none(),
+            "id {id} twice in the history"
+        );
+        *texts.entry(text).or_default() += 1;
+    }
+    for (id, text) in acked {
+        assert_eq!(
+            seen.get(id).copied(),
+            Some(text.as_str()),
+            "acknowledged post {id} ({text}) is missing or changed"
+        );
+        assert_eq!(texts[text.as_str()], 1, "{text} is in the history twice");
+    }
+}
+
+#[test]
+fn the_primary_killed_under_load_again_and_again_loses_no_acknowledged_post() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let load = Load::start(&fe, &token, 4);
+    let mut primary = "atl-db1";
+    let mut epochs = Vec::new();
+    for round in 0..3u64 {
+        let mirror = if primary == "atl-db1" {
+            "atl-db2"
+        } else {
+            "atl-db1"
+        };
+        d.wait_mirror("mgc", mirror);
+        // A moment of load, different in each round, then the kill.
+        std::thread::sleep(Duration::from_millis(300 + 400 * round));
+        let before = d.copy("mgc", primary)["epoch"].as_u64().unwrap();
+        let killed = Instant::now();
+        d.kill(primary);
+        load.wait_acked_since(killed, &format!("after {primary} was killed"));
+        let now = d.wait_copy("mgc", mirror, "primary of a newer epoch", |c| {
+            c["role"] == "primary" && c["epoch"].as_u64() > Some(before)
+        });
+        epochs.push(now["epoch"].as_u64().unwrap());
+        // The old primary comes back as the mirror of the new one.
+        ok(&d.dir, &["up", "--detach", "--nodes", primary]);
+        d.wait_mirror("mgc", primary);
+        primary = mirror;
+    }
+    let acked = load.stop();
+    assert!(acked.len() > 50, "only {} posts acknowledged", acked.len());
+    assert!(epochs.windows(2).all(|w| w[1] > w[0]), "{epochs:?}");
+    check_history(&acked, &history(&fe, &token));
+    // Every mirrored database followed: the CMS and the pool's users too.
+    for db in ["cms", "users-pool-atl", "mgccomp"] {
+        d.wait_copy(db, primary, "primary", |c| c["role"] == "primary");
+    }
+}
+
+#[test]
+fn a_primary_cut_off_from_mirror_and_witness_stops_writing_and_rejoins() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    assert!(post(&fe, &token, "before the cut").is_some());
+    let db1 = d.address("atl-db1");
+    let secret = d.secret();
+    let headers = [
+        ("x-tandem-secret", secret.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let call = |body: &str| http(&db1, "POST", "/internal/v1/db/mgc/call", &headers, body);
+    let write =
+        r#"{"procedure":"chat.post","args":{"user":"alice","room":"lobby","text":"cut off"}}"#;
+    let (code, body) = http(
+        &db1,
+        "POST",
+        "/internal/v1/fault",
+        &headers,
+        r#"{"isolated":true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    // Past its lease, the cut-off primary accepts no write (a client beside it still reaches it).
+    std::thread::sleep(Duration::from_millis(1_600));
+    let (code, body) = call(write);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("lease") || body.contains("not_primary"),
+        "{body}"
+    );
+    // The mirror and the witness agree it is gone: the mirror takes over, users post there.
+    d.wait_copy("mgc", "atl-db2", "primary of epoch 2", |c| {
+        c["role"] == "primary" && c["epoch"] == 2
+    });
+    let after = post(&fe, &token, "after the cut").expect("posts go to the new primary");
+    // The cut heals: the old primary learns of epoch 2, accepts nothing, rejoins as mirror.
+    let (code, _) = http(
+        &db1,
+        "POST",
+        "/internal/v1/fault",
+        &headers,
+        r#"{"isolated":false}"#,
+    );
+    assert_eq!(code, 200);
+    d.wait_mirror("mgc", "atl-db1");
+    let (code, body) = call(write);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not_primary"), "{body}");
+    let h = history(&fe, &token);
+    assert!(h.iter().any(|(id, t)| *id == after && t == "after the cut"));
+    assert!(
+        !h.iter().any(|(_, t)| t == "cut off"),
+        "a write of the cut-off primary survived"
+    );
+    let c = d.copy("mgc", "atl-db1");
+    assert_eq!(c["epoch"], 2, "{c}");
+}
+
+#[test]
+fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
+    let d =
+        Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    d.wait_mirror("mgc", "atl-db2");
+    d.kill("atl-db2");
+    // Unprotected while the mirror is away, and says so.
+    d.wait_copy("mgc", "atl-db1", "unprotected", |c| {
+        c["mirroring"]["state"] == "unprotected"
+    });
+    let (code, metrics) = http(&d.address("atl-db1"), "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tandem_database_unprotected{database=\"mgc\"} 1"),
+        "{metrics}"
+    );
+    let mut acked = Vec::new();
+    for i in 0..400 {
+        let text = format!("while away {i}");
+        acked.push((
+            post(&fe, &token, &text).expect("the primary serves alone"),
+            text,
+        ));
+    }
+    // The primary moves the mirror's journal cursor once a second; let it drop the old records.
+    std::thread::sleep(Duration::from_millis(1_500));
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    let mirror = d.wait_mirror("mgc", "atl-db2");
+    let log = std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
+    assert!(log.contains("reseeding the mirror"), "no reseed in the log");
+    let primary = d.copy("mgc", "atl-db1");
+    assert_eq!(mirror["lsn"], primary["lsn"]);
+    // Same LSN and chain: the offline inspection of both copies, once the nodes are down.
+    check_history(&acked, &history(&fe, &token));
+    ok(&d.dir, &["down"]);
+    let inspect = |node: &str| {
+        let path = d.dir.join(format!("data/{node}/databases/mgc"));
+        json(&d.dir, &["db", "inspect", path.to_str().unwrap()])
+    };
+    let (a, b) = (inspect("atl-db1"), inspect("atl-db2"));
+    assert_eq!(a["lsn"], b["lsn"]);
+    assert_eq!(a["chain"], b["chain"]);
+    let out = tandem(&d.dir, &["status"]);
+    assert!(out.status.success());
+}
