@@ -405,3 +405,69 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let out = tandem(&d.dir, &["status"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let load = Load::start(&fe, &token, 2);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Planned failover: the mirror takes over with every record; the old primary mirrors it.
+    let r = json(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    assert_eq!(r["old_primary"], "atl-db1", "{r}");
+    assert_eq!(r["new_primary"], "atl-db2", "{r}");
+    assert_eq!(r["epoch"], 2, "{r}");
+    let switched = Instant::now();
+    load.wait_acked_since(switched, "after the planned failover");
+    d.wait_mirror("mgc", "atl-db1");
+
+    // Installing on a copy that is not primary, or across sites, is refused with the reason.
+    let refused = |args: &[&str], expect: &str| {
+        let out = tandem(&d.dir, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    };
+    let install = ["db", "mirror", "install", "--db", "mgc", "--primary"];
+    refused(
+        &[&install[..], &["atl-db1", "--mirror", "atl-db2"]].concat(),
+        "is mirror",
+    );
+    refused(
+        &[&install[..], &["atl-db2", "--mirror", "dal-db1"]].concat(),
+        "site",
+    );
+
+    // Removed: the primary serves alone (no lease needed), the mirror copy stays restoring.
+    let r = json(
+        &d.dir,
+        &[
+            "db",
+            "mirror",
+            "remove",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db1",
+        ],
+    );
+    assert_eq!(r["removed"].as_array().unwrap().len(), 2, "{r}");
+    d.wait_copy("mgc", "atl-db1", "restoring", |c| {
+        c["role"] == "restoring" && c["mirroring"].is_null()
+    });
+    let removed = Instant::now();
+    load.wait_acked_since(removed, "after the mirror was removed");
+    assert!(d.copy("mgc", "atl-db2")["mirroring"].is_null());
+
+    // Installed again: the restoring copy catches up and mirrors; sync again.
+    let r = json(
+        &d.dir,
+        &[&install[..], &["atl-db2", "--mirror", "atl-db1"]].concat(),
+    );
+    assert_eq!(r["state"], "synchronized", "{r}");
+    d.wait_mirror("mgc", "atl-db1");
+    let acked = load.stop();
+    check_history(&acked, &history(&fe, &token));
+}

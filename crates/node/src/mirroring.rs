@@ -533,6 +533,16 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
         ));
         return true;
     };
+    if let Some(d) = db.clone()
+        && d.identity().role != Role::Mirror
+    {
+        // A copy left restoring (its mirroring was removed) mirrors again.
+        if let Err(e) = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await
+        {
+            link.error(format!("role: {e}"));
+            return true;
+        }
+    }
     let req = PullRequest {
         copy: db.as_ref().map(CopyPosition::of),
         hardened: db.as_ref().map(|d| d.identity().lsn).unwrap_or(0),
