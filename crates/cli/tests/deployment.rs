@@ -303,9 +303,10 @@ fn cms_changes_reach_every_node_and_a_node_starts_from_its_snapshot() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    // The CMS master goes down; a frontend restarted meanwhile starts from its own snapshot
-    // and still signs in users of a pool whose database is up.
-    ok(&d.dir, &["down", "--nodes", "atl-db1,dal-fe"]);
+    // The CMS goes down (master and mirror: with one of them up it would serve); a frontend
+    // restarted meanwhile starts from its own snapshot and still signs in users of a pool
+    // whose database is up.
+    ok(&d.dir, &["down", "--nodes", "atl-db1,atl-db2,dal-fe"]);
     ok(&d.dir, &["up", "--detach", "--nodes", "dal-fe"]);
     let s = d.status();
     assert_eq!(s["cms"]["reachable"], false);
