@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod db;
+mod demo;
 mod deployment;
 mod init;
 mod output;
@@ -48,6 +49,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Every node, database copy, the CMS and the pool states.
     Status,
+    /// Kill the chat database's primary under load and show that no acknowledged post is lost.
+    Demo(demo::DemoArgs),
     /// Users: add (prints a token), list, remove.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -73,6 +76,7 @@ fn main() {
         Command::Down(a) => deployment().and_then(|d| up::down(&d, a, &out)),
         Command::Serve(a) => deployment().and_then(|d| serve::run(d, a)),
         Command::Status => deployment().and_then(|d| status::run(&d, &out)),
+        Command::Demo(a) => demo::run(a, &out),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
         Command::Db(c) => db::run(c, &out),
