@@ -70,20 +70,19 @@ impl Deployment {
     /// copies the topology places), and its address. When no copy answers as primary, the
     /// topology's primary (so the error names it).
     pub fn primary_address(&self, database: &str) -> anyhow::Result<(String, String)> {
+        runtime()?.block_on(self.find_primary(database))
+    }
+
+    /// `primary_address`, for callers already inside a runtime.
+    pub async fn find_primary(&self, database: &str) -> anyhow::Result<(String, String)> {
         let candidates = tandem_node::locator::candidates(&self.topology, database, false);
         let Some(first) = candidates.first() else {
             bail!("the topology places no primary copy of database {database}")
         };
         if candidates.len() > 1 {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let found = rt.block_on(tandem_node::locator::Locator::new().probe(
-                &self.client(),
-                database,
-                false,
-                &candidates,
-            ));
+            let found = tandem_node::locator::Locator::new()
+                .probe(&self.client(), database, false, &candidates)
+                .await;
             if let Some(n) = found {
                 return Ok((n.name, n.address));
             }

@@ -5,7 +5,7 @@ use crate::output::Output;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -37,21 +37,37 @@ fn pick_base_port() -> anyhow::Result<u16> {
 }
 
 #[derive(Serialize)]
-struct Report {
-    topology: PathBuf,
-    base_port: u16,
+pub(crate) struct Report {
+    pub(crate) topology: PathBuf,
+    pub(crate) base_port: u16,
     nodes: Vec<(String, String)>,
 }
 
 pub fn run(a: InitArgs, out: &Output) -> anyhow::Result<()> {
-    let file = a.dir.join("topology.toml");
+    let report = write(&a.dir, a.base_port)?;
+    out.emit(&report, || {
+        format!(
+            "wrote {} — two sites, {} nodes on 127.0.0.1:{}..{}\nnext: cd {} && tandem up --detach && tandem status\n",
+            report.topology.display(),
+            report.nodes.len(),
+            report.base_port,
+            report.base_port + PORTS - 1,
+            a.dir.display()
+        )
+    })
+}
+
+/// Writes the example deployment into `dir` (its `topology.toml` and share directory); the
+/// topology file is `dir/topology.toml`.
+pub(crate) fn write(dir: &Path, base_port: Option<u16>) -> anyhow::Result<Report> {
+    let file = dir.join("topology.toml");
     if file.exists() {
         bail!(
             "{} exists: init writes a new deployment into an empty place",
             file.display()
         );
     }
-    let base = match a.base_port {
+    let base = match base_port {
         Some(b) if b.checked_add(PORTS - 1).is_none() || b < 1024 => {
             bail!("--base-port {b}: the six ports must lie between 1024 and 65535")
         }
@@ -61,28 +77,17 @@ pub fn run(a: InitArgs, out: &Output) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)?;
     let text = tandem_topology::example(base, &hex::encode(secret));
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let topology = tandem_topology::Topology::load(&file)?;
     std::fs::create_dir_all(&topology.share)?;
-    let report = Report {
-        topology: file.clone(),
+    Ok(Report {
+        topology: file,
         base_port: base,
         nodes: topology
             .nodes
             .iter()
             .map(|n| (n.name.clone(), n.address.clone()))
             .collect(),
-    };
-    out.emit(&report, || {
-        format!(
-            "wrote {} — two sites, {} nodes on 127.0.0.1:{}..{}\nnext: cd {} && tandem up --detach && tandem status\n",
-            file.display(),
-            report.nodes.len(),
-            base,
-            base + PORTS - 1,
-            a.dir.display()
-        )
     })
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod db;
+mod demo;
 mod deployment;
 mod init;
 mod mirror;
@@ -49,6 +50,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Every node, database copy, the CMS and the pool states.
     Status,
+    /// Kill the chat database's primary under load and show that no acknowledged post is lost.
+    Demo(demo::DemoArgs),
     /// Users: add (prints a token), list, remove.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -74,6 +77,7 @@ fn main() {
         Command::Down(a) => deployment().and_then(|d| up::down(&d, a, &out)),
         Command::Serve(a) => deployment().and_then(|d| serve::run(d, a)),
         Command::Status => deployment().and_then(|d| status::run(&d, &out)),
+        Command::Demo(a) => demo::run(a, &out),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
         Command::Db(db::DbCommand::Mirror(c)) => {

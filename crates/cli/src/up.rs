@@ -50,75 +50,16 @@ fn last_lines(path: &std::path::Path, n: usize) -> String {
 
 pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
     let names = d.select(&a.nodes)?;
-    for n in &names {
-        if let Some(pid) = d.running_pid(n) {
-            bail!("{n} is already running (pid {pid}); `tandem down --nodes {n}` first");
-        }
-    }
-    std::fs::create_dir_all(d.dir().join("run"))?;
-    std::fs::create_dir_all(d.dir().join("logs"))?;
-    let exe = std::env::current_exe().context("cannot find the tandem executable")?;
-    let mut children = Vec::new();
-    for n in &names {
-        let log_path = d.log_file(n);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .args(["serve", "--node", n, "--topology"])
-            .arg(&d.file)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for `up` reaches the nodes through `up`.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {n}"))?;
-        std::fs::write(d.pid_file(n), format!("{}\n", child.id()))?;
-        children.push((n.clone(), child));
-    }
     let started = Instant::now();
-    let client = d.client();
-    let rt = runtime()?;
-    let mut pending: Vec<String> = names.clone();
-    while !pending.is_empty() {
-        for (n, child) in &mut children {
-            if let Some(status) = child.try_wait()? {
-                let err = format!(
-                    "{n} exited ({status}) before it was ready: {}",
-                    last_lines(&d.log_file(n), 2)
-                );
-                stop_all(d, &names);
-                bail!(err);
-            }
-        }
-        let checks = pending.iter().map(|n| {
-            let addr = d.topology.node(n).expect("selected").address.clone();
-            let client = client.clone();
-            async move { client.healthy(&addr, Duration::from_millis(500)).await }
-        });
-        let ready = rt.block_on(futures_util::future::join_all(checks));
-        pending = pending
-            .into_iter()
-            .zip(ready)
-            .filter(|(_, ok)| !ok)
-            .map(|(n, _)| n)
-            .collect();
-        if pending.is_empty() {
-            break;
-        }
-        if started.elapsed() > Duration::from_millis(READY_TIMEOUT_MS) {
-            stop_all(d, &names);
-            bail!(
-                "{} did not answer its health check within {} s; see {}",
-                pending.join(", "),
-                READY_TIMEOUT_MS / 1000,
-                d.log_file(&pending[0]).display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut children = spawn(d, &names)?;
+    let ready = runtime()?.block_on(wait_ready(
+        d,
+        &mut children,
+        Duration::from_millis(READY_TIMEOUT_MS),
+    ));
+    if let Err(e) = ready {
+        stop_all(d, &names);
+        return Err(e);
     }
     let report: Vec<Started> = children
         .iter()
@@ -157,6 +98,114 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         return Ok(());
     }
     supervise(d, children, out)
+}
+
+/// Starts each of `names` as a `tandem serve` child process in its own process group, with
+/// `run/NODE.pid` and `logs/NODE.log` (appended to). Returns at once, without waiting for the
+/// nodes to be ready. Refuses a node that is already running; on an error, stops the nodes it
+/// started.
+pub(crate) fn spawn(
+    d: &Deployment,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, std::process::Child)>> {
+    for n in names {
+        if let Some(pid) = d.running_pid(n) {
+            bail!("{n} is already running (pid {pid}); `tandem down --nodes {n}` first");
+        }
+    }
+    std::fs::create_dir_all(d.dir().join("run"))?;
+    std::fs::create_dir_all(d.dir().join("logs"))?;
+    let exe = std::env::current_exe().context("cannot find the tandem executable")?;
+    let mut children = Vec::new();
+    for n in names {
+        match spawn_one(d, &exe, n) {
+            Ok(child) => children.push((n.clone(), child)),
+            Err(e) => {
+                let started: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
+                stop_all(d, &started);
+                for (_, c) in &mut children {
+                    let _ = c.wait();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(children)
+}
+
+fn spawn_one(
+    d: &Deployment,
+    exe: &std::path::Path,
+    n: &str,
+) -> anyhow::Result<std::process::Child> {
+    let log_path = d.log_file(n);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--node", n, "--topology"])
+        .arg(&d.file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for `up` reaches the nodes through `up`.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {n}"))?;
+    if let Err(e) = std::fs::write(d.pid_file(n), format!("{}\n", child.id())) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e).with_context(|| format!("cannot write {}", d.pid_file(n).display()));
+    }
+    Ok(child)
+}
+
+/// Waits until every one of `children` answers its health check. An error names the node
+/// when one exits first (with the end of its log) or when `timeout` passes; it stops nothing.
+pub(crate) async fn wait_ready(
+    d: &Deployment,
+    children: &mut [(String, std::process::Child)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = d.client();
+    let mut pending: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
+    loop {
+        for (n, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{n} exited ({status}) before it was ready: {}",
+                    last_lines(&d.log_file(n), 2)
+                );
+            }
+        }
+        let checks = pending.iter().map(|n| {
+            let addr = d.topology.node(n).expect("selected").address.clone();
+            let client = client.clone();
+            async move { client.healthy(&addr, Duration::from_millis(500)).await }
+        });
+        let ready = futures_util::future::join_all(checks).await;
+        pending = pending
+            .into_iter()
+            .zip(ready)
+            .filter(|(_, ok)| !ok)
+            .map(|(n, _)| n)
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{} did not answer its health check within {} s; see {}",
+                pending.join(", "),
+                timeout.as_secs(),
+                d.log_file(&pending[0]).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits for Ctrl-C (then stops every node) or for every node to exit, reporting each exit.
@@ -204,7 +253,9 @@ fn supervise(
     }
 }
 
-fn stop_all(d: &Deployment, names: &[String]) {
+/// Stops the running nodes among `names` (SIGTERM, then SIGKILL after the grace period), all at
+/// once, and removes their pid files.
+pub(crate) fn stop_all(d: &Deployment, names: &[String]) {
     let handles: Vec<_> = names
         .iter()
         .filter_map(|n| d.running_pid(n).map(|pid| (n.clone(), pid)))

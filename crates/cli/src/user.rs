@@ -31,87 +31,24 @@ pub enum UserCommand {
     Remove { name: String },
 }
 
+/// A user just created, with the bearer token that `add` keeps beside the topology.
 #[derive(Serialize)]
-struct Added {
-    user: String,
-    pool: String,
-    token: String,
+pub(crate) struct Added {
+    pub(crate) user: String,
+    pub(crate) pool: String,
+    pub(crate) token: String,
 }
 
 pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()> {
     let rt = runtime()?;
     let client = d.client();
-    let (cms_node, cms) = d.primary_address(DATABASE_CMS)?;
     match cmd {
         UserCommand::Add {
             name,
             pool,
             password,
         } => {
-            let p = d.topology.pool(&pool).with_context(|| {
-                let pools: Vec<&str> = d.topology.pools.iter().map(|p| p.name.as_str()).collect();
-                format!("no pool named {pool} (pools: {})", pools.join(", "))
-            })?;
-            tandem_pool::users::validate_name(&name)?;
-            let users_db = p.users_database();
-            let (_, users) = d.primary_address(&users_db)?;
-            let added: NewUser = rt.block_on(async {
-                let home = client
-                    .call::<serde_json::Value, _>(
-                        &cms,
-                        DATABASE_CMS,
-                        "cms.home_of",
-                        &json!({ "user": name }),
-                    )
-                    .await
-                    .with_context(|| format!("the CMS on {cms_node}"))?;
-                if let Some(other) = home.result["pool"].as_str()
-                    && other != pool
-                {
-                    bail!("{name} is already homed on {other}");
-                }
-                client
-                    .call::<serde_json::Value, _>(
-                        &cms,
-                        DATABASE_CMS,
-                        "cms.set_home",
-                        &json!({ "user": name, "pool": pool }),
-                    )
-                    .await
-                    .with_context(|| format!("the CMS on {cms_node}"))?;
-                let added = client
-                    .call::<NewUser, _>(
-                        &users,
-                        &users_db,
-                        "users.add",
-                        &json!({ "name": name, "pool": pool, "password": password }),
-                    )
-                    .await;
-                match added {
-                    Ok(r) => Ok(r.result),
-                    Err(e) => {
-                        // No user, no home: undo the home this command just recorded.
-                        if home.result["pool"].as_str().is_none() {
-                            let _ = client
-                                .call::<serde_json::Value, _>(
-                                    &cms,
-                                    DATABASE_CMS,
-                                    "cms.remove_home",
-                                    &json!({ "user": name }),
-                                )
-                                .await;
-                        }
-                        Err(e.into())
-                    }
-                }
-            })?;
-            let token = tandem_node::user_token(&added.name, &added.token);
-            d.save_token(&added.name, Some(&token))?;
-            let report = Added {
-                user: added.name,
-                pool: added.pool,
-                token,
-            };
+            let report = rt.block_on(add(d, &name, &pool, password.as_deref()))?;
             out.emit(&report, || format!("{}\n", report.token))
         }
         UserCommand::List { pool } => {
@@ -151,6 +88,7 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             })
         }
         UserCommand::Remove { name } => {
+            let (_, cms) = d.primary_address(DATABASE_CMS)?;
             let home = rt.block_on(client.call::<serde_json::Value, _>(
                 &cms,
                 DATABASE_CMS,
@@ -187,4 +125,73 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             })
         }
     }
+}
+
+/// Creates `name` homed on `pool` (recording the home in the CMS first, undone when the pool
+/// refuses the user) and keeps its token beside the topology.
+pub(crate) async fn add(
+    d: &Deployment,
+    name: &str,
+    pool: &str,
+    password: Option<&str>,
+) -> anyhow::Result<Added> {
+    let p = d.topology.pool(pool).with_context(|| {
+        let pools: Vec<&str> = d.topology.pools.iter().map(|p| p.name.as_str()).collect();
+        format!("no pool named {pool} (pools: {})", pools.join(", "))
+    })?;
+    tandem_pool::users::validate_name(name)?;
+    let client = d.client();
+    let (cms_node, cms) = d.find_primary(DATABASE_CMS).await?;
+    let users_db = p.users_database();
+    let (_, users) = d.find_primary(&users_db).await?;
+    let home = client
+        .call::<serde_json::Value, _>(&cms, DATABASE_CMS, "cms.home_of", &json!({ "user": name }))
+        .await
+        .with_context(|| format!("the CMS on {cms_node}"))?;
+    if let Some(other) = home.result["pool"].as_str()
+        && other != pool
+    {
+        bail!("{name} is already homed on {other}");
+    }
+    client
+        .call::<serde_json::Value, _>(
+            &cms,
+            DATABASE_CMS,
+            "cms.set_home",
+            &json!({ "user": name, "pool": pool }),
+        )
+        .await
+        .with_context(|| format!("the CMS on {cms_node}"))?;
+    let added = client
+        .call::<NewUser, _>(
+            &users,
+            &users_db,
+            "users.add",
+            &json!({ "name": name, "pool": pool, "password": password }),
+        )
+        .await;
+    let added = match added {
+        Ok(r) => r.result,
+        Err(e) => {
+            // No user, no home: undo the home this command just recorded.
+            if home.result["pool"].as_str().is_none() {
+                let _ = client
+                    .call::<serde_json::Value, _>(
+                        &cms,
+                        DATABASE_CMS,
+                        "cms.remove_home",
+                        &json!({ "user": name }),
+                    )
+                    .await;
+            }
+            return Err(e.into());
+        }
+    };
+    let token = tandem_node::user_token(&added.name, &added.token);
+    d.save_token(&added.name, Some(&token))?;
+    Ok(Added {
+        user: added.name,
+        pool: added.pool,
+        token,
+    })
 }

@@ -468,6 +468,19 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     );
     assert_eq!(r["state"], "synchronized", "{r}");
     d.wait_mirror("mgc", "atl-db1");
+
+    // Asynchronous: the mirror follows, acknowledgments do not wait for it.
+    ok(&d.dir, &["db", "mirror", "remove", "--db", "mgc", "--instance", "atl-db2"]);
+    let r = json(
+        &d.dir,
+        &[&install[..], &["atl-db2", "--mirror", "atl-db1", "--mode", "async"]].concat(),
+    );
+    assert_eq!(r["mode"], "async", "{r}");
+    let p = d.copy("mgc", "atl-db2");
+    assert_eq!(p["mirroring"]["state"], "async: mirror following", "{p}");
+    assert_eq!(p["mirroring"]["gate"]["sync"], false, "{p}");
+    let async_at = Instant::now();
+    load.wait_acked_since(async_at, "with an asynchronous mirror");
     let acked = load.stop();
     check_history(&acked, &history(&fe, &token));
 }

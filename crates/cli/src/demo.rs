@@ -1,0 +1,1092 @@
+//! `tandem demo`: the chat database's primary dies under load and no acknowledged post is lost
+//! (issue 5), end to end on this machine.
+//!
+//! It writes the two-site example deployment, starts its six nodes, creates users and an open
+//! room, and posts from concurrent clients through the active chat node, recording every
+//! acknowledged post. Then it SIGKILLs the node that holds the primary copy of `mgc`; the
+//! mirror becomes primary of a new epoch (the witness grants it) and the chat node follows it.
+//! The killed node restarts and rejoins as a mirror. Last, the room's history is read back and
+//! every acknowledged post must be in it once, with its text.
+//!
+//! One line per stage (stdout for humans; stderr with `--json`, whose stdout holds only the
+//! report). Every stage has a deadline. Every node is stopped at the end, on an error, on a
+//! panic and on Ctrl-C or SIGTERM (the nodes are in their own process groups, so the
+//! terminal's Ctrl-C reaches them only through this command).
+
+use crate::deployment::{Deployment, signal};
+use crate::output::{Output, count};
+use crate::{init, up, user};
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_node::{ClientError, DatabaseStatus, Method, UserApi};
+use tandem_topology::DATABASE_MGC;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep the deployment (topology, data, logs) in DIR, which must not hold one yet; by
+    /// default a temporary directory, removed at the end.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Clients posting at once, each on its own connection.
+const CLIENTS: usize = 8;
+/// Users the clients post as (client k is user k mod USERS).
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const POOL: &str = "pool-atl";
+const ROOM: &str = "demo";
+/// Each client sends at most one post per interval: a steady load (≤ 800 posts/s) that
+/// measures the gap, without saturating the machine the nodes share.
+const POST_INTERVAL_MS: u64 = 10;
+/// A client's pause after a post that was not acknowledged.
+const RETRY_PAUSE_MS: u64 = 50;
+/// Posts one client sends at most.
+const POSTS_PER_CLIENT_MAX: u64 = 200_000;
+/// Posting before the kill.
+const WARMUP_MS: u64 = 3_000;
+/// Posting on the new primary before the killed node restarts.
+const AFTER_FAILOVER_MS: u64 = 3_000;
+/// Deadlines of the stages.
+const READY_TIMEOUT_MS: u64 = 30_000;
+const SYNCHRONIZED_TIMEOUT_MS: u64 = 20_000;
+const SETUP_TIMEOUT_MS: u64 = 20_000;
+const FIRST_POST_TIMEOUT_MS: u64 = 10_000;
+const REAP_TIMEOUT_MS: u64 = 5_000;
+const FAILOVER_TIMEOUT_MS: u64 = 20_000;
+const REJOIN_TIMEOUT_MS: u64 = 30_000;
+const WORKLOAD_STOP_TIMEOUT_MS: u64 = tandem_node::REQUEST_TIMEOUT_MS + 5_000;
+const VERIFY_TIMEOUT_MS: u64 = 60_000;
+/// Deadline of one status question to a node.
+const STATUS_TIMEOUT_MS: u64 = 1_000;
+/// Pause between two looks at a condition awaited.
+const POLL_MS: u64 = 50;
+/// Attempts at one history page before the check gives up.
+const PAGE_ATTEMPTS_MAX: u32 = 5;
+/// History pages read at most (of `HISTORY_LIMIT_MAX` events each).
+const HISTORY_PAGES_MAX: u64 = 100_000;
+/// Stages announced: init, up, users, posting, kill, failover, restart, rejoin, check, down.
+const STAGES: usize = 10;
+
+#[derive(Serialize)]
+struct Report {
+    /// The deployment directory, and whether it was kept.
+    dir: PathBuf,
+    kept: bool,
+    clients: usize,
+    /// Posts the chat node answered 201 to.
+    acknowledged: u64,
+    /// Acknowledged posts missing from the history, or there with another text.
+    lost: u64,
+    /// Acknowledged posts whose text the history holds more than once.
+    duplicated: u64,
+    /// Posts that were not acknowledged (no answer, or an error), by reason.
+    failed_attempts: u64,
+    failures: BTreeMap<String, u64>,
+    /// Failed attempts the history holds anyway (committed, but the answer was lost).
+    failed_but_stored: u64,
+    /// The longest time without an acknowledged post, and when it began.
+    longest_gap_ms: u64,
+    longest_gap_from_s: f64,
+    killed: String,
+    killed_pid: i32,
+    killed_at_s: f64,
+    /// From the kill to the first post acknowledged by the new primary (a post sent after the
+    /// killed process was gone).
+    failover_ms: u64,
+    epoch_before: u64,
+    epoch_after: u64,
+    primary_before: String,
+    primary_after: String,
+    restarted_at_s: f64,
+    /// From the restart to the restarted copy being a synchronized mirror.
+    rejoin_ms: u64,
+    /// Events of the room read back (messages and the room's own events).
+    history_events: u64,
+    seconds: f64,
+}
+
+/// Time since the demo began.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+
+    fn s(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// The stage lines: `[k/N]  12.3 s  what happened`.
+struct Stages {
+    json: bool,
+    clock: Clock,
+    done: AtomicUsize,
+}
+
+impl Stages {
+    fn say(&self, what: &str) {
+        let k = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = format!(
+            "{:<7} {:>5.1} s  {what}",
+            format!("[{k}/{STAGES}]"),
+            self.clock.s()
+        );
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// A line that is not a stage (Ctrl-C, the error path).
+    fn note(&self, what: &str) {
+        let line = format!("{:<7} {:>5.1} s  {what}", "", self.clock.s());
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+/// Why the scenario ended early.
+enum Stop {
+    Failed(anyhow::Error),
+    Signal(&'static str),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Failed(e) => write!(f, "{e:#}"),
+            Stop::Signal(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Stops every node of the deployment (by its pid file) and reaps the children this process
+/// started: on the normal path, on an error, on Ctrl-C and when a panic unwinds.
+struct Cleanup<'a> {
+    d: &'a Deployment,
+    children: &'a Mutex<Vec<Child>>,
+    done: bool,
+}
+
+impl Cleanup<'_> {
+    fn run(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let names = self.d.select(&[]).expect("every node");
+        up::stop_all(self.d, &names);
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        for c in children.iter_mut() {
+            // A child without a pid file (it could not be written) is stopped here.
+            if matches!(c.try_wait(), Ok(None)) {
+                crate::deployment::stop(c.id() as i32, Duration::from_millis(5_000));
+            }
+            let _ = c.wait();
+        }
+        children.clear();
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
+    let clock = Clock(Instant::now());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // From here on, Ctrl-C and SIGTERM are this command's to handle: it stops the nodes first.
+    let (mut interrupt, mut terminate) = {
+        let _in_runtime = rt.enter();
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
+    let (tmp, dir) = match &a.dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::Builder::new().prefix("tandem-demo-").tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let stages = Stages {
+        json: out.json,
+        clock,
+        done: AtomicUsize::new(0),
+    };
+    let written = init::write(&dir, None)?;
+    let d = Deployment::load(&written.topology)?;
+    stages.say(&format!(
+        "wrote the two-site example deployment in {} (six nodes on 127.0.0.1:{}..)",
+        dir.display(),
+        written.base_port
+    ));
+    let children = Mutex::new(Vec::new());
+    let mut cleanup = Cleanup {
+        d: &d,
+        children: &children,
+        done: false,
+    };
+    let ended = rt.block_on(async {
+        tokio::select! {
+            r = scenario(&d, &children, &stages) => r.map_err(Stop::Failed),
+            _ = interrupt.recv() => Err(Stop::Signal("interrupted (Ctrl-C)")),
+            _ = terminate.recv() => Err(Stop::Signal("terminated (SIGTERM)")),
+        }
+    });
+    match &ended {
+        Err(Stop::Signal(s)) => stages.note(&format!("{s}: stopping every node…")),
+        Err(Stop::Failed(_)) => stages.note("failed: stopping every node…"),
+        Ok(_) => {}
+    }
+    // The workload's tasks end with the runtime; the nodes before them.
+    cleanup.run();
+    rt.shutdown_timeout(Duration::from_millis(1_000));
+    let left: Vec<String> = d
+        .select(&[])?
+        .into_iter()
+        .filter(|n| d.running_pid(n).is_some())
+        .collect();
+    if !left.is_empty() {
+        let dir = tmp.map(|t| t.keep()).unwrap_or(dir);
+        bail!("{} did not stop; see {}", left.join(", "), dir.display());
+    }
+    let mut report = match ended {
+        Ok(r) => r,
+        Err(e) => {
+            // A failed run keeps its deployment for its logs; an interrupted one does not.
+            let logs = match (tmp, &e) {
+                (Some(_), Stop::Signal(_)) => String::new(),
+                (Some(t), Stop::Failed(_)) => {
+                    format!("; logs kept in {}", t.keep().join("logs").display())
+                }
+                (None, _) => format!("; logs in {}", dir.join("logs").display()),
+            };
+            bail!("{e}; every node stopped{logs}");
+        }
+    };
+    stages.say("every node stopped");
+    let failed = report.lost > 0 || report.duplicated > 0;
+    // A run that lost a post keeps its deployment for inspection.
+    report.kept = match tmp {
+        None => true,
+        Some(t) if failed => {
+            let _ = t.keep();
+            true
+        }
+        Some(t) => {
+            t.close()
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            false
+        }
+    };
+    report.seconds = clock.s();
+    out.emit(&report, || human(&report))?;
+    if failed {
+        bail!(
+            "{} acknowledged posts lost and {} duplicated; the deployment is kept in {}",
+            report.lost,
+            report.duplicated,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every stage after init; the report, not yet printed.
+async fn scenario(
+    d: &Deployment,
+    children: &Mutex<Vec<Child>>,
+    stages: &Stages,
+) -> anyhow::Result<Report> {
+    let clock = stages.clock;
+    let chat = d
+        .topology
+        .chat
+        .as_ref()
+        .context("the topology has no chat pool")?;
+    let victim = chat.primary.clone();
+    let mirror = chat
+        .mirror
+        .clone()
+        .context("the topology gives mgc no mirror: nothing would take over")?;
+    let server = chat
+        .active
+        .first()
+        .context("the topology's chat pool has no active server")?;
+    let server_addr = d.topology.node(server).expect("validated").address.clone();
+    let client = d.client();
+
+    // Up: every node, then the chat database's primary synchronized with its mirror (the
+    // witness allows an automatic failover only then).
+    let names = d.select(&[])?;
+    let up_from = Instant::now();
+    let mut started = up::spawn(d, &names)?;
+    let ready = up::wait_ready(d, &mut started, ms(READY_TIMEOUT_MS)).await;
+    children
+        .lock()
+        .expect("children")
+        .extend(started.into_iter().map(|(_, c)| c));
+    ready?;
+    let up_s = up_from.elapsed().as_secs_f64();
+    let victim_addr = address(d, &victim);
+    let (epoch_before, _) = until(
+        &format!("{DATABASE_MGC} primary on {victim}, synchronized with {mirror}"),
+        SYNCHRONIZED_TIMEOUT_MS,
+        async || primary_synchronized(&client, &victim_addr).await,
+    )
+    .await?;
+    stages.say(&format!(
+        "six nodes ready in {up_s:.1} s; {DATABASE_MGC} primary on {victim} (epoch {epoch_before}), \
+         synchronized with {mirror}"
+    ));
+
+    // Users and an open room that they all join.
+    let mut apis = Vec::new();
+    for name in USERS {
+        let added = tokio::time::timeout(ms(SETUP_TIMEOUT_MS), user::add(d, name, POOL, None))
+            .await
+            .map_err(|_| anyhow!("adding user {name}: no answer within {SETUP_TIMEOUT_MS} ms"))?
+            .with_context(|| format!("adding user {name}"))?;
+        apis.push(UserApi::new(&server_addr, &added.token));
+    }
+    tokio::time::timeout(ms(SETUP_TIMEOUT_MS), async {
+        apis[0]
+            .request(
+                Method::POST,
+                "/api/v1/rooms",
+                Some(&json!({ "name": ROOM, "privacy": "open" })),
+            )
+            .await
+            .with_context(|| format!("creating room {ROOM} on {server}"))?;
+        for (api, name) in apis.iter().zip(USERS).skip(1) {
+            api.request(
+                Method::POST,
+                &format!("/api/v1/rooms/{ROOM}/members"),
+                Some(&json!({ "user": name })),
+            )
+            .await
+            .with_context(|| format!("{name} joining room {ROOM}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow!("creating room {ROOM}: no answer within {SETUP_TIMEOUT_MS} ms"))??;
+    stages.say(&format!(
+        "{} users in {POOL} ({}); open room {ROOM}, joined by all",
+        USERS.len(),
+        USERS.join(", ")
+    ));
+
+    // The workload, and the time it has before the kill.
+    let workload = Workload::start(&apis, clock);
+    let warm_from = Instant::now();
+    until(
+        "the first post acknowledged",
+        FIRST_POST_TIMEOUT_MS,
+        async || match workload.progress.acked.load(Ordering::SeqCst) {
+            0 => Err(format!(
+                "{} attempts failed",
+                workload.progress.failed.load(Ordering::SeqCst)
+            )),
+            n => Ok(n),
+        },
+    )
+    .await?;
+    tokio::time::sleep(ms(WARMUP_MS).saturating_sub(warm_from.elapsed())).await;
+    let (epoch_now, _) = until(
+        &format!("{DATABASE_MGC} on {victim} still synchronized with {mirror} under load"),
+        SYNCHRONIZED_TIMEOUT_MS,
+        async || primary_synchronized(&client, &victim_addr).await,
+    )
+    .await?;
+    if epoch_now != epoch_before {
+        bail!("{DATABASE_MGC} changed epoch ({epoch_before} → {epoch_now}) before the kill");
+    }
+    stages.say(&format!(
+        "{CLIENTS} clients posting through {server}: {} posts acknowledged, {} attempts failed",
+        count(workload.progress.acked.load(Ordering::SeqCst) as f64),
+        workload.progress.failed.load(Ordering::SeqCst)
+    ));
+
+    // The kill: SIGKILL of the process in run/VICTIM.pid, awaited until it is gone.
+    let pid = d.running_pid(&victim).with_context(|| {
+        format!(
+            "{victim} is not running (no live process in {})",
+            d.pid_file(&victim).display()
+        )
+    })?;
+    let killed_ms = clock.ms();
+    signal(pid, libc::SIGKILL);
+    until(
+        &format!("{victim} (pid {pid}) gone after SIGKILL"),
+        REAP_TIMEOUT_MS,
+        async || reap(children, pid),
+    )
+    .await?;
+    let _ = std::fs::remove_file(d.pid_file(&victim));
+    // A post sent from now on can only be acknowledged by another copy.
+    workload
+        .progress
+        .boundary_ms
+        .store(clock.ms(), Ordering::SeqCst);
+    stages.say(&format!(
+        "killed {victim} (pid {pid}) at {:.1} s",
+        killed_ms as f64 / 1000.0
+    ));
+
+    // The failover, as the clients see it: the first post acknowledged by the new primary.
+    let first_ms = until(
+        "a post acknowledged after the kill",
+        FAILOVER_TIMEOUT_MS,
+        async || match workload.progress.first_after_ms.load(Ordering::SeqCst) {
+            u64::MAX => Err(format!(
+                "{} attempts failed so far",
+                workload.progress.failed.load(Ordering::SeqCst)
+            )),
+            t => Ok(t),
+        },
+    )
+    .await?;
+    let failover_ms = first_ms - killed_ms;
+    let (primary_after, epoch_after) = until(
+        &format!("one writable copy of {DATABASE_MGC}"),
+        FAILOVER_TIMEOUT_MS,
+        async || writable_copy(d, &client).await,
+    )
+    .await?;
+    stages.say(&format!(
+        "{primary_after} primary of {DATABASE_MGC} (epoch {epoch_after}): first post acknowledged \
+         {:.2} s after the kill",
+        failover_ms as f64 / 1000.0
+    ));
+
+    // The restart, once the new primary has served a while.
+    tokio::time::sleep(ms(AFTER_FAILOVER_MS)).await;
+    let restarted_ms = clock.ms();
+    let mut restarted = up::spawn(d, std::slice::from_ref(&victim))?;
+    let ready = up::wait_ready(d, &mut restarted, ms(READY_TIMEOUT_MS)).await;
+    let new_pid = restarted.first().map(|(_, c)| c.id()).unwrap_or(0);
+    children
+        .lock()
+        .expect("children")
+        .extend(restarted.into_iter().map(|(_, c)| c));
+    ready?;
+    stages.say(&format!(
+        "restarted {victim} (pid {new_pid}) at {:.1} s",
+        restarted_ms as f64 / 1000.0
+    ));
+
+    // The rejoin: the restarted copy a mirror of the new primary, with every record.
+    let primary_addr = address(d, &primary_after);
+    until(
+        &format!("{DATABASE_MGC} on {victim} a synchronized mirror of {primary_after}"),
+        REJOIN_TIMEOUT_MS,
+        async || rejoined(&client, &victim_addr, &primary_addr, epoch_after).await,
+    )
+    .await?;
+    let rejoin_ms = clock.ms() - restarted_ms;
+    stages.say(&format!(
+        "{victim} rejoined: mirror of {DATABASE_MGC}, synchronized with {primary_after}, {:.1} s \
+         after its restart",
+        rejoin_ms as f64 / 1000.0
+    ));
+
+    // The check: every acknowledged post in the history, once, with its text.
+    let log = workload.stop().await?;
+    let history = tokio::time::timeout(ms(VERIFY_TIMEOUT_MS), read_history(&apis[0]))
+        .await
+        .map_err(|_| {
+            anyhow!("reading room {ROOM}'s history: not done within {VERIFY_TIMEOUT_MS} ms")
+        })??;
+    let check = check(&log, &history);
+    let (longest_gap_ms, gap_from_ms) = longest_gap(&log.acks);
+    let (final_primary, final_epoch) = writable_copy(d, &client)
+        .await
+        .map_err(|e| anyhow!("after the rejoin: {e}"))?;
+    if (final_primary.as_str(), final_epoch) != (primary_after.as_str(), epoch_after) {
+        bail!(
+            "{DATABASE_MGC} moved again after the failover: primary {final_primary} epoch \
+             {final_epoch}, was {primary_after} epoch {epoch_after}"
+        );
+    }
+    stages.say(&format!(
+        "posting stopped; history read back ({} events): {} posts acknowledged, {} lost, {} \
+         attempts not acknowledged",
+        count(history.events as f64),
+        count(log.acks.len() as f64),
+        check.lost,
+        log.failures.len()
+    ));
+    let mut failures = BTreeMap::new();
+    for f in &log.failures {
+        *failures.entry(f.reason.clone()).or_insert(0) += 1;
+    }
+    Ok(Report {
+        dir: d.dir().to_path_buf(),
+        kept: false,
+        clients: CLIENTS,
+        acknowledged: log.acks.len() as u64,
+        lost: check.lost,
+        duplicated: check.duplicated,
+        failed_attempts: log.failures.len() as u64,
+        failures,
+        failed_but_stored: check.failed_but_stored,
+        longest_gap_ms,
+        longest_gap_from_s: gap_from_ms as f64 / 1000.0,
+        killed: victim,
+        killed_pid: pid,
+        killed_at_s: killed_ms as f64 / 1000.0,
+        failover_ms,
+        epoch_before,
+        epoch_after,
+        primary_before: chat.primary.clone(),
+        primary_after,
+        restarted_at_s: restarted_ms as f64 / 1000.0,
+        rejoin_ms,
+        history_events: history.events,
+        seconds: 0.0,
+    })
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn address(d: &Deployment, node: &str) -> String {
+    d.topology
+        .node(node)
+        .expect("in the topology")
+        .address
+        .clone()
+}
+
+/// Awaits `probe` until it answers `Ok`, looking every `POLL_MS`; past `timeout_ms`, an error
+/// that names `what` and the last thing the probe saw.
+async fn until<T>(
+    what: &str,
+    timeout_ms: u64,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + ms(timeout_ms);
+    loop {
+        let seen = match probe().await {
+            Ok(t) => return Ok(t),
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{what}: not within {:.1} s (last seen: {seen})",
+                timeout_ms as f64 / 1000.0
+            );
+        }
+        tokio::time::sleep(ms(POLL_MS)).await;
+    }
+}
+
+/// The node's copy of `mgc`, as its status tells.
+async fn mgc_copy(client: &tandem_node::Client, addr: &str) -> Result<DatabaseStatus, String> {
+    let status = client
+        .status(addr, ms(STATUS_TIMEOUT_MS))
+        .await
+        .map_err(|e| e.to_string())?;
+    status
+        .databases
+        .into_iter()
+        .find(|c| c.database == DATABASE_MGC)
+        .ok_or_else(|| format!("{} holds no copy of {DATABASE_MGC}", status.node))
+}
+
+fn describe(c: &DatabaseStatus) -> String {
+    format!(
+        "role {}, epoch {}, mirroring {}",
+        c.role.as_deref().unwrap_or("-"),
+        c.epoch.map(|e| e.to_string()).unwrap_or("-".into()),
+        c.mirroring
+            .as_ref()
+            .map(|m| format!("{} with {}", m.state, m.partner))
+            .unwrap_or("none".into())
+    )
+}
+
+/// The copy at `addr` is primary and its mirror synchronized: its epoch and LSN.
+async fn primary_synchronized(
+    client: &tandem_node::Client,
+    addr: &str,
+) -> Result<(u64, u64), String> {
+    let c = mgc_copy(client, addr).await?;
+    let synchronized = c
+        .mirroring
+        .as_ref()
+        .is_some_and(|m| m.state == "synchronized");
+    match (c.role.as_deref(), c.epoch, c.lsn) {
+        (Some("primary"), Some(e), Some(l)) if synchronized => Ok((e, l)),
+        _ => Err(describe(&c)),
+    }
+}
+
+/// The copy at `mirror_addr` is a mirror of epoch `epoch` that has every record of its
+/// primary, and the primary at `primary_addr` counts it synchronized again (its witness may
+/// allow the next automatic failover).
+async fn rejoined(
+    client: &tandem_node::Client,
+    mirror_addr: &str,
+    primary_addr: &str,
+    epoch: u64,
+) -> Result<(), String> {
+    let m = mgc_copy(client, mirror_addr).await?;
+    let mirror_synchronized = m
+        .mirroring
+        .as_ref()
+        .is_some_and(|l| l.state == "mirror: synchronized");
+    if m.role.as_deref() != Some("mirror") || m.epoch != Some(epoch) || !mirror_synchronized {
+        return Err(format!("the restarted copy: {}", describe(&m)));
+    }
+    let p = mgc_copy(client, primary_addr).await?;
+    let synchronized = p
+        .mirroring
+        .as_ref()
+        .is_some_and(|l| l.state == "synchronized");
+    if p.role.as_deref() != Some("primary") || !synchronized {
+        return Err(format!("the primary: {}", describe(&p)));
+    }
+    Ok(())
+}
+
+/// The one copy of `mgc` that accepts writes now: its node and epoch.
+async fn writable_copy(
+    d: &Deployment,
+    client: &tandem_node::Client,
+) -> Result<(String, u64), String> {
+    let candidates = tandem_node::locator::candidates(&d.topology, DATABASE_MGC, false);
+    let answers = futures_util::future::join_all(
+        candidates
+            .iter()
+            .map(|n| client.copy_role(&n.address, DATABASE_MGC, ms(STATUS_TIMEOUT_MS))),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut writable = Vec::new();
+    for (n, a) in candidates.iter().zip(answers) {
+        match a {
+            Ok(r) if r.writable => writable.push((n.name.clone(), r.epoch)),
+            Ok(r) => seen.push(format!("{} {} epoch {}", n.name, r.role, r.epoch)),
+            Err(e) => seen.push(format!("{}: {e}", n.name)),
+        }
+    }
+    match writable.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(seen.join("; ")),
+        many => Err(format!("more than one writable copy: {many:?}")),
+    }
+}
+
+/// Reaps the child `pid` once it has exited; an error while it runs.
+fn reap(children: &Mutex<Vec<Child>>, pid: i32) -> Result<(), String> {
+    let mut children = children.lock().expect("children");
+    let Some(at) = children.iter().position(|c| c.id() as i32 == pid) else {
+        // Not a child of this process: gone once no process has the pid.
+        return match crate::deployment::alive(pid) {
+            true => Err("still running".into()),
+            false => Ok(()),
+        };
+    };
+    match children[at].try_wait() {
+        Ok(Some(_)) => {
+            // Reaped by try_wait; wait returns its status at once.
+            let _ = children.remove(at).wait();
+            Ok(())
+        }
+        Ok(None) => Err("still running".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the clients share with the stages.
+struct Progress {
+    acked: AtomicU64,
+    failed: AtomicU64,
+    /// Set once the killed process is gone: a post sent at or after this time (ms) can only
+    /// be acknowledged by the new primary. `u64::MAX` before.
+    boundary_ms: AtomicU64,
+    /// The earliest acknowledgment (ms) of a post sent after `boundary_ms`; `u64::MAX` before.
+    first_after_ms: AtomicU64,
+}
+
+/// One acknowledged post.
+struct Ack {
+    id: i64,
+    text: String,
+    acked_ms: u64,
+}
+
+/// One attempt that was not acknowledged.
+struct Failure {
+    text: String,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Log {
+    acks: Vec<Ack>,
+    failures: Vec<Failure>,
+}
+
+struct Workload {
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Log>>,
+}
+
+impl Workload {
+    /// `CLIENTS` tasks, client k posting "ck-1", "ck-2", … as user k mod `USERS`.
+    fn start(apis: &[UserApi], clock: Clock) -> Workload {
+        let progress = Arc::new(Progress {
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            boundary_ms: AtomicU64::new(u64::MAX),
+            first_after_ms: AtomicU64::new(u64::MAX),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..CLIENTS)
+            .map(|k| {
+                tokio::spawn(post_loop(
+                    k,
+                    apis[k % apis.len()].clone(),
+                    clock,
+                    progress.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Workload {
+            progress,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops the clients (each finishes the post it is sending); what they recorded.
+    async fn stop(self) -> anyhow::Result<Log> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all = Log::default();
+        let joined = tokio::time::timeout(
+            ms(WORKLOAD_STOP_TIMEOUT_MS),
+            futures_util::future::join_all(self.tasks),
+        )
+        .await
+        .map_err(|_| anyhow!("the clients did not stop within {WORKLOAD_STOP_TIMEOUT_MS} ms"))?;
+        for log in joined {
+            let log = log.context("a client task failed")?;
+            all.acks.extend(log.acks);
+            all.failures.extend(log.failures);
+        }
+        Ok(all)
+    }
+}
+
+async fn post_loop(
+    k: usize,
+    api: UserApi,
+    clock: Clock,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> Log {
+    let path = format!("/api/v1/rooms/{ROOM}/messages");
+    let mut log = Log::default();
+    for i in 1..=POSTS_PER_CLIENT_MAX {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let text = format!("c{k}-{i}");
+        let began = Instant::now();
+        let sent_ms = clock.ms();
+        let answer = api
+            .request(Method::POST, &path, Some(&json!({ "text": text })))
+            .await;
+        let acked_ms = clock.ms();
+        let id = match answer {
+            Ok(v) => v["id"]
+                .as_i64()
+                .ok_or_else(|| format!("201 without an id: {v}")),
+            Err(e) => Err(reason(&e)),
+        };
+        match id {
+            Ok(id) => {
+                progress.acked.fetch_add(1, Ordering::SeqCst);
+                if sent_ms >= progress.boundary_ms.load(Ordering::SeqCst) {
+                    progress
+                        .first_after_ms
+                        .fetch_min(acked_ms, Ordering::SeqCst);
+                }
+                log.acks.push(Ack { id, text, acked_ms });
+                tokio::time::sleep(ms(POST_INTERVAL_MS).saturating_sub(began.elapsed())).await;
+            }
+            Err(reason) => {
+                progress.failed.fetch_add(1, Ordering::SeqCst);
+                log.failures.push(Failure { text, reason });
+                tokio::time::sleep(ms(RETRY_PAUSE_MS)).await;
+            }
+        }
+    }
+    log
+}
+
+/// Why a post was not acknowledged, in few enough words to count them by.
+fn reason(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreachable { sent: false, .. } => "not sent (no connection)".into(),
+        ClientError::Unreachable { sent: true, .. } => "no answer".into(),
+        ClientError::Api { status, body } => format!("HTTP {status} {}", body.code),
+        other => other.to_string(),
+    }
+}
+
+/// The room's events, read back in pages from the first.
+struct History {
+    events: u64,
+    /// Message id → text.
+    messages: HashMap<i64, String>,
+}
+
+async fn read_history(api: &UserApi) -> anyhow::Result<History> {
+    let limit = tandem_chat::HISTORY_LIMIT_MAX;
+    let mut history = History {
+        events: 0,
+        messages: HashMap::new(),
+    };
+    let mut after = 0i64;
+    for _ in 0..HISTORY_PAGES_MAX {
+        let path = format!("/api/v1/rooms/{ROOM}/messages?after={after}&limit={limit}");
+        let mut attempt = 0;
+        let page = loop {
+            attempt += 1;
+            match api.request(Method::GET, &path, None).await {
+                Ok(p) => break p,
+                Err(e) if attempt < PAGE_ATTEMPTS_MAX => {
+                    tracing::debug!("history page after {after}: {e}; again");
+                    tokio::time::sleep(ms(RETRY_PAUSE_MS * 4)).await;
+                }
+                Err(e) => return Err(e).context(format!("reading room {ROOM} after id {after}")),
+            }
+        };
+        let events = page["events"]
+            .as_array()
+            .with_context(|| format!("a history page without events: {page}"))?;
+        for e in events {
+            let id = e["id"].as_i64().context("an event without an id")?;
+            if id <= after {
+                bail!("the history page after id {after} holds id {id}: pages overlap");
+            }
+            after = id;
+            history.events += 1;
+            if e["kind"] == "message" {
+                let text = e["text"].as_str().unwrap_or_default().to_string();
+                history.messages.insert(id, text);
+            }
+        }
+        if page["more"] != true {
+            return Ok(history);
+        }
+    }
+    bail!("room {ROOM} holds more than {HISTORY_PAGES_MAX} pages of events")
+}
+
+#[derive(Debug, PartialEq)]
+struct Check {
+    lost: u64,
+    duplicated: u64,
+    failed_but_stored: u64,
+}
+
+/// Every acknowledged post must be in the history under its id with its text, and its text
+/// there once; failed attempts may be there or not (their answer was lost, not their commit).
+fn check(log: &Log, history: &History) -> Check {
+    let mut texts: HashMap<&str, u32> = HashMap::new();
+    for t in history.messages.values() {
+        *texts.entry(t.as_str()).or_insert(0) += 1;
+    }
+    let lost = log
+        .acks
+        .iter()
+        .filter(|a| history.messages.get(&a.id) != Some(&a.text))
+        .count() as u64;
+    let duplicated = log
+        .acks
+        .iter()
+        .filter(|a| texts.get(a.text.as_str()).copied().unwrap_or(0) > 1)
+        .count() as u64;
+    let failed_but_stored = log
+        .failures
+        .iter()
+        .filter(|f| texts.contains_key(f.text.as_str()))
+        .count() as u64;
+    Check {
+        lost,
+        duplicated,
+        failed_but_stored,
+    }
+}
+
+/// The longest time between two consecutive acknowledgments, and when it began (ms).
+fn longest_gap(acks: &[Ack]) -> (u64, u64) {
+    let mut times: Vec<u64> = acks.iter().map(|a| a.acked_ms).collect();
+    times.sort_unstable();
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+fn human(r: &Report) -> String {
+    let failures = if r.failures.is_empty() {
+        String::new()
+    } else {
+        let by: Vec<String> = r
+            .failures
+            .iter()
+            .map(|(k, n)| format!("{n} × {k}"))
+            .collect();
+        format!(": {}", by.join(", "))
+    };
+    let mut s = format!(
+        "\ntandem demo — {} killed under load ({} clients posting through the chat node)\n\n",
+        r.killed, r.clients
+    );
+    s.push_str(&format!(
+        "  posts acknowledged   {}\n",
+        count(r.acknowledged as f64)
+    ));
+    s.push_str(&format!(
+        "  posts lost           {}{}\n",
+        r.lost,
+        if r.lost == 0 && r.duplicated == 0 {
+            " (every acknowledged post is in the room's history, once, with its text)".to_string()
+        } else {
+            format!(" ({} duplicated)", r.duplicated)
+        }
+    ));
+    s.push_str(&format!(
+        "  failed attempts      {} (not acknowledged{failures}); {} of them stored anyway\n",
+        r.failed_attempts, r.failed_but_stored
+    ));
+    s.push_str(&format!(
+        "  longest gap          {:.2} s without an acknowledged post (from {:.1} s)\n",
+        r.longest_gap_ms as f64 / 1000.0,
+        r.longest_gap_from_s
+    ));
+    s.push_str(&format!(
+        "  failover             {:.2} s from the kill of {} to the first post acknowledged by {}\n",
+        r.failover_ms as f64 / 1000.0,
+        r.killed,
+        r.primary_after
+    ));
+    s.push_str(&format!(
+        "  {DATABASE_MGC:<20} epoch {} → {}, primary {} → {}\n",
+        r.epoch_before, r.epoch_after, r.primary_before, r.primary_after
+    ));
+    s.push_str(&format!(
+        "  rejoin               {:.2} s from the restart of {} to a synchronized mirror\n",
+        r.rejoin_ms as f64 / 1000.0,
+        r.killed
+    ));
+    s.push_str(&format!(
+        "  deployment           {} ({})\n",
+        r.dir.display(),
+        if r.kept { "kept" } else { "removed" }
+    ));
+    s.push_str(&format!("  total                {:.1} s\n", r.seconds));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(id: i64, text: &str, acked_ms: u64) -> Ack {
+        Ack {
+            id,
+            text: text.into(),
+            acked_ms,
+        }
+    }
+
+    fn history(messages: &[(i64, &str)]) -> History {
+        History {
+            events: messages.len() as u64,
+            messages: messages.iter().map(|(i, t)| (*i, t.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn the_check_finds_lost_changed_and_duplicated_posts() {
+        let log = Log {
+            acks: vec![ack(3, "c0-1", 10), ack(4, "c1-1", 11), ack(6, "c0-2", 20)],
+            failures: vec![
+                Failure {
+                    text: "c1-2".into(),
+                    reason: "no answer".into(),
+                },
+                Failure {
+                    text: "c1-3".into(),
+                    reason: "no answer".into(),
+                },
+            ],
+        };
+        let all = history(&[(3, "c0-1"), (4, "c1-1"), (5, "c1-2"), (6, "c0-2")]);
+        assert_eq!(
+            check(&log, &all),
+            Check {
+                lost: 0,
+                duplicated: 0,
+                failed_but_stored: 1
+            }
+        );
+        // Missing, under another text, twice.
+        let bad = history(&[(3, "c0-1"), (4, "c0-1"), (7, "c0-2")]);
+        assert_eq!(
+            check(&log, &bad),
+            Check {
+                lost: 2,
+                duplicated: 1,
+                failed_but_stored: 0
+            }
+        );
+    }
+
+    #[test]
+    fn the_longest_gap_is_between_acknowledgments_in_time_order() {
+        let acks = [
+            ack(1, "a", 100),
+            ack(2, "b", 2_500),
+            ack(3, "c", 120),
+            ack(4, "d", 2_600),
+        ];
+        assert_eq!(longest_gap(&acks), (2_380, 120));
+        assert_eq!(longest_gap(&[]), (0, 0));
+    }
+}
