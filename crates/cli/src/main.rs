@@ -4,9 +4,11 @@
 mod bench;
 mod chat;
 mod db;
+mod db_online;
 mod demo;
 mod deployment;
 mod init;
+mod log_shipping;
 mod mirror;
 mod output;
 mod serve;
@@ -83,6 +85,10 @@ fn main() {
         Command::Db(db::DbCommand::Mirror(c)) => {
             deployment().and_then(|d| mirror::run(&d, c, &out))
         }
+        Command::Db(db::DbCommand::LogShipping(c)) => {
+            deployment().and_then(|d| log_shipping::run(&d, c, &out))
+        }
+        Command::Db(c) if c.online() => deployment().and_then(|d| db_online::run(&d, c, &out)),
         Command::Db(c) => db::run(c, &out),
         Command::Bench(c) => bench::run(c, &out),
     };

@@ -470,10 +470,25 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     d.wait_mirror("mgc", "atl-db1");
 
     // Asynchronous: the mirror follows, acknowledgments do not wait for it.
-    ok(&d.dir, &["db", "mirror", "remove", "--db", "mgc", "--instance", "atl-db2"]);
+    ok(
+        &d.dir,
+        &[
+            "db",
+            "mirror",
+            "remove",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db2",
+        ],
+    );
     let r = json(
         &d.dir,
-        &[&install[..], &["atl-db2", "--mirror", "atl-db1", "--mode", "async"]].concat(),
+        &[
+            &install[..],
+            &["atl-db2", "--mirror", "atl-db1", "--mode", "async"],
+        ]
+        .concat(),
     );
     assert_eq!(r["mode"], "async", "{r}");
     let p = d.copy("mgc", "atl-db2");

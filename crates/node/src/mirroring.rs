@@ -111,6 +111,11 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// The node this link mirrors with.
+    pub(crate) fn partner(&self) -> &str {
+        &self.partnership.partner
+    }
+
     fn st(&self) -> std::sync::MutexGuard<'_, LinkState> {
         self.state.lock().expect("link lock")
     }

@@ -34,6 +34,10 @@ pub struct DatabaseStatus {
     /// The copy's mirroring, when it is mirrored.
     #[serde(default)]
     pub mirroring: Option<crate::mirroring::LinkStatus>,
+    /// The copy's log-shipping jobs on this node (backup on the primary; copy and restore on
+    /// the secondary), when it runs any.
+    #[serde(default)]
+    pub log_shipping: Option<crate::log_shipping::CopyJobs>,
 }
 
 /// The node's copy of the CMS: where it came from and how fresh it is.
