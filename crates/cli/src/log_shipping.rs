@@ -190,10 +190,6 @@ fn configure(
     let started = Instant::now();
     let configured: Configured = rt.block_on(async {
         let (name, address) = d.find_primary(db).await?;
-        out.progress(&format!(
-            "{db}: primary {name}; full backup on the share for {}",
-            s.name
-        ));
         client
             .json::<Configured>(
                 &address,
@@ -206,8 +202,8 @@ fn configure(
             .with_context(|| format!("configuring log shipping of {db} on {name}"))
     })?;
     out.progress(&format!(
-        "{} (LSN {}) on the share; {} seeds its copy from it",
-        configured.seed, configured.lsn, s.name
+        "{db}: primary {}; full backup {} (LSN {}) on the share; {} seeds its copy from it",
+        configured.primary, configured.seed, configured.lsn, s.name
     ));
     let deadline = started + Duration::from_secs(timeout);
     let path = format!("/internal/v1/log-shipping/{db}/status");

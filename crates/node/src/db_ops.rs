@@ -225,6 +225,14 @@ pub(crate) async fn restore(
     Ok(Json(v))
 }
 
+fn already_primary(node: &NodeState, database: &str, epoch: u64) -> ApiError {
+    ApiError::conflict(format!(
+        "{database} on {} is already primary (epoch {epoch}): recover brings a restoring, \
+         standby, mirror or replica copy online",
+        node.name
+    ))
+}
+
 /// `POST /internal/v1/db/{db}/recover`: every handle of this node's copy is put away (the copy
 /// closes), then it opens again and becomes the primary of a new epoch, writable. Refused on a
 /// primary and on a mirrored copy.
@@ -232,6 +240,12 @@ pub(crate) async fn recover(
     State(node): State<Shared>,
     Path(database): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(db) = node.host.get(&database) {
+        let id = db.identity();
+        if id.role == Role::Primary {
+            return Err(already_primary(&node, &database, id.epoch));
+        }
+    }
     check_copy(&node, &database, "recovering")?;
     let ops = node.host.operations(&database);
     let _guard = ops.lock().await;
@@ -250,11 +264,7 @@ pub(crate) async fn recover(
         let before = db.identity();
         if before.role == Role::Primary {
             n.host.replace(&d, Some(db));
-            return Err(ApiError::conflict(format!(
-                "{d} on {} is already primary (epoch {}): recover brings a restoring, standby, \
-                 mirror or replica copy online",
-                n.name, before.epoch
-            )));
+            return Err(already_primary(&n, &d, before.epoch));
         }
         n.host.replace(&d, None);
         drop(db);

@@ -1087,8 +1087,13 @@ async fn tick(node: &Shared, database: &str) -> u64 {
     } else if secondary {
         let ops = node.host.operations(database);
         let _guard = ops.lock().await;
-        let (n, d, c) = (node.clone(), database.to_string(), config.clone());
+        let (n, d) = (node.clone(), database.to_string());
         let round = blocking(move || {
+            // Read again under the lock: a `remove-secondary` that held it has the last word.
+            let c = read_config(&share_dir(&n.topology, &d))?;
+            if c.as_ref().and_then(|c| c.secondary.as_deref()) != Some(n.name.as_str()) {
+                return Ok(());
+            }
             let r = secondary_round(&n, &d, c.as_ref(), Steps::Jobs);
             record_secondary(&n, &d, &r, Steps::Jobs);
             Ok(())
