@@ -31,9 +31,12 @@ pub enum LogShippingCommand {
         /// The db node, in another site than the primary, that copies and restores.
         #[arg(long)]
         secondary: String,
-        /// Interval of the log backups (and of the secondary's copy and restore rounds).
+        /// Interval of the log backups.
         #[arg(long)]
         backup_interval_ms: Option<u64>,
+        /// Interval of the secondary's rounds: copy, then restore.
+        #[arg(long)]
+        copy_interval_ms: Option<u64>,
         /// Interval of the scheduled full backups.
         #[arg(long)]
         full_backup_interval_ms: Option<u64>,
@@ -85,6 +88,7 @@ pub fn run(d: &Deployment, cmd: LogShippingCommand, out: &Output) -> anyhow::Res
             db,
             secondary,
             backup_interval_ms,
+            copy_interval_ms,
             full_backup_interval_ms,
             backup_alert_ms,
             restore_alert_ms,
@@ -96,6 +100,7 @@ pub fn run(d: &Deployment, cmd: LogShippingCommand, out: &Output) -> anyhow::Res
             json!({
                 "secondary": secondary,
                 "backup_interval_ms": backup_interval_ms,
+                "copy_interval_ms": copy_interval_ms,
                 "full_backup_interval_ms": full_backup_interval_ms,
                 "backup_alert_ms": backup_alert_ms,
                 "restore_alert_ms": restore_alert_ms,
@@ -408,11 +413,12 @@ fn human(m: &Monitor) -> String {
         );
     };
     let mut s = format!(
-        "log shipping of {}: from site {} to {}, log backups every {:.1} s, full backups every {:.1} h\n",
+        "log shipping of {}: from site {} to {}, log backups every {:.1} s (copy and restore every {:.1} s), full backups every {:.1} h\n",
         m.database,
         c.primary_site,
         c.secondary.as_deref().unwrap_or("no secondary (removed)"),
         c.backup_interval_ms as f64 / 1000.0,
+        c.copy_interval_ms as f64 / 1000.0,
         c.full_backup_interval_ms as f64 / 3_600_000.0
     );
     s.push_str(&format!(

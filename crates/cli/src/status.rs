@@ -36,6 +36,9 @@ struct CopyLine {
     lsn: Option<u64>,
     /// The copy's mirroring: partner, state (synchronized, unprotected, …), lag, witness.
     mirroring: Option<tandem_node::mirroring::LinkStatus>,
+    /// The log-shipping jobs that run on this copy: backup (primary), copy and restore
+    /// (secondary).
+    log_shipping: Option<tandem_node::log_shipping::CopyJobs>,
     warnings: Vec<String>,
 }
 
@@ -101,6 +104,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         epoch: db.epoch,
                         lsn: db.lsn,
                         mirroring: db.mirroring.clone(),
+                        log_shipping: db.log_shipping.clone(),
                         warnings: db.warnings.clone(),
                     });
                 }
@@ -127,6 +131,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         epoch: None,
                         lsn: None,
                         mirroring: None,
+                        log_shipping: None,
                         warnings: vec![],
                     });
                 }
@@ -167,6 +172,33 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
         cms,
     };
     out.emit(&report, || human(&report))
+}
+
+/// One line under a copy: its log-shipping jobs (the monitor is `tandem db log-shipping status`).
+fn log_shipping_line(l: &tandem_node::log_shipping::CopyJobs) -> String {
+    let now = tandem_node::log_shipping::now_ms();
+    let job = |name: &str, j: &tandem_node::log_shipping::JobStatus| match (&j.error, j.last_lsn) {
+        (Some(e), _) => format!("{name} failed: {e}"),
+        (None, Some(lsn)) => format!(
+            "{name} at LSN {lsn} ({:.1} s ago)",
+            (now - j.last_file_ms.unwrap_or(now)).max(0) as f64 / 1000.0
+        ),
+        (None, None) => format!("{name}: nothing yet"),
+    };
+    let mut parts = Vec::new();
+    for (name, j) in [
+        ("backup", &l.backup),
+        ("copy", &l.copy),
+        ("restore", &l.restore),
+    ] {
+        if let Some(j) = j {
+            parts.push(job(name, j));
+        }
+    }
+    if let Some(state) = &l.state {
+        parts.push(state.clone());
+    }
+    format!("    log shipping: {}\n", parts.join("; "))
 }
 
 fn human(r: &Report) -> String {
@@ -215,6 +247,9 @@ fn human(r: &Report) -> String {
             c.lsn.map(|e| e.to_string()).unwrap_or("-".into()),
             mirroring
         ));
+        if let Some(l) = &c.log_shipping {
+            s.push_str(&log_shipping_line(l));
+        }
         for w in &c.warnings {
             s.push_str(&format!("    warning: {w}\n"));
         }

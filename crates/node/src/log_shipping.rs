@@ -44,8 +44,18 @@ const STATE_FILE: &str = "state.json";
 pub const BACKUP_INTERVAL_MS_DEFAULT: u64 = 1_000;
 const BACKUP_INTERVAL_MS_MIN: u64 = 100;
 const BACKUP_INTERVAL_MS_MAX: u64 = 3_600_000;
-/// Default interval between two scheduled full backups.
-pub const FULL_BACKUP_INTERVAL_MS_DEFAULT: u64 = 24 * 3_600_000;
+/// Default interval between two rounds of the secondary (copy, then restore): half the backup
+/// interval, so a log backup waits half an interval on average before it is applied.
+pub const COPY_INTERVAL_MS_DEFAULT: u64 = 500;
+
+fn copy_interval_default() -> u64 {
+    COPY_INTERVAL_MS_DEFAULT
+}
+
+/// Default interval between two scheduled full backups. The log backups after the newest full
+/// backup stay on the share (about one per second under load): an hour keeps a restore chain,
+/// and the listings every job reads each round, to a few thousand files.
+pub const FULL_BACKUP_INTERVAL_MS_DEFAULT: u64 = 3_600_000;
 const FULL_BACKUP_INTERVAL_MS_MIN: u64 = 10_000;
 /// The backup alert fires when the backup job has not run for this many intervals.
 const BACKUP_ALERT_INTERVALS: u64 = 5;
@@ -73,6 +83,9 @@ pub struct Config {
     /// seeded again, from the newest full backup on the share.
     pub seed: Option<String>,
     pub backup_interval_ms: u64,
+    /// Interval of the secondary's rounds (copy, then restore).
+    #[serde(default = "copy_interval_default")]
+    pub copy_interval_ms: u64,
     pub full_backup_interval_ms: u64,
     /// Alert when the backup job has not run for this long.
     pub backup_alert_ms: u64,
@@ -90,6 +103,7 @@ impl Config {
             secondary,
             seed: None,
             backup_interval_ms: BACKUP_INTERVAL_MS_DEFAULT,
+            copy_interval_ms: COPY_INTERVAL_MS_DEFAULT,
             full_backup_interval_ms: FULL_BACKUP_INTERVAL_MS_DEFAULT,
             backup_alert_ms: BACKUP_ALERT_INTERVALS * BACKUP_INTERVAL_MS_DEFAULT,
             restore_alert_ms: RESTORE_ALERT_MS_DEFAULT,
@@ -254,7 +268,8 @@ fn secondary_file(node: &str) -> String {
     format!("secondary-{node}.json")
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (the times of the jobs and the monitor).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -438,10 +453,14 @@ fn set_cursor(db: &Database, lsn: Lsn) -> Result<(), String> {
 /// share's last LSN when its journal holds that LSN with the same chain. A copy of an older
 /// epoch than the share's chain is refused (another copy is primary); a copy of a newer epoch
 /// whose history left the chain starts a new one when `restart` allows it.
-fn ensure_chain(db: &Database, dir: &FsPath, restart: bool) -> Result<ChainState, String> {
+fn ensure_chain(
+    db: &Database,
+    dir: &FsPath,
+    restart: bool,
+) -> Result<(ChainState, Listing), String> {
     let listing = Listing::read(dir)?;
     let Some((name, lsn)) = listing.newest() else {
-        return Ok(ChainState::Empty);
+        return Ok((ChainState::Empty, listing));
     };
     let path = dir.join(name);
     let file = tandem_store::read_header(&path).map_err(|e| e.to_string())?;
@@ -465,7 +484,7 @@ fn ensure_chain(db: &Database, dir: &FsPath, restart: bool) -> Result<ChainState
     };
     if ours == Some(chain) {
         set_cursor(db, lsn)?;
-        return Ok(ChainState::Continues);
+        return Ok((ChainState::Continues, listing));
     }
     // Not provably the same history: a newer epoch (this copy recovered or failed over past
     // the chain), or the same epoch with the LSN no longer in the journal, starts a new chain;
@@ -497,7 +516,7 @@ fn ensure_chain(db: &Database, dir: &FsPath, restart: bool) -> Result<ChainState
             .map_err(|e| e.to_string())?;
     }
     tracing::warn!(database = %id.name, superseded = %superseded.display(), "the share's chain is not this copy's history: a new chain starts with a full backup");
-    Ok(ChainState::Restarted { superseded })
+    Ok((ChainState::Restarted { superseded }, Listing::default()))
 }
 
 /// What one round of the backup job did.
@@ -557,8 +576,7 @@ fn backup_round_locked(
         return Ok(BackupRound::default());
     }
     let mut round = BackupRound::default();
-    let state = ensure_chain(db, dir, true)?;
-    let listing = Listing::read(dir)?;
+    let (state, listing) = ensure_chain(db, dir, true)?;
     let full_due = listing.newest_full().is_none_or(|(name, _)| {
         let created = match tandem_store::parse_file_name(name) {
             Some(FileName::Full { created_ms, .. }) => created_ms,
@@ -1064,12 +1082,11 @@ async fn tick(node: &Shared, database: &str) -> u64 {
         let s = share.clone();
         blocking(move || read_config(&s)).await
     };
-    let interval = config
-        .as_ref()
-        .ok()
-        .and_then(|c| c.as_ref())
-        .map(|c| c.backup_interval_ms)
-        .unwrap_or(BACKUP_INTERVAL_MS_DEFAULT);
+    let interval = match config.as_ref().ok().and_then(|c| c.as_ref()) {
+        Some(c) if c.secondary.as_deref() == Some(node.name.as_str()) => c.copy_interval_ms,
+        Some(c) => c.backup_interval_ms,
+        None => BACKUP_INTERVAL_MS_DEFAULT,
+    };
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -1392,6 +1409,7 @@ pub(crate) async fn status_route(
 pub(crate) struct Configure {
     secondary: String,
     backup_interval_ms: Option<u64>,
+    copy_interval_ms: Option<u64>,
     full_backup_interval_ms: Option<u64>,
     backup_alert_ms: Option<u64>,
     restore_alert_ms: Option<u64>,
@@ -1451,6 +1469,13 @@ pub(crate) async fn configure(
         BACKUP_INTERVAL_MS_MIN,
         BACKUP_INTERVAL_MS_MAX,
         "backup_interval_ms",
+    )?;
+    config.copy_interval_ms = bounded(
+        req.copy_interval_ms,
+        COPY_INTERVAL_MS_DEFAULT,
+        BACKUP_INTERVAL_MS_MIN,
+        BACKUP_INTERVAL_MS_MAX,
+        "copy_interval_ms",
     )?;
     config.full_backup_interval_ms = bounded(
         req.full_backup_interval_ms,
@@ -1721,7 +1746,7 @@ pub(crate) async fn backup_now(
     let name = node.name.clone();
     let r = blocking(move || {
         let _lock = ShareLock::acquire(&dir)?;
-        let state = ensure_chain(&db, &dir, !log)?;
+        let (state, _) = ensure_chain(&db, &dir, !log)?;
         if log {
             if state == ChainState::Empty {
                 return Err(format!(
