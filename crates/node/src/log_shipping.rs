@@ -347,7 +347,7 @@ impl ShareLock {
 }
 
 /// The backup files of a directory, from their names, in LSN order.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Listing {
     files: Vec<(String, FileName)>,
 }
@@ -1772,4 +1772,197 @@ pub(crate) async fn backup_now(
     .await
     .map_err(ApiError::conflict)?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_store::{Migration, Options, Value};
+
+    static SCHEMA: &[Migration] = &[Migration {
+        version: 1,
+        name: "rows",
+        sql: "CREATE TABLE rows (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    }];
+
+    fn create(dir: &FsPath) -> Database {
+        let db = Database::create(dir, "mgc", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        db
+    }
+
+    fn write(db: &Database, from: i64, n: i64) {
+        for i in from..from + n {
+            db.write(move |tx: &mut tandem_store::Tx<'_>| {
+                tx.insert(
+                    "rows",
+                    vec![Value::Integer(i), Value::Text(format!("row {i}"))],
+                )
+            })
+            .unwrap();
+        }
+    }
+
+    /// A copy restored from every file of `share`, `restoring`.
+    fn restored(share: &FsPath, target: &FsPath) -> Database {
+        let files: Vec<PathBuf> = Listing::read(share)
+            .unwrap()
+            .files
+            .iter()
+            .map(|(n, _)| share.join(n))
+            .collect();
+        let options = RestoreOptions {
+            recovery: Recovery::NoRecovery,
+            ..Default::default()
+        };
+        tandem_store::restore_new(target, &files, &options, false).unwrap();
+        Database::open(target, Options::default()).unwrap()
+    }
+
+    fn names(dir: &FsPath) -> Vec<String> {
+        Listing::read(dir)
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_that_holds_the_shares_last_lsn_continues_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 5, 5);
+        tandem_store::log_backup(&a, &share).unwrap();
+        // Another copy of the same history takes over (as a mirror would): it has no cursor.
+        let b = restored(&share, &tmp.path().join("b"));
+        b.recover(None).unwrap();
+        assert!(consumer_lsn(&b).unwrap().is_none());
+        let (state, _) = ensure_chain(&b, &share, false).unwrap();
+        assert_eq!(state, ChainState::Continues);
+        assert_eq!(consumer_lsn(&b).unwrap(), Some(a.identity().lsn));
+        write(&b, 10, 3);
+        let files = tandem_store::log_backup(&b, &share).unwrap();
+        assert_eq!(files.len(), 1);
+        let chain = tandem_store::verify_chain(&[share.clone()]).unwrap();
+        assert_eq!(chain.last_lsn, b.identity().lsn);
+        // The old primary, of the older epoch, writes nothing there any more.
+        let e = ensure_chain(&a, &share, true).unwrap_err();
+        assert!(e.contains("past this copy's epoch 1"), "{e}");
+        assert_eq!(names(&share).len(), 3);
+    }
+
+    #[test]
+    fn a_newer_epoch_off_the_chain_starts_a_new_one_and_keeps_the_old_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        tandem_store::full_backup(&a, &share).unwrap();
+        // A copy from the full backup alone, recovered, then written: another history.
+        let c = restored(&share, &tmp.path().join("c"));
+        write(&a, 5, 5);
+        tandem_store::log_backup(&a, &share).unwrap();
+        c.recover(None).unwrap();
+        write(&c, 100, 2);
+        let before = names(&share);
+        let e = ensure_chain(&c, &share, false).unwrap_err();
+        assert!(e.contains("take a full backup first"), "{e}");
+        assert_eq!(names(&share), before, "a refusal moves nothing");
+        let (state, listing) = ensure_chain(&c, &share, true).unwrap();
+        let ChainState::Restarted { superseded } = state else {
+            panic!("{state:?}")
+        };
+        assert!(listing.files.is_empty());
+        assert!(names(&share).is_empty());
+        assert_eq!(names(&superseded), before);
+        // The same epoch with another history is an operator's question, not a restart.
+        let d = restored(&superseded, &tmp.path().join("d"));
+        d.recover(None).unwrap();
+        tandem_store::full_backup(&c, &share).unwrap();
+        write(&c, 200, 1);
+        tandem_store::log_backup(&c, &share).unwrap();
+        write(&d, 300, 2);
+        let e = ensure_chain(&d, &share, true).unwrap_err();
+        assert!(e.contains("another history"), "{e}");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_chain_and_what_the_secondary_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        let f1 = tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 5, 5);
+        let l1 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let f2 = tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 10, 3);
+        let l2 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let mut config = Config::new("mgc", "atl", Some("dal-db1".into()));
+        config.seed = Some(f1.name());
+        let progress = |lsn: Lsn, seed: &str| {
+            let p = SecondaryProgress {
+                node: "dal-db1".into(),
+                seed: Some(seed.to_string()),
+                lsn,
+                ..Default::default()
+            };
+            write_json(&share.join(secondary_file("dal-db1")), &p, false).unwrap();
+        };
+        // The secondary is behind the first log backup: only the older full backup may go.
+        progress(f1.lsn(), &f1.name());
+        let removed = retention(&share, &config).unwrap();
+        assert_eq!(removed, vec![f1.name()]);
+        // Past it: the log before the newest full backup goes, never the newest chain.
+        progress(l2.lsn(), &f1.name());
+        let removed = retention(&share, &config).unwrap();
+        assert_eq!(removed, vec![l1.name()]);
+        assert_eq!(names(&share), vec![f2.name(), l2.name()]);
+        // A secondary seeded for another configuration, or none, removes nothing.
+        write(&a, 13, 1);
+        tandem_store::full_backup(&a, &share).unwrap();
+        progress(a.identity().lsn, "full-of-another-seed.tfb");
+        assert!(retention(&share, &config).unwrap().is_empty());
+        config.secondary = None;
+        assert!(retention(&share, &config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_copied_file_refuses_the_restore_and_applies_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let local = tmp.path().join("local");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 3);
+        tandem_store::full_backup(&a, &share).unwrap();
+        let r = restored(&share, &tmp.path().join("r"));
+        for i in 0..3 {
+            write(&a, 10 + i * 10, 4);
+            tandem_store::log_backup(&a, &share).unwrap();
+        }
+        let lsn = r.identity().lsn;
+        let copied = copy_new(&share, &local, lsn, 2).unwrap();
+        assert_eq!(copied.len(), 2, "bounded per round");
+        assert_eq!(copy_new(&share, &local, lsn, 10).unwrap().len(), 1);
+        assert!(copy_new(&share, &local, lsn, 10).unwrap().is_empty());
+        let second = local.join(&copied[1].0);
+        let mut bytes = std::fs::read(&second).unwrap();
+        let at = bytes.len() - 60;
+        bytes[at] ^= 1;
+        std::fs::write(&second, &bytes).unwrap();
+        let e = restore_copied(&r, &local, 100).unwrap_err().to_string();
+        assert!(e.contains(&copied[1].0), "{e}");
+        assert_eq!(r.identity().lsn, lsn, "nothing applied");
+        // The file copied again from the share: everything applies, the copies go.
+        std::fs::copy(share.join(&copied[1].0), &second).unwrap();
+        let done = restore_copied(&r, &local, 100).unwrap();
+        assert_eq!(done.lsn, a.identity().lsn);
+        assert_eq!(done.files_applied.len(), 3);
+        assert!(unapplied(&local, done.lsn).unwrap().is_empty());
+        assert!(Listing::read(&local).unwrap().files.is_empty());
+    }
 }
