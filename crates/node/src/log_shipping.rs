@@ -1847,7 +1847,7 @@ mod tests {
         write(&b, 10, 3);
         let files = tandem_store::log_backup(&b, &share).unwrap();
         assert_eq!(files.len(), 1);
-        let chain = tandem_store::verify_chain(&[share.clone()]).unwrap();
+        let chain = tandem_store::verify_chain(std::slice::from_ref(&share)).unwrap();
         assert_eq!(chain.last_lsn, b.identity().lsn);
         // The old primary, of the older epoch, writes nothing there any more.
         let e = ensure_chain(&a, &share, true).unwrap_err();
