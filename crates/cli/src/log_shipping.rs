@@ -422,7 +422,7 @@ fn human(m: &Monitor) -> String {
         c.full_backup_interval_ms as f64 / 3_600_000.0
     );
     s.push_str(&format!(
-        "share    {}: {} full backups (newest {}), {} log backups (newest {})\n\n",
+        "share    {}: full backups {} (newest {}), log backups {} (newest {})\n\n",
         m.share.display(),
         m.full_backups,
         m.newest_full

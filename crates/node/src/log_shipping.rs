@@ -1291,7 +1291,10 @@ pub(crate) fn monitor(topology: &Topology, database: &str) -> Result<Monitor, St
         age_ms: file_age(&dir.join(name)),
     });
     let (lag_records, lag_ms) = match (&primary, &secondary) {
-        (Some(p), Some(s)) if s.seed.is_some() => {
+        // A secondary recovered (primary now) lags nothing: it left the chain.
+        (Some(p), Some(s))
+            if s.seed.is_some() && matches!(s.role.as_deref(), Some("restoring" | "standby")) =>
+        {
             let records = p.lsn.saturating_sub(s.lsn);
             let ms = if records == 0 {
                 0
