@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod cms;
 mod db;
 mod demo;
 mod deployment;
@@ -58,6 +59,9 @@ enum Command {
     /// Chat as a user: categories, rooms, members, posts, history, search.
     #[command(subcommand)]
     Chat(chat::ChatCommand),
+    /// The Central Management Store: status, failover to the other site.
+    #[command(subcommand)]
+    Cms(cms::CmsCommand),
     /// Database copies and backup files.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -80,6 +84,7 @@ fn main() {
         Command::Demo(a) => demo::run(a, &out),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
+        Command::Cms(c) => deployment().and_then(|d| cms::run(&d, c, &out)),
         Command::Db(db::DbCommand::Mirror(c)) => {
             deployment().and_then(|d| mirror::run(&d, c, &out))
         }

@@ -389,7 +389,7 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let mirror = d.wait_mirror("mgc", "atl-db2");
     let log = std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
-    assert!(log.contains("reseeding the mirror"), "no reseed in the log");
+    assert!(log.contains("reseeding the copy"), "no reseed in the log");
     let primary = d.copy("mgc", "atl-db1");
     assert_eq!(mirror["lsn"], primary["lsn"]);
     // Same LSN and chain: the offline inspection of both copies, once the nodes are down.
@@ -470,10 +470,25 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     d.wait_mirror("mgc", "atl-db1");
 
     // Asynchronous: the mirror follows, acknowledgments do not wait for it.
-    ok(&d.dir, &["db", "mirror", "remove", "--db", "mgc", "--instance", "atl-db2"]);
+    ok(
+        &d.dir,
+        &[
+            "db",
+            "mirror",
+            "remove",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db2",
+        ],
+    );
     let r = json(
         &d.dir,
-        &[&install[..], &["atl-db2", "--mirror", "atl-db1", "--mode", "async"]].concat(),
+        &[
+            &install[..],
+            &["atl-db2", "--mirror", "atl-db1", "--mode", "async"],
+        ]
+        .concat(),
     );
     assert_eq!(r["mode"], "async", "{r}");
     let p = d.copy("mgc", "atl-db2");
