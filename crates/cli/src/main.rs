@@ -3,6 +3,7 @@
 
 mod bench;
 mod chat;
+mod chat_dr;
 mod cms;
 mod db;
 mod demo;
@@ -10,6 +11,7 @@ mod deployment;
 mod init;
 mod mirror;
 mod output;
+mod runbook;
 mod serve;
 mod status;
 mod up;
