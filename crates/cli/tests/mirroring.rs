@@ -499,3 +499,47 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     let acked = load.stop();
     check_history(&acked, &history(&fe, &token));
 }
+
+#[test]
+fn live_events_keep_coming_across_a_failover_in_order_and_once() {
+    use futures_util::StreamExt;
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{fe}/api/v1/events?rooms=lobby&token={token}");
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("websocket");
+    let before = post(&fe, &token, "before the failover").unwrap();
+    d.kill("atl-db1");
+    let killed = Instant::now();
+    let after = loop {
+        if let Some(id) = post(&fe, &token, "after the failover") {
+            break id;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no post accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The socket, opened before the kill, delivers both messages, in order, each once.
+    let mut seen = Vec::new();
+    while !seen.contains(&after) {
+        let m = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), ws.next()).await })
+            .unwrap_or_else(|_| panic!("live events stopped after the failover; got {seen:?}"))
+            .unwrap()
+            .unwrap();
+        let Ok(text) = m.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "event" && v["event"]["kind"] == "message" {
+            seen.push(v["event"]["id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seen, vec![before, after], "in order, once");
+}
