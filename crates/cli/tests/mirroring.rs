@@ -42,34 +42,15 @@ impl Deployment {
     }
 
     fn address(&self, node: &str) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
-        let line = topo[at..]
-            .lines()
-            .find(|l| l.starts_with("address"))
-            .unwrap();
-        line.split('"').nth(1).unwrap().to_string()
+        common::address(&self.dir, node)
     }
 
     fn secret(&self) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
-        line.split('"').nth(1).unwrap().to_string()
-    }
-
-    fn pid(&self, node: &str) -> i32 {
-        std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        common::secret(&self.dir)
     }
 
     fn kill(&self, node: &str) {
-        // SAFETY: a node this test started.
-        unsafe {
-            libc::kill(self.pid(node), libc::SIGKILL);
-        }
+        common::kill(&self.dir, node)
     }
 
     /// The status line of `db` on `node`.

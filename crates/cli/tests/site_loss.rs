@@ -33,32 +33,16 @@ impl Deployment {
     }
 
     fn address(&self, node: &str) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
-        let line = topo[at..]
-            .lines()
-            .find(|l| l.starts_with("address"))
-            .unwrap();
-        line.split('"').nth(1).unwrap().to_string()
+        common::address(&self.dir, node)
     }
 
     fn secret(&self) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
-        line.split('"').nth(1).unwrap().to_string()
+        common::secret(&self.dir)
     }
 
     fn kill_site(&self, site: &str) {
         for node in ["fe", "db1", "db2"] {
-            let pid: i32 = std::fs::read_to_string(self.dir.join(format!("run/{site}-{node}.pid")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            // SAFETY: a node this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            common::kill(&self.dir, &format!("{site}-{node}"));
         }
     }
 

@@ -73,6 +73,41 @@ pub fn http(
     (code, body)
 }
 
+/// The address of `node` in `dir/topology.toml`.
+pub fn address(dir: &Path, node: &str) -> String {
+    let topo = std::fs::read_to_string(dir.join("topology.toml")).unwrap();
+    let at = topo.find(&format!("name = \"{node}\"")).unwrap();
+    let line = topo[at..]
+        .lines()
+        .find(|l| l.starts_with("address"))
+        .unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// The cluster secret in `dir/topology.toml`.
+pub fn secret(dir: &Path) -> String {
+    let topo = std::fs::read_to_string(dir.join("topology.toml")).unwrap();
+    let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// The pid of `node` from `dir/run/NODE.pid`.
+pub fn pid(dir: &Path, node: &str) -> i32 {
+    std::fs::read_to_string(dir.join("run").join(format!("{node}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// SIGKILL to `node`.
+pub fn kill(dir: &Path, node: &str) {
+    // SAFETY: a node the test started.
+    unsafe {
+        libc::kill(pid(dir, node), libc::SIGKILL);
+    }
+}
+
 /// The pids in `dir/run/*.pid`.
 pub fn pids(dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(dir.join("run")) else {
