@@ -261,13 +261,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         Ok(())
     };
     if dry_run {
-        let checks = match preconditions() {
-            Ok(()) => json!("every precondition holds"),
-            Err(e) => json!(format!("refused: {e}")),
-        };
-        let report =
-            json!({ "procedure": "chat-failover", "preconditions": checks, "plan": book.plan() });
-        return out.emit(&report, || plan_text(&report));
+        return dry_run_report(&book, preconditions, out);
     }
     let (outcome, loss) = book.run(out, preconditions, |s: &RunState| {
         let r = s.report_of(3).cloned().unwrap_or(Value::Null);
@@ -476,13 +470,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         Ok(())
     };
     if dry_run {
-        let checks = match preconditions() {
-            Ok(()) => json!("every precondition holds"),
-            Err(e) => json!(format!("refused: {e}")),
-        };
-        let report =
-            json!({ "procedure": "chat-failback", "preconditions": checks, "plan": book.plan() });
-        return out.emit(&report, || plan_text(&report));
+        return dry_run_report(&book, preconditions, out);
     }
     let (outcome, extra) = book.run(
         out,
@@ -508,6 +496,21 @@ fn find_path(v: &Value) -> Option<String> {
         Value::Array(a) => a.iter().find_map(find_path),
         _ => None,
     }
+}
+
+/// `--dry-run`: the preconditions' verdict and each step with its command and state.
+fn dry_run_report(
+    book: &Runbook,
+    preconditions: impl FnOnce() -> anyhow::Result<()>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let checks = match preconditions() {
+        Ok(()) => json!("every precondition holds"),
+        Err(e) => json!(format!("refused: {e}")),
+    };
+    let report =
+        json!({ "procedure": book.procedure, "preconditions": checks, "plan": book.plan() });
+    out.emit(&report, || plan_text(&report))
 }
 
 fn plan_text(r: &Value) -> String {
