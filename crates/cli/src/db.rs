@@ -1,4 +1,6 @@
-//! `tandem db …`: database copies and backup files, offline (no server needed).
+//! `tandem db …`: database copies and backup files, offline (no server needed). The online
+//! forms (`--db DB --instance NODE`) are in `db_online.rs`, mirroring in `mirror.rs`, log
+//! shipping in `log_shipping.rs`.
 
 use crate::output::{Output, bytes, time};
 use anyhow::{Context, bail};
@@ -23,54 +25,100 @@ pub enum DbCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Take a full backup (default) or a log backup of a database directory.
+    /// Take a full backup (default) or a log backup: of a database directory (--path, offline),
+    /// or of a node's copy into the share (--db, --instance).
     Backup(BackupArgs),
     /// Restore a full backup and the log backups after it, or apply more log backups to a
-    /// restoring/standby copy.
+    /// restoring/standby copy: into a database directory (--path, offline), or into a node's
+    /// copy (--db, --instance), which the node closes, restores and reopens.
     Restore(RestoreArgs),
+    /// Bring a node's restoring, standby, mirror or replica copy online: every connection to
+    /// it ended, primary of a new epoch, writable. Refused on a primary and a mirrored copy.
+    Recover(RecoverArgs),
     /// Mirroring between db nodes: install, remove, planned failover (against the nodes).
     #[command(subcommand)]
     Mirror(crate::mirror::MirrorCommand),
+    /// Log shipping to the secondary in the other site: configure, remove-secondary, and the
+    /// failover steps copy and restore, one at a time; status (the monitor).
+    #[command(subcommand)]
+    LogShipping(crate::log_shipping::LogShippingCommand),
+}
+
+impl DbCommand {
+    /// True for the forms that work against the running nodes.
+    pub fn online(&self) -> bool {
+        match self {
+            DbCommand::Backup(a) => a.db.is_some(),
+            DbCommand::Restore(a) => a.db.is_some(),
+            DbCommand::Recover(_) | DbCommand::Mirror(_) | DbCommand::LogShipping(_) => true,
+            DbCommand::Inspect { .. } | DbCommand::Verify { .. } => false,
+        }
+    }
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("copy").required(true).args(["path", "db"])))]
 pub struct BackupArgs {
     /// The database directory (offline: no node may have it open).
-    #[arg(long)]
-    path: PathBuf,
-    /// The directory the backup file is written to.
-    #[arg(long)]
-    to: PathBuf,
+    #[arg(long, requires = "to", conflicts_with_all = ["db", "instance"])]
+    pub(crate) path: Option<PathBuf>,
+    /// The directory the backup file is written to (with --path).
+    #[arg(long, requires = "path")]
+    pub(crate) to: Option<PathBuf>,
+    /// The database whose copy on --instance is backed up, online, into the share
+    /// (SHARE/<db>/).
+    #[arg(long, requires = "instance")]
+    pub(crate) db: Option<String>,
+    /// The db node holding the copy (with --db).
+    #[arg(long, requires = "db")]
+    pub(crate) instance: Option<String>,
     /// Back up the journal records since the previous log backup instead of the whole database.
     #[arg(long)]
-    log: bool,
+    pub(crate) log: bool,
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("copy").required(true).args(["path", "db"])))]
 pub struct RestoreArgs {
     /// The database directory to create (or, when it holds a restoring or standby copy, to
-    /// apply log backups to).
-    #[arg(long)]
-    path: PathBuf,
+    /// apply log backups to); offline.
+    #[arg(long, conflicts_with_all = ["db", "instance"])]
+    pub(crate) path: Option<PathBuf>,
+    /// The database whose copy on --instance is restored, online.
+    #[arg(long, requires = "instance")]
+    pub(crate) db: Option<String>,
+    /// The db node holding the copy (with --db).
+    #[arg(long, requires = "db")]
+    pub(crate) instance: Option<String>,
     /// Backup files, or directories holding them.
     #[arg(long, num_args = 1.., required = true)]
-    from: Vec<PathBuf>,
+    pub(crate) from: Vec<PathBuf>,
     /// Leave the copy restoring: more log backups may follow; no reads.
     #[arg(long, conflicts_with = "standby")]
-    norecovery: bool,
+    pub(crate) norecovery: bool,
     /// Leave the copy read-only: more log backups may follow.
     #[arg(long)]
-    standby: bool,
+    pub(crate) standby: bool,
     /// Stop after this LSN.
     #[arg(long, conflicts_with = "stop_at_time")]
-    stop_at_lsn: Option<u64>,
+    pub(crate) stop_at_lsn: Option<u64>,
     /// Stop after the last record committed at or before this time (RFC 3339, e.g.
     /// 2026-11-23T10:00:00Z, or milliseconds since the Unix epoch).
     #[arg(long)]
-    stop_at_time: Option<String>,
-    /// Replace an existing database at PATH with the restored copy.
+    pub(crate) stop_at_time: Option<String>,
+    /// Replace an existing database (or copy) with the restored one.
     #[arg(long)]
-    replace: bool,
+    pub(crate) replace: bool,
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// The database whose copy on --instance is brought online.
+    #[arg(long)]
+    pub(crate) db: String,
+    /// The db node holding the copy.
+    #[arg(long)]
+    pub(crate) instance: String,
 }
 
 pub fn run(cmd: DbCommand, out: &Output) -> anyhow::Result<()> {
@@ -79,7 +127,9 @@ pub fn run(cmd: DbCommand, out: &Output) -> anyhow::Result<()> {
         DbCommand::Verify { files } => verify(&files, out),
         DbCommand::Backup(a) => backup(a, out),
         DbCommand::Restore(a) => restore(a, out),
-        DbCommand::Mirror(_) => unreachable!("run with the deployment by main"),
+        DbCommand::Recover(_) | DbCommand::Mirror(_) | DbCommand::LogShipping(_) => {
+            unreachable!("run with the deployment by main")
+        }
     }
 }
 
@@ -144,7 +194,7 @@ fn inspect(path: &Path, out: &Output) -> anyhow::Result<()> {
     })
 }
 
-fn describe_file(file: &BackupFile) -> String {
+pub(crate) fn describe_file(file: &BackupFile) -> String {
     match file {
         BackupFile::Full { path, header } => format!(
             "full backup  {}\ndatabase     {} (id {})\nepoch        {}\nlsn          {}\nchain        {}\nlast commit  {}\ntaken        {}\nsize         {}\n",
@@ -205,12 +255,16 @@ fn verify(files: &[PathBuf], out: &Output) -> anyhow::Result<()> {
 }
 
 fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
-    let db = Database::open(&a.path, Options::default())
-        .with_context(|| format!("cannot open the database {}", a.path.display()))?;
+    let (path, to) = (
+        a.path.expect("clap requires --path or --db"),
+        a.to.expect("clap requires --to with --path"),
+    );
+    let db = Database::open(&path, Options::default())
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
     let files = if a.log {
-        tandem_store::log_backup(&db, &a.to)?
+        tandem_store::log_backup(&db, &to)?
     } else {
-        vec![tandem_store::full_backup(&db, &a.to)?]
+        vec![tandem_store::full_backup(&db, &to)?]
     };
     drop(db);
     out.emit(&files, || {
@@ -226,7 +280,7 @@ fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 /// Parses `--stop-at-time`: RFC 3339, or milliseconds since the Unix epoch.
-fn parse_time(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_time(s: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
@@ -237,6 +291,7 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 }
 
 fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
+    let path = a.path.clone().expect("clap requires --path or --db");
     let recovery = if a.norecovery {
         Recovery::NoRecovery
     } else if a.standby {
@@ -254,23 +309,23 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         stop_at,
         ..Default::default()
     };
-    let holds_database = a.path.join(tandem_store::DB_FILE).exists();
+    let holds_database = path.join(tandem_store::DB_FILE).exists();
     let report: RestoreReport = if holds_database && !a.replace {
-        let db = Database::open(&a.path, Options::default())
-            .with_context(|| format!("cannot open the database {}", a.path.display()))?;
+        let db = Database::open(&path, Options::default())
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
         tandem_store::restore_logs(&db, &a.from, &options)?
     } else {
-        if a.path.exists() && !holds_database && !a.replace {
-            let empty = std::fs::read_dir(&a.path)?.next().is_none();
+        if path.exists() && !holds_database && !a.replace {
+            let empty = std::fs::read_dir(&path)?.next().is_none();
             if !empty {
                 bail!(
                     "{} exists and is not a database: choose a new directory",
-                    a.path.display()
+                    path.display()
                 );
             }
-            std::fs::remove_dir(&a.path)?;
+            std::fs::remove_dir(&path)?;
         }
-        tandem_store::restore_new(&a.path, &a.from, &options, a.replace)?
+        tandem_store::restore_new(&path, &a.from, &options, a.replace)?
     };
     out.emit(&report, || {
         let mut s = String::new();
@@ -284,7 +339,7 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         ));
         s.push_str(&format!(
             "restored     {} at LSN {} (chain {}), epoch {}, role {}{}\nlast commit  {}\n",
-            a.path.display(),
+            path.display(),
             report.lsn,
             report.chain,
             report.epoch,

@@ -6,9 +6,11 @@ mod chat;
 mod chat_dr;
 mod cms;
 mod db;
+mod db_online;
 mod demo;
 mod deployment;
 mod init;
+mod log_shipping;
 mod mirror;
 mod output;
 mod runbook;
@@ -90,6 +92,10 @@ fn main() {
         Command::Db(db::DbCommand::Mirror(c)) => {
             deployment().and_then(|d| mirror::run(&d, c, &out))
         }
+        Command::Db(db::DbCommand::LogShipping(c)) => {
+            deployment().and_then(|d| log_shipping::run(&d, c, &out))
+        }
+        Command::Db(c) if c.online() => deployment().and_then(|d| db_online::run(&d, c, &out)),
         Command::Db(c) => db::run(c, &out),
         Command::Bench(c) => bench::run(c, &out),
     };

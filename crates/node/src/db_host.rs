@@ -71,7 +71,13 @@ impl Hosted {
 pub(crate) struct DbHost {
     dir: PathBuf,
     copies: RwLock<BTreeMap<String, Arc<Hosted>>>,
+    /// Per database: held by whatever replaces or restores the copy, or writes backups of it
+    /// (log shipping's jobs, the online backup, restore and recover), one at a time.
+    operations: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How long reopening a copy waits for the last users of its previous handle to let go.
+const REOPEN_WAIT_MS: u64 = 10_000;
 
 impl DbHost {
     /// Opens every copy the topology places on `node` that exists. A missing primary copy is
@@ -113,6 +119,7 @@ impl DbHost {
         Ok(DbHost {
             dir,
             copies: RwLock::new(copies),
+            operations: Default::default(),
         })
     }
 
@@ -160,6 +167,41 @@ impl DbHost {
         *hosted.db.write().expect("copy lock") = db;
     }
 
+    /// The lock that serializes the operations that replace, restore or back up `database`.
+    pub(crate) fn operations(&self, database: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.operations
+            .lock()
+            .expect("operations lock")
+            .entry(database.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Opens the copy of `database` in its directory and prepares it, waiting up to
+    /// `REOPEN_WAIT_MS` for the last users of a handle just put away (`replace(db, None)`) to
+    /// let go of it. Blocking. The caller hosts the result.
+    pub(crate) fn reopen(&self, database: &str, topology: &Topology) -> Result<Database, String> {
+        let path = self.path_of(database);
+        if !path.join(tandem_store::DB_FILE).exists() {
+            return Err(format!("no copy of {database} in {}", path.display()));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(REOPEN_WAIT_MS);
+        let db = loop {
+            match Database::open(&path, Options::default()) {
+                Ok(db) => break db,
+                Err(tandem_store::StoreError::Locked(m))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(database, "waiting for the previous handle to close: {m}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("database {database} in {}: {e}", path.display())),
+            }
+        };
+        prepare(&db, database, topology)?;
+        Ok(db)
+    }
+
     pub(crate) fn status(&self) -> Vec<DatabaseStatus> {
         let copies: Vec<(String, Arc<Hosted>)> = self
             .copies
@@ -193,6 +235,7 @@ impl DbHost {
                     standby: None,
                     replicas: Vec::new(),
                     last_time_ms: id.as_ref().map(|i| i.last_time_ms),
+                    log_shipping: None,
                 }
             })
             .collect()

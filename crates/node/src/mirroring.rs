@@ -111,8 +111,9 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn partnership_partner(&self) -> String {
-        self.partnership.partner.clone()
+    /// The node this link mirrors with.
+    pub(crate) fn partner(&self) -> &str {
+        &self.partnership.partner
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, LinkState> {

@@ -36,6 +36,8 @@ pub(crate) struct NodeState {
     pub(crate) chat: Option<crate::chat_api::ChatRole>,
     /// This node's mirroring links.
     pub(crate) mirroring: crate::mirroring::Mirroring,
+    /// This node's log-shipping jobs.
+    pub(crate) log_shipping: crate::log_shipping::LogShipping,
     /// Present on nodes with the witness role.
     pub(crate) witness: Option<crate::witness::Witness>,
     /// Where the primaries of the databases this node calls are now.
@@ -140,6 +142,7 @@ impl NodeState {
                     if d.role.as_deref() == Some("primary") {
                         d.replicas = self.standby.replicas(&d.database);
                     }
+                    d.log_shipping = self.log_shipping.status(&d.database);
                     d
                 })
                 .collect(),
@@ -352,6 +355,38 @@ fn router(node: Shared) -> Router {
             "/internal/v1/db/{database}/feed",
             get(crate::chat_feed::serve_feed),
         )
+        .route(
+            "/internal/v1/db/{database}/backup",
+            post(crate::db_ops::backup),
+        )
+        .route(
+            "/internal/v1/db/{database}/restore",
+            post(crate::db_ops::restore),
+        )
+        .route(
+            "/internal/v1/db/{database}/recover",
+            post(crate::db_ops::recover),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}",
+            axum::routing::put(crate::log_shipping::configure),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}/status",
+            get(crate::log_shipping::status_route),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}/secondary",
+            axum::routing::delete(crate::log_shipping::remove_secondary),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}/copy",
+            post(crate::log_shipping::copy_route),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}/restore",
+            post(crate::log_shipping::restore_route),
+        )
         .layer(middleware::from_fn_with_state(
             node.clone(),
             crate::auth::require_secret,
@@ -489,6 +524,7 @@ pub async fn serve(
         chat: me.has(Role::Chat).then(crate::chat_api::ChatRole::new),
         client: Client::for_node(&topology.secret, name),
         mirroring,
+        log_shipping: Default::default(),
         witness,
         locator: crate::locator::Locator::new(),
         standby: Default::default(),
@@ -501,6 +537,7 @@ pub async fn serve(
     tracing::info!(node = name, address = %me.address, databases = ?state.host.names(), data = %state.host.dir().display(), "serving");
     crate::mirroring::start(&state);
     let standby_tasks = crate::standby::start(&state);
+    crate::log_shipping::start(&state);
     if let Some(chat) = &state.chat {
         let _ = chat
             .posts
@@ -537,6 +574,7 @@ pub async fn serve(
     for t in standby_tasks {
         t.abort();
     }
+    crate::log_shipping::stop(&state);
     follower.abort();
     let _ = follower.await;
     if let Some(f) = feed {

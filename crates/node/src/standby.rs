@@ -333,7 +333,7 @@ async fn fence(node: std::sync::Weak<NodeState>) {
                 let partner = node
                     .mirroring
                     .link(&database)
-                    .map(|l| l.partnership_partner());
+                    .map(|l| l.partner().to_string());
                 let role = if partner.as_deref() == Some(n.name.as_str()) {
                     Role::Mirror
                 } else {

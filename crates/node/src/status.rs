@@ -43,6 +43,10 @@ pub struct DatabaseStatus {
     /// Commit time of the copy's last record (ms since the Unix epoch).
     #[serde(default)]
     pub last_time_ms: Option<i64>,
+    /// The copy's log-shipping jobs on this node (backup on the primary; copy and restore on
+    /// the secondary), when it runs any.
+    #[serde(default)]
+    pub log_shipping: Option<crate::log_shipping::CopyJobs>,
 }
 
 /// The node's copy of the CMS: where it came from and how fresh it is.

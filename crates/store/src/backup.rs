@@ -55,7 +55,7 @@ pub struct LogHeader {
 }
 
 /// A backup file and what its header says.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackupFile {
     Full { path: PathBuf, header: FullHeader },
@@ -105,6 +105,60 @@ pub fn log_file_name(first: Lsn, last: Lsn) -> String {
 
 fn full_file_name(h: &FullHeader) -> String {
     format!("full-{:016x}-e{}-{}.tfb", h.lsn, h.epoch, h.created_ms)
+}
+
+/// What a backup file's name says (the names `full_backup` and `log_backup` give): enough to
+/// order a directory's files and find the newest without opening them. The header, read with
+/// `read_header`, is what counts; a file renamed by hand is refused when it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileName {
+    Full {
+        lsn: Lsn,
+        epoch: Epoch,
+        created_ms: i64,
+    },
+    Log {
+        first_lsn: Lsn,
+        last_lsn: Lsn,
+    },
+}
+
+impl FileName {
+    /// The last LSN the file holds.
+    pub fn lsn(&self) -> Lsn {
+        match self {
+            FileName::Full { lsn, .. } => *lsn,
+            FileName::Log { last_lsn, .. } => *last_lsn,
+        }
+    }
+}
+
+/// Parses a backup file's name; `None` for any other name (temporary files included).
+pub fn parse_file_name(name: &str) -> Option<FileName> {
+    let hex = |s: &str| {
+        (s.len() == 16)
+            .then(|| Lsn::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    if let Some(rest) = name
+        .strip_prefix("log-")
+        .and_then(|r| r.strip_suffix(".tlb"))
+    {
+        let (first, last) = rest.split_once('-')?;
+        let (first_lsn, last_lsn) = (hex(first)?, hex(last)?);
+        return (first_lsn <= last_lsn).then_some(FileName::Log {
+            first_lsn,
+            last_lsn,
+        });
+    }
+    let rest = name.strip_prefix("full-")?.strip_suffix(".tfb")?;
+    let (lsn, rest) = rest.split_once("-e")?;
+    let (epoch, created) = rest.split_once('-')?;
+    Some(FileName::Full {
+        lsn: hex(lsn)?,
+        epoch: epoch.parse().ok()?,
+        created_ms: created.parse().ok()?,
+    })
 }
 
 /// Reads and checks a backup file's header (not its body).
@@ -570,4 +624,51 @@ pub(crate) fn extract_full(path: &Path, header: &FullHeader, dir: &Path) -> Resu
         .map_err(|e| StoreError::io(&target, e.into_error()))?;
     file.sync_all().map_err(|e| StoreError::io(&target, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FileName, full_file_name, log_file_name, parse_file_name};
+
+    #[test]
+    fn names_parse_back_to_what_they_were_made_of() {
+        assert_eq!(
+            parse_file_name(&log_file_name(0x9f, 0xb0)),
+            Some(FileName::Log {
+                first_lsn: 0x9f,
+                last_lsn: 0xb0
+            })
+        );
+        let header = super::FullHeader {
+            database_id: String::new(),
+            name: "mgc".into(),
+            epoch: 3,
+            lsn: 1234,
+            chain: crate::record::Chain::from_slice(&[0; 16]).unwrap(),
+            history: Default::default(),
+            last_time_ms: 0,
+            created_ms: 1_700_000_000_123,
+            payload_bytes: 0,
+        };
+        let name = full_file_name(&header);
+        assert_eq!(
+            parse_file_name(&name),
+            Some(FileName::Full {
+                lsn: 1234,
+                epoch: 3,
+                created_ms: 1_700_000_000_123
+            })
+        );
+        assert_eq!(parse_file_name(&name).unwrap().lsn(), 1234);
+        for other in [
+            ".partial-12-0",
+            "log-0000000000000002-0000000000000001.tlb",
+            "log-2-3.tlb",
+            "full-00000000000004d2-e3.tfb",
+            "log-0000000000000001-0000000000000002.tlb.part",
+            "log-shipping.json",
+        ] {
+            assert_eq!(parse_file_name(other), None, "{other}");
+        }
+    }
 }

@@ -21,8 +21,8 @@ mod writer;
 
 pub use ack::{Gate, GateStatus};
 pub use backup::{
-    BackupFile, FullHeader, LOG_BACKUP_CONSUMER, LogHeader, full_backup, log_backup, log_file_name,
-    read_header, seed_backup, verify_file,
+    BackupFile, FileName, FullHeader, LOG_BACKUP_CONSUMER, LogHeader, full_backup, log_backup,
+    log_file_name, parse_file_name, read_header, seed_backup, verify_file,
 };
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use database::{

@@ -1,0 +1,810 @@
+//! Log shipping of `mgc` from `atl` to `dal-db1`, as real processes (the two-site example): out
+//! of the box after `up`; the failover steps after the loss of every `atl` node (copy, restore,
+//! recover: every post up to the reported LSN is in `dal`); a damaged or missing log backup
+//! stops the restore step with the file named; the chain goes on across a mirror failover; the
+//! online backup, restore and recover and their refusals.
+
+mod common;
+
+use common::{http, json, ok, tandem};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        common::stop_all(&self.dir);
+    }
+}
+
+impl Deployment {
+    /// The example deployment, all six nodes up, `mgc` mirrored and shipped to `dal-db1`.
+    fn up() -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
+        let d = Deployment { _tmp: tmp, dir };
+        ok(&d.dir, &["up", "--detach"]);
+        d.wait_status("dal-db1 applying the first full backup", |m| {
+            m["secondary"]["node"] == "dal-db1"
+                && m["secondary"]["role"] == "restoring"
+                && m["secondary"]["seed"] == m["config"]["seed"]
+        });
+        d
+    }
+
+    fn address(&self, node: &str) -> String {
+        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
+        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
+        let line = topo[at..]
+            .lines()
+            .find(|l| l.starts_with("address"))
+            .unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    }
+
+    fn secret(&self) -> String {
+        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
+        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    }
+
+    fn share(&self) -> PathBuf {
+        self.dir.join("share").join("mgc")
+    }
+
+    fn kill(&self, node: &str) {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: a node this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+
+    fn log(&self, node: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("logs/{node}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `tandem db log-shipping status --db mgc --json`.
+    fn status(&self) -> Value {
+        json(&self.dir, &["db", "log-shipping", "status", "--db", "mgc"])
+    }
+
+    /// Waits, with a deadline, until the monitor satisfies `cond`.
+    fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = tandem(
+                &self.dir,
+                &["db", "log-shipping", "status", "--db", "mgc", "--json"],
+            );
+            let m: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            if cond(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "log shipping: {what}; last: {m:#}\n{}\n--- atl-db1 ---\n{}\n--- dal-db1 ---\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.log("atl-db1"),
+                    self.log("dal-db1")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the secondary applied `lsn`.
+    fn wait_applied(&self, lsn: u64) -> Value {
+        self.wait_status(&format!("dal-db1 at LSN {lsn}"), |m| {
+            m["secondary"]["lsn"].as_u64() >= Some(lsn)
+        })
+    }
+
+    /// The status line of `db` on `node` in `tandem status`.
+    fn copy(&self, db: &str, node: &str) -> Value {
+        let s = json(&self.dir, &["status"]);
+        s["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["database"] == db && c["node"] == node)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// A command that must fail; its one line on stderr.
+    fn refused(&self, args: &[&str], expect: &str) -> String {
+        let out = tandem(&self.dir, args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        err
+    }
+
+    /// A procedure on `node`'s copy of `mgc`, through the internal API.
+    fn call(&self, node: &str, procedure: &str, args: Value) -> (u16, Value) {
+        let secret = self.secret();
+        let body = json!({ "procedure": procedure, "args": args }).to_string();
+        let (code, body) = http(
+            &self.address(node),
+            "POST",
+            "/internal/v1/db/mgc/call",
+            &[
+                ("x-tandem-secret", secret.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        );
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Every message of the room `lobby` in `node`'s copy: id → (text, lsn).
+    fn history_on(&self, node: &str) -> Vec<(i64, String, u64)> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (code, v) = self.call(
+                node,
+                "chat.history",
+                json!({ "user": "alice", "room": "lobby", "query": { "after": after, "limit": 500 } }),
+            );
+            assert_eq!(code, 200, "{v}");
+            let page = v["result"]["events"].as_array().unwrap().clone();
+            if page.is_empty() {
+                return all;
+            }
+            for m in page {
+                after = m["id"].as_i64().unwrap();
+                all.push((
+                    after,
+                    m["text"].as_str().unwrap_or("").to_string(),
+                    m["lsn"].as_u64().unwrap(),
+                ));
+            }
+        }
+    }
+}
+
+/// alice's token and the open room `lobby`, through the chat node atl-fe.
+fn user_and_room(d: &Deployment) -> String {
+    let token = ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
+    ok(
+        &d.dir,
+        &["chat", "room", "create", "lobby", "--as", "alice"],
+    );
+    token.trim().to_string()
+}
+
+/// An acknowledged post.
+#[derive(Clone, Debug)]
+struct Acked {
+    id: i64,
+    text: String,
+    lsn: u64,
+}
+
+/// Posts one message; what was acknowledged.
+fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
+    let bearer = format!("Bearer {token}");
+    let body = json!({ "text": text }).to_string();
+    let (code, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    );
+    if code != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&answer).ok()?;
+    Some(Acked {
+        id: v["id"].as_i64()?,
+        text: text.to_string(),
+        lsn: v["lsn"].as_u64()?,
+    })
+}
+
+/// Posts `n` messages; the last one's LSN.
+fn posts(d: &Deployment, token: &str, prefix: &str, n: usize) -> Vec<Acked> {
+    let fe = d.address("atl-fe");
+    (0..n)
+        .map(|i| post(&fe, token, &format!("{prefix} {i}")).expect("acknowledged"))
+        .collect()
+}
+
+/// Posters that keep posting unique texts and remember what was acknowledged, and when.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(Acked, Instant)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: &str, token: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let (addr, token) = (addr.to_string(), token.to_string());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match post(&addr, &token, &format!("c{c}-{n}")) {
+                            Some(a) => acked.lock().unwrap().push((a, Instant::now())),
+                            None => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn stop(self) -> Vec<(Acked, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// The log backups in `dir`, sorted by name (LSN order).
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tlb"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The LSN range a log backup's name says.
+fn range(p: &Path) -> (u64, u64) {
+    let name = p.file_name().unwrap().to_str().unwrap();
+    let mut it = name
+        .trim_start_matches("log-")
+        .trim_end_matches(".tlb")
+        .split('-')
+        .map(|h| u64::from_str_radix(h, 16).unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[test]
+fn after_up_posts_reach_the_secondary_within_seconds() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let sent = posts(&d, &token, "hello", 30);
+    let last = sent.last().unwrap().lsn;
+    let m = d.wait_applied(last);
+    assert_eq!(m["config"]["secondary"], "dal-db1", "{m:#}");
+    assert_eq!(m["config"]["primary_site"], "atl", "{m:#}");
+    assert_eq!(m["primary"]["node"], "atl-db1", "{m:#}");
+    // The files are on the share, and the secondary's position is the primary's.
+    let m = d.wait_status("no lag and no alert", |m| {
+        m["lag_records"] == 0 && m["alerts"].as_array().is_some_and(|a| a.is_empty())
+    });
+    assert!(m["full_backups"].as_u64() >= Some(1), "{m:#}");
+    assert!(m["log_backups"].as_u64() >= Some(1), "{m:#}");
+    assert!(!log_files(&d.share()).is_empty());
+    assert_eq!(m["lag_ms"], 0, "{m:#}");
+    // tandem status shows the jobs on each copy; the human monitor names them.
+    let c = d.copy("mgc", "dal-db1");
+    assert_eq!(c["role"], "restoring", "{c}");
+    let human = ok(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+    for word in [
+        "backup   atl-db1",
+        "copy     dal-db1",
+        "restore  dal-db1",
+        "alerts     none",
+    ] {
+        assert!(human.contains(word), "{word}: {human}");
+    }
+    // Reconfigured (a shorter interval): the secondary is seeded again and applies.
+    let r = json(
+        &d.dir,
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "dal-db1",
+            "--backup-interval-ms",
+            "500",
+        ],
+    );
+    assert_eq!(r["secondary"], "dal-db1", "{r}");
+    assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");
+    assert!(r["applied_lsn"].as_u64() >= r["lsn"].as_u64(), "{r}");
+    let more = posts(&d, &token, "after reconfigure", 10);
+    d.wait_applied(more.last().unwrap().lsn);
+}
+
+#[test]
+fn after_the_loss_of_atl_the_steps_recover_every_post_up_to_the_reported_lsn() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let load = Load::start(&d.address("atl-fe"), &token, 4);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.count() < 200 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Shipping under the load, then a moment more of it before the disaster.
+    let lsn = load.acked.lock().unwrap()[100].0.lsn;
+    d.wait_applied(lsn);
+    std::thread::sleep(Duration::from_millis(700));
+    // The whole site at once.
+    for node in ["atl-fe", "atl-db1", "atl-db2"] {
+        d.kill(node);
+    }
+    let killed = Instant::now();
+    let acked = load.stop();
+
+    // Step 1: stop log shipping to the secondary.
+    let r = json(
+        &d.dir,
+        &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
+    );
+    assert_eq!(r["removed"], "dal-db1", "{r}");
+    // Step 2: copy what the secondary has not copied.
+    let c = json(&d.dir, &["db", "log-shipping", "copy", "--db", "mgc"]);
+    assert_eq!(c["copied_lsn"], c["share_lsn"], "{c}");
+    // Step 3: apply it; the answer is the data-loss point.
+    let r = json(&d.dir, &["db", "log-shipping", "restore", "--db", "mgc"]);
+    let lsn = r["lsn"].as_u64().unwrap();
+    assert_eq!(lsn, c["share_lsn"].as_u64().unwrap(), "{r} {c}");
+    assert!(r["last_time_ms"].as_i64() > Some(0), "{r}");
+    assert_eq!(r["role"], "restoring", "{r}");
+    // Step 4: bring it online.
+    let rec = json(
+        &d.dir,
+        &["db", "recover", "--db", "mgc", "--instance", "dal-db1"],
+    );
+    assert_eq!(rec["role"], "primary", "{rec}");
+    assert_eq!(rec["lsn"], lsn, "{rec}");
+    assert!(rec["epoch"].as_u64() > r["epoch"].as_u64(), "{rec} {r}");
+
+    // Every acknowledged post up to that LSN is in dal, once, with its text.
+    let history = d.history_on("dal-db1");
+    let mut by_id = std::collections::HashMap::new();
+    for (id, text, l) in &history {
+        assert!(
+            by_id.insert(*id, (text.clone(), *l)).is_none(),
+            "id {id} twice"
+        );
+        assert!(
+            *l <= lsn,
+            "event {id} at LSN {l} past the restored LSN {lsn}"
+        );
+    }
+    let (kept, lost): (Vec<_>, Vec<_>) = acked.iter().partition(|(a, _)| a.lsn <= lsn);
+    assert!(!kept.is_empty(), "nothing acknowledged was shipped");
+    for (a, _) in &kept {
+        assert_eq!(
+            by_id.get(&a.id).map(|(t, _)| t.as_str()),
+            Some(a.text.as_str()),
+            "acknowledged post {} (LSN {}) is missing in dal",
+            a.id,
+            a.lsn
+        );
+    }
+    // What the failover lost: posts acknowledged after the last shipped LSN (measured, shown).
+    let last_kept = kept.iter().map(|(_, t)| *t).max().unwrap();
+    let last_acked = acked.iter().map(|(_, t)| *t).max().unwrap();
+    eprintln!(
+        "site loss: {} posts acknowledged, {} recovered up to LSN {lsn}, {} lost, spanning {:.2} s of traffic (kill {:.2} s after the last acknowledged post)",
+        acked.len(),
+        kept.len(),
+        lost.len(),
+        last_acked.duration_since(last_kept).as_secs_f64(),
+        killed.duration_since(last_acked).as_secs_f64()
+    );
+    // The recovered copy takes writes, of a new epoch.
+    let (code, v) = d.call(
+        "dal-db1",
+        "chat.post",
+        json!({ "user": "alice", "room": "lobby", "text": "in dal" }),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["result"]["lsn"].as_u64() > Some(lsn), "{v}");
+    // The steps refuse what no longer makes sense.
+    d.refused(
+        &["db", "log-shipping", "restore", "--db", "mgc"],
+        "is primary",
+    );
+    d.refused(
+        &["db", "recover", "--db", "mgc", "--instance", "dal-db1"],
+        "already primary",
+    );
+}
+
+#[test]
+fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    // The secondary's jobs stop; the primary goes on writing log backups to the share.
+    ok(
+        &d.dir,
+        &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
+    );
+    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        sent.extend(posts(&d, &token, &format!("round {round}"), 5));
+        let lsn = sent.last().unwrap().lsn;
+        d.wait_status("the share past the posts", |m| {
+            m["newest_log"]["lsn"].as_u64() >= Some(lsn)
+        });
+    }
+    let pending: Vec<PathBuf> = log_files(&d.share())
+        .into_iter()
+        .filter(|p| range(p).1 > at)
+        .collect();
+    assert!(pending.len() >= 2, "{pending:?}");
+    // A flipped byte in the first record of the first file the secondary needs.
+    let damaged = &pending[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    bytes[4108 + 20] ^= 0x40;
+    std::fs::write(damaged, &bytes).unwrap();
+    let c = json(&d.dir, &["db", "log-shipping", "copy", "--db", "mgc"]);
+    assert!(
+        c["files_copied"].as_array().unwrap().len() >= pending.len(),
+        "{c}"
+    );
+    let name = damaged.file_name().unwrap().to_str().unwrap();
+    let err = d.refused(&["db", "log-shipping", "restore", "--db", "mgc"], name);
+    assert!(err.contains("corrupt") || err.contains("checksum"), "{err}");
+    assert_eq!(d.copy("mgc", "dal-db1")["lsn"], at, "the copy moved");
+    // Missing instead: the next file does not follow the copy's LSN.
+    let local = d.dir.join("data/dal-db1/log-shipping/mgc");
+    std::fs::remove_file(local.join(name)).unwrap();
+    std::fs::remove_file(damaged).unwrap();
+    let next = pending[1].file_name().unwrap().to_str().unwrap();
+    let err = d.refused(&["db", "log-shipping", "restore", "--db", "mgc"], next);
+    assert!(err.contains("gap") && err.contains("missing"), "{err}");
+    assert_eq!(d.copy("mgc", "dal-db1")["lsn"], at, "the copy moved");
+    let m = d.status();
+    let e = m["secondary"]["restore"]["error"].as_str().unwrap_or("");
+    assert!(e.contains(next), "{m:#}");
+}
+
+#[test]
+fn the_chain_continues_across_a_mirror_failover() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let before = posts(&d, &token, "before", 10);
+    d.wait_applied(before.last().unwrap().lsn);
+    let r = json(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    assert_eq!(r["new_primary"], "atl-db2", "{r}");
+    // Posts go to atl-db2 now; its backup job continues the same chain.
+    let fe = d.address("atl-fe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = Vec::new();
+    while after.len() < 10 {
+        assert!(Instant::now() < deadline, "no post after the failover");
+        match post(&fe, &token, &format!("after {}", after.len())) {
+            Some(a) => after.push(a),
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let m = d.wait_applied(after.last().unwrap().lsn);
+    assert_eq!(m["primary"]["node"], "atl-db2", "{m:#}");
+    assert_eq!(m["secondary"]["epoch"], 2, "{m:#}");
+    assert!(m["secondary"]["restore"]["error"].is_null(), "{m:#}");
+    // No new full backup was needed: one chain from the first full backup, no gap.
+    let out = ok(&d.dir, &["db", "verify", d.share().to_str().unwrap()]);
+    assert!(out.contains("chain ok"), "{out}");
+    let m = d.status();
+    assert_eq!(m["full_backups"], 1, "{m:#}");
+    assert_eq!(
+        m["config"]["seed"], m["secondary"]["seed"],
+        "the secondary was not seeded again: {m:#}"
+    );
+    let mut history = d.history_on("atl-db2");
+    history.retain(|(_, t, _)| t.starts_with("before") || t.starts_with("after"));
+    assert_eq!(history.len(), 20);
+}
+
+#[test]
+fn online_backup_restore_and_recover_and_their_refusals() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let sent = posts(&d, &token, "kept", 5);
+    d.wait_applied(sent.last().unwrap().lsn);
+
+    // Bad names: nothing runs.
+    d.refused(
+        &["db", "backup", "--db", "nosuch", "--instance", "atl-db1"],
+        "no database named nosuch",
+    );
+    d.refused(
+        &["db", "backup", "--db", "mgc", "--instance", "nosuch"],
+        "no node named nosuch",
+    );
+    d.refused(
+        &["db", "backup", "--db", "mgc", "--instance", "atl-fe"],
+        "not a db node",
+    );
+    d.refused(
+        &["db", "backup", "--db", "mgc", "--instance", "dal-db2"],
+        "holds no open copy",
+    );
+    d.refused(
+        &[
+            "db",
+            "backup",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db2",
+            "--log",
+        ],
+        "taken on the primary",
+    );
+    // Online and offline forms do not mix (clap's usage error).
+    for (args, expect) in [
+        (&["db", "backup", "--db", "mgc"][..], "--instance"),
+        (
+            &[
+                "db",
+                "backup",
+                "--db",
+                "mgc",
+                "--instance",
+                "atl-db1",
+                "--path",
+                "x",
+            ][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = tandem(&d.dir, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+
+    // A full backup of the primary's copy, and one of the cms, on the share.
+    let b = json(
+        &d.dir,
+        &["db", "backup", "--db", "mgc", "--instance", "atl-db1"],
+    );
+    let full = PathBuf::from(b["files"][0]["path"].as_str().unwrap());
+    assert!(full.starts_with(d.share()), "{b}");
+    let lsn = b["files"][0]["header"]["lsn"].as_u64().unwrap();
+    assert!(lsn >= sent.last().unwrap().lsn, "{b}");
+    json(
+        &d.dir,
+        &[
+            "db",
+            "backup",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db1",
+            "--log",
+        ],
+    );
+    let cms = json(
+        &d.dir,
+        &["db", "backup", "--db", "cms", "--instance", "atl-db1"],
+    );
+    let cms_full = cms["files"][0]["path"].as_str().unwrap().to_string();
+    let full_s = full.to_str().unwrap();
+
+    // Recover refuses a primary, a mirrored copy, a node without the copy.
+    d.refused(
+        &["db", "recover", "--db", "mgc", "--instance", "atl-db1"],
+        "already primary",
+    );
+    d.refused(
+        &["db", "recover", "--db", "mgc", "--instance", "atl-db2"],
+        "mirrored with atl-db1",
+    );
+    d.refused(
+        &["db", "recover", "--db", "cms", "--instance", "dal-db2"],
+        "holds no copy",
+    );
+    // Restore refuses a file of another database, a copy without --replace, a missing file.
+    let at = d.copy("mgc", "dal-db1")["lsn"].clone();
+    d.refused(
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db1",
+            "--from",
+            &cms_full,
+            "--replace",
+        ],
+        "a backup of database cms, not mgc",
+    );
+    d.refused(
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db1",
+            "--from",
+            full_s,
+        ],
+        "--replace",
+    );
+    d.refused(
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db1",
+            "--from",
+            "/no/such.tfb",
+        ],
+        "no such file",
+    );
+    d.refused(
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db2",
+            "--from",
+            full_s,
+            "--replace",
+        ],
+        "mirrored",
+    );
+    let c = d.copy("mgc", "dal-db1");
+    assert_eq!(
+        (c["role"].clone(), c["lsn"].clone()),
+        (json!("restoring"), at)
+    );
+
+    // Log-shipping refusals.
+    d.refused(
+        &["db", "log-shipping", "status", "--db", "cms"],
+        "not log-shipped",
+    );
+    d.refused(
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "atl-db2",
+        ],
+        "another site",
+    );
+    d.refused(
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "nosuch",
+        ],
+        "no node named nosuch",
+    );
+    d.refused(
+        &[
+            "db",
+            "log-shipping",
+            "copy",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db2",
+        ],
+        "goes to dal-db1, not dal-db2",
+    );
+
+    // Restored online with --norecovery: the secondary's copy replaced, and shipping goes on.
+    let r = json(
+        &d.dir,
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db1",
+            "--from",
+            full_s,
+            "--replace",
+            "--norecovery",
+        ],
+    );
+    assert_eq!(r["role"], "restoring", "{r}");
+    assert_eq!(r["lsn"], lsn, "{r}");
+    let more = posts(&d, &token, "after the restore", 5);
+    d.wait_applied(more.last().unwrap().lsn);
+
+    // Restored and recovered: a primary of a new epoch, that no log backup and no
+    // reconfiguration may touch.
+    let r = json(
+        &d.dir,
+        &[
+            "db",
+            "restore",
+            "--db",
+            "mgc",
+            "--instance",
+            "dal-db1",
+            "--from",
+            full_s,
+            "--replace",
+        ],
+    );
+    assert_eq!(r["role"], "primary", "{r}");
+    assert_eq!(r["epoch"], 2, "{r}");
+    d.refused(
+        &["db", "recover", "--db", "mgc", "--instance", "dal-db1"],
+        "already primary",
+    );
+    d.refused(
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "dal-db1",
+        ],
+        "not older than",
+    );
+    let h = d.history_on("dal-db1");
+    assert!(h.iter().any(|(_, t, _)| t == "kept 4"), "{h:?}");
+    assert!(!h.iter().any(|(_, t, _)| t.starts_with("after the restore")));
+}

@@ -1,0 +1,307 @@
+//! Online operations on this node's copy of a database (`tandem db backup|restore|recover
+//! --db DB --instance NODE`): a backup into the share; a restore into the copy, which is closed,
+//! restored and reopened; recover, which puts every handle of the copy away and brings it
+//! online as the primary of a new epoch. Each holds the copy's operations lock, so log
+//! shipping's jobs never run beside it, and leaves the copy as it was when it fails.
+
+use crate::error::ApiError;
+use crate::server::{NodeState, Shared};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use tandem_store::{BackupFile, Recovery, RestoreOptions, Role, StopAt, StoreError};
+
+/// Backup files one restore reads at most.
+const RESTORE_FILES_MAX: usize = 100_000;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::unavailable(e.to_string())))
+}
+
+/// A restore refused or failed: the store's sentence (it names the file and the LSN).
+fn refused(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Io { .. } | StoreError::Closed(_) | StoreError::Sqlite(_) => {
+            ApiError::unavailable(e.to_string())
+        }
+        other => ApiError::conflict(other.to_string()),
+    }
+}
+
+/// The copy must be placed (or installed) on this node and not mirrored: replacing or
+/// recovering a mirrored copy would fight its mirroring.
+fn check_copy(node: &NodeState, database: &str, what: &str) -> Result<(), ApiError> {
+    if node.host.hosted(database).is_none() {
+        return Err(ApiError::not_found(format!(
+            "node {} holds no copy of {database}",
+            node.name
+        )));
+    }
+    if let Some(link) = node.mirroring.link(database) {
+        return Err(ApiError::conflict(format!(
+            "{database} on {} is mirrored with {}: {what} a mirrored copy is refused; remove its \
+             mirroring first (tandem db mirror remove), or use tandem db mirror failover",
+            node.name,
+            link.partner()
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackupAsk {
+    #[serde(default)]
+    log: bool,
+}
+
+/// What `backup` answers.
+#[derive(Serialize)]
+struct BackedUp {
+    database: String,
+    node: String,
+    files: Vec<BackupFile>,
+}
+
+/// `POST /internal/v1/db/{db}/backup`: a full backup (or, with `log`, a log backup) of this
+/// node's copy into the share's directory of the database.
+pub(crate) async fn backup(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<BackupAsk>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let files = crate::log_shipping::backup_now(&node, &database, req.log).await?;
+    let answer = BackedUp {
+        database,
+        node: node.name.clone(),
+        files,
+    };
+    Ok(Json(serde_json::to_value(answer).expect("serializes")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreAsk {
+    from: Vec<PathBuf>,
+    #[serde(default)]
+    replace: bool,
+    /// `recover` (the default), `norecovery` or `standby`.
+    #[serde(default)]
+    recovery: Option<String>,
+    stop_at_lsn: Option<u64>,
+    stop_at_time_ms: Option<i64>,
+}
+
+/// `POST /internal/v1/db/{db}/restore`: restores backup files (paths this node reads) into its
+/// copy. A full backup replaces the copy (`replace` required when one exists): the copy closes,
+/// the restore runs beside it and takes its place only once it succeeded, and the new copy
+/// opens `restoring`, `standby` or as the primary of a new epoch. Log backups alone are applied
+/// to a restoring or standby copy. On any refusal the copy is as it was.
+pub(crate) async fn restore(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<RestoreAsk>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_copy(&node, &database, "restoring over")?;
+    if req.from.is_empty() {
+        return Err(ApiError::bad_request("no backup file to restore from"));
+    }
+    let recovery = match req.recovery.as_deref().unwrap_or("recover") {
+        "recover" => Recovery::Recover,
+        "norecovery" => Recovery::NoRecovery,
+        "standby" => Recovery::Standby,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown recovery {other:?} (recover, norecovery, standby)"
+            )));
+        }
+    };
+    let stop_at = match (req.stop_at_lsn, req.stop_at_time_ms) {
+        (Some(n), _) => Some(StopAt::Lsn(n)),
+        (None, Some(t)) => Some(StopAt::TimeMs(t)),
+        (None, None) => None,
+    };
+    let options = RestoreOptions {
+        recovery,
+        stop_at,
+        ..Default::default()
+    };
+    let from = req.from.clone();
+    let files = blocking(move || tandem_store::collect(&from).map_err(refused)).await?;
+    if files.len() > RESTORE_FILES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{} backup files: one restore reads at most {RESTORE_FILES_MAX}",
+            files.len()
+        )));
+    }
+    for f in &files {
+        let name = match f {
+            BackupFile::Full { header, .. } => &header.name,
+            BackupFile::Log { header, .. } => &header.name,
+        };
+        if *name != database {
+            return Err(ApiError::bad_request(format!(
+                "{} is a backup of database {name}, not {database}",
+                f.path().display()
+            )));
+        }
+    }
+    if files.is_empty() {
+        return Err(ApiError::bad_request(
+            "no backup file (.tfb, .tlb) among the paths given",
+        ));
+    }
+    let has_full = files.iter().any(|f| matches!(f, BackupFile::Full { .. }));
+    let ops = node.host.operations(&database);
+    let _guard = ops.lock().await;
+    let path = node.host.path_of(&database);
+    let exists = path.join(tandem_store::DB_FILE).exists();
+    let n = node.clone();
+    let d = database.clone();
+    let from = req.from.clone();
+    let replace = req.replace;
+    let report = blocking(move || {
+        if exists && !replace {
+            if has_full {
+                return Err(ApiError::conflict(format!(
+                    "{d} exists on {}: pass --replace to overwrite it with the full backup (or \
+                     give only log backups, to apply to a restoring copy)",
+                    n.name
+                )));
+            }
+            let db = n.host.get(&d).ok_or_else(|| {
+                ApiError::unavailable(format!("the copy of {d} on {} is not open", n.name))
+            })?;
+            return tandem_store::restore_logs(&db, &from, &options).map_err(refused);
+        }
+        if !has_full {
+            return Err(ApiError::bad_request(format!(
+                "no full backup among the files: {d} on {} {} from one",
+                n.name,
+                if exists {
+                    "is replaced only"
+                } else {
+                    "has no copy yet; a new copy starts"
+                }
+            )));
+        }
+        let existed = n.host.get(&d).is_some();
+        // Every handle put away: the copy closes once its last user lets go.
+        n.host.replace(&d, None);
+        let restored = tandem_store::restore_new(&path, &from, &options, path.exists());
+        let report = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                if existed && let Ok(db) = n.host.reopen(&d, &n.topology) {
+                    n.host.replace(&d, Some(db));
+                }
+                return Err(refused(e));
+            }
+        };
+        let db = n
+            .host
+            .reopen(&d, &n.topology)
+            .map_err(ApiError::unavailable)?;
+        n.host.replace(&d, Some(db));
+        Ok(report)
+    })
+    .await?;
+    tracing::warn!(database, lsn = report.lsn, epoch = report.epoch, role = %report.role, "copy restored");
+    let (n, d) = (node.clone(), database.clone());
+    let _ =
+        tokio::task::spawn_blocking(move || crate::log_shipping::refresh_progress(&n, &d)).await;
+    let mut v = serde_json::to_value(&report).expect("serializes");
+    v["database"] = json!(database);
+    v["node"] = json!(node.name);
+    Ok(Json(v))
+}
+
+fn already_primary(node: &NodeState, database: &str, epoch: u64) -> ApiError {
+    ApiError::conflict(format!(
+        "{database} on {} is already primary (epoch {epoch}): recover brings a restoring, \
+         standby, mirror or replica copy online",
+        node.name
+    ))
+}
+
+/// `POST /internal/v1/db/{db}/recover`: every handle of this node's copy is put away (the copy
+/// closes), then it opens again and becomes the primary of a new epoch, writable. Refused on a
+/// primary and on a mirrored copy.
+pub(crate) async fn recover(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(db) = node.host.get(&database) {
+        let id = db.identity();
+        if id.role == Role::Primary {
+            return Err(already_primary(&node, &database, id.epoch));
+        }
+    }
+    check_copy(&node, &database, "recovering")?;
+    let ops = node.host.operations(&database);
+    let _guard = ops.lock().await;
+    let n = node.clone();
+    let d = database.clone();
+    let (before, id) = blocking(move || {
+        let db = match n.host.get(&d) {
+            Some(db) => db,
+            None => n.host.reopen(&d, &n.topology).map_err(|e| {
+                ApiError::not_found(format!(
+                    "node {} has no copy of {d} to recover: {e}",
+                    n.name
+                ))
+            })?,
+        };
+        let before = db.identity();
+        if before.role == Role::Primary {
+            n.host.replace(&d, Some(db));
+            return Err(already_primary(&n, &d, before.epoch));
+        }
+        n.host.replace(&d, None);
+        drop(db);
+        let db = n
+            .host
+            .reopen(&d, &n.topology)
+            .map_err(|e| ApiError::unavailable(format!("{e}; run the command again")))?;
+        // Recovering a copy is a disaster-recovery move (its primary may be in a lost site that
+        // cannot be asked): the new epoch is above anything that site could have counted to.
+        let epoch = crate::standby::cross_site_epoch(db.identity().epoch);
+        if let Err(e) = db.recover(Some(epoch)) {
+            n.host.replace(&d, Some(db));
+            return Err(refused(e));
+        }
+        let prepared = crate::db_host::prepare(&db, &d, &n.topology);
+        let id = db.identity();
+        n.host.replace(&d, Some(db));
+        prepared.map_err(ApiError::unavailable)?;
+        Ok((before, id))
+    })
+    .await?;
+    tracing::warn!(
+        database,
+        epoch = id.epoch,
+        lsn = id.lsn,
+        "copy recovered: primary of a new epoch"
+    );
+    let (n, d) = (node.clone(), database.clone());
+    let _ =
+        tokio::task::spawn_blocking(move || crate::log_shipping::refresh_progress(&n, &d)).await;
+    Ok(Json(json!({
+        "database": database,
+        "node": node.name,
+        "previous_role": before.role.to_string(),
+        "role": id.role.to_string(),
+        "epoch": id.epoch,
+        "lsn": id.lsn,
+        "last_time_ms": id.last_time_ms,
+    })))
+}
