@@ -89,6 +89,39 @@ fn link_state(d: &Deployment, node: &str) -> Option<String> {
         .and_then(|c| c.mirroring.as_ref().map(|m| m.state.clone()))
 }
 
+/// Whether every server in `servers` has heard from the CMS that it is active in `state`: the
+/// moment users can post through it.
+fn servers_follow(d: &Deployment, servers: &str, state: &str) -> bool {
+    let Ok(rt) = crate::deployment::runtime() else {
+        return false;
+    };
+    servers.split(',').filter(|s| !s.is_empty()).all(|name| {
+        let Some(n) = d.topology.node(name) else {
+            return false;
+        };
+        rt.block_on(d.client().status(&n.address, TIMEOUT))
+            .ok()
+            .and_then(|s| s.cms)
+            .is_some_and(|c| {
+                c.chat_state.as_deref() == Some(state) && c.chat_active.iter().any(|a| a == name)
+            })
+    })
+}
+
+/// Polls `cond` for a few seconds (the chat servers follow the CMS every 300 ms).
+fn wait_for(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
     let s = command(d, &["cms", "status"])?;
     if s["master"].is_null() {
@@ -211,10 +244,10 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         command: format!("tandem chat active-servers set {backup_servers}"),
         check: Box::new(|_| {
             let (state, active) = chat_state(d)?;
-            Ok(
-                (state == "failed-over" && active.join(",") == backup_servers)
-                    .then(|| json!({ "active": active })),
-            )
+            Ok((state == "failed-over"
+                && active.join(",") == backup_servers
+                && wait_for(|| servers_follow(d, &backup_servers, "failed-over")))
+            .then(|| json!({ "active": active })))
         }),
         run: Box::new(|_| command(d, &["chat", "active-servers", "set", &backup_servers])),
         verify: true,
@@ -350,7 +383,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     steps.push(Step {
         title: format!("restore it over {primary}, replacing it, and bring it online"),
         command: format!(
-            "tandem db restore --db mgc --instance {primary} --from {dir_s} --replace"
+            "tandem db mirror remove --db mgc --instance {primary}; tandem db restore --db mgc --instance {primary} --from FULL-BACKUP-OF-STEP-3 --replace"
         ),
         check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
         run: Box::new(|s| {
@@ -358,6 +391,14 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 .report_of(if p.backup_mirror.is_some() { 3 } else { 2 })
                 .and_then(|r| find_path(&r["backup"]))
                 .unwrap_or_else(|| dir_s.clone());
+            // A mirrored copy is not restored over: its mirroring goes first (step 5 installs
+            // it again, seeding the mirror from the restored primary).
+            if link_state(d, &p.primary).is_some() {
+                command(
+                    d,
+                    &["db", "mirror", "remove", "--db", "mgc", "--instance", &p.primary],
+                )?;
+            }
             command(
                 d,
                 &[
@@ -430,8 +471,10 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         command: format!("tandem chat active-servers set {servers}"),
         check: Box::new(|_| {
             let (state, active) = chat_state(d)?;
-            Ok((state == "normal" && active.join(",") == servers)
-                .then(|| json!({ "active": active })))
+            Ok((state == "normal"
+                && active.join(",") == servers
+                && wait_for(|| servers_follow(d, &servers, "normal")))
+            .then(|| json!({ "active": active })))
         }),
         run: Box::new(|_| command(d, &["chat", "active-servers", "set", &servers])),
         verify: true,

@@ -177,3 +177,203 @@ fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes(
         "{users}"
     );
 }
+
+/// Posts one message through `addr`; (id, lsn) when acknowledged.
+fn post(addr: &str, token: &str, text: &str) -> Option<(i64, u64)> {
+    let bearer = format!("Bearer {token}");
+    let body = serde_json::json!({ "text": text }).to_string();
+    let (code, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    );
+    if code != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&answer).ok()?;
+    Some((v["id"].as_i64()?, v["lsn"].as_u64()?))
+}
+
+/// Every message of the room, through `addr`: (id, text).
+fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
+    let bearer = format!("Bearer {token}");
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (code, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let page = v["events"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return all;
+        }
+        for m in page {
+            after = m["id"].as_i64().unwrap();
+            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
+        }
+    }
+}
+
+/// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
+fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let text = format!("{prefix} {i}.{attempt}");
+            if let Some((id, lsn)) = post(addr, token, &text) {
+                acked.push((id, lsn, text));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix} {i}: nothing acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    acked
+}
+
+#[test]
+fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknowledged_is_lost() {
+    let d = Deployment::up();
+    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+        .trim()
+        .to_string();
+    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    let (atl_fe, dal_fe) = (d.address("atl-fe"), d.address("dal-fe"));
+
+    // Refused while the primary site is healthy (unless --force), and failback while normal.
+    let refused = |args: &[&str], expect: &str| {
+        let out = tandem(&d.dir, args);
+        assert!(!out.status.success(), "{args:?} should be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    };
+    let before = post_n(&atl_fe, &token, "before", 30);
+    // Log shipping carries the posts to dal within seconds.
+    let shipped = before.last().unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+        let text = s.to_string();
+        if s["secondary"]["lsn"].as_u64() >= Some(shipped) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log shipping did not reach LSN {shipped}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    refused(&["chat", "failover"], "healthy");
+    refused(&["chat", "failback"], "not failed over");
+    let dry = json(&d.dir, &["chat", "failover", "--dry-run"]);
+    assert_eq!(dry["plan"].as_array().unwrap().len(), 7, "{dry}");
+
+    // The whole primary site is lost, under a load of posts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, addr, token) = (stop.clone(), atl_fe.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let text = format!("load {i}");
+                if let Some((id, lsn)) = post(&addr, &token, &text) {
+                    acked.push((id, lsn, text));
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_500));
+    d.kill_site("atl");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let loaded = load.join().unwrap();
+    assert!(
+        !loaded.is_empty(),
+        "the load posted nothing before the site was lost"
+    );
+    refused(&["chat", "failover"], "cms failover --force");
+    refused(&["chat", "failback"], "CMS is unreachable");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    let r = json(&d.dir, &["chat", "failover"]);
+    let last_lsn = r["data_loss"]["last_lsn"].as_u64().expect("the data loss");
+    assert!(r["data_loss"]["last_write"].as_str().is_some(), "{r}");
+    assert!(last_lsn >= shipped, "{r}");
+    // Users post in dal; every post acknowledged up to the recovered LSN is there.
+    let during = post_n(&dal_fe, &token, "during", 20);
+    let h = history(&dal_fe, &token);
+    for (id, lsn, text) in before.iter().chain(&loaded) {
+        if *lsn <= last_lsn {
+            assert!(
+                h.contains(&(*id, text.clone())),
+                "{text} ({id}) lost in the failover"
+            );
+        }
+    }
+    refused(&["chat", "failback"], "atl-db1 does not answer");
+
+    // atl is rebuilt; the failback brings everything home.
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let r = json(&d.dir, &["chat", "failback"]);
+    assert_eq!(r["run"]["result"], "ok", "{r}");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "normal", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
+    let after = post_n(&atl_fe, &token, "after", 10);
+    let h = history(&atl_fe, &token);
+    let mut ids: Vec<i64> = h.iter().map(|(id, _)| *id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), h.len(), "an id twice");
+    for (id, _, text) in during.iter().chain(&after) {
+        assert!(
+            h.contains(&(*id, text.clone())),
+            "{text} ({id}) lost in the failback"
+        );
+    }
+    for (id, lsn, text) in before.iter().chain(&loaded) {
+        if *lsn <= last_lsn {
+            assert!(h.contains(&(*id, text.clone())), "{text} ({id}) lost");
+        }
+    }
+    // Log shipping runs again, atl → dal.
+    let last = after.last().unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+        if s["secondary"]["lsn"].as_u64() >= Some(last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log shipping not running again: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"procedure\":\"chat-failover\"")
+            && audit.contains("\"procedure\":\"chat-failback\"")
+    );
+}
