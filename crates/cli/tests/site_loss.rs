@@ -377,3 +377,75 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
             && audit.contains("\"procedure\":\"chat-failback\"")
     );
 }
+
+#[test]
+fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
+    use std::io::BufRead;
+    let d = Deployment::up();
+    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+        .trim()
+        .to_string();
+    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    let before = post_n(&d.address("atl-fe"), &token, "before", 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"])["secondary"]["lsn"]
+        .as_u64()
+        < Some(before.last().unwrap().1)
+    {
+        assert!(Instant::now() < deadline, "log shipping does not follow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill_site("atl");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    // The new primary's mirror node hangs: step 6 (install it) cannot finish; the CLI is killed
+    // in the middle of it.
+    let dal_db2 = common::pid(&d.dir, "dal-db2");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(dal_db2, libc::SIGSTOP) };
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "failover"])
+        .current_dir(&d.dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("[5/7]") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.starts_with("[5/7]")), "{seen:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    unsafe { libc::kill(dal_db2, libc::SIGCONT) };
+    assert!(
+        d.dir.join(".tandem/runs/chat-failover.json").exists(),
+        "the interrupted run's state is kept"
+    );
+    // Run again: it resumes after step 5 and finishes.
+    let out = tandem(&d.dir, &["chat", "failover"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming chat-failover"), "{err}");
+    assert!(
+        err.contains("[4/7]") && err.contains("done earlier in this run"),
+        "{err}"
+    );
+    assert!(!d.dir.join(".tandem/runs/chat-failover.json").exists());
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "failed-over", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["result"], "ok", "{last}");
+    assert_eq!(last["resumed"], 1, "{last}");
+    let h = history(&d.address("dal-fe"), &token);
+    for (id, _, text) in &before {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
