@@ -56,6 +56,24 @@ pub enum ChatCommand {
         #[command(subcommand)]
         action: ActiveAction,
     },
+    /// Move the chat pool to the backup site (the primary site is lost): the seven steps of
+    /// seed 003, each checked; reports the data loss. Resumes an interrupted run.
+    Failover {
+        /// Print the plan and the preconditions; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Fail over even though the primary site answers (what log shipping has not carried
+        /// yet is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring the chat pool home once the primary site is rebuilt: nothing written meanwhile is
+    /// lost. Resumes an interrupted run.
+    Failback {
+        /// Print the plan and the preconditions; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Search the messages you may read.
     Search {
         query: String,
@@ -279,6 +297,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             };
             chat_pool(d, change, out, &rt)
         }
+        ChatCommand::Failover { dry_run, force } => {
+            crate::chat_dr::failover(d, dry_run, force, out)
+        }
+        ChatCommand::Failback { dry_run } => crate::chat_dr::failback(d, dry_run, out),
         ChatCommand::State { action } => {
             let change = match action {
                 StateAction::Show => None,

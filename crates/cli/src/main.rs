@@ -3,6 +3,8 @@
 
 mod bench;
 mod chat;
+mod chat_dr;
+mod cms;
 mod db;
 mod db_online;
 mod demo;
@@ -11,6 +13,7 @@ mod init;
 mod log_shipping;
 mod mirror;
 mod output;
+mod runbook;
 mod serve;
 mod status;
 mod up;
@@ -60,6 +63,9 @@ enum Command {
     /// Chat as a user: categories, rooms, members, posts, history, search.
     #[command(subcommand)]
     Chat(chat::ChatCommand),
+    /// The Central Management Store: status, failover to the other site.
+    #[command(subcommand)]
+    Cms(cms::CmsCommand),
     /// Database copies and backup files.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -82,6 +88,7 @@ fn main() {
         Command::Demo(a) => demo::run(a, &out),
         Command::User(c) => deployment().and_then(|d| user::run(&d, c, &out)),
         Command::Chat(c) => deployment().and_then(|d| chat::run(&d, c, &out)),
+        Command::Cms(c) => deployment().and_then(|d| cms::run(&d, c, &out)),
         Command::Db(db::DbCommand::Mirror(c)) => {
             deployment().and_then(|d| mirror::run(&d, c, &out))
         }

@@ -24,11 +24,7 @@ impl Deployment {
     }
 
     fn pid(&self, node: &str) -> i32 {
-        std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        common::pid(&self.dir, node)
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -47,13 +43,7 @@ impl Deployment {
     }
 
     fn address(&self, node: &str) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
-        let line = topo[at..]
-            .lines()
-            .find(|l| l.starts_with("address"))
-            .unwrap();
-        line.split('"').nth(1).unwrap().to_string()
+        common::address(&self.dir, node)
     }
 
     fn status(&self) -> Value {

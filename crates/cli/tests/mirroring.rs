@@ -42,34 +42,15 @@ impl Deployment {
     }
 
     fn address(&self, node: &str) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
-        let line = topo[at..]
-            .lines()
-            .find(|l| l.starts_with("address"))
-            .unwrap();
-        line.split('"').nth(1).unwrap().to_string()
+        common::address(&self.dir, node)
     }
 
     fn secret(&self) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
-        line.split('"').nth(1).unwrap().to_string()
-    }
-
-    fn pid(&self, node: &str) -> i32 {
-        std::fs::read_to_string(self.dir.join("run").join(format!("{node}.pid")))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        common::secret(&self.dir)
     }
 
     fn kill(&self, node: &str) {
-        // SAFETY: a node this test started.
-        unsafe {
-            libc::kill(self.pid(node), libc::SIGKILL);
-        }
+        common::kill(&self.dir, node)
     }
 
     /// The status line of `db` on `node`.
@@ -389,7 +370,7 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let mirror = d.wait_mirror("mgc", "atl-db2");
     let log = std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
-    assert!(log.contains("reseeding the mirror"), "no reseed in the log");
+    assert!(log.contains("reseeding the copy"), "no reseed in the log");
     let primary = d.copy("mgc", "atl-db1");
     assert_eq!(mirror["lsn"], primary["lsn"]);
     // Same LSN and chain: the offline inspection of both copies, once the nodes are down.
@@ -498,4 +479,48 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     load.wait_acked_since(async_at, "with an asynchronous mirror");
     let acked = load.stop();
     check_history(&acked, &history(&fe, &token));
+}
+
+#[test]
+fn live_events_keep_coming_across_a_failover_in_order_and_once() {
+    use futures_util::StreamExt;
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{fe}/api/v1/events?rooms=lobby&token={token}");
+    let (mut ws, _) = rt
+        .block_on(tokio_tungstenite::connect_async(url))
+        .expect("websocket");
+    let before = post(&fe, &token, "before the failover").unwrap();
+    d.kill("atl-db1");
+    let killed = Instant::now();
+    let after = loop {
+        if let Some(id) = post(&fe, &token, "after the failover") {
+            break id;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no post accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The socket, opened before the kill, delivers both messages, in order, each once.
+    let mut seen = Vec::new();
+    while !seen.contains(&after) {
+        let m = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), ws.next()).await })
+            .unwrap_or_else(|_| panic!("live events stopped after the failover; got {seen:?}"))
+            .unwrap()
+            .unwrap();
+        let Ok(text) = m.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "event" && v["event"]["kind"] == "message" {
+            seen.push(v["event"]["id"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seen, vec![before, after], "in order, once");
 }

@@ -41,6 +41,9 @@ pub struct CopyRole {
     pub role: String,
     pub epoch: u64,
     pub lsn: u64,
+    /// Commit time of the copy's last record (ms since the Unix epoch).
+    #[serde(default)]
+    pub last_time_ms: i64,
     /// Accepts writes now (a primary with its lease, not fenced).
     pub writable: bool,
 }

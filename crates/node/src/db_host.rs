@@ -232,6 +232,9 @@ impl DbHost {
                         .and_then(|d| d.health().ok())
                         .unwrap_or_default(),
                     mirroring: None,
+                    standby: None,
+                    replicas: Vec::new(),
+                    last_time_ms: id.as_ref().map(|i| i.last_time_ms),
                     log_shipping: None,
                 }
             })

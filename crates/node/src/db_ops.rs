@@ -272,7 +272,10 @@ pub(crate) async fn recover(
             .host
             .reopen(&d, &n.topology)
             .map_err(|e| ApiError::unavailable(format!("{e}; run the command again")))?;
-        if let Err(e) = db.recover(None) {
+        // Recovering a copy is a disaster-recovery move (its primary may be in a lost site that
+        // cannot be asked): the new epoch is above anything that site could have counted to.
+        let epoch = crate::standby::cross_site_epoch(db.identity().epoch);
+        if let Err(e) = db.recover(Some(epoch)) {
             n.host.replace(&d, Some(db));
             return Err(refused(e));
         }

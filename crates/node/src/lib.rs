@@ -21,6 +21,7 @@ mod openapi;
 mod post_batcher;
 mod procedures;
 mod server;
+pub mod standby;
 mod status;
 pub mod witness;
 

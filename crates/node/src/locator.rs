@@ -21,7 +21,12 @@ pub fn candidates(topology: &Topology, database: &str, backup: bool) -> Vec<Node
     let wanted: &[PlacementRole] = if backup {
         &[PlacementRole::Backup, PlacementRole::BackupMirror]
     } else {
-        &[PlacementRole::Primary, PlacementRole::Mirror]
+        // The CMS standby is promoted in place by a CMS failover.
+        &[
+            PlacementRole::Primary,
+            PlacementRole::Mirror,
+            PlacementRole::Standby,
+        ]
     };
     let mut found = Vec::new();
     for role in wanted {

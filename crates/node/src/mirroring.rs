@@ -376,7 +376,7 @@ async fn run(node: std::sync::Weak<NodeState>, link: Arc<Link>) {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
@@ -539,7 +539,7 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
         return true;
     };
     if let Some(d) = db.clone()
-        && d.identity().role != Role::Mirror
+        && d.identity().role == Role::Restoring
     {
         // A copy left restoring (its mirroring was removed) mirrors again.
         if let Err(e) = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await
@@ -565,6 +565,17 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 st.reseeding = None;
             }
             let Some(db) = db else { return true };
+            if db.identity().role == Role::Standby {
+                // A copy that stepped down to follow another site's primary mirrors its
+                // partner again once the partner is primary.
+                let d = db.clone();
+                if let Err(e) =
+                    blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await
+                {
+                    link.error(format!("role: {e}"));
+                    return true;
+                }
+            }
             if batch.records.is_empty() {
                 link.st().caught_up = db.identity().lsn >= lsn;
                 return false;
@@ -682,26 +693,43 @@ async fn reseed(
     partner: &tandem_topology::Node,
     reason: &str,
 ) -> Result<(), String> {
-    tracing::warn!(database = %link.database, from = %partner.name, reason, "reseeding the mirror");
     link.st().reseeding = Some(format!("downloading: {reason}"));
+    seed_copy(node, &link.database, partner, Role::Mirror, reason).await?;
+    link.st().reseeding = None;
+    Ok(())
+}
+
+/// Replaces this node's copy of `database` by one restored from a full backup that `source`
+/// (its primary) streams, left in `role` (mirror or standby). The old copy closes first.
+pub(crate) async fn seed_copy(
+    node: &NodeState,
+    database: &str,
+    source: &tandem_topology::Node,
+    role: Role,
+    reason: &str,
+) -> Result<(), String> {
+    tracing::warn!(database, from = %source.name, reason, role = %role, "reseeding the copy");
     let dir = node.host.dir().join(".seed");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let file = dir.join(format!("{}.tfb", link.database));
+    let file = dir.join(format!("{database}.tfb"));
     let started = Instant::now();
     let bytes = node
         .client
-        .seed(&partner.address, &link.database, &file)
+        .seed(&source.address, database, &file)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(database = %link.database, bytes, ms = started.elapsed().as_millis() as u64, "seed backup received; restoring");
-    link.st().reseeding = Some(format!("restoring {} MiB", bytes >> 20));
+    tracing::info!(
+        database,
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "seed backup received; restoring"
+    );
     let (target, name, topology) = (
-        node.host.path_of(&link.database),
-        link.database.clone(),
+        node.host.path_of(database),
+        database.to_string(),
         node.topology.clone(),
     );
-    // The old copy closes first (its last users finish), then the restored one takes its place.
-    node.host.replace(&link.database, None);
+    node.host.replace(database, None);
     let f = file.clone();
     let db = blocking(move || {
         let options = tandem_store::RestoreOptions {
@@ -712,7 +740,7 @@ async fn reseed(
             .map_err(|e| e.to_string())?;
         let db =
             Database::open(&target, tandem_store::Options::default()).map_err(|e| e.to_string())?;
-        db.set_role(Role::Mirror).map_err(|e| e.to_string())?;
+        db.set_role(role).map_err(|e| e.to_string())?;
         crate::db_host::prepare(&db, &name, &topology)?;
         Ok(db)
     })
@@ -720,9 +748,14 @@ async fn reseed(
     let _ = std::fs::remove_file(&file);
     let db = db?;
     let id = db.identity();
-    tracing::info!(database = %link.database, lsn = id.lsn, epoch = id.epoch, ms = started.elapsed().as_millis() as u64, "mirror reseeded");
-    node.host.replace(&link.database, Some(db));
-    link.st().reseeding = None;
+    tracing::info!(
+        database,
+        lsn = id.lsn,
+        epoch = id.epoch,
+        ms = started.elapsed().as_millis() as u64,
+        "copy reseeded"
+    );
+    node.host.replace(database, Some(db));
     Ok(())
 }
 
@@ -765,10 +798,22 @@ pub(crate) async fn serve_pull_route(
     body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let link = linked(&node, &database, peer(&headers).as_deref())?;
+    let from = peer(&headers);
+    // The mirror (its link), or a standby: a node the topology places a copy of `database` on.
+    let link = match (node.mirroring.link(&database), from.as_deref()) {
+        (Some(l), Some(f)) if l.partnership.partner == f => Some(l),
+        (_, Some(f)) if crate::standby::places(&node.topology, &database, f) => None,
+        _ => Some(linked(&node, &database, from.as_deref())?),
+    };
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
     })?;
+    let seen = |db: &Database| match &link {
+        Some(l) => on_pull(l, db, &req),
+        None => node
+            .standby
+            .seen(&database, from.as_deref().unwrap_or_default(), &req),
+    };
     let caught_up = req
         .copy
         .as_ref()
@@ -779,7 +824,7 @@ pub(crate) async fn serve_pull_route(
         let mut stopping = node.stopping.clone();
         let wait = Duration::from_millis(q.wait_ms.min(PULL_WAIT_MS * 4));
         // Tell the gate what the mirror hardened before waiting for more.
-        on_pull(&link, &db, &req);
+        seen(&db);
         tokio::select! {
             _ = committed.changed() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -791,11 +836,18 @@ pub(crate) async fn serve_pull_route(
     let answer = blocking(move || serve_pull(&d, &r).map_err(|e| e.to_string()))
         .await
         .map_err(ApiError::unavailable)?;
-    match &answer {
-        PullAnswer::Records { .. } => on_pull(&link, &db, &req),
-        PullAnswer::Fenced { epoch } => {
+    match (&answer, &link) {
+        (PullAnswer::Records { .. }, _) => seen(&db),
+        (PullAnswer::Fenced { epoch }, Some(link)) => {
             let reason = format!("the mirror holds epoch {epoch}, newer than this copy's");
-            demote(&db, &link, &reason).await;
+            demote(&db, link, &reason).await;
+        }
+        (PullAnswer::Fenced { epoch }, None) => {
+            let reason = format!(
+                "{} holds epoch {epoch}, newer than this copy's",
+                from.as_deref().unwrap_or("a copy")
+            );
+            crate::standby::step_down(&node, &database, &db, &reason).await;
         }
         _ => {}
     }
@@ -829,7 +881,13 @@ pub(crate) async fn serve_seed(
     Path(database): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    linked(&node, &database, peer(&headers).as_deref())?;
+    let from = peer(&headers);
+    if !from
+        .as_deref()
+        .is_some_and(|f| crate::standby::places(&node.topology, &database, f))
+    {
+        linked(&node, &database, from.as_deref())?;
+    }
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
     })?;

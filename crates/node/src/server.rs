@@ -42,6 +42,8 @@ pub(crate) struct NodeState {
     pub(crate) witness: Option<crate::witness::Witness>,
     /// Where the primaries of the databases this node calls are now.
     pub(crate) locator: crate::locator::Locator,
+    /// Standbys: what this node's primaries saw of theirs, what its standbys follow.
+    pub(crate) standby: crate::standby::Standby,
     /// Turns true when the node is asked to stop: long polls answer at once.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -134,6 +136,12 @@ impl NodeState {
                 .into_iter()
                 .map(|mut d| {
                     d.mirroring = self.mirroring.status(self, &d.database);
+                    if d.role.as_deref() == Some("standby") {
+                        d.standby = self.standby.status(&d.database, d.lsn.unwrap_or(0));
+                    }
+                    if d.role.as_deref() == Some("primary") {
+                        d.replicas = self.standby.replicas(&d.database);
+                    }
                     d.log_shipping = self.log_shipping.status(&d.database);
                     d
                 })
@@ -254,6 +262,7 @@ async fn copy_role(
         role: id.role.to_string(),
         epoch: id.epoch,
         lsn: id.lsn,
+        last_time_ms: id.last_time_ms,
         writable: id.role == tandem_store::Role::Primary && db.gate().status().fenced.is_none(),
     }))
 }
@@ -309,6 +318,18 @@ fn router(node: Shared) -> Router {
         .route("/internal/v1/cms/snapshot", get(cms_snapshot))
         .route("/internal/v1/db/{database}/role", get(copy_role))
         .route("/internal/v1/fault", post(fault))
+        .route(
+            "/internal/v1/db/{database}/pause",
+            post(crate::standby::pause),
+        )
+        .route(
+            "/internal/v1/db/{database}/promote",
+            post(crate::standby::promote),
+        )
+        .route(
+            "/internal/v1/db/{database}/step-down",
+            post(crate::standby::step_down_route),
+        )
         .route("/internal/v1/witness", post(crate::witness::serve))
         .route(
             "/internal/v1/mirroring/{database}",
@@ -506,6 +527,7 @@ pub async fn serve(
         log_shipping: Default::default(),
         witness,
         locator: crate::locator::Locator::new(),
+        standby: Default::default(),
         cms: CmsFollower::load(&me.data_dir),
         topology,
         name: name.to_string(),
@@ -514,6 +536,7 @@ pub async fn serve(
     });
     tracing::info!(node = name, address = %me.address, databases = ?state.host.names(), data = %state.host.dir().display(), "serving");
     crate::mirroring::start(&state);
+    let standby_tasks = crate::standby::start(&state);
     crate::log_shipping::start(&state);
     if let Some(chat) = &state.chat {
         let _ = chat
@@ -548,6 +571,9 @@ pub async fn serve(
         }
     };
     crate::mirroring::stop(&state);
+    for t in standby_tasks {
+        t.abort();
+    }
     crate::log_shipping::stop(&state);
     follower.abort();
     let _ = follower.await;

@@ -34,6 +34,15 @@ pub struct DatabaseStatus {
     /// The copy's mirroring, when it is mirrored.
     #[serde(default)]
     pub mirroring: Option<crate::mirroring::LinkStatus>,
+    /// On a standby: the primary it follows and how far behind it is.
+    #[serde(default)]
+    pub standby: Option<crate::standby::StandbyStatus>,
+    /// On a primary: the standbys (in other sites) that pull from it.
+    #[serde(default)]
+    pub replicas: Vec<crate::standby::ReplicaSeen>,
+    /// Commit time of the copy's last record (ms since the Unix epoch).
+    #[serde(default)]
+    pub last_time_ms: Option<i64>,
     /// The copy's log-shipping jobs on this node (backup on the primary; copy and restore on
     /// the secondary), when it runs any.
     #[serde(default)]

@@ -428,7 +428,10 @@ impl Writer {
         }
         self.state.lsn = lsn;
         self.state.chain = chain;
-        self.state.last_time_ms = time_ms;
+        if !encoded.is_empty() {
+            // The time of the last record: a group that wrote nothing leaves it.
+            self.state.last_time_ms = time_ms;
+        }
         self.publish();
         self.count(1, encoded.len() as u64, 0);
         self.commits += 1;

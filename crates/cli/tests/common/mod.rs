@@ -45,7 +45,10 @@ pub fn http(
     body: impl AsRef<[u8]>,
 ) -> (u16, String) {
     let body = body.as_ref();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        // Nothing listens (a node killed by the test): no status.
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -71,6 +74,41 @@ pub fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (code, body)
+}
+
+/// The address of `node` in `dir/topology.toml`.
+pub fn address(dir: &Path, node: &str) -> String {
+    let topo = std::fs::read_to_string(dir.join("topology.toml")).unwrap();
+    let at = topo.find(&format!("name = \"{node}\"")).unwrap();
+    let line = topo[at..]
+        .lines()
+        .find(|l| l.starts_with("address"))
+        .unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// The cluster secret in `dir/topology.toml`.
+pub fn secret(dir: &Path) -> String {
+    let topo = std::fs::read_to_string(dir.join("topology.toml")).unwrap();
+    let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// The pid of `node` from `dir/run/NODE.pid`.
+pub fn pid(dir: &Path, node: &str) -> i32 {
+    std::fs::read_to_string(dir.join("run").join(format!("{node}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// SIGKILL to `node`.
+pub fn kill(dir: &Path, node: &str) {
+    // SAFETY: a node the test started.
+    unsafe {
+        libc::kill(pid(dir, node), libc::SIGKILL);
+    }
 }
 
 /// The pids in `dir/run/*.pid`.

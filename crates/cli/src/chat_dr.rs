@@ -1,0 +1,575 @@
+//! `tandem chat failover|failback` (DESIGN.md §4, seed 003): the persistent chat pool moved to
+//! the backup site when the primary site is lost, and back once it is rebuilt. Each step is a
+//! command of its own (run here as the operator would run it), checked before — skipped when
+//! already done — and verified after; see `runbook` for resume and audit.
+
+use crate::deployment::Deployment;
+use crate::output::{Output, time};
+use crate::runbook::{RunState, Runbook, Step, command};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tandem_node::Method;
+use tandem_topology::{DATABASE_MGC, Topology};
+
+const TIMEOUT: Duration = Duration::from_millis(1_500);
+
+/// Where the chat pool's databases are placed, from the topology.
+struct Places {
+    primary: String,
+    mirror: Option<String>,
+    backup: String,
+    backup_mirror: Option<String>,
+    /// Chat servers of each site.
+    primary_servers: Vec<String>,
+    backup_servers: Vec<String>,
+    primary_site: String,
+}
+
+fn places(t: &Topology) -> anyhow::Result<Places> {
+    let chat = t.chat.as_ref().context("the topology has no chat pool")?;
+    let backup = chat
+        .backup
+        .clone()
+        .context("the chat pool has no backup database in another site ([chat] backup)")?;
+    let site = |n: &str| t.site_of(n).unwrap_or_default().to_string();
+    let primary_site = site(&chat.primary);
+    let backup_site = site(&backup);
+    let servers_in = |s: &str| -> Vec<String> {
+        chat.servers
+            .iter()
+            .filter(|n| site(n) == s)
+            .cloned()
+            .collect()
+    };
+    Ok(Places {
+        primary: chat.primary.clone(),
+        mirror: chat.mirror.clone(),
+        backup_mirror: chat.backup_mirror.clone(),
+        primary_servers: if chat.active.is_empty() {
+            servers_in(&primary_site)
+        } else {
+            chat.active.clone()
+        },
+        backup_servers: servers_in(&backup_site),
+        backup,
+        primary_site,
+    })
+}
+
+/// The role, epoch, LSN and last write time of `node`'s copy of mgc; None when unreachable.
+fn role(d: &Deployment, node: &str) -> Option<tandem_node::CopyRole> {
+    let addr = d.topology.node(node)?.address.clone();
+    let rt = crate::deployment::runtime().ok()?;
+    rt.block_on(d.client().copy_role(&addr, DATABASE_MGC, TIMEOUT))
+        .ok()
+}
+
+fn chat_state(d: &Deployment) -> anyhow::Result<(String, Vec<String>)> {
+    let s = command(d, &["chat", "state", "show"])?;
+    let active = s["active"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((s["state"].as_str().unwrap_or("").to_string(), active))
+}
+
+/// The mirroring state of `node`'s mgc copy, from its status.
+fn link_state(d: &Deployment, node: &str) -> Option<String> {
+    let addr = d.topology.node(node)?.address.clone();
+    let rt = crate::deployment::runtime().ok()?;
+    let s = rt.block_on(d.client().status(&addr, TIMEOUT)).ok()?;
+    s.databases
+        .iter()
+        .find(|c| c.database == DATABASE_MGC)
+        .and_then(|c| c.mirroring.as_ref().map(|m| m.state.clone()))
+}
+
+/// Whether every server in `servers` has heard from the CMS that it is active in `state`: the
+/// moment users can post through it.
+fn servers_follow(d: &Deployment, servers: &str, state: &str) -> bool {
+    let Ok(rt) = crate::deployment::runtime() else {
+        return false;
+    };
+    servers.split(',').filter(|s| !s.is_empty()).all(|name| {
+        let Some(n) = d.topology.node(name) else {
+            return false;
+        };
+        rt.block_on(d.client().status(&n.address, TIMEOUT))
+            .ok()
+            .and_then(|s| s.cms)
+            .is_some_and(|c| {
+                c.chat_state.as_deref() == Some(state) && c.chat_active.iter().any(|a| a == name)
+            })
+    })
+}
+
+/// Polls `cond` for a few seconds (the chat servers follow the CMS every 300 ms).
+fn wait_for(cond: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
+    let s = command(d, &["cms", "status"])?;
+    if s["master"].is_null() {
+        bail!(
+            "the CMS is unreachable (its master's site is down): run `tandem cms failover --force` first"
+        );
+    }
+    Ok(())
+}
+
+fn pause(d: &Deployment, node: &str, reason: Option<&str>) -> anyhow::Result<Value> {
+    let addr = d
+        .topology
+        .node(node)
+        .context("a topology node")?
+        .address
+        .clone();
+    let rt = crate::deployment::runtime()?;
+    Ok(rt.block_on(d.client().json::<Value>(
+        &addr,
+        Method::POST,
+        &format!("/internal/v1/db/{DATABASE_MGC}/pause"),
+        Some(&json!({ "reason": reason })),
+        TIMEOUT,
+    ))?)
+}
+
+pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> anyhow::Result<()> {
+    let p = places(&d.topology)?;
+    let backup = p.backup.clone();
+    let backup_servers = p.backup_servers.join(",");
+    let mut steps: Vec<Step> = Vec::new();
+    let recovered = |d: &Deployment| role(d, &p.backup).filter(|r| r.role == "primary");
+    steps.push(Step {
+        title: format!("stop log shipping to {backup}"),
+        command: "tandem db log-shipping remove-secondary --db mgc".into(),
+        check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
+        run: Box::new(|_| {
+            command(
+                d,
+                &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
+            )
+        }),
+        verify: false,
+    });
+    steps.push(Step {
+        title: format!("copy every log backup {backup} lacks from the share"),
+        command: "tandem db log-shipping copy --db mgc".into(),
+        check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
+        run: Box::new(|_| command(d, &["db", "log-shipping", "copy", "--db", "mgc"])),
+        verify: false,
+    });
+    steps.push(Step {
+        title: "apply every unapplied log backup in LSN order".into(),
+        command: "tandem db log-shipping restore --db mgc".into(),
+        check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
+        run: Box::new(|_| {
+            let r = command(d, &["db", "log-shipping", "restore", "--db", "mgc"])?;
+            let c = role(d, &backup).context("the secondary stopped answering")?;
+            Ok(json!({
+                "restore": r,
+                "last_lsn": c.lsn,
+                "last_time_ms": c.last_time_ms,
+                "last_write": time(c.last_time_ms),
+            }))
+        }),
+        verify: false,
+    });
+    steps.push(Step {
+        title: format!("end every connection to {backup} and recover it (new epoch, writable)"),
+        command: format!("tandem db recover --db mgc --instance {backup}"),
+        check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
+        run: Box::new(|_| command(d, &["db", "recover", "--db", "mgc", "--instance", &backup])),
+        verify: true,
+    });
+    steps.push(Step {
+        title: "set the chat pool state failed-over (the active list cleared first)".into(),
+        command: "tandem chat active-servers clear; tandem chat state set failed-over".into(),
+        check: Box::new(|_| {
+            let (state, active) = chat_state(d)?;
+            Ok((state == "failed-over").then(|| json!({ "state": state, "active": active })))
+        }),
+        run: Box::new(|_| {
+            command(d, &["chat", "active-servers", "clear"])?;
+            command(d, &["chat", "state", "set", "failed-over"])
+        }),
+        verify: true,
+    });
+    if let Some(bm) = p.backup_mirror.clone() {
+        let bm2 = bm.clone();
+        let (b1, b2) = (backup.clone(), backup.clone());
+        steps.push(Step {
+            title: format!("install a mirror of the new primary on {bm}"),
+            command: format!("tandem db mirror install --db mgc --primary {backup} --mirror {bm}"),
+            check: Box::new(move |_| {
+                Ok((link_state(d, &b1).as_deref() == Some("synchronized"))
+                    .then(|| json!({ "mirror": bm2 })))
+            }),
+            run: Box::new(move |_| {
+                command(
+                    d,
+                    &[
+                        "db",
+                        "mirror",
+                        "install",
+                        "--db",
+                        "mgc",
+                        "--primary",
+                        &b2,
+                        "--mirror",
+                        &bm,
+                    ],
+                )
+            }),
+            verify: true,
+        });
+    }
+    steps.push(Step {
+        title: format!("set the active servers: {backup_servers}"),
+        command: format!("tandem chat active-servers set {backup_servers}"),
+        check: Box::new(|_| {
+            let (state, active) = chat_state(d)?;
+            Ok((state == "failed-over"
+                && active.join(",") == backup_servers
+                && wait_for(|| servers_follow(d, &backup_servers, "failed-over")))
+            .then(|| json!({ "active": active })))
+        }),
+        run: Box::new(|_| command(d, &["chat", "active-servers", "set", &backup_servers])),
+        verify: true,
+    });
+    let book = Runbook {
+        procedure: "chat-failover",
+        deployment: d,
+        steps,
+    };
+    let p = places(&d.topology)?;
+    let preconditions = || -> anyhow::Result<()> {
+        cms_reachable(d)?;
+        let (state, _) = chat_state(d)?;
+        if state == "failed-over" {
+            bail!("the chat pool is already failed over; `tandem chat failback` brings it home");
+        }
+        match role(d, &p.backup) {
+            None => bail!(
+                "the secondary {} does not answer or holds no copy of mgc (log shipping has not seeded it): nothing to fail over to",
+                p.backup
+            ),
+            Some(r) if r.role == "primary" => {}
+            Some(r) if r.role == "restoring" || r.role == "standby" => {}
+            Some(r) => bail!(
+                "the copy of mgc on {} is {}: it is not a log-shipping secondary",
+                p.backup,
+                r.role
+            ),
+        }
+        if !force {
+            let healthy = [Some(p.primary.clone()), p.mirror.clone()]
+                .into_iter()
+                .flatten()
+                .filter_map(|n| role(d, &n).map(|r| (n, r)))
+                .find(|(_, r)| r.role == "primary" && r.writable);
+            if let Some((n, r)) = healthy {
+                bail!(
+                    "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway",
+                    p.primary_site,
+                    r.epoch
+                );
+            }
+        }
+        Ok(())
+    };
+    if dry_run {
+        return dry_run_report(&book, preconditions, out);
+    }
+    let (outcome, loss) = book.run(out, preconditions, |s: &RunState| {
+        let r = s.report_of(3).cloned().unwrap_or(Value::Null);
+        json!({
+            "last_lsn": r["last_lsn"],
+            "last_write": r["last_write"],
+            "last_time_ms": r["last_time_ms"],
+        })
+    })?;
+    let report = json!({ "run": outcome, "data_loss": loss, "new_primary": p.backup });
+    out.emit(&report, || {
+        format!(
+            "chat pool failed over to {} in {:.1} s; data recovered up to LSN {} (last message written {}): anything acknowledged after it in the lost site is lost\n",
+            p.backup,
+            report["run"]["seconds"].as_f64().unwrap_or(0.0),
+            loss["last_lsn"],
+            loss["last_write"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<()> {
+    let p = places(&d.topology)?;
+    let primary = p.primary.clone();
+    let backup = p.backup.clone();
+    let servers = p.primary_servers.join(",");
+    let dir = d.topology.share.join("failback");
+    let dir_s = dir.display().to_string();
+    let mut steps: Vec<Step> = Vec::new();
+    let home = |d: &Deployment| {
+        let b = role(d, &p.backup);
+        role(d, &p.primary).filter(|r| {
+            r.role == "primary"
+                && b.as_ref()
+                    .is_none_or(|b| b.role != "primary" || r.epoch > b.epoch)
+        })
+    };
+    steps.push(Step {
+        title: "clear the active server list".into(),
+        command: "tandem chat active-servers clear".into(),
+        check: Box::new(|_| {
+            let (_, active) = chat_state(d)?;
+            Ok(active.is_empty().then(|| json!({ "active": [] })))
+        }),
+        run: Box::new(|_| command(d, &["chat", "active-servers", "clear"])),
+        verify: true,
+    });
+    if let Some(bm) = p.backup_mirror.clone() {
+        steps.push(Step {
+            title: format!("remove mirroring on the {} copies", backup),
+            command: format!("tandem db mirror remove --db mgc --instance {bm}"),
+            check: Box::new(|_| Ok(link_state(d, &p.backup).is_none().then(|| json!({})))),
+            run: Box::new(move |_| {
+                command(
+                    d,
+                    &["db", "mirror", "remove", "--db", "mgc", "--instance", &bm],
+                )
+            }),
+            verify: true,
+        });
+    }
+    steps.push(Step {
+        title: format!("full backup of {backup}'s mgc (writes paused first)"),
+        command: format!("tandem db backup --db mgc --instance {backup} --to {dir_s}"),
+        check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch })))),
+        run: Box::new(|_| {
+            pause(d, &p.backup, Some("the chat pool is failing back"))?;
+            let r = command(
+                d,
+                &[
+                    "db",
+                    "backup",
+                    "--db",
+                    "mgc",
+                    "--instance",
+                    &p.backup,
+                    "--to",
+                    &dir_s,
+                ],
+            )?;
+            let c = role(d, &p.backup).context("the backup site's primary stopped answering")?;
+            Ok(json!({ "backup": r, "lsn": c.lsn }))
+        }),
+        verify: false,
+    });
+    steps.push(Step {
+        title: format!("restore it over {primary}, replacing it, and bring it online"),
+        command: format!(
+            "tandem db mirror remove --db mgc --instance {primary}; tandem db restore --db mgc --instance {primary} --from FULL-BACKUP-OF-STEP-3 --replace"
+        ),
+        check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
+        run: Box::new(|s| {
+            let file = s
+                .report_of(if p.backup_mirror.is_some() { 3 } else { 2 })
+                .and_then(|r| find_path(&r["backup"]))
+                .unwrap_or_else(|| dir_s.clone());
+            // A mirrored copy is not restored over: its mirroring goes first (step 5 installs
+            // it again, seeding the mirror from the restored primary).
+            if link_state(d, &p.primary).is_some() {
+                command(
+                    d,
+                    &["db", "mirror", "remove", "--db", "mgc", "--instance", &p.primary],
+                )?;
+            }
+            command(
+                d,
+                &[
+                    "db",
+                    "restore",
+                    "--db",
+                    "mgc",
+                    "--instance",
+                    &p.primary,
+                    "--from",
+                    &file,
+                    "--replace",
+                ],
+            )
+        }),
+        verify: true,
+    });
+    steps.push(Step {
+        title: format!(
+            "log shipping {primary} → {backup} again, and the mirror in the primary site"
+        ),
+        command: format!("tandem db log-shipping configure --db mgc --secondary {backup}"),
+        check: Box::new(|_| Ok(None)),
+        run: Box::new(|_| {
+            let ls = command(
+                d,
+                &[
+                    "db",
+                    "log-shipping",
+                    "configure",
+                    "--db",
+                    "mgc",
+                    "--secondary",
+                    &p.backup,
+                ],
+            )?;
+            let mirror = match &p.mirror {
+                Some(m) => command(
+                    d,
+                    &[
+                        "db",
+                        "mirror",
+                        "install",
+                        "--db",
+                        "mgc",
+                        "--primary",
+                        &p.primary,
+                        "--mirror",
+                        m,
+                    ],
+                )?,
+                None => Value::Null,
+            };
+            Ok(json!({ "log_shipping": ls, "mirror": mirror }))
+        }),
+        verify: false,
+    });
+    steps.push(Step {
+        title: "set the chat pool state normal".into(),
+        command: "tandem chat state set normal".into(),
+        check: Box::new(|_| {
+            let (state, _) = chat_state(d)?;
+            Ok((state == "normal").then(|| json!({ "state": state })))
+        }),
+        run: Box::new(|_| command(d, &["chat", "state", "set", "normal"])),
+        verify: true,
+    });
+    steps.push(Step {
+        title: format!("set the active servers: {servers}"),
+        command: format!("tandem chat active-servers set {servers}"),
+        check: Box::new(|_| {
+            let (state, active) = chat_state(d)?;
+            Ok((state == "normal"
+                && active.join(",") == servers
+                && wait_for(|| servers_follow(d, &servers, "normal")))
+            .then(|| json!({ "active": active })))
+        }),
+        run: Box::new(|_| command(d, &["chat", "active-servers", "set", &servers])),
+        verify: true,
+    });
+    let book = Runbook {
+        procedure: "chat-failback",
+        deployment: d,
+        steps,
+    };
+    let p = places(&d.topology)?;
+    let preconditions = || -> anyhow::Result<()> {
+        cms_reachable(d)?;
+        let (state, _) = chat_state(d)?;
+        if state != "failed-over" {
+            bail!("the chat pool is {state}, not failed over: nothing to fail back");
+        }
+        match role(d, &p.backup) {
+            Some(r) if r.role == "primary" => {}
+            Some(r) => bail!(
+                "mgc on {} is {}, not the primary the pool failed over to",
+                p.backup,
+                r.role
+            ),
+            None => bail!(
+                "{} does not answer: its mgc holds the failed-over data",
+                p.backup
+            ),
+        }
+        if role(d, &p.primary).is_none() {
+            bail!(
+                "{} does not answer: the primary site {} must be rebuilt and up before a failback",
+                p.primary,
+                p.primary_site
+            );
+        }
+        Ok(())
+    };
+    if dry_run {
+        return dry_run_report(&book, preconditions, out);
+    }
+    let (outcome, extra) = book.run(
+        out,
+        preconditions,
+        |s: &RunState| json!({ "steps_done": s.steps.len() }),
+    )?;
+    let report = json!({ "run": outcome, "report": extra, "primary": p.primary });
+    out.emit(&report, || {
+        format!(
+            "chat pool back on {} in {:.1} s; state normal, active servers {}\n",
+            p.primary,
+            report["run"]["seconds"].as_f64().unwrap_or(0.0),
+            p.primary_servers.join(", ")
+        )
+    })
+}
+
+/// The first string field that names a backup file (`…tfb`) in a command's report.
+fn find_path(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if s.ends_with(".tfb") => Some(s.clone()),
+        Value::Object(m) => m.values().find_map(find_path),
+        Value::Array(a) => a.iter().find_map(find_path),
+        _ => None,
+    }
+}
+
+/// `--dry-run`: the preconditions' verdict and each step with its command and state.
+fn dry_run_report(
+    book: &Runbook,
+    preconditions: impl FnOnce() -> anyhow::Result<()>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let checks = match preconditions() {
+        Ok(()) => json!("every precondition holds"),
+        Err(e) => json!(format!("refused: {e}")),
+    };
+    let report =
+        json!({ "procedure": book.procedure, "preconditions": checks, "plan": book.plan() });
+    out.emit(&report, || plan_text(&report))
+}
+
+fn plan_text(r: &Value) -> String {
+    let mut s = format!(
+        "{}: {}\n",
+        r["procedure"].as_str().unwrap_or(""),
+        r["preconditions"].as_str().unwrap_or("")
+    );
+    for step in r["plan"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "  {}. {} [{}]\n     {}\n",
+            step["step"],
+            step["title"].as_str().unwrap_or(""),
+            step["state"].as_str().unwrap_or(""),
+            step["command"].as_str().unwrap_or("")
+        ));
+    }
+    s
+}

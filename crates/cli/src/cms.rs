@@ -1,0 +1,346 @@
+//! `tandem cms status|failover`: the Central Management Store's copies — the master, its mirror
+//! in the same site, the standby in the paired pool's site — and the move of the master to the
+//! other site (seed: Invoke-CsManagementServerFailover).
+
+use crate::deployment::{Deployment, runtime};
+use crate::output::{Output, time};
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tandem_node::{Method, NodeStatus};
+use tandem_topology::DATABASE_CMS;
+
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+#[derive(Subcommand)]
+pub enum CmsCommand {
+    /// The master, its mirror and the standby: roles, epochs, positions, the standby's lag.
+    Status,
+    /// Make the copy in the other site the master. Planned (master reachable): no loss. With
+    /// --force, when the master is unreachable: promotes the standby and reports what may be
+    /// lost.
+    Failover {
+        /// The master is unreachable: promote the standby anyway.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan and the checks; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct CopyView {
+    node: String,
+    site: String,
+    placement: String,
+    reachable: bool,
+    role: Option<String>,
+    epoch: Option<u64>,
+    lsn: Option<u64>,
+    last_time_ms: Option<i64>,
+    /// For a standby: records behind the master, and seconds of traffic.
+    lag_records: Option<u64>,
+    lag_seconds: Option<f64>,
+    state: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CmsStatus {
+    master: Option<String>,
+    copies: Vec<CopyView>,
+}
+
+fn copies(d: &Deployment) -> anyhow::Result<CmsStatus> {
+    let client = d.client();
+    let rt = runtime()?;
+    let nodes: Vec<_> = d
+        .topology
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            d.topology
+                .databases_on(&n.name)
+                .into_iter()
+                .find(|p| p.database == DATABASE_CMS)
+                .map(|p| (n.clone(), p.role.as_str().to_string()))
+        })
+        .collect();
+    let answers: Vec<Result<NodeStatus, _>> = rt.block_on(futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|(n, _)| client.status(&n.address, STATUS_TIMEOUT)),
+    ));
+    let mut views: Vec<CopyView> = nodes
+        .iter()
+        .zip(answers)
+        .map(|((n, placement), a)| {
+            let copy = a
+                .as_ref()
+                .ok()
+                .and_then(|s| s.databases.iter().find(|c| c.database == DATABASE_CMS));
+            CopyView {
+                node: n.name.clone(),
+                site: n.site.clone(),
+                placement: placement.clone(),
+                reachable: a.is_ok(),
+                role: copy.and_then(|c| c.role.clone()),
+                epoch: copy.and_then(|c| c.epoch),
+                lsn: copy.and_then(|c| c.lsn),
+                last_time_ms: copy.and_then(|c| c.last_time_ms),
+                lag_records: None,
+                lag_seconds: None,
+                state: copy.and_then(|c| {
+                    c.mirroring
+                        .as_ref()
+                        .map(|m| m.state.clone())
+                        .or_else(|| c.standby.as_ref().map(|s| s.state.clone()))
+                }),
+            }
+        })
+        .collect();
+    let master = views
+        .iter()
+        .filter(|v| v.role.as_deref() == Some("primary"))
+        .max_by_key(|v| v.epoch)
+        .cloned();
+    if let Some(m) = &master {
+        for v in &mut views {
+            if v.role.as_deref() == Some("standby") || v.role.as_deref() == Some("mirror") {
+                v.lag_records = Some(m.lsn.unwrap_or(0).saturating_sub(v.lsn.unwrap_or(0)));
+                v.lag_seconds = Some(
+                    (m.last_time_ms.unwrap_or(0) - v.last_time_ms.unwrap_or(0)).max(0) as f64
+                        / 1000.0,
+                );
+            }
+        }
+    }
+    Ok(CmsStatus {
+        master: master.map(|m| m.node),
+        copies: views,
+    })
+}
+
+pub fn run(d: &Deployment, cmd: CmsCommand, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        CmsCommand::Status => {
+            let s = copies(d)?;
+            out.emit(&s, || human(&s))
+        }
+        CmsCommand::Failover { force, dry_run } => failover(d, force, dry_run, out),
+    }
+}
+
+fn human(s: &CmsStatus) -> String {
+    let mut t = format!(
+        "CMS master: {}\n\nNODE       SITE  PLACEMENT  ROLE       EPOCH       LSN       LAST WRITE                LAG\n",
+        s.master.as_deref().unwrap_or("none reachable")
+    );
+    for c in &s.copies {
+        let lag = match (c.lag_records, c.lag_seconds) {
+            (Some(r), Some(sec)) => format!("{r} records, {sec:.1} s"),
+            _ => String::new(),
+        };
+        t.push_str(&format!(
+            "{:<10} {:<5} {:<10} {:<10} {:<11} {:<9} {:<25} {}{}\n",
+            c.node,
+            c.site,
+            c.placement,
+            if c.reachable {
+                c.role.as_deref().unwrap_or("absent")
+            } else {
+                "unreachable"
+            },
+            c.epoch.map(|e| e.to_string()).unwrap_or("-".into()),
+            c.lsn.map(|e| e.to_string()).unwrap_or("-".into()),
+            time(c.last_time_ms.unwrap_or(0)),
+            lag,
+            c.state
+                .as_ref()
+                .map(|s| format!("  ({s})"))
+                .unwrap_or_default()
+        ));
+    }
+    t
+}
+
+fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow::Result<()> {
+    let s = copies(d)?;
+    let master = s
+        .master
+        .as_ref()
+        .and_then(|m| s.copies.iter().find(|c| &c.node == m))
+        .cloned();
+    // The copy to promote: a standby in another site than the master's (or than the lost site).
+    let lost_site = master
+        .as_ref()
+        .map(|m| m.site.clone())
+        .or_else(|| {
+            s.copies
+                .iter()
+                .find(|c| !c.reachable)
+                .map(|c| c.site.clone())
+        })
+        .context("no CMS copy answers and none is unreachable: nothing to fail over")?;
+    let target = s
+        .copies
+        .iter()
+        .filter(|c| c.site != lost_site && c.reachable && c.role.as_deref() == Some("standby"))
+        .max_by_key(|c| c.lsn)
+        .cloned()
+        .with_context(|| {
+            format!("no reachable standby copy of the CMS outside site {lost_site}")
+        })?;
+    let planned = master.is_some();
+    if !planned && !force {
+        bail!(
+            "the CMS master is unreachable: `tandem cms failover --force` promotes {} (LSN {}, last write {}); records the master wrote after that are lost",
+            target.node,
+            target.lsn.unwrap_or(0),
+            time(target.last_time_ms.unwrap_or(0))
+        );
+    }
+    let plan = json!({
+        "kind": if planned { "planned" } else { "forced" },
+        "from": master.as_ref().map(|m| m.node.clone()),
+        "to": target.node,
+        "steps": if planned {
+            vec!["pause writes on the master", "wait until the standby has every record", "promote the standby (new epoch)", "the old master steps down to a standby of the new one"]
+        } else {
+            vec!["promote the standby (new epoch); the master's site is unreachable"]
+        },
+    });
+    if dry_run {
+        return out.emit(&plan, || {
+            format!(
+                "would fail the CMS over {} from {} to {}:\n{}\n",
+                plan["kind"].as_str().unwrap_or(""),
+                plan["from"].as_str().unwrap_or("(unreachable)"),
+                target.node,
+                plan["steps"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .map(|s| format!("  - {}", s.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                    .unwrap_or_default()
+            )
+        });
+    }
+    let client = d.client();
+    let rt = runtime()?;
+    let started = Instant::now();
+    let addr = |n: &str| d.topology.node(n).expect("a topology node").address.clone();
+    let report: Value = rt.block_on(async {
+        let t_addr = addr(&target.node);
+        let mut lost = json!(null);
+        let epoch_base;
+        if let Some(m) = &master {
+            let m_addr = addr(&m.node);
+            let paused: Value = client
+                .json(
+                    &m_addr,
+                    Method::POST,
+                    &format!("/internal/v1/db/{DATABASE_CMS}/pause"),
+                    Some(&json!({ "reason": format!("the CMS is failing over to {}", target.node) })),
+                    STATUS_TIMEOUT,
+                )
+                .await
+                .with_context(|| format!("pausing the CMS master on {}", m.node))?;
+            let want = paused["lsn"].as_u64().unwrap_or(0);
+            out.progress(&format!(
+                "master {} paused at LSN {want}; waiting for {}",
+                m.node, target.node
+            ));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = client.copy_role(&t_addr, DATABASE_CMS, STATUS_TIMEOUT).await;
+                if r.as_ref().is_ok_and(|r| r.lsn >= want) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = client
+                        .json::<Value>(
+                            &m_addr,
+                            Method::POST,
+                            &format!("/internal/v1/db/{DATABASE_CMS}/pause"),
+                            Some(&json!({ "reason": null })),
+                            STATUS_TIMEOUT,
+                        )
+                        .await;
+                    bail!(
+                        "{} did not reach LSN {want} within 30 s; the master serves again",
+                        target.node
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            epoch_base = m.epoch.unwrap_or(0).max(target.epoch.unwrap_or(0));
+        } else {
+            lost = json!({
+                "standby_lsn": target.lsn,
+                "standby_last_write": time(target.last_time_ms.unwrap_or(0)),
+                "note": "the master was unreachable: whatever it wrote after the standby's last write is lost",
+            });
+            epoch_base = target.epoch.unwrap_or(0);
+        }
+        let epoch = tandem_node::standby::cross_site_epoch(epoch_base);
+        let promoted: Value = client
+            .json(
+                &t_addr,
+                Method::POST,
+                &format!("/internal/v1/db/{DATABASE_CMS}/promote"),
+                Some(&json!({ "epoch": epoch })),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| format!("promoting the CMS copy on {}", target.node))?;
+        out.progress(&format!(
+            "{} is the CMS master (epoch {epoch})",
+            target.node
+        ));
+        if let Some(m) = &master {
+            client
+                .json::<Value>(
+                    &addr(&m.node),
+                    Method::POST,
+                    &format!("/internal/v1/db/{DATABASE_CMS}/step-down"),
+                    Some(&json!({ "reason": format!("the CMS failed over to {} (epoch {epoch})", target.node) })),
+                    STATUS_TIMEOUT,
+                )
+                .await
+                .with_context(|| format!("the old master {} stepping down", m.node))?;
+        }
+        Ok(json!({
+            "kind": plan["kind"],
+            "from": master.as_ref().map(|m| m.node.clone()),
+            "to": target.node,
+            "epoch": epoch,
+            "lsn": promoted["lsn"],
+            "last_write": time(promoted["last_time_ms"].as_i64().unwrap_or(0)),
+            "lost": lost,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))
+    })?;
+    out.emit(&report, || {
+        format!(
+            "CMS master is now {} (epoch {}, LSN {}), {} failover in {:.1} s{}\n",
+            report["to"].as_str().unwrap_or(""),
+            report["epoch"],
+            report["lsn"],
+            report["kind"].as_str().unwrap_or(""),
+            report["seconds"].as_f64().unwrap_or(0.0),
+            if report["lost"].is_null() {
+                "; nothing lost".to_string()
+            } else {
+                format!(
+                    "; the master was unreachable: writes after {} are lost",
+                    report["lost"]["standby_last_write"].as_str().unwrap_or("?")
+                )
+            }
+        )
+    })
+}

@@ -1,0 +1,299 @@
+//! The engine of the procedures (DESIGN.md §4): a procedure is a list of steps, each one also a
+//! command of its own. Before a run: its preconditions, refused with the reason. Each step:
+//! skipped when its check says it is already done (steps are idempotent), else run, then checked
+//! again — a step that did not take effect stops the run. Progress is one line per step. The run's
+//! state is kept in `DIR/.tandem/runs/<procedure>.json` after every step, so a run stopped at any
+//! moment (the CLI killed) resumes where it stopped; every run, finished or failed, is appended
+//! to the deployment's audit log `DIR/audit.log` (one JSON line: who, when, steps, result, data
+//! loss).
+
+use crate::deployment::Deployment;
+use crate::output::Output;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Whether a step's effect holds (`Some(report)`), from the run so far.
+pub type Check<'a> = Box<dyn Fn(&RunState) -> anyhow::Result<Option<Value>> + 'a>;
+/// Does a step; its report.
+pub type Act<'a> = Box<dyn Fn(&RunState) -> anyhow::Result<Value> + 'a>;
+
+/// One step: what it does, the command an operator would run for it, how to tell it is done,
+/// and how to do it. `check` answers `Some(report)` once the step's effect holds.
+pub struct Step<'a> {
+    pub title: String,
+    pub command: String,
+    pub check: Check<'a>,
+    pub run: Act<'a>,
+    /// Whether `check` must hold after `run` (false for steps whose command verifies itself,
+    /// such as a copy that is done when nothing is left to copy).
+    pub verify: bool,
+}
+
+/// What a run keeps between steps (and across a crash of the CLI).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunState {
+    pub run_id: String,
+    pub procedure: String,
+    pub user: String,
+    pub started_ms: i64,
+    /// Reports of the steps done, in order.
+    pub steps: Vec<StepRecord>,
+    /// Runs resumed after an interruption.
+    pub resumed: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub title: String,
+    /// `done` (run now), `already done` (its check held before).
+    pub outcome: String,
+    pub report: Value,
+    pub ms: u64,
+}
+
+impl RunState {
+    /// The report a step left, for the steps after it.
+    pub fn report_of(&self, step: usize) -> Option<&Value> {
+        self.steps
+            .iter()
+            .find(|s| s.step == step)
+            .map(|s| &s.report)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Runbook<'a> {
+    pub procedure: &'static str,
+    pub deployment: &'a Deployment,
+    pub steps: Vec<Step<'a>>,
+}
+
+/// How a run ended.
+#[derive(Serialize)]
+pub struct Outcome {
+    pub run_id: String,
+    pub procedure: String,
+    pub result: String,
+    pub resumed: bool,
+    pub steps: Vec<StepRecord>,
+    pub seconds: f64,
+}
+
+impl<'a> Runbook<'a> {
+    fn state_file(&self) -> PathBuf {
+        self.deployment
+            .dir()
+            .join(".tandem")
+            .join("runs")
+            .join(format!("{}.json", self.procedure))
+    }
+
+    /// A run in progress (interrupted), if any.
+    pub fn in_progress(&self) -> Option<RunState> {
+        let bytes = std::fs::read(self.state_file()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, state: &RunState) -> anyhow::Result<()> {
+        let file = self.state_file();
+        std::fs::create_dir_all(file.parent().expect("a parent"))?;
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &file).with_context(|| file.display().to_string())
+    }
+
+    fn audit(&self, state: &RunState, result: &str, error: Option<&str>, extra: &Value) {
+        let line = json!({
+            "run_id": state.run_id,
+            "procedure": state.procedure,
+            "user": state.user,
+            "started_ms": state.started_ms,
+            "ended_ms": now_ms(),
+            "result": result,
+            "error": error,
+            "resumed": state.resumed,
+            "steps": state.steps,
+            "report": extra,
+        });
+        let path = self.deployment.dir().join("audit.log");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let _ = writeln!(f, "{line}");
+            let _ = f.sync_all();
+        }
+    }
+
+    /// The plan: each step, its command, and whether its check already holds.
+    pub fn plan(&self) -> Vec<Value> {
+        let state = self.in_progress().unwrap_or_default();
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let recorded = state.steps.iter().any(|r| r.step == i + 1);
+                let check = (s.check)(&state);
+                json!({
+                    "step": i + 1,
+                    "title": s.title,
+                    "command": s.command,
+                    "state": if recorded {
+                        "done (this run)".to_string()
+                    } else {
+                        match check {
+                            Ok(Some(_)) => "already done".to_string(),
+                            Ok(None) => "to do".to_string(),
+                            Err(e) => format!("cannot check: {e}"),
+                        }
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Runs (or resumes) the procedure. `preconditions` run only for a fresh run; `summary`
+    /// turns the final state into the report's extra fields (the data loss, say).
+    pub fn run(
+        &self,
+        out: &Output,
+        preconditions: impl FnOnce() -> anyhow::Result<()>,
+        summary: impl Fn(&RunState) -> Value,
+    ) -> anyhow::Result<(Outcome, Value)> {
+        let started = Instant::now();
+        let (mut state, resumed) = match self.in_progress() {
+            Some(mut s) => {
+                s.resumed += 1;
+                out.progress(&format!(
+                    "resuming {} run {} after step {}",
+                    self.procedure,
+                    s.run_id,
+                    s.steps.len()
+                ));
+                (s, true)
+            }
+            None => {
+                preconditions()?;
+                let started_ms = now_ms();
+                (
+                    RunState {
+                        run_id: format!("{}-{started_ms}", self.procedure),
+                        procedure: self.procedure.to_string(),
+                        user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                        started_ms,
+                        steps: Vec::new(),
+                        resumed: 0,
+                    },
+                    false,
+                )
+            }
+        };
+        self.save(&state)?;
+        let total = self.steps.len();
+        for (i, step) in self.steps.iter().enumerate() {
+            let n = i + 1;
+            if state.steps.iter().any(|r| r.step == n) {
+                out.progress(&format!(
+                    "[{n}/{total}] {}: done earlier in this run",
+                    step.title
+                ));
+                continue;
+            }
+            let t = Instant::now();
+            let result = (|| -> anyhow::Result<(String, Value)> {
+                if let Some(report) = (step.check)(&state)? {
+                    return Ok(("already done".into(), report));
+                }
+                let report = (step.run)(&state)?;
+                if !step.verify {
+                    return Ok(("done".into(), report));
+                }
+                match (step.check)(&state)? {
+                    Some(checked) => Ok((
+                        "done".into(),
+                        if report.is_null() { checked } else { report },
+                    )),
+                    None => bail!(
+                        "the step ran but its effect does not hold (check: {})",
+                        step.command
+                    ),
+                }
+            })();
+            match result {
+                Ok((outcome, report)) => {
+                    out.progress(&format!(
+                        "[{n}/{total}] {}: {outcome} ({:.1} s)",
+                        step.title,
+                        t.elapsed().as_secs_f64()
+                    ));
+                    state.steps.push(StepRecord {
+                        step: n,
+                        title: step.title.clone(),
+                        outcome,
+                        report,
+                        ms: t.elapsed().as_millis() as u64,
+                    });
+                    self.save(&state)?;
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "step {n}/{total} ({}) failed: {e:#}; run `{}` to see why, then run the procedure again: it resumes at this step",
+                        step.title, step.command
+                    );
+                    self.audit(&state, "failed", Some(&msg), &summary(&state));
+                    bail!(msg);
+                }
+            }
+        }
+        let extra = summary(&state);
+        self.audit(&state, "ok", None, &extra);
+        let _ = std::fs::remove_file(self.state_file());
+        Ok((
+            Outcome {
+                run_id: state.run_id.clone(),
+                procedure: self.procedure.to_string(),
+                result: "ok".into(),
+                resumed,
+                steps: state.steps.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            extra,
+        ))
+    }
+}
+
+/// Runs one step command of this same program against the deployment, as an operator would;
+/// its JSON document, or its one-line error.
+pub fn command(d: &Deployment, args: &[&str]) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("the tandem executable")?;
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .arg("--json")
+        .arg("--topology")
+        .arg(&d.file)
+        .output()
+        .with_context(|| format!("running tandem {}", args.join(" ")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`tandem {}`: {}",
+            args.join(" "),
+            err.trim().trim_start_matches("tandem: ")
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("`tandem {}` printed no JSON document", args.join(" ")))
+}

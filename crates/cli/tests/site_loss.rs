@@ -1,0 +1,451 @@
+//! The other site: the CMS standby and its failover, planned and forced after the loss of the
+//! master's whole site; the old master never writes again.
+
+mod common;
+
+use common::{http, json, ok, tandem};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+struct Deployment {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        common::stop_all(&self.dir);
+    }
+}
+
+impl Deployment {
+    fn up() -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
+        let d = Deployment { _tmp: tmp, dir };
+        ok(&d.dir, &["up", "--detach"]);
+        d.wait_cms("the standby current", |s| {
+            copy(s, "dal-db1")["role"] == "standby" && copy(s, "dal-db1")["lag_records"] == 0
+        });
+        d
+    }
+
+    fn address(&self, node: &str) -> String {
+        common::address(&self.dir, node)
+    }
+
+    fn secret(&self) -> String {
+        common::secret(&self.dir)
+    }
+
+    fn kill_site(&self, site: &str) {
+        for node in ["fe", "db1", "db2"] {
+            common::kill(&self.dir, &format!("{site}-{node}"));
+        }
+    }
+
+    fn wait_cms(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = json(&self.dir, &["cms", "status"]);
+            if cond(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "CMS: {what}; last: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn copy<'a>(s: &'a Value, node: &str) -> &'a Value {
+    s["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node"] == node)
+        .unwrap()
+}
+
+#[test]
+fn a_planned_cms_failover_and_back_loses_nothing_and_nodes_follow() {
+    let d = Deployment::up();
+    ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
+    let r = json(&d.dir, &["cms", "failover", "--dry-run"]);
+    assert_eq!(r["kind"], "planned", "{r}");
+    assert_eq!(r["to"], "dal-db1", "{r}");
+    let r = json(&d.dir, &["cms", "failover"]);
+    assert_eq!(r["to"], "dal-db1", "{r}");
+    assert!(r["lost"].is_null(), "{r}");
+    let s = d.wait_cms("the old master a standby", |s| {
+        s["master"] == "dal-db1" && copy(s, "atl-db1")["role"] == "standby"
+    });
+    assert_eq!(
+        copy(&s, "dal-db1")["lsn"],
+        copy(&s, "atl-db1")["lsn"],
+        "{s}"
+    );
+    // Writes go to the new master; every node follows it.
+    ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"]);
+    let lsn = d.wait_cms("bob replicated back", |s| {
+        copy(s, "atl-db1")["lag_records"] == 0
+    })["copies"][2]["lsn"]
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in ["atl-fe", "dal-fe"] {
+        loop {
+            let (code, body) = http(
+                &d.address(node),
+                "GET",
+                "/internal/v1/status",
+                &[("x-tandem-secret", d.secret().as_str())],
+                "",
+            );
+            assert_eq!(code, 200);
+            let v: Value = serde_json::from_str(&body).unwrap();
+            if v["cms"]["lsn"] == lsn {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} does not follow the new master: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // And back: the old master, a standby since, takes over again with nothing lost.
+    let r = json(&d.dir, &["cms", "failover"]);
+    assert_eq!(r["to"], "atl-db1", "{r}");
+    let s = d.wait_cms("atl-db1 master, dal-db1 standby", |s| {
+        s["master"] == "atl-db1"
+            && copy(s, "dal-db1")["role"] == "standby"
+            && copy(s, "dal-db1")["lag_records"] == 0
+    });
+    assert!(copy(&s, "atl-db1")["lsn"].as_u64() >= lsn.as_u64(), "{s}");
+    let users = json(&d.dir, &["user", "list"]);
+    let text = users.to_string();
+    assert!(text.contains("alice") && text.contains("bob"), "{text}");
+}
+
+#[test]
+fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes() {
+    let d = Deployment::up();
+    ok(&d.dir, &["user", "add", "alice", "--pool", "pool-dal"]);
+    d.wait_cms("alice at the standby", |s| {
+        copy(s, "dal-db1")["lag_records"] == 0
+    });
+    d.kill_site("atl");
+    // Without --force the command says what it would lose and changes nothing.
+    let out = tandem(&d.dir, &["cms", "failover"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--force") && err.contains("dal-db1"), "{err}");
+    let r = json(&d.dir, &["cms", "failover", "--force"]);
+    assert_eq!(r["kind"], "forced", "{r}");
+    assert_eq!(r["to"], "dal-db1", "{r}");
+    assert!(r["lost"]["standby_lsn"].as_u64().is_some(), "{r}");
+    // The CMS serves from dal: a user is added, the chat pool's state is read.
+    ok(&d.dir, &["user", "add", "carol", "--pool", "pool-dal"]);
+    ok(&d.dir, &["chat", "active-servers", "show"]);
+    // The lost site comes back: its old master learns of the newer epoch, steps down, follows.
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let s = d.wait_cms("the old master a current standby", |s| {
+        s["master"] == "dal-db1"
+            && copy(s, "atl-db1")["role"] == "standby"
+            && copy(s, "atl-db1")["lag_records"] == 0
+    });
+    assert_eq!(copy(&s, "dal-db1")["role"], "primary");
+    let (code, body) = http(
+        &d.address("atl-db1"),
+        "POST",
+        "/internal/v1/db/cms/call",
+        &[
+            ("x-tandem-secret", d.secret().as_str()),
+            ("content-type", "application/json"),
+        ],
+        r#"{"procedure":"cms.set_home","args":{"user":"mallory","pool":"pool-atl"}}"#,
+    );
+    assert_eq!(code, 503, "the old master accepted a write: {body}");
+    assert!(body.contains("not_primary"), "{body}");
+    let users = json(&d.dir, &["user", "list"]).to_string();
+    assert!(
+        users.contains("carol") && !users.contains("mallory"),
+        "{users}"
+    );
+}
+
+/// Posts one message through `addr`; (id, lsn) when acknowledged.
+fn post(addr: &str, token: &str, text: &str) -> Option<(i64, u64)> {
+    let bearer = format!("Bearer {token}");
+    let body = serde_json::json!({ "text": text }).to_string();
+    let (code, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    );
+    if code != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&answer).ok()?;
+    Some((v["id"].as_i64()?, v["lsn"].as_u64()?))
+}
+
+/// Every message of the room, through `addr`: (id, text).
+fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
+    let bearer = format!("Bearer {token}");
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (code, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let page = v["events"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return all;
+        }
+        for m in page {
+            after = m["id"].as_i64().unwrap();
+            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
+        }
+    }
+}
+
+/// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
+fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let text = format!("{prefix} {i}.{attempt}");
+            if let Some((id, lsn)) = post(addr, token, &text) {
+                acked.push((id, lsn, text));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix} {i}: nothing acknowledged"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    acked
+}
+
+#[test]
+fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknowledged_is_lost() {
+    let d = Deployment::up();
+    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+        .trim()
+        .to_string();
+    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    let (atl_fe, dal_fe) = (d.address("atl-fe"), d.address("dal-fe"));
+
+    // Refused while the primary site is healthy (unless --force), and failback while normal.
+    let refused = |args: &[&str], expect: &str| {
+        let out = tandem(&d.dir, args);
+        assert!(!out.status.success(), "{args:?} should be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    };
+    let before = post_n(&atl_fe, &token, "before", 30);
+    // Log shipping carries the posts to dal within seconds.
+    let shipped = before.last().unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+        let text = s.to_string();
+        if s["secondary"]["lsn"].as_u64() >= Some(shipped) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log shipping did not reach LSN {shipped}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    refused(&["chat", "failover"], "healthy");
+    refused(&["chat", "failback"], "not failed over");
+    let dry = json(&d.dir, &["chat", "failover", "--dry-run"]);
+    assert_eq!(dry["plan"].as_array().unwrap().len(), 7, "{dry}");
+
+    // The whole primary site is lost, under a load of posts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, addr, token) = (stop.clone(), atl_fe.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let text = format!("load {i}");
+                if let Some((id, lsn)) = post(&addr, &token, &text) {
+                    acked.push((id, lsn, text));
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_500));
+    d.kill_site("atl");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let loaded = load.join().unwrap();
+    assert!(
+        !loaded.is_empty(),
+        "the load posted nothing before the site was lost"
+    );
+    refused(&["chat", "failover"], "cms failover --force");
+    refused(&["chat", "failback"], "CMS is unreachable");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    let r = json(&d.dir, &["chat", "failover"]);
+    let last_lsn = r["data_loss"]["last_lsn"].as_u64().expect("the data loss");
+    assert!(r["data_loss"]["last_write"].as_str().is_some(), "{r}");
+    assert!(last_lsn >= shipped, "{r}");
+    // Users post in dal; every post acknowledged up to the recovered LSN is there.
+    let during = post_n(&dal_fe, &token, "during", 20);
+    let h = history(&dal_fe, &token);
+    for (id, lsn, text) in before.iter().chain(&loaded) {
+        if *lsn <= last_lsn {
+            assert!(
+                h.contains(&(*id, text.clone())),
+                "{text} ({id}) lost in the failover"
+            );
+        }
+    }
+    refused(&["chat", "failback"], "atl-db1 does not answer");
+
+    // atl is rebuilt; the failback brings everything home.
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let r = json(&d.dir, &["chat", "failback"]);
+    assert_eq!(r["run"]["result"], "ok", "{r}");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "normal", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
+    let after = post_n(&atl_fe, &token, "after", 10);
+    let h = history(&atl_fe, &token);
+    let mut ids: Vec<i64> = h.iter().map(|(id, _)| *id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), h.len(), "an id twice");
+    for (id, _, text) in during.iter().chain(&after) {
+        assert!(
+            h.contains(&(*id, text.clone())),
+            "{text} ({id}) lost in the failback"
+        );
+    }
+    for (id, lsn, text) in before.iter().chain(&loaded) {
+        if *lsn <= last_lsn {
+            assert!(h.contains(&(*id, text.clone())), "{text} ({id}) lost");
+        }
+    }
+    // Log shipping runs again, atl → dal.
+    let last = after.last().unwrap().1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+        if s["secondary"]["lsn"].as_u64() >= Some(last) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log shipping not running again: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("\"procedure\":\"chat-failover\"")
+            && audit.contains("\"procedure\":\"chat-failback\"")
+    );
+}
+
+#[test]
+fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
+    use std::io::BufRead;
+    let d = Deployment::up();
+    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+        .trim()
+        .to_string();
+    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    let before = post_n(&d.address("atl-fe"), &token, "before", 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"])["secondary"]["lsn"]
+        .as_u64()
+        < Some(before.last().unwrap().1)
+    {
+        assert!(Instant::now() < deadline, "log shipping does not follow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill_site("atl");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    // The new primary's mirror node hangs: step 6 (install it) cannot finish; the CLI is killed
+    // in the middle of it.
+    let dal_db2 = common::pid(&d.dir, "dal-db2");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(dal_db2, libc::SIGSTOP) };
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "failover"])
+        .current_dir(&d.dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("[5/7]") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.starts_with("[5/7]")), "{seen:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    unsafe { libc::kill(dal_db2, libc::SIGCONT) };
+    assert!(
+        d.dir.join(".tandem/runs/chat-failover.json").exists(),
+        "the interrupted run's state is kept"
+    );
+    // Run again: it resumes after step 5 and finishes.
+    let out = tandem(&d.dir, &["chat", "failover"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resuming chat-failover"), "{err}");
+    assert!(
+        err.contains("[4/7]") && err.contains("done earlier in this run"),
+        "{err}"
+    );
+    assert!(!d.dir.join(".tandem/runs/chat-failover.json").exists());
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "failed-over", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["result"], "ok", "{last}");
+    assert_eq!(last["resumed"], 1, "{last}");
+    let h = history(&d.address("dal-fe"), &token);
+    for (id, _, text) in &before {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}

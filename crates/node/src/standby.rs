@@ -1,0 +1,501 @@
+//! Copies in another site, and fencing across sites (DESIGN.md §2, roles; §4, the CMS standby).
+//!
+//! A `standby` copy follows the primary of its database wherever it is now — found by asking
+//! every node the topology places a copy on — with the mirroring protocol, asynchronously: it
+//! pulls, applies, and is reseeded from a streamed full backup when it cannot continue. The CMS
+//! standby of the paired pool's site is one (`[cms] standby`); so is an old primary fenced by a
+//! newer one in another site, which keeps following until an operator fails back.
+//!
+//! Fencing: every primary copy asks, twice a second, where the other copies of its database
+//! stand; one that is primary of a newer epoch makes it step down at once — to the mirror of
+//! its link partner when that is the newer primary, else to a standby of the newer primary.
+
+use crate::mirroring::blocking;
+use crate::server::{NodeState, Shared};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tandem_store::replication::{CopyPosition, PullAnswer, PullRequest};
+use tandem_store::{Database, Lsn, Role};
+use tandem_topology::{Node, PlacementRole, Topology};
+
+/// How often a primary checks the other copies' epochs.
+const FENCE_CHECK_MS: u64 = 500;
+/// How long one such check may take per copy.
+const FENCE_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a standby's pull waits for new records.
+const PULL_WAIT_MS: u64 = 250;
+
+/// Whether the topology places a copy of `database` on `node`.
+pub(crate) fn places(topology: &Topology, database: &str, node: &str) -> bool {
+    topology
+        .databases_on(node)
+        .iter()
+        .any(|p| p.database == database)
+}
+
+/// Every other node the topology places a copy of `database` on.
+pub(crate) fn peers(topology: &Topology, database: &str, me: &str) -> Vec<Node> {
+    topology
+        .nodes
+        .iter()
+        .filter(|n| n.name != me && places(topology, database, &n.name))
+        .cloned()
+        .collect()
+}
+
+/// What a primary saw of the standbys that pull from it, and what a standby saw of its primary.
+#[derive(Default)]
+pub(crate) struct Standby {
+    /// (database, standby node) → (its hardened LSN, when).
+    pulled: Mutex<BTreeMap<(String, String), (Lsn, Instant)>>,
+    /// database → the standby's own view.
+    following: Mutex<BTreeMap<String, FollowState>>,
+}
+
+#[derive(Clone, Default)]
+struct FollowState {
+    primary: Option<String>,
+    primary_lsn: Lsn,
+    contact: Option<Instant>,
+    state: String,
+    last_error: Option<String>,
+}
+
+/// What `status` shows of a standby (on the standby's node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StandbyStatus {
+    /// The primary it follows now.
+    pub primary: Option<String>,
+    pub state: String,
+    pub lag_records: u64,
+    pub primary_heard_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// A standby as its primary saw it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaSeen {
+    pub node: String,
+    pub hardened_lsn: Lsn,
+    pub heard_ms: u64,
+}
+
+impl Standby {
+    /// The primary's side: a standby pulled.
+    pub(crate) fn seen(&self, database: &str, node: &str, req: &PullRequest) {
+        let hardened = req
+            .hardened
+            .min(req.copy.as_ref().map(|c| c.position.lsn).unwrap_or(0));
+        self.pulled.lock().expect("pulled lock").insert(
+            (database.to_string(), node.to_string()),
+            (hardened, Instant::now()),
+        );
+    }
+
+    /// The standbys that pulled `database` from this node.
+    pub(crate) fn replicas(&self, database: &str) -> Vec<ReplicaSeen> {
+        self.pulled
+            .lock()
+            .expect("pulled lock")
+            .iter()
+            .filter(|((d, _), _)| d == database)
+            .map(|((_, n), (lsn, at))| ReplicaSeen {
+                node: n.clone(),
+                hardened_lsn: *lsn,
+                heard_ms: at.elapsed().as_millis() as u64,
+            })
+            .collect()
+    }
+
+    pub(crate) fn status(&self, database: &str, lsn: Lsn) -> Option<StandbyStatus> {
+        let f = self
+            .following
+            .lock()
+            .expect("following lock")
+            .get(database)
+            .cloned()?;
+        Some(StandbyStatus {
+            primary: f.primary,
+            state: f.state,
+            lag_records: f.primary_lsn.saturating_sub(lsn),
+            primary_heard_ms: f.contact.map(|t| t.elapsed().as_millis() as u64),
+            last_error: f.last_error,
+        })
+    }
+
+    fn update(&self, database: &str, f: impl FnOnce(&mut FollowState)) {
+        f(self
+            .following
+            .lock()
+            .expect("following lock")
+            .entry(database.to_string())
+            .or_default());
+    }
+}
+
+/// Starts the follow task of every database this node may hold a standby of, and fencing.
+pub(crate) fn start(node: &Shared) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for p in node.topology.databases_on(&node.name) {
+        tasks.push(tokio::spawn(follow(
+            std::sync::Arc::downgrade(node),
+            p.database,
+        )));
+    }
+    tasks.push(tokio::spawn(fence(std::sync::Arc::downgrade(node))));
+    tasks
+}
+
+/// Whether this node's copy of `database` is a standby to keep current (a standby copy, or the
+/// topology's standby placement not yet seeded).
+fn should_follow(node: &NodeState, database: &str) -> bool {
+    match node.host.get(database) {
+        Some(d) => d.identity().role == Role::Standby,
+        None => node
+            .topology
+            .databases_on(&node.name)
+            .iter()
+            .any(|p| p.database == database && p.role == PlacementRole::Standby),
+    }
+}
+
+async fn follow(node: std::sync::Weak<NodeState>, database: String) {
+    let mut target: Option<Node> = None;
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        if *node.stopping.borrow() {
+            return;
+        }
+        if !should_follow(&node, &database) {
+            drop(node);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let peers = peers(&node.topology, &database, &node.name);
+        if target.is_none() {
+            target = node
+                .locator
+                .probe(&node.client, &database, true, &peers)
+                .await;
+            if target.is_none() {
+                node.standby.update(&database, |f| {
+                    f.state = "standby: no primary answers".into();
+                });
+                drop(node);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        let primary = target.clone().expect("set above");
+        let db = node.host.get(&database);
+        let req = PullRequest {
+            copy: db.as_ref().map(CopyPosition::of),
+            hardened: db.as_ref().map(|d| d.identity().lsn).unwrap_or(0),
+        };
+        let answer = node
+            .client
+            .pull(&primary.address, &database, &req, PULL_WAIT_MS)
+            .await;
+        let pause = match answer {
+            Ok(PullAnswer::Records { lsn, batch, .. }) => {
+                node.standby.update(&database, |f| {
+                    f.primary = Some(primary.name.clone());
+                    f.primary_lsn = lsn;
+                    f.contact = Some(Instant::now());
+                });
+                match db {
+                    Some(d) if !batch.records.is_empty() => {
+                        let d2 = d.clone();
+                        let r = blocking(move || d2.apply(batch, None).map_err(|e| e.to_string()))
+                            .await;
+                        let caught_up = d.identity().lsn >= lsn;
+                        node.standby.update(&database, |f| {
+                            f.state = if caught_up {
+                                "standby: current".into()
+                            } else {
+                                "standby: catching up".into()
+                            };
+                            f.last_error = r.err();
+                        });
+                        false
+                    }
+                    Some(d) => {
+                        let caught_up = d.identity().lsn >= lsn;
+                        node.standby.update(&database, |f| {
+                            if caught_up {
+                                f.state = "standby: current".into();
+                            }
+                        });
+                        false
+                    }
+                    None => true,
+                }
+            }
+            Ok(PullAnswer::Reseed { reason }) => {
+                node.standby.update(&database, |f| {
+                    f.state = format!("standby: reseeding ({reason})");
+                });
+                if let Err(e) =
+                    crate::mirroring::seed_copy(&node, &database, &primary, Role::Standby, &reason)
+                        .await
+                {
+                    node.standby.update(&database, |f| f.last_error = Some(e));
+                }
+                true
+            }
+            Ok(_) => {
+                target = None;
+                true
+            }
+            Err(e) => {
+                node.standby
+                    .update(&database, |f| f.last_error = Some(e.to_string()));
+                target = None;
+                true
+            }
+        };
+        drop(node);
+        if pause {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Makes this primary copy step down: `reason` names the newer primary. To the mirror of its
+/// link partner when that partner is the newer primary (the link takes over), else to a standby
+/// of the newer primary. The site's witness forgets the database, so this site's mirror does not
+/// take over either.
+pub(crate) async fn step_down(node: &NodeState, database: &str, db: &Database, reason: &str) {
+    step_down_to(node, database, db, reason, Role::Standby).await
+}
+
+async fn step_down_to(node: &NodeState, database: &str, db: &Database, reason: &str, role: Role) {
+    tracing::warn!(database, reason, role = %role, "fenced: a newer primary exists; this copy steps down");
+    db.gate().fence(reason);
+    let d = db.clone();
+    if let Err(e) = blocking(move || d.set_role(role).map_err(|e| e.to_string())).await {
+        tracing::warn!(database, error = %e, "could not step down");
+        return;
+    }
+    if role == Role::Standby
+        && let Some(w) = node
+            .topology
+            .witnesses
+            .get(&node.me().site)
+            .and_then(|w| node.topology.node(w))
+    {
+        let _ = node
+            .client
+            .witness(
+                &w.address,
+                &crate::witness::WitnessRequest::Forget {
+                    database: database.to_string(),
+                },
+            )
+            .await;
+    }
+}
+
+/// Twice a second: every primary copy here asks the other copies of its database whether one
+/// is primary of a newer epoch; and moves the standbys' journal cursors.
+async fn fence(node: std::sync::Weak<NodeState>) {
+    let mut cursors_moved = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(FENCE_CHECK_MS)).await;
+        let Some(node) = node.upgrade() else { return };
+        if *node.stopping.borrow() {
+            return;
+        }
+        for database in node.host.names() {
+            let Some(db) = node.local_primary(&database) else {
+                continue;
+            };
+            let epoch = db.identity().epoch;
+            let peers = peers(&node.topology, &database, &node.name);
+            let answers = futures_util::future::join_all(peers.iter().map(|n| {
+                node.client
+                    .copy_role(&n.address, &database, FENCE_PROBE_TIMEOUT)
+            }))
+            .await;
+            let newer = peers
+                .iter()
+                .zip(answers)
+                .filter_map(|(n, a)| a.ok().map(|r| (n, r)))
+                .filter(|(_, r)| r.role == "primary" && r.epoch > epoch)
+                .max_by_key(|(_, r)| r.epoch);
+            if let Some((n, r)) = newer {
+                let reason = format!(
+                    "{} is primary of {database} at epoch {}, newer than this copy's {epoch}",
+                    n.name, r.epoch
+                );
+                let partner = node
+                    .mirroring
+                    .link(&database)
+                    .map(|l| l.partner().to_string());
+                let role = if partner.as_deref() == Some(n.name.as_str()) {
+                    Role::Mirror
+                } else {
+                    Role::Standby
+                };
+                step_down_to(&node, &database, &db, &reason, role).await;
+            }
+        }
+        if cursors_moved.elapsed() > Duration::from_secs(1) {
+            cursors_moved = Instant::now();
+            move_cursors(&node).await;
+        }
+    }
+}
+
+/// Each standby's journal cursor on this primary: at what it hardened, never keeping more than
+/// the topology's bound for it.
+async fn move_cursors(node: &NodeState) {
+    let keep = node.topology.mirroring.journal_records_max;
+    let pulled: Vec<((String, String), Lsn)> = node
+        .standby
+        .pulled
+        .lock()
+        .expect("pulled lock")
+        .iter()
+        .map(|(k, (lsn, _))| (k.clone(), *lsn))
+        .collect();
+    for ((database, standby), hardened) in pulled {
+        let Some(db) = node.local_primary(&database) else {
+            continue;
+        };
+        let name = format!("standby-{standby}");
+        let _ = blocking(move || {
+            let lsn = db.identity().lsn;
+            let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
+            let consumers = db.consumers().map_err(|e| e.to_string())?;
+            match consumers.iter().find(|c| c.name == name) {
+                None => db.register_consumer(&name, target),
+                Some(c) if c.lsn < target => db.advance_consumer(&name, target),
+                Some(_) => Ok(()),
+            }
+            .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+}
+
+/// An epoch for a promotion in another site: above anything the old site could have reached by
+/// counting (mirror failovers add one each), because the old site cannot be asked.
+pub fn cross_site_epoch(current: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (current + 1).max(now)
+}
+
+// ---- the internal API ----
+
+use crate::error::ApiError;
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+fn hosted(node: &NodeState, database: &str) -> Result<Database, ApiError> {
+    node.host.get(database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pause {
+    reason: Option<String>,
+}
+
+/// `POST /internal/v1/db/{db}/pause`: new writes refused with the reason (or accepted again).
+pub(crate) async fn pause(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<Pause>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let db = hosted(&node, &database)?;
+    db.gate().pause_writes(p.reason.as_deref());
+    let id = db.identity();
+    Ok(Json(json!({
+        "node": node.name, "database": database, "paused": p.reason.is_some(),
+        "role": id.role, "epoch": id.epoch, "lsn": id.lsn, "last_time_ms": id.last_time_ms,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Promote {
+    epoch: u64,
+}
+
+/// `POST /internal/v1/db/{db}/promote`: this copy (a standby) becomes the primary of `epoch`.
+pub(crate) async fn promote(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let db = hosted(&node, &database)?;
+    let id = db.identity();
+    if id.role == Role::Primary {
+        if id.epoch == p.epoch {
+            return Ok(Json(
+                json!({ "epoch": id.epoch, "lsn": id.lsn, "already": true }),
+            ));
+        }
+        return Err(ApiError::conflict(format!(
+            "{database} on {} is already primary (epoch {})",
+            node.name, id.epoch
+        )));
+    }
+    if p.epoch <= id.epoch {
+        return Err(ApiError::conflict(format!(
+            "epoch {} is not newer than the copy's {}",
+            p.epoch, id.epoch
+        )));
+    }
+    let (d, name, topology) = (db.clone(), database.clone(), node.topology.clone());
+    blocking(move || {
+        d.recover(Some(p.epoch)).map_err(|e| e.to_string())?;
+        crate::db_host::prepare(&d, &name, &topology)
+    })
+    .await
+    .map_err(ApiError::unavailable)?;
+    let id = db.identity();
+    tracing::warn!(
+        database,
+        epoch = id.epoch,
+        lsn = id.lsn,
+        "promoted: this copy is primary"
+    );
+    Ok(Json(json!({
+        "node": node.name, "epoch": id.epoch, "lsn": id.lsn, "last_time_ms": id.last_time_ms,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StepDown {
+    reason: String,
+}
+
+/// `POST /internal/v1/db/{db}/step-down`: this primary becomes a standby of the newer primary.
+pub(crate) async fn step_down_route(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    body: Result<Json<StepDown>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(s) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let db = hosted(&node, &database)?;
+    if db.identity().role == Role::Primary {
+        step_down(&node, &database, &db, &s.reason).await;
+    }
+    let id = db.identity();
+    Ok(Json(
+        json!({ "node": node.name, "role": id.role, "epoch": id.epoch, "lsn": id.lsn }),
+    ))
+}
