@@ -1,6 +1,8 @@
 //! `tandem demo` through the binary: the chat database's primary killed under load, no
-//! acknowledged post lost, the mirror primary of a new epoch, and no node left behind — after a
-//! whole run and after a Ctrl-C in the middle of one.
+//! acknowledged post lost, the mirror primary of a new epoch; then the primary site lost, the
+//! chat pool failed over and back, the RPO and RTO reported, nothing lost beyond the RPO, the
+//! pool normal again; and no process left behind — after a whole run and after a Ctrl-C in the
+//! middle of one (in the mirror stages, and while a procedure runs).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 /// The demos of this file, one at a time: each runs six nodes and a load on a small machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Live `tandem serve` processes whose command line names `dir` (`--topology DIR/…`).
+/// Live processes whose command line names `dir` (`--topology DIR/…`), the demo itself aside:
+/// the nodes, and the procedures the demo runs as subprocesses.
 fn processes_of(dir: &Path) -> Vec<(i32, String)> {
     let dir = dir.to_str().unwrap().as_bytes();
     let mut found = Vec::new();
@@ -29,8 +32,8 @@ fn processes_of(dir: &Path) -> Vec<(i32, String)> {
                     .map(|(_, r)| r.trim_start().starts_with('Z'))
             })
             .unwrap_or(true);
-        let serve = cmdline.split(|b| *b == 0).any(|a| a == b"serve");
-        if !zombie && serve && cmdline.windows(dir.len()).any(|w| w == dir) {
+        let demo = cmdline.split(|b| *b == 0).any(|a| a == b"demo");
+        if !zombie && !demo && cmdline.windows(dir.len()).any(|w| w == dir) {
             found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
         }
     }
@@ -71,7 +74,7 @@ fn the_demo_loses_no_acknowledged_post_and_leaves_no_node() {
             String::from_utf8_lossy(&out.stdout)
         )
     });
-    assert!(stderr.contains("[10/10]"), "{stderr}");
+    assert!(stderr.contains("[18/18]"), "{stderr}");
     assert_eq!(r["lost"], 0, "{r:#}");
     assert_eq!(r["duplicated"], 0, "{r:#}");
     assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r:#}");
@@ -89,6 +92,49 @@ fn the_demo_loses_no_acknowledged_post_and_leaves_no_node() {
         r["longest_gap_ms"].as_u64().unwrap() >= failover.min(500),
         "{r:#}"
     );
+    // The site loss: nothing lost beyond the RPO it reports, the RPO and RTO figures there.
+    let s = &r["site_loss"];
+    assert_eq!(s["site"], "atl", "{s:#}");
+    assert_eq!(s["killed"].as_array().unwrap().len(), 3, "{s:#}");
+    assert_eq!(s["lost"], 0, "{s:#}");
+    assert_eq!(s["duplicated"], 0, "{s:#}");
+    for phase in [
+        "acknowledged_before",
+        "acknowledged_failed_over",
+        "acknowledged_after",
+    ] {
+        assert!(s[phase].as_u64().unwrap() > 0, "{phase}: {s:#}");
+    }
+    let rpo = &s["rpo"];
+    assert_eq!(
+        rpo["last_lsn"], s["chat_failover"]["data_loss"]["last_lsn"],
+        "{s:#}"
+    );
+    assert!(rpo["last_lsn"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(rpo["last_write"].as_str().is_some(), "{s:#}");
+    assert!(rpo["present_in_backup_site"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(rpo["lost_in_backup_site"], 0, "{s:#}");
+    assert_eq!(rpo["missing_found"], 0, "{s:#}");
+    let missing = rpo["missing"].as_u64().unwrap();
+    assert!(
+        missing + rpo["present_in_backup_site"].as_u64().unwrap()
+            == s["acknowledged_before"].as_u64().unwrap(),
+        "{s:#}"
+    );
+    assert!(rpo["missing_span_ms"].as_u64().is_some(), "{s:#}");
+    assert_eq!(rpo["missing_first_ack_s"].is_null(), missing == 0, "{s:#}");
+    for rto in [
+        "cms_failover_ms",
+        "chat_failover_ms",
+        "chat_failback_ms",
+        "outage_ms",
+    ] {
+        assert!(s["rto"][rto].as_u64().unwrap() > 0, "{rto}: {s:#}");
+    }
+    // Back to normal, in the primary site.
+    assert_eq!(s["chat_state"], "normal", "{s:#}");
+    assert_eq!(s["active_servers"], serde_json::json!(["atl-fe"]), "{s:#}");
+    assert_eq!(s["primary_after"], "atl-db1", "{s:#}");
     assert_eq!(r["kept"], true, "{r:#}");
     assert!(dir.join("topology.toml").exists());
     assert!(processes_of(&dir).is_empty(), "{:?}", processes_of(&dir));
@@ -100,6 +146,38 @@ fn the_demo_loses_no_acknowledged_post_and_leaves_no_node() {
 
 #[test]
 fn ctrl_c_in_the_middle_of_the_demo_stops_every_node() {
+    // Just after the kill, while the clients post into the failover.
+    let nodes = nodes(interrupt_after("[5/18]"));
+    assert_eq!(nodes.len(), 5, "every node but the killed one: {nodes:?}");
+    assert!(
+        !nodes.iter().any(|(_, c)| c.contains("atl-db1")),
+        "{nodes:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_while_a_procedure_runs_stops_it_and_every_node() {
+    // Just after the CMS failover: `tandem chat failover` runs as a subprocess.
+    let nodes = nodes(interrupt_after("[12/18]"));
+    assert_eq!(nodes.len(), 3, "the atl nodes are down: {nodes:?}");
+    assert!(
+        nodes.iter().all(|(_, c)| c.contains("dal-")),
+        "the atl nodes are down: {nodes:?}"
+    );
+}
+
+/// The `tandem serve` processes among `processes`.
+fn nodes(processes: Vec<(i32, String)>) -> Vec<(i32, String)> {
+    processes
+        .into_iter()
+        .filter(|(_, c)| c.split(' ').any(|a| a == "serve"))
+        .collect()
+}
+
+/// Runs the demo, sends it SIGINT once it printed the stage line that starts with `line`,
+/// checks that it stops every process it started and prints no report; the processes that ran
+/// at the interrupt.
+fn interrupt_after(line_start: &str) -> Vec<(i32, String)> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
@@ -111,27 +189,22 @@ fn ctrl_c_in_the_middle_of_the_demo_stops_every_node() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Just after the kill, while the clients post into the failover: Ctrl-C (SIGINT to the
-    // demo alone: the nodes are in their own process groups, as under a terminal).
+    // Ctrl-C: SIGINT to the demo alone (the nodes are in their own process groups, as under a
+    // terminal).
     let mut lines = BufReader::new(demo.stderr.take().unwrap()).lines();
     let mut seen = String::new();
     loop {
         let line = lines
             .next()
-            .unwrap_or_else(|| panic!("the demo ended before the kill: {seen}"))
+            .unwrap_or_else(|| panic!("the demo ended before {line_start}: {seen}"))
             .unwrap();
         seen.push_str(&line);
         seen.push('\n');
-        if line.starts_with("[5/10]") {
+        if line.starts_with(line_start) {
             break;
         }
     }
     let nodes = processes_of(&dir);
-    assert_eq!(nodes.len(), 5, "every node but the killed one: {nodes:?}");
-    assert!(
-        !nodes.iter().any(|(_, c)| c.contains("atl-db1")),
-        "{nodes:?}"
-    );
     // SAFETY: the demo process this test started.
     unsafe {
         libc::kill(demo.id() as i32, libc::SIGINT);
@@ -152,4 +225,5 @@ fn ctrl_c_in_the_middle_of_the_demo_stops_every_node() {
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut demo.stdout.take().unwrap(), &mut stdout).unwrap();
     assert!(stdout.is_empty(), "no report on stdout: {stdout}");
+    nodes
 }

@@ -1,17 +1,22 @@
 //! `tandem demo`: the chat database's primary dies under load and no acknowledged post is lost
-//! (issue 5), end to end on this machine.
+//! (issue 5); then the whole primary site is lost and the chat pool fails over to the other
+//! site and back (issue 6), end to end on this machine.
 //!
 //! It writes the two-site example deployment, starts its six nodes, creates users and an open
 //! room, and posts from concurrent clients through the active chat node, recording every
 //! acknowledged post. Then it SIGKILLs the node that holds the primary copy of `mgc`; the
 //! mirror becomes primary of a new epoch (the witness grants it) and the chat node follows it.
-//! The killed node restarts and rejoins as a mirror. Last, the room's history is read back and
-//! every acknowledged post must be in it once, with its text.
+//! The killed node restarts and rejoins as a mirror, and the room's history is read back: every
+//! acknowledged post must be in it once, with its text. The site-loss stages follow
+//! (`site_loss`).
 //!
 //! One line per stage (stdout for humans; stderr with `--json`, whose stdout holds only the
 //! report). Every stage has a deadline. Every node is stopped at the end, on an error, on a
 //! panic and on Ctrl-C or SIGTERM (the nodes are in their own process groups, so the
 //! terminal's Ctrl-C reaches them only through this command).
+
+mod site_loss;
+mod workload;
 
 use crate::deployment::{Deployment, signal};
 use crate::output::{Output, count};
@@ -20,14 +25,15 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tandem_node::{ClientError, DatabaseStatus, Method, UserApi};
+use tandem_node::{DatabaseStatus, Method, UserApi};
 use tandem_topology::DATABASE_MGC;
+use workload::{Workload, check, longest_gap, read_history};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -43,13 +49,6 @@ const CLIENTS: usize = 8;
 const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const POOL: &str = "pool-atl";
 const ROOM: &str = "demo";
-/// Each client sends at most one post per interval: a steady load (≤ 800 posts/s) that
-/// measures the gap, without saturating the machine the nodes share.
-const POST_INTERVAL_MS: u64 = 10;
-/// A client's pause after a post that was not acknowledged.
-const RETRY_PAUSE_MS: u64 = 50;
-/// Posts one client sends at most.
-const POSTS_PER_CLIENT_MAX: u64 = 200_000;
 /// Posting before the kill.
 const WARMUP_MS: u64 = 3_000;
 /// Posting on the new primary before the killed node restarts.
@@ -62,18 +61,14 @@ const FIRST_POST_TIMEOUT_MS: u64 = 10_000;
 const REAP_TIMEOUT_MS: u64 = 5_000;
 const FAILOVER_TIMEOUT_MS: u64 = 20_000;
 const REJOIN_TIMEOUT_MS: u64 = 30_000;
-const WORKLOAD_STOP_TIMEOUT_MS: u64 = tandem_node::REQUEST_TIMEOUT_MS + 5_000;
 const VERIFY_TIMEOUT_MS: u64 = 60_000;
 /// Deadline of one status question to a node.
 const STATUS_TIMEOUT_MS: u64 = 1_000;
 /// Pause between two looks at a condition awaited.
 const POLL_MS: u64 = 50;
-/// Attempts at one history page before the check gives up.
-const PAGE_ATTEMPTS_MAX: u32 = 5;
-/// History pages read at most (of `HISTORY_LIMIT_MAX` events each).
-const HISTORY_PAGES_MAX: u64 = 100_000;
-/// Stages announced: init, up, users, posting, kill, failover, restart, rejoin, check, down.
-const STAGES: usize = 10;
+/// Stages announced: init, up, users, posting, kill, failover, restart, rejoin, check; the
+/// site-loss stages (`site_loss::STAGES`); down.
+const STAGES: usize = 10 + site_loss::STAGES;
 
 #[derive(Serialize)]
 struct Report {
@@ -110,6 +105,8 @@ struct Report {
     rejoin_ms: u64,
     /// Events of the room read back (messages and the room's own events).
     history_events: u64,
+    /// The loss of the whole primary site, the chat pool's failover and failback.
+    site_loss: site_loss::Report,
     seconds: f64,
 }
 
@@ -289,7 +286,7 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
         }
     };
     stages.say("every node stopped");
-    let failed = report.lost > 0 || report.duplicated > 0;
+    let failed = report.lost > 0 || report.duplicated > 0 || report.site_loss.failed();
     // A run that lost a post keeps its deployment for inspection.
     report.kept = match tmp {
         None => true,
@@ -307,9 +304,12 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
     out.emit(&report, || human(&report))?;
     if failed {
         bail!(
-            "{} acknowledged posts lost and {} duplicated; the deployment is kept in {}",
+            "the mirror failover lost {} acknowledged posts and duplicated {}; the site loss lost \
+             {} beyond its reported RPO and duplicated {}; the deployment is kept in {}",
             report.lost,
             report.duplicated,
+            report.site_loss.lost,
+            report.site_loss.duplicated,
             dir.display()
         );
     }
@@ -402,7 +402,10 @@ async fn scenario(
     ));
 
     // The workload, and the time it has before the kill.
-    let workload = Workload::start(&apis, clock);
+    let clients = (0..CLIENTS)
+        .map(|k| vec![apis[k % apis.len()].clone()])
+        .collect();
+    let workload = Workload::start(ROOM, "c", clients, clock);
     let warm_from = Instant::now();
     until(
         "the first post acknowledged",
@@ -449,10 +452,7 @@ async fn scenario(
     .await?;
     let _ = std::fs::remove_file(d.pid_file(&victim));
     // A post sent from now on can only be acknowledged by another copy.
-    workload
-        .progress
-        .boundary_ms
-        .store(clock.ms(), Ordering::SeqCst);
+    workload.progress.mark(clock.ms());
     stages.say(&format!(
         "killed {victim} (pid {pid}) at {:.1} s",
         killed_ms as f64 / 1000.0
@@ -462,12 +462,13 @@ async fn scenario(
     let first_ms = until(
         "a post acknowledged after the kill",
         FAILOVER_TIMEOUT_MS,
-        async || match workload.progress.first_after_ms.load(Ordering::SeqCst) {
-            u64::MAX => Err(format!(
-                "{} attempts failed so far",
-                workload.progress.failed.load(Ordering::SeqCst)
-            )),
-            t => Ok(t),
+        async || {
+            workload.progress.first_after(0).ok_or_else(|| {
+                format!(
+                    "{} attempts failed so far",
+                    workload.progress.failed.load(Ordering::SeqCst)
+                )
+            })
         },
     )
     .await?;
@@ -517,12 +518,12 @@ async fn scenario(
 
     // The check: every acknowledged post in the history, once, with its text.
     let log = workload.stop().await?;
-    let history = tokio::time::timeout(ms(VERIFY_TIMEOUT_MS), read_history(&apis[0]))
+    let history = tokio::time::timeout(ms(VERIFY_TIMEOUT_MS), read_history(&apis[0], ROOM))
         .await
         .map_err(|_| {
             anyhow!("reading room {ROOM}'s history: not done within {VERIFY_TIMEOUT_MS} ms")
         })??;
-    let check = check(&log, &history);
+    let check = check(&log.acks, &log.failures, &history);
     let (longest_gap_ms, gap_from_ms) = longest_gap(&log.acks);
     let (final_primary, final_epoch) = writable_copy(d, &client)
         .await
@@ -545,6 +546,18 @@ async fn scenario(
     for f in &log.failures {
         *failures.entry(f.reason.clone()).or_insert(0) += 1;
     }
+
+    // The whole primary site lost: the chat pool to the other site and back.
+    let site_loss = site_loss::run(
+        site_loss::Context {
+            d,
+            children,
+            stages,
+            earlier: (ROOM, &log),
+        },
+        &client,
+    )
+    .await?;
     Ok(Report {
         dir: d.dir().to_path_buf(),
         kept: false,
@@ -568,6 +581,7 @@ async fn scenario(
         restarted_at_s: restarted_ms as f64 / 1000.0,
         rejoin_ms,
         history_events: history.events,
+        site_loss,
         seconds: 0.0,
     })
 }
@@ -725,243 +739,6 @@ fn reap(children: &Mutex<Vec<Child>>, pid: i32) -> Result<(), String> {
     }
 }
 
-/// What the clients share with the stages.
-struct Progress {
-    acked: AtomicU64,
-    failed: AtomicU64,
-    /// Set once the killed process is gone: a post sent at or after this time (ms) can only
-    /// be acknowledged by the new primary. `u64::MAX` before.
-    boundary_ms: AtomicU64,
-    /// The earliest acknowledgment (ms) of a post sent after `boundary_ms`; `u64::MAX` before.
-    first_after_ms: AtomicU64,
-}
-
-/// One acknowledged post.
-struct Ack {
-    id: i64,
-    text: String,
-    acked_ms: u64,
-}
-
-/// One attempt that was not acknowledged.
-struct Failure {
-    text: String,
-    reason: String,
-}
-
-#[derive(Default)]
-struct Log {
-    acks: Vec<Ack>,
-    failures: Vec<Failure>,
-}
-
-struct Workload {
-    progress: Arc<Progress>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Log>>,
-}
-
-impl Workload {
-    /// `CLIENTS` tasks, client k posting "ck-1", "ck-2", … as user k mod `USERS`.
-    fn start(apis: &[UserApi], clock: Clock) -> Workload {
-        let progress = Arc::new(Progress {
-            acked: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            boundary_ms: AtomicU64::new(u64::MAX),
-            first_after_ms: AtomicU64::new(u64::MAX),
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..CLIENTS)
-            .map(|k| {
-                tokio::spawn(post_loop(
-                    k,
-                    apis[k % apis.len()].clone(),
-                    clock,
-                    progress.clone(),
-                    stop.clone(),
-                ))
-            })
-            .collect();
-        Workload {
-            progress,
-            stop,
-            tasks,
-        }
-    }
-
-    /// Stops the clients (each finishes the post it is sending); what they recorded.
-    async fn stop(self) -> anyhow::Result<Log> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut all = Log::default();
-        let joined = tokio::time::timeout(
-            ms(WORKLOAD_STOP_TIMEOUT_MS),
-            futures_util::future::join_all(self.tasks),
-        )
-        .await
-        .map_err(|_| anyhow!("the clients did not stop within {WORKLOAD_STOP_TIMEOUT_MS} ms"))?;
-        for log in joined {
-            let log = log.context("a client task failed")?;
-            all.acks.extend(log.acks);
-            all.failures.extend(log.failures);
-        }
-        Ok(all)
-    }
-}
-
-async fn post_loop(
-    k: usize,
-    api: UserApi,
-    clock: Clock,
-    progress: Arc<Progress>,
-    stop: Arc<AtomicBool>,
-) -> Log {
-    let path = format!("/api/v1/rooms/{ROOM}/messages");
-    let mut log = Log::default();
-    for i in 1..=POSTS_PER_CLIENT_MAX {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let text = format!("c{k}-{i}");
-        let began = Instant::now();
-        let sent_ms = clock.ms();
-        let answer = api
-            .request(Method::POST, &path, Some(&json!({ "text": text })))
-            .await;
-        let acked_ms = clock.ms();
-        let id = match answer {
-            Ok(v) => v["id"]
-                .as_i64()
-                .ok_or_else(|| format!("201 without an id: {v}")),
-            Err(e) => Err(reason(&e)),
-        };
-        match id {
-            Ok(id) => {
-                progress.acked.fetch_add(1, Ordering::SeqCst);
-                if sent_ms >= progress.boundary_ms.load(Ordering::SeqCst) {
-                    progress
-                        .first_after_ms
-                        .fetch_min(acked_ms, Ordering::SeqCst);
-                }
-                log.acks.push(Ack { id, text, acked_ms });
-                tokio::time::sleep(ms(POST_INTERVAL_MS).saturating_sub(began.elapsed())).await;
-            }
-            Err(reason) => {
-                progress.failed.fetch_add(1, Ordering::SeqCst);
-                log.failures.push(Failure { text, reason });
-                tokio::time::sleep(ms(RETRY_PAUSE_MS)).await;
-            }
-        }
-    }
-    log
-}
-
-/// Why a post was not acknowledged, in few enough words to count them by.
-fn reason(e: &ClientError) -> String {
-    match e {
-        ClientError::Unreachable { sent: false, .. } => "not sent (no connection)".into(),
-        ClientError::Unreachable { sent: true, .. } => "no answer".into(),
-        ClientError::Api { status, body } => format!("HTTP {status} {}", body.code),
-        other => other.to_string(),
-    }
-}
-
-/// The room's events, read back in pages from the first.
-struct History {
-    events: u64,
-    /// Message id → text.
-    messages: HashMap<i64, String>,
-}
-
-async fn read_history(api: &UserApi) -> anyhow::Result<History> {
-    let limit = tandem_chat::HISTORY_LIMIT_MAX;
-    let mut history = History {
-        events: 0,
-        messages: HashMap::new(),
-    };
-    let mut after = 0i64;
-    for _ in 0..HISTORY_PAGES_MAX {
-        let path = format!("/api/v1/rooms/{ROOM}/messages?after={after}&limit={limit}");
-        let mut attempt = 0;
-        let page = loop {
-            attempt += 1;
-            match api.request(Method::GET, &path, None).await {
-                Ok(p) => break p,
-                Err(e) if attempt < PAGE_ATTEMPTS_MAX => {
-                    tracing::debug!("history page after {after}: {e}; again");
-                    tokio::time::sleep(ms(RETRY_PAUSE_MS * 4)).await;
-                }
-                Err(e) => return Err(e).context(format!("reading room {ROOM} after id {after}")),
-            }
-        };
-        let events = page["events"]
-            .as_array()
-            .with_context(|| format!("a history page without events: {page}"))?;
-        for e in events {
-            let id = e["id"].as_i64().context("an event without an id")?;
-            if id <= after {
-                bail!("the history page after id {after} holds id {id}: pages overlap");
-            }
-            after = id;
-            history.events += 1;
-            if e["kind"] == "message" {
-                let text = e["text"].as_str().unwrap_or_default().to_string();
-                history.messages.insert(id, text);
-            }
-        }
-        if page["more"] != true {
-            return Ok(history);
-        }
-    }
-    bail!("room {ROOM} holds more than {HISTORY_PAGES_MAX} pages of events")
-}
-
-#[derive(Debug, PartialEq)]
-struct Check {
-    lost: u64,
-    duplicated: u64,
-    failed_but_stored: u64,
-}
-
-/// Every acknowledged post must be in the history under its id with its text, and its text
-/// there once; failed attempts may be there or not (their answer was lost, not their commit).
-fn check(log: &Log, history: &History) -> Check {
-    let mut texts: HashMap<&str, u32> = HashMap::new();
-    for t in history.messages.values() {
-        *texts.entry(t.as_str()).or_insert(0) += 1;
-    }
-    let lost = log
-        .acks
-        .iter()
-        .filter(|a| history.messages.get(&a.id) != Some(&a.text))
-        .count() as u64;
-    let duplicated = log
-        .acks
-        .iter()
-        .filter(|a| texts.get(a.text.as_str()).copied().unwrap_or(0) > 1)
-        .count() as u64;
-    let failed_but_stored = log
-        .failures
-        .iter()
-        .filter(|f| texts.contains_key(f.text.as_str()))
-        .count() as u64;
-    Check {
-        lost,
-        duplicated,
-        failed_but_stored,
-    }
-}
-
-/// The longest time between two consecutive acknowledgments, and when it began (ms).
-fn longest_gap(acks: &[Ack]) -> (u64, u64) {
-    let mut times: Vec<u64> = acks.iter().map(|a| a.acked_ms).collect();
-    times.sort_unstable();
-    times
-        .windows(2)
-        .map(|w| (w[1] - w[0], w[0]))
-        .max()
-        .unwrap_or((0, 0))
-}
-
 fn human(r: &Report) -> String {
     let failures = if r.failures.is_empty() {
         String::new()
@@ -1014,79 +791,12 @@ fn human(r: &Report) -> String {
         r.rejoin_ms as f64 / 1000.0,
         r.killed
     ));
+    s.push_str(&site_loss::human(&r.site_loss));
     s.push_str(&format!(
-        "  deployment           {} ({})\n",
+        "\n  deployment           {} ({})\n",
         r.dir.display(),
         if r.kept { "kept" } else { "removed" }
     ));
     s.push_str(&format!("  total                {:.1} s\n", r.seconds));
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ack(id: i64, text: &str, acked_ms: u64) -> Ack {
-        Ack {
-            id,
-            text: text.into(),
-            acked_ms,
-        }
-    }
-
-    fn history(messages: &[(i64, &str)]) -> History {
-        History {
-            events: messages.len() as u64,
-            messages: messages.iter().map(|(i, t)| (*i, t.to_string())).collect(),
-        }
-    }
-
-    #[test]
-    fn the_check_finds_lost_changed_and_duplicated_posts() {
-        let log = Log {
-            acks: vec![ack(3, "c0-1", 10), ack(4, "c1-1", 11), ack(6, "c0-2", 20)],
-            failures: vec![
-                Failure {
-                    text: "c1-2".into(),
-                    reason: "no answer".into(),
-                },
-                Failure {
-                    text: "c1-3".into(),
-                    reason: "no answer".into(),
-                },
-            ],
-        };
-        let all = history(&[(3, "c0-1"), (4, "c1-1"), (5, "c1-2"), (6, "c0-2")]);
-        assert_eq!(
-            check(&log, &all),
-            Check {
-                lost: 0,
-                duplicated: 0,
-                failed_but_stored: 1
-            }
-        );
-        // Missing, under another text, twice.
-        let bad = history(&[(3, "c0-1"), (4, "c0-1"), (7, "c0-2")]);
-        assert_eq!(
-            check(&log, &bad),
-            Check {
-                lost: 2,
-                duplicated: 1,
-                failed_but_stored: 0
-            }
-        );
-    }
-
-    #[test]
-    fn the_longest_gap_is_between_acknowledgments_in_time_order() {
-        let acks = [
-            ack(1, "a", 100),
-            ack(2, "b", 2_500),
-            ack(3, "c", 120),
-            ack(4, "d", 2_600),
-        ];
-        assert_eq!(longest_gap(&acks), (2_380, 120));
-        assert_eq!(longest_gap(&[]), (0, 0));
-    }
 }
