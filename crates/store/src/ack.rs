@@ -339,6 +339,10 @@ fn run(
             match result {
                 Ok(()) => {
                     local = local.max(batch.iter().map(|p| p.lsn).max().expect("one"));
+                    if let Ok(Some(limit)) = gate.limit(local) {
+                        // Published before anyone is answered: a caller reads what it waited for.
+                        published.set_durable(limit);
+                    }
                     for p in batch {
                         if p.local_only {
                             for (reply, lsn) in p.replies {

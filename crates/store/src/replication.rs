@@ -125,7 +125,9 @@ pub fn serve_pull(db: &Database, req: &PullRequest) -> Result<PullAnswer> {
             records: Vec::new(),
         }
     } else {
-        match db.read_journal(from, PULL_RECORDS_MAX, PULL_BYTES_MAX) {
+        // Capped at the LSN compared above: a record committed since is for the next pull.
+        let max = PULL_RECORDS_MAX.min((leader.lsn - from + 1) as usize);
+        match db.read_journal(from, max, PULL_BYTES_MAX) {
             Ok(b) if !b.records.is_empty() => b,
             Ok(_) => {
                 return Ok(PullAnswer::Reseed {
