@@ -5,7 +5,7 @@ use crate::output::Output;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -43,15 +43,21 @@ struct Report {
     nodes: Vec<(String, String)>,
 }
 
-pub fn run(a: InitArgs, out: &Output) -> anyhow::Result<()> {
-    let file = a.dir.join("topology.toml");
+/// Writes the example topology into `dir` (created if needed) on six ports from `base_port`
+/// (default: six free ones), and its share; returns the topology file, the topology and the
+/// base port.
+pub(crate) fn write(
+    dir: &Path,
+    base_port: Option<u16>,
+) -> anyhow::Result<(PathBuf, tandem_topology::Topology, u16)> {
+    let file = dir.join("topology.toml");
     if file.exists() {
         bail!(
             "{} exists: init writes a new deployment into an empty place",
             file.display()
         );
     }
-    let base = match a.base_port {
+    let base = match base_port {
         Some(b) if b.checked_add(PORTS - 1).is_none() || b < 1024 => {
             bail!("--base-port {b}: the six ports must lie between 1024 and 65535")
         }
@@ -61,11 +67,15 @@ pub fn run(a: InitArgs, out: &Output) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)?;
     let text = tandem_topology::example(base, &hex::encode(secret));
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let topology = tandem_topology::Topology::load(&file)?;
     std::fs::create_dir_all(&topology.share)?;
+    Ok((file, topology, base))
+}
+
+pub fn run(a: InitArgs, out: &Output) -> anyhow::Result<()> {
+    let (file, topology, base) = write(&a.dir, a.base_port)?;
     let report = Report {
         topology: file.clone(),
         base_port: base,

@@ -48,18 +48,18 @@ fn last_lines(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
-    let names = d.select(&a.nodes)?;
-    for n in &names {
-        if let Some(pid) = d.running_pid(n) {
-            bail!("{n} is already running (pid {pid}); `tandem down --nodes {n}` first");
-        }
-    }
+/// Starts `names` as child processes, each in its own process group (`run/NODE.pid`,
+/// `logs/NODE.log`), and waits until every one answers its health check. On any failure every
+/// node of `names` is stopped.
+pub(crate) fn start(
+    d: &Deployment,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, std::process::Child)>> {
     std::fs::create_dir_all(d.dir().join("run"))?;
     std::fs::create_dir_all(d.dir().join("logs"))?;
     let exe = std::env::current_exe().context("cannot find the tandem executable")?;
     let mut children = Vec::new();
-    for n in &names {
+    for n in names {
         let log_path = d.log_file(n);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -82,7 +82,7 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = d.client();
     let rt = runtime()?;
-    let mut pending: Vec<String> = names.clone();
+    let mut pending: Vec<String> = names.to_vec();
     while !pending.is_empty() {
         for (n, child) in &mut children {
             if let Some(status) = child.try_wait()? {
@@ -90,7 +90,7 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
                     "{n} exited ({status}) before it was ready: {}",
                     last_lines(&d.log_file(n), 2)
                 );
-                stop_all(d, &names);
+                stop_all(d, names);
                 bail!(err);
             }
         }
@@ -110,7 +110,7 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
             break;
         }
         if started.elapsed() > Duration::from_millis(READY_TIMEOUT_MS) {
-            stop_all(d, &names);
+            stop_all(d, names);
             bail!(
                 "{} did not answer its health check within {} s; see {}",
                 pending.join(", "),
@@ -120,6 +120,18 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(children)
+}
+
+pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
+    let names = d.select(&a.nodes)?;
+    for n in &names {
+        if let Some(pid) = d.running_pid(n) {
+            bail!("{n} is already running (pid {pid}); `tandem down --nodes {n}` first");
+        }
+    }
+    let started = Instant::now();
+    let children = start(d, &names)?;
     let report: Vec<Started> = children
         .iter()
         .map(|(n, c)| {
@@ -204,7 +216,9 @@ fn supervise(
     }
 }
 
-fn stop_all(d: &Deployment, names: &[String]) {
+/// Stops the nodes `names` (SIGTERM, then SIGKILL after a grace period) and removes their pid
+/// files.
+pub(crate) fn stop_all(d: &Deployment, names: &[String]) {
     let handles: Vec<_> = names
         .iter()
         .filter_map(|n| d.running_pid(n).map(|pid| (n.clone(), pid)))
