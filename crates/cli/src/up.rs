@@ -255,6 +255,24 @@ fn supervise(
 
 /// Stops the running nodes among `names` (SIGTERM, then SIGKILL after the grace period), all at
 /// once, and removes their pid files.
+/// Starts `names` and waits until each answers its health check; on failure stops them all.
+pub(crate) fn start(
+    d: &Deployment,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, std::process::Child)>> {
+    let mut children = spawn(d, names)?;
+    let ready = runtime()?.block_on(wait_ready(
+        d,
+        &mut children,
+        Duration::from_millis(READY_TIMEOUT_MS),
+    ));
+    if let Err(e) = ready {
+        stop_all(d, names);
+        return Err(e);
+    }
+    Ok(children)
+}
+
 pub(crate) fn stop_all(d: &Deployment, names: &[String]) {
     let handles: Vec<_> = names
         .iter()

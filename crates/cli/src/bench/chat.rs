@@ -185,7 +185,7 @@ impl Drop for Nodes {
 
 /// One keep-alive HTTP/1.1 connection that sends posts as raw bytes: the load generator
 /// shares the machine with the nodes, so it spends as little as a `wrk` would.
-struct RawPoster {
+pub(super) struct RawPoster {
     conn: tokio::io::BufReader<tokio::net::TcpStream>,
     host: String,
     token: String,
@@ -194,7 +194,7 @@ struct RawPoster {
 }
 
 impl RawPoster {
-    async fn connect(addr: &str, token: &str) -> std::io::Result<RawPoster> {
+    pub(super) async fn connect(addr: &str, token: &str) -> std::io::Result<RawPoster> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(RawPoster {
@@ -207,7 +207,7 @@ impl RawPoster {
     }
 
     /// Posts `text` to `room`; the HTTP status.
-    async fn post(&mut self, room: &str, text: &str) -> std::io::Result<u16> {
+    pub(super) async fn post(&mut self, room: &str, text: &str) -> std::io::Result<u16> {
         use std::io::Write as _;
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let body = json!({ "text": text }).to_string();

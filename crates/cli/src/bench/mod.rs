@@ -2,6 +2,7 @@
 //! performance table; no test asserts a time.
 
 mod chat;
+mod mirror;
 mod store;
 
 use crate::output::Output;
@@ -13,12 +14,16 @@ pub enum BenchCommand {
     Store(store::StoreArgs),
     /// Chat posts and history through the HTTP API of real nodes.
     Chat(chat::ChatArgs),
+    /// Commits with no, an asynchronous and a synchronous mirror; kill -9 of a primary to the
+    /// first write its mirror acknowledges.
+    Mirror(mirror::MirrorArgs),
 }
 
 pub fn run(cmd: BenchCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(a) => store::run(a, out),
         BenchCommand::Chat(a) => chat::run(a, out),
+        BenchCommand::Mirror(a) => mirror::run(a, out),
     }
 }
 

@@ -30,7 +30,7 @@ pub struct StoreArgs {
     rows: u64,
 }
 
-static SCHEMA: &[Migration] = &[Migration {
+pub(super) static SCHEMA: &[Migration] = &[Migration {
     version: 1,
     name: "bench rows",
     sql: "CREATE TABLE rows (id INTEGER PRIMARY KEY, room INTEGER NOT NULL, sender TEXT NOT NULL, \
@@ -43,8 +43,8 @@ const INSERT: &str =
 const RAW_BATCH_ROWS: usize = 1024;
 const LOG_BACKUP_INTERVAL_MS: u64 = 50;
 
-/// Row `i`: the same for the baseline and the store. About 150 bytes.
-fn row(i: u64) -> Vec<Value> {
+/// Row `i`: the same for the baseline and the store (and the mirror bench). About 150 bytes.
+pub(super) fn row(i: u64) -> Vec<Value> {
     const WORDS: [&str; 8] = [
         "failover", "mirror", "witness", "epoch", "journal", "restore", "site", "pool",
     ];

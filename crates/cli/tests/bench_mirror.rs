@@ -1,0 +1,80 @@
+//! `tandem bench mirror` through the binary: a short run of the three modes and one kill -9
+//! of a primary with real processes. No time is asserted (DESIGN.md §8): only that each part
+//! measured what it says and that no node outlives the bench.
+
+mod common;
+
+/// The processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+#[test]
+fn bench_mirror_measures_three_modes_and_a_failover_then_stops_every_node() {
+    let t = tempfile::tempdir().unwrap();
+    // The bench's scratch directories (and so its nodes' topology) go under this test's own.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "bench",
+            "mirror",
+            "--seconds",
+            "1",
+            "--writers",
+            "16",
+            "--failovers",
+            "1",
+            "--json",
+        ])
+        .env("TMPDIR", t.path())
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench mirror failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let modes: Vec<&str> = r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["no_mirror", "async", "sync"]);
+    for run in r["runs"].as_array().unwrap() {
+        assert!(run["commits"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["writers"], 16);
+        let mirrored = run["mode"] != "no_mirror";
+        assert_eq!(run["replication"].is_object(), mirrored, "{run}");
+        if mirrored {
+            // The bench fails when the mirror's chain differs; here: it saw every commit.
+            assert_eq!(
+                run["replication"]["lsn"].as_u64().unwrap(),
+                run["commits"].as_u64().unwrap() + 1,
+                "{run}"
+            );
+            assert_eq!(run["replication"]["chain"].as_str().unwrap().len(), 32);
+        }
+    }
+    assert_eq!(r["runs"][2]["replication"]["lag_at_end_records"], 0);
+    let rounds = r["failover"]["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(rounds[0]["killed"], "atl-db1");
+    assert_eq!(rounds[0]["new_primary"], "atl-db2");
+    assert_eq!(rounds[0]["epoch"], 2);
+    assert!(rounds[0]["kill_to_first_ack_ms"].as_f64().unwrap() > 0.0);
+    assert!(rounds[0]["acknowledged_before_kill"].as_u64().unwrap() > 0);
+
+    // Every node was stopped (they run in their own process groups: nothing else would).
+    let left = processes_mentioning(t.path().to_str().unwrap());
+    assert!(left.is_empty(), "nodes left running: {left:?}");
+}
