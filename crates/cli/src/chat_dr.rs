@@ -108,6 +108,30 @@ fn servers_follow(d: &Deployment, servers: &str, state: &str) -> bool {
     })
 }
 
+/// Whether no chat server of the pool serves any more: each that answers has heard from the CMS
+/// that it is not active (one that does not answer serves nobody). Until then a server that
+/// still counts itself active may call `mgc` — and, when its primary is paused, the locator
+/// sends the call on to any other writable copy.
+fn servers_quiet(d: &Deployment) -> bool {
+    let Ok(rt) = crate::deployment::runtime() else {
+        return false;
+    };
+    let Some(chat) = d.topology.chat.as_ref() else {
+        return true;
+    };
+    chat.servers.iter().all(|name| {
+        let Some(n) = d.topology.node(name) else {
+            return true;
+        };
+        match rt.block_on(d.client().status(&n.address, TIMEOUT)) {
+            Err(_) => true,
+            Ok(s) => s
+                .cms
+                .is_some_and(|c| c.source == "live" && !c.chat_active.iter().any(|a| a == name)),
+        }
+    })
+}
+
 /// Polls `cond` for a few seconds (the chat servers follow the CMS every 300 ms).
 fn wait_for(cond: impl Fn() -> bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -335,9 +359,11 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     steps.push(Step {
         title: "clear the active server list".into(),
         command: "tandem chat active-servers clear".into(),
+        // Done once every chat server knows: none may use mgc while it is moved.
         check: Box::new(|_| {
             let (_, active) = chat_state(d)?;
-            Ok(active.is_empty().then(|| json!({ "active": [] })))
+            Ok((active.is_empty() && wait_for(|| servers_quiet(d)))
+                .then(|| json!({ "active": [] })))
         }),
         run: Box::new(|_| command(d, &["chat", "active-servers", "clear"])),
         verify: true,

@@ -34,7 +34,7 @@ use tandem_topology::{PlacementRole, Topology};
 /// The configuration file in `SHARE/<db>/`.
 pub const CONFIG_FILE: &str = "log-shipping.json";
 /// The backup job's progress, in `SHARE/<db>/`.
-const PRIMARY_FILE: &str = "primary.json";
+pub const PRIMARY_FILE: &str = "primary.json";
 /// The lock file writers of `SHARE/<db>/` hold.
 const LOCK_FILE: &str = ".lock";
 /// The secondary's own record of the full backup it was seeded from, in its local directory.

@@ -234,14 +234,25 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                 }
             }
             Ok(PullAnswer::Reseed { reason }) => {
-                node.standby.update(&database, |f| {
-                    f.state = format!("standby: reseeding ({reason})");
-                });
-                if let Err(e) =
-                    crate::mirroring::seed_copy(&node, &database, &primary, Role::Standby, &reason)
-                        .await
-                {
-                    node.standby.update(&database, |f| f.last_error = Some(e));
+                // One replacement of the copy at a time: a restore over it (a failback) that
+                // came first has made it something else than a standby to keep current.
+                let ops = node.host.operations(&database);
+                let _one = ops.lock().await;
+                if should_follow(&node, &database) {
+                    node.standby.update(&database, |f| {
+                        f.state = format!("standby: reseeding ({reason})");
+                    });
+                    if let Err(e) = crate::mirroring::seed_copy(
+                        &node,
+                        &database,
+                        &primary,
+                        Role::Standby,
+                        &reason,
+                    )
+                    .await
+                    {
+                        node.standby.update(&database, |f| f.last_error = Some(e));
+                    }
                 }
                 true
             }
@@ -308,43 +319,52 @@ async fn fence(node: std::sync::Weak<NodeState>) {
         if *node.stopping.borrow() {
             return;
         }
-        for database in node.host.names() {
-            let Some(db) = node.local_primary(&database) else {
-                continue;
-            };
-            let epoch = db.identity().epoch;
-            let peers = peers(&node.topology, &database, &node.name);
-            let answers = futures_util::future::join_all(peers.iter().map(|n| {
-                node.client
-                    .copy_role(&n.address, &database, FENCE_PROBE_TIMEOUT)
-            }))
-            .await;
-            let newer = peers
-                .iter()
-                .zip(answers)
-                .filter_map(|(n, a)| a.ok().map(|r| (n, r)))
-                .filter(|(_, r)| r.role == "primary" && r.epoch > epoch)
-                .max_by_key(|(_, r)| r.epoch);
-            if let Some((n, r)) = newer {
-                let reason = format!(
-                    "{} is primary of {database} at epoch {}, newer than this copy's {epoch}",
-                    n.name, r.epoch
-                );
-                let partner = node
-                    .mirroring
-                    .link(&database)
-                    .map(|l| l.partner().to_string());
-                let role = if partner.as_deref() == Some(n.name.as_str()) {
-                    Role::Mirror
-                } else {
-                    Role::Standby
-                };
-                step_down_to(&node, &database, &db, &reason, role).await;
-            }
-        }
+        fence_once(&node).await;
         if cursors_moved.elapsed() > Duration::from_secs(1) {
             cursors_moved = Instant::now();
             move_cursors(&node).await;
+        }
+    }
+}
+
+/// Every primary copy here that another copy of its database outranks (primary of a newer
+/// epoch) steps down. Also run once when the node starts, before it serves anything: a primary
+/// that comes back after its site was lost and its database failed over to another site must
+/// not acknowledge a single write under its old epoch (those writes would be dropped when the
+/// site fails back).
+pub(crate) async fn fence_once(node: &NodeState) {
+    for database in node.host.names() {
+        let Some(db) = node.local_primary(&database) else {
+            continue;
+        };
+        let epoch = db.identity().epoch;
+        let peers = peers(&node.topology, &database, &node.name);
+        let answers = futures_util::future::join_all(peers.iter().map(|n| {
+            node.client
+                .copy_role(&n.address, &database, FENCE_PROBE_TIMEOUT)
+        }))
+        .await;
+        let newer = peers
+            .iter()
+            .zip(answers)
+            .filter_map(|(n, a)| a.ok().map(|r| (n, r)))
+            .filter(|(_, r)| r.role == "primary" && r.epoch > epoch)
+            .max_by_key(|(_, r)| r.epoch);
+        if let Some((n, r)) = newer {
+            let reason = format!(
+                "{} is primary of {database} at epoch {}, newer than this copy's {epoch}",
+                n.name, r.epoch
+            );
+            let partner = node
+                .mirroring
+                .link(&database)
+                .map(|l| l.partner().to_string());
+            let role = if partner.as_deref() == Some(n.name.as_str()) {
+                Role::Mirror
+            } else {
+                Role::Standby
+            };
+            step_down_to(node, &database, &db, &reason, role).await;
         }
     }
 }

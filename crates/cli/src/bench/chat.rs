@@ -123,7 +123,7 @@ primary = "db"
 }
 
 /// Loads `n` messages into room `big` (and creates the bench rooms) before any node runs.
-fn preload(mgc: &Path, n: u64, out: &Output) -> anyhow::Result<f64> {
+pub(super) fn preload(mgc: &Path, n: u64, out: &Output) -> anyhow::Result<f64> {
     let started = Instant::now();
     let db = Database::create(mgc, "mgc", Options::default())?;
     tandem_chat::prepare(&db)?;

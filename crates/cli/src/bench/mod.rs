@@ -2,6 +2,7 @@
 //! performance table; no test asserts a time.
 
 mod chat;
+mod dr;
 mod mirror;
 mod store;
 
@@ -17,6 +18,9 @@ pub enum BenchCommand {
     /// Commits with no, an asynchronous and a synchronous mirror; kill -9 of a primary to the
     /// first write its mirror acknowledges.
     Mirror(mirror::MirrorArgs),
+    /// Disaster recovery on the two-site example: RPO of a site loss, RTO of the chat
+    /// failover and of the failback, with mgc preloaded (default 1,000,000 messages).
+    Dr(dr::DrArgs),
 }
 
 pub fn run(cmd: BenchCommand, out: &Output) -> anyhow::Result<()> {
@@ -24,6 +28,7 @@ pub fn run(cmd: BenchCommand, out: &Output) -> anyhow::Result<()> {
         BenchCommand::Store(a) => store::run(a, out),
         BenchCommand::Chat(a) => chat::run(a, out),
         BenchCommand::Mirror(a) => mirror::run(a, out),
+        BenchCommand::Dr(a) => dr::run(a, out),
     }
 }
 

@@ -15,8 +15,8 @@
 //! panic and on Ctrl-C or SIGTERM (the nodes are in their own process groups, so the
 //! terminal's Ctrl-C reaches them only through this command).
 
-mod site_loss;
-mod workload;
+pub(crate) mod site_loss;
+pub(crate) mod workload;
 
 use crate::deployment::{Deployment, signal};
 use crate::output::{Output, count};
@@ -112,31 +112,41 @@ struct Report {
 
 /// Time since the demo began.
 #[derive(Clone, Copy)]
-struct Clock(Instant);
+pub(crate) struct Clock(pub(crate) Instant);
 
 impl Clock {
-    fn ms(&self) -> u64 {
+    pub(crate) fn ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64
     }
 
-    fn s(&self) -> f64 {
+    pub(crate) fn s(&self) -> f64 {
         self.0.elapsed().as_secs_f64()
     }
 }
 
-/// The stage lines: `[k/N]  12.3 s  what happened`.
-struct Stages {
+/// The stage lines: `[k/N]  12.3 s  what happened` (stdout for humans; stderr with `--json`).
+pub(crate) struct Stages {
     json: bool,
     clock: Clock,
     done: AtomicUsize,
+    total: usize,
 }
 
 impl Stages {
-    fn say(&self, what: &str) {
+    pub(crate) fn new(json: bool, clock: Clock, total: usize) -> Stages {
+        Stages {
+            json,
+            clock,
+            done: AtomicUsize::new(0),
+            total,
+        }
+    }
+
+    pub(crate) fn say(&self, what: &str) {
         let k = self.done.fetch_add(1, Ordering::SeqCst) + 1;
         let line = format!(
             "{:<7} {:>5.1} s  {what}",
-            format!("[{k}/{STAGES}]"),
+            format!("[{k}/{}]", self.total),
             self.clock.s()
         );
         if self.json {
@@ -147,7 +157,7 @@ impl Stages {
     }
 
     /// A line that is not a stage (Ctrl-C, the error path).
-    fn note(&self, what: &str) {
+    pub(crate) fn note(&self, what: &str) {
         let line = format!("{:<7} {:>5.1} s  {what}", "", self.clock.s());
         if self.json {
             eprintln!("{line}");
@@ -158,7 +168,7 @@ impl Stages {
 }
 
 /// Why the scenario ended early.
-enum Stop {
+pub(crate) enum Stop {
     Failed(anyhow::Error),
     Signal(&'static str),
 }
@@ -174,14 +184,22 @@ impl std::fmt::Display for Stop {
 
 /// Stops every node of the deployment (by its pid file) and reaps the children this process
 /// started: on the normal path, on an error, on Ctrl-C and when a panic unwinds.
-struct Cleanup<'a> {
+pub(crate) struct Cleanup<'a> {
     d: &'a Deployment,
     children: &'a Mutex<Vec<Child>>,
     done: bool,
 }
 
-impl Cleanup<'_> {
-    fn run(&mut self) {
+impl<'a> Cleanup<'a> {
+    pub(crate) fn new(d: &'a Deployment, children: &'a Mutex<Vec<Child>>) -> Cleanup<'a> {
+        Cleanup {
+            d,
+            children,
+            done: false,
+        }
+    }
+
+    pub(crate) fn run(&mut self) {
         if self.done {
             return;
         }
@@ -229,11 +247,7 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
             (Some(t), p)
         }
     };
-    let stages = Stages {
-        json: out.json,
-        clock,
-        done: AtomicUsize::new(0),
-    };
+    let stages = Stages::new(out.json, clock, STAGES);
     let written = init::write(&dir, None)?;
     let d = Deployment::load(&written.topology)?;
     stages.say(&format!(
@@ -242,11 +256,7 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
         written.base_port
     ));
     let children = Mutex::new(Vec::new());
-    let mut cleanup = Cleanup {
-        d: &d,
-        children: &children,
-        done: false,
-    };
+    let mut cleanup = Cleanup::new(&d, &children);
     let ended = rt.block_on(async {
         tokio::select! {
             r = scenario(&d, &children, &stages) => r.map_err(Stop::Failed),
@@ -553,7 +563,8 @@ async fn scenario(
             d,
             children,
             stages,
-            earlier: (ROOM, &log),
+            earlier: Some((ROOM, &log)),
+            kill: site_loss::KillAt::Now,
         },
         &client,
     )
@@ -586,11 +597,11 @@ async fn scenario(
     })
 }
 
-fn ms(n: u64) -> Duration {
+pub(crate) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn address(d: &Deployment, node: &str) -> String {
+pub(crate) fn address(d: &Deployment, node: &str) -> String {
     d.topology
         .node(node)
         .expect("in the topology")
@@ -600,7 +611,7 @@ fn address(d: &Deployment, node: &str) -> String {
 
 /// Awaits `probe` until it answers `Ok`, looking every `POLL_MS`; past `timeout_ms`, an error
 /// that names `what` and the last thing the probe saw.
-async fn until<T>(
+pub(crate) async fn until<T>(
     what: &str,
     timeout_ms: u64,
     mut probe: impl AsyncFnMut() -> Result<T, String>,
@@ -719,7 +730,7 @@ async fn writable_copy(
 }
 
 /// Reaps the child `pid` once it has exited; an error while it runs.
-fn reap(children: &Mutex<Vec<Child>>, pid: i32) -> Result<(), String> {
+pub(crate) fn reap(children: &Mutex<Vec<Child>>, pid: i32) -> Result<(), String> {
     let mut children = children.lock().expect("children");
     let Some(at) = children.iter().position(|c| c.id() as i32 == pid) else {
         // Not a child of this process: gone once no process has the pid.

@@ -29,7 +29,7 @@ use tandem_topology::DATABASE_MGC;
 
 /// Stages announced here: users and posting, kill, CMS failover, chat failover, posting in the
 /// backup site, restart, failback, check.
-pub(super) const STAGES: usize = 8;
+pub(crate) const STAGES: usize = 8;
 /// Users of the pool in the backup site (their user database survives the loss).
 const USERS: [&str; 4] = ["erin", "frank", "grace", "heidi"];
 const ROOM: &str = "sites";
@@ -44,119 +44,142 @@ const SETUP_TIMEOUT_MS: u64 = 20_000;
 const FIRST_POST_TIMEOUT_MS: u64 = 20_000;
 const SHIPPED_TIMEOUT_MS: u64 = 20_000;
 const CMS_FAILOVER_TIMEOUT_MS: u64 = 30_000;
-const CHAT_FAILOVER_TIMEOUT_MS: u64 = 60_000;
-const CHAT_FAILBACK_TIMEOUT_MS: u64 = 60_000;
+const CHAT_FAILOVER_TIMEOUT_MS: u64 = 120_000;
+const CHAT_FAILBACK_TIMEOUT_MS: u64 = 300_000;
 const COMMAND_TIMEOUT_MS: u64 = 10_000;
+/// The restarted site's copies may be reseeded from the backup site (a full copy).
+const REBUILT_TIMEOUT_MS: u64 = 300_000;
 
 /// What the stages need from the demo.
-pub(super) struct Context<'a> {
-    pub(super) d: &'a Deployment,
-    pub(super) children: &'a Mutex<Vec<Child>>,
-    pub(super) stages: &'a Stages,
+pub(crate) struct Context<'a> {
+    pub(crate) d: &'a Deployment,
+    pub(crate) children: &'a Mutex<Vec<Child>>,
+    pub(crate) stages: &'a Stages,
     /// The mirror stages' room and what was acknowledged in it: checked again at the end.
-    pub(super) earlier: (&'a str, &'a Log),
+    pub(crate) earlier: Option<(&'a str, &'a Log)>,
+    pub(crate) kill: KillAt,
+}
+
+/// When the site is killed, after the posting has warmed up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum KillAt {
+    /// At once: anywhere in the log backup interval (a typical loss).
+    Now,
+    /// Just before the primary's next log backup is due: the most that log shipping can lose
+    /// (a worst case, for the bench).
+    BeforeLogBackup,
 }
 
 #[derive(Serialize)]
-pub(super) struct Report {
+pub(crate) struct Report {
     /// The site lost, and its nodes as they were killed.
-    site: String,
-    killed: Vec<Killed>,
-    killed_at_s: f64,
-    pool: String,
-    room: String,
-    clients: usize,
+    pub(crate) site: String,
+    pub(crate) backup_site: String,
+    pub(crate) killed: Vec<Killed>,
+    /// When in the log backup interval the site was killed.
+    pub(crate) kill_at: KillAt,
+    pub(crate) killed_at_s: f64,
+    pub(crate) pool: String,
+    pub(crate) room: String,
+    pub(crate) clients: usize,
     /// Posts acknowledged through the primary site before its loss, through the backup site
     /// while failed over, and through the primary site again after the failback.
-    acknowledged_before: u64,
-    acknowledged_failed_over: u64,
-    acknowledged_after: u64,
-    failed_attempts: u64,
-    failures: BTreeMap<String, u64>,
+    pub(crate) acknowledged_before: u64,
+    pub(crate) acknowledged_failed_over: u64,
+    pub(crate) acknowledged_after: u64,
+    /// Posts acknowledged through the chat server of one site and committed by the primary
+    /// copy in the other around the failback: a chat server that had not heard yet that it was
+    /// no longer (or not yet) active served them (must be 0: DESIGN.md §6, invariant 5).
+    pub(crate) cross_site: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) failures: BTreeMap<String, u64>,
     /// Failed attempts the history holds anyway (committed, but the answer was lost).
-    failed_but_stored: u64,
-    rpo: Rpo,
-    rto: Rto,
+    pub(crate) failed_but_stored: u64,
+    pub(crate) rpo: Rpo,
+    pub(crate) rto: Rto,
     /// Acknowledged posts (of both rooms) missing from the final history, or there with another
     /// text, apart from the RPO loss; and those whose text is there more than once.
-    pub(super) lost: u64,
-    pub(super) duplicated: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
     /// Events of both rooms read back at the end.
-    history_events: u64,
+    pub(crate) history_events: u64,
     /// Where things stand at the end.
-    chat_state: String,
-    active_servers: Vec<String>,
-    primary_after: String,
-    epoch_after: u64,
+    pub(crate) chat_state: String,
+    pub(crate) active_servers: Vec<String>,
+    pub(crate) primary_after: String,
+    pub(crate) epoch_after: u64,
     /// The procedures' own JSON documents.
-    cms_failover: Value,
-    chat_failover: Value,
-    chat_failback: Value,
+    pub(crate) cms_failover: Value,
+    pub(crate) chat_failover: Value,
+    pub(crate) chat_failback: Value,
 }
 
 impl Report {
     /// Whether the run lost or doubled an acknowledged post beyond the RPO it reported.
-    pub(super) fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.lost > 0
             || self.duplicated > 0
             || self.rpo.lost_in_backup_site > 0
             || self.rpo.missing_found > 0
+            || self.cross_site > 0
     }
 }
 
 #[derive(Serialize)]
-struct Killed {
+pub(crate) struct Killed {
     node: String,
     pid: i32,
 }
 
 /// The data loss of the site failover.
 #[derive(Serialize)]
-struct Rpo {
+pub(crate) struct Rpo {
     /// The last LSN the failover recovered (`data_loss.last_lsn`) and its commit time.
-    last_lsn: u64,
-    last_write: String,
+    pub(crate) last_lsn: u64,
+    pub(crate) last_write: String,
     /// Posts acknowledged in the lost site with an LSN up to `last_lsn`, read back in the
     /// backup site right after the failover; those not there (must be 0).
-    present_in_backup_site: u64,
-    lost_in_backup_site: u64,
+    pub(crate) present_in_backup_site: u64,
+    pub(crate) lost_in_backup_site: u64,
     /// Posts acknowledged in the lost site past `last_lsn`: the loss.
-    missing: u64,
+    pub(crate) missing: u64,
     /// Of those, any the history holds after all (must be 0: the LSN reported would be wrong).
-    missing_found: u64,
+    pub(crate) missing_found: u64,
     /// When the first and the last of them were acknowledged (since the demo began), the time
     /// between, and from the first to the kill.
-    missing_first_ack_s: Option<f64>,
-    missing_last_ack_s: Option<f64>,
-    missing_span_ms: u64,
-    missing_to_kill_ms: u64,
+    pub(crate) missing_first_ack_s: Option<f64>,
+    pub(crate) missing_last_ack_s: Option<f64>,
+    pub(crate) missing_span_ms: u64,
+    pub(crate) missing_to_kill_ms: u64,
 }
 
 /// The time each procedure took to give users their service back.
 #[derive(Serialize)]
-struct Rto {
+pub(crate) struct Rto {
     /// From the start of `tandem cms failover --force` to the first post accepted in the
     /// backup site (the CMS failover, then the chat failover).
-    cms_failover_ms: u64,
+    pub(crate) cms_failover_ms: u64,
     /// From the start of `tandem chat failover` to the first post accepted in the backup site.
-    chat_failover_ms: u64,
+    pub(crate) chat_failover_ms: u64,
     /// From the start of `tandem chat failback` to the first post accepted in the primary site.
-    chat_failback_ms: u64,
+    pub(crate) chat_failback_ms: u64,
     /// The commands alone, start to exit.
-    cms_failover_command_ms: u64,
-    chat_failover_command_ms: u64,
-    chat_failback_command_ms: u64,
+    pub(crate) cms_failover_command_ms: u64,
+    pub(crate) chat_failover_command_ms: u64,
+    pub(crate) chat_failback_command_ms: u64,
     /// From the kill to the first post accepted in the backup site (the operator's commands
     /// follow one another at once here).
-    outage_ms: u64,
+    pub(crate) outage_ms: u64,
 }
 
-pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow::Result<Report> {
+pub(crate) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow::Result<Report> {
     let Context {
         d,
         children,
         stages,
         earlier,
+        kill,
     } = c;
     let clock = stages.clock;
     let t = &d.topology;
@@ -254,7 +277,9 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
     tokio::time::sleep(ms(WARMUP_MS).saturating_sub(warm_from.elapsed())).await;
     // Every post of the earlier room is on the secondary before the site is lost (so the RPO
     // figures are this room's alone).
-    let earlier_lsn = earlier.1.acks.iter().map(|a| a.lsn).max().unwrap_or(0);
+    let earlier_lsn = earlier
+        .and_then(|(_, log)| log.acks.iter().map(|a| a.lsn).max())
+        .unwrap_or(0);
     let backup_addr = super::address(d, &backup);
     let shipped = until(
         &format!("{DATABASE_MGC} restored on {backup} up to LSN {earlier_lsn}"),
@@ -278,6 +303,10 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         count(workload.progress.acked.load(Ordering::SeqCst) as f64),
         count(shipped as f64)
     ));
+
+    if kill == KillAt::BeforeLogBackup {
+        before_log_backup(d).await?;
+    }
 
     // The loss of the site: SIGKILL of each of its nodes, as close together as can be.
     let pids: Vec<(String, i32)> = site_nodes
@@ -331,7 +360,6 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         cms["lost"]["standby_last_write"].as_str().unwrap_or("?")
     ));
     let chat_from = clock.ms();
-    workload.progress.mark(chat_from);
     let failover = tandem(d, &["chat", "failover"], CHAT_FAILOVER_TIMEOUT_MS).await?;
     let failover_command_ms = clock.ms() - chat_from;
     let last_lsn = failover["data_loss"]["last_lsn"]
@@ -341,7 +369,9 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .as_str()
         .unwrap_or("-")
         .to_string();
-    let first_away_ms = first_post(&workload, away_at, &away).await?;
+    // The first post accepted in the backup site: sent through its chat server after the
+    // command started, committed past the recovered LSN (by the recovered copy).
+    let first_away_ms = first_committed(&workload, away_at, chat_from, last_lsn, &away).await?;
     stages.say(&format!(
         "tandem chat failover: {backup} primary in {:.1} s, recovered up to LSN {} (last write \
          {last_write}); first post accepted through {away} {:.1} s after its start",
@@ -362,8 +392,7 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .collect();
     let (kept, missing): (Vec<&Ack>, Vec<&Ack>) = before.iter().partition(|a| a.lsn <= last_lsn);
     let lost_in_backup_site = check(kept.iter().copied(), &[], &in_backup).lost;
-    let earlier_in_backup = read(&reader[away_at], earlier.0).await?;
-    let earlier_lost = check(&earlier.1.acks, &[], &earlier_in_backup).lost;
+    let earlier_lost = check_again(&reader[away_at], earlier).await?.lost;
     let span = Span::of(&missing, killed_ms);
     let found = match lost_in_backup_site {
         0 => format!("every one of the {} posts", count(kept.len() as f64)),
@@ -379,9 +408,10 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
          before the loss",
         count(workload.progress.acked_by(away_at) as f64),
         count(last_lsn as f64),
-        match earlier_lost {
-            0 => format!(", and every post of room {}", earlier.0),
-            n => format!(", but {n} posts of room {} are missing", earlier.0),
+        match (earlier, earlier_lost) {
+            (None, _) => String::new(),
+            (Some((room, _)), 0) => format!(", and every post of room {room}"),
+            (Some((room, _)), n) => format!(", but {n} posts of room {room} are missing"),
         },
         count(missing.len() as f64),
         span.to_kill_ms as f64 / 1000.0
@@ -396,32 +426,110 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .expect("children")
         .extend(restarted.into_iter().map(|(_, c)| c));
     ready?;
+    let ready_ms = clock.ms() - restart_from;
+    // The site is rebuilt once it knows what happened meanwhile. Its old primary copies step
+    // down (they see the newer epoch in the backup site) and follow the new primary as
+    // standbys, reseeded when they diverged; a restarted chat server starts from its own
+    // snapshot of the CMS, taken before the loss (the pool normal, itself active), until it
+    // hears from the CMS master in the backup site (its epoch).
+    let cms_epoch = cms["epoch"]
+        .as_u64()
+        .with_context(|| format!("`tandem cms failover` reported no epoch: {cms}"))?;
+    let restarted_servers: Vec<(String, String)> = site_nodes
+        .iter()
+        .filter(|n| chat.servers.contains(n))
+        .map(|n| (n.clone(), super::address(d, n)))
+        .collect();
+    let restarted_copies: Vec<(String, String)> = site_nodes
+        .iter()
+        .filter(|n| t.databases_on(n).iter().any(|p| p.database == DATABASE_MGC))
+        .map(|n| (n.clone(), super::address(d, n)))
+        .collect();
+    until(
+        "the restarted site following the backup site's primaries",
+        REBUILT_TIMEOUT_MS,
+        async || {
+            let new = client
+                .copy_role(&backup_addr, DATABASE_MGC, ms(super::STATUS_TIMEOUT_MS))
+                .await
+                .map_err(|e| format!("{backup}: {e}"))?;
+            for (n, addr) in &restarted_copies {
+                // Mirrors wait for their partner; a standby (an old primary) has caught up with
+                // the new primary's history.
+                match client
+                    .copy_role(addr, DATABASE_MGC, ms(super::STATUS_TIMEOUT_MS))
+                    .await
+                {
+                    Ok(r) if r.role == "mirror" && !r.writable => {}
+                    Ok(r) if r.role == "standby" && r.epoch == new.epoch => {}
+                    Ok(r) => {
+                        return Err(format!(
+                            "{n}: {DATABASE_MGC} {} of epoch {} (the new primary's: {})",
+                            r.role, r.epoch, new.epoch
+                        ));
+                    }
+                    Err(e) => return Err(format!("{n}: {e}")),
+                }
+            }
+            for (n, addr) in &restarted_servers {
+                let s = client
+                    .status(addr, ms(super::STATUS_TIMEOUT_MS))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match s.cms {
+                    Some(c) if c.source == "live" && c.epoch == cms_epoch => {}
+                    Some(c) => {
+                        return Err(format!(
+                            "{n} follows a {} CMS snapshot of epoch {}",
+                            c.source, c.epoch
+                        ));
+                    }
+                    None => return Err(format!("{n} has no CMS snapshot")),
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
     stages.say(&format!(
-        "restarted {} (tandem up --nodes {}): ready in {:.1} s",
+        "restarted {} (tandem up --nodes {}): ready in {:.1} s, following the backup site's primaries {:.1} s after the restart",
         site_nodes.join(", "),
         site_nodes.join(","),
+        ready_ms as f64 / 1000.0,
         (clock.ms() - restart_from) as f64 / 1000.0
     ));
 
     // The failback.
     let back_from = clock.ms();
-    workload.progress.mark(back_from);
     let failback = tandem(d, &["chat", "failback"], CHAT_FAILBACK_TIMEOUT_MS).await?;
     let failback_command_ms = clock.ms() - back_from;
-    let first_home_ms = first_post(&workload, home_at, &home).await?;
+    // The first post accepted in the primary site again: sent through its chat server after
+    // the command started, committed past the full backup the primary was restored from.
+    let restored_lsn = backup_lsn(&failback)?;
+    let first_home_ms = first_committed(&workload, home_at, back_from, restored_lsn, &home).await?;
+    let cross = cross_site(
+        &workload.progress.acks(),
+        (home_at, away_at),
+        restart_from,
+        restored_lsn,
+    );
     stages.say(&format!(
         "tandem chat failback: {} primary again in {:.1} s; first post accepted through {home} \
-         {:.1} s after its start",
+         {:.1} s after its start{}",
         chat.primary,
         failback_command_ms as f64 / 1000.0,
-        (first_home_ms - back_from) as f64 / 1000.0
+        (first_home_ms - back_from) as f64 / 1000.0,
+        match cross {
+            0 => String::new(),
+            n => format!(" ({n} posts committed in the other site than their chat server's)"),
+        }
     ));
 
     // The check, in the primary site again.
     tokio::time::sleep(ms(AFTER_FAILBACK_MS)).await;
     let log = workload.stop().await?;
     let history = read(&reader[home_at], ROOM).await?;
-    let earlier_history = read(&reader[home_at], earlier.0).await?;
+    let earlier_checked = check_again(&reader[home_at], earlier).await?;
     let state = tandem(d, &["chat", "state", "show"], COMMAND_TIMEOUT_MS).await?;
     let (primary_after, epoch_after) = super::writable_copy(d, client)
         .await
@@ -431,7 +539,6 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .iter()
         .filter(|a| a.server != home_at || a.lsn <= last_lsn || a.acked_ms >= restart_from);
     let mut checked = check(expected, &log.failures, &history);
-    let earlier_checked = check(&earlier.1.acks, &[], &earlier_history);
     checked.lost += earlier_checked.lost;
     checked.duplicated += earlier_checked.duplicated;
     let present = texts(&history);
@@ -452,10 +559,12 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .filter(|a| a.server == home_at && a.acked_ms >= restart_from)
         .count() as u64;
     stages.say(&format!(
-        "posting stopped; history read back (rooms {ROOM} and {}, {} events): {}; chat pool \
+        "posting stopped; history read back (room {ROOM}{}, {} events): {}; chat pool \
          {chat_state}, active {}, {DATABASE_MGC} primary {primary_after} (epoch {epoch_after})",
-        earlier.0,
-        count((history.events + earlier_history.events) as f64),
+        earlier
+            .map(|(room, _)| format!(" and room {room}"))
+            .unwrap_or_default(),
+        count((history.events + earlier_checked.events) as f64),
         if checked.lost == 0 && checked.duplicated == 0 && missing_found == 0 {
             format!(
                 "every post acknowledged before, during and after there once, but the {} the \
@@ -475,6 +584,8 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         *failures.entry(f.reason.clone()).or_insert(0) += 1;
     }
     Ok(Report {
+        kill_at: kill,
+        backup_site,
         site,
         killed,
         killed_at_s: killed_ms as f64 / 1000.0,
@@ -484,6 +595,7 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         acknowledged_before: before.len() as u64,
         acknowledged_failed_over: log.acks.iter().filter(|a| a.server == away_at).count() as u64,
         acknowledged_after,
+        cross_site: cross,
         failed_attempts: log.failures.len() as u64,
         failures,
         failed_but_stored: checked.failed_but_stored,
@@ -510,7 +622,7 @@ pub(super) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         },
         lost: checked.lost,
         duplicated: checked.duplicated,
-        history_events: history.events + earlier_history.events,
+        history_events: history.events + earlier_checked.events,
         chat_state,
         active_servers: active,
         primary_after,
@@ -546,13 +658,63 @@ impl Span {
     }
 }
 
-/// Awaits the first post acknowledged through `server` since the workload's last mark.
-async fn first_post(workload: &Workload, server: usize, name: &str) -> anyhow::Result<u64> {
+/// How long before a log backup is due the site is killed (`KillAt::BeforeLogBackup`).
+const KILL_BEFORE_BACKUP_MS: u64 = 30;
+/// How long a round of the backup job may take to show on the share.
+const BACKUP_ROUND_TIMEOUT_MS: u64 = 10_000;
+
+/// Returns just before the primary's next log backup is due: the backup job rounds every
+/// `backup_interval_ms` (from its configuration on the share) after the end of the last one,
+/// whose time its progress file on the share holds.
+async fn before_log_backup(d: &Deployment) -> anyhow::Result<()> {
+    use tandem_node::log_shipping::{CONFIG_FILE, Config, PRIMARY_FILE, PrimaryProgress};
+    let share = d.topology.share.join(DATABASE_MGC);
+    let read = |file: &str| std::fs::read(share.join(file)).map_err(|e| e.to_string());
+    let config: Config = read(CONFIG_FILE)
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| anyhow!("{}: {e}", share.join(CONFIG_FILE).display()))?;
+    let ran = || -> Result<i64, String> {
+        let p: PrimaryProgress =
+            serde_json::from_slice(&read(PRIMARY_FILE)?).map_err(|e| e.to_string())?;
+        p.backup
+            .ran_ms
+            .ok_or_else(|| "the backup job has not run".into())
+    };
+    let last = ran().map_err(|e| anyhow!("{}: {e}", share.join(PRIMARY_FILE).display()))?;
+    // The next round's end: a fresh time to count from.
+    let ran_ms = until(
+        "a round of the log backup job",
+        BACKUP_ROUND_TIMEOUT_MS,
+        async || match ran() {
+            Ok(t) if t > last => Ok(t),
+            Ok(_) => Err("no new round".into()),
+            Err(e) => Err(e),
+        },
+    )
+    .await?;
+    let due_ms = ran_ms + config.backup_interval_ms as i64 - KILL_BEFORE_BACKUP_MS as i64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_millis() as i64)
+        .unwrap_or(0);
+    tokio::time::sleep(ms(due_ms.saturating_sub(now_ms).max(0) as u64)).await;
+    Ok(())
+}
+
+/// Awaits the first post sent through `server` at or after `from_ms` that committed past
+/// `lsn`: when it was acknowledged.
+async fn first_committed(
+    workload: &Workload,
+    server: usize,
+    from_ms: u64,
+    lsn: u64,
+    name: &str,
+) -> anyhow::Result<u64> {
     until(
-        &format!("a post accepted through {name}"),
+        &format!("a post accepted through {name} (past LSN {lsn})"),
         FIRST_POST_TIMEOUT_MS,
         async || {
-            workload.progress.first_after(server).ok_or_else(|| {
+            first_past(&workload.progress.acks(), server, from_ms, lsn).ok_or_else(|| {
                 format!(
                     "{} attempts failed so far",
                     workload.progress.failed.load(Ordering::SeqCst)
@@ -561,6 +723,63 @@ async fn first_post(workload: &Workload, server: usize, name: &str) -> anyhow::R
         },
     )
     .await
+}
+
+/// When the first post sent through `server` at or after `from_ms` with an LSN past `lsn` was
+/// acknowledged.
+fn first_past(acks: &[Ack], server: usize, from_ms: u64, lsn: u64) -> Option<u64> {
+    acks.iter()
+        .filter(|a| a.server == server && a.sent_ms >= from_ms && a.lsn > lsn)
+        .map(|a| a.acked_ms)
+        .min()
+}
+
+/// Posts acknowledged through the chat server of one site but committed by the primary copy
+/// in the other, around the failback (a server that did not know yet that it was no longer,
+/// or not yet, active): through the backup site's server past the restored LSN, or through the
+/// restarted primary site's server up to it.
+fn cross_site(acks: &[Ack], (home, away): (usize, usize), restart_ms: u64, lsn: u64) -> u64 {
+    acks.iter()
+        .filter(|a| {
+            (a.server == away && a.lsn > lsn)
+                || (a.server == home && a.sent_ms >= restart_ms && a.lsn <= lsn)
+        })
+        .count() as u64
+}
+
+/// The LSN of the full backup a failback restored (its backup step's report).
+fn backup_lsn(failback: &Value) -> anyhow::Result<u64> {
+    failback["run"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| !s["report"]["backup"].is_null())
+        .and_then(|s| s["report"]["lsn"].as_u64())
+        .with_context(|| format!("`tandem chat failback` reported no backup LSN: {failback}"))
+}
+
+/// An earlier room's posts checked against its history, read through `api`.
+struct Again {
+    lost: u64,
+    duplicated: u64,
+    events: u64,
+}
+
+async fn check_again(api: &UserApi, earlier: Option<(&str, &Log)>) -> anyhow::Result<Again> {
+    let Some((room, log)) = earlier else {
+        return Ok(Again {
+            lost: 0,
+            duplicated: 0,
+            events: 0,
+        });
+    };
+    let history = read(api, room).await?;
+    let c = check(&log.acks, &[], &history);
+    Ok(Again {
+        lost: c.lost,
+        duplicated: c.duplicated,
+        events: history.events,
+    })
 }
 
 async fn read(api: &UserApi, room: &str) -> anyhow::Result<History> {
@@ -612,7 +831,7 @@ async fn tandem(d: &Deployment, args: &[&str], timeout_ms: u64) -> anyhow::Resul
 }
 
 /// The report's lines for humans.
-pub(super) fn human(r: &Report) -> String {
+pub(crate) fn human(r: &Report) -> String {
     let names: Vec<&str> = r.killed.iter().map(|k| k.node.as_str()).collect();
     let mut s = format!(
         "\nsite {} lost — {} killed under load ({} clients of {} posting)\n\n",
@@ -674,6 +893,13 @@ pub(super) fn human(r: &Report) -> String {
             format!(" ({} duplicated)", r.duplicated)
         }
     ));
+    if r.cross_site > 0 {
+        s.push_str(&format!(
+            "  cross-site posts     {} acknowledged through a chat server of one site, committed \
+             in the other (a server that did not know it was no longer active)\n",
+            r.cross_site
+        ));
+    }
     let failures: Vec<String> = r
         .failures
         .iter()
@@ -709,6 +935,7 @@ mod tests {
             lsn,
             text: format!("s0-{lsn}"),
             server: 0,
+            sent_ms: acked_ms,
             acked_ms,
         }
     }
@@ -734,5 +961,39 @@ mod tests {
                 to_kill_ms: 0
             }
         );
+    }
+
+    #[test]
+    fn the_first_post_counted_is_the_first_sent_after_the_start_and_committed_past_the_lsn() {
+        let mut acks = vec![ack(10, 900), ack(11, 1_100), ack(13, 1_300), ack(12, 1_250)];
+        // 11 committed before (LSN ≤ 11); 12 and 13 after: the earliest acknowledgment wins.
+        assert_eq!(first_past(&acks, 0, 1_000, 11), Some(1_250));
+        acks[3].sent_ms = 500;
+        assert_eq!(first_past(&acks, 0, 1_000, 11), Some(1_300));
+        assert_eq!(first_past(&acks, 0, 1_000, 13), None);
+        // Through another server: not counted.
+        acks[2].server = 1;
+        assert_eq!(first_past(&acks, 0, 1_000, 11), None);
+        assert_eq!(first_past(&acks, 1, 1_000, 11), Some(1_300));
+    }
+
+    #[test]
+    fn a_post_committed_in_the_other_site_than_its_server_is_counted() {
+        let mut acks = vec![ack(5, 100), ack(20, 3_000), ack(21, 3_100), ack(8, 2_100)];
+        // Restart at 2,000 ms, restored at LSN 10: 20 (through the backup site's server, 1)
+        // and 8 (through the restarted server, 0) crossed; 5 (before the restart) and 21
+        // (through the restarted server, past it) did not.
+        acks[1].server = 1;
+        assert_eq!(cross_site(&acks, (0, 1), 2_000, 10), 2);
+    }
+
+    #[test]
+    fn the_restored_lsn_is_the_backup_steps() {
+        let failback = json!({ "run": { "steps": [
+            { "step": 1, "report": { "active": [] } },
+            { "step": 3, "report": { "backup": { "file": "x.tfb" }, "lsn": 4_321 } },
+        ] } });
+        assert_eq!(backup_lsn(&failback).unwrap(), 4_321);
+        assert!(backup_lsn(&json!({ "run": { "steps": [] } })).is_err());
     }
 }

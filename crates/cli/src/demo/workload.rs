@@ -19,7 +19,7 @@ use tandem_node::{ClientError, Method, UserApi};
 /// that measures the gaps, without saturating the machine the nodes share.
 const POST_INTERVAL_MS: u64 = 10;
 /// A client's pause after a post that was not acknowledged.
-pub(super) const RETRY_PAUSE_MS: u64 = 50;
+pub(crate) const RETRY_PAUSE_MS: u64 = 50;
 /// Posts one client sends at most.
 const POSTS_PER_CLIENT_MAX: u64 = 200_000;
 /// How long stopping the clients may take (each finishes the post it is sending).
@@ -31,33 +31,35 @@ const HISTORY_PAGES_MAX: u64 = 100_000;
 
 /// One acknowledged post.
 #[derive(Clone, Debug)]
-pub(super) struct Ack {
-    pub(super) id: i64,
+pub(crate) struct Ack {
+    pub(crate) id: i64,
     /// The LSN its transaction committed at (the 201 answer says it).
-    pub(super) lsn: u64,
-    pub(super) text: String,
+    pub(crate) lsn: u64,
+    pub(crate) text: String,
     /// Index of the chat server that acknowledged it, in the workload's server list.
-    pub(super) server: usize,
-    pub(super) acked_ms: u64,
+    pub(crate) server: usize,
+    /// When it was sent and acknowledged (ms since the demo began).
+    pub(crate) sent_ms: u64,
+    pub(crate) acked_ms: u64,
 }
 
 /// One attempt that was not acknowledged.
 #[derive(Clone, Debug)]
-pub(super) struct Failure {
-    pub(super) text: String,
-    pub(super) reason: String,
+pub(crate) struct Failure {
+    pub(crate) text: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Default)]
-pub(super) struct Log {
-    pub(super) acks: Vec<Ack>,
-    pub(super) failures: Vec<Failure>,
+pub(crate) struct Log {
+    pub(crate) acks: Vec<Ack>,
+    pub(crate) failures: Vec<Failure>,
 }
 
 /// What the clients share with the stages.
-pub(super) struct Progress {
-    pub(super) acked: AtomicU64,
-    pub(super) failed: AtomicU64,
+pub(crate) struct Progress {
+    pub(crate) acked: AtomicU64,
+    pub(crate) failed: AtomicU64,
     /// Posts acknowledged through each server.
     acked_by: Vec<AtomicU64>,
     /// Set by `mark`: a post sent at or after this time (ms) counts for `first_after_ms`.
@@ -72,7 +74,7 @@ pub(super) struct Progress {
 
 impl Progress {
     /// From now on (`now_ms`), the first post acknowledged through each server is recorded.
-    pub(super) fn mark(&self, now_ms: u64) {
+    pub(crate) fn mark(&self, now_ms: u64) {
         self.boundary_ms.store(u64::MAX, Ordering::SeqCst);
         for f in &self.first_after_ms {
             f.store(u64::MAX, Ordering::SeqCst);
@@ -81,25 +83,25 @@ impl Progress {
     }
 
     /// When the first post sent after the last `mark` was acknowledged through `server`.
-    pub(super) fn first_after(&self, server: usize) -> Option<u64> {
+    pub(crate) fn first_after(&self, server: usize) -> Option<u64> {
         match self.first_after_ms[server].load(Ordering::SeqCst) {
             u64::MAX => None,
             t => Some(t),
         }
     }
 
-    pub(super) fn acked_by(&self, server: usize) -> u64 {
+    pub(crate) fn acked_by(&self, server: usize) -> u64 {
         self.acked_by[server].load(Ordering::SeqCst)
     }
 
     /// The posts acknowledged so far.
-    pub(super) fn acks(&self) -> Vec<Ack> {
+    pub(crate) fn acks(&self) -> Vec<Ack> {
         self.log.lock().expect("log").acks.clone()
     }
 }
 
-pub(super) struct Workload {
-    pub(super) progress: Arc<Progress>,
+pub(crate) struct Workload {
+    pub(crate) progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -107,7 +109,7 @@ pub(super) struct Workload {
 impl Workload {
     /// One task per entry of `clients`, client k posting "{prefix}k-1", "{prefix}k-2", … into
     /// `room`; each entry holds the client's API at every server (the same order for all).
-    pub(super) fn start(
+    pub(crate) fn start(
         room: &str,
         prefix: &str,
         clients: Vec<Vec<UserApi>>,
@@ -146,7 +148,7 @@ impl Workload {
     }
 
     /// Stops the clients (each finishes the post it is sending); what they recorded.
-    pub(super) async fn stop(self) -> anyhow::Result<Log> {
+    pub(crate) async fn stop(self) -> anyhow::Result<Log> {
         self.stop.store(true, Ordering::SeqCst);
         let joined = tokio::time::timeout(
             ms(WORKLOAD_STOP_TIMEOUT_MS),
@@ -203,6 +205,7 @@ async fn post_loop(
                     lsn,
                     text,
                     server: at,
+                    sent_ms,
                     acked_ms,
                 });
                 tokio::time::sleep(ms(POST_INTERVAL_MS).saturating_sub(began.elapsed())).await;
@@ -234,13 +237,13 @@ fn reason(e: &ClientError) -> String {
 }
 
 /// A room's events, read back in pages from the first.
-pub(super) struct History {
-    pub(super) events: u64,
+pub(crate) struct History {
+    pub(crate) events: u64,
     /// Message id → text.
-    pub(super) messages: HashMap<i64, String>,
+    pub(crate) messages: HashMap<i64, String>,
 }
 
-pub(super) async fn read_history(api: &UserApi, room: &str) -> anyhow::Result<History> {
+pub(crate) async fn read_history(api: &UserApi, room: &str) -> anyhow::Result<History> {
     let limit = tandem_chat::HISTORY_LIMIT_MAX;
     let mut history = History {
         events: 0,
@@ -284,15 +287,15 @@ pub(super) async fn read_history(api: &UserApi, room: &str) -> anyhow::Result<Hi
 }
 
 #[derive(Debug, PartialEq)]
-pub(super) struct Check {
-    pub(super) lost: u64,
-    pub(super) duplicated: u64,
-    pub(super) failed_but_stored: u64,
+pub(crate) struct Check {
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) failed_but_stored: u64,
 }
 
 /// Every post of `acks` must be in the history under its id with its text, and its text there
 /// once; failed attempts may be there or not (their answer was lost, not their commit).
-pub(super) fn check<'a>(
+pub(crate) fn check<'a>(
     acks: impl IntoIterator<Item = &'a Ack>,
     failures: &[Failure],
     history: &History,
@@ -319,7 +322,7 @@ pub(super) fn check<'a>(
 }
 
 /// How many times each text is in the history.
-pub(super) fn texts(history: &History) -> HashMap<&str, u32> {
+pub(crate) fn texts(history: &History) -> HashMap<&str, u32> {
     let mut texts: HashMap<&str, u32> = HashMap::new();
     for t in history.messages.values() {
         *texts.entry(t.as_str()).or_insert(0) += 1;
@@ -328,7 +331,7 @@ pub(super) fn texts(history: &History) -> HashMap<&str, u32> {
 }
 
 /// The longest time between two consecutive acknowledgments, and when it began (ms).
-pub(super) fn longest_gap(acks: &[Ack]) -> (u64, u64) {
+pub(crate) fn longest_gap(acks: &[Ack]) -> (u64, u64) {
     let mut times: Vec<u64> = acks.iter().map(|a| a.acked_ms).collect();
     times.sort_unstable();
     times
@@ -348,6 +351,7 @@ mod tests {
             lsn: id as u64,
             text: text.into(),
             server: 0,
+            sent_ms: acked_ms,
             acked_ms,
         }
     }
