@@ -55,7 +55,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Every node, database copy, the CMS and the pool states.
     Status,
-    /// Kill the chat database's primary under load and show that no acknowledged post is lost.
+    /// Kill the chat database's primary under load, then its whole site: failover, failback,
+    /// every acknowledged post checked, RPO and RTO reported.
     Demo(demo::DemoArgs),
     /// Users: add (prints a token), list, remove.
     #[command(subcommand)]

@@ -98,6 +98,8 @@ fn the_demo_loses_no_acknowledged_post_and_leaves_no_node() {
     assert_eq!(s["killed"].as_array().unwrap().len(), 3, "{s:#}");
     assert_eq!(s["lost"], 0, "{s:#}");
     assert_eq!(s["duplicated"], 0, "{s:#}");
+    assert_eq!(s["cross_site"], 0, "{s:#}");
+    assert_eq!(s["kill_at"], "now", "{s:#}");
     for phase in [
         "acknowledged_before",
         "acknowledged_failed_over",

@@ -847,42 +847,44 @@ pub(crate) fn human(r: &Report) -> String {
         count(r.acknowledged_after as f64)
     ));
     let p = &r.rpo;
+    let pad = " ".repeat(23);
+    let new_primary = r.chat_failover["new_primary"]
+        .as_str()
+        .unwrap_or("the backup site");
     s.push_str(&format!(
-        "  RPO                  {} acknowledged posts lost (LSN > {}, last write recovered {}), \
-         acknowledged over {:.2} s ({:.2} s before the kill to the kill); every post up to LSN {} \
-         was in {}'s history after the failover{}\n",
+        "  RPO                  {} acknowledged posts lost: those past LSN {}, the last the \
+         failover recovered\n{pad}(written {}), acknowledged over {:.2} s up to the kill\n{pad}{}\n",
         count(p.missing as f64),
         count(p.last_lsn as f64),
         p.last_write,
-        p.missing_span_ms as f64 / 1000.0,
         p.missing_to_kill_ms as f64 / 1000.0,
-        count(p.last_lsn as f64),
-        r.chat_failover["new_primary"]
-            .as_str()
-            .unwrap_or("the backup site"),
         if p.lost_in_backup_site > 0 || p.missing_found > 0 {
             format!(
-                " — except {} (and {} past it were found)",
+                "{} posts up to that LSN missing in {new_primary}'s history after the failover, \
+                 {} past it found",
                 p.lost_in_backup_site, p.missing_found
             )
         } else {
-            String::new()
+            format!("every post up to that LSN was in {new_primary}'s history after the failover")
         }
     ));
     let t = &r.rto;
-    let sec = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
+    let sec = |ms: u64| format!("{:>5.2} s", ms as f64 / 1000.0);
     s.push_str(&format!(
-        "  RTO                  cms failover {} and chat failover {} to the first post accepted \
-         in the backup site (the commands: {}, {}); chat failback {} to the first post accepted \
-         in {} again (the command: {}); {} from the kill to the first post in the backup site\n",
+        "  RTO                  cms failover  {}  from the start of each command to the first \
+         post accepted in {}\n{pad}chat failover {}\n{pad}chat failback {}  from its start to \
+         the first post accepted in {} again\n{pad}(the commands alone: {}, {}, {}; from the kill \
+         to the first post in {}: {})\n",
         sec(t.cms_failover_ms),
+        r.backup_site,
         sec(t.chat_failover_ms),
-        sec(t.cms_failover_command_ms),
-        sec(t.chat_failover_command_ms),
         sec(t.chat_failback_ms),
         r.site,
-        sec(t.chat_failback_command_ms),
-        sec(t.outage_ms)
+        sec(t.cms_failover_command_ms).trim(),
+        sec(t.chat_failover_command_ms).trim(),
+        sec(t.chat_failback_command_ms).trim(),
+        r.backup_site,
+        sec(t.outage_ms).trim()
     ));
     s.push_str(&format!(
         "  posts lost           {} beyond the RPO{}\n",

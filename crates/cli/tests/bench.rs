@@ -1,0 +1,85 @@
+//! `tandem bench dr` through the binary, on a small `mgc`: it runs end to end and reports every
+//! figure (no time is asserted: the figures go to README), and leaves no process behind.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn bench_dr_reports_every_figure_and_loses_nothing_beyond_the_rpo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dr");
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "bench",
+            "dr",
+            "--messages",
+            "2000",
+            "--json",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tandem bench dr failed: {stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(r["messages"], 2000, "{r:#}");
+    assert!(r["mgc_bytes"].as_u64().unwrap() > 0, "{r:#}");
+    for (target, ms) in [("rpo", 2_000), ("failover", 10_000), ("failback", 60_000)] {
+        assert_eq!(r[target]["target_ms"], ms, "{target}: {r:#}");
+        assert!(
+            r[target]["measured_ms"].as_u64().is_some(),
+            "{target}: {r:#}"
+        );
+        assert!(r[target]["met"].is_boolean(), "{target}: {r:#}");
+    }
+    let s = &r["site_loss"];
+    assert_eq!(
+        r["rpo"]["measured_ms"], s["rpo"]["missing_span_ms"],
+        "{r:#}"
+    );
+    assert_eq!(
+        r["failover"]["measured_ms"], s["rto"]["chat_failover_ms"],
+        "{r:#}"
+    );
+    assert_eq!(
+        r["failback"]["measured_ms"], s["rto"]["chat_failback_ms"],
+        "{r:#}"
+    );
+    assert_eq!(s["kill_at"], "before_log_backup", "{r:#}");
+    assert_eq!(r["failover_steps"].as_array().unwrap().len(), 7, "{r:#}");
+    assert_eq!(r["failback_steps"].as_array().unwrap().len(), 7, "{r:#}");
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["duplicated"], 0, "{r:#}");
+    assert_eq!(s["cross_site"], 0, "{r:#}");
+    assert_eq!(s["chat_state"], "normal", "{r:#}");
+    // Every node stopped: no pid file left, none of the nodes' processes alive.
+    assert!(
+        std::fs::read_dir(dir.join("run")).unwrap().next().is_none(),
+        "a pid file left"
+    );
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let d = dir.to_str().unwrap().as_bytes();
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && cmdline.windows(d.len()).any(|w| w == d) {
+            left.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    assert!(left.is_empty(), "{left:?}");
+}
