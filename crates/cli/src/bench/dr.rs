@@ -119,18 +119,8 @@ fn steps(procedure: &Value) -> Vec<StepTime> {
 
 pub fn run(a: DrArgs, out: &Output) -> anyhow::Result<()> {
     let clock = Clock(Instant::now());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let (mut interrupt, mut terminate) = {
-        let _in_runtime = rt.enter();
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        )
-    };
+    // From here on, Ctrl-C and SIGTERM are this command's to handle: it stops the nodes first.
+    let (rt, mut interrupt, mut terminate) = crate::demo::runtime_with_signals()?;
     let (tmp, dir) = match &a.dir {
         Some(d) => (None, d.clone()),
         None => {

@@ -224,21 +224,31 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
-    let clock = Clock(Instant::now());
+/// The runtime of a command that runs a deployment, and its Ctrl-C and SIGTERM streams.
+pub(crate) fn runtime_with_signals() -> anyhow::Result<(
+    tokio::runtime::Runtime,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+)> {
+    use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // From here on, Ctrl-C and SIGTERM are this command's to handle: it stops the nodes first.
-    let (mut interrupt, mut terminate) = {
+    let (interrupt, terminate) = {
         let _in_runtime = rt.enter();
-        use tokio::signal::unix::{SignalKind, signal};
         (
             signal(SignalKind::interrupt())?,
             signal(SignalKind::terminate())?,
         )
     };
+    Ok((rt, interrupt, terminate))
+}
+
+pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
+    let clock = Clock(Instant::now());
+    // From here on, Ctrl-C and SIGTERM are this command's to handle: it stops the nodes first.
+    let (rt, mut interrupt, mut terminate) = crate::demo::runtime_with_signals()?;
     let (tmp, dir) = match &a.dir {
         Some(d) => (None, d.clone()),
         None => {
