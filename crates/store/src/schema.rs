@@ -4,7 +4,8 @@
 use crate::error::{Result, StoreError};
 use crate::record::Op;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{CachedStatement, Connection, params_from_iter};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// One numbered schema change. Versions start at 1 and grow by one.
@@ -145,23 +146,71 @@ impl TableInfo {
     }
 }
 
-/// Applies one row operation to `conn`. The same function serves the primary (inside a
-/// transaction) and every copy (replay), so both produce the same rows.
-/// Returns true when the operation changed the schema (the table cache must be reloaded).
-pub(crate) fn apply_op(conn: &Connection, tables: &Tables, op: &Op) -> Result<bool> {
+/// The row statements of one SQLite transaction, each prepared (or taken from the
+/// connection's cache) once and held until the transaction ends: a group commit of a hundred
+/// inserts into one table looks its statement up once, not a hundred times.
+pub(crate) struct Statements<'c> {
+    conn: &'c Connection,
+    /// By SQL text; a transaction uses a handful, so a list is faster than a map.
+    held: RefCell<Vec<(String, CachedStatement<'c>)>>,
+}
+
+impl<'c> Statements<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Statements<'c> {
+        Statements {
+            conn,
+            held: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+/// What a row operation needs of [`Statements`], without its lifetime: a transaction borrows
+/// it for a shorter time than the statements borrow the connection.
+pub(crate) trait RowStatements {
+    fn conn(&self) -> &Connection;
+    /// Runs `sql` with `values`; returns the rows changed.
+    fn execute(&self, sql: &str, values: &[Value]) -> Result<usize>;
+    /// Forgets every statement: the schema changed.
+    fn clear(&self);
+}
+
+impl RowStatements for Statements<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn
+    }
+
+    fn execute(&self, sql: &str, values: &[Value]) -> Result<usize> {
+        let mut held = self.held.borrow_mut();
+        let at = match held.iter().position(|(s, _)| s == sql) {
+            Some(at) => at,
+            None => {
+                held.push((sql.to_string(), self.conn.prepare_cached(sql)?));
+                held.len() - 1
+            }
+        };
+        Ok(held[at].1.execute(params_from_iter(values.iter()))?)
+    }
+
+    fn clear(&self) {
+        self.held.borrow_mut().clear();
+    }
+}
+
+/// Applies one row operation. The same function serves the primary (inside a transaction) and
+/// every copy (replay), so both produce the same rows.
+/// Returns true when the operation changed the schema (the table cache must be reloaded, and
+/// `stmts` is cleared).
+pub(crate) fn apply_op(stmts: &dyn RowStatements, tables: &Tables, op: &Op) -> Result<bool> {
     match op {
         Op::Insert { table, row } => {
             let info = tables.get(table)?;
             check_len(table, "row", row.len(), info.columns.len())?;
-            conn.prepare_cached(&info.insert_sql)?
-                .execute(params_from_iter(row.iter()))?;
+            stmts.execute(&info.insert_sql, row)?;
         }
         Op::Update { table, row } => {
             let info = tables.get(table)?;
             check_len(table, "row", row.len(), info.columns.len())?;
-            let n = conn
-                .prepare_cached(&info.update_sql)?
-                .execute(params_from_iter(row.iter()))?;
+            let n = stmts.execute(&info.update_sql, row)?;
             if n != 1 {
                 let key: Vec<&Value> = info.pk.iter().map(|&i| &row[i]).collect();
                 return Err(StoreError::Invalid(format!(
@@ -172,9 +221,7 @@ pub(crate) fn apply_op(conn: &Connection, tables: &Tables, op: &Op) -> Result<bo
         Op::Delete { table, key } => {
             let info = tables.get(table)?;
             check_len(table, "key", key.len(), info.pk.len())?;
-            let n = conn
-                .prepare_cached(&info.delete_sql)?
-                .execute(params_from_iter(key.iter()))?;
+            let n = stmts.execute(&info.delete_sql, key)?;
             if n != 1 {
                 return Err(StoreError::Invalid(format!(
                     "delete from {table}: no row with key {key:?}"
@@ -182,6 +229,8 @@ pub(crate) fn apply_op(conn: &Connection, tables: &Tables, op: &Op) -> Result<bo
             }
         }
         Op::Migrate { version, name, sql } => {
+            stmts.clear();
+            let conn = stmts.conn();
             conn.execute_batch(sql).map_err(|e| {
                 StoreError::Invalid(format!("migration {version} ({name}) failed: {e}"))
             })?;

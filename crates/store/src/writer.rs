@@ -6,7 +6,7 @@ use crate::database::{Identity, Published, Role, State};
 use crate::error::{Result, StoreError};
 use crate::journal::{self, RecordBatch};
 use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header};
-use crate::schema::{Tables, apply_op};
+use crate::schema::{RowStatements, Statements, Tables, apply_op};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use std::fs::File;
@@ -97,6 +97,7 @@ pub struct Applied {
 /// which refuse any statement that would write.
 pub struct Tx<'c> {
     conn: &'c Connection,
+    stmts: &'c dyn RowStatements,
     tables: &'c mut Tables,
     ops: Vec<Op>,
     time_ms: i64,
@@ -157,8 +158,9 @@ impl Tx<'_> {
         // A single statement that fails leaves nothing (SQLite statement atomicity); several
         // statements do not have that guarantee.
         self.dirty |= matches!(op, Op::Migrate { .. });
-        if apply_op(self.conn, self.tables, &op)? {
+        if apply_op(self.stmts, self.tables, &op)? {
             self.schema_changed = true;
+            self.stmts.clear();
             *self.tables = Tables::load(self.conn)?;
         }
         self.ops.push(op);
@@ -312,10 +314,12 @@ impl Writer {
         let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(queue.len());
         let mut chain = self.state.chain;
         let mut schema_changed = false;
+        let stmts = Statements::new(&self.conn);
         while let Some(mut job) = queue.pop_front() {
             let changes_before = self.conn.total_changes();
             let mut tx = Tx {
                 conn: &self.conn,
+                stmts: &stmts,
                 tables: &mut self.tables,
                 ops: Vec::new(),
                 time_ms,
@@ -385,11 +389,13 @@ impl Writer {
                     let err = StoreError::Closed(format!("cannot restart a transaction: {e}"));
                     refuse_all(kept.into_iter().map(|k| k.job).chain(queue).collect(), &err);
                     let _ = self.exec("ROLLBACK");
-                    self.reload_tables();
+                    stmts.clear();
+                    reload_tables(&self.conn, &mut self.tables);
                     return;
                 }
                 if schema_changed {
-                    self.reload_tables();
+                    stmts.clear();
+                    reload_tables(&self.conn, &mut self.tables);
                     schema_changed = false;
                 }
                 encoded.clear();
@@ -399,6 +405,7 @@ impl Writer {
                 }
             }
         }
+        drop(stmts);
         let lsn = self.state.lsn + encoded.len() as u64;
         if !encoded.is_empty() {
             let first = self.state.lsn + 1;
@@ -480,10 +487,7 @@ impl Writer {
     }
 
     fn reload_tables(&mut self) {
-        match Tables::load(&self.conn) {
-            Ok(t) => self.tables = t,
-            Err(e) => panic!("cannot reload the table cache after a rollback: {e}"),
-        }
+        reload_tables(&self.conn, &mut self.tables);
     }
 
     fn persist_position(&self, lsn: Lsn, chain: &Chain, time_ms: i64) -> Result<()> {
@@ -633,6 +637,7 @@ impl Writer {
         let mut stopped = false;
         let mut taken: Vec<&[u8]> = Vec::with_capacity(batch.records.len());
         let mut history_changed = false;
+        let stmts = Statements::new(&self.conn);
         for bytes in &batch.records {
             let record = Record::decode(bytes)?;
             if record.lsn != expect {
@@ -657,9 +662,10 @@ impl Writer {
                 history_changed = true;
             }
             for op in &record.ops {
-                if apply_op(&self.conn, &self.tables, op).map_err(|e| {
+                if apply_op(&stmts, &self.tables, op).map_err(|e| {
                     StoreError::Corrupt(format!("replay of LSN {} failed: {e}", record.lsn))
                 })? {
+                    stmts.clear();
                     self.tables = Tables::load(&self.conn)?;
                 }
             }
@@ -842,5 +848,12 @@ impl Writer {
             w.state.journal_oldest = None;
             Ok(())
         })
+    }
+}
+
+fn reload_tables(conn: &Connection, tables: &mut Tables) {
+    match Tables::load(conn) {
+        Ok(t) => *tables = t,
+        Err(e) => panic!("cannot reload the table cache after a rollback: {e}"),
     }
 }

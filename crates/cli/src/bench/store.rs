@@ -162,8 +162,10 @@ fn phase(
                         if id >= end {
                             return Ok::<_, StoreError>(lat);
                         }
+                        // The caller prepares its values; the transaction (re-runnable) writes a copy.
+                        let values = row(id);
                         let t0 = Instant::now();
-                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", row(id)))
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", values.clone()))
                             .await?;
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
