@@ -268,6 +268,23 @@ impl Client {
         })
     }
 
+    /// A mirror tells its primary what it hardened, as soon as its fsync ends (beside its
+    /// pulls, which may be waiting for new records).
+    pub async fn hardened(
+        &self,
+        addr: &str,
+        db: &str,
+        report: &crate::mirroring::HardenedReport,
+    ) -> Result<(), ClientError> {
+        let req = self
+            .http
+            .post(format!("http://{addr}/internal/v1/mirroring/{db}/hardened"))
+            .json(report);
+        self.send::<serde_json::Value>(addr, req, Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
+            .await
+            .map(|_| ())
+    }
+
     /// Streams a seed backup of `db` from its primary at `addr` into `file`; its size.
     pub async fn seed(
         &self,

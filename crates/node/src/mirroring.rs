@@ -107,7 +107,17 @@ pub(crate) struct Link {
     database: String,
     partnership: Partnership,
     state: Mutex<LinkState>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The link's loop, and the mirror's hardened-LSN reporter.
+    task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// `POST /internal/v1/mirroring/{db}/hardened`: a mirror's hardened LSN, sent when its fsync
+/// ends. A synchronous primary answers its writers from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HardenedReport {
+    pub database_id: String,
+    pub epoch: u64,
+    pub hardened: Lsn,
 }
 
 impl Link {
@@ -299,7 +309,7 @@ fn new_link(database: String, partnership: Partnership) -> Arc<Link> {
         database,
         partnership,
         state: Mutex::new(LinkState::default()),
-        task: Mutex::new(None),
+        task: Mutex::new(Vec::new()),
     })
 }
 
@@ -338,15 +348,70 @@ pub(crate) fn start(node: &Shared) {
 }
 
 fn spawn(node: &Shared, link: Arc<Link>) {
-    let task = tokio::spawn(run(Arc::downgrade(node), link.clone()));
-    *link.task.lock().expect("task lock") = Some(task);
+    let tasks = vec![
+        tokio::spawn(run(Arc::downgrade(node), link.clone())),
+        tokio::spawn(report_hardened(Arc::downgrade(node), link.clone())),
+    ];
+    *link.task.lock().expect("task lock") = tasks;
 }
 
-/// Stops every link's task (the node is stopping).
+/// Stops every link's tasks (the node is stopping).
 pub(crate) fn stop(node: &NodeState) {
     for link in node.mirroring.links.lock().expect("links lock").values() {
-        if let Some(t) = link.task.lock().expect("task lock").take() {
+        for t in link.task.lock().expect("task lock").drain(..) {
             t.abort();
+        }
+    }
+}
+
+/// The mirror's side: tells the primary what this copy hardened each time its durable LSN
+/// moves (the mirror applies a batch, then pulls the next while the acknowledgment stage
+/// fsyncs it). One report in flight at a time, carrying the latest LSN.
+async fn report_hardened(node: std::sync::Weak<NodeState>, link: Arc<Link>) {
+    let mut reported: Option<(u64, Lsn)> = None;
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        if *n.stopping.borrow() {
+            return;
+        }
+        let db = n
+            .host
+            .get(&link.database)
+            .filter(|d| d.identity().role == Role::Mirror);
+        let partner = n.topology.node(&link.partnership.partner).cloned();
+        let (Some(db), Some(partner)) = (db, partner) else {
+            drop(n);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut durable = db.subscribe();
+        let id = db.identity();
+        let hardened = (*durable.borrow_and_update()).min(id.lsn);
+        if reported != Some((id.epoch, hardened)) && hardened > 0 {
+            let report = HardenedReport {
+                database_id: id.database_id.to_hex(),
+                epoch: id.epoch,
+                hardened,
+            };
+            match n
+                .client
+                .hardened(&partner.address, &link.database, &report)
+                .await
+            {
+                Ok(()) => reported = Some((id.epoch, hardened)),
+                Err(_) => {
+                    // The pulls report it too, and say what is wrong with the partner.
+                    drop(n);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        drop(n);
+        tokio::select! {
+            _ = durable.changed() => {}
+            // A reseed replaces the copy: look it up again now and then.
+            _ = tokio::time::sleep(Duration::from_millis(PULL_WAIT_MS)) => {}
         }
     }
 }
@@ -550,7 +615,10 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
     }
     let req = PullRequest {
         copy: db.as_ref().map(CopyPosition::of),
-        hardened: db.as_ref().map(|d| d.identity().lsn).unwrap_or(0),
+        hardened: db
+            .as_ref()
+            .map(|d| d.durable_lsn().min(d.identity().lsn))
+            .unwrap_or(0),
     };
     let answer = node
         .client
@@ -581,7 +649,9 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 return false;
             }
             let d = db.clone();
-            match blocking(move || d.apply(batch, None).map_err(|e| e.to_string())).await {
+            // Committed here, then fsynced while the next batch is pulled; the reporter tells
+            // the primary once it is durable.
+            match blocking(move || d.apply_pipelined(batch).map_err(|e| e.to_string())).await {
                 Ok(_) => {
                     let mut st = link.st();
                     st.last_error = None;
@@ -858,11 +928,40 @@ pub(crate) async fn serve_pull_route(
         .into_response())
 }
 
+/// `POST /internal/v1/mirroring/{db}/hardened`, on the primary: its mirror's report.
+pub(crate) async fn hardened_route(
+    State(node): State<Shared>,
+    Path(database): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<HardenedReport>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(report) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let from = peer(&headers);
+    let link = linked(&node, &database, from.as_deref())?;
+    let db = node.host.get(&database).ok_or_else(|| {
+        ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
+    })?;
+    let me = db.identity();
+    if me.role != Role::Primary
+        || report.database_id != me.database_id.to_hex()
+        || report.epoch != me.epoch
+    {
+        // Not this primary's mirror any more (a failover, a reseed): its pulls sort it out.
+        return Ok(Json(serde_json::json!({ "taken": false })));
+    }
+    heard_from_mirror(&link, &db, report.hardened.min(me.lsn));
+    Ok(Json(serde_json::json!({ "taken": true })))
+}
+
 /// The primary heard from its mirror: what it hardened, and a lease.
 fn on_pull(link: &Link, db: &Database, req: &PullRequest) {
     let hardened = req
         .hardened
         .min(req.copy.as_ref().map(|c| c.position.lsn).unwrap_or(0));
+    heard_from_mirror(link, db, hardened);
+}
+
+fn heard_from_mirror(link: &Link, db: &Database, hardened: Lsn) {
     {
         let mut st = link.st();
         st.last_pull = Some(Instant::now());
@@ -1031,7 +1130,7 @@ pub(crate) async fn remove(
         return Ok(Json(serde_json::json!({ "removed": false })));
     };
     node.mirroring.save().map_err(ApiError::unavailable)?;
-    if let Some(t) = link.task.lock().expect("task lock").take() {
+    for t in link.task.lock().expect("task lock").drain(..) {
         t.abort();
     }
     let mut role = None;

@@ -340,6 +340,10 @@ fn router(node: Shared) -> Router {
             post(crate::mirroring::serve_pull_route),
         )
         .route(
+            "/internal/v1/mirroring/{database}/hardened",
+            post(crate::mirroring::hardened_route),
+        )
+        .route(
             "/internal/v1/mirroring/{database}/seed",
             get(crate::mirroring::serve_seed),
         )

@@ -289,6 +289,20 @@ fn sync(wal: &mut Option<File>, path: &PathBuf) -> std::io::Result<()> {
     wal.as_ref().expect("opened above").sync_data()
 }
 
+/// The durable LSN a copy shows: on a primary what its callers may be told (the gate's
+/// limit); on any other copy — a mirror applying pipelined batches, a primary that stepped
+/// down and keeps its old gate — what is on its disk, which a mirror reports as hardened.
+fn publish_durable(gate: &Gate, published: &Published, local: Lsn) {
+    let limit = if published.role() == crate::database::Role::Primary {
+        gate.limit(local).ok().flatten()
+    } else {
+        Some(local)
+    };
+    if let Some(limit) = limit {
+        published.set_durable(limit);
+    }
+}
+
 fn run(
     path: PathBuf,
     published: Arc<Published>,
@@ -339,10 +353,8 @@ fn run(
             match result {
                 Ok(()) => {
                     local = local.max(batch.iter().map(|p| p.lsn).max().expect("one"));
-                    if let Ok(Some(limit)) = gate.limit(local) {
-                        // Published before anyone is answered: a caller reads what it waited for.
-                        published.set_durable(limit);
-                    }
+                    // Published before anyone is answered: a caller reads what it waited for.
+                    publish_durable(&gate, &published, local);
                     for p in batch {
                         if p.local_only {
                             for (reply, lsn) in p.replies {
@@ -364,7 +376,7 @@ fn run(
         }
         match gate.limit(local) {
             Ok(Some(limit)) => {
-                published.set_durable(limit);
+                publish_durable(&gate, &published, local);
                 while held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
                     let (reply, lsn) = held.pop_front().expect("checked");
                     reply(Ok(lsn));

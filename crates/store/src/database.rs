@@ -7,7 +7,7 @@ use crate::history::{History, HistoryEntry, Position};
 use crate::journal::{self, Consumer, JournalStats, RecordBatch};
 use crate::record::{Chain, Epoch, Lsn};
 use crate::schema::{Migration, pending_migrations};
-use crate::writer::{Answer, Applied, Job, StopAt, Tx, WriteJob, Writer};
+use crate::writer::{Answer, Applied, Durability, Job, StopAt, Tx, WriteJob, Writer};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -250,6 +250,10 @@ impl Published {
 
     pub(crate) fn identity(&self) -> Identity {
         self.identity.lock().expect("identity lock").clone()
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        self.identity.lock().expect("identity lock").role
     }
 }
 
@@ -772,7 +776,14 @@ impl Database {
     /// Applies records read from another copy of this database. Refused on a primary, on a gap
     /// or overlap, on a chain that does not continue this copy's, on an older epoch.
     pub fn apply(&self, batch: RecordBatch, stop: Option<StopAt>) -> Result<Applied> {
-        self.control(move |w| w.apply(&batch, stop))
+        self.control(move |w| w.apply(&batch, stop, Durability::Wait))
+    }
+
+    /// Applies records as [`apply`](Self::apply) does, but returns once they are committed on
+    /// this copy, before they are durable: a mirror applies its next batch while this one is
+    /// fsynced, and reports as hardened what [`durable_lsn`](Self::durable_lsn) says.
+    pub fn apply_pipelined(&self, batch: RecordBatch) -> Result<Applied> {
+        self.control(move |w| w.apply(&batch, None, Durability::Publish))
     }
 
     /// Makes this copy the primary of a new epoch (`epoch`, or the next one). After this, no

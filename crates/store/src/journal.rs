@@ -174,22 +174,36 @@ pub(crate) fn read(
 /// The chain just after `lsn`, if the journal still holds that record (or `lsn` is the start of
 /// a segment's chain).
 pub(crate) fn chain_at(conn: &Connection, lsn: Lsn) -> Result<Option<Chain>> {
-    let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
-        .query_row(
-            "SELECT first_lsn, chain_before, body FROM _tandem_journal \
-             WHERE first_lsn <= ?1 + 1 AND last_lsn >= ?1 ORDER BY first_lsn LIMIT 1",
-            params![lsn as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+    // A seek on the primary key: the last segment starting at or before `lsn + 1` holds `lsn`
+    // or starts just after it (a range condition on last_lsn, which has no index, would scan
+    // the journal from its start: every mirror pull compares a position).
+    let row: Option<(i64, i64, Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT first_lsn, last_lsn, chain_before, chain_after FROM _tandem_journal \
+             WHERE first_lsn = (SELECT MAX(first_lsn) FROM _tandem_journal \
+             WHERE first_lsn <= ?1 + 1)",
+        )?
+        .query_row(params![lsn as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((first, before, body)) = row else {
+    let Some((first, last, before, after)) = row else {
         return Ok(None);
     };
-    let mut chain = Chain::from_slice(&before)?;
-    let first = first as Lsn;
+    let (first, last) = (first as Lsn, last as Lsn);
     if first == lsn + 1 {
-        return Ok(Some(chain));
+        return Chain::from_slice(&before).map(Some);
     }
+    if last < lsn {
+        return Ok(None);
+    }
+    if last == lsn {
+        return Chain::from_slice(&after).map(Some);
+    }
+    let body: Vec<u8> = conn
+        .prepare_cached("SELECT body FROM _tandem_journal WHERE first_lsn = ?1")?
+        .query_row(params![first as i64], |r| r.get(0))?;
+    let mut chain = Chain::from_slice(&before)?;
     for (i, rec) in decode_segment(&body)?.iter().enumerate() {
         chain = chain.next(rec);
         if first + i as u64 == lsn {

@@ -40,4 +40,4 @@ pub use restore::{
 pub use rusqlite;
 pub use rusqlite::types::Value;
 pub use schema::{Derived, Migration};
-pub use writer::{Applied, StopAt, Tx};
+pub use writer::{Applied, Durability, StopAt, Tx};

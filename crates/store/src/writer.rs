@@ -82,6 +82,16 @@ impl StopAt {
     }
 }
 
+/// When an apply returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the records are durable on this copy.
+    Wait,
+    /// Once they are committed (readable); the durable LSN (`Database::subscribe`) reaches
+    /// them after the fsync, while the next batch is applied.
+    Publish,
+}
+
 /// What an apply did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -545,7 +555,12 @@ impl Writer {
 
     /// Applies records from another copy (mirroring, log backup, backup service): contiguous,
     /// of an epoch not older than this copy's, continuing its chain — all in one transaction.
-    pub(crate) fn apply(&mut self, batch: &RecordBatch, stop: Option<StopAt>) -> Result<Applied> {
+    pub(crate) fn apply(
+        &mut self,
+        batch: &RecordBatch,
+        stop: Option<StopAt>,
+        durability: Durability,
+    ) -> Result<Applied> {
         if self.state.role == Role::Primary {
             return Err(StoreError::Role(format!(
                 "this copy is primary (epoch {}, since LSN {}): it applies no records from \
@@ -602,8 +617,16 @@ impl Writer {
                 self.state.journal_bytes += body_len;
                 self.publish();
                 self.count(1, applied, 0);
-                // A copy says it has records only once they are durable.
-                self.wait_durable()?;
+                match durability {
+                    // A copy says it has records only once they are durable.
+                    Durability::Wait => self.wait_durable()?,
+                    // The acknowledgment stage fsyncs them and publishes the durable LSN.
+                    Durability::Publish => self.ack.submit(crate::ack::Pending {
+                        lsn: self.state.lsn,
+                        replies: Vec::new(),
+                        local_only: true,
+                    }),
+                }
                 Ok(self.applied(applied, stopped))
             }
             Err(e) => {

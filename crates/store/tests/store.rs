@@ -871,3 +871,42 @@ fn the_gate_holds_answers_for_the_mirror_refuses_without_a_lease_and_fails_once_
     assert!(err.to_string().contains("not acknowledged"), "{err}");
     assert!(post(&db, 1, "after").is_err());
 }
+
+#[test]
+fn chain_at_answers_every_lsn_across_segments_and_nothing_past_the_end() {
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(create(&t.path().join("db")));
+    // Concurrent writers make segments of several records; single ones make segments of one.
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for k in 0..40 {
+                    post(&db, i, &format!("m{i}-{k}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    for k in 0..5 {
+        post(&db, 1, &format!("alone {k}")).unwrap();
+    }
+    let id = db.identity();
+    let batch = db.read_journal(1, 10_000, 1 << 30).unwrap();
+    let mut chain = Chain::genesis(&id.database_id);
+    assert_eq!(db.chain_at(0).unwrap(), Some(chain));
+    for (i, r) in batch.records.iter().enumerate() {
+        chain = chain.next(r);
+        assert_eq!(
+            db.chain_at(i as u64 + 1).unwrap(),
+            Some(chain),
+            "LSN {}",
+            i + 1
+        );
+    }
+    assert_eq!(chain, id.chain);
+    assert_eq!(db.chain_at(id.lsn + 1).unwrap(), None);
+    assert_eq!(db.chain_at(id.lsn + 100).unwrap(), None);
+}

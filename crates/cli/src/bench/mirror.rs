@@ -5,9 +5,11 @@
 //!     asynchronous mirror and with a synchronous one. The mirror is a copy in another directory
 //!     fed by a replication thread that does what the node's transport does, without HTTP: it
 //!     pulls (`serve_pull`), carries the answer through its binary wire form
-//!     (`encode_answer`/`decode_answer`), applies it (`apply` returns once the mirror fsynced),
-//!     and in sync mode tells the primary's gate what the mirror hardened; with nothing new it
-//!     waits on the primary's committed LSN. Each mirrored run ends with the mirror's chain
+//!     (`encode_answer`/`decode_answer`), applies it (`apply_pipelined` returns once the batch
+//!     is committed on the mirror, which fsyncs it while the next batch is pulled and applied)
+//!     and, in sync mode, a reporter tells the primary's gate what the mirror hardened as soon as
+//!     its durable LSN moves, as the node's mirror does beside its pulls; with nothing new the
+//!     loop waits on the primary's committed LSN. Each mirrored run ends with the mirror's chain
 //!     compared with the primary's; the bench fails when they differ.
 //! (2) Real processes: the example deployment of `tandem init`, posts through atl-fe's user API
 //!     without pause, kill -9 of the node holding the primary of `mgc`; measured: from the kill
@@ -341,12 +343,26 @@ fn replicate(
 ) -> anyhow::Result<Replication> {
     let mut r = Replication::default();
     let mut committed = primary.subscribe_committed();
-    let mut hardened = mirror.identity().lsn;
+    // What the mirror hardened goes back as soon as its fsync ends, not with the next pull:
+    // the node's mirror reports it the same way, beside its pulls.
+    let reporter = sync.then(|| {
+        let (gate_of, mut durable) = (primary.clone(), mirror.subscribe());
+        handle.spawn(async move {
+            loop {
+                let lsn = *durable.borrow_and_update();
+                gate_of.gate().hardened(lsn);
+                if durable.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let mut deadline = None;
-    loop {
+    let result = loop {
+        let hardened = mirror.durable_lsn();
         let stop = *stop_at.borrow_and_update();
         if hardened >= stop {
-            break;
+            break Ok(());
         }
         if stop != Lsn::MAX {
             let d = *deadline
@@ -359,47 +375,54 @@ fn replicate(
         }
         // Marked seen before the pull: a commit after it ends the wait below at once.
         committed.borrow_and_update();
-        let t0 = Instant::now();
-        let answer = serve_pull(
-            primary,
-            &PullRequest {
-                copy: Some(CopyPosition::of(mirror)),
-                hardened,
-            },
-        )?;
-        let t1 = Instant::now();
-        let answer = decode_answer(&encode_answer(&answer))?;
-        let t2 = Instant::now();
-        r.pull_ms += ms(t1 - t0);
-        r.codec_ms += ms(t2 - t1);
-        let PullAnswer::Records { lsn, batch, .. } = answer else {
-            bail!("the primary answered its own mirror's pull with {answer:?}");
-        };
-        if batch.records.is_empty() {
-            let abandoned = handle.block_on(async {
-                tokio::select! {
-                    _ = committed.changed() => false,
-                    changed = stop_at.changed() => changed.is_err(),
-                    _ = tokio::time::sleep(Duration::from_millis(PULL_WAIT_MS)) => false,
-                }
-            });
-            ensure!(
-                !abandoned,
-                "the run ended before the mirror was told where to stop"
-            );
-            r.wait_ms += ms(t2.elapsed());
-            continue;
+        let step = (|| -> anyhow::Result<()> {
+            let t0 = Instant::now();
+            let answer = serve_pull(
+                primary,
+                &PullRequest {
+                    copy: Some(CopyPosition::of(mirror)),
+                    hardened,
+                },
+            )?;
+            let t1 = Instant::now();
+            let answer = decode_answer(&encode_answer(&answer))?;
+            let t2 = Instant::now();
+            r.pull_ms += ms(t1 - t0);
+            r.codec_ms += ms(t2 - t1);
+            let PullAnswer::Records { lsn, batch, .. } = answer else {
+                bail!("the primary answered its own mirror's pull with {answer:?}");
+            };
+            if batch.records.is_empty() {
+                let abandoned = handle.block_on(async {
+                    tokio::select! {
+                        _ = committed.changed() => false,
+                        changed = stop_at.changed() => changed.is_err(),
+                        _ = tokio::time::sleep(Duration::from_millis(PULL_WAIT_MS)) => false,
+                    }
+                });
+                ensure!(
+                    !abandoned,
+                    "the run ended before the mirror was told where to stop"
+                );
+                r.wait_ms += ms(t2.elapsed());
+                return Ok(());
+            }
+            r.lag_max_records = r.lag_max_records.max(lsn.saturating_sub(hardened));
+            r.batches += 1;
+            r.records += batch.records.len() as u64;
+            // Committed on the mirror, fsynced while the next batch is pulled and applied.
+            mirror.apply_pipelined(batch)?;
+            r.apply_ms += ms(t2.elapsed());
+            Ok(())
+        })();
+        if let Err(e) = step {
+            break Err(e);
         }
-        r.lag_max_records = r.lag_max_records.max(lsn.saturating_sub(hardened));
-        r.batches += 1;
-        r.records += batch.records.len() as u64;
-        let applied = mirror.apply(batch, None)?;
-        r.apply_ms += ms(t2.elapsed());
-        hardened = applied.lsn;
-        if sync {
-            primary.gate().hardened(hardened);
-        }
+    };
+    if let Some(reporter) = reporter {
+        reporter.abort();
     }
+    result?;
     r.records_per_batch = r.records as f64 / r.batches.max(1) as f64;
     Ok(r)
 }
