@@ -6,54 +6,23 @@
 
 mod common;
 
-use common::{http, json, ok, tandem};
+use common::{Deployment, http, json, ok, tandem};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Deployment {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        common::stop_all(&self.dir);
-    }
-}
-
 impl Deployment {
     /// The example deployment, all six nodes up, `mgc` mirrored and shipped to `dal-db1`.
     fn up() -> Deployment {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("d");
-        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
-        let d = Deployment { _tmp: tmp, dir };
-        ok(&d.dir, &["up", "--detach"]);
+        let d = Deployment::start(|t| t);
         d.wait_status("dal-db1 applying the first full backup", |m| {
             m["secondary"]["node"] == "dal-db1"
                 && m["secondary"]["role"] == "restoring"
                 && m["secondary"]["seed"] == m["config"]["seed"]
         });
         d
-    }
-
-    fn address(&self, node: &str) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let at = topo.find(&format!("name = \"{node}\"")).unwrap();
-        let line = topo[at..]
-            .lines()
-            .find(|l| l.starts_with("address"))
-            .unwrap();
-        line.split('"').nth(1).unwrap().to_string()
-    }
-
-    fn secret(&self) -> String {
-        let topo = std::fs::read_to_string(self.dir.join("topology.toml")).unwrap();
-        let line = topo.lines().find(|l| l.starts_with("secret")).unwrap();
-        line.split('"').nth(1).unwrap().to_string()
     }
 
     fn share(&self) -> PathBuf {

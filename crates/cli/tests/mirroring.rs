@@ -4,49 +4,22 @@
 
 mod common;
 
-use common::{http, json, ok, tandem};
+use common::{Deployment, history, http, json, ok, tandem};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Deployment {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        common::stop_all(&self.dir);
-    }
-}
-
 impl Deployment {
     /// The example deployment, all six nodes up; `edit` may change the topology first.
     fn up(edit: impl FnOnce(String) -> String) -> Deployment {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("d");
-        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
-        let file = dir.join("topology.toml");
-        let text = std::fs::read_to_string(&file).unwrap();
-        std::fs::write(&file, edit(text)).unwrap();
-        let d = Deployment { _tmp: tmp, dir };
-        ok(&d.dir, &["up", "--detach"]);
+        let d = Deployment::start(edit);
         // Mirrors are seeded from their primaries at the first start.
         for db in ["cms", "mgc", "mgccomp", "users-pool-atl"] {
             d.wait_mirror(db, "atl-db2");
         }
         d
-    }
-
-    fn address(&self, node: &str) -> String {
-        common::address(&self.dir, node)
-    }
-
-    fn secret(&self) -> String {
-        common::secret(&self.dir)
     }
 
     fn kill(&self, node: &str) {
@@ -131,32 +104,6 @@ fn post(addr: &str, token: &str, text: &str) -> Option<i64> {
         return None;
     }
     serde_json::from_str::<Value>(&answer).ok()?["id"].as_i64()
-}
-
-/// Every message of the room: id → text.
-fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
-    let bearer = format!("Bearer {token}");
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (code, body) = http(
-            addr,
-            "GET",
-            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
-            &[("authorization", &bearer)],
-            "",
-        );
-        assert_eq!(code, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let page = v["events"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return all;
-        }
-        for m in page {
-            after = m["id"].as_i64().unwrap();
-            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
-        }
-    }
 }
 
 /// Posters that keep posting unique texts and remember what was acknowledged.

@@ -3,41 +3,17 @@
 
 mod common;
 
-use common::{http, json, ok, tandem};
+use common::{Deployment, history, http, json, ok, tandem};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-struct Deployment {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        common::stop_all(&self.dir);
-    }
-}
 
 impl Deployment {
     fn up() -> Deployment {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("d");
-        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
-        let d = Deployment { _tmp: tmp, dir };
-        ok(&d.dir, &["up", "--detach"]);
+        let d = Deployment::start(|t| t);
         d.wait_cms("the standby current", |s| {
             copy(s, "dal-db1")["role"] == "standby" && copy(s, "dal-db1")["lag_records"] == 0
         });
         d
-    }
-
-    fn address(&self, node: &str) -> String {
-        common::address(&self.dir, node)
-    }
-
-    fn secret(&self) -> String {
-        common::secret(&self.dir)
     }
 
     fn kill_site(&self, site: &str) {
@@ -197,32 +173,6 @@ fn post(addr: &str, token: &str, text: &str) -> Option<(i64, u64)> {
     }
     let v: Value = serde_json::from_str(&answer).ok()?;
     Some((v["id"].as_i64()?, v["lsn"].as_u64()?))
-}
-
-/// Every message of the room, through `addr`: (id, text).
-fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
-    let bearer = format!("Bearer {token}");
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let (code, body) = http(
-            addr,
-            "GET",
-            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
-            &[("authorization", &bearer)],
-            "",
-        );
-        assert_eq!(code, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let page = v["events"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return all;
-        }
-        for m in page {
-            after = m["id"].as_i64().unwrap();
-            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
-        }
-    }
 }
 
 /// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.

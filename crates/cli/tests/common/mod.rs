@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -136,6 +136,68 @@ pub fn stop_all(dir: &Path) {
         // SAFETY: processes the test started.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The two-site example of `tandem init` in a temporary directory, its nodes started; every
+/// node of it is stopped when this goes, also when a test fails.
+pub struct Deployment {
+    _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        stop_all(&self.dir);
+    }
+}
+
+impl Deployment {
+    /// `tandem init`, the topology changed by `edit`, then `tandem up --detach`.
+    pub fn start(edit: impl FnOnce(String) -> String) -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        ok(tmp.path(), &["init", dir.to_str().unwrap()]);
+        let file = dir.join("topology.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, edit(text)).unwrap();
+        let d = Deployment { _tmp: tmp, dir };
+        ok(&d.dir, &["up", "--detach"]);
+        d
+    }
+
+    pub fn address(&self, node: &str) -> String {
+        address(&self.dir, node)
+    }
+
+    pub fn secret(&self) -> String {
+        secret(&self.dir)
+    }
+}
+
+/// Every message of room `lobby` read through the user API at `addr`, oldest first: (id, text).
+pub fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
+    let bearer = format!("Bearer {token}");
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (code, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/rooms/lobby/messages?after={after}&limit=500"),
+            &[("authorization", &bearer)],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let page = v["events"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return all;
+        }
+        for m in page {
+            after = m["id"].as_i64().unwrap();
+            all.push((after, m["text"].as_str().unwrap_or("").to_string()));
         }
     }
 }
