@@ -2,7 +2,7 @@
 //! the chat database. Each takes the (already authenticated) user as an argument.
 
 use crate::error::ApiError;
-use crate::procedures::args;
+use crate::procedures::{args, args_of};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tandem_chat as chat;
@@ -112,14 +112,14 @@ pub(crate) async fn run_async(
 ) -> Option<Result<Value, ApiError>> {
     match p {
         "chat.post" => {
-            let a: Post = match args(p, a.clone()) {
+            let a: Post = match args_of(p, a) {
                 Ok(a) => a,
                 Err(e) => return Some(Err(e)),
             };
             Some(post_one(db, a).await)
         }
         "chat.post_batch" => {
-            let a: PostBatch = match args(p, a.clone()) {
+            let a: PostBatch = match args_of(p, a) {
                 Ok(a) => a,
                 Err(e) => return Some(Err(e)),
             };

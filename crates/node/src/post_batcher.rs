@@ -102,9 +102,9 @@ async fn send(node: &NodeState, posts: &[Post]) -> Result<Vec<Value>, ApiError> 
 }
 
 /// One item of a batch's answer: `{"ok": event}` or `{"error": {code, message}, "status": n}`.
-fn answer(item: Value) -> Result<Value, ApiError> {
-    if let Some(ok) = item.get("ok") {
-        return Ok(ok.clone());
+fn answer(mut item: Value) -> Result<Value, ApiError> {
+    if let Some(ok) = item.as_object_mut().and_then(|o| o.remove("ok")) {
+        return Ok(ok);
     }
     let status = item["status"]
         .as_u64()

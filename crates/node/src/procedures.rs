@@ -17,6 +17,16 @@ pub(crate) struct Call {
     pub(crate) args: Value,
 }
 
+/// `args` of a borrowed value: no copy of it (a batch of posts is large).
+pub(crate) fn args_of<T: DeserializeOwned>(procedure: &str, v: &Value) -> Result<T, ApiError> {
+    let r = if v.is_null() {
+        T::deserialize(&json!({}))
+    } else {
+        T::deserialize(v)
+    };
+    r.map_err(|e| ApiError::bad_request(format!("{procedure}: bad arguments: {e}")))
+}
+
 pub(crate) fn args<T: DeserializeOwned>(procedure: &str, v: Value) -> Result<T, ApiError> {
     let v = if v.is_null() { json!({}) } else { v };
     serde_json::from_value(v)
