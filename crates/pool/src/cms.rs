@@ -214,8 +214,9 @@ pub fn seed(db: &Database, topology: &Topology) -> Result<bool, PoolError> {
 /// exactly the state it shows.
 pub fn snapshot(db: &Database) -> Result<CmsSnapshot, PoolError> {
     Ok(db.read(|conn| {
-        // One SQLite read transaction: the identity row and the rows are of the same commit
-        // (the store updates `_tandem_state` in the transaction that changes the rows).
+        // One SQLite read transaction: the identity and the rows are of the same commit (the
+        // store writes the journal segment that is its position in the transaction that
+        // changes the rows).
         let tx = conn.unchecked_transaction()?;
         let snapshot = read_snapshot(&tx)?;
         tx.commit()?;
@@ -224,17 +225,7 @@ pub fn snapshot(db: &Database) -> Result<CmsSnapshot, PoolError> {
 }
 
 fn read_snapshot(conn: &Connection) -> Result<CmsSnapshot, StoreError> {
-    let (database_id, epoch, lsn) = conn.query_row(
-        "SELECT database_id, epoch, lsn FROM _tandem_state WHERE id = 1",
-        [],
-        |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        },
-    )?;
+    let (database_id, epoch, lsn) = tandem_store::identity_in(conn)?;
     let state: Option<String> = conn
         .query_row("SELECT state FROM chat WHERE id = 1", [], |r| r.get(0))
         .optional()?;
@@ -277,9 +268,9 @@ fn read_snapshot(conn: &Connection) -> Result<CmsSnapshot, StoreError> {
     let homes = pairs(conn, "SELECT user, pool FROM homes")?;
     let settings = pairs(conn, "SELECT key, value FROM settings")?;
     Ok(CmsSnapshot {
-        database_id: hex::encode(database_id),
-        epoch: epoch as u64,
-        lsn: lsn as u64,
+        database_id: database_id.to_hex(),
+        epoch,
+        lsn,
         chat,
         pools,
         homes,

@@ -383,6 +383,23 @@ fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 /// Reads the identity stored in a database file (used by open and by backups of a snapshot).
+/// The identity a connection sees — `database_id`, epoch, LSN — in its own read transaction:
+/// with the rows read in the same transaction, exactly the state they are of.
+pub fn identity_in(conn: &Connection) -> Result<(DatabaseId, Epoch, Lsn)> {
+    let (id, epoch, lsn): (Vec<u8>, i64, i64) = conn.query_row(
+        "SELECT database_id, epoch, lsn FROM _tandem_state WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let database_id = DatabaseId(
+        id.try_into()
+            .map_err(|_| StoreError::Corrupt("database_id is not 16 bytes".into()))?,
+    );
+    // The journal's newest segment is the position; the row only when the journal is empty.
+    let lsn = journal::newest_lsn(conn)?.unwrap_or(0).max(lsn as Lsn);
+    Ok((database_id, epoch as Epoch, lsn))
+}
+
 pub(crate) fn read_state(conn: &Connection) -> Result<State> {
     let (version, id, name, epoch, lsn, chain, role, last_time_ms): (
         i64,
@@ -437,18 +454,19 @@ pub(crate) fn read_state(conn: &Connection) -> Result<State> {
         }
     }
     let stats = journal::stats(conn)?;
-    let lsn = lsn as Lsn;
-    // Pair assertion with the writer: the journal ends exactly at the copy's LSN.
-    let newest: Option<i64> =
-        conn.query_row("SELECT MAX(last_lsn) FROM _tandem_journal", [], |r| {
-            r.get(0)
-        })?;
-    if let Some(newest) = newest
-        && newest as Lsn != lsn
-    {
-        return Err(StoreError::Corrupt(format!(
-            "the journal ends at LSN {newest} but the copy is at LSN {lsn}"
-        )));
+    // The position: the journal's newest segment, written in the same SQLite transaction as
+    // the rows; the identity row only when the journal is empty (the writer copies the
+    // position there before it removes segments, not at every group commit).
+    let (mut lsn, mut chain, mut last_time_ms) =
+        (lsn as Lsn, Chain::from_slice(&chain)?, last_time_ms);
+    if let Some(newest) = journal::newest(conn)? {
+        if newest.last_lsn < lsn {
+            return Err(StoreError::Corrupt(format!(
+                "the journal ends at LSN {} but the copy is at LSN {lsn}",
+                newest.last_lsn
+            )));
+        }
+        (lsn, chain, last_time_ms) = (newest.last_lsn, newest.chain_after, newest.time_ms);
     }
     if history.last_epoch() != epoch as Epoch {
         return Err(StoreError::Corrupt(format!(
@@ -461,7 +479,7 @@ pub(crate) fn read_state(conn: &Connection) -> Result<State> {
         database_id,
         epoch: epoch as Epoch,
         lsn,
-        chain: Chain::from_slice(&chain)?,
+        chain,
         role: Role::parse(&role)?,
         history,
         last_time_ms,

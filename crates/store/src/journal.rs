@@ -229,6 +229,56 @@ pub(crate) fn stats(conn: &Connection) -> Result<JournalStats> {
     })
 }
 
+/// Where the newest segment ends: the copy's position.
+pub(crate) struct Newest {
+    pub(crate) last_lsn: Lsn,
+    pub(crate) chain_after: Chain,
+    /// The time of its last record.
+    pub(crate) time_ms: i64,
+}
+
+/// The last LSN of the newest segment, if any: a seek on the primary key.
+pub(crate) fn newest_lsn(conn: &Connection) -> Result<Option<Lsn>> {
+    Ok(conn
+        .query_row(
+            "SELECT last_lsn FROM _tandem_journal ORDER BY first_lsn DESC LIMIT 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|l| l as Lsn))
+}
+
+pub(crate) fn newest(conn: &Connection) -> Result<Option<Newest>> {
+    let row: Option<(i64, Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT last_lsn, chain_after, body FROM _tandem_journal \
+             ORDER BY first_lsn DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((last_lsn, chain_after, body)) = row else {
+        return Ok(None);
+    };
+    let records = decode_segment(&body)?;
+    let last = records.last().ok_or_else(|| {
+        StoreError::Corrupt(format!("journal segment ending at LSN {last_lsn} is empty"))
+    })?;
+    let header = peek_header(last)?;
+    if header.lsn != last_lsn as Lsn {
+        return Err(StoreError::Corrupt(format!(
+            "journal segment ending at LSN {last_lsn} ends with a record of LSN {}",
+            header.lsn
+        )));
+    }
+    Ok(Some(Newest {
+        last_lsn: last_lsn as Lsn,
+        chain_after: Chain::from_slice(&chain_after)?,
+        time_ms: header.time_ms,
+    }))
+}
+
 /// Removes every segment wholly at or before `upto`. Returns the number of records removed.
 pub(crate) fn prune(conn: &Connection, upto: Lsn) -> Result<u64> {
     let removed: Option<i64> = conn.query_row(

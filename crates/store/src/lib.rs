@@ -27,7 +27,7 @@ pub use backup::{
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use database::{
     Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, WriterStats,
-    inspect,
+    identity_in, inspect,
 };
 pub use error::{Result, StoreError};
 pub use history::{Comparison, History, HistoryEntry, Position, compare};

@@ -421,19 +421,10 @@ impl Writer {
             let first = self.state.lsn + 1;
             let refs: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
             let body = journal::encode_segment(&refs);
-            let r = self
-                .run_derived(first, lsn)
-                .and_then(|_| {
-                    journal::insert_segment(
-                        &self.conn,
-                        first,
-                        lsn,
-                        &self.state.chain,
-                        &chain,
-                        &body,
-                    )
-                })
-                .and_then(|_| self.persist_position(lsn, &chain, time_ms));
+            let r = self.run_derived(first, lsn).and_then(|_| {
+                // The segment is also the copy's position (`read_state`).
+                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, &body)
+            });
             if let Err(e) = r {
                 return self.fail_batch(kept, e, schema_changed);
             }
@@ -500,12 +491,19 @@ impl Writer {
         reload_tables(&self.conn, &mut self.tables);
     }
 
-    fn persist_position(&self, lsn: Lsn, chain: &Chain, time_ms: i64) -> Result<()> {
+    /// Copies the position into the identity row, before segments are removed: while the
+    /// journal holds any, its newest segment is the position (a group commit writes no other
+    /// row for it).
+    fn persist_position(&self) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE _tandem_state SET lsn = ?1, chain = ?2, last_time_ms = ?3 WHERE id = 1",
             )?
-            .execute(params![lsn as i64, &chain.0[..], time_ms])?;
+            .execute(params![
+                self.state.lsn as i64,
+                &self.state.chain.0[..],
+                self.state.last_time_ms
+            ])?;
         Ok(())
     }
 
@@ -711,7 +709,6 @@ impl Writer {
                 &chain,
                 &body,
             )?;
-            self.persist_position(expect - 1, &chain, time_ms)?;
             if history_changed {
                 self.persist_identity()?;
             }
@@ -851,7 +848,11 @@ impl Writer {
             self.conn
                 .query_row("SELECT MIN(lsn) FROM _tandem_consumers", [], |r| r.get(0))?;
         let Some(upto) = min else { return Ok(0) };
-        let removed = self.transact(|w| journal::prune(&w.conn, upto as Lsn))?;
+        let removed = self.transact(|w| {
+            // The newest segment may go: the identity row keeps the position.
+            w.persist_position()?;
+            journal::prune(&w.conn, upto as Lsn)
+        })?;
         if removed > 0 {
             let stats = journal::stats(&self.conn)?;
             self.state.journal_bytes = stats.bytes;
@@ -865,6 +866,7 @@ impl Writer {
     /// whose journal belongs to the source's consumers.
     pub(crate) fn reset_journal(&mut self) -> Result<()> {
         self.transact(|w| {
+            w.persist_position()?;
             w.conn.execute("DELETE FROM _tandem_journal", [])?;
             w.conn.execute("DELETE FROM _tandem_consumers", [])?;
             w.state.journal_bytes = 0;

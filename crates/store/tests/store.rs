@@ -910,3 +910,31 @@ fn chain_at_answers_every_lsn_across_segments_and_nothing_past_the_end() {
     assert_eq!(db.chain_at(id.lsn + 1).unwrap(), None);
     assert_eq!(db.chain_at(id.lsn + 100).unwrap(), None);
 }
+
+#[test]
+fn the_position_survives_a_journal_pruned_to_nothing_and_the_writes_after_it() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    let db = create(&dir);
+    for i in 0..20 {
+        post(&db, 1, &format!("m{i}")).unwrap();
+    }
+    let before = db.identity();
+    db.register_consumer("log-backup", 0).unwrap();
+    db.advance_consumer("log-backup", before.lsn).unwrap();
+    db.prune_journal().unwrap();
+    assert_eq!(db.journal_stats().records, 0, "every record was consumed");
+    drop(db);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    let id = db.identity();
+    assert_eq!((id.lsn, id.chain), (before.lsn, before.chain));
+    assert_eq!(id.last_time_ms, before.last_time_ms);
+    post(&db, 1, "after").unwrap();
+    let after = db.identity();
+    drop(db);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    let id = db.identity();
+    assert_eq!((id.lsn, id.chain), (before.lsn + 1, after.chain));
+    assert_eq!(id.last_time_ms, after.last_time_ms);
+    db.integrity_check().unwrap();
+}
