@@ -641,7 +641,9 @@ pub(crate) fn refresh_progress(node: &NodeState, database: &str) {
 
 /// Removes from the share what no restore needs any more: files before the newest full backup
 /// (the newest restorable chain is that backup and every log after it) that the secondary has
-/// applied. Without a secondary nothing is removed. Leftover temporary files go too.
+/// applied, and, once the secondary has applied that backup, the chains set aside in
+/// `superseded-MS` before it was taken. Without a secondary nothing is removed. Leftover
+/// temporary files go too.
 fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, String> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -675,6 +677,15 @@ fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, String> {
         return Ok(removed);
     };
     let keep_upto = newest_lsn.min(applied);
+    let newest_created = listing.files.iter().find_map(|(n, f)| match f {
+        FileName::Full { created_ms, .. } if n == newest => Some(*created_ms),
+        _ => None,
+    });
+    if let Some(created) = newest_created
+        && applied >= newest_lsn
+    {
+        removed.extend(remove_superseded_before(dir, created)?);
+    }
     for (name, f) in &listing.files {
         let unneeded = match f {
             FileName::Log { last_lsn, .. } => *last_lsn <= keep_upto,
@@ -686,6 +697,30 @@ fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, String> {
             removed.push(name.clone());
         }
     }
+    Ok(removed)
+}
+
+/// Removes every `superseded-MS` directory of `dir` set aside before `before_ms`.
+fn remove_superseded_before(dir: &FsPath, before_ms: i64) -> Result<Vec<String>, String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(removed);
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(ms) = name
+            .strip_prefix("superseded-")
+            .and_then(|m| m.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if ms < before_ms {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
     Ok(removed)
 }
 
@@ -1925,6 +1960,32 @@ mod tests {
         let removed = retention(&share, &config).unwrap();
         assert_eq!(removed, vec![l1.name()]);
         assert_eq!(names(&share), vec![f2.name(), l2.name()]);
+        // A chain set aside before the newest full backup goes once the secondary has applied
+        // that backup; one set aside after it stays.
+        let f2_created = match Listing::read(&share)
+            .unwrap()
+            .files
+            .iter()
+            .find(|(n, _)| *n == f2.name())
+        {
+            Some((_, FileName::Full { created_ms, .. })) => *created_ms,
+            other => panic!("{other:?}"),
+        };
+        let before = format!("superseded-{}", f2_created - 1);
+        let after = format!("superseded-{}", f2_created + 1);
+        for d in [&before, &after] {
+            std::fs::create_dir_all(share.join(d)).unwrap();
+            std::fs::write(share.join(d).join("log-old.tlb"), b"old chain").unwrap();
+        }
+        progress(f2.lsn() - 1, &f1.name());
+        assert!(
+            retention(&share, &config).unwrap().is_empty(),
+            "the secondary has not applied the newest full backup yet"
+        );
+        progress(l2.lsn(), &f1.name());
+        assert_eq!(retention(&share, &config).unwrap(), vec![before.clone()]);
+        assert!(!share.join(&before).exists() && share.join(&after).exists());
+        std::fs::remove_dir_all(share.join(&after)).unwrap();
         // A secondary seeded for another configuration, or none, removes nothing.
         write(&a, 13, 1);
         tandem_store::full_backup(&a, &share).unwrap();
