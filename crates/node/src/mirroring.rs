@@ -366,8 +366,12 @@ pub(crate) fn stop(node: &NodeState) {
 
 /// The mirror's side: tells the primary what this copy hardened each time its durable LSN
 /// moves (the mirror applies a batch, then pulls the next while the acknowledgment stage
-/// fsyncs it). One report in flight at a time, carrying the latest LSN.
+/// fsyncs it). One report in flight at a time, carrying the latest LSN. Only a synchronous
+/// primary waits for it; an asynchronous one learns it from the pulls.
 async fn report_hardened(node: std::sync::Weak<NodeState>, link: Arc<Link>) {
+    if link.partnership.mode != Mode::Sync {
+        return;
+    }
     let mut reported: Option<(u64, Lsn)> = None;
     loop {
         let Some(n) = node.upgrade() else { return };
