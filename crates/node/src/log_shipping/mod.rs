@@ -1,0 +1,518 @@
+//! Log shipping (DESIGN.md §2 and §4, seed `003_…`): per log-shipped database (`mgc`, whose
+//! secondary is the topology's `[chat] backup`), three jobs through the share.
+//!
+//! - The **backup job** runs on whichever node holds the primary copy now, in the configured
+//!   primary site (a mirror failover moves it to the mirror, and the chain goes on): every
+//!   `backup_interval_ms` a log backup of what was acknowledged since the last one, a full
+//!   backup every `full_backup_interval_ms`, and the share's retention.
+//! - The **copy job** on the secondary copies every log backup it has not copied from the share
+//!   to its own directory (`DATA/log-shipping/<db>/`).
+//! - The **restore job** on the secondary applies the copied files in LSN order to its
+//!   `restoring` copy, which it first seeds from the newest full backup on the share.
+//!
+//! Everything both sites must see lives on the share, in `SHARE/<db>/`: the configuration
+//! (`log-shipping.json`), the backup files, and each job's progress (`primary.json`,
+//! `secondary-<node>.json`). So any node — the secondary alone, once the primary site is lost —
+//! can run the monitor and every step of a failover. Writers of the share take its lock file
+//! (`.lock`) so that a mirror failover never has two primaries cutting the same records.
+
+use crate::error::ApiError;
+use crate::server::{NodeState, Shared};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_store::{
+    BackupFile, Database, FileName, LOG_BACKUP_CONSUMER, Lsn, Recovery, RestoreOptions, Role,
+};
+use tandem_topology::{PlacementRole, Topology};
+
+mod api;
+mod chain;
+mod jobs;
+mod monitor;
+mod secondary;
+mod share;
+
+pub use api::*;
+pub(crate) use chain::*;
+pub(crate) use jobs::*;
+pub use monitor::*;
+pub use secondary::*;
+pub(crate) use share::*;
+
+/// The configuration file in `SHARE/<db>/`.
+pub const CONFIG_FILE: &str = "log-shipping.json";
+/// The backup job's progress, in `SHARE/<db>/`.
+pub const PRIMARY_FILE: &str = "primary.json";
+/// The lock file writers of `SHARE/<db>/` hold.
+const LOCK_FILE: &str = ".lock";
+/// The secondary's own record of the full backup it was seeded from, in its local directory.
+const STATE_FILE: &str = "state.json";
+
+/// Default interval between two log backups (and two rounds of the copy and restore jobs).
+pub const BACKUP_INTERVAL_MS_DEFAULT: u64 = 1_000;
+const BACKUP_INTERVAL_MS_MIN: u64 = 100;
+const BACKUP_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Default interval between two rounds of the secondary (copy, then restore): half the backup
+/// interval, so a log backup waits half an interval on average before it is applied.
+pub const COPY_INTERVAL_MS_DEFAULT: u64 = 500;
+
+fn copy_interval_default() -> u64 {
+    COPY_INTERVAL_MS_DEFAULT
+}
+
+/// Default interval between two scheduled full backups. The log backups after the newest full
+/// backup stay on the share (about one per second under load): an hour keeps a restore chain,
+/// and the listings every job reads each round, to a few thousand files.
+pub const FULL_BACKUP_INTERVAL_MS_DEFAULT: u64 = 3_600_000;
+const FULL_BACKUP_INTERVAL_MS_MIN: u64 = 10_000;
+/// The backup alert fires when the backup job has not run for this many intervals.
+const BACKUP_ALERT_INTERVALS: u64 = 5;
+/// Default restore alert: the secondary lags the primary by more than this (records' times).
+pub const RESTORE_ALERT_MS_DEFAULT: u64 = 10_000;
+/// How often the backup job applies the share's retention.
+const RETENTION_EVERY_MS: u64 = 10_000;
+/// Log backups one round of the copy or restore job takes on (the next round takes the rest).
+const LOG_FILES_PER_ROUND_MAX: usize = 1_000;
+/// Log backups one `restore` step applies at most (checked as one chain before any is applied).
+const LOG_FILES_PER_RESTORE_MAX: usize = 100_000;
+/// Temporary files (`.partial-…`, `.snapshot-…`) older than this on the share are leftovers
+/// of a crash and removed by the retention.
+const TEMP_FILE_AGE_MS_MAX: u64 = 3_600_000;
+
+/// The log shipping of one database, as configured on the share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub database: String,
+    /// The site whose primary copy backs up: the copy that is primary in that site now.
+    pub primary_site: String,
+    /// The node whose copy copies and restores the log backups; `None` once removed.
+    pub secondary: Option<String>,
+    /// The full backup that started the secondary's chain: when it changes the secondary is
+    /// seeded again, from the newest full backup on the share.
+    pub seed: Option<String>,
+    pub backup_interval_ms: u64,
+    /// Interval of the secondary's rounds (copy, then restore).
+    #[serde(default = "copy_interval_default")]
+    pub copy_interval_ms: u64,
+    pub full_backup_interval_ms: u64,
+    /// Alert when the backup job has not run for this long.
+    pub backup_alert_ms: u64,
+    /// Alert when the secondary lags the primary by more than this (records' commit times),
+    /// or its jobs have not run for this long.
+    pub restore_alert_ms: u64,
+    pub updated_ms: i64,
+}
+
+impl Config {
+    fn new(database: &str, primary_site: &str, secondary: Option<String>) -> Config {
+        Config {
+            database: database.to_string(),
+            primary_site: primary_site.to_string(),
+            secondary,
+            seed: None,
+            backup_interval_ms: BACKUP_INTERVAL_MS_DEFAULT,
+            copy_interval_ms: COPY_INTERVAL_MS_DEFAULT,
+            full_backup_interval_ms: FULL_BACKUP_INTERVAL_MS_DEFAULT,
+            backup_alert_ms: BACKUP_ALERT_INTERVALS * BACKUP_INTERVAL_MS_DEFAULT,
+            restore_alert_ms: RESTORE_ALERT_MS_DEFAULT,
+            updated_ms: now_ms(),
+        }
+    }
+}
+
+/// One job's last work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The last file the job wrote, copied or applied, the last LSN in it, and when.
+    pub last_file: Option<String>,
+    pub last_lsn: Option<Lsn>,
+    pub last_file_ms: Option<i64>,
+    /// When the job last ran, with or without anything to do (ms since the Unix epoch).
+    pub ran_ms: Option<i64>,
+    /// Why its last run failed, if it did.
+    pub error: Option<String>,
+}
+
+impl JobStatus {
+    fn ran(&mut self, result: Result<Option<(String, Lsn)>, String>) {
+        let now = now_ms();
+        self.ran_ms = Some(now);
+        match result {
+            Ok(Some((file, lsn))) => {
+                self.last_file = Some(file);
+                self.last_lsn = Some(lsn);
+                self.last_file_ms = Some(now);
+                self.error = None;
+            }
+            Ok(None) => self.error = None,
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// The backup job's progress, on the share.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PrimaryProgress {
+    pub node: String,
+    pub epoch: u64,
+    /// The primary's LSN and the commit time of its last record.
+    pub lsn: Lsn,
+    pub last_time_ms: i64,
+    pub backup: JobStatus,
+    /// The newest full backup the job took.
+    pub full: Option<String>,
+    pub updated_ms: i64,
+}
+
+/// The secondary's progress, on the share.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SecondaryProgress {
+    pub node: String,
+    /// The configuration's seed this copy was seeded for.
+    pub seed: Option<String>,
+    pub role: Option<String>,
+    pub epoch: Option<u64>,
+    /// The copy's LSN and the commit time of its last record.
+    pub lsn: Lsn,
+    pub last_time_ms: i64,
+    pub copy: JobStatus,
+    pub restore: JobStatus,
+    pub updated_ms: i64,
+}
+
+/// What `status` shows of the log-shipping jobs that ran on this node for one copy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CopyJobs {
+    pub backup: Option<JobStatus>,
+    pub copy: Option<JobStatus>,
+    pub restore: Option<JobStatus>,
+    /// A condition of the jobs: stale primary, seeding, not the secondary, …
+    pub state: Option<String>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    status: CopyJobs,
+    retention_at: Option<Instant>,
+}
+
+/// This node's log-shipping jobs.
+#[derive(Default)]
+pub(crate) struct LogShipping {
+    jobs: Mutex<BTreeMap<String, Arc<Mutex<Jobs>>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl LogShipping {
+    fn jobs(&self, database: &str) -> Arc<Mutex<Jobs>> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .entry(database.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn update(&self, database: &str, f: impl FnOnce(&mut CopyJobs)) {
+        let jobs = self.jobs(database);
+        f(&mut jobs.lock().expect("jobs lock").status);
+    }
+
+    /// The jobs that ran here for `database`, if any.
+    pub(crate) fn status(&self, database: &str) -> Option<CopyJobs> {
+        let jobs = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .get(database)
+            .cloned()?;
+        let s = jobs.lock().expect("jobs lock").status.clone();
+        (s.backup.is_some() || s.copy.is_some() || s.restore.is_some() || s.state.is_some())
+            .then_some(s)
+    }
+}
+
+/// The databases the topology log-ships: those it places a backup copy of.
+pub(crate) fn shipped(topology: &Topology) -> Vec<String> {
+    let mut out: Vec<String> = topology
+        .nodes
+        .iter()
+        .flat_map(|n| topology.databases_on(&n.name))
+        .filter(|p| p.role == PlacementRole::Backup)
+        .map(|p| p.database)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The node the topology places `database`'s copy of `role` on.
+fn placed(
+    topology: &Topology,
+    database: &str,
+    role: PlacementRole,
+) -> Option<tandem_topology::Node> {
+    topology
+        .nodes
+        .iter()
+        .find(|n| {
+            topology
+                .databases_on(&n.name)
+                .iter()
+                .any(|p| p.database == database && p.role == role)
+        })
+        .cloned()
+}
+
+pub(crate) fn share_dir(topology: &Topology, database: &str) -> PathBuf {
+    topology.share.join(database)
+}
+
+fn local_dir(node: &NodeState, database: &str) -> PathBuf {
+    node.me().data_dir.join("log-shipping").join(database)
+}
+
+fn secondary_file(node: &str) -> String {
+    format!("secondary-{node}.json")
+}
+
+/// Milliseconds since the Unix epoch (the times of the jobs and the monitor).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_store::{Migration, Options, Value};
+
+    static SCHEMA: &[Migration] = &[Migration {
+        version: 1,
+        name: "rows",
+        sql: "CREATE TABLE rows (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    }];
+
+    fn create(dir: &FsPath) -> Database {
+        let db = Database::create(dir, "mgc", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        db
+    }
+
+    fn write(db: &Database, from: i64, n: i64) {
+        for i in from..from + n {
+            db.write(move |tx: &mut tandem_store::Tx<'_>| {
+                tx.insert(
+                    "rows",
+                    vec![Value::Integer(i), Value::Text(format!("row {i}"))],
+                )
+            })
+            .unwrap();
+        }
+    }
+
+    /// A copy restored from every file of `share`, `restoring`.
+    fn restored(share: &FsPath, target: &FsPath) -> Database {
+        let files: Vec<PathBuf> = Listing::read(share)
+            .unwrap()
+            .files
+            .iter()
+            .map(|(n, _)| share.join(n))
+            .collect();
+        let options = RestoreOptions {
+            recovery: Recovery::NoRecovery,
+            ..Default::default()
+        };
+        tandem_store::restore_new(target, &files, &options, false).unwrap();
+        Database::open(target, Options::default()).unwrap()
+    }
+
+    fn names(dir: &FsPath) -> Vec<String> {
+        Listing::read(dir)
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_that_holds_the_shares_last_lsn_continues_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 5, 5);
+        tandem_store::log_backup(&a, &share).unwrap();
+        // Another copy of the same history takes over (as a mirror would): it has no cursor.
+        let b = restored(&share, &tmp.path().join("b"));
+        b.recover(None).unwrap();
+        assert!(consumer_lsn(&b).unwrap().is_none());
+        let (state, _) = ensure_chain(&b, &share, false).unwrap();
+        assert_eq!(state, ChainState::Continues);
+        assert_eq!(consumer_lsn(&b).unwrap(), Some(a.identity().lsn));
+        write(&b, 10, 3);
+        let files = tandem_store::log_backup(&b, &share).unwrap();
+        assert_eq!(files.len(), 1);
+        let chain = tandem_store::verify_chain(std::slice::from_ref(&share)).unwrap();
+        assert_eq!(chain.last_lsn, b.identity().lsn);
+        // The old primary, of the older epoch, writes nothing there any more.
+        let e = ensure_chain(&a, &share, true).unwrap_err();
+        assert!(e.contains("past this copy's epoch 1"), "{e}");
+        assert_eq!(names(&share).len(), 3);
+    }
+
+    #[test]
+    fn a_newer_epoch_off_the_chain_starts_a_new_one_and_keeps_the_old_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        tandem_store::full_backup(&a, &share).unwrap();
+        // A copy from the full backup alone, recovered, then written: another history.
+        let c = restored(&share, &tmp.path().join("c"));
+        write(&a, 5, 5);
+        tandem_store::log_backup(&a, &share).unwrap();
+        c.recover(None).unwrap();
+        write(&c, 100, 2);
+        let before = names(&share);
+        let e = ensure_chain(&c, &share, false).unwrap_err();
+        assert!(e.contains("take a full backup first"), "{e}");
+        assert_eq!(names(&share), before, "a refusal moves nothing");
+        let (state, listing) = ensure_chain(&c, &share, true).unwrap();
+        let ChainState::Restarted { superseded } = state else {
+            panic!("{state:?}")
+        };
+        assert!(listing.files.is_empty());
+        assert!(names(&share).is_empty());
+        assert_eq!(names(&superseded), before);
+        // The same epoch with another history is an operator's question, not a restart.
+        let d = restored(&superseded, &tmp.path().join("d"));
+        d.recover(None).unwrap();
+        tandem_store::full_backup(&c, &share).unwrap();
+        write(&c, 200, 1);
+        tandem_store::log_backup(&c, &share).unwrap();
+        write(&d, 300, 2);
+        let e = ensure_chain(&d, &share, true).unwrap_err();
+        assert!(e.contains("another history"), "{e}");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_chain_and_what_the_secondary_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        let f1 = tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 5, 5);
+        let l1 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let f2 = tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 10, 3);
+        let l2 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let mut config = Config::new("mgc", "atl", Some("dal-db1".into()));
+        config.seed = Some(f1.name());
+        let progress = |lsn: Lsn, seed: &str| {
+            let p = SecondaryProgress {
+                node: "dal-db1".into(),
+                seed: Some(seed.to_string()),
+                lsn,
+                ..Default::default()
+            };
+            write_json(&share.join(secondary_file("dal-db1")), &p, false).unwrap();
+        };
+        // The secondary is behind the first log backup: only the older full backup may go.
+        progress(f1.lsn(), &f1.name());
+        let removed = retention(&share, &config).unwrap();
+        assert_eq!(removed, vec![f1.name()]);
+        // Past it: the log before the newest full backup goes, never the newest chain.
+        progress(l2.lsn(), &f1.name());
+        let removed = retention(&share, &config).unwrap();
+        assert_eq!(removed, vec![l1.name()]);
+        assert_eq!(names(&share), vec![f2.name(), l2.name()]);
+        // A chain set aside before the newest full backup goes once the secondary has applied
+        // that backup; one set aside after it stays.
+        let f2_created = match Listing::read(&share)
+            .unwrap()
+            .files
+            .iter()
+            .find(|(n, _)| *n == f2.name())
+        {
+            Some((_, FileName::Full { created_ms, .. })) => *created_ms,
+            other => panic!("{other:?}"),
+        };
+        let before = format!("superseded-{}", f2_created - 1);
+        let after = format!("superseded-{}", f2_created + 1);
+        for d in [&before, &after] {
+            std::fs::create_dir_all(share.join(d)).unwrap();
+            std::fs::write(share.join(d).join("log-old.tlb"), b"old chain").unwrap();
+        }
+        progress(f2.lsn() - 1, &f1.name());
+        assert!(
+            retention(&share, &config).unwrap().is_empty(),
+            "the secondary has not applied the newest full backup yet"
+        );
+        progress(l2.lsn(), &f1.name());
+        assert_eq!(retention(&share, &config).unwrap(), vec![before.clone()]);
+        assert!(!share.join(&before).exists() && share.join(&after).exists());
+        std::fs::remove_dir_all(share.join(&after)).unwrap();
+        // A secondary seeded for another configuration, or none, removes nothing.
+        write(&a, 13, 1);
+        tandem_store::full_backup(&a, &share).unwrap();
+        progress(a.identity().lsn, "full-of-another-seed.tfb");
+        assert!(retention(&share, &config).unwrap().is_empty());
+        config.secondary = None;
+        assert!(retention(&share, &config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_copied_file_refuses_the_restore_and_applies_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let local = tmp.path().join("local");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 3);
+        tandem_store::full_backup(&a, &share).unwrap();
+        let r = restored(&share, &tmp.path().join("r"));
+        for i in 0..3 {
+            write(&a, 10 + i * 10, 4);
+            tandem_store::log_backup(&a, &share).unwrap();
+        }
+        let lsn = r.identity().lsn;
+        let copied = copy_new(&share, &local, lsn, 2).unwrap();
+        assert_eq!(copied.len(), 2, "bounded per round");
+        assert_eq!(copy_new(&share, &local, lsn, 10).unwrap().len(), 1);
+        assert!(copy_new(&share, &local, lsn, 10).unwrap().is_empty());
+        let second = local.join(&copied[1].0);
+        let mut bytes = std::fs::read(&second).unwrap();
+        let at = bytes.len() - 60;
+        bytes[at] ^= 1;
+        std::fs::write(&second, &bytes).unwrap();
+        let e = restore_copied(&r, &local, 100).unwrap_err().to_string();
+        assert!(e.contains(&copied[1].0), "{e}");
+        assert_eq!(r.identity().lsn, lsn, "nothing applied");
+        // The file copied again from the share: everything applies, the copies go.
+        std::fs::copy(share.join(&copied[1].0), &second).unwrap();
+        let done = restore_copied(&r, &local, 100).unwrap();
+        assert_eq!(done.lsn, a.identity().lsn);
+        assert_eq!(done.files_applied.len(), 3);
+        assert!(unapplied(&local, done.lsn).unwrap().is_empty());
+        assert!(Listing::read(&local).unwrap().files.is_empty());
+    }
+}

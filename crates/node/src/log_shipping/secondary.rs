@@ -1,0 +1,350 @@
+//! The secondary: seed, copy, restore.
+
+use super::*;
+
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct LocalState {
+    pub(super) seed: Option<String>,
+}
+
+/// Copies every log backup of the share after `after` that is not in `local` yet, at most
+/// `files_max`, each under a temporary name renamed once durable. The files copied: name,
+/// last LSN.
+pub(super) fn copy_new(
+    share: &FsPath,
+    local: &FsPath,
+    after: Lsn,
+    files_max: usize,
+) -> Result<Vec<(String, Lsn)>, String> {
+    std::fs::create_dir_all(local).map_err(|e| format!("{}: {e}", local.display()))?;
+    let have = Listing::read(local)?;
+    let from = have
+        .logs()
+        .map(|(_, _, last)| last)
+        .max()
+        .unwrap_or(0)
+        .max(after);
+    let listing = Listing::read(share)?;
+    let mut copied = Vec::new();
+    for (name, _, last) in listing.logs() {
+        if last <= from || local.join(name).exists() {
+            continue;
+        }
+        if copied.len() >= files_max {
+            break;
+        }
+        let (src, dst) = (share.join(name), local.join(name));
+        let tmp = local.join(format!(".{name}.part"));
+        let r = (|| {
+            std::fs::copy(&src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &dst)
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("copying {}: {e}", src.display()));
+        }
+        copied.push((name.to_string(), last));
+    }
+    if !copied.is_empty() {
+        std::fs::File::open(local)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", local.display()))?;
+    }
+    Ok(copied)
+}
+
+/// The copied log backups a copy at `lsn` has not applied, in LSN order.
+pub(super) fn unapplied(local: &FsPath, lsn: Lsn) -> Result<Vec<PathBuf>, String> {
+    Ok(Listing::read(local)?
+        .logs()
+        .filter(|(_, _, last)| *last > lsn)
+        .map(|(name, _, _)| local.join(name))
+        .collect())
+}
+
+/// Removes the copied log backups a copy at `lsn` has applied.
+pub(super) fn drop_applied(local: &FsPath, lsn: Lsn) {
+    if let Ok(listing) = Listing::read(local) {
+        for (name, _, last) in listing.logs() {
+            if last <= lsn {
+                let _ = std::fs::remove_file(local.join(name));
+            }
+        }
+    }
+}
+
+/// What a restore step did: the copy's position after it is the data-loss point of a failover.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Restored {
+    pub database: String,
+    pub node: String,
+    pub files_applied: Vec<String>,
+    pub records_applied: u64,
+    /// The last LSN applied, the commit time of its record, and the copy's epoch and role.
+    pub lsn: Lsn,
+    pub last_time_ms: i64,
+    pub epoch: u64,
+    pub role: String,
+    /// Copied log backups left to apply (more than one step takes).
+    pub files_left: usize,
+}
+
+/// Applies copied log backups to `db`, at most `files_max`, checked as one chain first: on any
+/// refusal (a gap, a damaged file — named) nothing is applied.
+pub(super) fn restore_copied(
+    db: &Database,
+    local: &FsPath,
+    files_max: usize,
+) -> Result<Restored, tandem_store::StoreError> {
+    let id = db.identity();
+    let mut files = unapplied(local, id.lsn).map_err(tandem_store::StoreError::Invalid)?;
+    let left = files.len().saturating_sub(files_max);
+    files.truncate(files_max);
+    let mut out = Restored {
+        database: id.name.clone(),
+        lsn: id.lsn,
+        last_time_ms: id.last_time_ms,
+        epoch: id.epoch,
+        role: id.role.to_string(),
+        files_left: left,
+        ..Default::default()
+    };
+    if files.is_empty() {
+        return Ok(out);
+    }
+    let recovery = if id.role == Role::Standby {
+        Recovery::Standby
+    } else {
+        Recovery::NoRecovery
+    };
+    let options = RestoreOptions {
+        recovery,
+        ..Default::default()
+    };
+    let report = tandem_store::restore_logs(db, &files, &options)?;
+    out.files_applied = report
+        .logs_applied
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    out.records_applied = report.records_applied;
+    out.lsn = report.lsn;
+    out.last_time_ms = report.last_time_ms;
+    out.epoch = report.epoch;
+    out.role = report.role.to_string();
+    drop_applied(local, report.lsn);
+    Ok(out)
+}
+
+/// Seeds the secondary's copy from the newest full backup on the share (the copy it replaces
+/// closes first; on any error it is put back as it was). Refuses to replace a mirror, or a
+/// primary that is not older than the backup.
+pub(super) fn seed(
+    node: &NodeState,
+    database: &str,
+    share: &FsPath,
+    local: &FsPath,
+) -> Result<Lsn, String> {
+    let listing = Listing::read(share)?;
+    let (full, _) = listing.newest_full().ok_or_else(|| {
+        format!(
+            "no full backup of {database} in {}: the primary takes one when log shipping is \
+             configured",
+            share.display()
+        )
+    })?;
+    let full = share.join(full);
+    let header = tandem_store::read_header(&full).map_err(|e| e.to_string())?;
+    let BackupFile::Full { header: fh, .. } = &header else {
+        unreachable!("a .tfb name is a full backup")
+    };
+    if let Some(copy) = node.host.get(database) {
+        let id = copy.identity();
+        if id.role == Role::Mirror {
+            return Err(format!(
+                "{database} on {} is a mirror: a log-shipping secondary is not a mirror",
+                node.name
+            ));
+        }
+        if id.role == Role::Primary && id.epoch >= fh.epoch {
+            return Err(format!(
+                "{database} on {} is primary (epoch {}), not older than the full backup {} \
+                 (epoch {}): it is not replaced by a secondary",
+                node.name,
+                id.epoch,
+                header.name(),
+                fh.epoch
+            ));
+        }
+    }
+    tracing::info!(database, full = %header.name(), lsn = fh.lsn, "seeding the log-shipping secondary");
+    let existed = node.host.get(database).is_some();
+    node.host.replace(database, None);
+    let target = node.host.path_of(database);
+    let options = RestoreOptions {
+        recovery: Recovery::NoRecovery,
+        ..Default::default()
+    };
+    let restored = tandem_store::restore_new(&target, std::slice::from_ref(&full), &options, true);
+    if let Err(e) = restored {
+        if existed && let Ok(db) = node.host.reopen(database, &node.topology) {
+            node.host.replace(database, Some(db));
+        }
+        return Err(format!("seeding from {}: {e}", header.name()));
+    }
+    let db = node.host.reopen(database, &node.topology)?;
+    let lsn = db.identity().lsn;
+    node.host.replace(database, Some(db));
+    // Copied files belong to the chain the copy had: the new one starts from the full backup.
+    if let Ok(listing) = Listing::read(local) {
+        for (name, _) in &listing.files {
+            let _ = std::fs::remove_file(local.join(name));
+        }
+    }
+    Ok(lsn)
+}
+
+/// What one round of the secondary does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Steps {
+    /// The jobs: seed when needed, copy, restore.
+    Jobs,
+    /// The `copy` step alone: every log backup not copied yet.
+    Copy,
+    /// The `restore` step alone: every copied log backup not applied yet.
+    Restore,
+}
+
+#[derive(Default)]
+pub(super) struct SecondaryRound {
+    pub(super) copied: Vec<(String, Lsn)>,
+    pub(super) restored: Option<Result<Restored, tandem_store::StoreError>>,
+    pub(super) state: Option<String>,
+}
+
+/// One round on the secondary (blocking; the caller holds the copy's operations lock).
+pub(super) fn secondary_round(
+    node: &NodeState,
+    database: &str,
+    config: Option<&Config>,
+    steps: Steps,
+) -> Result<SecondaryRound, String> {
+    let share = share_dir(&node.topology, database);
+    let local = local_dir(node, database);
+    let mut round = SecondaryRound::default();
+    let state_file = local.join(STATE_FILE);
+    if steps == Steps::Jobs
+        && let Some(config) = config
+        && config.seed.is_some()
+    {
+        let state: LocalState = read_json(&state_file)?.unwrap_or_default();
+        let exists = node
+            .host
+            .path_of(database)
+            .join(tandem_store::DB_FILE)
+            .exists();
+        if state.seed != config.seed || !exists {
+            node.log_shipping.update(database, |s| {
+                s.state = Some(format!("seeding from {}", share.display()))
+            });
+            let lsn = seed(node, database, &share, &local)?;
+            write_json(
+                &state_file,
+                &LocalState {
+                    seed: config.seed.clone(),
+                },
+                true,
+            )?;
+            round.state = Some(format!("seeded at LSN {lsn}"));
+        }
+    }
+    let copy = node.host.get(database);
+    let copy_role = copy.as_ref().map(|d| d.identity().role);
+    if copy_role == Some(Role::Primary) {
+        round.state = Some("recovered: the copy is primary; no log backup is applied".into());
+    }
+    if steps != Steps::Restore {
+        let after = copy.as_ref().map(|d| d.identity().lsn).unwrap_or(0);
+        let max = if steps == Steps::Copy {
+            LOG_FILES_PER_RESTORE_MAX
+        } else {
+            LOG_FILES_PER_ROUND_MAX
+        };
+        round.copied = copy_new(&share, &local, after, max)?;
+    }
+    if steps != Steps::Copy
+        && let Some(db) = copy
+        && matches!(copy_role, Some(Role::Restoring | Role::Standby))
+    {
+        let max = if steps == Steps::Restore {
+            LOG_FILES_PER_RESTORE_MAX
+        } else {
+            LOG_FILES_PER_ROUND_MAX
+        };
+        let mut r = restore_copied(&db, &local, max);
+        if let Ok(r) = &mut r {
+            r.node = node.name.clone();
+        }
+        round.restored = Some(r);
+    }
+    Ok(round)
+}
+
+/// Records a secondary round in the node's status and in the progress file on the share.
+pub(super) fn record_secondary(
+    node: &NodeState,
+    database: &str,
+    round: &Result<SecondaryRound, String>,
+    steps: Steps,
+) {
+    let share = share_dir(&node.topology, database);
+    let path = share.join(secondary_file(&node.name));
+    let mut progress: SecondaryProgress = read_json(&path).ok().flatten().unwrap_or_default();
+    let mut status = node.log_shipping.status(database).unwrap_or_default();
+    let mut copy = status.copy.take().unwrap_or(progress.copy.clone());
+    let mut restore = status.restore.take().unwrap_or(progress.restore.clone());
+    match round {
+        Ok(r) => {
+            if steps != Steps::Restore {
+                copy.ran(Ok(r.copied.last().cloned()));
+            }
+            match &r.restored {
+                Some(Ok(x)) => restore.ran(Ok(x.files_applied.last().map(|f| (f.clone(), x.lsn)))),
+                Some(Err(e)) => restore.ran(Err(e.to_string())),
+                None => {}
+            }
+            status.state = r.state.clone();
+        }
+        Err(e) => {
+            if steps == Steps::Restore {
+                restore.ran(Err(e.clone()));
+            } else {
+                copy.ran(Err(e.clone()));
+            }
+            status.state = None;
+        }
+    }
+    let id = node.host.get(database).map(|d| d.identity());
+    let state: LocalState = read_json(&local_dir(node, database).join(STATE_FILE))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    progress = SecondaryProgress {
+        node: node.name.clone(),
+        seed: state.seed,
+        role: id.as_ref().map(|i| i.role.to_string()),
+        epoch: id.as_ref().map(|i| i.epoch),
+        lsn: id.as_ref().map(|i| i.lsn).unwrap_or(0),
+        last_time_ms: id.as_ref().map(|i| i.last_time_ms).unwrap_or(0),
+        copy: copy.clone(),
+        restore: restore.clone(),
+        updated_ms: now_ms(),
+    };
+    if let Err(e) = write_json(&path, &progress, false) {
+        tracing::warn!(database, error = %e, "cannot write the secondary's progress to the share");
+    }
+    status.copy = Some(copy);
+    status.restore = Some(restore);
+    node.log_shipping.update(database, |s| *s = status);
+}

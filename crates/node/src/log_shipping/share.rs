@@ -1,0 +1,132 @@
+//! Files on the share: names, listings, the lock, JSON progress files.
+
+use super::*;
+
+/// Writes `value` as JSON under a temporary name, then renames it: readers see the old or the
+/// new document, never a part. `durable` also fsyncs the file and the directory.
+pub(super) fn write_json<T: Serialize>(
+    path: &FsPath,
+    value: &T,
+    durable: bool,
+) -> Result<(), String> {
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(value).expect("serializes");
+    let r = (|| {
+        std::fs::write(&tmp, &bytes)?;
+        if durable {
+            std::fs::File::open(&tmp)?.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    r.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &FsPath) -> Result<Option<T>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+pub(crate) fn read_config(dir: &FsPath) -> Result<Option<Config>, String> {
+    read_json(&dir.join(CONFIG_FILE))
+}
+
+pub(super) fn write_config(dir: &FsPath, config: &Config) -> Result<(), String> {
+    let mut c = config.clone();
+    c.updated_ms = now_ms();
+    write_json(&dir.join(CONFIG_FILE), &c, true)
+}
+
+/// The share directory's lock, held while a node writes backups or the configuration there.
+pub(super) struct ShareLock(#[allow(dead_code)] std::fs::File);
+
+impl ShareLock {
+    pub(super) fn acquire(dir: &FsPath) -> Result<ShareLock, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.lock().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(ShareLock(f))
+    }
+}
+
+/// The backup files of a directory, from their names, in LSN order.
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    pub(super) files: Vec<(String, FileName)>,
+}
+
+impl Listing {
+    pub(super) fn read(dir: &FsPath) -> Result<Listing, String> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(parsed) = tandem_store::parse_file_name(&name) {
+                files.push((name, parsed));
+            }
+        }
+        files.sort_by_key(|(name, f)| (order(f), name.clone()));
+        Ok(Listing { files })
+    }
+
+    pub(super) fn logs(&self) -> impl Iterator<Item = (&str, Lsn, Lsn)> {
+        self.files.iter().filter_map(|(n, f)| match f {
+            FileName::Log {
+                first_lsn,
+                last_lsn,
+            } => Some((n.as_str(), *first_lsn, *last_lsn)),
+            _ => None,
+        })
+    }
+
+    /// The newest full backup: highest LSN, then latest taken.
+    pub(super) fn newest_full(&self) -> Option<(&str, Lsn)> {
+        self.files
+            .iter()
+            .filter_map(|(n, f)| match f {
+                FileName::Full {
+                    lsn, created_ms, ..
+                } => Some((n.as_str(), *lsn, *created_ms)),
+                _ => None,
+            })
+            .max_by_key(|(_, lsn, created)| (*lsn, *created))
+            .map(|(n, lsn, _)| (n, lsn))
+    }
+
+    /// The file that holds the highest LSN (a log backup over a full backup of the same LSN).
+    pub(super) fn newest(&self) -> Option<(&str, Lsn)> {
+        self.files.last().map(|(n, f)| (n.as_str(), f.lsn()))
+    }
+}
+
+/// Sort key: by last LSN; a full backup before a log backup that ends at the same LSN.
+pub(super) fn order(f: &FileName) -> (Lsn, u8, i64) {
+    match f {
+        FileName::Full {
+            lsn, created_ms, ..
+        } => (*lsn, 0, *created_ms),
+        FileName::Log { last_lsn, .. } => (*last_lsn, 1, 0),
+    }
+}
