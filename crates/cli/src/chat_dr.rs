@@ -59,10 +59,28 @@ fn places(t: &Topology) -> anyhow::Result<Places> {
 
 /// The role, epoch, LSN and last write time of `node`'s copy of mgc; None when unreachable.
 fn role(d: &Deployment, node: &str) -> Option<tandem_node::CopyRole> {
-    let addr = d.topology.node(node)?.address.clone();
-    let rt = crate::deployment::runtime().ok()?;
-    rt.block_on(d.client().copy_role(&addr, DATABASE_MGC, TIMEOUT))
-        .ok()
+    role_or_why(d, node).ok()
+}
+
+/// Why a node's mgc copy has no role to show.
+enum NoRole {
+    /// The node does not answer.
+    Silent,
+    /// It answers, without a copy to show (one being reseeded, say): what it said.
+    Said(String),
+}
+
+/// The role of `node`'s mgc copy, or why it cannot be had.
+fn role_or_why(d: &Deployment, node: &str) -> Result<tandem_node::CopyRole, NoRole> {
+    let Some(n) = d.topology.node(node) else {
+        return Err(NoRole::Said(format!("no node {node} in the topology")));
+    };
+    let rt = crate::deployment::runtime().map_err(|e| NoRole::Said(e.to_string()))?;
+    rt.block_on(d.client().copy_role(&n.address, DATABASE_MGC, TIMEOUT))
+        .map_err(|e| match e {
+            tandem_node::ClientError::Unreachable { .. } => NoRole::Silent,
+            other => NoRole::Said(other.to_string()),
+        })
 }
 
 fn chat_state(d: &Deployment) -> anyhow::Result<(String, Vec<String>)> {
@@ -529,12 +547,19 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 p.backup
             ),
         }
-        if role(d, &p.primary).is_none() {
-            bail!(
+        match role_or_why(d, &p.primary) {
+            Ok(_) => {}
+            Err(NoRole::Silent) => bail!(
                 "{} does not answer: the primary site {} must be rebuilt and up before a failback",
                 p.primary,
                 p.primary_site
-            );
+            ),
+            Err(NoRole::Said(why)) => bail!(
+                "{} answers but shows no copy of mgc ({why}): a copy being reseeded from {} \
+                 comes back by itself; run the failback again once `tandem status` shows it",
+                p.primary,
+                p.backup
+            ),
         }
         Ok(())
     };
