@@ -96,6 +96,27 @@ fn chat_state(d: &Deployment) -> anyhow::Result<(String, Vec<String>)> {
     Ok((s["state"].as_str().unwrap_or("").to_string(), active))
 }
 
+/// The last step of both procedures: the chat pool in `state` with `servers` (comma-separated)
+/// active, once the servers themselves know it.
+fn set_active_servers<'a>(d: &'a Deployment, servers: String, state: &'static str) -> Step<'a> {
+    Step {
+        title: format!("set the active servers: {servers}"),
+        command: format!("tandem chat active-servers set {servers}"),
+        check: Box::new({
+            let servers = servers.clone();
+            move |_| {
+                let (now, active) = chat_state(d)?;
+                Ok((now == state
+                    && active.join(",") == servers
+                    && wait_for(|| servers_follow(d, &servers, state)))
+                .then(|| json!({ "active": active })))
+            }
+        }),
+        run: Box::new(move |_| command(d, &["chat", "active-servers", "set", &servers])),
+        verify: true,
+    }
+}
+
 /// The mirroring state of `node`'s mgc copy, from its status.
 fn link_state(d: &Deployment, node: &str) -> Option<String> {
     let addr = d.topology.node(node)?.address.clone();
@@ -281,19 +302,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             verify: true,
         });
     }
-    steps.push(Step {
-        title: format!("set the active servers: {backup_servers}"),
-        command: format!("tandem chat active-servers set {backup_servers}"),
-        check: Box::new(|_| {
-            let (state, active) = chat_state(d)?;
-            Ok((state == "failed-over"
-                && active.join(",") == backup_servers
-                && wait_for(|| servers_follow(d, &backup_servers, "failed-over")))
-            .then(|| json!({ "active": active })))
-        }),
-        run: Box::new(|_| command(d, &["chat", "active-servers", "set", &backup_servers])),
-        verify: true,
-    });
+    steps.push(set_active_servers(d, backup_servers, "failed-over"));
     let book = Runbook {
         procedure: "chat-failover",
         deployment: d,
@@ -510,19 +519,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         run: Box::new(|_| command(d, &["chat", "state", "set", "normal"])),
         verify: true,
     });
-    steps.push(Step {
-        title: format!("set the active servers: {servers}"),
-        command: format!("tandem chat active-servers set {servers}"),
-        check: Box::new(|_| {
-            let (state, active) = chat_state(d)?;
-            Ok((state == "normal"
-                && active.join(",") == servers
-                && wait_for(|| servers_follow(d, &servers, "normal")))
-            .then(|| json!({ "active": active })))
-        }),
-        run: Box::new(|_| command(d, &["chat", "active-servers", "set", &servers])),
-        verify: true,
-    });
+    steps.push(set_active_servers(d, servers, "normal"));
     let book = Runbook {
         procedure: "chat-failback",
         deployment: d,

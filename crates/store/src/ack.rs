@@ -376,7 +376,7 @@ fn run(
         }
         match gate.limit(local) {
             Ok(Some(limit)) => {
-                publish_durable(&gate, &published, local);
+                published.set_durable(limit);
                 while held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
                     let (reply, lsn) = held.pop_front().expect("checked");
                     reply(Ok(lsn));

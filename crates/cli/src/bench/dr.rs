@@ -173,28 +173,8 @@ pub fn run(a: DrArgs, out: &Output) -> anyhow::Result<()> {
     }
     cleanup.run();
     rt.shutdown_timeout(ms(1_000));
-    let left: Vec<String> = d
-        .select(&[])?
-        .into_iter()
-        .filter(|n| d.running_pid(n).is_some())
-        .collect();
-    if !left.is_empty() {
-        let dir = tmp.map(|t| t.keep()).unwrap_or(dir);
-        bail!("{} did not stop; see {}", left.join(", "), dir.display());
-    }
-    let (ready_seconds, seeded_seconds, site_loss) = match ended {
-        Ok(r) => r,
-        Err(e) => {
-            let logs = match (tmp, &e) {
-                (Some(_), Stop::Signal(_)) => String::new(),
-                (Some(t), Stop::Failed(_)) => {
-                    format!("; logs kept in {}", t.keep().join("logs").display())
-                }
-                (None, _) => format!("; logs in {}", dir.join("logs").display()),
-            };
-            bail!("{e}; every node stopped{logs}");
-        }
-    };
+    let ((ready_seconds, seeded_seconds, site_loss), tmp) =
+        crate::demo::stopped(&d, ended, tmp, &dir)?;
     stages.say("every node stopped");
     let failed = site_loss.failed();
     let kept = match tmp {

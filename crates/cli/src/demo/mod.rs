@@ -282,29 +282,7 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
     // The workload's tasks end with the runtime; the nodes before them.
     cleanup.run();
     rt.shutdown_timeout(Duration::from_millis(1_000));
-    let left: Vec<String> = d
-        .select(&[])?
-        .into_iter()
-        .filter(|n| d.running_pid(n).is_some())
-        .collect();
-    if !left.is_empty() {
-        let dir = tmp.map(|t| t.keep()).unwrap_or(dir);
-        bail!("{} did not stop; see {}", left.join(", "), dir.display());
-    }
-    let mut report = match ended {
-        Ok(r) => r,
-        Err(e) => {
-            // A failed run keeps its deployment for its logs; an interrupted one does not.
-            let logs = match (tmp, &e) {
-                (Some(_), Stop::Signal(_)) => String::new(),
-                (Some(t), Stop::Failed(_)) => {
-                    format!("; logs kept in {}", t.keep().join("logs").display())
-                }
-                (None, _) => format!("; logs in {}", dir.join("logs").display()),
-            };
-            bail!("{e}; every node stopped{logs}");
-        }
-    };
+    let (mut report, tmp) = stopped(&d, ended, tmp, &dir)?;
     stages.say("every node stopped");
     let failed = report.lost > 0 || report.duplicated > 0 || report.site_loss.failed();
     // A run that lost a post keeps its deployment for inspection.
@@ -605,6 +583,40 @@ async fn scenario(
         site_loss,
         seconds: 0.0,
     })
+}
+
+/// After a run whose nodes were stopped: fails, naming the deployment (kept), when a node is
+/// still running; fails with the run's error when it ended in one, naming its logs (a failed run
+/// keeps a temporary deployment for them, an interrupted one does not). Otherwise the run's
+/// result, and the temporary deployment back.
+pub(crate) fn stopped<T>(
+    d: &Deployment,
+    ended: Result<T, Stop>,
+    tmp: Option<tempfile::TempDir>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(T, Option<tempfile::TempDir>)> {
+    let left: Vec<String> = d
+        .select(&[])?
+        .into_iter()
+        .filter(|n| d.running_pid(n).is_some())
+        .collect();
+    if !left.is_empty() {
+        let dir = tmp.map(|t| t.keep()).unwrap_or_else(|| dir.to_path_buf());
+        bail!("{} did not stop; see {}", left.join(", "), dir.display());
+    }
+    match ended {
+        Ok(r) => Ok((r, tmp)),
+        Err(e) => {
+            let logs = match (tmp, &e) {
+                (Some(_), Stop::Signal(_)) => String::new(),
+                (Some(t), Stop::Failed(_)) => {
+                    format!("; logs kept in {}", t.keep().join("logs").display())
+                }
+                (None, _) => format!("; logs in {}", dir.join("logs").display()),
+            };
+            bail!("{e}; every node stopped{logs}");
+        }
+    }
 }
 
 pub(crate) fn ms(n: u64) -> Duration {
