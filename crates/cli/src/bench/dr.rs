@@ -18,8 +18,8 @@
 use crate::demo::site_loss::{self, Report as SiteLoss};
 use crate::demo::{Cleanup, Clock, Stages, Stop, ms, until};
 use crate::deployment::Deployment;
+use crate::init;
 use crate::output::{Output, bytes, count};
-use crate::{init, up};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
@@ -247,16 +247,8 @@ async fn measure(
         .clone()
         .context("the chat pool has no log-shipping secondary")?;
     let client = d.client();
-    let names = d.select(&[])?;
     let from = Instant::now();
-    let mut started = up::spawn(d, &names)?;
-    let ready = up::wait_ready(d, &mut started, ms(READY_TIMEOUT_MS)).await;
-    children
-        .lock()
-        .expect("children")
-        .extend(started.into_iter().map(|(_, c)| c));
-    ready?;
-    let ready_seconds = from.elapsed().as_secs_f64();
+    let (names, ready_seconds) = crate::demo::start_all(d, children, READY_TIMEOUT_MS).await?;
     stages.say(&format!(
         "{} nodes ready in {ready_seconds:.1} s",
         names.len()

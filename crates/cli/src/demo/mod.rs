@@ -340,16 +340,7 @@ async fn scenario(
 
     // Up: every node, then the chat database's primary synchronized with its mirror (the
     // witness allows an automatic failover only then).
-    let names = d.select(&[])?;
-    let up_from = Instant::now();
-    let mut started = up::spawn(d, &names)?;
-    let ready = up::wait_ready(d, &mut started, ms(READY_TIMEOUT_MS)).await;
-    children
-        .lock()
-        .expect("children")
-        .extend(started.into_iter().map(|(_, c)| c));
-    ready?;
-    let up_s = up_from.elapsed().as_secs_f64();
+    let (_, up_s) = start_all(d, children, READY_TIMEOUT_MS).await?;
     let victim_addr = address(d, &victim);
     let (epoch_before, _) = until(
         &format!("{DATABASE_MGC} primary on {victim}, synchronized with {mirror}"),
@@ -617,6 +608,25 @@ pub(crate) fn stopped<T>(
             bail!("{e}; every node stopped{logs}");
         }
     }
+}
+
+/// Starts every node of `d`, its processes kept in `children` (to be stopped whatever happens),
+/// and waits up to `ready_ms` until all are ready: their names, and the seconds it took.
+pub(crate) async fn start_all(
+    d: &Deployment,
+    children: &Mutex<Vec<Child>>,
+    ready_ms: u64,
+) -> anyhow::Result<(Vec<String>, f64)> {
+    let names = d.select(&[])?;
+    let from = Instant::now();
+    let mut started = up::spawn(d, &names)?;
+    let ready = up::wait_ready(d, &mut started, ms(ready_ms)).await;
+    children
+        .lock()
+        .expect("children")
+        .extend(started.into_iter().map(|(_, c)| c));
+    ready?;
+    Ok((names, from.elapsed().as_secs_f64()))
 }
 
 pub(crate) fn ms(n: u64) -> Duration {
