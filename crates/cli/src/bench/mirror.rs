@@ -345,7 +345,7 @@ fn replicate(
     let mut committed = primary.subscribe_committed();
     // What the mirror hardened goes back as soon as its fsync ends, not with the next pull:
     // the node's mirror reports it the same way, beside its pulls.
-    let reporter = sync.then(|| {
+    let _reporter = AbortOnDrop(sync.then(|| {
         let (gate_of, mut durable) = (primary.clone(), mirror.subscribe());
         handle.spawn(async move {
             loop {
@@ -356,13 +356,13 @@ fn replicate(
                 }
             }
         })
-    });
+    }));
     let mut deadline = None;
-    let result = loop {
+    loop {
         let hardened = mirror.durable_lsn();
         let stop = *stop_at.borrow_and_update();
         if hardened >= stop {
-            break Ok(());
+            break;
         }
         if stop != Lsn::MAX {
             let d = *deadline
@@ -375,56 +375,57 @@ fn replicate(
         }
         // Marked seen before the pull: a commit after it ends the wait below at once.
         committed.borrow_and_update();
-        let step = (|| -> anyhow::Result<()> {
-            let t0 = Instant::now();
-            let answer = serve_pull(
-                primary,
-                &PullRequest {
-                    copy: Some(CopyPosition::of(mirror)),
-                    hardened,
-                },
-            )?;
-            let t1 = Instant::now();
-            let answer = decode_answer(&encode_answer(&answer))?;
-            let t2 = Instant::now();
-            r.pull_ms += ms(t1 - t0);
-            r.codec_ms += ms(t2 - t1);
-            let PullAnswer::Records { lsn, batch, .. } = answer else {
-                bail!("the primary answered its own mirror's pull with {answer:?}");
-            };
-            if batch.records.is_empty() {
-                let abandoned = handle.block_on(async {
-                    tokio::select! {
-                        _ = committed.changed() => false,
-                        changed = stop_at.changed() => changed.is_err(),
-                        _ = tokio::time::sleep(Duration::from_millis(PULL_WAIT_MS)) => false,
-                    }
-                });
-                ensure!(
-                    !abandoned,
-                    "the run ended before the mirror was told where to stop"
-                );
-                r.wait_ms += ms(t2.elapsed());
-                return Ok(());
-            }
-            r.lag_max_records = r.lag_max_records.max(lsn.saturating_sub(hardened));
-            r.batches += 1;
-            r.records += batch.records.len() as u64;
-            // Committed on the mirror, fsynced while the next batch is pulled and applied.
-            mirror.apply_pipelined(batch)?;
-            r.apply_ms += ms(t2.elapsed());
-            Ok(())
-        })();
-        if let Err(e) = step {
-            break Err(e);
+        let t0 = Instant::now();
+        let answer = serve_pull(
+            primary,
+            &PullRequest {
+                copy: Some(CopyPosition::of(mirror)),
+                hardened,
+            },
+        )?;
+        let t1 = Instant::now();
+        let answer = decode_answer(&encode_answer(&answer))?;
+        let t2 = Instant::now();
+        r.pull_ms += ms(t1 - t0);
+        r.codec_ms += ms(t2 - t1);
+        let PullAnswer::Records { lsn, batch, .. } = answer else {
+            bail!("the primary answered its own mirror's pull with {answer:?}");
+        };
+        if batch.records.is_empty() {
+            let abandoned = handle.block_on(async {
+                tokio::select! {
+                    _ = committed.changed() => false,
+                    changed = stop_at.changed() => changed.is_err(),
+                    _ = tokio::time::sleep(Duration::from_millis(PULL_WAIT_MS)) => false,
+                }
+            });
+            ensure!(
+                !abandoned,
+                "the run ended before the mirror was told where to stop"
+            );
+            r.wait_ms += ms(t2.elapsed());
+            continue;
         }
-    };
-    if let Some(reporter) = reporter {
-        reporter.abort();
+        r.lag_max_records = r.lag_max_records.max(lsn.saturating_sub(hardened));
+        r.batches += 1;
+        r.records += batch.records.len() as u64;
+        // Committed on the mirror, fsynced while the next batch is pulled and applied.
+        mirror.apply_pipelined(batch)?;
+        r.apply_ms += ms(t2.elapsed());
     }
-    result?;
     r.records_per_batch = r.records as f64 / r.batches.max(1) as f64;
     Ok(r)
+}
+
+/// A task that ends with the scope holding it, also on an error.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {
