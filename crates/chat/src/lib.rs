@@ -43,6 +43,6 @@ pub use rooms::{
     DESCRIPTION_BYTES_MAX, NewRoom, Privacy, Room, RoomUpdate, create_room, room, rooms,
     update_room,
 };
-pub use schema::{MGC_SCHEMA, SEARCH_INDEX, prepare};
+pub use schema::{MGC_SCHEMA, SEARCH_INDEX, SEARCH_MERGE, prepare};
 pub use search::{SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, SEARCH_QUERY_BYTES_MAX, search};
 pub use unread::{UNREAD_COUNT_MAX, mark_read, unread};

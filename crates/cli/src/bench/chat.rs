@@ -26,8 +26,9 @@ pub struct ChatArgs {
     /// Seconds each throughput run lasts.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: u64,
-    /// Concurrent HTTP clients of the throughput runs.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// Concurrent HTTP clients of the throughput runs (each waits for its answer before its
+    /// next post): 256, as the store and mirror benches' concurrent writers.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
     clients: u64,
     /// Offered rate of the latency run, posts per second.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
