@@ -6,11 +6,9 @@
 
 mod common;
 
-use common::{Deployment, http, json, ok, tandem};
+use common::{Acked, Deployment, Load, http, json, ok, post, tandem, user_and_room};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 impl Deployment {
@@ -154,102 +152,12 @@ impl Deployment {
     }
 }
 
-/// alice's token and the open room `lobby`, through the chat node atl-fe.
-fn user_and_room(d: &Deployment) -> String {
-    let token = ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
-    ok(
-        &d.dir,
-        &["chat", "room", "create", "lobby", "--as", "alice"],
-    );
-    token.trim().to_string()
-}
-
-/// An acknowledged post.
-#[derive(Clone, Debug)]
-struct Acked {
-    id: i64,
-    text: String,
-    lsn: u64,
-}
-
-/// Posts one message; what was acknowledged.
-fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
-    let bearer = format!("Bearer {token}");
-    let body = json!({ "text": text }).to_string();
-    let (code, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/rooms/lobby/messages",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        body,
-    );
-    if code != 201 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&answer).ok()?;
-    Some(Acked {
-        id: v["id"].as_i64()?,
-        text: text.to_string(),
-        lsn: v["lsn"].as_u64()?,
-    })
-}
-
 /// Posts `n` messages; the last one's LSN.
 fn posts(d: &Deployment, token: &str, prefix: &str, n: usize) -> Vec<Acked> {
     let fe = d.address("atl-fe");
     (0..n)
         .map(|i| post(&fe, token, &format!("{prefix} {i}")).expect("acknowledged"))
         .collect()
-}
-
-/// Posters that keep posting unique texts and remember what was acknowledged, and when.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(Acked, Instant)>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: &str, token: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|c| {
-                let (stop, acked) = (stop.clone(), acked.clone());
-                let (addr, token) = (addr.to_string(), token.to_string());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        match post(&addr, &token, &format!("c{c}-{n}")) {
-                            Some(a) => acked.lock().unwrap().push((a, Instant::now())),
-                            None => std::thread::sleep(Duration::from_millis(20)),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            acked,
-            threads,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    fn stop(self) -> Vec<(Acked, Instant)> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        self.acked.lock().unwrap().clone()
-    }
 }
 
 /// The log backups in `dir`, sorted by name (LSN order).
@@ -337,7 +245,7 @@ fn after_the_loss_of_atl_the_steps_recover_every_post_up_to_the_reported_lsn() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Shipping under the load, then a moment more of it before the disaster.
-    let lsn = load.acked.lock().unwrap()[100].0.lsn;
+    let lsn = load.nth(100).expect("200 acknowledged").lsn;
     d.wait_applied(lsn);
     std::thread::sleep(Duration::from_millis(700));
     // The whole site at once.

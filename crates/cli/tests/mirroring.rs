@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{Deployment, history, http, json, ok, tandem};
+use common::{Deployment, Load, history, http, json, ok, post, tandem, user_and_room};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 impl Deployment {
@@ -76,94 +74,9 @@ impl Deployment {
     }
 }
 
-/// A user's token and a room to post to, through the chat node atl-fe.
-fn user_and_room(d: &Deployment) -> String {
-    let token = ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
-    ok(
-        &d.dir,
-        &["chat", "room", "create", "lobby", "--as", "alice"],
-    );
-    token.trim().to_string()
-}
-
-/// Posts one message; its id when acknowledged.
-fn post(addr: &str, token: &str, text: &str) -> Option<i64> {
-    let bearer = format!("Bearer {token}");
-    let body = serde_json::json!({ "text": text }).to_string();
-    let (code, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/rooms/lobby/messages",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        body,
-    );
-    if code != 201 {
-        return None;
-    }
-    serde_json::from_str::<Value>(&answer).ok()?["id"].as_i64()
-}
-
-/// Posters that keep posting unique texts and remember what was acknowledged.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(i64, String, Instant)>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: &str, token: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
-            .map(|c| {
-                let (stop, acked) = (stop.clone(), acked.clone());
-                let (addr, token) = (addr.to_string(), token.to_string());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let text = format!("c{c}-{n}");
-                        match post(&addr, &token, &text) {
-                            Some(id) => acked.lock().unwrap().push((id, text, Instant::now())),
-                            None => std::thread::sleep(Duration::from_millis(20)),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            acked,
-            threads,
-        }
-    }
-
-    fn acked_since(&self, t: Instant) -> bool {
-        self.acked.lock().unwrap().iter().any(|(_, _, at)| *at > t)
-    }
-
-    fn wait_acked_since(&self, t: Instant, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.acked_since(t) {
-            assert!(Instant::now() < deadline, "no post acknowledged {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(self) -> Vec<(i64, String)> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let acked = self.acked.lock().unwrap();
-        acked
-            .iter()
-            .map(|(id, text, _)| (*id, text.clone()))
-            .collect()
-    }
+/// What `check_history` compares: each acknowledged post's id and text.
+fn ids_and_texts(acked: Vec<(common::Acked, Instant)>) -> Vec<(i64, String)> {
+    acked.into_iter().map(|(a, _)| (a.id, a.text)).collect()
 }
 
 /// Every acknowledged post is in the history once, with its text; ids are unique.
@@ -217,7 +130,7 @@ fn the_primary_killed_under_load_again_and_again_loses_no_acknowledged_post() {
         d.wait_mirror("mgc", primary);
         primary = mirror;
     }
-    let acked = load.stop();
+    let acked = ids_and_texts(load.stop());
     assert!(acked.len() > 50, "only {} posts acknowledged", acked.len());
     assert!(epochs.windows(2).all(|w| w[1] > w[0]), "{epochs:?}");
     check_history(&acked, &history(&fe, &token));
@@ -262,7 +175,9 @@ fn a_primary_cut_off_from_mirror_and_witness_stops_writing_and_rejoins() {
     d.wait_copy("mgc", "atl-db2", "primary of epoch 2", |c| {
         c["role"] == "primary" && c["epoch"] == 2
     });
-    let after = post(&fe, &token, "after the cut").expect("posts go to the new primary");
+    let after = post(&fe, &token, "after the cut")
+        .expect("posts go to the new primary")
+        .id;
     // The cut heals: the old primary learns of epoch 2, accepts nothing, rejoins as mirror.
     let (code, _) = http(
         &db1,
@@ -308,7 +223,9 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     for i in 0..400 {
         let text = format!("while away {i}");
         acked.push((
-            post(&fe, &token, &text).expect("the primary serves alone"),
+            post(&fe, &token, &text)
+                .expect("the primary serves alone")
+                .id,
             text,
         ));
     }
@@ -424,7 +341,7 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     assert_eq!(p["mirroring"]["gate"]["sync"], false, "{p}");
     let async_at = Instant::now();
     load.wait_acked_since(async_at, "with an asynchronous mirror");
-    let acked = load.stop();
+    let acked = ids_and_texts(load.stop());
     check_history(&acked, &history(&fe, &token));
 }
 
@@ -442,12 +359,12 @@ fn live_events_keep_coming_across_a_failover_in_order_and_once() {
     let (mut ws, _) = rt
         .block_on(tokio_tungstenite::connect_async(url))
         .expect("websocket");
-    let before = post(&fe, &token, "before the failover").unwrap();
+    let before = post(&fe, &token, "before the failover").unwrap().id;
     d.kill("atl-db1");
     let killed = Instant::now();
     let after = loop {
-        if let Some(id) = post(&fe, &token, "after the failover") {
-            break id;
+        if let Some(a) = post(&fe, &token, "after the failover") {
+            break a.id;
         }
         assert!(
             killed.elapsed() < Duration::from_secs(30),

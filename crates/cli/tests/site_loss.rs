@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Deployment, history, http, json, ok, tandem};
+use common::{Acked, Deployment, history, http, json, ok, post, tandem};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -154,27 +154,6 @@ fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes(
     );
 }
 
-/// Posts one message through `addr`; (id, lsn) when acknowledged.
-fn post(addr: &str, token: &str, text: &str) -> Option<(i64, u64)> {
-    let bearer = format!("Bearer {token}");
-    let body = serde_json::json!({ "text": text }).to_string();
-    let (code, answer) = http(
-        addr,
-        "POST",
-        "/api/v1/rooms/lobby/messages",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        body,
-    );
-    if code != 201 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&answer).ok()?;
-    Some((v["id"].as_i64()?, v["lsn"].as_u64()?))
-}
-
 /// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
 fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
     let mut acked = Vec::new();
@@ -184,8 +163,8 @@ fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, Str
         loop {
             attempt += 1;
             let text = format!("{prefix} {i}.{attempt}");
-            if let Some((id, lsn)) = post(addr, token, &text) {
-                acked.push((id, lsn, text));
+            if let Some(a) = post(addr, token, &text) {
+                acked.push((a.id, a.lsn, text));
                 break;
             }
             assert!(
@@ -246,7 +225,7 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let text = format!("load {i}");
-                if let Some((id, lsn)) = post(&addr, &token, &text) {
+                if let Some(Acked { id, lsn, .. }) = post(&addr, &token, &text) {
                     acked.push((id, lsn, text));
                 }
             }

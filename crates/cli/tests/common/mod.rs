@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs `tandem ARGS` in `dir` (so `topology.toml` there is the deployment).
 pub fn tandem(dir: &Path, args: &[&str]) -> Output {
@@ -199,5 +199,114 @@ pub fn history(addr: &str, token: &str) -> Vec<(i64, String)> {
             after = m["id"].as_i64().unwrap();
             all.push((after, m["text"].as_str().unwrap_or("").to_string()));
         }
+    }
+}
+
+/// A user of `pool-atl` and the room `lobby` they created; the user's token.
+pub fn user_and_room(d: &Deployment) -> String {
+    let token = ok(&d.dir, &["user", "add", "alice", "--pool", "pool-atl"]);
+    ok(
+        &d.dir,
+        &["chat", "room", "create", "lobby", "--as", "alice"],
+    );
+    token.trim().to_string()
+}
+
+/// An acknowledged post.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub id: i64,
+    pub text: String,
+    pub lsn: u64,
+}
+
+/// Posts one message to `lobby`; what was acknowledged.
+pub fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
+    let bearer = format!("Bearer {token}");
+    let body = serde_json::json!({ "text": text }).to_string();
+    let (code, answer) = http(
+        addr,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    );
+    if code != 201 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&answer).ok()?;
+    Some(Acked {
+        id: v["id"].as_i64()?,
+        text: text.to_string(),
+        lsn: v["lsn"].as_u64()?,
+    })
+}
+
+/// Posters that keep posting unique texts to `lobby` and remember what was acknowledged, and
+/// when.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(Acked, Instant)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: &str, token: &str, clients: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let (addr, token) = (addr.to_string(), token.to_string());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match post(&addr, &token, &format!("c{c}-{n}")) {
+                            Some(a) => acked.lock().unwrap().push((a, Instant::now())),
+                            None => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    /// Posts acknowledged so far.
+    pub fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// The `n`th post acknowledged (from 0), once it is.
+    pub fn nth(&self, n: usize) -> Option<Acked> {
+        self.acked.lock().unwrap().get(n).map(|(a, _)| a.clone())
+    }
+
+    /// Waits (30 s at most) for a post acknowledged after `t`.
+    pub fn wait_acked_since(&self, t: Instant, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.acked.lock().unwrap().iter().any(|(_, at)| *at > t) {
+            assert!(Instant::now() < deadline, "no post acknowledged {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every poster; what was acknowledged, and when.
+    pub fn stop(self) -> Vec<(Acked, Instant)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().clone()
     }
 }
