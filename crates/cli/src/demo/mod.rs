@@ -362,28 +362,8 @@ async fn scenario(
             .with_context(|| format!("adding user {name}"))?;
         apis.push(UserApi::new(&server_addr, &added.token));
     }
-    tokio::time::timeout(ms(SETUP_TIMEOUT_MS), async {
-        apis[0]
-            .request(
-                Method::POST,
-                "/api/v1/rooms",
-                Some(&json!({ "name": ROOM, "privacy": "open" })),
-            )
-            .await
-            .with_context(|| format!("creating room {ROOM} on {server}"))?;
-        for (api, name) in apis.iter().zip(USERS).skip(1) {
-            api.request(
-                Method::POST,
-                &format!("/api/v1/rooms/{ROOM}/members"),
-                Some(&json!({ "user": name })),
-            )
-            .await
-            .with_context(|| format!("{name} joining room {ROOM}"))?;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .map_err(|_| anyhow!("creating room {ROOM}: no answer within {SETUP_TIMEOUT_MS} ms"))??;
+    let by_user: Vec<&UserApi> = apis.iter().collect();
+    open_room(&by_user, &USERS, ROOM, server).await?;
     stages.say(&format!(
         "{} users in {POOL} ({}); open room {ROOM}, joined by all",
         USERS.len(),
@@ -842,4 +822,36 @@ fn human(r: &Report) -> String {
     ));
     s.push_str(&format!("  total                {:.1} s\n", r.seconds));
     s
+}
+
+/// The first user creates the open room `room` through the first API, each other user joins it
+/// through their own; all within the setup timeout. `server` names where for the errors.
+async fn open_room(
+    apis: &[&UserApi],
+    users: &[&str],
+    room: &str,
+    server: &str,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(ms(SETUP_TIMEOUT_MS), async {
+        apis[0]
+            .request(
+                Method::POST,
+                "/api/v1/rooms",
+                Some(&json!({ "name": room, "privacy": "open" })),
+            )
+            .await
+            .with_context(|| format!("creating room {room} on {server}"))?;
+        for (api, name) in apis.iter().zip(users).skip(1) {
+            api.request(
+                Method::POST,
+                &format!("/api/v1/rooms/{room}/members"),
+                Some(&json!({ "user": name })),
+            )
+            .await
+            .with_context(|| format!("{name} joining room {room}"))?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow!("creating room {room}: no answer within {SETUP_TIMEOUT_MS} ms"))?
 }

@@ -19,12 +19,12 @@ use crate::deployment::{Deployment, signal};
 use crate::{up, user};
 use anyhow::{Context as _, anyhow, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use tandem_node::{Method, UserApi};
+use tandem_node::UserApi;
 use tandem_topology::DATABASE_MGC;
 
 /// Stages announced here: users and posting, kill, CMS failover, chat failover, posting in the
@@ -233,29 +233,8 @@ pub(crate) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
                 .collect::<Vec<_>>(),
         );
     }
-    tokio::time::timeout(ms(SETUP_TIMEOUT_MS), async {
-        clients[0][home_at]
-            .request(
-                Method::POST,
-                "/api/v1/rooms",
-                Some(&json!({ "name": ROOM, "privacy": "open" })),
-            )
-            .await
-            .with_context(|| format!("creating room {ROOM} on {home}"))?;
-        for (apis, name) in clients.iter().zip(USERS).skip(1) {
-            apis[home_at]
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/rooms/{ROOM}/members"),
-                    Some(&json!({ "user": name })),
-                )
-                .await
-                .with_context(|| format!("{name} joining room {ROOM}"))?;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .map_err(|_| anyhow!("creating room {ROOM}: no answer within {SETUP_TIMEOUT_MS} ms"))??;
+    let at_home: Vec<&UserApi> = clients.iter().map(|apis| &apis[home_at]).collect();
+    super::open_room(&at_home, &USERS, ROOM, &home).await?;
     let reader = clients[0].clone();
     let per_client: Vec<Vec<UserApi>> = (0..super::CLIENTS)
         .map(|k| clients[k % clients.len()].clone())
@@ -930,6 +909,7 @@ pub(crate) fn human(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn ack(lsn: u64, acked_ms: u64) -> Ack {
         Ack {
