@@ -346,9 +346,21 @@ fn run(shared: &Shared) {
         let mut batch = Vec::new();
         {
             let rx = shared.rx.lock().expect("queue lock");
-            // Woken now and then even when idle: answers held by an expired lease are looked at
-            // again, whichever syncer holds the queue.
-            match rx.recv_timeout(Duration::from_millis(LEASE_POLL_MS)) {
+            // While answers are held, the clock is looked at now and then (a lease); with none
+            // held, nothing but a message wakes the syncer. A gate change sends one, so answers
+            // the other syncer holds meanwhile are not left waiting.
+            let idle = shared
+                .answering
+                .lock()
+                .expect("answering lock")
+                .held
+                .is_empty();
+            let first = if idle {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(Duration::from_millis(LEASE_POLL_MS))
+            };
+            match first {
                 Ok(Msg::Pending(p)) => batch.push(p),
                 Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -392,8 +404,10 @@ fn run(shared: &Shared) {
                         if p.local_only {
                             answers.extend(p.replies.into_iter().map(|(r, lsn)| (r, Ok(lsn))));
                         } else {
-                            let first = p.replies.iter().map(|(_, lsn)| *lsn).min();
-                            lowest = lowest.min(first.unwrap_or(Lsn::MAX));
+                            // A batch's replies are in LSN order.
+                            if let Some((_, first)) = p.replies.first() {
+                                lowest = lowest.min(*first);
+                            }
                             a.held.extend(p.replies);
                         }
                     }
