@@ -4,6 +4,10 @@
 //! Records are stored in **segments**, one per group commit: a row of `_tandem_journal` holding
 //! records `first_lsn..=last_lsn` as `(len u32, record)*`, with the chain before and after. A
 //! reader gets records one by one; segment boundaries mean nothing outside this file.
+//! A segment's body is LZ4-compressed when that makes it smaller (a format byte says which):
+//! about half of what every commit writes is its journal, and chat text compresses about
+//! twofold. Records themselves — what the chain covers, what backups and mirrors carry — are
+//! never compressed.
 //! Records leave the journal only when every registered consumer (log backup, mirror, backup
 //! service) has a durable cursor past them.
 
@@ -31,15 +35,64 @@ pub struct JournalStats {
 
 pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
     let len: usize = records.iter().map(|r| r.len() + 4).sum();
-    let mut body = Vec::with_capacity(len);
+    let mut plain = Vec::with_capacity(len);
     for r in records {
-        body.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        body.extend_from_slice(r);
+        plain.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        plain.extend_from_slice(r);
     }
-    body
+    let packed = lz4_flex::block::compress(&plain);
+    if packed.len() + 4 < plain.len() {
+        let mut body = Vec::with_capacity(1 + 4 + packed.len());
+        body.push(SEGMENT_LZ4);
+        body.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+        body.extend_from_slice(&packed);
+        body
+    } else {
+        let mut body = Vec::with_capacity(1 + plain.len());
+        body.push(SEGMENT_PLAIN);
+        body.extend_from_slice(&plain);
+        body
+    }
 }
 
-/// Splits a segment body into its records.
+/// A segment body's first byte: its records as they are, or LZ4-compressed (then a `u32`
+/// length of the records uncompressed, then one LZ4 block).
+const SEGMENT_PLAIN: u8 = 0;
+const SEGMENT_LZ4: u8 = 1;
+
+/// The `(len u32, record)*` bytes of a segment body.
+pub(crate) fn unpack_segment(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    match body.split_first() {
+        Some((&SEGMENT_PLAIN, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
+        Some((&SEGMENT_LZ4, rest)) if rest.len() >= 4 => {
+            let (len, block) = rest.split_at(4);
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            // LZ4 expands at most 255-fold: a larger claim is damage, not data to allocate for.
+            if len > block.len().saturating_mul(255) {
+                return Err(StoreError::Corrupt(format!(
+                    "journal segment claims {len} bytes from a {}-byte LZ4 block",
+                    block.len()
+                )));
+            }
+            let plain = lz4_flex::block::decompress(block, len).map_err(|e| {
+                StoreError::Corrupt(format!("journal segment does not decompress: {e}"))
+            })?;
+            if plain.len() != len {
+                return Err(StoreError::Corrupt(format!(
+                    "journal segment decompresses to {} bytes, {len} expected",
+                    plain.len()
+                )));
+            }
+            Ok(std::borrow::Cow::Owned(plain))
+        }
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "journal segment of unknown format {format} (or truncated)"
+        ))),
+        None => Err(StoreError::Corrupt("journal segment is empty".into())),
+    }
+}
+
+/// Splits a segment's records (its body unpacked) into records.
 pub(crate) fn decode_segment(body: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -130,7 +183,8 @@ pub(crate) fn read(
         }
         first_segment = false;
         let body: Vec<u8> = row.get(4)?;
-        let records = decode_segment(&body)?;
+        let plain = unpack_segment(&body)?;
+        let records = decode_segment(&plain)?;
         if records.len() as u64 != last - first + 1 {
             return Err(StoreError::Corrupt(format!(
                 "journal segment {first}..={last} holds {} records",
@@ -204,7 +258,7 @@ pub(crate) fn chain_at(conn: &Connection, lsn: Lsn) -> Result<Option<Chain>> {
         .prepare_cached("SELECT body FROM _tandem_journal WHERE first_lsn = ?1")?
         .query_row(params![first as i64], |r| r.get(0))?;
     let mut chain = Chain::from_slice(&before)?;
-    for (i, rec) in decode_segment(&body)?.iter().enumerate() {
+    for (i, rec) in decode_segment(&unpack_segment(&body)?)?.iter().enumerate() {
         chain = chain.next(rec);
         if first + i as u64 == lsn {
             return Ok(Some(chain));
@@ -261,7 +315,8 @@ pub(crate) fn newest(conn: &Connection) -> Result<Option<Newest>> {
     let Some((last_lsn, chain_after, body)) = row else {
         return Ok(None);
     };
-    let records = decode_segment(&body)?;
+    let plain = unpack_segment(&body)?;
+    let records = decode_segment(&plain)?;
     let last = records.last().ok_or_else(|| {
         StoreError::Corrupt(format!("journal segment ending at LSN {last_lsn} is empty"))
     })?;
@@ -309,4 +364,72 @@ pub(crate) fn consumers(conn: &Connection) -> Result<Vec<Consumer>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(text: &str, n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{i}: {text}").into_bytes())
+            .collect()
+    }
+
+    fn round_trip(records: &[Vec<u8>]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        let body = encode_segment(&refs);
+        let plain = unpack_segment(&body).expect("unpacks");
+        let back = decode_segment(&plain)
+            .expect("decodes")
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        (body, back)
+    }
+
+    #[test]
+    fn a_segment_that_compresses_is_stored_compressed_and_reads_back_the_same() {
+        let recs = records("the room said the same thing again and again", 64);
+        let (body, back) = round_trip(&recs);
+        assert_eq!(body[0], SEGMENT_LZ4);
+        assert!(body.len() < recs.iter().map(Vec::len).sum::<usize>() / 2);
+        assert_eq!(back, recs);
+    }
+
+    #[test]
+    fn a_segment_that_does_not_compress_is_stored_as_it_is() {
+        // One short record: LZ4 would not make it smaller.
+        let recs = vec![b"xq9".to_vec()];
+        let (body, back) = round_trip(&recs);
+        assert_eq!(body[0], SEGMENT_PLAIN);
+        assert_eq!(back, recs);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_corrupt_not_a_panic_or_a_huge_allocation() {
+        let recs = records("compressible compressible compressible", 32);
+        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        let body = encode_segment(&refs);
+        assert_eq!(body[0], SEGMENT_LZ4);
+        let mut cases: Vec<(Vec<u8>, &str)> = Vec::new();
+        let mut unknown = body.clone();
+        unknown[0] = 7;
+        cases.push((unknown, "unknown format 7"));
+        let mut huge = body.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push((huge, "claims"));
+        let mut short = body.clone();
+        short[1..5].copy_from_slice(&1u32.to_le_bytes());
+        cases.push((short, "decompress"));
+        cases.push((body[..body.len() / 2].to_vec(), "decompress"));
+        cases.push((Vec::new(), "empty"));
+        for (bad, says) in cases {
+            let e = unpack_segment(&bad).expect_err("damage is found");
+            assert!(
+                matches!(&e, StoreError::Corrupt(m) if m.contains(says)),
+                "{e} should say {says}"
+            );
+        }
+    }
 }
