@@ -215,6 +215,8 @@ pub(crate) struct Published {
     committed: watch::Sender<Lsn>,
     /// The committed LSN: visible to readers, maybe not yet acknowledged.
     written: watch::Sender<Lsn>,
+    /// The newest records, for pulls (see `recent.rs`).
+    pub(crate) recent: crate::recent::Recent,
 }
 
 impl Published {
@@ -611,6 +613,7 @@ impl Database {
             journal: Mutex::new((state.journal_bytes, state.journal_oldest)),
             committed,
             written,
+            recent: Default::default(),
         });
         let gate = Arc::new(crate::ack::Gate::default());
         let ack = crate::ack::AckStage::start(
@@ -939,7 +942,21 @@ impl Database {
         records_max: usize,
         bytes_max: usize,
     ) -> Result<RecordBatch> {
+        let oldest = self.inner.published.journal.lock().expect("journal lock").1;
+        if let Some(batch) = self
+            .inner
+            .published
+            .recent
+            .read(from, records_max, bytes_max, oldest)
+        {
+            return Ok(batch);
+        }
         self.read(|c| journal::read(c, from, records_max, bytes_max))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn recent(&self) -> &crate::recent::Recent {
+        &self.inner.published.recent
     }
 
     /// The chain just after `lsn`, when the journal still holds it (or `lsn` is the current LSN).
@@ -950,6 +967,13 @@ impl Database {
         }
         if lsn == 0 {
             return Ok(Some(Chain::genesis(&id.database_id)));
+        }
+        // As the journal answers: only for an LSN it still holds.
+        let oldest = self.inner.published.journal.lock().expect("journal lock").1;
+        if oldest.is_some_and(|o| lsn >= o)
+            && let Some(chain) = self.inner.published.recent.chain_at(lsn)
+        {
+            return Ok(Some(chain));
         }
         self.read(|c| journal::chain_at(c, lsn))
     }

@@ -13,6 +13,7 @@ mod database;
 mod error;
 mod history;
 mod journal;
+mod recent;
 mod record;
 pub mod replication;
 mod restore;

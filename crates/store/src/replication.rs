@@ -252,6 +252,48 @@ mod tests {
         decode_answer(&encode_answer(&serve_pull(primary, &req).unwrap())).unwrap()
     }
 
+    /// What `read_journal` and `chain_at` answer from the newest records kept in memory is
+    /// what the journal in SQLite answers, on a primary (its commits) and on a mirror (what it
+    /// applied); before the journal's oldest record, both refuse alike.
+    #[test]
+    fn the_records_kept_in_memory_read_as_the_journal_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Database::create(&dir.path().join("p"), "d", Options::default()).unwrap();
+        primary.migrate(SCHEMA).unwrap();
+        for i in 0..40 {
+            put(&primary, i);
+        }
+        let id = primary.identity();
+        let mirror = Database::create_copy(
+            &dir.path().join("m"),
+            "d",
+            id.database_id,
+            Role::Mirror,
+            Options::default(),
+        )
+        .unwrap();
+        for (from, n) in [(1, 7), (8, 20), (28, 14)] {
+            let batch = primary.read_journal(from, n, usize::MAX).unwrap();
+            mirror.apply(batch, None).unwrap();
+        }
+        assert_eq!(mirror.identity().chain, id.chain);
+        for db in [&primary, &mirror] {
+            let last = db.identity().lsn;
+            assert!(db.recent().chain_at(last).is_some(), "kept");
+            for from in 1..=last {
+                for (max, bytes) in [(1, usize::MAX), (5, usize::MAX), (100, 1), (100, 300)] {
+                    let kept = db.read_journal(from, max, bytes).unwrap();
+                    let sql = db
+                        .read(|c| crate::journal::read(c, from, max, bytes))
+                        .unwrap();
+                    assert_eq!(kept, sql, "from {from}, {max} records, {bytes} bytes");
+                }
+                let sql = db.read(|c| crate::journal::chain_at(c, from)).unwrap();
+                assert_eq!(db.chain_at(from).unwrap(), sql, "chain at {from}");
+            }
+        }
+    }
+
     #[test]
     fn a_mirror_catches_up_and_a_diverged_or_stale_copy_is_told_so() {
         let dir = tempfile::tempdir().unwrap();

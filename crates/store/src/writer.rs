@@ -322,6 +322,8 @@ impl Writer {
         let mut queue: std::collections::VecDeque<WriteJob> = batch.into();
         let mut kept: Vec<Kept> = Vec::with_capacity(queue.len());
         let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(queue.len());
+        // The chain just after each record in `encoded`.
+        let mut chains: Vec<Chain> = Vec::with_capacity(queue.len());
         let mut chain = self.state.chain;
         let mut schema_changed = false;
         let stmts = Statements::new(&self.conn);
@@ -367,6 +369,7 @@ impl Writer {
                         true
                     } else {
                         chain = chain.next(&bytes);
+                        chains.push(chain);
                         encoded.push(bytes);
                         kept.push(Kept {
                             job,
@@ -409,6 +412,7 @@ impl Writer {
                     schema_changed = false;
                 }
                 encoded.clear();
+                chains.clear();
                 chain = self.state.chain;
                 for k in kept.drain(..).rev() {
                     queue.push_front(k.job);
@@ -434,14 +438,21 @@ impl Writer {
         if let Err(e) = self.exec("COMMIT") {
             return self.fail_batch(kept, e, schema_changed);
         }
+        let records = encoded.len() as u64;
+        // Kept for pulls before the LSN is published: a puller that sees it finds them.
+        self.published.recent.push(
+            self.state.lsn + 1,
+            self.state.chain,
+            encoded.into_iter().zip(chains).collect(),
+        );
         self.state.lsn = lsn;
         self.state.chain = chain;
-        if !encoded.is_empty() {
+        if records > 0 {
             // The time of the last record: a group that wrote nothing leaves it.
             self.state.last_time_ms = time_ms;
         }
         self.publish();
-        self.count(1, encoded.len() as u64, 0);
+        self.count(1, records, 0);
         self.commits += 1;
         if self
             .commits
@@ -598,7 +609,7 @@ impl Writer {
         let saved_epoch = self.state.epoch;
         let r = self.apply_in_tx(batch, stop);
         match r {
-            Ok((applied, stopped, chain, time_ms, body_len)) => {
+            Ok((applied, stopped, chain, time_ms, body_len, chains)) => {
                 if let Err(e) = self.exec("COMMIT") {
                     let _ = self.exec("ROLLBACK");
                     self.state.history = saved_history;
@@ -609,6 +620,11 @@ impl Writer {
                 if applied > 0 {
                     self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
                 }
+                self.published.recent.push(
+                    self.state.lsn + 1,
+                    self.state.chain,
+                    batch.records.iter().cloned().zip(chains).collect(),
+                );
                 self.state.lsn += applied;
                 self.state.chain = chain;
                 self.state.last_time_ms = time_ms;
@@ -651,12 +667,13 @@ impl Writer {
         &mut self,
         batch: &RecordBatch,
         stop: Option<StopAt>,
-    ) -> Result<(u64, bool, Chain, i64, u64)> {
+    ) -> Result<(u64, bool, Chain, i64, u64, Vec<Chain>)> {
         let mut chain = self.state.chain;
         let mut expect = self.state.lsn + 1;
         let mut time_ms = self.state.last_time_ms;
         let mut stopped = false;
         let mut taken: Vec<&[u8]> = Vec::with_capacity(batch.records.len());
+        let mut chains: Vec<Chain> = Vec::with_capacity(batch.records.len());
         let mut history_changed = false;
         let stmts = Statements::new(&self.conn);
         for bytes in &batch.records {
@@ -691,6 +708,7 @@ impl Writer {
                 }
             }
             chain = chain.next(bytes);
+            chains.push(chain);
             time_ms = record.time_ms;
             taken.push(bytes);
             expect += 1;
@@ -713,7 +731,7 @@ impl Writer {
                 self.persist_identity()?;
             }
         }
-        Ok((applied, stopped, chain, time_ms, body_len))
+        Ok((applied, stopped, chain, time_ms, body_len, chains))
     }
 
     /// Writes epoch, role and history (rarely changed) durably.
@@ -872,7 +890,9 @@ impl Writer {
             w.state.journal_bytes = 0;
             w.state.journal_oldest = None;
             Ok(())
-        })
+        })?;
+        self.published.recent.clear();
+        Ok(())
     }
 }
 
