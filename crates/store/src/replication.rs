@@ -244,6 +244,29 @@ mod tests {
             .unwrap();
     }
 
+    /// A primary in `dir/p` with `rows` rows, one commit each.
+    fn primary_with(dir: &std::path::Path, rows: i64) -> Database {
+        let primary = Database::create(&dir.join("p"), "d", Options::default()).unwrap();
+        primary.migrate(SCHEMA).unwrap();
+        for i in 0..rows {
+            put(&primary, i);
+        }
+        primary
+    }
+
+    /// An empty mirror of `primary` in `dir/m`.
+    fn empty_mirror_of(dir: &std::path::Path, primary: &Database) -> Database {
+        let id = primary.identity();
+        Database::create_copy(
+            &dir.join("m"),
+            "d",
+            id.database_id,
+            Role::Mirror,
+            Options::default(),
+        )
+        .unwrap()
+    }
+
     fn pull(primary: &Database, mirror: Option<&Database>) -> PullAnswer {
         let req = PullRequest {
             copy: mirror.map(CopyPosition::of),
@@ -258,20 +281,9 @@ mod tests {
     #[test]
     fn the_records_kept_in_memory_read_as_the_journal_does() {
         let dir = tempfile::tempdir().unwrap();
-        let primary = Database::create(&dir.path().join("p"), "d", Options::default()).unwrap();
-        primary.migrate(SCHEMA).unwrap();
-        for i in 0..40 {
-            put(&primary, i);
-        }
+        let primary = primary_with(dir.path(), 40);
         let id = primary.identity();
-        let mirror = Database::create_copy(
-            &dir.path().join("m"),
-            "d",
-            id.database_id,
-            Role::Mirror,
-            Options::default(),
-        )
-        .unwrap();
+        let mirror = empty_mirror_of(dir.path(), &primary);
         for (from, n) in [(1, 7), (8, 20), (28, 14)] {
             let batch = primary.read_journal(from, n, usize::MAX).unwrap();
             mirror.apply(batch, None).unwrap();
@@ -297,21 +309,9 @@ mod tests {
     #[test]
     fn a_mirror_catches_up_and_a_diverged_or_stale_copy_is_told_so() {
         let dir = tempfile::tempdir().unwrap();
-        let primary = Database::create(&dir.path().join("p"), "d", Options::default()).unwrap();
-        primary.migrate(SCHEMA).unwrap();
-        for i in 0..10 {
-            put(&primary, i);
-        }
+        let primary = primary_with(dir.path(), 10);
         assert!(matches!(pull(&primary, None), PullAnswer::Reseed { .. }));
-        let id = primary.identity();
-        let mirror = Database::create_copy(
-            &dir.path().join("m"),
-            "d",
-            id.database_id,
-            Role::Mirror,
-            Options::default(),
-        )
-        .unwrap();
+        let mirror = empty_mirror_of(dir.path(), &primary);
         // An empty copy continues from LSN 1 while the journal holds it.
         let PullAnswer::Records { batch, lsn, .. } = pull(&primary, Some(&mirror)) else {
             panic!("records expected");
@@ -347,7 +347,7 @@ mod tests {
         let other = Database::create_copy(
             &dir.path().join("o"),
             "d",
-            id.database_id,
+            primary.identity().database_id,
             Role::Mirror,
             Options::default(),
         )
