@@ -68,6 +68,7 @@ pub struct LinkStatus {
     pub partner: String,
     pub mode: String,
     /// `synchronized`, `synchronizing`, `unprotected` (primary without its mirror),
+    /// `fenced: stepping down` (a primary that learned of a newer epoch, until it is a mirror),
     /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`.
     pub state: String,
     /// Primary: the mirror's hardened LSN. Mirror: its own LSN.
@@ -246,7 +247,14 @@ impl Mirroring {
             let alive = st
                 .last_pull
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS));
-            let state = if link.partnership.mode == Mode::Async {
+            let fenced = db
+                .as_ref()
+                .is_some_and(|d| d.gate().status().fenced.is_some());
+            let state = if fenced {
+                // Between the fence and the role change of `demote`: it answers and accepts
+                // nothing, whatever the link said a moment ago.
+                "fenced: stepping down"
+            } else if link.partnership.mode == Mode::Async {
                 if alive {
                     "async: mirror following"
                 } else {
@@ -587,15 +595,16 @@ async fn tell_witness(
 async fn demote(db: &Database, link: &Link, reason: &str) {
     tracing::warn!(database = %link.database, reason, "fenced: this copy is no longer primary");
     db.gate().fence(reason);
+    // The primary side's state goes with the fence, before the role change (which waits for
+    // the writer): status never shows a fenced copy as synchronized.
+    *link.st() = LinkState {
+        last_contact: Some(Instant::now()),
+        ..LinkState::default()
+    };
     let d = db.clone();
     if let Err(e) = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await {
         link.error(format!("demote: {e}"));
     }
-    let mut st = link.st();
-    *st = LinkState {
-        last_contact: Some(Instant::now()),
-        ..LinkState::default()
-    };
 }
 
 /// One pull of the mirror. Returns true when the caller should pause before the next.
