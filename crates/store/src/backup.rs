@@ -363,8 +363,11 @@ fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupF
         }
     }
     let state = {
-        // The copy is in WAL mode like its source: fold it into one self-contained file.
+        // The copy is in WAL mode like its source: fold it into one self-contained file. Not
+        // fsynced (it is a scratch file: the backup file made from it is): with the default
+        // synchronous=FULL the switch wrote the whole snapshot to disk, a sixth of the backup's time.
         let conn = Connection::open(snapshot)?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
         conn.pragma_update(None, "journal_mode", "DELETE")?;
         read_state(&conn)?
     };
