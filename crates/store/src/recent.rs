@@ -9,7 +9,7 @@
 use crate::journal::RecordBatch;
 use crate::record::{Chain, Lsn};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Bytes of records kept (oldest dropped first).
 const RECENT_BYTES_MAX: usize = 8 << 20;
@@ -25,8 +25,9 @@ struct Ring {
     first: Lsn,
     /// The chain just before `records[0]`.
     chain_before: Chain,
-    /// Each record with the chain just after it.
-    records: VecDeque<(Vec<u8>, Chain)>,
+    /// Each record with the chain just after it. Shared: a read takes its records under the
+    /// lock and copies them after, so a large pull never holds the writer up.
+    records: VecDeque<(Arc<[u8]>, Chain)>,
     bytes: usize,
 }
 
@@ -59,7 +60,7 @@ impl Recent {
         }
         for (bytes, chain) in records {
             ring.bytes += bytes.len();
-            ring.records.push_back((bytes, chain));
+            ring.records.push_back((bytes.into(), chain));
         }
         while ring.bytes > RECENT_BYTES_MAX && ring.records.len() > 1 {
             let (bytes, chain) = ring.records.pop_front().expect("more than one");
@@ -87,31 +88,32 @@ impl Recent {
         if oldest.is_none_or(|o| from < o) || records_max == 0 {
             return None;
         }
-        let ring = self.ring.lock().expect("recent lock");
-        let (last, _) = ring.last()?;
-        if from < ring.first || from > last {
-            return None;
-        }
-        let start = (from - ring.first) as usize;
-        let chain_before = match start {
-            0 => ring.chain_before,
-            i => ring.records[i - 1].1,
-        };
-        let mut batch = RecordBatch {
-            chain_before,
-            records: Vec::new(),
-        };
-        let mut bytes = 0;
-        for (rec, _) in ring.records.range(start..) {
-            if batch.records.len() >= records_max
-                || (bytes >= bytes_max && !batch.records.is_empty())
-            {
-                break;
+        let (chain_before, taken) = {
+            let ring = self.ring.lock().expect("recent lock");
+            let (last, _) = ring.last()?;
+            if from < ring.first || from > last {
+                return None;
             }
-            bytes += rec.len();
-            batch.records.push(rec.clone());
-        }
-        Some(batch)
+            let start = (from - ring.first) as usize;
+            let chain_before = match start {
+                0 => ring.chain_before,
+                i => ring.records[i - 1].1,
+            };
+            let mut taken: Vec<Arc<[u8]>> = Vec::new();
+            let mut bytes = 0;
+            for (rec, _) in ring.records.range(start..) {
+                if taken.len() >= records_max || (bytes >= bytes_max && !taken.is_empty()) {
+                    break;
+                }
+                bytes += rec.len();
+                taken.push(rec.clone());
+            }
+            (chain_before, taken)
+        };
+        Some(RecordBatch {
+            chain_before,
+            records: taken.iter().map(|r| r.to_vec()).collect(),
+        })
     }
 
     /// The chain just after `lsn`, when it is kept here.
