@@ -302,17 +302,21 @@ fn sync(wal: &mut Option<File>, path: &PathBuf) -> std::io::Result<()> {
     wal.as_ref().expect("opened above").sync_data()
 }
 
-/// The durable LSN a copy shows: on a primary what its callers may be told (the gate's
-/// limit); on any other copy — a mirror applying pipelined batches, a primary that stepped
+/// The durable LSN a copy shows: on a primary what its callers may be told (`limit`, the
+/// gate's); on any other copy — a mirror applying pipelined batches, a primary that stepped
 /// down and keeps its old gate — what is on its disk, which a mirror reports as hardened.
-fn publish_durable(gate: &Gate, published: &Published, local: Lsn) {
-    let limit = if published.role() == crate::database::Role::Primary {
-        gate.limit(local).ok().flatten()
+fn publish_durable(
+    limit: &std::result::Result<Option<Lsn>, String>,
+    published: &Published,
+    local: Lsn,
+) {
+    let shown = if published.role() == crate::database::Role::Primary {
+        limit.clone().ok().flatten()
     } else {
         Some(local)
     };
-    if let Some(limit) = limit {
-        published.set_durable(limit);
+    if let Some(shown) = shown {
+        published.set_durable(shown);
     }
 }
 
@@ -396,8 +400,6 @@ fn run(shared: &Shared) {
                     if let Some(last) = batch.iter().map(|p| p.lsn).max() {
                         a.local = a.local.max(last);
                     }
-                    // Published before anyone is answered: a caller reads what it waited for.
-                    publish_durable(&shared.gate, &shared.published, a.local);
                     let back = a.held.back().map(|(_, lsn)| *lsn);
                     let mut lowest = Lsn::MAX;
                     for p in batch {
@@ -426,9 +428,12 @@ fn run(shared: &Shared) {
                     }
                 }
             }
-            match shared.gate.limit(a.local) {
+            let limit = shared.gate.limit(a.local);
+            // Published before anyone is answered, once per cycle: a caller reads what it
+            // waited for.
+            publish_durable(&limit, &shared.published, a.local);
+            match limit {
                 Ok(Some(limit)) => {
-                    shared.published.set_durable(limit);
                     while a.held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
                         let (reply, lsn) = a.held.pop_front().expect("checked");
                         answers.push((reply, Ok(lsn)));
