@@ -595,14 +595,19 @@ async fn tell_witness(
 async fn demote(db: &Database, link: &Link, reason: &str) {
     tracing::warn!(database = %link.database, reason, "fenced: this copy is no longer primary");
     db.gate().fence(reason);
-    // The primary side's state goes with the fence, before the role change (which waits for
-    // the writer): status never shows a fenced copy as synchronized.
-    *link.st() = LinkState {
+    let fresh = || LinkState {
         last_contact: Some(Instant::now()),
         ..LinkState::default()
     };
+    // The primary side's state goes with the fence, before the role change (which waits for
+    // the writer): status never shows a fenced copy as synchronized.
+    *link.st() = fresh();
     let d = db.clone();
-    if let Err(e) = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await {
+    let changed = blocking(move || d.set_role(Role::Mirror).map_err(|e| e.to_string())).await;
+    // And again after it: whatever the primary side set meanwhile (a pull served during the
+    // role change) does not carry over to the mirror.
+    *link.st() = fresh();
+    if let Err(e) = changed {
         link.error(format!("demote: {e}"));
     }
 }

@@ -21,8 +21,10 @@ use tokio::sync::{oneshot, watch};
 /// The SQLite file inside a database directory.
 pub const DB_FILE: &str = "tandem.db";
 const LOCK_FILE: &str = "LOCK";
-/// Version of the on-disk layout of `tandem.db`'s internal tables.
-pub const FORMAT_VERSION: i64 = 1;
+/// Version of the on-disk layout of `tandem.db`'s internal tables. 2: journal segment bodies
+/// start with a format byte (plain or LZ4); a format-1 database is upgraded in place when it is
+/// opened for writing (`upgrade_format`).
+pub const FORMAT_VERSION: i64 = 2;
 
 /// Fixed when a database is created; kept by every copy, backup and restore.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -402,6 +404,49 @@ pub fn identity_in(conn: &Connection) -> Result<(DatabaseId, Epoch, Lsn)> {
     Ok((database_id, epoch as Epoch, lsn))
 }
 
+/// Format 1 → 2: every journal segment body gains the plain-format byte, in one transaction,
+/// when a format-1 database is opened for writing. Any other format is left to `read_state`.
+fn upgrade_format(conn: &Connection) -> Result<()> {
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT format_version FROM _tandem_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten();
+    if version != Some(1) {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let firsts: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT first_lsn FROM _tandem_journal ORDER BY first_lsn")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for first in firsts {
+        let old: Vec<u8> = tx.query_row(
+            "SELECT body FROM _tandem_journal WHERE first_lsn = ?1",
+            [first],
+            |r| r.get(0),
+        )?;
+        let mut body = Vec::with_capacity(old.len() + 1);
+        body.push(journal::SEGMENT_PLAIN);
+        body.extend_from_slice(&old);
+        tx.execute(
+            "UPDATE _tandem_journal SET body = ?1 WHERE first_lsn = ?2",
+            params![body, first],
+        )?;
+    }
+    tx.execute(
+        "UPDATE _tandem_state SET format_version = ?1 WHERE id = 1",
+        [FORMAT_VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 pub(crate) fn read_state(conn: &Connection) -> Result<State> {
     let (version, id, name, epoch, lsn, chain, role, last_time_ms): (
         i64,
@@ -433,6 +478,13 @@ pub(crate) fn read_state(conn: &Connection) -> Result<State> {
         .map_err(|e| {
             StoreError::Corrupt(format!("not a tandem database (no identity row): {e}"))
         })?;
+    if version == 1 {
+        return Err(StoreError::Invalid(format!(
+            "database format 1; this program reads format {FORMAT_VERSION}: open it for writing \
+             once with this program (`tandem db backup`, or a node that holds it) to upgrade it \
+             in place"
+        )));
+    }
     if version != FORMAT_VERSION {
         return Err(StoreError::Invalid(format!(
             "database format {version}; this program reads format {FORMAT_VERSION}"
@@ -595,6 +647,7 @@ impl Database {
     }
 
     fn start(dir: &Path, conn: Connection, lock: File, options: Options) -> Result<Database> {
+        upgrade_format(&conn)?;
         let state = read_state(&conn)?;
         let (committed, _) = watch::channel(state.lsn);
         let (written, _) = watch::channel(state.lsn);
@@ -1039,4 +1092,71 @@ pub fn inspect(path: &Path) -> Result<(Identity, JournalStats, Vec<Consumer>)> {
         stats,
         consumers,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::types::Value;
+
+    static SCHEMA: &[Migration] = &[Migration {
+        version: 1,
+        name: "t",
+        sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    }];
+
+    /// A database written by the previous format (segment bodies without their format byte)
+    /// opens, is upgraded, and reads back the same records and chain.
+    #[test]
+    fn a_format_1_database_is_upgraded_when_opened_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let before = {
+            let db = Database::create(&path, "d", Options::default()).unwrap();
+            db.migrate(SCHEMA).unwrap();
+            for i in 0..20i64 {
+                let v = "the same words again and again ".repeat(1 + i as usize % 4);
+                db.write(move |tx| tx.insert("t", vec![Value::Integer(i), Value::Text(v.clone())]))
+                    .unwrap();
+            }
+            (db.identity(), db.read_journal(1, 1000, usize::MAX).unwrap())
+        };
+        // Back to format 1: every body as its records, without the format byte.
+        {
+            let conn = Connection::open(path.join(DB_FILE)).unwrap();
+            let rows: Vec<(i64, Vec<u8>)> = conn
+                .prepare("SELECT first_lsn, body FROM _tandem_journal")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                rows.iter().any(|(_, b)| b[0] == 1),
+                "some bodies compressed"
+            );
+            for (first, body) in rows {
+                let plain = journal::unpack_segment(&body).unwrap().into_owned();
+                conn.execute(
+                    "UPDATE _tandem_journal SET body = ?1 WHERE first_lsn = ?2",
+                    params![plain, first],
+                )
+                .unwrap();
+            }
+            conn.execute("UPDATE _tandem_state SET format_version = 1", [])
+                .unwrap();
+        }
+        let e = inspect(&path).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("format 1"), "{e}");
+        let db = Database::open(&path, Options::default()).unwrap();
+        let id = db.identity();
+        assert_eq!((id.lsn, id.chain), (before.0.lsn, before.0.chain));
+        assert_eq!(db.read_journal(1, 1000, usize::MAX).unwrap(), before.1);
+        let version: i64 = db
+            .read(
+                |c| Ok(c.query_row("SELECT format_version FROM _tandem_state", [], |r| r.get(0))?),
+            )
+            .unwrap();
+        assert_eq!(version, FORMAT_VERSION);
+    }
 }

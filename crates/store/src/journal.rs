@@ -57,7 +57,7 @@ pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
 
 /// A segment body's first byte: its records as they are, or LZ4-compressed (then a `u32`
 /// length of the records uncompressed, then one LZ4 block).
-const SEGMENT_PLAIN: u8 = 0;
+pub(crate) const SEGMENT_PLAIN: u8 = 0;
 const SEGMENT_LZ4: u8 = 1;
 
 /// The `(len u32, record)*` bytes of a segment body.
