@@ -27,7 +27,7 @@ struct Ring {
     chain_before: Chain,
     /// Each record with the chain just after it. Shared: a read takes its records under the
     /// lock and copies them after, so a large pull never holds the writer up.
-    records: VecDeque<(Arc<[u8]>, Chain)>,
+    records: VecDeque<(Arc<Vec<u8>>, Chain)>,
     bytes: usize,
 }
 
@@ -60,7 +60,7 @@ impl Recent {
         }
         for (bytes, chain) in records {
             ring.bytes += bytes.len();
-            ring.records.push_back((bytes.into(), chain));
+            ring.records.push_back((Arc::new(bytes), chain));
         }
         while ring.bytes > RECENT_BYTES_MAX && ring.records.len() > 1 {
             let (bytes, chain) = ring.records.pop_front().expect("more than one");
@@ -99,7 +99,7 @@ impl Recent {
                 0 => ring.chain_before,
                 i => ring.records[i - 1].1,
             };
-            let mut taken: Vec<Arc<[u8]>> = Vec::new();
+            let mut taken: Vec<Arc<Vec<u8>>> = Vec::new();
             let mut bytes = 0;
             for (rec, _) in ring.records.range(start..) {
                 if taken.len() >= records_max || (bytes >= bytes_max && !taken.is_empty()) {
@@ -112,7 +112,7 @@ impl Recent {
         };
         Some(RecordBatch {
             chain_before,
-            records: taken.iter().map(|r| r.to_vec()).collect(),
+            records: taken.iter().map(|r| r.as_ref().clone()).collect(),
         })
     }
 
