@@ -24,11 +24,25 @@ fn free(base: u16) -> bool {
     (0..PORTS).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
 }
 
+/// The first port the kernel hands out as the local end of outgoing connections (Linux:
+/// `ip_local_port_range`; 32768 elsewhere, its usual value).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Six free consecutive ports below the ephemeral range: inside it, a connection's local end
+/// (a node's own calls, any client's) could take a node's port between `init` and `up` — seen
+/// once in the tests as "Address already in use".
 fn pick_base_port() -> anyhow::Result<u16> {
+    const LOW: u16 = 10_000;
+    let high = ephemeral_low().saturating_sub(PORTS).max(LOW + 1_000);
     for _ in 0..200 {
         let mut b = [0u8; 2];
         getrandom::fill(&mut b)?;
-        let base = 20_000 + (u16::from_le_bytes(b) % 40_000);
+        let base = LOW + (u16::from_le_bytes(b) % (high - LOW));
         if free(base) {
             return Ok(base);
         }

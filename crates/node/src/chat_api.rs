@@ -31,7 +31,7 @@ const SESSION_ROOMS_MAX: usize = 256;
 /// Chat-node state: the token cache and the broadcast of the chat database's feed.
 pub(crate) struct ChatRole {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
-    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) events: broadcast::Sender<crate::chat_feed::FeedItem>,
     /// Set once the node is built (the senders hold a weak reference to it).
     pub(crate) posts: std::sync::OnceLock<crate::post_batcher::PostBatcher>,
 }
@@ -450,7 +450,7 @@ async fn session(
     user: String,
     mut rooms: HashSet<String>,
     mut last: i64,
-    mut rx: broadcast::Receiver<Event>,
+    mut rx: broadcast::Receiver<crate::chat_feed::FeedItem>,
     mut socket: WebSocket,
 ) {
     let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
@@ -472,7 +472,12 @@ async fn session(
     loop {
         tokio::select! {
             got = rx.recv() => match got {
-                Ok(e) => {
+                Ok(crate::chat_feed::FeedItem::Resumed) => {
+                    if catch_up(&node, &rooms, &mut last, &mut socket).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(crate::chat_feed::FeedItem::Event(e)) => {
                     if e.id <= last || !rooms.contains(&e.room) {
                         continue;
                     }
