@@ -345,20 +345,58 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     check_history(&acked, &history(&fe, &token));
 }
 
+/// A WebSocket session on room `lobby` through the user API at `fe`, from the message after
+/// `after` (or from now), with the runtime that drives it.
+struct Session {
+    rt: tokio::runtime::Runtime,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Session {
+    fn open(fe: &str, token: &str, after: Option<i64>) -> Session {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let from = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let url = format!("ws://{fe}/api/v1/events?rooms=lobby&token={token}{from}");
+        let (ws, _) = rt
+            .block_on(tokio_tungstenite::connect_async(url))
+            .expect("websocket");
+        Session { rt, ws }
+    }
+
+    /// The ids of the message events it delivers, up to `last`.
+    fn messages_until(&mut self, last: i64) -> Vec<i64> {
+        use futures_util::StreamExt;
+        let mut seen = Vec::new();
+        while !seen.contains(&last) {
+            let m = self
+                .rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), self.ws.next()).await
+                })
+                .unwrap_or_else(|_| panic!("live events stopped; got {seen:?}"))
+                .unwrap()
+                .unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap();
+            if v["type"] == "event" && v["event"]["kind"] == "message" {
+                seen.push(v["event"]["id"].as_i64().unwrap());
+            }
+        }
+        seen
+    }
+}
+
 #[test]
 fn live_events_keep_coming_across_a_failover_in_order_and_once() {
-    use futures_util::StreamExt;
     let d = Deployment::up(|t| t);
     let token = user_and_room(&d);
     let fe = d.address("atl-fe");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = format!("ws://{fe}/api/v1/events?rooms=lobby&token={token}");
-    let (mut ws, _) = rt
-        .block_on(tokio_tungstenite::connect_async(url))
-        .expect("websocket");
+    let mut session = Session::open(&fe, &token, None);
     let before = post(&fe, &token, "before the failover").unwrap().id;
     d.kill("atl-db1");
     let killed = Instant::now();
@@ -373,18 +411,39 @@ fn live_events_keep_coming_across_a_failover_in_order_and_once() {
         std::thread::sleep(Duration::from_millis(50));
     };
     // The socket, opened before the kill, delivers both messages, in order, each once.
-    let mut seen = Vec::new();
-    while !seen.contains(&after) {
-        let m = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(20), ws.next()).await })
-            .unwrap_or_else(|_| panic!("live events stopped after the failover; got {seen:?}"))
-            .unwrap()
-            .unwrap();
-        let Ok(text) = m.to_text() else { continue };
-        let v: Value = serde_json::from_str(text).unwrap();
-        if v["type"] == "event" && v["event"]["kind"] == "message" {
-            seen.push(v["event"]["id"].as_i64().unwrap());
-        }
-    }
-    assert_eq!(seen, vec![before, after], "in order, once");
+    assert_eq!(
+        session.messages_until(after),
+        vec![before, after],
+        "in order, once"
+    );
+}
+
+/// A chat node follows the feed only while it has a session: the first session comes while
+/// posts go on, and gets every message after the one it names, in order, each once — none lost
+/// between its backlog and the moment the node starts following again.
+#[test]
+fn a_session_opened_while_posts_go_on_gets_every_later_message_once() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let load = Load::start(&fe, &token, 4);
+    load.wait_acked_since(Instant::now(), "before the session");
+    let from = post(&fe, &token, "the session starts after this")
+        .unwrap()
+        .id;
+    let mut session = Session::open(&fe, &token, Some(from));
+    load.wait_acked_since(Instant::now(), "after the session began");
+    let acked = load.stop();
+    let last = post(&fe, &token, "the last one").unwrap().id;
+    let seen = session.messages_until(last);
+    let expected: Vec<i64> = history(&fe, &token)
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id > from && *id <= last)
+        .collect();
+    assert!(
+        acked.iter().any(|(a, _)| a.id > from),
+        "posts went on during the session's start"
+    );
+    assert_eq!(seen, expected, "every message after {from}, in order, once");
 }
