@@ -995,16 +995,20 @@ impl Database {
         records_max: usize,
         bytes_max: usize,
     ) -> Result<RecordBatch> {
-        let oldest = self.inner.published.journal.lock().expect("journal lock").1;
-        if let Some(batch) = self
-            .inner
-            .published
-            .recent
-            .read(from, records_max, bytes_max, oldest)
+        if let Some(batch) =
+            self.inner
+                .published
+                .recent
+                .read(from, records_max, bytes_max, self.journal_oldest())
         {
             return Ok(batch);
         }
         self.read(|c| journal::read(c, from, records_max, bytes_max))
+    }
+
+    /// The oldest LSN the journal holds, if any.
+    fn journal_oldest(&self) -> Option<Lsn> {
+        self.inner.published.journal.lock().expect("journal lock").1
     }
 
     #[cfg(test)]
@@ -1022,8 +1026,7 @@ impl Database {
             return Ok(Some(Chain::genesis(&id.database_id)));
         }
         // As the journal answers: only for an LSN it still holds.
-        let oldest = self.inner.published.journal.lock().expect("journal lock").1;
-        if oldest.is_some_and(|o| lsn >= o)
+        if self.journal_oldest().is_some_and(|o| lsn >= o)
             && let Some(chain) = self.inner.published.recent.chain_at(lsn)
         {
             return Ok(Some(chain));

@@ -34,24 +34,23 @@ pub struct JournalStats {
 }
 
 pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
+    // The plain body, format byte first; replaced by the compressed one when that is smaller.
     let len: usize = records.iter().map(|r| r.len() + 4).sum();
-    let mut plain = Vec::with_capacity(len);
+    let mut plain = Vec::with_capacity(1 + len);
+    plain.push(SEGMENT_PLAIN);
     for r in records {
         plain.extend_from_slice(&(r.len() as u32).to_le_bytes());
         plain.extend_from_slice(r);
     }
-    let packed = lz4_flex::block::compress(&plain);
-    if packed.len() + 4 < plain.len() {
-        let mut body = Vec::with_capacity(1 + 4 + packed.len());
-        body.push(SEGMENT_LZ4);
-        body.extend_from_slice(&(plain.len() as u32).to_le_bytes());
-        body.extend_from_slice(&packed);
-        body
-    } else {
-        let mut body = Vec::with_capacity(1 + plain.len());
-        body.push(SEGMENT_PLAIN);
-        body.extend_from_slice(&plain);
-        body
+    let mut packed = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(len)];
+    match lz4_flex::block::compress_into(&plain[1..], &mut packed[5..]) {
+        Ok(n) if 5 + n < plain.len() => {
+            packed[0] = SEGMENT_LZ4;
+            packed[1..5].copy_from_slice(&(len as u32).to_le_bytes());
+            packed.truncate(5 + n);
+            packed
+        }
+        _ => plain,
     }
 }
 

@@ -222,8 +222,6 @@ pub(crate) struct Writer {
     checkpointer: crate::checkpoint::Checkpointer,
     commits: u64,
     derived: Vec<crate::schema::Derived>,
-    /// The WAL, opened at the first group: its writeback starts as the group commits.
-    wal: Option<File>,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
@@ -256,7 +254,6 @@ impl Writer {
             checkpointer,
             commits: 0,
             derived: Vec::new(),
-            wal: None,
             _lock: lock,
         })
     }
@@ -483,37 +480,12 @@ impl Writer {
                 (reply, lsn)
             })
             .collect();
-        self.start_writeback();
         self.ack.submit(crate::ack::Pending {
             lsn,
             replies,
             local_only: false,
         });
     }
-
-    /// Starts writing the group's WAL frames to disk now, without waiting: the syncer's
-    /// fdatasync then finds them on their way instead of starting them, after a thread hand-off
-    /// (bench store, 256 writers: 268,000 → 286,000 commits/s on average over six alternating
-    /// pairs, p50 lower in five). Errors are the fdatasync's to report.
-    #[cfg(target_os = "linux")]
-    fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
-        if self.wal.is_none() {
-            let Some(path) = self.conn.path().map(|p| format!("{p}-wal")) else {
-                return;
-            };
-            self.wal = File::open(path).ok();
-        }
-        if let Some(wal) = &self.wal {
-            // SAFETY: a valid descriptor; the call only schedules writeback of its dirty pages.
-            unsafe {
-                libc::sync_file_range(wal.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-            }
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn start_writeback(&mut self) {}
 
     fn fail_batch(&mut self, kept: Vec<Kept>, e: StoreError, schema_changed: bool) {
         let _ = self.exec("ROLLBACK");
@@ -663,14 +635,11 @@ impl Writer {
                     // A copy says it has records only once they are durable.
                     Durability::Wait => self.wait_durable()?,
                     // The acknowledgment stage fsyncs them and publishes the durable LSN.
-                    Durability::Publish => {
-                        self.start_writeback();
-                        self.ack.submit(crate::ack::Pending {
-                            lsn: self.state.lsn,
-                            replies: Vec::new(),
-                            local_only: true,
-                        })
-                    }
+                    Durability::Publish => self.ack.submit(crate::ack::Pending {
+                        lsn: self.state.lsn,
+                        replies: Vec::new(),
+                        local_only: true,
+                    }),
                 }
                 Ok(self.applied(applied, stopped))
             }
