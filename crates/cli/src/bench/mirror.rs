@@ -19,7 +19,7 @@
 
 use super::Latency;
 use super::chat::RawPoster;
-use super::store::{SCHEMA, row};
+use super::store::{Rows, SCHEMA};
 use crate::deployment::Deployment;
 use crate::output::{Output, count};
 use anyhow::{Context, bail, ensure};
@@ -171,6 +171,8 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("tandem-bench-mirror-")
         .tempdir()?;
+    // Made before any clock starts; ids beyond reuse them (`Rows`).
+    let rows = Arc::new(Rows::make(u64::MAX));
     let mut runs = Vec::new();
     for mode in [Mode::NoMirror, Mode::Async, Mode::Sync] {
         out.progress(&format!(
@@ -180,7 +182,7 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
             a.seconds
         ));
         let dir = scratch.path().join(format!("{mode:?}"));
-        runs.push(commits(&rt, &dir, mode, a.writers, a.seconds)?);
+        runs.push(commits(&rt, &dir, &rows, mode, a.writers, a.seconds)?);
         std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     }
     let failover = match a.failovers {
@@ -205,6 +207,7 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
 fn commits(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
+    rows: &Arc<Rows>,
     mode: Mode,
     writers: u64,
     seconds: u64,
@@ -247,7 +250,7 @@ fn commits(
     let replicator = replicator.transpose()?;
 
     let before = primary.writer_stats();
-    let (samples, elapsed) = write_for(rt, &primary, writers, seconds)?;
+    let (samples, elapsed) = write_for(rt, &primary, rows, writers, seconds)?;
     let after = primary.writer_stats();
 
     let replication = match (replicator, &mirror) {
@@ -296,6 +299,7 @@ fn commits(
 fn write_for(
     rt: &tokio::runtime::Runtime,
     db: &Database,
+    rows: &Arc<Rows>,
     writers: u64,
     seconds: u64,
 ) -> anyhow::Result<(Vec<u32>, f64)> {
@@ -305,13 +309,14 @@ fn write_for(
     let samples = rt.block_on(async {
         let tasks: Vec<_> = (0..writers)
             .map(|_| {
-                let (db, next_id, stop) = (db.clone(), next_id.clone(), stop.clone());
+                let (db, next_id, stop, rows) =
+                    (db.clone(), next_id.clone(), stop.clone(), rows.clone());
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        // The caller prepares its values; the transaction (re-runnable) writes a copy.
-                        let values = row(id);
+                        // The caller has its values; the transaction (re-runnable) writes a copy.
+                        let values = rows.get(id);
                         let t0 = Instant::now();
                         db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", values.clone()))
                             .await?;
@@ -871,7 +876,16 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         for mode in [Mode::Async, Mode::Sync] {
-            let run = commits(&rt, &dir.path().join(format!("{mode:?}")), mode, 8, 1).unwrap();
+            let rows = Arc::new(Rows::make(1_000));
+            let run = commits(
+                &rt,
+                &dir.path().join(format!("{mode:?}")),
+                &rows,
+                mode,
+                8,
+                1,
+            )
+            .unwrap();
             assert!(run.commits > 0, "{mode:?}: no commit");
             let r = run.replication.expect("a mirrored run");
             assert_eq!(r.lsn, run.commits + 1, "{mode:?}");

@@ -1,7 +1,8 @@
 //! `tandem bench store`: in one run, on the same rows,
 //! (a) raw rusqlite batched inserts — the machine's limit with the same durability (WAL,
 //!     synchronous=FULL) and the store's group size, only the inserts and commits timed;
-//! (b) store commits/s with 1, 16 and 256 concurrent writers, one row per commit;
+//! (b) store commits/s with 1, 16 and 256 concurrent writers, one row per commit, the rows
+//!     made before the clock starts as the baseline's are (`Rows`);
 //! (c) log backup and full backup MB/s; (d) restore apply records/s.
 //! With `--dir DIR` the database stays in `DIR/db` and its backups in `DIR/backups`: one full
 //! backup, log backups taken while writes went on, and a last one after the writes ended.
@@ -95,6 +96,28 @@ pub(super) fn row(i: u64) -> Vec<Value> {
     ]
 }
 
+/// Rows made before a clock starts, as the raw baseline's are (making a row — its `format!`s
+/// and words — costs about what committing it does, on the same two cores): row `i` for `i`
+/// below `ROWS_MADE_MAX`; beyond, the row of `i % ROWS_MADE_MAX` with `i` as its id.
+pub(super) struct Rows(Vec<Vec<Value>>);
+
+/// About 80 MB of rows.
+const ROWS_MADE_MAX: u64 = 1 << 18;
+
+impl Rows {
+    /// Rows for ids up to `ids` (at most `ROWS_MADE_MAX` made).
+    pub(super) fn make(ids: u64) -> Rows {
+        Rows((0..ids.clamp(1, ROWS_MADE_MAX)).map(row).collect())
+    }
+
+    /// Row `id`'s values, for a caller to hand to a transaction.
+    pub(super) fn get(&self, id: u64) -> Vec<Value> {
+        let mut values = self.0[(id % self.0.len() as u64) as usize].clone();
+        values[0] = Value::Integer(id as i64);
+        values
+    }
+}
+
 #[derive(Serialize)]
 struct Rate {
     rows: u64,
@@ -181,6 +204,7 @@ fn raw(dir: &Path, rows: u64) -> anyhow::Result<Rate> {
 fn phase(
     rt: &tokio::runtime::Runtime,
     db: &Database,
+    rows: &Arc<Rows>,
     writers: usize,
     commits: u64,
     next_id: &Arc<AtomicU64>,
@@ -191,7 +215,7 @@ fn phase(
     let samples = rt.block_on(async {
         let tasks: Vec<_> = (0..writers)
             .map(|_| {
-                let (db, next_id) = (db.clone(), next_id.clone());
+                let (db, next_id, rows) = (db.clone(), next_id.clone(), rows.clone());
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     loop {
@@ -199,8 +223,8 @@ fn phase(
                         if id >= end {
                             return Ok::<_, StoreError>(lat);
                         }
-                        // The caller prepares its values; the transaction (re-runnable) writes a copy.
-                        let values = row(id);
+                        // The caller has its values; the transaction (re-runnable) writes a copy.
+                        let values = rows.get(id);
                         let t0 = Instant::now();
                         db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", values.clone()))
                             .await?;
@@ -282,6 +306,8 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
     ));
     let raw = raw(scratch.path(), a.rows)?;
 
+    let single = (a.rows / 100).clamp(200, 2_000);
+    let rows = Arc::new(Rows::make(single + a.rows / 10 + a.rows + 1));
     let db = Database::create(&db_dir, "bench", Options::default())?;
     db.migrate(SCHEMA)?;
     let next_id = Arc::new(AtomicU64::new(1));
@@ -290,9 +316,8 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut phases = Vec::new();
-    let single = (a.rows / 100).clamp(200, 2_000);
     out.progress(&format!("store: 1 writer, {single} commits…"));
-    phases.push(phase(&rt, &db, 1, single, &next_id)?);
+    phases.push(phase(&rt, &db, &rows, 1, single, &next_id)?);
 
     tandem_store::full_backup(&db, &backups)?;
     // Log backups while the 16 writers write; the 256 writers' records then go into one last
@@ -303,11 +328,11 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
         "store: 16 writers, {} commits, log backups every {LOG_BACKUP_INTERVAL_MS} ms…",
         a.rows / 10
     ));
-    phases.push(phase(&rt, &db, 16, a.rows / 10, &next_id)?);
+    phases.push(phase(&rt, &db, &rows, 16, a.rows / 10, &next_id)?);
     stop.store(true, Ordering::SeqCst);
     let during = logger.join().expect("log backup thread")?.len();
     out.progress(&format!("store: 256 writers, {} commits…", a.rows));
-    phases.push(phase(&rt, &db, 256, a.rows, &next_id)?);
+    phases.push(phase(&rt, &db, &rows, 256, a.rows, &next_id)?);
     out.progress("log backup of the 256 writers' records…");
     let t0 = Instant::now();
     let last = tandem_store::log_backup(&db, &backups)?;
