@@ -14,6 +14,7 @@
 use crate::error::{Result, StoreError};
 use crate::record::{Chain, Lsn, peek_header};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::ops::Range;
 
 /// Records read from a journal or a log backup, ready to apply on another copy.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,25 +34,90 @@ pub struct JournalStats {
     pub bytes: u64,
 }
 
-pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
-    // The plain body, format byte first; replaced by the compressed one when that is smaller.
-    let len: usize = records.iter().map(|r| r.len() + 4).sum();
-    let mut plain = Vec::with_capacity(1 + len);
-    plain.push(SEGMENT_PLAIN);
-    for r in records {
-        plain.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        plain.extend_from_slice(r);
-    }
-    let mut packed = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(len)];
-    match lz4_flex::block::compress_into(&plain[1..], &mut packed[5..]) {
-        Ok(n) if 5 + n < plain.len() => {
-            packed[0] = SEGMENT_LZ4;
-            packed[1..5].copy_from_slice(&(len as u32).to_le_bytes());
-            packed.truncate(5 + n);
-            packed
+/// A segment's plain body as it is built, record by record: the format byte, then
+/// `(len u32, record)*`. The writer encodes each record straight into it, and the same buffer
+/// then goes, whole, to the newest records kept in memory (`recent.rs`): one allocation per
+/// group, not two per record.
+pub(crate) struct Segment {
+    plain: Vec<u8>,
+    /// Where each record is in `plain`.
+    spans: Vec<Range<usize>>,
+}
+
+impl Segment {
+    pub(crate) fn with_capacity(records: usize, bytes: usize) -> Segment {
+        let mut plain = Vec::with_capacity(1 + bytes + 4 * records);
+        plain.push(SEGMENT_PLAIN);
+        Segment {
+            plain,
+            spans: Vec::with_capacity(records),
         }
-        _ => plain,
     }
+
+    /// Appends the record that `write` writes; returns it.
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        let at = self.plain.len();
+        self.plain.extend_from_slice(&[0; 4]);
+        write(&mut self.plain);
+        let len = self.plain.len() - at - 4;
+        self.plain[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        self.spans.push(at + 4..self.plain.len());
+        &self.plain[at + 4..]
+    }
+
+    pub(crate) fn push(&mut self, record: &[u8]) {
+        self.push_with(|out| out.extend_from_slice(record));
+    }
+
+    /// Takes the last record out again.
+    pub(crate) fn pop(&mut self) {
+        if let Some(span) = self.spans.pop() {
+            self.plain.truncate(span.start - 4);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.plain.truncate(1);
+        self.spans.clear();
+    }
+
+    /// Records in the segment.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The body to store: LZ4-compressed when that is smaller.
+    pub(crate) fn body(&self) -> std::borrow::Cow<'_, [u8]> {
+        let len = self.plain.len() - 1;
+        let mut packed = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(len)];
+        match lz4_flex::block::compress_into(&self.plain[1..], &mut packed[5..]) {
+            Ok(n) if 5 + n < self.plain.len() => {
+                packed[0] = SEGMENT_LZ4;
+                packed[1..5].copy_from_slice(&(len as u32).to_le_bytes());
+                packed.truncate(5 + n);
+                std::borrow::Cow::Owned(packed)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.plain),
+        }
+    }
+
+    /// The plain body and where each record is in it.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<Range<usize>>) {
+        (self.plain, self.spans)
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
+    let mut segment = Segment::with_capacity(records.len(), records.iter().map(|r| r.len()).sum());
+    for r in records {
+        segment.push(r);
+    }
+    segment.body().into_owned()
 }
 
 /// A segment body's first byte: its records as they are, or LZ4-compressed (then a `u32`

@@ -9,6 +9,7 @@
 use crate::journal::RecordBatch;
 use crate::record::{Chain, Lsn};
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// Bytes of records kept (oldest dropped first).
@@ -25,17 +26,26 @@ struct Ring {
     first: Lsn,
     /// The chain just before `records[0]`.
     chain_before: Chain,
-    /// Each record with the chain just after it. Shared: a read takes its records under the
-    /// lock and copies them after, so a large pull never holds the writer up.
-    records: VecDeque<(Arc<Vec<u8>>, Chain)>,
+    /// Each record with the chain just after it.
+    records: VecDeque<Kept>,
+    /// Bytes of the records (their groups' buffers may hold a little more).
     bytes: usize,
+}
+
+/// A record: where it is in its group's buffer (a segment's plain body, shared by the group's
+/// records: a read takes its records' buffers under the lock and copies the records after, so
+/// a large pull never holds the writer up), and the chain just after it.
+struct Kept {
+    group: Arc<Vec<u8>>,
+    span: Range<usize>,
+    chain: Chain,
 }
 
 impl Ring {
     fn last(&self) -> Option<(Lsn, Chain)> {
         self.records
             .back()
-            .map(|(_, c)| (self.first + self.records.len() as u64 - 1, *c))
+            .map(|k| (self.first + self.records.len() as u64 - 1, k.chain))
     }
 }
 
@@ -43,10 +53,21 @@ impl Recent {
     /// Records `first..` just committed, the chain before them, and the chain after each. A push
     /// that does not continue what is kept (another position after a restore, a reseed, a
     /// rollback) starts over from it.
-    pub(crate) fn push(&self, first: Lsn, chain_before: Chain, records: Vec<(Vec<u8>, Chain)>) {
-        if records.is_empty() {
+    /// The records are in `group` (a segment's plain body) at `spans`, with `chains` the chain
+    /// after each.
+    pub(crate) fn push(
+        &self,
+        first: Lsn,
+        chain_before: Chain,
+        group: Vec<u8>,
+        spans: Vec<Range<usize>>,
+        chains: &[Chain],
+    ) {
+        debug_assert_eq!(spans.len(), chains.len());
+        if spans.is_empty() {
             return;
         }
+        let group = Arc::new(group);
         let mut ring = self.ring.lock().expect("recent lock");
         let continues = ring
             .last()
@@ -58,14 +79,18 @@ impl Recent {
                 ..Ring::default()
             };
         }
-        for (bytes, chain) in records {
-            ring.bytes += bytes.len();
-            ring.records.push_back((Arc::new(bytes), chain));
+        for (span, chain) in spans.into_iter().zip(chains) {
+            ring.bytes += span.len();
+            ring.records.push_back(Kept {
+                group: group.clone(),
+                span,
+                chain: *chain,
+            });
         }
         while ring.bytes > RECENT_BYTES_MAX && ring.records.len() > 1 {
-            let (bytes, chain) = ring.records.pop_front().expect("more than one");
-            ring.bytes -= bytes.len();
-            ring.chain_before = chain;
+            let kept = ring.records.pop_front().expect("more than one");
+            ring.bytes -= kept.span.len();
+            ring.chain_before = kept.chain;
             ring.first += 1;
         }
     }
@@ -97,22 +122,25 @@ impl Recent {
             let start = (from - ring.first) as usize;
             let chain_before = match start {
                 0 => ring.chain_before,
-                i => ring.records[i - 1].1,
+                i => ring.records[i - 1].chain,
             };
-            let mut taken: Vec<Arc<Vec<u8>>> = Vec::new();
+            let mut taken: Vec<(Arc<Vec<u8>>, Range<usize>)> = Vec::new();
             let mut bytes = 0;
-            for (rec, _) in ring.records.range(start..) {
+            for kept in ring.records.range(start..) {
                 if taken.len() >= records_max || (bytes >= bytes_max && !taken.is_empty()) {
                     break;
                 }
-                bytes += rec.len();
-                taken.push(rec.clone());
+                bytes += kept.span.len();
+                taken.push((kept.group.clone(), kept.span.clone()));
             }
             (chain_before, taken)
         };
         Some(RecordBatch {
             chain_before,
-            records: taken.iter().map(|r| r.as_ref().clone()).collect(),
+            records: taken
+                .iter()
+                .map(|(g, span)| g[span.clone()].to_vec())
+                .collect(),
         })
     }
 
@@ -126,13 +154,24 @@ impl Recent {
         if lsn < ring.first || lsn > last {
             return None;
         }
-        Some(ring.records[(lsn - ring.first) as usize].1)
+        Some(ring.records[(lsn - ring.first) as usize].chain)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pushes records as the writer does: one group's buffer.
+    fn push(recent: &Recent, first: Lsn, before: Chain, records: Vec<(Vec<u8>, Chain)>) {
+        let mut segment = crate::journal::Segment::with_capacity(records.len(), 0);
+        let chains: Vec<Chain> = records.iter().map(|(_, c)| *c).collect();
+        for (r, _) in &records {
+            segment.push(r);
+        }
+        let (group, spans) = segment.into_parts();
+        recent.push(first, before, group, spans, &chains);
+    }
 
     fn chained(first: Lsn, n: usize, before: Chain) -> Vec<(Vec<u8>, Chain)> {
         let mut chain = before;
@@ -151,8 +190,8 @@ mod tests {
         let genesis = Chain::from_slice(&[7u8; 16]).expect("16 bytes");
         let a = chained(1, 3, genesis);
         let b = chained(4, 2, a[2].1);
-        recent.push(1, genesis, a.clone());
-        recent.push(4, a[2].1, b.clone());
+        push(&recent, 1, genesis, a.clone());
+        push(&recent, 4, a[2].1, b.clone());
         let batch = recent.read(2, 10, 1 << 20, Some(1)).expect("kept");
         assert_eq!(batch.chain_before, a[0].1);
         assert_eq!(batch.records.len(), 4);
@@ -180,7 +219,7 @@ mod tests {
     fn a_read_before_the_journal_s_oldest_record_goes_to_the_journal() {
         let recent = Recent::default();
         let genesis = Chain::from_slice(&[1u8; 16]).expect("16 bytes");
-        recent.push(1, genesis, chained(1, 5, genesis));
+        push(&recent, 1, genesis, chained(1, 5, genesis));
         assert!(recent.read(2, 10, 1 << 20, Some(3)).is_none());
         assert!(recent.read(3, 10, 1 << 20, Some(3)).is_some());
         assert!(recent.read(3, 10, 1 << 20, None).is_none());
@@ -191,9 +230,9 @@ mod tests {
         let recent = Recent::default();
         let genesis = Chain::from_slice(&[2u8; 16]).expect("16 bytes");
         let a = chained(1, 3, genesis);
-        recent.push(1, genesis, a);
+        push(&recent, 1, genesis, a);
         let other = Chain::from_slice(&[3u8; 16]).expect("16 bytes");
-        recent.push(4, other, chained(4, 2, other));
+        push(&recent, 4, other, chained(4, 2, other));
         assert!(recent.read(1, 10, 1 << 20, Some(1)).is_none());
         assert_eq!(
             recent
@@ -220,7 +259,7 @@ mod tests {
                 })
                 .collect()
         };
-        recent.push(1, genesis, big.clone());
+        push(&recent, 1, genesis, big.clone());
         assert!(recent.read(1, 10, usize::MAX, Some(1)).is_none());
         let kept = recent.read(2, 10, usize::MAX, Some(1)).expect("kept");
         assert_eq!(kept.chain_before, big[0].1);

@@ -72,15 +72,25 @@ pub(crate) const RECORD_HEADER_BYTES: usize = 8 + 8 + 8 + 4;
 
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(28 + self.ops.iter().map(op_len).sum::<usize>());
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Bytes of the encoded record.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_BYTES + self.ops.iter().map(op_len).sum::<usize>()
+    }
+
+    /// Appends the encoded record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.lsn.to_le_bytes());
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.time_ms.to_le_bytes());
         out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
         for op in &self.ops {
-            encode_op(&mut out, op);
+            encode_op(out, op);
         }
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {

@@ -321,8 +321,9 @@ impl Writer {
         let time_ms = now_ms().max(self.state.last_time_ms);
         let mut queue: std::collections::VecDeque<WriteJob> = batch.into();
         let mut kept: Vec<Kept> = Vec::with_capacity(queue.len());
-        let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(queue.len());
-        // The chain just after each record in `encoded`.
+        // The group's records, encoded straight into its journal segment.
+        let mut segment = journal::Segment::with_capacity(queue.len(), queue.len() * 256);
+        // The chain just after each record in `segment`.
         let mut chains: Vec<Chain> = Vec::with_capacity(queue.len());
         let mut chain = self.state.chain;
         let mut schema_changed = false;
@@ -335,7 +336,7 @@ impl Writer {
                 tables: &mut self.tables,
                 ops: Vec::new(),
                 time_ms,
-                lsn: self.state.lsn + encoded.len() as u64 + 1,
+                lsn: self.state.lsn + segment.len() as u64 + 1,
                 schema_changed: false,
                 dirty: false,
             };
@@ -345,7 +346,7 @@ impl Writer {
             // Pair check: anything SQLite changed is either recorded or forces the undo below.
             let changed =
                 !ops.is_empty() || tx.dirty || self.conn.total_changes() != changes_before;
-            let lsn = self.state.lsn + encoded.len() as u64;
+            let lsn = self.state.lsn + segment.len() as u64;
             let undo = match outcome {
                 Ok(Ok(value)) if !changed => {
                     kept.push(Kept { job, value, lsn });
@@ -358,19 +359,19 @@ impl Writer {
                         time_ms,
                         ops,
                     };
-                    let bytes = record.encode();
+                    let bytes = segment.push_with(|out| record.encode_into(out));
                     if bytes.len() > RECORD_BYTES_MAX {
+                        let len = bytes.len();
+                        segment.pop();
                         // Counted before the answer: a caller reading the stats sees it.
                         self.count(0, 0, 1);
                         (job.answer)(Answer::Failed(StoreError::Invalid(format!(
-                            "transaction of {} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound",
-                            bytes.len()
+                            "transaction of {len} bytes exceeds the {RECORD_BYTES_MAX}-byte record bound"
                         ))));
                         true
                     } else {
-                        chain = chain.next(&bytes);
+                        chain = chain.next(bytes);
                         chains.push(chain);
-                        encoded.push(bytes);
                         kept.push(Kept {
                             job,
                             value,
@@ -411,7 +412,7 @@ impl Writer {
                     reload_tables(&self.conn, &mut self.tables);
                     schema_changed = false;
                 }
-                encoded.clear();
+                segment.clear();
                 chains.clear();
                 chain = self.state.chain;
                 for k in kept.drain(..).rev() {
@@ -420,11 +421,10 @@ impl Writer {
             }
         }
         drop(stmts);
-        let lsn = self.state.lsn + encoded.len() as u64;
-        if !encoded.is_empty() {
+        let lsn = self.state.lsn + segment.len() as u64;
+        if !segment.is_empty() {
             let first = self.state.lsn + 1;
-            let refs: Vec<&[u8]> = encoded.iter().map(|r| r.as_slice()).collect();
-            let body = journal::encode_segment(&refs);
+            let body = segment.body();
             let r = self.run_derived(first, lsn).and_then(|_| {
                 // The segment is also the copy's position (`read_state`).
                 journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, &body)
@@ -438,13 +438,12 @@ impl Writer {
         if let Err(e) = self.exec("COMMIT") {
             return self.fail_batch(kept, e, schema_changed);
         }
-        let records = encoded.len() as u64;
+        let records = segment.len() as u64;
         // Kept for pulls before the LSN is published: a puller that sees it finds them.
-        self.published.recent.push(
-            self.state.lsn + 1,
-            self.state.chain,
-            encoded.into_iter().zip(chains).collect(),
-        );
+        let (group, spans) = segment.into_parts();
+        self.published
+            .recent
+            .push(self.state.lsn + 1, self.state.chain, group, spans, &chains);
         self.state.lsn = lsn;
         self.state.chain = chain;
         if records > 0 {
@@ -609,7 +608,7 @@ impl Writer {
         let saved_epoch = self.state.epoch;
         let r = self.apply_in_tx(batch, stop);
         match r {
-            Ok((applied, stopped, chain, time_ms, body_len, chains)) => {
+            Ok((applied, stopped, chain, time_ms, body_len, segment, chains)) => {
                 if let Err(e) = self.exec("COMMIT") {
                     let _ = self.exec("ROLLBACK");
                     self.state.history = saved_history;
@@ -620,10 +619,13 @@ impl Writer {
                 if applied > 0 {
                     self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
                 }
+                let (group, spans) = segment.into_parts();
                 self.published.recent.push(
                     self.state.lsn + 1,
                     self.state.chain,
-                    batch.records.iter().cloned().zip(chains).collect(),
+                    group,
+                    spans,
+                    &chains,
                 );
                 self.state.lsn += applied;
                 self.state.chain = chain;
@@ -667,12 +669,15 @@ impl Writer {
         &mut self,
         batch: &RecordBatch,
         stop: Option<StopAt>,
-    ) -> Result<(u64, bool, Chain, i64, u64, Vec<Chain>)> {
+    ) -> Result<(u64, bool, Chain, i64, u64, journal::Segment, Vec<Chain>)> {
         let mut chain = self.state.chain;
         let mut expect = self.state.lsn + 1;
         let mut time_ms = self.state.last_time_ms;
         let mut stopped = false;
-        let mut taken: Vec<&[u8]> = Vec::with_capacity(batch.records.len());
+        let mut segment = journal::Segment::with_capacity(
+            batch.records.len(),
+            batch.records.iter().map(Vec::len).sum(),
+        );
         let mut chains: Vec<Chain> = Vec::with_capacity(batch.records.len());
         let mut history_changed = false;
         let stmts = Statements::new(&self.conn);
@@ -710,13 +715,13 @@ impl Writer {
             chain = chain.next(bytes);
             chains.push(chain);
             time_ms = record.time_ms;
-            taken.push(bytes);
+            segment.push(bytes);
             expect += 1;
         }
-        let applied = taken.len() as u64;
+        let applied = segment.len() as u64;
         let mut body_len = 0;
         if applied > 0 {
-            let body = journal::encode_segment(&taken);
+            let body = segment.body();
             body_len = body.len() as u64;
             self.run_derived(self.state.lsn + 1, expect - 1)?;
             journal::insert_segment(
@@ -731,7 +736,7 @@ impl Writer {
                 self.persist_identity()?;
             }
         }
-        Ok((applied, stopped, chain, time_ms, body_len, chains))
+        Ok((applied, stopped, chain, time_ms, body_len, segment, chains))
     }
 
     /// Writes epoch, role and history (rarely changed) durably.
