@@ -79,6 +79,12 @@ pub struct Gate {
     state: Mutex<GateState>,
     wake: Mutex<Option<SyncSender<Msg>>>,
     held: std::sync::atomic::AtomicUsize,
+    /// The durable LSN and the answers it holds: the syncers add to them, and whoever moves
+    /// the gate's limit — a syncer after its fsync, the mirror's hardened LSN as it arrives —
+    /// answers what the limit lets go.
+    answering: Mutex<Answering>,
+    /// Where the durable LSN is shown; set once the acknowledgment stage starts.
+    published: std::sync::OnceLock<Arc<Published>>,
 }
 
 impl Gate {
@@ -97,14 +103,27 @@ impl Gate {
         });
     }
 
-    /// The mirror has durably applied every record up to `lsn`.
+    /// The mirror has durably applied every record up to `lsn`. The answers this lets go are
+    /// given here, by the caller's thread, not handed to a syncer to give (one thread hand-off
+    /// less on a synchronous commit's round trip).
     pub fn hardened(&self, lsn: Lsn) {
-        let changed = {
-            let s = self.state.lock().expect("gate lock");
-            lsn > s.hardened
+        {
+            let mut s = self.state.lock().expect("gate lock");
+            if lsn <= s.hardened {
+                return;
+            }
+            s.hardened = lsn;
+        }
+        let Some(published) = self.published.get() else {
+            // No acknowledgment stage yet: nothing is held.
+            return;
         };
-        if changed {
-            self.update(|s| s.hardened = s.hardened.max(lsn));
+        let answers = self.release(
+            &mut self.answering.lock().expect("answering lock"),
+            published,
+        );
+        for (reply, result) in answers {
+            reply(result);
         }
     }
 
@@ -183,6 +202,35 @@ impl Gate {
         }
     }
 
+    /// Publishes the durable LSN the gate lets be shown and takes out the held answers it lets
+    /// go (all of them, failed, once fenced): the caller gives them, after the lock.
+    fn release(&self, a: &mut Answering, published: &Published) -> Vec<(Completion, Result<Lsn>)> {
+        let mut answers = Vec::new();
+        let limit = self.limit(a.local);
+        // Published before anyone is answered: a caller reads what it waited for.
+        publish_durable(limit.as_ref().ok().copied().flatten(), published, a.local);
+        match limit {
+            Ok(Some(limit)) => {
+                while a.held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
+                    let (reply, lsn) = a.held.pop_front().expect("checked");
+                    answers.push((reply, Ok(lsn)));
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                answers.extend(a.held.drain(..).map(|(r, _)| {
+                    (
+                        r,
+                        Err(StoreError::Role(format!("not acknowledged: {reason}"))),
+                    )
+                }));
+            }
+        }
+        self.held
+            .store(a.held.len(), std::sync::atomic::Ordering::Relaxed);
+        answers
+    }
+
     /// Up to which LSN answers may go, given the local durable LSN; `Err` when they must fail.
     fn limit(&self, local: Lsn) -> std::result::Result<Option<Lsn>, String> {
         let s = self.state.lock().expect("gate lock");
@@ -214,11 +262,11 @@ impl AckStage {
     ) -> Result<AckStage> {
         let (queue, rx) = sync_channel(PENDING_BATCHES_MAX);
         *gate.wake.lock().expect("wake lock") = Some(queue.clone());
+        let _ = gate.published.set(published.clone());
         let failure = Arc::new(Mutex::new(None));
         let shared = Arc::new(Shared {
             wal: wal.clone(),
             rx: Mutex::new(rx),
-            answering: Mutex::new(Answering::default()),
             published,
             failure: failure.clone(),
             gate: gate.clone(),
@@ -355,7 +403,6 @@ struct Shared {
     /// One syncer at a time takes every batch waiting; the other is then free to sync the
     /// next ones while the first one's fsync runs.
     rx: Mutex<Receiver<Msg>>,
-    answering: Mutex<Answering>,
     published: Arc<Published>,
     failure: Arc<Mutex<Option<String>>>,
     gate: Arc<Gate>,
@@ -383,6 +430,7 @@ fn run(shared: &Shared) {
             // held, nothing but a message wakes the syncer. A gate change sends one, so answers
             // the other syncer holds meanwhile are not left waiting.
             let idle = shared
+                .gate
                 .answering
                 .lock()
                 .expect("answering lock")
@@ -423,7 +471,7 @@ fn run(shared: &Shared) {
         };
         let mut answers: Vec<(Completion, Result<Lsn>)> = Vec::new();
         {
-            let mut a = shared.answering.lock().expect("answering lock");
+            let mut a = shared.gate.answering.lock().expect("answering lock");
             match synced {
                 Ok(()) => {
                     if let Some(last) = batch.iter().map(|p| p.lsn).max() {
@@ -457,41 +505,14 @@ fn run(shared: &Shared) {
                     }
                 }
             }
-            let limit = shared.gate.limit(a.local);
-            // Published before anyone is answered, once per cycle: a caller reads what it
-            // waited for.
-            publish_durable(
-                limit.as_ref().ok().copied().flatten(),
-                &shared.published,
-                a.local,
-            );
-            match limit {
-                Ok(Some(limit)) => {
-                    while a.held.front().is_some_and(|(_, lsn)| *lsn <= limit) {
-                        let (reply, lsn) = a.held.pop_front().expect("checked");
-                        answers.push((reply, Ok(lsn)));
-                    }
-                }
-                Ok(None) => {}
-                Err(reason) => {
-                    answers.extend(a.held.drain(..).map(|(r, _)| {
-                        (
-                            r,
-                            Err(StoreError::Role(format!("not acknowledged: {reason}"))),
-                        )
-                    }));
-                }
-            }
-            shared
-                .gate
-                .held
-                .store(a.held.len(), std::sync::atomic::Ordering::Relaxed);
+            answers.extend(shared.gate.release(&mut a, &shared.published));
         }
         for (reply, result) in answers {
             reply(result);
         }
     }
     let held: Vec<_> = shared
+        .gate
         .answering
         .lock()
         .expect("answering lock")
