@@ -6,7 +6,7 @@
 //! `op = kind u8 | ...` and values are `tag u8 | payload`.
 
 use crate::error::StoreError;
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 
 /// Log sequence number: one per committed transaction, contiguous from 1.
 pub type Lsn = u64;
@@ -48,6 +48,76 @@ pub enum Op {
         name: String,
         sql: String,
     },
+}
+
+/// What a row operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// An operation read in place from its encoded record (`visit_ops`): its strings and values
+/// borrow the record's bytes, its values a buffer reused from one operation to the next.
+pub(crate) enum OpRef<'a, 'v> {
+    Row {
+        kind: RowKind,
+        table: &'a str,
+        /// The row (insert, update) or the key (delete).
+        values: &'v [ToSqlOutput<'a>],
+    },
+    Migrate {
+        version: u32,
+        name: &'a str,
+        sql: &'a str,
+    },
+}
+
+/// Reads an encoded record's operations in place and hands each to `f`, in order, with the
+/// checks of [`Record::decode`]; `values` is the buffer their values go into. A copy applies
+/// records this way: without an allocation per string and value. An error in the record is
+/// found when its operation is reached: the caller's transaction is then rolled back.
+pub(crate) fn visit_ops<'a>(
+    bytes: &'a [u8],
+    values: &mut Vec<ToSqlOutput<'a>>,
+    mut f: impl FnMut(OpRef<'a, '_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut r = Reader { bytes, at: 0 };
+    r.take(RECORD_HEADER_BYTES - 4)?;
+    let op_count = r.u32()? as usize;
+    if op_count > bytes.len() / 4 {
+        return Err(r.bad(format!("{op_count} operations cannot fit")));
+    }
+    for _ in 0..op_count {
+        let kind = match r.u8()? {
+            OP_INSERT => RowKind::Insert,
+            OP_UPDATE => RowKind::Update,
+            OP_DELETE => RowKind::Delete,
+            OP_MIGRATE => {
+                let version = r.u32()?;
+                let name = r.str()?;
+                let sql = r.str()?;
+                f(OpRef::Migrate { version, name, sql })?;
+                continue;
+            }
+            kind => return Err(r.bad(format!("unknown operation kind {kind}"))),
+        };
+        let table = r.str()?;
+        values.clear();
+        for _ in 0..r.u16()? {
+            values.push(ToSqlOutput::Borrowed(r.value_ref()?));
+        }
+        f(OpRef::Row {
+            kind,
+            table,
+            values,
+        })?;
+    }
+    if r.at != bytes.len() {
+        return Err(r.bad(format!("{} trailing bytes", bytes.len() - r.at)));
+    }
+    Ok(())
 }
 
 /// One committed transaction.
@@ -209,19 +279,20 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn bad(&self, what: String) -> StoreError {
         StoreError::Corrupt(format!("record byte {}: {what}", self.at))
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], StoreError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
         if self.bytes.len() - self.at < n {
             return Err(self.bad(format!(
                 "needs {n} more bytes, has {}",
                 self.bytes.len() - self.at
             )));
         }
-        let s = &self.bytes[self.at..self.at + n];
+        let bytes: &'a [u8] = self.bytes;
+        let s = &bytes[self.at..self.at + n];
         self.at += n;
         Ok(s)
     }
@@ -251,6 +322,26 @@ impl Reader<'_> {
     fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
+    }
+
+    fn str(&mut self) -> Result<&'a str, StoreError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        std::str::from_utf8(b).map_err(|_| self.bad("text is not UTF-8".into()))
+    }
+
+    fn value_ref(&mut self) -> Result<ValueRef<'a>, StoreError> {
+        Ok(match self.u8()? {
+            VALUE_NULL => ValueRef::Null,
+            VALUE_INTEGER => ValueRef::Integer(self.u64()? as i64),
+            VALUE_REAL => ValueRef::Real(f64::from_bits(self.u64()?)),
+            VALUE_TEXT => ValueRef::Text(self.str()?.as_bytes()),
+            VALUE_BLOB => {
+                let n = self.u32()? as usize;
+                ValueRef::Blob(self.take(n)?)
+            }
+            tag => return Err(self.bad(format!("unknown value tag {tag}"))),
+        })
     }
 
     fn string(&mut self) -> Result<String, StoreError> {

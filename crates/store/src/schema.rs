@@ -2,8 +2,8 @@
 //! journaled table's columns and primary key, from which row operations are built.
 
 use crate::error::{Result, StoreError};
-use crate::record::Op;
-use rusqlite::types::Value;
+use crate::record::{Op, OpRef, RowKind};
+use rusqlite::types::ToSql;
 use rusqlite::{CachedStatement, Connection, params_from_iter};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -169,7 +169,7 @@ impl<'c> Statements<'c> {
 pub(crate) trait RowStatements {
     fn conn(&self) -> &Connection;
     /// Runs `sql` with `values`; returns the rows changed.
-    fn execute(&self, sql: &str, values: &[Value]) -> Result<usize>;
+    fn execute(&self, sql: &str, values: &mut dyn Iterator<Item = &dyn ToSql>) -> Result<usize>;
     /// Forgets every statement: the schema changed.
     fn clear(&self);
 }
@@ -179,7 +179,7 @@ impl RowStatements for Statements<'_> {
         self.conn
     }
 
-    fn execute(&self, sql: &str, values: &[Value]) -> Result<usize> {
+    fn execute(&self, sql: &str, values: &mut dyn Iterator<Item = &dyn ToSql>) -> Result<usize> {
         let mut held = self.held.borrow_mut();
         let at = match held.iter().position(|(s, _)| s == sql) {
             Some(at) => at,
@@ -188,7 +188,7 @@ impl RowStatements for Statements<'_> {
                 held.len() - 1
             }
         };
-        Ok(held[at].1.execute(params_from_iter(values.iter()))?)
+        Ok(held[at].1.execute(params_from_iter(values))?)
     }
 
     fn clear(&self) {
@@ -197,51 +197,96 @@ impl RowStatements for Statements<'_> {
 }
 
 /// Applies one row operation. The same function serves the primary (inside a transaction) and
-/// every copy (replay), so both produce the same rows.
+/// every copy (replay, through [`apply_op_ref`]), so both produce the same rows.
 /// Returns true when the operation changed the schema (the table cache must be reloaded, and
 /// `stmts` is cleared).
 pub(crate) fn apply_op(stmts: &dyn RowStatements, tables: &Tables, op: &Op) -> Result<bool> {
     match op {
-        Op::Insert { table, row } => {
-            let info = tables.get(table)?;
-            check_len(table, "row", row.len(), info.columns.len())?;
-            stmts.execute(&info.insert_sql, row)?;
+        Op::Insert { table, row } => apply_row(stmts, tables, RowKind::Insert, table, row),
+        Op::Update { table, row } => apply_row(stmts, tables, RowKind::Update, table, row),
+        Op::Delete { table, key } => apply_row(stmts, tables, RowKind::Delete, table, key),
+        Op::Migrate { version, name, sql } => migrate(stmts, *version, name, sql),
+    }
+}
+
+/// [`apply_op`] of an operation read in place from its record (`record::visit_ops`).
+pub(crate) fn apply_op_ref(
+    stmts: &dyn RowStatements,
+    tables: &Tables,
+    op: &OpRef<'_, '_>,
+) -> Result<bool> {
+    match *op {
+        OpRef::Row {
+            kind,
+            table,
+            values,
+        } => apply_row(stmts, tables, kind, table, values),
+        OpRef::Migrate { version, name, sql } => migrate(stmts, version, name, sql),
+    }
+}
+
+fn apply_row<V: ToSql>(
+    stmts: &dyn RowStatements,
+    tables: &Tables,
+    kind: RowKind,
+    table: &str,
+    values: &[V],
+) -> Result<bool> {
+    let info = tables.get(table)?;
+    let mut bound = values.iter().map(|v| v as &dyn ToSql);
+    match kind {
+        RowKind::Insert => {
+            check_len(table, "row", values.len(), info.columns.len())?;
+            stmts.execute(&info.insert_sql, &mut bound)?;
         }
-        Op::Update { table, row } => {
-            let info = tables.get(table)?;
-            check_len(table, "row", row.len(), info.columns.len())?;
-            let n = stmts.execute(&info.update_sql, row)?;
+        RowKind::Update => {
+            check_len(table, "row", values.len(), info.columns.len())?;
+            let n = stmts.execute(&info.update_sql, &mut bound)?;
             if n != 1 {
-                let key: Vec<&Value> = info.pk.iter().map(|&i| &row[i]).collect();
+                let key = shown(info.pk.iter().map(|&i| &values[i]));
                 return Err(StoreError::Invalid(format!(
-                    "update of {table}: no row with key {key:?}"
+                    "update of {table}: no row with key {key}"
                 )));
             }
         }
-        Op::Delete { table, key } => {
-            let info = tables.get(table)?;
-            check_len(table, "key", key.len(), info.pk.len())?;
-            let n = stmts.execute(&info.delete_sql, key)?;
+        RowKind::Delete => {
+            check_len(table, "key", values.len(), info.pk.len())?;
+            let n = stmts.execute(&info.delete_sql, &mut bound)?;
             if n != 1 {
                 return Err(StoreError::Invalid(format!(
-                    "delete from {table}: no row with key {key:?}"
+                    "delete from {table}: no row with key {}",
+                    shown(values.iter())
                 )));
             }
-        }
-        Op::Migrate { version, name, sql } => {
-            stmts.clear();
-            let conn = stmts.conn();
-            conn.execute_batch(sql).map_err(|e| {
-                StoreError::Invalid(format!("migration {version} ({name}) failed: {e}"))
-            })?;
-            conn.execute(
-                "INSERT INTO _tandem_migrations (version, name, sql) VALUES (?1, ?2, ?3)",
-                rusqlite::params![version, name, sql],
-            )?;
-            return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Values as an error names them: `[Integer(7), Text("general")]`, owned or read in place.
+fn shown<'v, V: ToSql + 'v>(values: impl Iterator<Item = &'v V>) -> String {
+    let values: Vec<rusqlite::types::Value> = values
+        .map(|v| match v.to_sql() {
+            Ok(rusqlite::types::ToSqlOutput::Borrowed(r)) => {
+                rusqlite::types::Value::try_from(r).unwrap_or(rusqlite::types::Value::Null)
+            }
+            Ok(rusqlite::types::ToSqlOutput::Owned(v)) => v,
+            _ => rusqlite::types::Value::Null,
+        })
+        .collect();
+    format!("{values:?}")
+}
+
+fn migrate(stmts: &dyn RowStatements, version: u32, name: &str, sql: &str) -> Result<bool> {
+    stmts.clear();
+    let conn = stmts.conn();
+    conn.execute_batch(sql)
+        .map_err(|e| StoreError::Invalid(format!("migration {version} ({name}) failed: {e}")))?;
+    conn.execute(
+        "INSERT INTO _tandem_migrations (version, name, sql) VALUES (?1, ?2, ?3)",
+        rusqlite::params![version, name, sql],
+    )?;
+    Ok(true)
 }
 
 fn check_len(table: &str, what: &str, got: usize, want: usize) -> Result<()> {

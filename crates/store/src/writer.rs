@@ -5,8 +5,8 @@
 use crate::database::{Identity, Published, Role, State};
 use crate::error::{Result, StoreError};
 use crate::journal::{self, RecordBatch};
-use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header};
-use crate::schema::{RowStatements, Statements, Tables, apply_op};
+use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header, visit_ops};
+use crate::schema::{RowStatements, Statements, Tables, apply_op, apply_op_ref};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use std::fs::File;
@@ -681,8 +681,10 @@ impl Writer {
         let mut chains: Vec<Chain> = Vec::with_capacity(batch.records.len());
         let mut history_changed = false;
         let stmts = Statements::new(&self.conn);
+        // The values of the operation being applied, read in place from its record.
+        let mut values = Vec::new();
         for bytes in &batch.records {
-            let record = Record::decode(bytes)?;
+            let record = peek_header(bytes)?;
             if record.lsn != expect {
                 return Err(StoreError::Sequence(format!(
                     "record LSN {} where {expect} was expected: records must be contiguous",
@@ -704,14 +706,16 @@ impl Writer {
                 self.state.epoch = record.epoch;
                 history_changed = true;
             }
-            for op in &record.ops {
-                if apply_op(&stmts, &self.tables, op).map_err(|e| {
+            let (tables, conn) = (&mut self.tables, &self.conn);
+            visit_ops(bytes, &mut values, |op| {
+                if apply_op_ref(&stmts, tables, &op).map_err(|e| {
                     StoreError::Corrupt(format!("replay of LSN {} failed: {e}", record.lsn))
                 })? {
                     stmts.clear();
-                    self.tables = Tables::load(&self.conn)?;
+                    *tables = Tables::load(conn)?;
                 }
-            }
+                Ok(())
+            })?;
             chain = chain.next(bytes);
             chains.push(chain);
             time_ms = record.time_ms;
