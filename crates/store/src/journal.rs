@@ -69,13 +69,6 @@ impl Segment {
         self.push_with(|out| out.extend_from_slice(record));
     }
 
-    /// Takes the last record out again.
-    pub(crate) fn pop(&mut self) {
-        if let Some(span) = self.spans.pop() {
-            self.plain.truncate(span.start - 4);
-        }
-    }
-
     pub(crate) fn clear(&mut self) {
         self.plain.truncate(1);
         self.spans.clear();

@@ -361,8 +361,8 @@ impl Writer {
                     };
                     let bytes = segment.push_with(|out| record.encode_into(out));
                     if bytes.len() > RECORD_BYTES_MAX {
+                        // Out of the segment with the undo below.
                         let len = bytes.len();
-                        segment.pop();
                         // Counted before the answer: a caller reading the stats sees it.
                         self.count(0, 0, 1);
                         (job.answer)(Answer::Failed(StoreError::Invalid(format!(

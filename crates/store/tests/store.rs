@@ -617,6 +617,84 @@ fn a_transaction_failing_after_changes_undoes_only_itself() {
     assert_eq!(dump(&copy_dir), dump(&dir));
 }
 
+#[test]
+fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_it() {
+    // Concurrent small transactions beside a few whose record exceeds the bound: each of those
+    // is refused and undone after it was encoded into the group's segment, and the group's
+    // others run again; what commits replays to the same rows and chain.
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    let db = Arc::new(create(&dir));
+    let big = Arc::new("x".repeat(tandem_store::RECORD_BYTES_MAX + 1));
+    let threads: Vec<_> = (0..16i64)
+        .map(|w| {
+            let (db, big) = (db.clone(), big.clone());
+            std::thread::spawn(move || {
+                let mut ok = Vec::new();
+                for k in 0..20i64 {
+                    let key = w * 1000 + k;
+                    let oversized = w < 2 && k % 10 == 5;
+                    let big = big.clone();
+                    let r = db.write(move |tx: &mut Tx<'_>| {
+                        let name = if oversized {
+                            big.as_str().to_string()
+                        } else {
+                            format!("u{key}")
+                        };
+                        tx.insert(
+                            "members",
+                            vec![Value::Integer(key), Value::Text(name), Value::Integer(0)],
+                        )?;
+                        Ok::<_, StoreError>(key)
+                    });
+                    match (oversized, r) {
+                        (false, Ok(c)) => ok.push((c.value, c.lsn)),
+                        (true, Err(StoreError::Invalid(m))) => {
+                            assert!(m.contains("record bound"), "{m}")
+                        }
+                        (o, r) => panic!("key {key} oversized={o}: {:?}", r.map(|c| c.value)),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut committed: Vec<(i64, u64)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    committed.sort();
+    let keys: Vec<i64> = db
+        .read(|c| {
+            let mut s = c.prepare("SELECT room FROM members ORDER BY room")?;
+            let rows = s.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+        })
+        .unwrap();
+    assert_eq!(keys, committed.iter().map(|c| c.0).collect::<Vec<_>>());
+    let mut lsns: Vec<u64> = committed.iter().map(|c| c.1).collect();
+    lsns.sort();
+    assert_eq!(lsns, (2..2 + committed.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        db.writer_stats().aborted,
+        4,
+        "each oversized one refused once"
+    );
+    let copy_dir = t.path().join("copy");
+    let copy = Database::create_copy(
+        &copy_dir,
+        "t",
+        db.identity().database_id,
+        Role::Mirror,
+        Options::default(),
+    )
+    .unwrap();
+    copy.apply(db.read_journal(1, 100_000, 1 << 30).unwrap(), None)
+        .unwrap();
+    assert_eq!(copy.identity().chain, db.identity().chain);
+    assert_eq!(dump(&copy_dir), dump(&dir));
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
