@@ -9,7 +9,7 @@ use crate::database::{DB_FILE, Database, read_state};
 use crate::error::{Result, StoreError};
 use crate::history::History;
 use crate::journal::RecordBatch;
-use crate::record::{Chain, Epoch, Lsn, Record, peek_header};
+use crate::record::{Chain, Epoch, Lsn, check, peek_header};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -264,7 +264,7 @@ impl<'h> LogWalk<'h> {
     }
 
     pub(crate) fn record(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let r = Record::decode(bytes).map_err(|e| {
+        let r = check(bytes).map_err(|e| {
             StoreError::Corrupt(format!(
                 "{}: record LSN {}: {e}",
                 path.display(),

@@ -35,26 +35,32 @@ pub struct JournalStats {
 }
 
 /// A segment's plain body as it is built, record by record: the format byte, then
-/// `(len u32, record)*`. The writer encodes each record straight into it, and the same buffer
-/// then goes, whole, to the newest records kept in memory (`recent.rs`): one allocation per
-/// group, not two per record.
+/// `(len u32, record)*`, with the chain after each record. The writer encodes each record
+/// straight into it, and the same buffer then goes, whole, to the newest records kept in memory
+/// (`recent.rs`): one allocation per group, not two per record.
 pub(crate) struct Segment {
     plain: Vec<u8>,
     /// Where each record is in `plain`.
     spans: Vec<Range<usize>>,
+    /// The chain before the first record, and after each.
+    chain_before: Chain,
+    chains: Vec<Chain>,
 }
 
 impl Segment {
-    pub(crate) fn with_capacity(records: usize, bytes: usize) -> Segment {
+    /// An empty segment continuing `chain_before`, room made for `records` of `bytes` in all.
+    pub(crate) fn with_capacity(chain_before: Chain, records: usize, bytes: usize) -> Segment {
         let mut plain = Vec::with_capacity(1 + bytes + 4 * records);
         plain.push(SEGMENT_PLAIN);
         Segment {
             plain,
             spans: Vec::with_capacity(records),
+            chain_before,
+            chains: Vec::with_capacity(records),
         }
     }
 
-    /// Appends the record that `write` writes; returns it.
+    /// Appends the record that `write` writes, and its chain; returns the record.
     pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
         let at = self.plain.len();
         self.plain.extend_from_slice(&[0; 4]);
@@ -62,16 +68,25 @@ impl Segment {
         let len = self.plain.len() - at - 4;
         self.plain[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
         self.spans.push(at + 4..self.plain.len());
-        &self.plain[at + 4..]
+        let record = &self.plain[at + 4..];
+        self.chains.push(self.chain().next(record));
+        record
     }
 
     pub(crate) fn push(&mut self, record: &[u8]) {
         self.push_with(|out| out.extend_from_slice(record));
     }
 
+    /// Empty again, continuing the same chain.
     pub(crate) fn clear(&mut self) {
         self.plain.truncate(1);
         self.spans.clear();
+        self.chains.clear();
+    }
+
+    /// The chain after the last record (before the first when there is none).
+    pub(crate) fn chain(&self) -> Chain {
+        self.chains.last().copied().unwrap_or(self.chain_before)
     }
 
     /// Records in the segment.
@@ -98,15 +113,19 @@ impl Segment {
         }
     }
 
-    /// The plain body and where each record is in it.
-    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<Range<usize>>) {
-        (self.plain, self.spans)
+    /// The plain body, where each record is in it, the chain before the first and after each.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<Range<usize>>, Chain, Vec<Chain>) {
+        (self.plain, self.spans, self.chain_before, self.chains)
     }
 }
 
 #[cfg(test)]
 pub(crate) fn encode_segment(records: &[&[u8]]) -> Vec<u8> {
-    let mut segment = Segment::with_capacity(records.len(), records.iter().map(|r| r.len()).sum());
+    let mut segment = Segment::with_capacity(
+        Chain::default(),
+        records.len(),
+        records.iter().map(|r| r.len()).sum(),
+    );
     for r in records {
         segment.push(r);
     }

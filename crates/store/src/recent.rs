@@ -6,7 +6,7 @@
 //! before the oldest record the journal still holds, goes to SQLite as before: the answer is the
 //! same either way, records and chains byte for byte.
 
-use crate::journal::RecordBatch;
+use crate::journal::{RecordBatch, Segment};
 use crate::record::{Chain, Lsn};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -50,20 +50,11 @@ impl Ring {
 }
 
 impl Recent {
-    /// Records `first..` just committed, the chain before them, and the chain after each. A push
-    /// that does not continue what is kept (another position after a restore, a reseed, a
-    /// rollback) starts over from it.
-    /// The records are in `group` (a segment's plain body) at `spans`, with `chains` the chain
-    /// after each.
-    pub(crate) fn push(
-        &self,
-        first: Lsn,
-        chain_before: Chain,
-        group: Vec<u8>,
-        spans: Vec<Range<usize>>,
-        chains: &[Chain],
-    ) {
-        debug_assert_eq!(spans.len(), chains.len());
+    /// The records of `segment`, just committed from LSN `first` on. A push that does not
+    /// continue what is kept (another position after a restore, a reseed, a rollback) starts
+    /// over from it.
+    pub(crate) fn push(&self, first: Lsn, segment: Segment) {
+        let (group, spans, chain_before, chains) = segment.into_parts();
         if spans.is_empty() {
             return;
         }
@@ -84,7 +75,7 @@ impl Recent {
             ring.records.push_back(Kept {
                 group: group.clone(),
                 span,
-                chain: *chain,
+                chain,
             });
         }
         while ring.bytes > RECENT_BYTES_MAX && ring.records.len() > 1 {
@@ -162,15 +153,13 @@ impl Recent {
 mod tests {
     use super::*;
 
-    /// Pushes records as the writer does: one group's buffer.
+    /// Pushes records as the writer does: one group's segment, which chains them.
     fn push(recent: &Recent, first: Lsn, before: Chain, records: Vec<(Vec<u8>, Chain)>) {
-        let mut segment = crate::journal::Segment::with_capacity(records.len(), 0);
-        let chains: Vec<Chain> = records.iter().map(|(_, c)| *c).collect();
+        let mut segment = Segment::with_capacity(before, records.len(), 0);
         for (r, _) in &records {
             segment.push(r);
         }
-        let (group, spans) = segment.into_parts();
-        recent.push(first, before, group, spans, &chains);
+        recent.push(first, segment);
     }
 
     fn chained(first: Lsn, n: usize, before: Chain) -> Vec<(Vec<u8>, Chain)> {

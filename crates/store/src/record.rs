@@ -74,6 +74,49 @@ pub(crate) enum OpRef<'a, 'v> {
     },
 }
 
+impl OpRef<'_, '_> {
+    /// The operation with its own strings and values.
+    fn to_owned(&self) -> Op {
+        match *self {
+            OpRef::Row {
+                kind,
+                table,
+                values,
+            } => {
+                let table = table.to_string();
+                let row = values
+                    .iter()
+                    .map(|v| match v {
+                        ToSqlOutput::Borrowed(v) => owned(*v),
+                        _ => unreachable!("read values are borrowed"),
+                    })
+                    .collect();
+                match kind {
+                    RowKind::Insert => Op::Insert { table, row },
+                    RowKind::Update => Op::Update { table, row },
+                    RowKind::Delete => Op::Delete { table, key: row },
+                }
+            }
+            OpRef::Migrate { version, name, sql } => Op::Migrate {
+                version,
+                name: name.to_string(),
+                sql: sql.to_string(),
+            },
+        }
+    }
+}
+
+/// A value with its own text or bytes (text read from a record was checked to be UTF-8).
+pub(crate) fn owned(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
 /// Reads an encoded record's operations in place and hands each to `f`, in order, with the
 /// checks of [`Record::decode`]; `values` is the buffer their values go into. A copy applies
 /// records this way: without an allocation per string and value. An error in the record is
@@ -81,43 +124,33 @@ pub(crate) enum OpRef<'a, 'v> {
 pub(crate) fn visit_ops<'a>(
     bytes: &'a [u8],
     values: &mut Vec<ToSqlOutput<'a>>,
-    mut f: impl FnMut(OpRef<'a, '_>) -> Result<(), StoreError>,
+    f: impl FnMut(OpRef<'a, '_>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    read(bytes, values, f).map(|_| ())
+}
+
+/// Checks a whole encoded record, as [`Record::decode`] does, without making anything of its
+/// operations; returns its header.
+pub(crate) fn check(bytes: &[u8]) -> Result<RecordHeader, StoreError> {
+    read(bytes, &mut Vec::new(), |_| Ok(()))
+}
+
+/// The one reader of an encoded record: its header, then each operation handed to `f`.
+fn read<'a>(
+    bytes: &'a [u8],
+    values: &mut Vec<ToSqlOutput<'a>>,
+    f: impl FnMut(OpRef<'a, '_>) -> Result<(), StoreError>,
+) -> Result<RecordHeader, StoreError> {
     let mut r = Reader { bytes, at: 0 };
-    r.take(RECORD_HEADER_BYTES - 4)?;
-    let op_count = r.u32()? as usize;
-    if op_count > bytes.len() / 4 {
-        return Err(r.bad(format!("{op_count} operations cannot fit")));
-    }
-    for _ in 0..op_count {
-        let kind = match r.u8()? {
-            OP_INSERT => RowKind::Insert,
-            OP_UPDATE => RowKind::Update,
-            OP_DELETE => RowKind::Delete,
-            OP_MIGRATE => {
-                let version = r.u32()?;
-                let name = r.str()?;
-                let sql = r.str()?;
-                f(OpRef::Migrate { version, name, sql })?;
-                continue;
-            }
-            kind => return Err(r.bad(format!("unknown operation kind {kind}"))),
-        };
-        let table = r.str()?;
-        values.clear();
-        for _ in 0..r.u16()? {
-            values.push(ToSqlOutput::Borrowed(r.value_ref()?));
-        }
-        f(OpRef::Row {
-            kind,
-            table,
-            values,
-        })?;
-    }
-    if r.at != bytes.len() {
-        return Err(r.bad(format!("{} trailing bytes", bytes.len() - r.at)));
-    }
-    Ok(())
+    let lsn = r.u64()?;
+    let epoch = r.u64()?;
+    let time_ms = r.u64()? as i64;
+    r.ops(values, f)?;
+    Ok(RecordHeader {
+        lsn,
+        epoch,
+        time_ms,
+    })
 }
 
 /// One committed transaction.
@@ -164,26 +197,15 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record, StoreError> {
-        let mut r = Reader { bytes, at: 0 };
-        let lsn = r.u64()?;
-        let epoch = r.u64()?;
-        let time_ms = r.u64()? as i64;
-        let op_count = r.u32()? as usize;
-        // Each op takes at least 4 bytes, which bounds the allocation by the input size.
-        if op_count > bytes.len() / 4 {
-            return Err(r.bad(format!("{op_count} operations cannot fit")));
-        }
-        let mut ops = Vec::with_capacity(op_count);
-        for _ in 0..op_count {
-            ops.push(r.op()?);
-        }
-        if r.at != bytes.len() {
-            return Err(r.bad(format!("{} trailing bytes", bytes.len() - r.at)));
-        }
+        let mut ops = Vec::new();
+        let header = read(bytes, &mut Vec::new(), |op| {
+            ops.push(op.to_owned());
+            Ok(())
+        })?;
         Ok(Record {
-            lsn,
-            epoch,
-            time_ms,
+            lsn: header.lsn,
+            epoch: header.epoch,
+            time_ms: header.time_ms,
             ops,
         })
     }
@@ -319,11 +341,6 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
-        let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
-    }
-
     fn str(&mut self) -> Result<&'a str, StoreError> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
@@ -344,52 +361,47 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn string(&mut self) -> Result<String, StoreError> {
-        let b = self.bytes()?;
-        String::from_utf8(b).map_err(|_| self.bad("text is not UTF-8".into()))
-    }
-
-    fn values(&mut self) -> Result<Vec<Value>, StoreError> {
-        let n = self.u16()? as usize;
-        let mut values = Vec::with_capacity(n);
-        for _ in 0..n {
-            values.push(self.value()?);
+    /// The operations after the header, each handed to `f` as it is read (its values in
+    /// `values`), then the check that nothing trails them.
+    fn ops(
+        &mut self,
+        values: &mut Vec<ToSqlOutput<'a>>,
+        mut f: impl FnMut(OpRef<'a, '_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let op_count = self.u32()? as usize;
+        // Each op takes at least 4 bytes, which bounds the allocation by the input size.
+        if op_count > self.bytes.len() / 4 {
+            return Err(self.bad(format!("{op_count} operations cannot fit")));
         }
-        Ok(values)
-    }
-
-    fn value(&mut self) -> Result<Value, StoreError> {
-        Ok(match self.u8()? {
-            VALUE_NULL => Value::Null,
-            VALUE_INTEGER => Value::Integer(self.u64()? as i64),
-            VALUE_REAL => Value::Real(f64::from_bits(self.u64()?)),
-            VALUE_TEXT => Value::Text(self.string()?),
-            VALUE_BLOB => Value::Blob(self.bytes()?),
-            tag => return Err(self.bad(format!("unknown value tag {tag}"))),
-        })
-    }
-
-    fn op(&mut self) -> Result<Op, StoreError> {
-        Ok(match self.u8()? {
-            OP_INSERT => Op::Insert {
-                table: self.string()?,
-                row: self.values()?,
-            },
-            OP_UPDATE => Op::Update {
-                table: self.string()?,
-                row: self.values()?,
-            },
-            OP_DELETE => Op::Delete {
-                table: self.string()?,
-                key: self.values()?,
-            },
-            OP_MIGRATE => Op::Migrate {
-                version: self.u32()?,
-                name: self.string()?,
-                sql: self.string()?,
-            },
-            kind => return Err(self.bad(format!("unknown operation kind {kind}"))),
-        })
+        for _ in 0..op_count {
+            let kind = match self.u8()? {
+                OP_INSERT => RowKind::Insert,
+                OP_UPDATE => RowKind::Update,
+                OP_DELETE => RowKind::Delete,
+                OP_MIGRATE => {
+                    let version = self.u32()?;
+                    let name = self.str()?;
+                    let sql = self.str()?;
+                    f(OpRef::Migrate { version, name, sql })?;
+                    continue;
+                }
+                kind => return Err(self.bad(format!("unknown operation kind {kind}"))),
+            };
+            let table = self.str()?;
+            values.clear();
+            for _ in 0..self.u16()? {
+                values.push(ToSqlOutput::Borrowed(self.value_ref()?));
+            }
+            f(OpRef::Row {
+                kind,
+                table,
+                values,
+            })?;
+        }
+        if self.at != self.bytes.len() {
+            return Err(self.bad(format!("{} trailing bytes", self.bytes.len() - self.at)));
+        }
+        Ok(())
     }
 }
 

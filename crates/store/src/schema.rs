@@ -267,9 +267,7 @@ fn apply_row<V: ToSql>(
 fn shown<'v, V: ToSql + 'v>(values: impl Iterator<Item = &'v V>) -> String {
     let values: Vec<rusqlite::types::Value> = values
         .map(|v| match v.to_sql() {
-            Ok(rusqlite::types::ToSqlOutput::Borrowed(r)) => {
-                rusqlite::types::Value::try_from(r).unwrap_or(rusqlite::types::Value::Null)
-            }
+            Ok(rusqlite::types::ToSqlOutput::Borrowed(r)) => crate::record::owned(r),
             Ok(rusqlite::types::ToSqlOutput::Owned(v)) => v,
             _ => rusqlite::types::Value::Null,
         })

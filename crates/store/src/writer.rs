@@ -321,11 +321,9 @@ impl Writer {
         let time_ms = now_ms().max(self.state.last_time_ms);
         let mut queue: std::collections::VecDeque<WriteJob> = batch.into();
         let mut kept: Vec<Kept> = Vec::with_capacity(queue.len());
-        // The group's records, encoded straight into its journal segment.
-        let mut segment = journal::Segment::with_capacity(queue.len(), queue.len() * 256);
-        // The chain just after each record in `segment`.
-        let mut chains: Vec<Chain> = Vec::with_capacity(queue.len());
-        let mut chain = self.state.chain;
+        // The group's records, encoded straight into its journal segment, which chains them.
+        let mut segment =
+            journal::Segment::with_capacity(self.state.chain, queue.len(), queue.len() * 256);
         let mut schema_changed = false;
         let stmts = Statements::new(&self.conn);
         while let Some(mut job) = queue.pop_front() {
@@ -370,8 +368,6 @@ impl Writer {
                         ))));
                         true
                     } else {
-                        chain = chain.next(bytes);
-                        chains.push(chain);
                         kept.push(Kept {
                             job,
                             value,
@@ -413,8 +409,6 @@ impl Writer {
                     schema_changed = false;
                 }
                 segment.clear();
-                chains.clear();
-                chain = self.state.chain;
                 for k in kept.drain(..).rev() {
                     queue.push_front(k.job);
                 }
@@ -422,6 +416,7 @@ impl Writer {
         }
         drop(stmts);
         let lsn = self.state.lsn + segment.len() as u64;
+        let chain = segment.chain();
         if !segment.is_empty() {
             let first = self.state.lsn + 1;
             let body = segment.body();
@@ -440,10 +435,7 @@ impl Writer {
         }
         let records = segment.len() as u64;
         // Kept for pulls before the LSN is published: a puller that sees it finds them.
-        let (group, spans) = segment.into_parts();
-        self.published
-            .recent
-            .push(self.state.lsn + 1, self.state.chain, group, spans, &chains);
+        self.published.recent.push(self.state.lsn + 1, segment);
         self.state.lsn = lsn;
         self.state.chain = chain;
         if records > 0 {
@@ -608,7 +600,8 @@ impl Writer {
         let saved_epoch = self.state.epoch;
         let r = self.apply_in_tx(batch, stop);
         match r {
-            Ok((applied, stopped, chain, time_ms, body_len, segment, chains)) => {
+            Ok((stopped, time_ms, body_len, segment)) => {
+                let (applied, chain) = (segment.len() as u64, segment.chain());
                 if let Err(e) = self.exec("COMMIT") {
                     let _ = self.exec("ROLLBACK");
                     self.state.history = saved_history;
@@ -619,14 +612,7 @@ impl Writer {
                 if applied > 0 {
                     self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
                 }
-                let (group, spans) = segment.into_parts();
-                self.published.recent.push(
-                    self.state.lsn + 1,
-                    self.state.chain,
-                    group,
-                    spans,
-                    &chains,
-                );
+                self.published.recent.push(self.state.lsn + 1, segment);
                 self.state.lsn += applied;
                 self.state.chain = chain;
                 self.state.last_time_ms = time_ms;
@@ -664,21 +650,19 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn apply_in_tx(
         &mut self,
         batch: &RecordBatch,
         stop: Option<StopAt>,
-    ) -> Result<(u64, bool, Chain, i64, u64, journal::Segment, Vec<Chain>)> {
-        let mut chain = self.state.chain;
+    ) -> Result<(bool, i64, u64, journal::Segment)> {
         let mut expect = self.state.lsn + 1;
         let mut time_ms = self.state.last_time_ms;
         let mut stopped = false;
         let mut segment = journal::Segment::with_capacity(
+            self.state.chain,
             batch.records.len(),
             batch.records.iter().map(Vec::len).sum(),
         );
-        let mut chains: Vec<Chain> = Vec::with_capacity(batch.records.len());
         let mut history_changed = false;
         let stmts = Statements::new(&self.conn);
         // The values of the operation being applied, read in place from its record.
@@ -716,8 +700,6 @@ impl Writer {
                 }
                 Ok(())
             })?;
-            chain = chain.next(bytes);
-            chains.push(chain);
             time_ms = record.time_ms;
             segment.push(bytes);
             expect += 1;
@@ -733,14 +715,14 @@ impl Writer {
                 self.state.lsn + 1,
                 expect - 1,
                 &self.state.chain,
-                &chain,
+                &segment.chain(),
                 &body,
             )?;
             if history_changed {
                 self.persist_identity()?;
             }
         }
-        Ok((applied, stopped, chain, time_ms, body_len, segment, chains))
+        Ok((stopped, time_ms, body_len, segment))
     }
 
     /// Writes epoch, role and history (rarely changed) durably.

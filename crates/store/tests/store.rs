@@ -602,19 +602,7 @@ fn a_transaction_failing_after_changes_undoes_only_itself() {
         "the re-run path was not exercised ({runs} runs)"
     );
     // A replay of the journal gives the same rows: nothing of the failed ones was recorded.
-    let copy_dir = t.path().join("copy");
-    let copy = Database::create_copy(
-        &copy_dir,
-        "t",
-        db.identity().database_id,
-        Role::Mirror,
-        Options::default(),
-    )
-    .unwrap();
-    copy.apply(db.read_journal(1, 100_000, 1 << 30).unwrap(), None)
-        .unwrap();
-    assert_eq!(copy.identity().chain, db.identity().chain);
-    assert_eq!(dump(&copy_dir), dump(&dir));
+    assert_journal_replays_to_the_same(&db, &dir, &t.path().join("copy"));
 }
 
 #[test]
@@ -680,9 +668,18 @@ fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_
         4,
         "each oversized one refused once"
     );
-    let copy_dir = t.path().join("copy");
+    assert_journal_replays_to_the_same(&db, &dir, &t.path().join("copy"));
+}
+
+/// A copy in `copy_dir` that applies `db`'s whole journal (at `dir`) ends at its chain, with
+/// its rows.
+fn assert_journal_replays_to_the_same(
+    db: &Database,
+    dir: &std::path::Path,
+    copy_dir: &std::path::Path,
+) {
     let copy = Database::create_copy(
-        &copy_dir,
+        copy_dir,
         "t",
         db.identity().database_id,
         Role::Mirror,
@@ -692,7 +689,7 @@ fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_
     copy.apply(db.read_journal(1, 100_000, 1 << 30).unwrap(), None)
         .unwrap();
     assert_eq!(copy.identity().chain, db.identity().chain);
-    assert_eq!(dump(&copy_dir), dump(&dir));
+    assert_eq!(dump(copy_dir), dump(dir));
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
