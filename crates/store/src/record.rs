@@ -187,10 +187,13 @@ impl Record {
 
     /// Appends the encoded record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.lsn.to_le_bytes());
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&self.time_ms.to_le_bytes());
-        out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
+        encode_header(
+            out,
+            self.lsn,
+            self.epoch,
+            self.time_ms,
+            self.ops.len() as u32,
+        );
         for op in &self.ops {
             encode_op(out, op);
         }
@@ -246,22 +249,37 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
+/// Appends a record's header; its `ops` operations follow, encoded by [`encode_row_op`] and
+/// [`encode_migrate`] (a transaction encodes each as it runs, then its header and them).
+pub(crate) fn encode_header(out: &mut Vec<u8>, lsn: Lsn, epoch: Epoch, time_ms: i64, ops: u32) {
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.extend_from_slice(&ops.to_le_bytes());
+}
+
 fn encode_op(out: &mut Vec<u8>, op: &Op) {
     match op {
-        Op::Insert { table, row } => encode_row_op(out, OP_INSERT, table, row),
-        Op::Update { table, row } => encode_row_op(out, OP_UPDATE, table, row),
-        Op::Delete { table, key } => encode_row_op(out, OP_DELETE, table, key),
-        Op::Migrate { version, name, sql } => {
-            out.push(OP_MIGRATE);
-            out.extend_from_slice(&version.to_le_bytes());
-            put_bytes(out, name.as_bytes());
-            put_bytes(out, sql.as_bytes());
-        }
+        Op::Insert { table, row } => encode_row_op(out, RowKind::Insert, table, row),
+        Op::Update { table, row } => encode_row_op(out, RowKind::Update, table, row),
+        Op::Delete { table, key } => encode_row_op(out, RowKind::Delete, table, key),
+        Op::Migrate { version, name, sql } => encode_migrate(out, *version, name, sql),
     }
 }
 
-fn encode_row_op(out: &mut Vec<u8>, kind: u8, table: &str, values: &[Value]) {
-    out.push(kind);
+pub(crate) fn encode_migrate(out: &mut Vec<u8>, version: u32, name: &str, sql: &str) {
+    out.push(OP_MIGRATE);
+    out.extend_from_slice(&version.to_le_bytes());
+    put_bytes(out, name.as_bytes());
+    put_bytes(out, sql.as_bytes());
+}
+
+pub(crate) fn encode_row_op(out: &mut Vec<u8>, kind: RowKind, table: &str, values: &[Value]) {
+    out.push(match kind {
+        RowKind::Insert => OP_INSERT,
+        RowKind::Update => OP_UPDATE,
+        RowKind::Delete => OP_DELETE,
+    });
     put_bytes(out, table.as_bytes());
     out.extend_from_slice(&(values.len() as u16).to_le_bytes());
     for v in values {

@@ -2,7 +2,7 @@
 //! journaled table's columns and primary key, from which row operations are built.
 
 use crate::error::{Result, StoreError};
-use crate::record::{Op, OpRef, RowKind};
+use crate::record::{OpRef, RowKind};
 use rusqlite::types::ToSql;
 use rusqlite::{CachedStatement, Connection, params_from_iter};
 use std::cell::RefCell;
@@ -196,20 +196,10 @@ impl RowStatements for Statements<'_> {
     }
 }
 
-/// Applies one row operation. The same function serves the primary (inside a transaction) and
-/// every copy (replay, through [`apply_op_ref`]), so both produce the same rows.
-/// Returns true when the operation changed the schema (the table cache must be reloaded, and
-/// `stmts` is cleared).
-pub(crate) fn apply_op(stmts: &dyn RowStatements, tables: &Tables, op: &Op) -> Result<bool> {
-    match op {
-        Op::Insert { table, row } => apply_row(stmts, tables, RowKind::Insert, table, row),
-        Op::Update { table, row } => apply_row(stmts, tables, RowKind::Update, table, row),
-        Op::Delete { table, key } => apply_row(stmts, tables, RowKind::Delete, table, key),
-        Op::Migrate { version, name, sql } => migrate(stmts, *version, name, sql),
-    }
-}
-
-/// [`apply_op`] of an operation read in place from its record (`record::visit_ops`).
+/// Applies an operation read in place from its record (`record::visit_ops`): a copy's replay.
+/// The primary's transactions call [`apply_row`] and [`migrate`] themselves, so both produce
+/// the same rows. Returns true when the operation changed the schema (the table cache must be
+/// reloaded, and `stmts` is cleared).
 pub(crate) fn apply_op_ref(
     stmts: &dyn RowStatements,
     tables: &Tables,
@@ -225,7 +215,8 @@ pub(crate) fn apply_op_ref(
     }
 }
 
-fn apply_row<V: ToSql>(
+/// Applies one row operation; false (no schema change).
+pub(crate) fn apply_row<V: ToSql>(
     stmts: &dyn RowStatements,
     tables: &Tables,
     kind: RowKind,
@@ -275,7 +266,12 @@ fn shown<'v, V: ToSql + 'v>(values: impl Iterator<Item = &'v V>) -> String {
     format!("{values:?}")
 }
 
-fn migrate(stmts: &dyn RowStatements, version: u32, name: &str, sql: &str) -> Result<bool> {
+pub(crate) fn migrate(
+    stmts: &dyn RowStatements,
+    version: u32,
+    name: &str,
+    sql: &str,
+) -> Result<bool> {
     stmts.clear();
     let conn = stmts.conn();
     conn.execute_batch(sql)

@@ -5,8 +5,11 @@
 use crate::database::{Identity, Published, Role, State};
 use crate::error::{Result, StoreError};
 use crate::journal::{self, RecordBatch};
-use crate::record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, peek_header, visit_ops};
-use crate::schema::{RowStatements, Statements, Tables, apply_op, apply_op_ref};
+use crate::record::{
+    Chain, Epoch, Lsn, RECORD_BYTES_MAX, RowKind, encode_header, encode_migrate, encode_row_op,
+    peek_header, visit_ops,
+};
+use crate::schema::{RowStatements, Statements, Tables, apply_op_ref, apply_row, migrate};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use std::fs::File;
@@ -109,7 +112,10 @@ pub struct Tx<'c> {
     conn: &'c Connection,
     stmts: &'c dyn RowStatements,
     tables: &'c mut Tables,
-    ops: Vec<Op>,
+    /// The operations done so far, encoded as the journal records them (no copy of the rows is
+    /// kept: a transaction may write from values it only borrows).
+    ops: &'c mut Vec<u8>,
+    op_count: u32,
     time_ms: i64,
     lsn: Lsn,
     schema_changed: bool,
@@ -133,47 +139,37 @@ impl Tx<'_> {
     }
 
     /// Inserts a complete row (every column, in declaration order).
-    pub fn insert(&mut self, table: &str, row: Vec<Value>) -> Result<()> {
-        self.apply(Op::Insert {
-            table: table.to_string(),
-            row,
-        })
+    pub fn insert(&mut self, table: &str, row: impl AsRef<[Value]>) -> Result<()> {
+        self.row(RowKind::Insert, table, row.as_ref())
     }
 
     /// Replaces the row with the same primary key by this complete row.
-    pub fn update(&mut self, table: &str, row: Vec<Value>) -> Result<()> {
-        self.apply(Op::Update {
-            table: table.to_string(),
-            row,
-        })
+    pub fn update(&mut self, table: &str, row: impl AsRef<[Value]>) -> Result<()> {
+        self.row(RowKind::Update, table, row.as_ref())
     }
 
     /// Deletes the row with this primary key (values in key order).
-    pub fn delete(&mut self, table: &str, key: Vec<Value>) -> Result<()> {
-        self.apply(Op::Delete {
-            table: table.to_string(),
-            key,
-        })
+    pub fn delete(&mut self, table: &str, key: impl AsRef<[Value]>) -> Result<()> {
+        self.row(RowKind::Delete, table, key.as_ref())
+    }
+
+    /// A single statement that fails leaves nothing (SQLite statement atomicity).
+    fn row(&mut self, kind: RowKind, table: &str, values: &[Value]) -> Result<()> {
+        apply_row(self.stmts, self.tables, kind, table, values)?;
+        encode_row_op(self.ops, kind, table, values);
+        self.op_count += 1;
+        Ok(())
     }
 
     pub(crate) fn migrate(&mut self, version: u32, name: &str, sql: &str) -> Result<()> {
-        self.apply(Op::Migrate {
-            version,
-            name: name.to_string(),
-            sql: sql.to_string(),
-        })
-    }
-
-    fn apply(&mut self, op: Op) -> Result<()> {
-        // A single statement that fails leaves nothing (SQLite statement atomicity); several
-        // statements do not have that guarantee.
-        self.dirty |= matches!(op, Op::Migrate { .. });
-        if apply_op(self.stmts, self.tables, &op)? {
-            self.schema_changed = true;
-            self.stmts.clear();
-            *self.tables = Tables::load(self.conn)?;
-        }
-        self.ops.push(op);
+        // Several statements: a failure part-way may leave effects behind.
+        self.dirty = true;
+        migrate(self.stmts, version, name, sql)?;
+        self.schema_changed = true;
+        self.stmts.clear();
+        *self.tables = Tables::load(self.conn)?;
+        encode_migrate(self.ops, version, name, sql);
+        self.op_count += 1;
         Ok(())
     }
 
@@ -326,24 +322,27 @@ impl Writer {
             journal::Segment::with_capacity(self.state.chain, queue.len(), queue.len() * 256);
         let mut schema_changed = false;
         let stmts = Statements::new(&self.conn);
+        // Each transaction's operations, encoded as it runs.
+        let mut ops = Vec::with_capacity(1024);
         while let Some(mut job) = queue.pop_front() {
             let changes_before = self.conn.total_changes();
+            ops.clear();
             let mut tx = Tx {
                 conn: &self.conn,
                 stmts: &stmts,
                 tables: &mut self.tables,
-                ops: Vec::new(),
+                ops: &mut ops,
+                op_count: 0,
                 time_ms,
                 lsn: self.state.lsn + segment.len() as u64 + 1,
                 schema_changed: false,
                 dirty: false,
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(&mut tx)));
-            let ops = std::mem::take(&mut tx.ops);
+            let (op_count, dirty) = (tx.op_count, tx.dirty);
             schema_changed |= tx.schema_changed;
             // Pair check: anything SQLite changed is either recorded or forces the undo below.
-            let changed =
-                !ops.is_empty() || tx.dirty || self.conn.total_changes() != changes_before;
+            let changed = op_count > 0 || dirty || self.conn.total_changes() != changes_before;
             let lsn = self.state.lsn + segment.len() as u64;
             let undo = match outcome {
                 Ok(Ok(value)) if !changed => {
@@ -351,13 +350,11 @@ impl Writer {
                     false
                 }
                 Ok(Ok(value)) => {
-                    let record = Record {
-                        lsn: lsn + 1,
-                        epoch: self.state.epoch,
-                        time_ms,
-                        ops,
-                    };
-                    let bytes = segment.push_with(|out| record.encode_into(out));
+                    let epoch = self.state.epoch;
+                    let bytes = segment.push_with(|out| {
+                        encode_header(out, lsn + 1, epoch, time_ms, op_count);
+                        out.extend_from_slice(&ops);
+                    });
                     if bytes.len() > RECORD_BYTES_MAX {
                         // Out of the segment with the undo below.
                         let len = bytes.len();
@@ -422,7 +419,7 @@ impl Writer {
             let body = segment.body();
             let r = self.run_derived(first, lsn).and_then(|_| {
                 // The segment is also the copy's position (`read_state`).
-                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, &body)
+                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, body)
             });
             if let Err(e) = r {
                 return self.fail_batch(kept, e, schema_changed);
@@ -716,7 +713,7 @@ impl Writer {
                 expect - 1,
                 &self.state.chain,
                 &segment.chain(),
-                &body,
+                body,
             )?;
             if history_changed {
                 self.persist_identity()?;

@@ -223,10 +223,10 @@ fn phase(
                         if id >= end {
                             return Ok::<_, StoreError>(lat);
                         }
-                        // The caller has its values; the transaction (re-runnable) writes a copy.
+                        // The caller has its values; the transaction (re-runnable) writes them from a borrow.
                         let values = rows.get(id);
                         let t0 = Instant::now();
-                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", values.clone()))
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", &values))
                             .await?;
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
