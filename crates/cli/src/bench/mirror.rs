@@ -2,7 +2,13 @@
 //!
 //! (1) In this process, one run, the same rows and the same number of concurrent writers for
 //!     each mode, a fresh database each: commits/s and commit latency with no mirror, with an
-//!     asynchronous mirror and with a synchronous one. The mirror is a copy in another directory
+//!     asynchronous mirror and with a synchronous one, in two placements. **Split**, as in a
+//!     deployment where the mirror is another server: the primary's threads (its writer and
+//!     syncers, the writers' tasks, the handler of the mirror's reports) run on one half of the
+//!     CPUs this process may use, the mirror's (its writer and syncers, the replication loop)
+//!     on the other half, and with no mirror the primary keeps its half only — the same CPUs
+//!     in the three modes. **Shared**: both copies on every CPU, so the mirror's work is taken
+//!     from the primary's. The mirror is a copy in another directory
 //!     fed by a replication thread that does what the node's transport does, without HTTP: it
 //!     pulls (`serve_pull`), carries the answer through its binary wire form
 //!     (`encode_answer`/`decode_answer`), applies it (`apply_pipelined` returns once the batch
@@ -47,6 +53,91 @@ pub struct MirrorArgs {
     /// Kills of the primary measured with real processes (0 skips that part).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=10))]
     failovers: u64,
+    /// Where the copies run: split (a half of the CPUs each, as two servers), shared (both on
+    /// every CPU), or both, split first.
+    #[arg(long, value_enum, default_value_t = Placements::Both)]
+    placement: Placements,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Placements {
+    Split,
+    Shared,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Placement {
+    Split,
+    Shared,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::Split => "split",
+            Placement::Shared => "shared",
+        }
+    }
+}
+
+/// The CPUs this thread may run on (`sched_getaffinity`).
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the kernel fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    ensure!(
+        r == 0,
+        "cannot read this process's CPUs (sched_getaffinity): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Runs this thread — and so every thread it starts from now on — on `cpus` only.
+fn run_on(cpus: &[usize]) -> anyhow::Result<()> {
+    // SAFETY: as above; CPU_SET on indices below CPU_SETSIZE (they came from the kernel).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    ensure!(
+        r == 0,
+        "cannot run on CPUs {cpus:?} (sched_setaffinity): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// The CPUs of each copy in one placement.
+struct Cpus {
+    primary: Vec<usize>,
+    mirror: Vec<usize>,
+}
+
+impl Cpus {
+    /// Split: the first half of `all` for the primary, the next as many for the mirror (with an
+    /// odd count the last CPU is left out, so both have the same). None with fewer than two.
+    fn of(placement: Placement, all: &[usize]) -> Option<Cpus> {
+        match placement {
+            Placement::Shared => Some(Cpus {
+                primary: all.to_vec(),
+                mirror: all.to_vec(),
+            }),
+            Placement::Split if all.len() < 2 => None,
+            Placement::Split => {
+                let half = all.len() / 2;
+                Some(Cpus {
+                    primary: all[..half].to_vec(),
+                    mirror: all[half..2 * half].to_vec(),
+                })
+            }
+        }
+    }
 }
 
 /// How long the replication loop waits on the committed LSN before it pulls again anyway.
@@ -153,48 +244,98 @@ struct Failover {
     budget_ms: f64,
 }
 
+/// The three modes in one placement.
+#[derive(Serialize)]
+struct Placed {
+    placement: Placement,
+    primary_cpus: Vec<usize>,
+    mirror_cpus: Vec<usize>,
+    runs: Vec<Run>,
+    sync_to_no_mirror: f64,
+    async_to_no_mirror: f64,
+}
+
 #[derive(Serialize)]
 struct Report {
     writers: u64,
     seconds_each: u64,
-    runs: Vec<Run>,
-    sync_to_no_mirror: f64,
-    async_to_no_mirror: f64,
+    placements: Vec<Placed>,
+    /// Placements asked for that this machine cannot give, and why.
+    skipped: Vec<String>,
     failover: Option<Failover>,
 }
 
-pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the writers' tasks (as a node's request handlers), its threads on the CPUs
+/// of the thread that builds it.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()?)
+}
+
+pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("tandem-bench-mirror-")
         .tempdir()?;
     // Made before any clock starts; ids beyond reuse them (`Rows`).
     let rows = Arc::new(Rows::make(u64::MAX));
-    let mut runs = Vec::new();
-    for mode in [Mode::NoMirror, Mode::Async, Mode::Sync] {
-        out.progress(&format!(
-            "{}: {} writers, {} s…",
-            mode.label(),
-            a.writers,
-            a.seconds
-        ));
-        let dir = scratch.path().join(format!("{mode:?}"));
-        runs.push(commits(&rt, &dir, &rows, mode, a.writers, a.seconds)?);
-        std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let all = allowed_cpus()?;
+    let wanted = match a.placement {
+        Placements::Split => vec![Placement::Split],
+        Placements::Shared => vec![Placement::Shared],
+        Placements::Both => vec![Placement::Split, Placement::Shared],
+    };
+    let (mut placements, mut skipped) = (Vec::new(), Vec::new());
+    for placement in wanted {
+        let Some(cpus) = Cpus::of(placement, &all) else {
+            skipped.push(format!(
+                "{} needs two CPUs; this process may use {all:?}",
+                placement.label()
+            ));
+            continue;
+        };
+        let placed = run_on(&cpus.primary).and_then(|_| {
+            let rt = runtime()?;
+            let mut runs = Vec::new();
+            for mode in [Mode::NoMirror, Mode::Async, Mode::Sync] {
+                out.progress(&format!(
+                    "{}, {}: {} writers, {} s…",
+                    placement.label(),
+                    mode.label(),
+                    a.writers,
+                    a.seconds
+                ));
+                let dir = scratch
+                    .path()
+                    .join(format!("{}-{mode:?}", placement.label()));
+                runs.push(commits(
+                    &rt, &dir, &rows, mode, a.writers, a.seconds, &cpus,
+                )?);
+                std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            }
+            Ok(Placed {
+                placement,
+                sync_to_no_mirror: runs[2].per_second / runs[0].per_second,
+                async_to_no_mirror: runs[1].per_second / runs[0].per_second,
+                primary_cpus: cpus.primary,
+                mirror_cpus: cpus.mirror,
+                runs,
+            })
+        });
+        // Every CPU again, also after an error: the nodes of the failovers start from here.
+        run_on(&all)?;
+        placements.push(placed?);
     }
     let failover = match a.failovers {
         0 => None,
-        n => Some(failovers(&rt, n, out)?),
+        n => Some(failovers(&runtime()?, n, out)?),
     };
     let report = Report {
         writers: a.writers,
         seconds_each: a.seconds,
-        sync_to_no_mirror: runs[2].per_second / runs[0].per_second,
-        async_to_no_mirror: runs[1].per_second / runs[0].per_second,
-        runs,
+        placements,
+        skipped,
         failover,
     };
     out.emit(&report, || human(&report))
@@ -203,7 +344,9 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
 // ---- (1) commits with no, an asynchronous and a synchronous mirror ----
 
 /// One mode: a fresh primary in `dir/primary` (and its mirror in `dir/mirror`), `writers`
-/// concurrent tasks committing one row each for `seconds`.
+/// concurrent tasks committing one row each for `seconds`. The calling thread runs on
+/// `cpus.primary` (as `rt`'s threads do); the primary's threads start from it, the mirror's
+/// and the replication loop from it moved to `cpus.mirror` for the while.
 fn commits(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
@@ -211,50 +354,25 @@ fn commits(
     mode: Mode,
     writers: u64,
     seconds: u64,
+    cpus: &Cpus,
 ) -> anyhow::Result<Run> {
     let primary = Database::create(&dir.join("primary"), "bench", Options::default())?;
     primary.migrate(SCHEMA)?;
-    let mirror = match mode {
-        Mode::NoMirror => None,
-        Mode::Async | Mode::Sync => Some(Database::create_copy(
-            &dir.join("mirror"),
-            "bench",
-            primary.identity().database_id,
-            Role::Mirror,
-            Options::default(),
-        )?),
+    run_on(&cpus.mirror)?;
+    let mirror = mirrored(dir, &primary, mode, rt);
+    run_on(&cpus.primary)?;
+    let (mirror, replicator) = mirror?;
+    let (stop_at, replicator) = match replicator {
+        Some((stop_at, thread)) => (Some(stop_at), Some(thread)),
+        None => (None, None),
     };
-    let (stop_at, stopping) = tokio::sync::watch::channel(Lsn::MAX);
-    let replicator = mirror.as_ref().map(|m| {
-        if mode == Mode::Sync {
-            primary.gate().set_sync(true, m.identity().lsn);
-        }
-        let (p, m, stopping, handle) = (
-            primary.clone(),
-            m.clone(),
-            stopping.clone(),
-            rt.handle().clone(),
-        );
-        std::thread::Builder::new()
-            .name("replication".into())
-            .spawn(move || {
-                let r = replicate(&p, &m, mode == Mode::Sync, stopping, &handle);
-                if let Err(e) = &r {
-                    // Writers waiting for this mirror would wait forever: they fail instead.
-                    p.gate()
-                        .fence(&format!("the bench's replication stopped: {e:#}"));
-                }
-                r
-            })
-    });
-    let replicator = replicator.transpose()?;
 
     let before = primary.writer_stats();
     let (samples, elapsed) = write_for(rt, &primary, rows, writers, seconds)?;
     let after = primary.writer_stats();
 
-    let replication = match (replicator, &mirror) {
-        (Some(thread), Some(m)) => {
+    let replication = match (replicator, &mirror, stop_at) {
+        (Some(thread), Some(m), Some(stop_at)) => {
             let end = primary.identity();
             let stopped = Instant::now();
             let lag = end.lsn.saturating_sub(m.identity().lsn);
@@ -294,6 +412,57 @@ fn commits(
     })
 }
 
+/// The replication loop's thread, and what tells it where to stop.
+type Replicator = (
+    tokio::sync::watch::Sender<Lsn>,
+    std::thread::JoinHandle<anyhow::Result<Replication>>,
+);
+
+/// The mirror of `mode` (none, async or sync) and its replication loop, started from the
+/// calling thread (their threads run on its CPUs).
+fn mirrored(
+    dir: &Path,
+    primary: &Database,
+    mode: Mode,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<(Option<Database>, Option<Replicator>)> {
+    let mirror = match mode {
+        Mode::NoMirror => None,
+        Mode::Async | Mode::Sync => Some(Database::create_copy(
+            &dir.join("mirror"),
+            "bench",
+            primary.identity().database_id,
+            Role::Mirror,
+            Options::default(),
+        )?),
+    };
+    let (stop_at, stopping) = tokio::sync::watch::channel(Lsn::MAX);
+    let replicator = mirror.as_ref().map(|m| {
+        if mode == Mode::Sync {
+            primary.gate().set_sync(true, m.identity().lsn);
+        }
+        let (p, m, stopping, handle) = (
+            primary.clone(),
+            m.clone(),
+            stopping.clone(),
+            rt.handle().clone(),
+        );
+        std::thread::Builder::new()
+            .name("replication".into())
+            .spawn(move || {
+                let r = replicate(&p, &m, mode == Mode::Sync, stopping, &handle);
+                if let Err(e) = &r {
+                    // Writers waiting for this mirror would wait forever: they fail instead.
+                    p.gate()
+                        .fence(&format!("the bench's replication stopped: {e:#}"));
+                }
+                r
+            })
+    });
+    let replicator = replicator.transpose()?;
+    Ok((mirror, replicator.map(|thread| (stop_at, thread))))
+}
+
 /// `writers` concurrent tasks (as the node's request handlers are) commit one row each until
 /// `seconds` have passed; every commit's latency in µs, and the time taken.
 fn write_for(
@@ -318,7 +487,7 @@ fn write_for(
                         // The caller has its values; the transaction (re-runnable) writes a copy.
                         let values = rows.get(id);
                         let t0 = Instant::now();
-                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", values.clone()))
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", &values))
                             .await?;
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
@@ -799,42 +968,32 @@ fn human(r: &Report) -> String {
         "tandem bench mirror — {} concurrent writers, one row (~150 bytes) per commit, {} s per mode\n\n",
         r.writers, r.seconds_each
     );
-    for run in &r.runs {
-        s.push_str(&format!(
-            "{:<14}{:>12} commits/s   p50 {:.2} ms  p99 {:.2} ms  {:.0} per SQLite commit\n",
-            run.mode.label(),
-            count(run.per_second),
-            run.latency.p50_ms,
-            run.latency.p99_ms,
-            run.group_commit_avg
-        ));
-        if let Some(m) = &run.replication {
-            s.push_str(&format!(
-                "{:<14}{:>12} batches of {:.0} records; lag max {} records, at the end {} (caught up in {:.0} ms); \
-                 loop time: pull {:.0} ms, codec {:.0} ms, apply {:.0} ms, wait {:.0} ms\n",
-                "",
-                count(m.batches as f64),
-                m.records_per_batch,
-                count(m.lag_max_records as f64),
-                count(m.lag_at_end_records as f64),
-                m.catch_up_ms,
-                m.pull_ms,
-                m.codec_ms,
-                m.apply_ms,
-                m.wait_ms
-            ));
-        }
+    for p in &r.placements {
+        s.push_str(&match p.placement {
+            Placement::Split => format!(
+                "split, as two servers: the primary on CPU {:?}, the mirror on CPU {:?}\n",
+                p.primary_cpus, p.mirror_cpus
+            ),
+            Placement::Shared => format!(
+                "shared: both copies on CPU {:?} (the mirror's work taken from the primary's)\n",
+                p.primary_cpus
+            ),
+        });
+        human_runs(&mut s, p);
     }
-    s.push_str(&format!(
-        "\nsync / no mirror  {:>5.0} %   (target ≥ {:.0} %)\nasync / no mirror {:>5.0} %\n",
-        r.sync_to_no_mirror * 100.0,
-        SYNC_TO_NONE_MIN * 100.0,
-        r.async_to_no_mirror * 100.0
-    ));
-    if let Some(sync) = r.runs.iter().find_map(|x| x.replication.as_ref()) {
+    for why in &r.skipped {
+        s.push_str(&format!("not measured: {why}\n"));
+    }
+    if let Some(last) = r
+        .placements
+        .iter()
+        .flat_map(|p| &p.runs)
+        .filter_map(|x| x.replication.as_ref())
+        .next_back()
+    {
         s.push_str(&format!(
             "mirrors and primaries end at the same chain (last: LSN {}, chain {})\n",
-            sync.lsn, sync.chain
+            last.lsn, last.chain
         ));
     }
     if let Some(f) = &r.failover {
@@ -861,6 +1020,45 @@ fn human(r: &Report) -> String {
     s
 }
 
+/// One placement's three runs and its ratios.
+fn human_runs(s: &mut String, p: &Placed) {
+    for run in &p.runs {
+        s.push_str(&format!(
+            "{:<14}{:>12} commits/s   p50 {:.2} ms  p99 {:.2} ms  {:.0} per SQLite commit\n",
+            run.mode.label(),
+            count(run.per_second),
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            run.group_commit_avg
+        ));
+        if let Some(m) = &run.replication {
+            s.push_str(&format!(
+                "{:<14}{:>12} batches of {:.0} records; lag max {} records, at the end {} (caught up in {:.0} ms); \
+                 loop time: pull {:.0} ms, codec {:.0} ms, apply {:.0} ms, wait {:.0} ms\n",
+                "",
+                count(m.batches as f64),
+                m.records_per_batch,
+                count(m.lag_max_records as f64),
+                count(m.lag_at_end_records as f64),
+                m.catch_up_ms,
+                m.pull_ms,
+                m.codec_ms,
+                m.apply_ms,
+                m.wait_ms
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "sync / no mirror  {:>5.0} %   {}\nasync / no mirror {:>5.0} %\n\n",
+        p.sync_to_no_mirror * 100.0,
+        match p.placement {
+            Placement::Split => format!("(target ≥ {:.0} %)", SYNC_TO_NONE_MIN * 100.0),
+            Placement::Shared => "(the target is for two servers: split)".to_string(),
+        },
+        p.async_to_no_mirror * 100.0
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,6 +1075,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for mode in [Mode::Async, Mode::Sync] {
             let rows = Arc::new(Rows::make(1_000));
+            let all = allowed_cpus().unwrap();
             let run = commits(
                 &rt,
                 &dir.path().join(format!("{mode:?}")),
@@ -884,6 +1083,7 @@ mod tests {
                 mode,
                 8,
                 1,
+                &Cpus::of(Placement::Shared, &all).unwrap(),
             )
             .unwrap();
             assert!(run.commits > 0, "{mode:?}: no commit");
