@@ -484,10 +484,10 @@ fn write_for(
                     let mut lat = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
-                        // The caller has its values; the transaction (re-runnable) writes a copy.
-                        let values = rows.get(id);
+                        // The transaction (re-runnable) writes the row from a borrow.
+                        let row = rows.get(id);
                         let t0 = Instant::now();
-                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", &values))
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", row.values()))
                             .await?;
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }

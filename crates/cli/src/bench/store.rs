@@ -110,11 +110,32 @@ impl Rows {
         Rows((0..ids.clamp(1, ROWS_MADE_MAX)).map(row).collect())
     }
 
-    /// Row `id`'s values, for a caller to hand to a transaction.
-    pub(super) fn get(&self, id: u64) -> Vec<Value> {
-        let mut values = self.0[(id % self.0.len() as u64) as usize].clone();
+    /// Row `id` for a transaction: the row made for it, which the transaction borrows (as the
+    /// raw baseline binds its rows without copying them), or beyond those a copy of one with
+    /// `id` as its id, made here, by the caller.
+    pub(super) fn get(self: &Arc<Rows>, id: u64) -> Row {
+        let at = (id % self.0.len() as u64) as usize;
+        if id < self.0.len() as u64 {
+            return Row::Made(self.clone(), at);
+        }
+        let mut values = self.0[at].clone();
         values[0] = Value::Integer(id as i64);
-        values
+        Row::Copied(values)
+    }
+}
+
+/// A row handed to a transaction (`Rows::get`).
+pub(super) enum Row {
+    Made(Arc<Rows>, usize),
+    Copied(Vec<Value>),
+}
+
+impl Row {
+    pub(super) fn values(&self) -> &[Value] {
+        match self {
+            Row::Made(rows, at) => &rows.0[*at],
+            Row::Copied(values) => values,
+        }
     }
 }
 
@@ -223,10 +244,10 @@ fn phase(
                         if id >= end {
                             return Ok::<_, StoreError>(lat);
                         }
-                        // The caller has its values; the transaction (re-runnable) writes them from a borrow.
-                        let values = rows.get(id);
+                        // The transaction (re-runnable) writes the row from a borrow.
+                        let row = rows.get(id);
                         let t0 = Instant::now();
-                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", &values))
+                        db.write_async(move |tx: &mut Tx<'_>| tx.insert("rows", row.values()))
                             .await?;
                         lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
