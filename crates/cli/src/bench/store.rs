@@ -5,7 +5,8 @@
 //!     made before the clock starts as the baseline's are (`Rows`);
 //! (c) log backup and full backup MB/s; (d) restore apply records/s.
 //! With `--dir DIR` the database stays in `DIR/db` and its backups in `DIR/backups`: one full
-//! backup, log backups taken while writes went on, and a last one after the writes ended.
+//! backup, three log backups taken while the 16 writers wrote (`Midway`: however short the
+//! run), and a last one after the writes ended.
 
 use super::Latency;
 use crate::output::{Output, count};
@@ -42,7 +43,8 @@ const INSERT: &str =
     "INSERT INTO rows (id, room, sender, time_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)";
 /// Rows per transaction of the raw baseline: the store's largest group commit.
 const RAW_BATCH_ROWS: usize = 1024;
-const LOG_BACKUP_INTERVAL_MS: u64 = 50;
+/// How often the log backup thread looks whether its next backup is due.
+const MIDWAY_POLL_US: u64 = 100;
 
 /// Words of the rows' bodies: common English first, some of the trade's own.
 const WORDS: &[&str] = &[
@@ -229,6 +231,7 @@ fn phase(
     writers: usize,
     commits: u64,
     next_id: &Arc<AtomicU64>,
+    midway: Option<&Arc<Midway>>,
 ) -> anyhow::Result<Phase> {
     let end = next_id.load(Ordering::SeqCst) + commits;
     let before = db.writer_stats();
@@ -237,12 +240,16 @@ fn phase(
         let tasks: Vec<_> = (0..writers)
             .map(|_| {
                 let (db, next_id, rows) = (db.clone(), next_id.clone(), rows.clone());
+                let midway = midway.cloned();
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     loop {
                         let id = next_id.fetch_add(1, Ordering::SeqCst);
                         if id >= end {
                             return Ok::<_, StoreError>(lat);
+                        }
+                        if let Some(m) = &midway {
+                            m.wait_at(id).await?;
                         }
                         // The transaction (re-runnable) writes the row from a borrow.
                         let row = rows.get(id);
@@ -274,20 +281,80 @@ fn phase(
     })
 }
 
-/// Takes log backups every interval until told to stop; returns the files.
-fn log_backups_while(
-    db: Database,
-    dir: PathBuf,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Vec<BackupFile>>> {
-    std::thread::spawn(move || {
-        let mut files = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            files.extend(tandem_store::log_backup(&db, &dir)?);
-            std::thread::sleep(Duration::from_millis(LOG_BACKUP_INTERVAL_MS));
+/// Log backups taken while writers write, however short their phase: one when a quarter, a
+/// half and three quarters of the phase's ids are drawn. The writer that draws such an id
+/// waits for that backup before it commits (its latency is timed after the wait), so the phase
+/// cannot end before the three are taken, while the other writers go on committing.
+struct Midway {
+    at: [u64; 3],
+    /// How many of the three are taken; None once the thread failed.
+    taken: tokio::sync::watch::Sender<Option<usize>>,
+    /// Set when the phase ended, also on an error: the thread stops waiting for ids.
+    ended: AtomicBool,
+}
+
+impl Midway {
+    fn new(first_id: u64, commits: u64) -> Arc<Midway> {
+        let at = [1, 2, 3].map(|q| first_id + commits * q / 4);
+        Arc::new(Midway {
+            at,
+            taken: tokio::sync::watch::channel(Some(0)).0,
+            ended: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits, if `id` is one of the three, for its backup.
+    async fn wait_at(&self, id: u64) -> Result<(), StoreError> {
+        let Some(k) = self.at.iter().position(|&a| a == id) else {
+            return Ok(());
+        };
+        let mut taken = self.taken.subscribe();
+        match taken.wait_for(|n| n.is_none_or(|n| n > k)).await.as_deref() {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(StoreError::Closed(
+                "the log backups during the writes stopped".into(),
+            )),
         }
-        Ok(files)
-    })
+    }
+
+    /// The thread taking the three backups: each once its id is drawn (its writer waits) and
+    /// a record past the previous backup is durable (so none is empty: the writer released by
+    /// the previous one commits after it). Returns the files.
+    fn take(
+        self: Arc<Midway>,
+        db: Database,
+        dir: PathBuf,
+        next_id: Arc<AtomicU64>,
+    ) -> std::thread::JoinHandle<anyhow::Result<Vec<BackupFile>>> {
+        std::thread::spawn(move || {
+            let mut files = Vec::new();
+            let mut covered = db.durable_lsn();
+            for (k, &at) in self.at.iter().enumerate() {
+                while next_id.load(Ordering::SeqCst) <= at || db.durable_lsn() <= covered {
+                    if self.ended.load(Ordering::SeqCst) {
+                        // The phase failed before this id: its error is the one to report.
+                        return Ok(files);
+                    }
+                    std::thread::sleep(Duration::from_micros(MIDWAY_POLL_US));
+                }
+                let made = match tandem_store::log_backup(&db, &dir) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        self.taken.send_replace(None);
+                        return Err(e.into());
+                    }
+                };
+                for f in &made {
+                    if let BackupFile::Log { header, .. } = f {
+                        covered = covered.max(header.last_lsn);
+                    }
+                }
+                files.extend(made);
+                self.taken.send_replace(Some(k + 1));
+            }
+            Ok(files)
+        })
+    }
 }
 
 fn size_of(files: &[BackupFile]) -> anyhow::Result<u64> {
@@ -338,22 +405,26 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
         .build()?;
     let mut phases = Vec::new();
     out.progress(&format!("store: 1 writer, {single} commits…"));
-    phases.push(phase(&rt, &db, &rows, 1, single, &next_id)?);
+    phases.push(phase(&rt, &db, &rows, 1, single, &next_id, None)?);
 
     tandem_store::full_backup(&db, &backups)?;
-    // Log backups while the 16 writers write; the 256 writers' records then go into one last
-    // log backup taken after the writes ended, which is the one timed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let logger = log_backups_while(db.clone(), backups.clone(), stop.clone());
+    // Three log backups while the 16 writers write; the 256 writers' records then go into one
+    // last log backup taken after the writes ended, which is the one timed.
+    let midway = Midway::new(next_id.load(Ordering::SeqCst), a.rows / 10);
+    let logger = midway
+        .clone()
+        .take(db.clone(), backups.clone(), next_id.clone());
     out.progress(&format!(
-        "store: 16 writers, {} commits, log backups every {LOG_BACKUP_INTERVAL_MS} ms…",
+        "store: 16 writers, {} commits, three log backups meanwhile…",
         a.rows / 10
     ));
-    phases.push(phase(&rt, &db, &rows, 16, a.rows / 10, &next_id)?);
-    stop.store(true, Ordering::SeqCst);
+    let sixteen = phase(&rt, &db, &rows, 16, a.rows / 10, &next_id, Some(&midway));
+    midway.ended.store(true, Ordering::SeqCst);
+    // The thread's own error first: the writers waiting for it only know that it stopped.
     let during = logger.join().expect("log backup thread")?.len();
+    phases.push(sixteen?);
     out.progress(&format!("store: 256 writers, {} commits…", a.rows));
-    phases.push(phase(&rt, &db, &rows, 256, a.rows, &next_id)?);
+    phases.push(phase(&rt, &db, &rows, 256, a.rows, &next_id, None)?);
     out.progress("log backup of the 256 writers' records…");
     let t0 = Instant::now();
     let last = tandem_store::log_backup(&db, &backups)?;
