@@ -123,7 +123,7 @@ impl Gate {
             published,
         );
         for (reply, result) in answers {
-            reply(result);
+            reply.give(result);
         }
     }
 
@@ -300,7 +300,7 @@ impl AckStage {
             && let Msg::Pending(p) = e.0
         {
             for (reply, _) in p.replies {
-                reply(Err(StoreError::Closed(
+                reply.give(Err(StoreError::Closed(
                     "the acknowledgment thread stopped".into(),
                 )));
             }
@@ -329,9 +329,9 @@ impl AckStage {
     /// Blocks until everything committed up to `lsn` is durable on this copy.
     pub(crate) fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let reply: Completion = Box::new(move |r| {
+        let reply = Completion::Other(Box::new(move |r| {
             let _ = tx.send(r);
-        });
+        }));
         self.submit(Pending {
             lsn,
             replies: vec![(reply, lsn)],
@@ -508,7 +508,7 @@ fn run(shared: &Shared) {
             answers.extend(shared.gate.release(&mut a, &shared.published));
         }
         for (reply, result) in answers {
-            reply(result);
+            reply.give(result);
         }
     }
     let held: Vec<_> = shared
@@ -520,7 +520,7 @@ fn run(shared: &Shared) {
         .drain(..)
         .collect();
     for (reply, _) in held {
-        reply(Err(StoreError::Closed(
+        reply.give(Err(StoreError::Closed(
             "the database closed before the commit was acknowledged".into(),
         )));
     }

@@ -18,7 +18,25 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 /// Answers a caller once its transaction's fate is known: its LSN once durable, or an error.
-pub(crate) type Completion = Box<dyn FnOnce(Result<Lsn>) + Send>;
+pub(crate) enum Completion {
+    /// A write job's answer and the value its transaction returned, kept as they are (no
+    /// closure allocated around them per commit).
+    Job(Box<dyn FnOnce(Answer) + Send>, Value_),
+    /// Anything else that waits for durability (`AckStage::wait_durable`).
+    Other(Box<dyn FnOnce(Result<Lsn>) + Send>),
+}
+
+impl Completion {
+    pub(crate) fn give(self, r: Result<Lsn>) {
+        match self {
+            Completion::Job(answer, value) => answer(match r {
+                Ok(lsn) => Answer::Committed(value, lsn),
+                Err(e) => Answer::Failed(e),
+            }),
+            Completion::Other(f) => f(r),
+        }
+    }
+}
 
 /// A transaction's own result, kept until the caller is answered.
 pub(crate) type Value_ = Box<dyn std::any::Any + Send>;
@@ -456,17 +474,7 @@ impl Writer {
         }
         let replies = kept
             .into_iter()
-            .map(|k| {
-                let Kept { job, value, lsn } = k;
-                let answer = job.answer;
-                let reply: Completion = Box::new(move |r: Result<Lsn>| {
-                    answer(match r {
-                        Ok(lsn) => Answer::Committed(value, lsn),
-                        Err(e) => Answer::Failed(e),
-                    })
-                });
-                (reply, lsn)
-            })
+            .map(|k| (Completion::Job(k.job.answer, k.value), k.lsn))
             .collect();
         self.ack.submit(crate::ack::Pending {
             lsn,
