@@ -529,66 +529,38 @@ fn a_transaction_failing_after_changes_undoes_only_itself() {
     let dir = t.path().join("p");
     let db = Arc::new(create(&dir));
     let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let threads: Vec<_> = (0..32i64)
-        .map(|w| {
-            let (db, runs) = (db.clone(), runs.clone());
-            std::thread::spawn(move || {
-                let mut ok = Vec::new();
-                for k in 0..40i64 {
-                    let key = w * 1000 + k;
-                    let fail = k % 3 == 0;
-                    let runs = runs.clone();
-                    let r = db.write(move |tx: &mut Tx<'_>| {
-                        runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tx.insert(
-                            "members",
-                            vec![
-                                Value::Integer(key),
-                                Value::Text("u".into()),
-                                Value::Integer(0),
-                            ],
-                        )?;
-                        if fail {
-                            return Err(StoreError::Invalid(format!("refused {key}")));
-                        }
-                        Ok(key)
-                    });
-                    match (fail, r) {
-                        (false, Ok(c)) => ok.push((c.value, c.lsn)),
-                        (true, Err(StoreError::Invalid(m))) => {
-                            assert_eq!(m, format!("refused {key}"))
-                        }
-                        (f, r) => panic!("key {key} fail={f}: {r:?}"),
-                    }
+    let committed = commits_from_threads(32, 40, {
+        let (db, runs) = (db.clone(), runs.clone());
+        move |w, k| {
+            let key = w * 1000 + k;
+            let fail = k % 3 == 0;
+            let runs = runs.clone();
+            let r = db.write(move |tx: &mut Tx<'_>| {
+                runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tx.insert(
+                    "members",
+                    vec![
+                        Value::Integer(key),
+                        Value::Text("u".into()),
+                        Value::Integer(0),
+                    ],
+                )?;
+                if fail {
+                    return Err(StoreError::Invalid(format!("refused {key}")));
                 }
-                ok
-            })
-        })
-        .collect();
-    let mut committed: Vec<(i64, u64)> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    let keys: Vec<i64> = db
-        .read(|c| {
-            let mut s = c.prepare("SELECT room FROM members ORDER BY room")?;
-            let rows = s.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
-        })
-        .unwrap();
-    committed.sort();
-    assert_eq!(
-        keys,
-        committed.iter().map(|c| c.0).collect::<Vec<_>>(),
-        "exactly the successful rows"
-    );
-    let mut lsns: Vec<u64> = committed.iter().map(|c| c.1).collect();
-    lsns.sort();
-    assert_eq!(
-        lsns,
-        (2..2 + committed.len() as u64).collect::<Vec<_>>(),
-        "one LSN each, contiguous"
-    );
+                Ok(key)
+            });
+            match (fail, r) {
+                (false, Ok(c)) => Some((c.value, c.lsn)),
+                (true, Err(StoreError::Invalid(m))) => {
+                    assert_eq!(m, format!("refused {key}"));
+                    None
+                }
+                (f, r) => panic!("key {key} fail={f}: {r:?}"),
+            }
+        }
+    });
+    assert_exactly_committed(&db, &committed);
     assert_eq!(
         db.writer_stats().aborted,
         32 * 14,
@@ -614,36 +586,58 @@ fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_
     let dir = t.path().join("p");
     let db = Arc::new(create(&dir));
     let big = Arc::new("x".repeat(tandem_store::RECORD_BYTES_MAX + 1));
-    let threads: Vec<_> = (0..16i64)
-        .map(|w| {
-            let (db, big) = (db.clone(), big.clone());
-            std::thread::spawn(move || {
-                let mut ok = Vec::new();
-                for k in 0..20i64 {
-                    let key = w * 1000 + k;
-                    let oversized = w < 2 && k % 10 == 5;
-                    let big = big.clone();
-                    let r = db.write(move |tx: &mut Tx<'_>| {
-                        let name = if oversized {
-                            big.as_str().to_string()
-                        } else {
-                            format!("u{key}")
-                        };
-                        tx.insert(
-                            "members",
-                            vec![Value::Integer(key), Value::Text(name), Value::Integer(0)],
-                        )?;
-                        Ok::<_, StoreError>(key)
-                    });
-                    match (oversized, r) {
-                        (false, Ok(c)) => ok.push((c.value, c.lsn)),
-                        (true, Err(StoreError::Invalid(m))) => {
-                            assert!(m.contains("record bound"), "{m}")
-                        }
-                        (o, r) => panic!("key {key} oversized={o}: {:?}", r.map(|c| c.value)),
-                    }
+    let committed = commits_from_threads(16, 20, {
+        let db = db.clone();
+        move |w, k| {
+            let key = w * 1000 + k;
+            let oversized = w < 2 && k % 10 == 5;
+            let big = big.clone();
+            let r = db.write(move |tx: &mut Tx<'_>| {
+                let name = if oversized {
+                    big.as_str().to_string()
+                } else {
+                    format!("u{key}")
+                };
+                tx.insert(
+                    "members",
+                    vec![Value::Integer(key), Value::Text(name), Value::Integer(0)],
+                )?;
+                Ok::<_, StoreError>(key)
+            });
+            match (oversized, r) {
+                (false, Ok(c)) => Some((c.value, c.lsn)),
+                (true, Err(StoreError::Invalid(m))) => {
+                    assert!(m.contains("record bound"), "{m}");
+                    None
                 }
-                ok
+                (o, r) => panic!("key {key} oversized={o}: {:?}", r.map(|c| c.value)),
+            }
+        }
+    });
+    assert_exactly_committed(&db, &committed);
+    assert_eq!(
+        db.writer_stats().aborted,
+        4,
+        "each oversized one refused once"
+    );
+    assert_journal_replays_to_the_same(&db, &dir, &t.path().join("copy"));
+}
+
+/// `writers` threads, each calling `write(w, k)` for k in `0..per_writer`; the (key, LSN) of
+/// every call that committed, sorted.
+fn commits_from_threads(
+    writers: i64,
+    per_writer: i64,
+    write: impl Fn(i64, i64) -> Option<(i64, u64)> + Send + Sync + 'static,
+) -> Vec<(i64, u64)> {
+    let write = Arc::new(write);
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let write = write.clone();
+            std::thread::spawn(move || {
+                (0..per_writer)
+                    .filter_map(|k| write(w, k))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -652,6 +646,12 @@ fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_
         .flat_map(|t| t.join().unwrap())
         .collect();
     committed.sort();
+    committed
+}
+
+/// `members` holds exactly the committed keys, and the commits took one LSN each, contiguous
+/// after the schema's.
+fn assert_exactly_committed(db: &Database, committed: &[(i64, u64)]) {
     let keys: Vec<i64> = db
         .read(|c| {
             let mut s = c.prepare("SELECT room FROM members ORDER BY room")?;
@@ -659,16 +659,18 @@ fn a_transaction_over_the_record_bound_is_refused_and_its_group_commits_without_
             Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
         })
         .unwrap();
-    assert_eq!(keys, committed.iter().map(|c| c.0).collect::<Vec<_>>());
+    assert_eq!(
+        keys,
+        committed.iter().map(|c| c.0).collect::<Vec<_>>(),
+        "exactly the successful rows"
+    );
     let mut lsns: Vec<u64> = committed.iter().map(|c| c.1).collect();
     lsns.sort();
-    assert_eq!(lsns, (2..2 + committed.len() as u64).collect::<Vec<_>>());
     assert_eq!(
-        db.writer_stats().aborted,
-        4,
-        "each oversized one refused once"
+        lsns,
+        (2..2 + committed.len() as u64).collect::<Vec<_>>(),
+        "one LSN each, contiguous"
     );
-    assert_journal_replays_to_the_same(&db, &dir, &t.path().join("copy"));
 }
 
 /// A copy in `copy_dir` that applies `db`'s whole journal (at `dir`) ends at its chain, with
