@@ -114,14 +114,7 @@ impl Gate {
             }
             s.hardened = lsn;
         }
-        let Some(published) = self.published.get() else {
-            // No acknowledgment stage yet: nothing is held.
-            return;
-        };
-        let answers = self.release(
-            &mut self.answering.lock().expect("answering lock"),
-            published,
-        );
+        let answers = self.release(&mut self.answering.lock().expect("answering lock"));
         for (reply, result) in answers {
             reply.give(result);
         }
@@ -204,7 +197,11 @@ impl Gate {
 
     /// Publishes the durable LSN the gate lets be shown and takes out the held answers it lets
     /// go (all of them, failed, once fenced): the caller gives them, after the lock.
-    fn release(&self, a: &mut Answering, published: &Published) -> Vec<(Completion, Result<Lsn>)> {
+    fn release(&self, a: &mut Answering) -> Vec<(Completion, Result<Lsn>)> {
+        let Some(published) = self.published.get() else {
+            // No acknowledgment stage yet: nothing is durable through it, nothing is held.
+            return Vec::new();
+        };
         let mut answers = Vec::new();
         let limit = self.limit(a.local);
         // Published before anyone is answered: a caller reads what it waited for.
@@ -262,12 +259,11 @@ impl AckStage {
     ) -> Result<AckStage> {
         let (queue, rx) = sync_channel(PENDING_BATCHES_MAX);
         *gate.wake.lock().expect("wake lock") = Some(queue.clone());
-        let _ = gate.published.set(published.clone());
+        let _ = gate.published.set(published);
         let failure = Arc::new(Mutex::new(None));
         let shared = Arc::new(Shared {
             wal: wal.clone(),
             rx: Mutex::new(rx),
-            published,
             failure: failure.clone(),
             gate: gate.clone(),
         });
@@ -403,7 +399,6 @@ struct Shared {
     /// One syncer at a time takes every batch waiting; the other is then free to sync the
     /// next ones while the first one's fsync runs.
     rx: Mutex<Receiver<Msg>>,
-    published: Arc<Published>,
     failure: Arc<Mutex<Option<String>>>,
     gate: Arc<Gate>,
 }
@@ -505,7 +500,7 @@ fn run(shared: &Shared) {
                     }
                 }
             }
-            answers.extend(shared.gate.release(&mut a, &shared.published));
+            answers.extend(shared.gate.release(&mut a));
         }
         for (reply, result) in answers {
             reply.give(result);
