@@ -210,19 +210,19 @@ pub(crate) fn apply_op_ref(
             kind,
             table,
             values,
-        } => apply_row(stmts, tables, kind, table, values),
+        } => apply_row(stmts, tables, kind, table, values).map(|()| false),
         OpRef::Migrate { version, name, sql } => migrate(stmts, version, name, sql),
     }
 }
 
-/// Applies one row operation; false (no schema change).
+/// Applies one row operation.
 pub(crate) fn apply_row<V: ToSql>(
     stmts: &dyn RowStatements,
     tables: &Tables,
     kind: RowKind,
     table: &str,
     values: &[V],
-) -> Result<bool> {
+) -> Result<()> {
     let info = tables.get(table)?;
     let mut bound = values.iter().map(|v| v as &dyn ToSql);
     match kind {
@@ -251,7 +251,7 @@ pub(crate) fn apply_row<V: ToSql>(
             }
         }
     }
-    Ok(false)
+    Ok(())
 }
 
 /// Values as an error names them: `[Integer(7), Text("general")]`, owned or read in place.
