@@ -640,8 +640,12 @@ impl Database {
     }
 
     fn open_locked(dir: &Path, lock: File, options: Options) -> Result<Database> {
-        let conn =
-            Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // The writer's connection: its WAL writes gathered, one per commit (`wal_vfs`).
+        let conn = Connection::open_with_flags_and_vfs(
+            dir.join(DB_FILE),
+            OpenFlags::SQLITE_OPEN_READ_WRITE,
+            crate::wal_vfs::name()?,
+        )?;
         configure(&conn, &options)?;
         Self::start(dir, conn, lock, options)
     }
