@@ -68,7 +68,10 @@ impl Drop for Checkpointer {
 }
 
 fn run(db_file: PathBuf, rx: Receiver<()>, passed: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let conn = match Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+    let conn = match Connection::open_with_flags(
+        &db_file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
         Ok(c) => c,
         // Without a checkpointer the WAL grows until the database is closed; nothing is lost.
         Err(_) => return,

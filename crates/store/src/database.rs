@@ -640,10 +640,11 @@ impl Database {
     }
 
     fn open_locked(dir: &Path, lock: File, options: Options) -> Result<Database> {
-        // The writer's connection: its WAL writes gathered, one per commit (`wal_vfs`).
+        // The writer's connection: its WAL writes gathered, one per commit (`wal_vfs`); used by
+        // the writer's thread alone, so without SQLite's per-connection mutex.
         let conn = Connection::open_with_flags_and_vfs(
             dir.join(DB_FILE),
-            OpenFlags::SQLITE_OPEN_READ_WRITE,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             crate::wal_vfs::name()?,
         )?;
         configure(&conn, &options)?;
