@@ -895,12 +895,15 @@ impl Database {
         self.control(move |w| w.set_consumer(&name, lsn, true))
     }
 
-    /// Moves a consumer's cursor forward, durably; then prunes what no consumer needs.
+    /// Moves a consumer's cursor forward, durably. The records no consumer needs any more are
+    /// then removed by the writer a slice at a time between its groups, not before this returns
+    /// (`prune_journal` removes them at once).
     pub fn advance_consumer(&self, name: &str, lsn: Lsn) -> Result<()> {
         let name = name.to_string();
         self.control(move |w| {
             w.set_consumer(&name, lsn, false)?;
-            w.prune_journal()?;
+            w.wait_durable()?;
+            w.prune_soon();
             Ok(())
         })
     }

@@ -428,6 +428,44 @@ pub(crate) fn prune(conn: &Connection, upto: Lsn) -> Result<u64> {
     Ok(removed.unwrap_or(0) as u64)
 }
 
+/// What one slice of pruning removed.
+pub(crate) struct Removed {
+    pub(crate) segments: usize,
+    pub(crate) bytes: u64,
+}
+
+/// Removes the oldest `segments` segments whose records are all at or below `upto`.
+pub(crate) fn prune_some(conn: &Connection, upto: Lsn, segments: usize) -> Result<Removed> {
+    const SLICE: &str = "SELECT first_lsn FROM _tandem_journal WHERE last_lsn <= ?1 \
+                         ORDER BY first_lsn LIMIT ?2";
+    let (count, bytes): (i64, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT COUNT(*), SUM(length(body)) FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
+        ))?
+        .query_row(params![upto as i64, segments as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if count > 0 {
+        conn.prepare_cached(&format!(
+            "DELETE FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
+        ))?
+        .execute(params![upto as i64, segments as i64])?;
+    }
+    Ok(Removed {
+        segments: count as usize,
+        bytes: bytes.unwrap_or(0) as u64,
+    })
+}
+
+/// The first LSN of the oldest segment, if any: a seek on the primary key.
+pub(crate) fn oldest_lsn(conn: &Connection) -> Result<Option<Lsn>> {
+    Ok(conn
+        .query_row("SELECT MIN(first_lsn) FROM _tandem_journal", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .map(|l| l as Lsn))
+}
+
 /// A named reader of the journal with a durable cursor: the last LSN it no longer needs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Consumer {

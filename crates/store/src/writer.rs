@@ -235,6 +235,9 @@ pub(crate) struct Writer {
     ack: crate::ack::AckStage,
     checkpointer: crate::checkpoint::Checkpointer,
     commits: u64,
+    /// Set when a consumer's cursor moved: the records every consumer is past are removed a
+    /// slice at a time, between groups (`prune_slice`).
+    prune_due: bool,
     derived: Vec<crate::schema::Derived>,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
@@ -267,6 +270,7 @@ impl Writer {
             ack,
             checkpointer,
             commits: 0,
+            prune_due: false,
             derived: Vec::new(),
             _lock: lock,
         })
@@ -274,10 +278,20 @@ impl Writer {
 
     /// The writer's loop: runs until every handle is dropped.
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        use std::sync::mpsc::TryRecvError;
         let mut next: Option<Job> = None;
         loop {
             let job = match next.take() {
                 Some(j) => j,
+                // With records to remove and nothing to do, a slice of them.
+                None if self.prune_due => match jobs.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) => {
+                        self.prune_slice();
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => return,
+                },
                 None => match jobs.recv() {
                     Ok(j) => j,
                     Err(_) => return,
@@ -298,6 +312,10 @@ impl Writer {
                         }
                     }
                     self.commit_batch(batch);
+                    // Under a load that never leaves the queue empty, pruning still goes on.
+                    if self.prune_due && self.commits.is_multiple_of(PRUNE_EVERY_GROUPS) {
+                        self.prune_slice();
+                    }
                 }
             }
         }
@@ -876,6 +894,52 @@ impl Writer {
         Ok(removed)
     }
 
+    /// A consumer's cursor moved: the records every consumer is past go, a slice at a time.
+    pub(crate) fn prune_soon(&mut self) {
+        self.prune_due = true;
+    }
+
+    /// Removes the oldest `PRUNE_SLICE_SEGMENTS` segments every consumer is past, in a
+    /// transaction of its own which no caller waits for (a removal lost in a crash is done
+    /// again); clears `prune_due` once none is left. Removing a large journal at once held
+    /// every commit back meanwhile (a log backup of 200,000 records: about 30 ms).
+    fn prune_slice(&mut self) {
+        let done = self.prune_some(PRUNE_SLICE_SEGMENTS);
+        // On an error the records stay; the next cursor move tries again.
+        if !matches!(done, Ok(false)) {
+            self.prune_due = false;
+        }
+    }
+
+    /// True when nothing more is to be removed.
+    fn prune_some(&mut self, segments: usize) -> Result<bool> {
+        let min: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(lsn) FROM _tandem_consumers", [], |r| r.get(0))?;
+        let Some(upto) = min else { return Ok(true) };
+        self.exec("BEGIN IMMEDIATE")?;
+        let removed = self
+            .persist_position()
+            .and_then(|()| journal::prune_some(&self.conn, upto as Lsn, segments))
+            .and_then(|removed| {
+                self.exec("COMMIT")?;
+                Ok(removed)
+            });
+        let removed = match removed {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.exec("ROLLBACK");
+                return Err(e);
+            }
+        };
+        if removed.segments > 0 {
+            self.state.journal_bytes = self.state.journal_bytes.saturating_sub(removed.bytes);
+            self.state.journal_oldest = journal::oldest_lsn(&self.conn)?;
+            self.publish();
+        }
+        Ok(removed.segments < segments)
+    }
+
     /// Empties the journal and the consumer list: for a copy just made from a full backup,
     /// whose journal belongs to the source's consumers.
     pub(crate) fn reset_journal(&mut self) -> Result<()> {
@@ -891,6 +955,12 @@ impl Writer {
         Ok(())
     }
 }
+
+/// Segments removed per slice of pruning (`Writer::prune_slice`): as many as about 32 group
+/// commits wrote, so a slice costs the writer about what writing them did, not more.
+const PRUNE_SLICE_SEGMENTS: usize = 32;
+/// While pruning is due, a slice after every this many groups even if the queue never empties.
+const PRUNE_EVERY_GROUPS: u64 = 4;
 
 fn reload_tables(conn: &Connection, tables: &mut Tables) {
     match Tables::load(conn) {

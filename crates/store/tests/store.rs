@@ -242,7 +242,8 @@ fn consumers_bound_the_journal_and_a_pruned_reader_is_told_to_reseed() {
         "log-backup still needs everything"
     );
     db.advance_consumer("log-backup", 30).unwrap();
-    let stats = db.journal_stats();
+    // The writer removes them after the cursor moved, between its groups.
+    let stats = pruned_past(&db, 1);
     assert!(
         stats.oldest_lsn.unwrap() <= 31 && stats.oldest_lsn.unwrap() > 1,
         "{stats:?}"
@@ -986,6 +987,68 @@ fn chain_at_answers_every_lsn_across_segments_and_nothing_past_the_end() {
     assert_eq!(chain, id.chain);
     assert_eq!(db.chain_at(id.lsn + 1).unwrap(), None);
     assert_eq!(db.chain_at(id.lsn + 100).unwrap(), None);
+}
+
+/// The journal's stats once its oldest record is past `lsn` (the writer prunes in the
+/// background); fails after a deadline.
+fn pruned_past(db: &Database, lsn: Lsn) -> tandem_store::JournalStats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = db.journal_stats();
+        if stats.oldest_lsn.is_none_or(|o| o > lsn) {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal still starts at LSN {:?}",
+            stats.oldest_lsn
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_large_journal_is_pruned_in_slices_while_writes_go_on_and_the_position_survives() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    let db = create(&dir);
+    db.register_consumer("log-backup", 0).unwrap();
+    // One segment per commit: far more than one slice.
+    for i in 0..300 {
+        post(&db, 1, &format!("m{i}")).unwrap();
+    }
+    let cut = db.identity().lsn;
+    let bytes_before = db.journal_stats().bytes;
+    db.advance_consumer("log-backup", cut).unwrap();
+    // Writes go on meanwhile; their records stay (the cursor is behind them).
+    let writer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            for i in 0..100 {
+                post(&db, 2, &format!("n{i}")).unwrap();
+            }
+        })
+    };
+    let stats = pruned_past(&db, cut);
+    writer.join().unwrap();
+    let stats_after = db.journal_stats();
+    assert_eq!(stats.oldest_lsn, Some(cut + 1), "{stats:?}");
+    assert_eq!(stats_after.oldest_lsn, Some(cut + 1));
+    assert_eq!(stats_after.records, 100);
+    assert!(stats_after.bytes < bytes_before / 2, "{stats_after:?}");
+    let id = db.identity();
+    assert_eq!(
+        db.read_journal(cut + 1, 1000, usize::MAX)
+            .unwrap()
+            .records
+            .len(),
+        100
+    );
+    drop(db);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!(db.identity(), id);
+    assert_eq!(db.journal_stats(), stats_after);
+    db.integrity_check().unwrap();
 }
 
 #[test]
