@@ -436,8 +436,9 @@ pub(crate) struct Removed {
 
 /// Removes the oldest `segments` segments whose records are all at or below `upto`.
 pub(crate) fn prune_some(conn: &Connection, upto: Lsn, segments: usize) -> Result<Removed> {
-    const SLICE: &str = "SELECT first_lsn FROM _tandem_journal WHERE last_lsn <= ?1 \
-                         ORDER BY first_lsn LIMIT ?2";
+    // `first_lsn <= ?1` bounds the scan on the primary key (segments never overlap).
+    const SLICE: &str = "SELECT first_lsn FROM _tandem_journal \
+                         WHERE first_lsn <= ?1 AND last_lsn <= ?1 ORDER BY first_lsn LIMIT ?2";
     let (count, bytes): (i64, Option<i64>) = conn
         .prepare_cached(&format!(
             "SELECT COUNT(*), SUM(length(body)) FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
