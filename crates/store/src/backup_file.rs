@@ -87,8 +87,10 @@ impl FileWriter {
         let out = self.out.as_mut().expect("open until finish");
         out.write_all(b).map_err(|e| StoreError::io(&self.tmp, e))?;
         if self.bytes - self.written_back >= WRITEBACK_EVERY_BYTES {
+            // The final fsync then finds most of a large file written while the rest was made,
+            // instead of writing it all (as PostgreSQL's `backend_flush_after`).
             self.written_back = self.bytes;
-            start_writeback(out.get_ref());
+            crate::ack::start_writeback(out.get_ref());
         }
         Ok(())
     }
@@ -129,21 +131,6 @@ impl FileWriter {
         Ok(self.bytes + 32)
     }
 }
-
-/// Starts writing what the file has so far to disk, without waiting: the final fsync then
-/// finds most of a large file written while the rest was being made, instead of writing it all
-/// (as PostgreSQL's `backend_flush_after`). Errors are the fsync's to report.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor; the call only schedules writeback of its dirty pages.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File) {}
 
 impl Drop for FileWriter {
     fn drop(&mut self) {

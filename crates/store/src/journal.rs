@@ -414,23 +414,11 @@ pub(crate) fn newest(conn: &Connection) -> Result<Option<Newest>> {
     }))
 }
 
-/// Removes every segment wholly at or before `upto`. Returns the number of records removed.
-pub(crate) fn prune(conn: &Connection, upto: Lsn) -> Result<u64> {
-    let removed: Option<i64> = conn.query_row(
-        "SELECT SUM(last_lsn - first_lsn + 1) FROM _tandem_journal WHERE last_lsn <= ?1",
-        params![upto as i64],
-        |r| r.get(0),
-    )?;
-    conn.execute(
-        "DELETE FROM _tandem_journal WHERE last_lsn <= ?1",
-        params![upto as i64],
-    )?;
-    Ok(removed.unwrap_or(0) as u64)
-}
-
-/// What one slice of pruning removed.
+/// What pruning removed.
+#[derive(Default)]
 pub(crate) struct Removed {
     pub(crate) segments: usize,
+    pub(crate) records: u64,
     pub(crate) bytes: u64,
 }
 
@@ -439,21 +427,24 @@ pub(crate) fn prune_some(conn: &Connection, upto: Lsn, segments: usize) -> Resul
     // `first_lsn <= ?1` bounds the scan on the primary key (segments never overlap).
     const SLICE: &str = "SELECT first_lsn FROM _tandem_journal \
                          WHERE first_lsn <= ?1 AND last_lsn <= ?1 ORDER BY first_lsn LIMIT ?2";
-    let (count, bytes): (i64, Option<i64>) = conn
+    let limit = i64::try_from(segments).unwrap_or(i64::MAX);
+    let (count, records, bytes): (i64, Option<i64>, Option<i64>) = conn
         .prepare_cached(&format!(
-            "SELECT COUNT(*), SUM(length(body)) FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
+            "SELECT COUNT(*), SUM(last_lsn - first_lsn + 1), SUM(length(body)) \
+             FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
         ))?
-        .query_row(params![upto as i64, segments as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        .query_row(params![upto as i64, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     if count > 0 {
         conn.prepare_cached(&format!(
             "DELETE FROM _tandem_journal WHERE first_lsn IN ({SLICE})"
         ))?
-        .execute(params![upto as i64, segments as i64])?;
+        .execute(params![upto as i64, limit])?;
     }
     Ok(Removed {
         segments: count as usize,
+        records: records.unwrap_or(0) as u64,
         bytes: bytes.unwrap_or(0) as u64,
     })
 }

@@ -876,22 +876,12 @@ impl Writer {
     /// Removes the records every registered consumer is past. With no consumer registered,
     /// nothing is removed: a record nobody has said it is done with is kept.
     pub(crate) fn prune_journal(&mut self) -> Result<u64> {
-        let min: Option<i64> =
-            self.conn
-                .query_row("SELECT MIN(lsn) FROM _tandem_consumers", [], |r| r.get(0))?;
-        let Some(upto) = min else { return Ok(0) };
-        let removed = self.transact(|w| {
-            // The newest segment may go: the identity row keeps the position.
-            w.persist_position()?;
-            journal::prune(&w.conn, upto as Lsn)
-        })?;
-        if removed > 0 {
-            let stats = journal::stats(&self.conn)?;
-            self.state.journal_bytes = stats.bytes;
-            self.state.journal_oldest = stats.oldest_lsn;
-            self.publish();
+        self.prune_due = false;
+        let removed = self.prune_some(usize::MAX)?;
+        if removed.segments > 0 {
+            self.wait_durable()?;
         }
-        Ok(removed)
+        Ok(removed.records)
     }
 
     /// A consumer's cursor moved: the records every consumer is past go, a slice at a time.
@@ -904,20 +894,25 @@ impl Writer {
     /// again); clears `prune_due` once none is left. Removing a large journal at once held
     /// every commit back meanwhile (a log backup of 200,000 records: about 30 ms).
     fn prune_slice(&mut self) {
-        let done = self.prune_some(PRUNE_SLICE_SEGMENTS);
-        // On an error the records stay; the next cursor move tries again.
-        if !matches!(done, Ok(false)) {
+        let removed = self.prune_some(PRUNE_SLICE_SEGMENTS);
+        // Done when fewer than a slice were left; on an error the records stay, and the next
+        // cursor move tries again.
+        if !removed.is_ok_and(|r| r.segments == PRUNE_SLICE_SEGMENTS) {
             self.prune_due = false;
         }
     }
 
-    /// True when nothing more is to be removed.
-    fn prune_some(&mut self, segments: usize) -> Result<bool> {
+    /// Removes the oldest `segments` segments every consumer is past (all of them with
+    /// `usize::MAX`), in a transaction of its own, not waited for.
+    fn prune_some(&mut self, segments: usize) -> Result<journal::Removed> {
         let min: Option<i64> =
             self.conn
                 .query_row("SELECT MIN(lsn) FROM _tandem_consumers", [], |r| r.get(0))?;
-        let Some(upto) = min else { return Ok(true) };
+        let Some(upto) = min else {
+            return Ok(journal::Removed::default());
+        };
         self.exec("BEGIN IMMEDIATE")?;
+        // The newest segment may go: the identity row keeps the position.
         let removed = self
             .persist_position()
             .and_then(|()| journal::prune_some(&self.conn, upto as Lsn, segments))
@@ -937,7 +932,7 @@ impl Writer {
             self.state.journal_oldest = journal::oldest_lsn(&self.conn)?;
             self.publish();
         }
-        Ok(removed.segments < segments)
+        Ok(removed)
     }
 
     /// Empties the journal and the consumer list: for a copy just made from a full backup,
