@@ -18,6 +18,7 @@ mod record;
 pub mod replication;
 mod restore;
 mod schema;
+mod wal_ahead;
 mod wal_vfs;
 mod writer;
 

@@ -74,6 +74,18 @@ struct WalFile {
     /// Writes SQLite made, and writes made of them (each piece of a flush counts): for tests.
     asked: u64,
     made: u64,
+    /// The file kept zeroed ahead of the writes (`wal_ahead`); None if that could not start.
+    ahead: Option<crate::wal_ahead::Ahead>,
+}
+
+impl WalFile {
+    /// Makes a write of `len` bytes at `at`, `w`, as `wal_ahead` requires.
+    fn write(&self, at: i64, len: usize, w: impl FnOnce() -> c_int) -> c_int {
+        match &self.ahead {
+            Some(a) => a.write(at, at + len as i64, w),
+            None => w(),
+        }
+    }
 }
 
 struct Registered {
@@ -153,6 +165,10 @@ unsafe extern "C" fn open(
             return rc;
         }
         if flags & ffi::SQLITE_OPEN_WAL != 0 {
+            use std::os::unix::ffi::OsStrExt;
+            // SQLite names every file it opens with a WAL flag (a full path).
+            let path =
+                std::path::Path::new(std::ffi::OsStr::from_bytes(CStr::from_ptr(name).to_bytes()));
             (*f).wal = Box::into_raw(Box::new(WalFile {
                 buf: Vec::new(),
                 start: 0,
@@ -160,6 +176,7 @@ unsafe extern "C" fn open(
                 commit_header_at: None,
                 asked: 0,
                 made: 0,
+                ahead: crate::wal_ahead::Ahead::start(path),
             }));
         }
         (*f).base.pMethods = &METHODS;
@@ -193,15 +210,19 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
         let Some(write) = m.xWrite else {
             return ffi::SQLITE_IOERR_WRITE;
         };
-        let mut rc = ffi::SQLITE_OK;
-        for (k, piece) in wal.buf.chunks(WRITE_BYTES_MAX).enumerate() {
-            let at = wal.start + (k * WRITE_BYTES_MAX) as i64;
-            rc = write(inner, piece.as_ptr().cast(), piece.len() as c_int, at);
-            wal.made += 1;
-            if rc != ffi::SQLITE_OK {
-                break;
+        let mut made = 0;
+        let rc = wal.write(wal.start, wal.buf.len(), || {
+            for (k, piece) in wal.buf.chunks(WRITE_BYTES_MAX).enumerate() {
+                let at = wal.start + (k * WRITE_BYTES_MAX) as i64;
+                let rc = write(inner, piece.as_ptr().cast(), piece.len() as c_int, at);
+                made += 1;
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
             }
-        }
+            ffi::SQLITE_OK
+        });
+        wal.made += made;
         // Failed or not, the bytes are not kept: SQLite undoes the transaction they belong to.
         wal.buf.clear();
         rc
@@ -272,7 +293,9 @@ unsafe extern "C" fn write(
             wal.buf.extend_from_slice(bytes);
         } else {
             let rc = flushed(file, |inner, m| {
-                m.xWrite.map(|w| w(inner, data, amount, offset))
+                m.xWrite.map(|w| {
+                    (*wal).write(offset, amount as usize, || w(inner, data, amount, offset))
+                })
             });
             (*wal).made += 1;
             if rc != ffi::SQLITE_OK {
@@ -302,7 +325,16 @@ unsafe extern "C" fn read(
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    unsafe { flushed(file, |i, m| m.xTruncate.map(|t| t(i, size))) }
+    unsafe {
+        let wal = (*(file as *mut File)).wal;
+        flushed(file, |i, m| {
+            m.xTruncate
+                .map(|t| match wal.as_ref().and_then(|w| w.ahead.as_ref()) {
+                    Some(a) => a.truncate(size, || t(i, size)),
+                    None => t(i, size),
+                })
+        })
+    }
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
