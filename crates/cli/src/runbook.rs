@@ -279,7 +279,9 @@ impl<'a> Runbook<'a> {
 /// its JSON document, or its one-line error.
 pub fn command(d: &Deployment, args: &[&str]) -> anyhow::Result<Value> {
     let exe = std::env::current_exe().context("the tandem executable")?;
-    let out = std::process::Command::new(exe)
+    let mut step = std::process::Command::new(exe);
+    dies_with_this_process(&mut step);
+    let out = step
         .args(args)
         .arg("--json")
         .arg("--topology")
@@ -296,4 +298,30 @@ pub fn command(d: &Deployment, args: &[&str]) -> anyhow::Result<Value> {
     }
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("`tandem {}` printed no JSON document", args.join(" ")))
+}
+
+/// Makes a child die (SIGKILL) when this process does: a runbook or demo killed by an operator
+/// leaves no step running behind it (a `db mirror install` would otherwise poll its nodes until
+/// its own deadline). Linux sends the signal when the thread that started the child ends; every
+/// caller waits for its child on that thread, so that is this process ending.
+pub fn dies_with_this_process(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure makes only async-signal-safe calls (prctl,
+        // getppid) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Ended before the signal was asked for: nothing will send it.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
 }

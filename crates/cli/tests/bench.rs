@@ -1,6 +1,8 @@
 //! `tandem bench dr` through the binary, on a small `mgc`: it runs end to end and reports every
 //! figure (no time is asserted: the figures go to README), and leaves no process behind.
 
+mod common;
+
 use serde_json::Value;
 use std::process::Command;
 
@@ -64,22 +66,6 @@ fn bench_dr_reports_every_figure_and_loses_nothing_beyond_the_rpo() {
         std::fs::read_dir(dir.join("run")).unwrap().next().is_none(),
         "a pid file left"
     );
-    let mut left = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let d = dir.to_str().unwrap().as_bytes();
-        let zombie = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie && cmdline.windows(d.len()).any(|w| w == d) {
-            left.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
+    let left = common::processes_of(&dir);
     assert!(left.is_empty(), "{left:?}");
 }

@@ -4,6 +4,8 @@
 //! pool normal again; and no process left behind — after a whole run and after a Ctrl-C in the
 //! middle of one (in the mirror stages, and while a procedure runs).
 
+mod common;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,28 +18,10 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Live processes whose command line names `dir` (`--topology DIR/…`), the demo itself aside:
 /// the nodes, and the procedures the demo runs as subprocesses.
 fn processes_of(dir: &Path) -> Vec<(i32, String)> {
-    let dir = dir.to_str().unwrap().as_bytes();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        let demo = cmdline.split(|b| *b == 0).any(|a| a == b"demo");
-        if !zombie && !demo && cmdline.windows(dir.len()).any(|w| w == dir) {
-            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
-        }
-    }
-    found
+    common::processes_of(dir)
+        .into_iter()
+        .filter(|(_, c)| !c.split(' ').any(|a| a == "demo"))
+        .collect()
 }
 
 /// SIGKILL to whatever a failed test left, so that one failure does not leave six nodes.

@@ -348,9 +348,37 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
         }
     }
     assert!(seen.iter().any(|l| l.starts_with("[5/7]")), "{seen:?}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Step 6 has started its command, which waits for the hung node.
+    let installing = || {
+        common::processes_of(&d.dir)
+            .into_iter()
+            .filter(|(_, c)| c.contains(" mirror install "))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while installing().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "step 6 runs no `db mirror install`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     cli.kill().unwrap();
     cli.wait().unwrap();
+    // Its step's command (`db mirror install`, waiting up to 1.5 s for the hung node to answer)
+    // dies with it, not once that wait ends.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let steps = installing();
+        if steps.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed CLI's step runs on: {steps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     unsafe { libc::kill(dal_db2, libc::SIGCONT) };
     assert!(
         d.dir.join(".tandem/runs/chat-failover.json").exists(),

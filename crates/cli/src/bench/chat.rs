@@ -449,9 +449,11 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
     };
     for n in ["db", "chat"] {
         let log = std::fs::File::create(dir.join(format!("{n}.log")))?;
+        let mut node = std::process::Command::new(&exe);
+        // A bench killed leaves no node behind.
+        crate::runbook::dies_with_this_process(&mut node);
         nodes.children.push(
-            std::process::Command::new(&exe)
-                .args(["serve", "--node", n, "--topology"])
+            node.args(["serve", "--node", n, "--topology"])
                 .arg(&d.file)
                 .stdin(std::process::Stdio::null())
                 .stdout(log.try_clone()?)

@@ -310,3 +310,29 @@ impl Load {
         self.acked.lock().unwrap().clone()
     }
 }
+
+/// Live processes whose command line names `dir` (`--topology DIR/…`, a node's directory):
+/// pid and command line, arguments separated by spaces.
+pub fn processes_of(dir: &Path) -> Vec<(i32, String)> {
+    let dir = dir.to_str().unwrap().as_bytes();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && cmdline.windows(dir.len()).any(|w| w == dir) {
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    found
+}
