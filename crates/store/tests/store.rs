@@ -1032,7 +1032,8 @@ fn a_large_journal_is_pruned_in_slices_while_writes_go_on_and_the_position_survi
     let stats = pruned_past(&db, cut);
     writer.join().unwrap();
     let stats_after = db.journal_stats();
-    assert_eq!(stats.oldest_lsn, Some(cut + 1), "{stats:?}");
+    // Empty when the removal ended before the first of the new writes committed.
+    assert!(stats.oldest_lsn.is_none_or(|o| o == cut + 1), "{stats:?}");
     assert_eq!(stats_after.oldest_lsn, Some(cut + 1));
     assert_eq!(stats_after.records, 100);
     assert!(stats_after.bytes < bytes_before / 2, "{stats_after:?}");
