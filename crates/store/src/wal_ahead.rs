@@ -60,7 +60,7 @@ struct Shared {
     cv: Condvar,
     /// The end of the zeros written (a copy of `Front::zeroed`, read without the lock).
     zeroed: AtomicI64,
-    /// The end of the writer's furthest write.
+    /// The end of the writer's furthest write since the file was opened.
     written: AtomicI64,
     /// Set when the thread was asked to write more and has not yet looked.
     asked: AtomicBool,
@@ -82,7 +82,9 @@ impl Ahead {
     /// opened or the thread cannot start (the WAL then simply grows).
     pub(crate) fn start(path: &Path) -> Option<Ahead> {
         let file = std::fs::OpenOptions::new().write(true).open(path).ok()?;
-        // What the file holds is the writer's: zeros go past it.
+        // What the file holds already (a WAL left by a process that died: frames, and the zeros
+        // written after them) is allocated and the writer's: zeros go past it, and only once
+        // this writer's own writes come near its end — not a lead on top of it at every start.
         let size = file.metadata().ok()?.len() as i64;
         let shared = Arc::new(Shared {
             front: Mutex::new(Front {
@@ -91,7 +93,7 @@ impl Ahead {
             }),
             cv: Condvar::new(),
             zeroed: AtomicI64::new(size),
-            written: AtomicI64::new(size),
+            written: AtomicI64::new(0),
             asked: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -307,5 +309,31 @@ mod tests {
         f.read_exact_at(&mut got, 0).unwrap();
         assert!(got.iter().all(|b| *b == 7));
         drop(ahead);
+    }
+
+    #[test]
+    fn a_wal_left_by_a_dead_process_gets_no_lead_on_top_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all_at(&vec![5u8; 8 << 20], 0).unwrap();
+        let ahead = Ahead::start(&path).unwrap();
+        // A restarted WAL's writes, far from the file's end: nothing to zero.
+        put(&f, &ahead, 0, 100 * 1024, 9);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(f.metadata().unwrap().len(), 8 << 20);
+        assert_eq!(ahead.zeroed(), 8 << 20);
+        // Near the end, zeros go past it again.
+        put(&f, &ahead, 7 << 20, 1 << 20, 9);
+        wait_until("zeros past the old end", || ahead.zeroed() >= 16 << 20);
+        let mut got = vec![0u8; 4096];
+        f.read_exact_at(&mut got, (8 << 20) - 4096).unwrap();
+        assert!(got.iter().all(|b| *b == 9));
     }
 }
