@@ -252,6 +252,18 @@ mod tests {
         }
     }
 
+    fn empty_file(dir: &Path) -> (std::path::PathBuf, File) {
+        let path = dir.join("w");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (path, f)
+    }
+
     /// Writes `len` bytes of `byte` at `at` through `ahead`, as the writer's VFS does.
     fn put(f: &File, ahead: &Ahead, at: i64, len: usize, byte: u8) {
         let data = vec![byte; len];
@@ -263,14 +275,7 @@ mod tests {
     #[test]
     fn zeros_go_ahead_of_the_writer_and_never_over_what_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = empty_file(dir.path());
         let ahead = Ahead::start(&path).unwrap();
         // An empty file gets the least lead at once.
         wait_until("the first zeros", || ahead.zeroed() >= LEAD_MIN);
@@ -314,14 +319,7 @@ mod tests {
     #[test]
     fn a_wal_left_by_a_dead_process_gets_no_lead_on_top_of_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, f) = empty_file(dir.path());
         f.write_all_at(&vec![5u8; 8 << 20], 0).unwrap();
         let ahead = Ahead::start(&path).unwrap();
         // A restarted WAL's writes, far from the file's end: nothing to zero.
