@@ -114,16 +114,12 @@ impl Ahead {
     pub(crate) fn write<R>(&self, offset: i64, end: i64, w: impl FnOnce() -> R) -> R {
         debug_assert!(offset <= end);
         let s = &self.shared;
-        let r = if end <= s.zeroed.load(Ordering::Acquire) {
-            let r = w();
-            s.written.fetch_max(end, Ordering::Relaxed);
-            r
-        } else {
-            let _front = s.front.lock().expect("wal-ahead lock");
-            let r = w();
-            s.written.fetch_max(end, Ordering::Relaxed);
-            r
-        };
+        // Past the zeros, under the lock: no zeros are being written meanwhile.
+        let front = (end > s.zeroed.load(Ordering::Acquire))
+            .then(|| s.front.lock().expect("wal-ahead lock"));
+        let r = w();
+        s.written.fetch_max(end, Ordering::Relaxed);
+        drop(front);
         if target(s.written.load(Ordering::Relaxed)) > s.zeroed.load(Ordering::Acquire) {
             self.ask();
         }

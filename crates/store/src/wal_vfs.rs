@@ -352,13 +352,12 @@ unsafe extern "C" fn file_control(
 ) -> c_int {
     // SQLITE_NOTFOUND: "no such control", which SQLite expects from a VFS without one.
     unsafe {
-        let rc = flush(file);
-        if rc != ffi::SQLITE_OK {
-            return rc;
-        }
-        let (i, m) = inner(file);
-        m.xFileControl
-            .map_or(ffi::SQLITE_NOTFOUND, |c| c(i, op, arg))
+        flushed(file, |i, m| {
+            Some(
+                m.xFileControl
+                    .map_or(ffi::SQLITE_NOTFOUND, |c| c(i, op, arg)),
+            )
+        })
     }
 }
 

@@ -766,21 +766,19 @@ impl Writer {
 
     /// Runs `f` in a transaction; on error nothing it did stays, in SQLite or in memory.
     pub(crate) fn transact<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let v = self.committed(f)?;
+        self.publish();
+        self.wait_durable()?;
+        Ok(v)
+    }
+
+    /// `f` in one SQLite transaction, committed (not waited durable, not published); on an
+    /// error rolled back, the writer's state as before.
+    fn committed<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
         let saved = self.state.clone();
         self.exec("BEGIN IMMEDIATE")?;
-        match f(self) {
-            Ok(v) => match self.exec("COMMIT") {
-                Ok(()) => {
-                    self.publish();
-                    self.wait_durable()?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    let _ = self.exec("ROLLBACK");
-                    self.state = saved;
-                    Err(e)
-                }
-            },
+        match f(self).and_then(|v| self.exec("COMMIT").map(|()| v)) {
+            Ok(v) => Ok(v),
             Err(e) => {
                 let _ = self.exec("ROLLBACK");
                 self.state = saved;
@@ -911,22 +909,11 @@ impl Writer {
         let Some(upto) = min else {
             return Ok(journal::Removed::default());
         };
-        self.exec("BEGIN IMMEDIATE")?;
-        // The newest segment may go: the identity row keeps the position.
-        let removed = self
-            .persist_position()
-            .and_then(|()| journal::prune_some(&self.conn, upto as Lsn, segments))
-            .and_then(|removed| {
-                self.exec("COMMIT")?;
-                Ok(removed)
-            });
-        let removed = match removed {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.exec("ROLLBACK");
-                return Err(e);
-            }
-        };
+        let removed = self.committed(|w| {
+            // The newest segment may go: the identity row keeps the position.
+            w.persist_position()?;
+            journal::prune_some(&w.conn, upto as Lsn, segments)
+        })?;
         if removed.segments > 0 {
             self.state.journal_bytes = self.state.journal_bytes.saturating_sub(removed.bytes);
             self.state.journal_oldest = journal::oldest_lsn(&self.conn)?;
