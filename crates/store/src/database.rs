@@ -651,7 +651,7 @@ impl Database {
         Self::start(dir, conn, lock, options)
     }
 
-    fn start(dir: &Path, conn: Connection, lock: File, options: Options) -> Result<Database> {
+    fn start(dir: &Path, mut conn: Connection, lock: File, options: Options) -> Result<Database> {
         upgrade_format(&conn)?;
         let state = read_state(&conn)?;
         let (committed, _) = watch::channel(state.lsn);
@@ -683,7 +683,11 @@ impl Database {
         ack.wait_durable(state.lsn)?;
         // Checkpoints run on their own connection, off the writer's path.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = crate::checkpoint::Checkpointer::start(dir.join(DB_FILE));
+        let checkpointer = crate::checkpoint::Checkpointer::start(
+            dir.join(DB_FILE),
+            crate::checkpoint::CHECKPOINT_INTERVAL,
+        );
+        checkpointer.watch(&mut conn)?;
         let writer = Writer::new(
             conn,
             state,

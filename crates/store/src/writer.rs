@@ -478,12 +478,7 @@ impl Writer {
         self.publish();
         self.count(1, records, 0);
         self.commits += 1;
-        if self
-            .commits
-            .is_multiple_of(crate::checkpoint::CHECKPOINT_COMMITS)
-        {
-            self.checkpointer.nudge();
-        }
+        self.checkpointer.committed();
         if self.checkpointer.take_passed() {
             // The tail since the bulk pass; with no writer beside it, it backfills every frame.
             let _ = self
