@@ -478,13 +478,7 @@ impl Writer {
         self.publish();
         self.count(1, records, 0);
         self.commits += 1;
-        self.checkpointer.committed();
-        if self.checkpointer.take_passed() {
-            // The tail since the bulk pass; with no writer beside it, it backfills every frame.
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
+        self.checkpoint_if_due();
         let replies = kept
             .into_iter()
             .map(|k| (Completion::Job(k.job.answer, k.value), k.lsn))
@@ -494,6 +488,18 @@ impl Writer {
             replies,
             local_only: false,
         });
+    }
+
+    /// After each commit, a primary's or a copy's: a checkpoint asked for once the WAL is long,
+    /// and the tail of one that passed since, which the next commit then restarts the WAL after.
+    fn checkpoint_if_due(&mut self) {
+        self.checkpointer.committed();
+        if self.checkpointer.take_passed() {
+            // The tail since the bulk pass; with no writer beside it, it backfills every frame.
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
     }
 
     fn fail_batch(&mut self, kept: Vec<Kept>, e: StoreError, schema_changed: bool) {
@@ -637,6 +643,7 @@ impl Writer {
                 self.state.journal_bytes += body_len;
                 self.publish();
                 self.count(1, applied, 0);
+                self.checkpoint_if_due();
                 match durability {
                     // A copy says it has records only once they are durable.
                     Durability::Wait => self.wait_durable()?,
