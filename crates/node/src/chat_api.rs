@@ -27,6 +27,8 @@ const TOKEN_CACHE_TTL_MS: u64 = 30_000;
 const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Rooms one WebSocket may follow.
 const SESSION_ROOMS_MAX: usize = 256;
+/// How often a live session reads the feed again while it cannot (a failover under way).
+const FEED_RETRY_MS: u64 = 200;
 
 /// Chat-node state: the token cache and the broadcast of the chat database's feed.
 pub(crate) struct ChatRole {
@@ -454,13 +456,17 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
-    if let Err(e) = catch_up(&node, &rooms, &mut last, &mut socket).await {
-        let _ = socket
-            .send(Message::Text(
-                json!({ "type": "error", "message": e }).to_string().into(),
-            ))
-            .await;
-        return;
+    match catch_up(&node, &rooms, &mut last, &mut socket).await {
+        Ok(()) => {}
+        Err(Stopped::Socket) => return,
+        Err(Stopped::Feed(e)) => {
+            let _ = socket
+                .send(Message::Text(
+                    json!({ "type": "error", "message": e }).to_string().into(),
+                ))
+                .await;
+            return;
+        }
     }
     let _ = socket
         .send(Message::Text(
@@ -473,7 +479,7 @@ async fn session(
         tokio::select! {
             got = rx.recv() => match got {
                 Ok(crate::chat_feed::FeedItem::Resumed) => {
-                    if catch_up(&node, &rooms, &mut last, &mut socket).await.is_err() {
+                    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
                         return;
                     }
                 }
@@ -498,7 +504,7 @@ async fn session(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if catch_up(&node, &rooms, &mut last, &mut socket).await.is_err() {
+                    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
                         return;
                     }
                 }
@@ -512,16 +518,27 @@ async fn session(
     }
 }
 
+/// Why a catch-up stopped.
+enum Stopped {
+    /// The client is gone.
+    Socket,
+    /// The feed could not be read (its database unreachable, or failing over).
+    Feed(String),
+}
+
+/// Sends every event of the session's rooms after `last` read from the feed, moving `last`.
 async fn catch_up(
     node: &Shared,
     rooms: &HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
-) -> Result<(), String> {
+) -> Result<(), Stopped> {
     loop {
-        let v = read_feed(node, *last, 0).await.map_err(|e| e.to_string())?;
-        let events: Vec<Event> =
-            serde_json::from_value(v["events"].clone()).map_err(|e| e.to_string())?;
+        let v = read_feed(node, *last, 0)
+            .await
+            .map_err(|e| Stopped::Feed(e.to_string()))?;
+        let events: Vec<Event> = serde_json::from_value(v["events"].clone())
+            .map_err(|e| Stopped::Feed(e.to_string()))?;
         if events.is_empty() {
             return Ok(());
         }
@@ -529,8 +546,32 @@ async fn catch_up(
             *last = e.id;
             if rooms.contains(&e.room) {
                 let m = Message::Text(json!({ "type": "event", "event": e }).to_string().into());
-                socket.send(m).await.map_err(|e| e.to_string())?;
+                socket.send(m).await.map_err(|_| Stopped::Socket)?;
             }
+        }
+    }
+}
+
+/// A catch-up of a live session (after the feed resumed, or after it fell behind): a feed that
+/// cannot be read — its database failing over, which is when the feed resumes — is read again
+/// every `FEED_RETRY_MS` for as long as the client stays. False once the client is gone.
+async fn catch_up_again(
+    node: &Shared,
+    rooms: &HashSet<String>,
+    last: &mut i64,
+    socket: &mut WebSocket,
+) -> bool {
+    loop {
+        match catch_up(node, rooms, last, socket).await {
+            Ok(()) => return true,
+            Err(Stopped::Socket) => return false,
+            Err(Stopped::Feed(_)) => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(FEED_RETRY_MS)) => {}
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                    Some(Ok(_)) => {}
+                },
+            },
         }
     }
 }
