@@ -510,12 +510,16 @@ async fn session(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+            msg = socket.recv() => if client_left(msg) {
+                return;
             },
         }
     }
+}
+
+/// Whether what the client sent ends the session: a close, an error, or the end of the stream.
+fn client_left(msg: Option<Result<Message, axum::Error>>) -> bool {
+    matches!(msg, Some(Ok(Message::Close(_))) | None | Some(Err(_)))
 }
 
 /// Why a catch-up stopped.
@@ -567,9 +571,8 @@ async fn catch_up_again(
             Err(Stopped::Socket) => return false,
             Err(Stopped::Feed(_)) => tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(FEED_RETRY_MS)) => {}
-                msg = socket.recv() => match msg {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
-                    Some(Ok(_)) => {}
+                msg = socket.recv() => if client_left(msg) {
+                    return false;
                 },
             },
         }

@@ -7,8 +7,9 @@
 //! after each bulk pass the writer, between two groups, runs a short checkpoint of the tail;
 //! with no writer beside it, it completes, and the next commit starts the WAL over.
 //!
-//! When: as soon as the WAL holds `CHECKPOINT_FRAMES` frames after one of the writer's commits
-//! (SQLite's WAL hook tells their number), and at least every `CHECKPOINT_INTERVAL_MS`. A short
+//! When: as soon as the WAL holds `CHECKPOINT_FRAMES` frames after a commit of the writer — a
+//! primary's group or a copy's applied batch (SQLite's WAL hook tells their number) — and at
+//! least every `CHECKPOINT_INTERVAL`. A short
 //! WAL, started over often, is overwritten in place in pages the OS already caches: bench
 //! store, 256 writers, 140–182k commits/s with a checkpoint asked every 4096 commits (the WAL
 //! then grew to tens of MB each second, every page of it new to the page cache) and 180–246k
@@ -74,7 +75,7 @@ impl Checkpointer {
 
     /// After each of the writer's commits: asks for a checkpoint, once per lap of the WAL, when
     /// the WAL is long.
-    pub(crate) fn committed(&mut self) {
+    pub(crate) fn after_commit(&mut self) {
         let long = self.frames.load(Ordering::Relaxed) >= CHECKPOINT_FRAMES;
         if long && !self.asked {
             self.nudge();
@@ -156,7 +157,7 @@ mod tests {
         };
         while frames(&c) < CHECKPOINT_FRAMES {
             insert(&conn);
-            c.committed();
+            c.after_commit();
             assert!(!c.take_passed(), "a checkpoint ran below the bound");
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -168,7 +169,7 @@ mod tests {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .unwrap();
         insert(&conn);
-        c.committed();
+        c.after_commit();
         assert!(
             frames(&c) < 10,
             "the WAL did not start over: {} frames",

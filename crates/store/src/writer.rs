@@ -493,7 +493,7 @@ impl Writer {
     /// After each commit, a primary's or a copy's: a checkpoint asked for once the WAL is long,
     /// and the tail of one that passed since, which the next commit then restarts the WAL after.
     fn checkpoint_if_due(&mut self) {
-        self.checkpointer.committed();
+        self.checkpointer.after_commit();
         if self.checkpointer.take_passed() {
             // The tail since the bulk pass; with no writer beside it, it backfills every frame.
             let _ = self
