@@ -7,7 +7,7 @@ use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_uses_backup, read_feed};
 use crate::error::ApiError;
 use crate::server::{NodeState, Shared};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -456,17 +456,8 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
-    match catch_up(&node, &rooms, &mut last, &mut socket).await {
-        Ok(()) => {}
-        Err(Stopped::Socket) => return,
-        Err(Stopped::Feed(e)) => {
-            let _ = socket
-                .send(Message::Text(
-                    json!({ "type": "error", "message": e }).to_string().into(),
-                ))
-                .await;
-            return;
-        }
+    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
+        return;
     }
     let _ = socket
         .send(Message::Text(
@@ -508,7 +499,15 @@ async fn session(
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The node is stopping: the client is told so, and reconnects elsewhere.
+                    let away = CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "the node is stopping".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(away))).await;
+                    return;
+                }
             },
             msg = socket.recv() => if client_left(msg) {
                 return;
@@ -556,9 +555,10 @@ async fn catch_up(
     }
 }
 
-/// A catch-up of a live session (after the feed resumed, or after it fell behind): a feed that
-/// cannot be read — its database failing over, which is when the feed resumes — is read again
-/// every `FEED_RETRY_MS` for as long as the client stays. False once the client is gone.
+/// A session's catch-up (its backlog, then again after the feed resumed or after it fell
+/// behind): a feed that cannot be read — its database failing over, which is when the feed
+/// resumes, or killed just as the session opens — is read again every `FEED_RETRY_MS` for as
+/// long as the client stays. False once the client is gone.
 async fn catch_up_again(
     node: &Shared,
     rooms: &HashSet<String>,
@@ -569,12 +569,17 @@ async fn catch_up_again(
         match catch_up(node, rooms, last, socket).await {
             Ok(()) => return true,
             Err(Stopped::Socket) => return false,
-            Err(Stopped::Feed(_)) => tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(FEED_RETRY_MS)) => {}
-                msg = socket.recv() => if client_left(msg) {
-                    return false;
-                },
-            },
+            Err(Stopped::Feed(e)) => {
+                tracing::debug!(
+                    "a live session's feed cannot be read ({e}); again in {FEED_RETRY_MS} ms"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(FEED_RETRY_MS)) => {}
+                    msg = socket.recv() => if client_left(msg) {
+                        return false;
+                    },
+                }
+            }
         }
     }
 }
