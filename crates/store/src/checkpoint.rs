@@ -7,6 +7,12 @@
 //! after each bulk pass the writer, between two groups, runs a short checkpoint of the tail;
 //! with no writer beside it, it completes, and the next commit starts the WAL over.
 //!
+//! SQLite fsyncs the database file only when a checkpoint completes — that is, in the writer's
+//! tail, which then also wrote every page of the bulk pass (bench store, 256 writers, a
+//! throwaway trace: tails of 4.8 ms on average, 10 % of the writer's time). So the checkpointer
+//! fdatasyncs the database file itself after each pass, off the writer's path, and the tail's
+//! fsync finds only its own pages to write (1.6 ms, 4 %).
+//!
 //! When: as soon as the WAL holds `CHECKPOINT_FRAMES` frames after a commit of the writer — a
 //! primary's group or a copy's applied batch (SQLite's WAL hook tells their number) — and at
 //! least every `CHECKPOINT_INTERVAL`. A short
@@ -120,8 +126,15 @@ fn run(db_file: PathBuf, rx: Receiver<()>, passed: Arc<AtomicBool>, interval: Du
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     );
+    // The pass's pages made durable here (see the module documentation). An error is not
+    // reported from here: Linux reports a writeback error to every open description of the
+    // file, so the fsync that completes the checkpoint, SQLite's, sees it too.
+    let db = std::fs::File::open(&db_file).ok();
     while let Ok(()) | Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
         let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Some(f) = &db {
+            let _ = f.sync_data();
+        }
         passed.store(true, Ordering::Release);
     }
 }
