@@ -10,8 +10,8 @@
 //! SQLite fsyncs the database file only when a checkpoint completes — that is, in the writer's
 //! tail, which then also wrote every page of the bulk pass (bench store, 256 writers, a
 //! throwaway trace: tails of 4.8 ms on average, 10 % of the writer's time). So the checkpointer
-//! fdatasyncs the database file itself after each pass, off the writer's path, and the tail's
-//! fsync finds only its own pages to write (1.6 ms, 4 %).
+//! fdatasyncs the database file itself after each pass that copied pages, off the writer's
+//! path, and the tail's fsync finds only its own pages to write (1.6 ms, 4 %).
 //!
 //! When: as soon as the WAL holds `CHECKPOINT_FRAMES` frames after a commit of the writer — a
 //! primary's group or a copy's applied batch (SQLite's WAL hook tells their number) — and at
