@@ -456,7 +456,7 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
-    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
+    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
         return;
     }
     let _ = socket
@@ -470,7 +470,7 @@ async fn session(
         tokio::select! {
             got = rx.recv() => match got {
                 Ok(crate::chat_feed::FeedItem::Resumed) => {
-                    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
+                    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
                         return;
                     }
                 }
@@ -495,7 +495,7 @@ async fn session(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !catch_up_again(&node, &rooms, &mut last, &mut socket).await {
+                    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
                         return;
                     }
                 }
@@ -529,8 +529,9 @@ enum Stopped {
     Feed(String),
 }
 
-/// Sends every event of the session's rooms after `last` read from the feed, moving `last`.
-async fn catch_up(
+/// Sends every event of the session's rooms after `last` read from the feed, moving `last`:
+/// one try, which the first failure stops.
+async fn catch_up_once(
     node: &Shared,
     rooms: &HashSet<String>,
     last: &mut i64,
@@ -559,14 +560,14 @@ async fn catch_up(
 /// behind): a feed that cannot be read — its database failing over, which is when the feed
 /// resumes, or killed just as the session opens — is read again every `FEED_RETRY_MS` for as
 /// long as the client stays. False once the client is gone.
-async fn catch_up_again(
+async fn catch_up(
     node: &Shared,
     rooms: &HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
 ) -> bool {
     loop {
-        match catch_up(node, rooms, last, socket).await {
+        match catch_up_once(node, rooms, last, socket).await {
             Ok(()) => return true,
             Err(Stopped::Socket) => return false,
             Err(Stopped::Feed(e)) => {

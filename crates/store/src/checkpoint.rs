@@ -15,11 +15,11 @@
 //!
 //! When: as soon as the WAL holds `CHECKPOINT_FRAMES` frames after a commit of the writer — a
 //! primary's group or a copy's applied batch (SQLite's WAL hook tells their number) — and at
-//! least every `CHECKPOINT_INTERVAL`. A short
-//! WAL, started over often, is overwritten in place in pages the OS already caches: bench
-//! store, 256 writers, 140–182k commits/s with a checkpoint asked every 4096 commits (the WAL
-//! then grew to tens of MB each second, every page of it new to the page cache) and 180–246k
-//! with one asked at 1000 frames (README, store performance).
+//! least every `CHECKPOINT_INTERVAL`. A short WAL, started over often, is overwritten in place
+//! in pages the OS already caches: bench store, 256 writers, 140–182k commits/s with a
+//! checkpoint asked every 4096 commits (the WAL then grew to tens of MB each second, every
+//! page of it new to the page cache) and 180–246k with one asked at 1000 frames (README, store
+//! performance).
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;

@@ -779,14 +779,12 @@ impl Writer {
     fn committed<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
         let saved = self.state.clone();
         self.exec("BEGIN IMMEDIATE")?;
-        match f(self).and_then(|v| self.exec("COMMIT").map(|()| v)) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let _ = self.exec("ROLLBACK");
-                self.state = saved;
-                Err(e)
-            }
+        let done = f(self).and_then(|v| self.exec("COMMIT").map(|()| v));
+        if done.is_err() {
+            let _ = self.exec("ROLLBACK");
+            self.state = saved;
         }
+        done
     }
 
     /// Makes a non-primary copy the primary of a new epoch.
