@@ -50,6 +50,26 @@ fn bench_leaves_backups_that_verify_restore_and_inspect() {
     let lsn = report["lsn"].as_u64().unwrap();
     let chain = report["chain"].as_str().unwrap().to_string();
     assert!(lsn > 2000);
+    // Where each phase's commits spent their time: every stage counted, and together no more
+    // than the round trip the writers measured (the stages are parts of it, each counted once).
+    for phase in report["store"].as_array().unwrap() {
+        let st = &phase["stages"];
+        let us = |k: &str| st[k].as_f64().unwrap();
+        let stages = [
+            "queued_us",
+            "group_us",
+            "to_syncer_us",
+            "fsync_us",
+            "answer_us",
+        ];
+        assert!(us("group_us") > 0.0 && us("fsync_us") > 0.0, "{phase}");
+        let sum: f64 = stages.iter().map(|k| us(k)).sum();
+        let mean = phase["mean_us"].as_f64().unwrap();
+        assert!(
+            sum <= mean + 2.0,
+            "stages {sum} µs of a {mean} µs commit: {phase}"
+        );
+    }
 
     let source = ok_json(&["db", "inspect", s(&d.join("db")), "--json"]);
     assert_eq!(source["lsn"].as_u64(), Some(lsn));

@@ -36,6 +36,8 @@ pub(crate) struct Pending {
     /// Answered once durable here, whatever the gate says: the writer's own control jobs
     /// (consumer cursors, roles), which hold no caller's data.
     pub(crate) local_only: bool,
+    /// When the batch's SQLite commit returned (`stages`).
+    pub(crate) committed: Instant,
 }
 
 enum Msg {
@@ -324,6 +326,7 @@ impl AckStage {
             lsn,
             replies: vec![(reply, lsn)],
             local_only: true,
+            committed: Instant::now(),
         });
         rx.recv()
             .map_err(|_| StoreError::Closed("the acknowledgment thread stopped".into()))?
@@ -453,6 +456,7 @@ fn run(shared: &Shared) {
                 }
             }
         }
+        let taken = Instant::now();
         let synced = if batch.is_empty() {
             Ok(())
         } else {
@@ -470,11 +474,18 @@ fn run(shared: &Shared) {
                 }),
             }
         };
+        let synced_at = Instant::now();
+        let stages = shared.gate.published.get().map(|p| &p.counters.stages);
         let mut answers: Vec<(Completion, Result<Lsn>)> = Vec::new();
         {
             let mut a = shared.gate.answering.lock().expect("answering lock");
             match synced {
                 Ok(()) => {
+                    for p in batch.iter().filter(|p| !p.local_only) {
+                        if let Some(s) = stages {
+                            s.synced(p.replies.len() as u64, p.committed, taken, synced_at);
+                        }
+                    }
                     if let Some(last) = batch.iter().map(|p| p.lsn).max() {
                         a.local = a.local.max(last);
                     }
@@ -509,7 +520,11 @@ fn run(shared: &Shared) {
             answers.extend(shared.gate.release(&mut a));
         }
         for (reply, result) in answers {
+            let counted = matches!(reply, Completion::Job(..)) && result.is_ok();
             reply.give(result);
+            if let (true, Some(s)) = (counted, stages) {
+                s.answered(synced_at, Instant::now());
+            }
         }
     }
     let held: Vec<_> = shared

@@ -197,6 +197,8 @@ pub struct WriterCounters {
     pub records: std::sync::atomic::AtomicU64,
     /// Write transactions refused or rolled back.
     pub aborted: std::sync::atomic::AtomicU64,
+    /// Where the write transactions' time went.
+    pub(crate) stages: crate::stages::StageCounters,
 }
 
 /// A snapshot of `WriterCounters`.
@@ -205,6 +207,7 @@ pub struct WriterStats {
     pub sqlite_commits: u64,
     pub records: u64,
     pub aborted: u64,
+    pub stages: crate::stages::CommitStages,
 }
 
 /// What the writer publishes after each commit, for readers of the handle.
@@ -736,6 +739,7 @@ impl Database {
             sqlite_commits: get(&c.sqlite_commits),
             records: get(&c.records),
             aborted: get(&c.aborted),
+            stages: c.stages.snapshot(),
         }
     }
 
@@ -779,6 +783,7 @@ impl Database {
     {
         let (reply, rx) = oneshot::channel::<Result<Committed<R>, E>>();
         let job = WriteJob {
+            submitted: std::time::Instant::now(),
             run: Box::new(move |tx: &mut Tx<'_>| match f(tx) {
                 Ok(v) => Ok(Box::new(v) as Box<dyn std::any::Any + Send>),
                 Err(e) => Err(Box::new(e) as Box<dyn std::any::Any + Send>),

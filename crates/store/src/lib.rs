@@ -18,6 +18,7 @@ mod record;
 pub mod replication;
 mod restore;
 mod schema;
+mod stages;
 mod wal_ahead;
 mod wal_vfs;
 mod writer;
@@ -43,4 +44,5 @@ pub use restore::{
 pub use rusqlite;
 pub use rusqlite::types::Value;
 pub use schema::{Derived, Migration};
+pub use stages::{CommitStages, StageMeans};
 pub use writer::{Applied, Durability, StopAt, Tx};

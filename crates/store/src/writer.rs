@@ -57,6 +57,8 @@ pub(crate) enum Answer {
 pub(crate) type RunFn = Box<dyn FnMut(&mut Tx<'_>) -> std::result::Result<Value_, Value_> + Send>;
 
 pub(crate) struct WriteJob {
+    /// When the caller handed it over (`stages`).
+    pub(crate) submitted: std::time::Instant,
     pub(crate) run: RunFn,
     pub(crate) answer: Box<dyn FnOnce(Answer) + Send>,
 }
@@ -329,6 +331,7 @@ impl Writer {
     /// One SQLite transaction for a batch of write jobs, each with its own LSN; one fsync for
     /// all of them (in the acknowledgment stage); then every caller is answered.
     fn commit_batch(&mut self, batch: Vec<WriteJob>) {
+        let began = std::time::Instant::now();
         if let Some(failure) = self.ack.failure() {
             return refuse_all(batch, &StoreError::Closed(failure));
         }
@@ -466,6 +469,12 @@ impl Writer {
         if let Err(e) = self.exec("COMMIT") {
             return self.fail_batch(kept, e, schema_changed);
         }
+        let committed = std::time::Instant::now();
+        self.published.counters.stages.grouped(
+            kept.iter().map(|k| k.job.submitted),
+            began,
+            committed,
+        );
         let records = segment.len() as u64;
         // Kept for pulls before the LSN is published: a puller that sees it finds them.
         self.published.recent.push(self.state.lsn + 1, segment);
@@ -487,6 +496,7 @@ impl Writer {
             lsn,
             replies,
             local_only: false,
+            committed,
         });
     }
 
@@ -652,6 +662,7 @@ impl Writer {
                         lsn: self.state.lsn,
                         replies: Vec::new(),
                         local_only: true,
+                        committed: std::time::Instant::now(),
                     }),
                 }
                 Ok(self.applied(applied, stopped))

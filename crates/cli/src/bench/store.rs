@@ -2,7 +2,8 @@
 //! (a) raw rusqlite batched inserts — the machine's limit with the same durability (WAL,
 //!     synchronous=FULL) and the store's group size, only the inserts and commits timed;
 //! (b) store commits/s with 1, 16 and 256 concurrent writers, one row per commit, the rows
-//!     made before the clock starts as the baseline's are (`Rows`);
+//!     made before the clock starts as the baseline's are (`Rows`), and where a commit's time
+//!     went (the store's `stages`, and the share of the commits over 2 ms);
 //! (c) log backup and full backup MB/s; (d) restore apply records/s.
 //! With `--dir DIR` the database stays in `DIR/db` and its backups in `DIR/backups`: one full
 //! backup, three log backups taken while the 16 writers wrote (`Midway`: however short the
@@ -157,6 +158,14 @@ struct Phase {
     latency: Latency,
     /// Average transactions per SQLite commit (one fsync each).
     group_commit_avg: f64,
+    /// Mean of a commit's round trip, as the writers saw it.
+    mean_us: f64,
+    /// Where it went, by the store's count (`WriterStats::stages`); the rest of the mean is
+    /// the caller's own wake-up after its answer.
+    stages: tandem_store::StageMeans,
+    /// Commits that took over 2 ms: their share of the commits and of all commit time.
+    over_2ms_commits: f64,
+    over_2ms_time: f64,
 }
 
 #[derive(Serialize)]
@@ -270,11 +279,21 @@ fn phase(
     let seconds = started.elapsed().as_secs_f64();
     next_id.store(end, Ordering::SeqCst);
     let after = db.writer_stats();
+    let total_us: f64 = samples.iter().map(|&us| us as f64).sum();
+    let (over_n, over_us) = samples
+        .iter()
+        .filter(|&&us| us > 2_000)
+        .fold((0u64, 0f64), |(n, t), &us| (n + 1, t + us as f64));
+    let n = samples.len().max(1) as f64;
     Ok(Phase {
         writers,
         commits,
         seconds,
         per_second: commits as f64 / seconds,
+        mean_us: total_us / n,
+        stages: after.stages.since(&before.stages).means(),
+        over_2ms_commits: over_n as f64 / n,
+        over_2ms_time: over_us / total_us.max(1.0),
         latency: Latency::of(samples),
         group_commit_avg: (after.records - before.records) as f64
             / (after.sqlite_commits - before.sqlite_commits).max(1) as f64,
@@ -520,6 +539,24 @@ fn human(r: &Report) -> String {
             p.group_commit_avg
         ));
     }
+    let p = &r.store[2];
+    let st = &p.stages;
+    let rest =
+        p.mean_us - (st.queued_us + st.group_us + st.to_syncer_us + st.fsync_us + st.answer_us);
+    s.push_str(&format!(
+        "  a commit of the 256 writers, {:.0} µs on average: waiting for its group {:.0}, its group \
+         {:.0}, waiting for a syncer {:.0}, the fsync {:.0}, the answers {:.0}, the caller's \
+         wake-up {:.0}\n  commits over 2 ms: {:.1} % of them, {:.0} % of all commit time\n",
+        p.mean_us,
+        st.queued_us,
+        st.group_us,
+        st.to_syncer_us,
+        st.fsync_us,
+        st.answer_us,
+        rest.max(0.0),
+        p.over_2ms_commits * 100.0,
+        p.over_2ms_time * 100.0
+    ));
     s.push_str(&format!(
         "{:<34}{:>14.0} %           (target ≥ 50 %)\n",
         "store 256 writers / raw",
