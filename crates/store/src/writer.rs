@@ -487,7 +487,6 @@ impl Writer {
         self.publish();
         self.count(1, records, 0);
         self.commits += 1;
-        self.checkpoint_if_due();
         let replies = kept
             .into_iter()
             .map(|k| (Completion::Job(k.job.answer, k.value), k.lsn))
@@ -498,6 +497,9 @@ impl Writer {
             local_only: false,
             committed,
         });
+        // After the group is handed over: a checkpoint's tail (a millisecond or more, with
+        // SQLite's fsyncs) delays the next group, not the fsync of this one.
+        self.checkpoint_if_due();
     }
 
     /// After each commit, a primary's or a copy's: a checkpoint asked for once the WAL is long,
