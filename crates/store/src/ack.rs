@@ -476,16 +476,16 @@ fn run(shared: &Shared) {
         };
         let synced_at = Instant::now();
         let stages = shared.gate.published.get().map(|p| &p.counters.stages);
+        if let (Ok(()), Some(s)) = (&synced, stages) {
+            for p in batch.iter().filter(|p| !p.local_only) {
+                s.synced(p.replies.len() as u64, p.committed, taken, synced_at);
+            }
+        }
         let mut answers: Vec<(Completion, Result<Lsn>)> = Vec::new();
         {
             let mut a = shared.gate.answering.lock().expect("answering lock");
             match synced {
                 Ok(()) => {
-                    for p in batch.iter().filter(|p| !p.local_only) {
-                        if let Some(s) = stages {
-                            s.synced(p.replies.len() as u64, p.committed, taken, synced_at);
-                        }
-                    }
                     if let Some(last) = batch.iter().map(|p| p.lsn).max() {
                         a.local = a.local.max(last);
                     }
@@ -520,11 +520,15 @@ fn run(shared: &Shared) {
             answers.extend(shared.gate.release(&mut a));
         }
         for (reply, result) in answers {
-            let counted = matches!(reply, Completion::Job(..)) && result.is_ok();
-            reply.give(result);
-            if let (true, Some(s)) = (counted, stages) {
+            // Counted as the answer goes: after it, this thread may be descheduled while the
+            // caller already runs.
+            if let (true, Some(s)) = (
+                matches!(reply, Completion::Job(..)) && result.is_ok(),
+                stages,
+            ) {
                 s.answered(synced_at, Instant::now());
             }
+            reply.give(result);
         }
     }
     let held: Vec<_> = shared

@@ -541,8 +541,7 @@ fn human(r: &Report) -> String {
     }
     let p = &r.store[2];
     let st = &p.stages;
-    let rest =
-        p.mean_us - (st.queued_us + st.group_us + st.to_syncer_us + st.fsync_us + st.answer_us);
+    let rest = p.mean_us - st.total_us();
     s.push_str(&format!(
         "  a commit of the 256 writers, {:.0} µs on average: waiting for its group {:.0}, its group \
          {:.0}, waiting for a syncer {:.0}, the fsync {:.0}, the answers {:.0}, the caller's \
