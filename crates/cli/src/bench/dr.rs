@@ -177,18 +177,7 @@ pub fn run(a: DrArgs, out: &Output) -> anyhow::Result<()> {
         crate::demo::stopped(&d, ended, tmp, &dir)?;
     stages.say("every node stopped");
     let failed = site_loss.failed();
-    let kept = match tmp {
-        None => true,
-        Some(t) if failed => {
-            let _ = t.keep();
-            true
-        }
-        Some(t) => {
-            t.close()
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-            false
-        }
-    };
+    let kept = crate::demo::kept(tmp, failed, &dir)?;
     let report = Report {
         messages: a.messages,
         mgc_bytes,

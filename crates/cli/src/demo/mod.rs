@@ -286,18 +286,7 @@ pub fn run(a: DemoArgs, out: &Output) -> anyhow::Result<()> {
     stages.say("every node stopped");
     let failed = report.lost > 0 || report.duplicated > 0 || report.site_loss.failed();
     // A run that lost a post keeps its deployment for inspection.
-    report.kept = match tmp {
-        None => true,
-        Some(t) if failed => {
-            let _ = t.keep();
-            true
-        }
-        Some(t) => {
-            t.close()
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-            false
-        }
-    };
+    report.kept = kept(tmp, failed, &dir)?;
     report.seconds = clock.s();
     out.emit(&report, || human(&report))?;
     if failed {
@@ -375,20 +364,13 @@ async fn scenario(
         .map(|k| vec![apis[k % apis.len()].clone()])
         .collect();
     let workload = Workload::start(ROOM, "c", clients, clock);
-    let warm_from = Instant::now();
-    until(
-        "the first post acknowledged",
-        FIRST_POST_TIMEOUT_MS,
-        async || match workload.progress.acked.load(Ordering::SeqCst) {
-            0 => Err(format!(
-                "{} attempts failed",
-                workload.progress.failed.load(Ordering::SeqCst)
-            )),
-            n => Ok(n),
-        },
-    )
-    .await?;
-    tokio::time::sleep(ms(WARMUP_MS).saturating_sub(warm_from.elapsed())).await;
+    workload
+        .warm_up(
+            "the first post acknowledged",
+            FIRST_POST_TIMEOUT_MS,
+            WARMUP_MS,
+        )
+        .await?;
     let (epoch_now, _) = until(
         &format!("{DATABASE_MGC} on {victim} still synchronized with {mirror} under load"),
         SYNCHRONIZED_TIMEOUT_MS,
@@ -588,6 +570,27 @@ pub(crate) fn stopped<T>(
             bail!("{e}; every node stopped{logs}");
         }
     }
+}
+
+/// Whether the deployment at `dir` is kept after a run: one given by the user always is; a
+/// temporary one only when the run `failed` (for inspection), else it is removed.
+pub(crate) fn kept(
+    tmp: Option<tempfile::TempDir>,
+    failed: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<bool> {
+    Ok(match tmp {
+        None => true,
+        Some(t) if failed => {
+            let _ = t.keep();
+            true
+        }
+        Some(t) => {
+            t.close()
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            false
+        }
+    })
 }
 
 /// Starts every node of `d`, its processes kept in `children` (to be stopped whatever happens),

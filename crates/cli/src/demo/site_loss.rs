@@ -240,20 +240,13 @@ pub(crate) async fn run(c: Context<'_>, client: &tandem_node::Client) -> anyhow:
         .map(|k| clients[k % clients.len()].clone())
         .collect();
     let workload = Workload::start(ROOM, "s", per_client, clock);
-    let warm_from = std::time::Instant::now();
-    until(
-        &format!("the first post acknowledged through {home}"),
-        FIRST_POST_TIMEOUT_MS,
-        async || match workload.progress.acked.load(Ordering::SeqCst) {
-            0 => Err(format!(
-                "{} attempts failed",
-                workload.progress.failed.load(Ordering::SeqCst)
-            )),
-            n => Ok(n),
-        },
-    )
-    .await?;
-    tokio::time::sleep(ms(WARMUP_MS).saturating_sub(warm_from.elapsed())).await;
+    workload
+        .warm_up(
+            &format!("the first post acknowledged through {home}"),
+            FIRST_POST_TIMEOUT_MS,
+            WARMUP_MS,
+        )
+        .await?;
     // Every post of the earlier room is on the secondary before the site is lost (so the RPO
     // figures are this room's alone).
     let earlier_lsn = earlier

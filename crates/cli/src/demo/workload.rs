@@ -107,6 +107,29 @@ pub(crate) struct Workload {
 }
 
 impl Workload {
+    /// Waits up to `first_post_timeout_ms` for a first acknowledged post (`what` names it in
+    /// the error), then until `warmup_ms` have passed since the call: the load is steady.
+    pub(crate) async fn warm_up(
+        &self,
+        what: &str,
+        first_post_timeout_ms: u64,
+        warmup_ms: u64,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        super::until(what, first_post_timeout_ms, async || {
+            match self.progress.acked.load(Ordering::SeqCst) {
+                0 => Err(format!(
+                    "{} attempts failed",
+                    self.progress.failed.load(Ordering::SeqCst)
+                )),
+                n => Ok(n),
+            }
+        })
+        .await?;
+        tokio::time::sleep(ms(warmup_ms).saturating_sub(started.elapsed())).await;
+        Ok(())
+    }
+
     /// One task per entry of `clients`, client k posting "{prefix}k-1", "{prefix}k-2", … into
     /// `room`; each entry holds the client's API at every server (the same order for all).
     pub(crate) fn start(
