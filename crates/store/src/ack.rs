@@ -519,16 +519,15 @@ fn run(shared: &Shared) {
             }
             answers.extend(shared.gate.release(&mut a));
         }
+        let mut timed = crate::stages::Answers::default();
         for (reply, result) in answers {
-            // Counted as the answer goes: after it, this thread may be descheduled while the
-            // caller already runs.
-            if let (true, Some(s)) = (
-                matches!(reply, Completion::Job(..)) && result.is_ok(),
-                stages,
-            ) {
-                s.answered(synced_at, Instant::now());
+            if stages.is_some() && matches!(reply, Completion::Job(..)) && result.is_ok() {
+                timed.push(synced_at, Instant::now());
             }
             reply.give(result);
+        }
+        if let Some(s) = stages {
+            s.answered(timed);
         }
     }
     let held: Vec<_> = shared

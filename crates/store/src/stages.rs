@@ -52,10 +52,12 @@ impl StageCounters {
         self.fsync_ns.fetch_add(ns(taken, synced) * n, Relaxed);
     }
 
-    /// A transaction about to be answered at `at`, its fsync having ended at `synced`.
-    pub(crate) fn answered(&self, synced: Instant, at: Instant) {
-        self.answered.fetch_add(1, Relaxed);
-        self.answer_ns.fetch_add(ns(synced, at), Relaxed);
+    /// A syncer's answers, counted once they are all given.
+    pub(crate) fn answered(&self, a: Answers) {
+        if a.n > 0 {
+            self.answered.fetch_add(a.n, Relaxed);
+            self.answer_ns.fetch_add(a.ns, Relaxed);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> CommitStages {
@@ -69,6 +71,23 @@ impl StageCounters {
             answered: self.answered.load(Relaxed),
             answer_ns: self.answer_ns.load(Relaxed),
         }
+    }
+}
+
+/// A syncer's answers to one batch, summed as they go (each timed before it is given: after
+/// it, the syncer may be descheduled while the caller already runs) and added to the shared
+/// counters once, not per answer.
+#[derive(Default)]
+pub(crate) struct Answers {
+    n: u64,
+    ns: u64,
+}
+
+impl Answers {
+    /// A transaction about to be answered at `at`, its fsync having ended at `synced`.
+    pub(crate) fn push(&mut self, synced: Instant, at: Instant) {
+        self.n += 1;
+        self.ns += ns(synced, at);
     }
 }
 
@@ -148,8 +167,10 @@ mod tests {
         // Two transactions submitted at 0 and 10 µs, their group from 20 to 120 µs.
         c.grouped([at(0), at(10)].into_iter(), at(20), at(120));
         c.synced(2, at(120), at(150), at(350));
-        c.answered(at(350), at(360));
-        c.answered(at(350), at(380));
+        let mut answers = Answers::default();
+        answers.push(at(350), at(360));
+        answers.push(at(350), at(380));
+        c.answered(answers);
         let m = c.snapshot().since(&before).means();
         assert_eq!(m.queued_us, 15.0);
         assert_eq!(m.group_us, 100.0);
