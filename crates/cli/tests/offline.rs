@@ -48,6 +48,8 @@ fn bench_leaves_backups_that_verify_restore_and_inspect() {
     let d = t.path().join("bench");
     let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "2000", "--json"]);
     let lsn = report["lsn"].as_u64().unwrap();
+    assert_eq!(report["store"][2]["writers"].as_u64(), Some(256));
+    assert_eq!(report["store_256_to_raw"], report["store_to_raw"]);
     let chain = report["chain"].as_str().unwrap().to_string();
     assert!(lsn > 2000);
     // Where each phase's commits spent their time: every stage counted, and together no more
@@ -139,6 +141,43 @@ fn bench_leaves_backups_that_verify_restore_and_inspect() {
     let err = fails(&["db", "restore", "--path", s(&target), "--from", s(&damaged)]);
     assert!(err.contains(&name), "{err}");
     assert!(!target.exists(), "a refused restore leaves nothing behind");
+}
+
+/// `--writers` sets the last run's concurrency; the ratio at the target's load (256) is only
+/// reported when that load ran, and a count out of range is refused before anything runs.
+#[test]
+fn bench_store_writers_sets_the_last_run() {
+    let report = ok_json(&[
+        "bench",
+        "store",
+        "--rows",
+        "1000",
+        "--writers",
+        "32",
+        "--json",
+    ]);
+    let phases = report["store"].as_array().unwrap();
+    let writers: Vec<_> = phases
+        .iter()
+        .map(|p| p["writers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(writers, [1, 16, 32]);
+    let ratio = report["store_to_raw"].as_f64().unwrap();
+    let raw = report["raw_batched_inserts"]["per_second"]
+        .as_f64()
+        .unwrap();
+    let last = phases[2]["per_second"].as_f64().unwrap();
+    assert!((ratio - last / raw).abs() < 1e-9, "{report}");
+    assert!(report.get("store_256_to_raw").is_none(), "{report}");
+    for bad in ["0", "4097", "many"] {
+        let out = tandem(&["bench", "store", "--writers", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--writers {bad} was accepted");
+        assert!(
+            err.contains(&format!("invalid value '{bad}' for '--writers")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -11,7 +11,8 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// The store: raw SQLite against group commit with 1, 16 and 256 writers; backups; restore.
+    /// The store: raw SQLite against group commit with 1, 16 and 256 writers (or `--writers`);
+    /// backups; restore.
     Store(store::StoreArgs),
     /// Chat posts and history through the HTTP API of real nodes.
     Chat(chat::ChatArgs),
