@@ -493,10 +493,11 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
         id.chain
     );
 
+    let store_to_raw = phases[2].per_second / raw.per_second;
     let report = Report {
         rows: a.rows,
-        store_to_raw: phases[2].per_second / raw.per_second,
-        store_256_to_raw: (writers == 256).then(|| phases[2].per_second / raw.per_second),
+        store_to_raw,
+        store_256_to_raw: (writers == 256).then_some(store_to_raw),
         raw_batched_inserts: raw,
         store: phases,
         log_backup: Throughput {
