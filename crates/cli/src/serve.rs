@@ -30,10 +30,7 @@ pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_target(false)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tandem_node::runtime()?;
     let span = tracing::info_span!("node", name = %a.node);
     let result = rt.block_on(tracing::Instrument::instrument(
         tandem_node::serve(d.topology, &a.node, stop_signal()),

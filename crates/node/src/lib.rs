@@ -33,5 +33,5 @@ pub use error::ErrorBody;
 pub use frontend::user_token;
 pub use openapi::document_value as openapi_document;
 pub use reqwest::Method;
-pub use server::{REQUEST_BYTES_MAX, serve};
+pub use server::{REQUEST_BYTES_MAX, runtime, serve};
 pub use status::{CmsView, DatabaseStatus, NodeStatus};

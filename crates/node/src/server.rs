@@ -25,6 +25,20 @@ const STOP_GRACE_MS: u64 = 2_000;
 /// Largest request body the API reads.
 pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
+/// Worker threads of the runtime a node serves from.
+const RUNTIME_WORKERS: usize = 2;
+
+/// The runtime a node serves from (`serve` runs in it). Its threads submit transactions to the
+/// node's databases, so each is marked `tandem_store::defer_to_databases`: a handler woken by
+/// its commit's answer does not preempt the database's writer or syncers mid-step.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_WORKERS)
+        .on_thread_start(tandem_store::defer_to_databases)
+        .enable_all()
+        .build()
+}
+
 pub(crate) struct NodeState {
     pub(crate) topology: Topology,
     pub(crate) name: String,

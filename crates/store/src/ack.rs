@@ -79,6 +79,8 @@ pub struct GateStatus {
 #[derive(Default)]
 pub struct Gate {
     state: Mutex<GateState>,
+    /// `state.sync`, for the writer to read without the lock at each group.
+    sync: std::sync::atomic::AtomicBool,
     wake: Mutex<Option<SyncSender<Msg>>>,
     held: std::sync::atomic::AtomicUsize,
     /// The durable LSN and the answers it holds: the syncers add to them, and whoever moves
@@ -91,7 +93,12 @@ pub struct Gate {
 
 impl Gate {
     fn update(&self, f: impl FnOnce(&mut GateState)) {
-        f(&mut self.state.lock().expect("gate lock"));
+        {
+            let mut s = self.state.lock().expect("gate lock");
+            f(&mut s);
+            self.sync
+                .store(s.sync, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(w) = self.wake.lock().expect("wake lock").as_ref() {
             let _ = w.try_send(Msg::Wake);
         }
@@ -120,6 +127,11 @@ impl Gate {
         for (reply, result) in answers {
             reply.give(result);
         }
+    }
+
+    /// Whether answers now wait for a synchronous mirror.
+    pub(crate) fn waits_for_mirror(&self) -> bool {
+        self.sync.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// With `true`, writes are accepted and answered only while a lease runs.

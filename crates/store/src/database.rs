@@ -108,6 +108,11 @@ impl std::fmt::Display for Role {
 pub struct Options {
     /// Most transactions one group commit takes.
     pub batch_records_max: usize,
+    /// Most transactions one group commit takes while its answers wait for a synchronous
+    /// mirror: they wait for the mirror's round trip too, and a group that took every waiting
+    /// caller would leave the writer idle during it; with smaller groups the mirror applies
+    /// one while the next is built.
+    pub sync_batch_records_max: usize,
     /// Most write jobs waiting for the writer; callers past it wait.
     pub jobs_queued_max: usize,
     /// Journal size past which `health` warns (records are never dropped for size).
@@ -122,6 +127,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             batch_records_max: 1024,
+            sync_batch_records_max: 128,
             jobs_queued_max: 8192,
             journal_bytes_max: 1 << 30,
             cache_kib: 16 * 1024,
@@ -695,7 +701,10 @@ impl Database {
             conn,
             state,
             published.clone(),
-            options.batch_records_max,
+            crate::writer::GroupMax {
+                alone: options.batch_records_max,
+                sync: options.sync_batch_records_max,
+            },
             lock,
             ack,
             checkpointer,

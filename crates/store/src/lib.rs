@@ -8,6 +8,7 @@
 mod ack;
 mod backup;
 mod backup_file;
+mod callers;
 mod checkpoint;
 mod database;
 mod error;
@@ -29,6 +30,7 @@ pub use backup::{
     log_file_name, parse_file_name, read_header, seed_backup, verify_file,
 };
 pub use backup_file::BACKUP_FORMAT_VERSION;
+pub use callers::defer_to_databases;
 pub use database::{
     Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, WriterStats,
     identity_in, inspect,

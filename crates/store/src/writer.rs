@@ -228,12 +228,21 @@ impl Tx<'_> {
     }
 }
 
+/// Most transactions one group commit takes (`Options::batch_records_max` and
+/// `Options::sync_batch_records_max`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupMax {
+    pub(crate) alone: usize,
+    /// While answers wait for a synchronous mirror.
+    pub(crate) sync: usize,
+}
+
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
     pub(crate) state: State,
     tables: Tables,
     published: Arc<Published>,
-    batch_records_max: usize,
+    group_max: GroupMax,
     ack: crate::ack::AckStage,
     checkpointer: crate::checkpoint::Checkpointer,
     commits: u64,
@@ -257,7 +266,7 @@ impl Writer {
         conn: Connection,
         state: State,
         published: Arc<Published>,
-        batch_records_max: usize,
+        group_max: GroupMax,
         lock: File,
         ack: crate::ack::AckStage,
         checkpointer: crate::checkpoint::Checkpointer,
@@ -268,7 +277,7 @@ impl Writer {
             state,
             tables,
             published,
-            batch_records_max,
+            group_max,
             ack,
             checkpointer,
             commits: 0,
@@ -303,7 +312,12 @@ impl Writer {
                 Job::Control(f) => f(&mut self),
                 Job::Write(first) => {
                     let mut batch = vec![first];
-                    while batch.len() < self.batch_records_max {
+                    let max = if self.ack.gate().waits_for_mirror() {
+                        self.group_max.sync
+                    } else {
+                        self.group_max.alone
+                    };
+                    while batch.len() < max {
                         match jobs.try_recv() {
                             Ok(Job::Write(w)) => batch.push(w),
                             Ok(other) => {

@@ -1079,3 +1079,80 @@ fn the_position_survives_a_journal_pruned_to_nothing_and_the_writes_after_it() {
     assert_eq!(id.last_time_ms, after.last_time_ms);
     db.integrity_check().unwrap();
 }
+
+/// Commits of `n` threads queued behind a transaction that holds the writer: how many SQLite
+/// commits (groups) they take once it lets go, the holder's own included.
+fn groups_of_queued_commits(db: &Arc<Database>, n: usize) -> u64 {
+    use std::sync::{Barrier, Mutex, mpsc};
+    use std::time::Duration;
+    let before = db.writer_stats().sqlite_commits;
+    let (entered, in_writer) = mpsc::channel::<()>();
+    let (go, hold) = mpsc::channel::<()>();
+    let hold = Mutex::new(hold);
+    let holder = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            db.write(move |_tx: &mut Tx<'_>| {
+                let _ = entered.send(());
+                let _ = hold.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                Ok::<_, StoreError>(())
+            })
+            .unwrap()
+        })
+    };
+    in_writer.recv().unwrap();
+    let ready = Arc::new(Barrier::new(n + 1));
+    let posters: Vec<_> = (0..n)
+        .map(|i| {
+            let (db, ready) = (db.clone(), ready.clone());
+            std::thread::spawn(move || {
+                ready.wait();
+                post(&db, i as i64, "queued").unwrap()
+            })
+        })
+        .collect();
+    ready.wait();
+    // Each poster submits within microseconds of the barrier; the margin is for a loaded machine.
+    std::thread::sleep(Duration::from_millis(200));
+    go.send(()).unwrap();
+    holder.join().unwrap();
+    for p in posters {
+        p.join().unwrap();
+    }
+    db.writer_stats().sqlite_commits - before
+}
+
+#[test]
+fn groups_are_smaller_while_answers_wait_for_a_synchronous_mirror() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let options = Options {
+        sync_batch_records_max: 3,
+        ..Options::default()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(Database::create(&t.path().join("alone"), "test", options.clone()).unwrap());
+    db.migrate(SCHEMA).unwrap();
+    // Without a mirror, the twelve go in one group after the holder's.
+    let groups = groups_of_queued_commits(&db, 12);
+    assert!(groups <= 3, "{groups} groups");
+
+    let db = Arc::new(Database::create(&t.path().join("sync"), "test", options).unwrap());
+    db.migrate(SCHEMA).unwrap();
+    db.gate().set_sync(true, db.identity().lsn);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mirror = {
+        // The mirror, hardening whatever the copy committed.
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                db.gate().hardened(db.identity().lsn);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    // With one, at most three a group: the twelve take four at least, the holder's one more.
+    let groups = groups_of_queued_commits(&db, 12);
+    stop.store(true, Ordering::Relaxed);
+    mirror.join().unwrap();
+    assert!(groups >= 5, "{groups} groups");
+}

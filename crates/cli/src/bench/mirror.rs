@@ -265,13 +265,10 @@ struct Report {
     failover: Option<Failover>,
 }
 
-/// The runtime of the writers' tasks (as a node's request handlers), its threads on the CPUs
-/// of the thread that builds it.
+/// The runtime of the writers' tasks: a node's request handlers' own (`tandem_node::runtime`),
+/// its threads on the CPUs of the thread that builds it.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+    Ok(tandem_node::runtime()?)
 }
 
 pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {

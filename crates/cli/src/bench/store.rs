@@ -427,10 +427,8 @@ pub fn run(a: StoreArgs, out: &Output) -> anyhow::Result<()> {
     let db = Database::create(&db_dir, "bench", Options::default())?;
     db.migrate(SCHEMA)?;
     let next_id = Arc::new(AtomicU64::new(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // The writers' tasks stand for a node's request handlers: they run as those do.
+    let rt = tandem_node::runtime()?;
     let mut phases = Vec::new();
     out.progress(&format!("store: 1 writer, {single} commits…"));
     phases.push(phase(&rt, &db, &rows, 1, single, &next_id, None)?);
