@@ -79,8 +79,6 @@ pub struct GateStatus {
 #[derive(Default)]
 pub struct Gate {
     state: Mutex<GateState>,
-    /// `state.sync`, for the writer to read without the lock at each group.
-    sync: std::sync::atomic::AtomicBool,
     wake: Mutex<Option<SyncSender<Msg>>>,
     held: std::sync::atomic::AtomicUsize,
     /// The durable LSN and the answers it holds: the syncers add to them, and whoever moves
@@ -93,12 +91,7 @@ pub struct Gate {
 
 impl Gate {
     fn update(&self, f: impl FnOnce(&mut GateState)) {
-        {
-            let mut s = self.state.lock().expect("gate lock");
-            f(&mut s);
-            self.sync
-                .store(s.sync, std::sync::atomic::Ordering::Relaxed);
-        }
+        f(&mut self.state.lock().expect("gate lock"));
         if let Some(w) = self.wake.lock().expect("wake lock").as_ref() {
             let _ = w.try_send(Msg::Wake);
         }
@@ -131,7 +124,7 @@ impl Gate {
 
     /// Whether answers now wait for a synchronous mirror.
     pub(crate) fn waits_for_mirror(&self) -> bool {
-        self.sync.load(std::sync::atomic::Ordering::Relaxed)
+        self.state.lock().expect("gate lock").sync
     }
 
     /// With `true`, writes are accepted and answered only while a lease runs.
