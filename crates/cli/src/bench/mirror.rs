@@ -265,12 +265,6 @@ struct Report {
     failover: Option<Failover>,
 }
 
-/// The runtime of the writers' tasks: a node's request handlers' own (`tandem_node::runtime`),
-/// its threads on the CPUs of the thread that builds it.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tandem_node::runtime()?)
-}
-
 pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("tandem-bench-mirror-")
@@ -293,7 +287,9 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
             continue;
         };
         let placed = run_on(&cpus.primary).and_then(|_| {
-            let rt = runtime()?;
+            // The writers' tasks run as a node's request handlers do; the runtime's threads
+            // inherit this thread's CPUs (the primary's).
+            let rt = tandem_node::runtime()?;
             let mut runs = Vec::new();
             for mode in [Mode::NoMirror, Mode::Async, Mode::Sync] {
                 out.progress(&format!(
@@ -326,7 +322,7 @@ pub fn run(a: MirrorArgs, out: &Output) -> anyhow::Result<()> {
     }
     let failover = match a.failovers {
         0 => None,
-        n => Some(failovers(&runtime()?, n, out)?),
+        n => Some(failovers(&tandem_node::runtime()?, n, out)?),
     };
     let report = Report {
         writers: a.writers,
