@@ -279,6 +279,15 @@ fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
     })
 }
 
+/// What a restore's report says of its stop point, after the copy's role.
+pub(crate) fn stop_words(stopped: bool, not_reached: bool) -> &'static str {
+    match (stopped, not_reached) {
+        (true, _) => ", stopped at the stop point",
+        (false, true) => ", stop point not reached yet: apply the later log backups",
+        (false, false) => "",
+    }
+}
+
 /// Parses `--stop-at-time`: RFC 3339, or milliseconds since the Unix epoch.
 pub(crate) fn parse_time(s: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = s.parse::<i64>() {
@@ -309,6 +318,12 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         stop_at,
         ..Default::default()
     };
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "{} exists and is not a directory: a database is a directory; choose a new one",
+            path.display()
+        );
+    }
     let holds_database = path.join(tandem_store::DB_FILE).exists();
     let report: RestoreReport = if holds_database && !a.replace {
         let db = Database::open(&path, Options::default())
@@ -344,11 +359,7 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             report.chain,
             report.epoch,
             report.role,
-            if report.stopped {
-                ", stopped at the stop point"
-            } else {
-                ""
-            },
+            stop_words(report.stopped, report.stop_not_reached),
             time(report.last_time_ms)
         ));
         s

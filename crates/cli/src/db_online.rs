@@ -159,7 +159,7 @@ fn restore(d: &Deployment, a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             report["lsn"],
             report["epoch"],
             report["role"].as_str().unwrap_or("?"),
-            if report["stopped"] == true { ", stopped at the stop point" } else { "" },
+            crate::db::stop_words(report["stopped"] == true, report["stop_not_reached"] == true),
             time(report["last_time_ms"].as_i64().unwrap_or(0)),
         ));
         s

@@ -584,6 +584,22 @@ fn online_backup_restore_and_recover_and_their_refusals() {
         ],
         "mirrored",
     );
+    // Through the API, two stop points at once: refused, not one of them picked.
+    let secret = d.secret();
+    let headers = [
+        ("x-tandem-secret", secret.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let ask = json!({"from": [full_s], "replace": true, "stop_at_lsn": 5, "stop_at_time_ms": 1});
+    let (code, body) = http(
+        &d.address("dal-db1"),
+        "POST",
+        "/internal/v1/db/mgc/restore",
+        &headers,
+        ask.to_string(),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("both given"), "{body}");
     let c = d.copy("mgc", "dal-db1");
     assert_eq!(
         (c["role"].clone(), c["lsn"].clone()),

@@ -259,6 +259,40 @@ fn restore_in_steps_norecovery_then_standby_then_recover() {
     ]);
     assert_eq!(r["lsn"].as_u64(), Some(lsn - 50));
     assert_eq!(r["stopped"].as_bool(), Some(true));
+    // A stop point past the files: not recovered short of it, and said so in one line.
+    let past = (lsn + 1).to_string();
+    let short = t.path().join("short");
+    let args = [
+        "db",
+        "restore",
+        "--path",
+        s(&short),
+        "--from",
+        s(&backups),
+        "--stop-at-lsn",
+        &past,
+    ];
+    let err = fails(&args);
+    assert!(
+        err.contains(&format!("the files end at LSN {lsn}")) && err.contains("--norecovery"),
+        "{err}"
+    );
+    assert!(!short.exists());
+    let r = ok_json(&[&args[..], &["--norecovery", "--json"]].concat());
+    assert_eq!(r["stop_not_reached"].as_bool(), Some(true));
+    assert_eq!(r["role"].as_str(), Some("restoring"));
+    // Paths that are files where a directory belongs: named, and left as they were.
+    let file = t.path().join("a-file");
+    std::fs::write(&file, b"keep").unwrap();
+    let err = fails(&["db", "restore", "--path", s(&file), "--from", s(&backups)]);
+    assert!(
+        err.contains("a-file exists and is not a directory"),
+        "{err}"
+    );
+    let err = fails(&["db", "backup", "--path", s(&d.join("db")), "--to", s(&file)]);
+    assert!(err.contains("a-file: "), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "said once: {err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 }
 
 #[test]

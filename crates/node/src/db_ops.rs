@@ -126,7 +126,12 @@ pub(crate) async fn restore(
         }
     };
     let stop_at = match (req.stop_at_lsn, req.stop_at_time_ms) {
-        (Some(n), _) => Some(StopAt::Lsn(n)),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "stop_at_lsn and stop_at_time_ms both given: a restore stops at one point",
+            ));
+        }
+        (Some(n), None) => Some(StopAt::Lsn(n)),
         (None, Some(t)) => Some(StopAt::TimeMs(t)),
         (None, None) => None,
     };

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("{path}: {source}")]
+    /// The I/O error is in the message, not also given as its cause: printed with its chain of
+    /// causes (`{:#}`), it would read twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Damaged bytes: a record, a journal segment, a backup file.
     #[error("corrupt: {0}")]
@@ -45,7 +46,7 @@ impl StoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct RestoreReport {
     pub last_time_ms: i64,
     /// True when a stop point ended the restore before the end of the chain.
     pub stopped: bool,
+    /// True when the stop point lies past every record of the files: the copy is left to take
+    /// the later log backups that reach it. Never with `Recover`, which refuses instead.
+    pub stop_not_reached: bool,
     /// Time spent applying log records.
     pub apply_ms: u64,
 }
@@ -104,12 +107,31 @@ struct Start {
     lsn: Lsn,
     chain: Chain,
     epoch: Epoch,
+    /// Commit time of the record at `lsn`.
+    time_ms: i64,
 }
 
 /// The files a restore will apply, in order, checked as a chain.
 struct Plan {
     full: Option<(PathBuf, FullHeader)>,
     logs: Vec<(PathBuf, LogHeader)>,
+    /// When the stop point lies past every record of the files: where they end, in words.
+    stop_not_reached: Option<String>,
+}
+
+impl Plan {
+    /// Refuses to recover short of the stop point: the records up to it may be in a log backup
+    /// not given (as SQL Server leaves such a restore `restoring`). Nothing is applied yet.
+    fn check_recovery(&self, recovery: Recovery) -> Result<()> {
+        match (&self.stop_not_reached, recovery) {
+            (Some(ends), Recovery::Recover) => Err(StoreError::Sequence(format!(
+                "{ends}: a later log backup may hold the records up to it. Restore with \
+                 --norecovery (or --standby) and apply the later log backups with the same stop \
+                 point, or give no stop point to recover everything the files hold"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn name(p: &Path) -> String {
@@ -129,11 +151,26 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
                     id.epoch
                 )));
             }
+            let past = match stop {
+                Some(StopAt::Lsn(n)) => id.lsn > n,
+                Some(StopAt::TimeMs(t)) => id.last_time_ms > t,
+                None => false,
+            };
+            if let (true, Some(stop)) = (past, stop) {
+                return Err(StoreError::Sequence(format!(
+                    "the copy is at LSN {} (last record committed at {}), past the stop point \
+                     ({stop}): a restore cannot go back; restore a full backup taken before the \
+                     stop point, with --replace",
+                    id.lsn,
+                    StopAt::TimeMs(id.last_time_ms)
+                )));
+            }
             let start = Start {
                 database_id: id.database_id.to_hex(),
                 lsn: id.lsn,
                 chain: id.chain,
                 epoch: id.epoch,
+                time_ms: id.last_time_ms,
             };
             (None, start)
         }
@@ -150,6 +187,10 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
                     "no full backup among the files: a restore starts from one".into(),
                 ));
             }
+            let earliest = fulls
+                .iter()
+                .min_by_key(|(_, h)| (h.lsn, h.created_ms))
+                .map(|(path, h)| (path.display().to_string(), h.lsn, h.last_time_ms));
             fulls.retain(|(_, h)| match stop {
                 Some(StopAt::Lsn(n)) => h.lsn <= n,
                 Some(StopAt::TimeMs(t)) => h.last_time_ms <= t,
@@ -157,8 +198,14 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
             });
             fulls.sort_by_key(|(_, h)| (h.lsn, h.created_ms));
             let Some((path, header)) = fulls.pop() else {
+                // `fulls` held one before `retain`, so there is a stop point and an earliest.
+                let (Some(stop), Some((file, lsn, time_ms))) = (stop, earliest) else {
+                    unreachable!("only a stop point removes full backups")
+                };
+                let time = StopAt::TimeMs(time_ms);
                 return Err(StoreError::Invalid(format!(
-                    "no full backup at or before the stop point {stop:?}"
+                    "no full backup at or before the stop point ({stop}): the earliest, {file}, \
+                     is at LSN {lsn} (its last record committed at {time})"
                 )));
             };
             let start = Start {
@@ -166,6 +213,7 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
                 lsn: header.lsn,
                 chain: header.chain,
                 epoch: header.epoch,
+                time_ms: header.last_time_ms,
             };
             (Some((path.clone(), header.clone())), start)
         }
@@ -190,6 +238,9 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
     logs.sort_by_key(|(_, h)| (h.first_lsn, h.last_lsn));
     let mut chosen: Vec<(PathBuf, LogHeader)> = Vec::new();
     let (mut lsn, mut chain, mut epoch) = (start.lsn, start.chain, start.epoch);
+    let mut time_ms = start.time_ms;
+    // True once a file holds a record past the stop point.
+    let mut reached = false;
     for (path, h) in logs {
         let stop_here = match stop {
             Some(StopAt::Lsn(n)) => h.first_lsn > n,
@@ -197,6 +248,7 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
             None => false,
         };
         if stop_here {
+            reached = true;
             break;
         }
         if let Some((prev, ph)) = chosen.last()
@@ -237,9 +289,27 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
         lsn = h.last_lsn;
         chain = h.chain_after;
         epoch = h.epoch;
+        time_ms = h.last_time_ms;
         chosen.push((path.clone(), h.clone()));
     }
-    Ok(Plan { full, logs: chosen })
+    reached |= match stop {
+        Some(StopAt::Lsn(n)) => lsn >= n,
+        Some(StopAt::TimeMs(t)) => time_ms > t,
+        None => true,
+    };
+    let stop_not_reached = match stop {
+        Some(stop) if !reached => Some(format!(
+            "the files end at LSN {lsn} (last record committed at {}), before the stop point \
+             ({stop})",
+            StopAt::TimeMs(time_ms)
+        )),
+        _ => None,
+    };
+    Ok(Plan {
+        full,
+        logs: chosen,
+        stop_not_reached,
+    })
 }
 
 /// Reads every file of the plan end to end (checksums, records, chain) before anything is applied.
@@ -304,6 +374,7 @@ fn report(
     id: &Identity,
     full: Option<PathBuf>,
     applied: (Vec<PathBuf>, u64, bool, u64),
+    plan: &Plan,
 ) -> RestoreReport {
     RestoreReport {
         database_id: id.database_id.to_hex(),
@@ -316,6 +387,7 @@ fn report(
         role: id.role,
         last_time_ms: id.last_time_ms,
         stopped: applied.2,
+        stop_not_reached: plan.stop_not_reached.is_some(),
         apply_ms: applied.3,
     }
 }
@@ -338,6 +410,7 @@ pub fn restore_new(
     }
     let files = collect(inputs)?;
     let plan = plan(&files, None, options.stop_at)?;
+    plan.check_recovery(options.recovery)?;
     verify_plan(&plan)?;
     let (full_path, full_header) = plan
         .full
@@ -364,7 +437,7 @@ pub fn restore_new(
         let applied = apply_logs(&db, &plan, options.stop_at)?;
         let id = finish(&db, options.recovery)?;
         drop(db);
-        Ok(report(&id, Some(full_path.clone()), applied))
+        Ok(report(&id, Some(full_path.clone()), applied, &plan))
     })();
     match result {
         Ok(r) => {
@@ -395,10 +468,11 @@ pub fn restore_logs(
     let files = collect(inputs)?;
     let id = db.identity();
     let plan = plan(&files, Some(&id), options.stop_at)?;
+    plan.check_recovery(options.recovery)?;
     verify_plan(&plan)?;
     let applied = apply_logs(db, &plan, options.stop_at)?;
     let id = finish(db, options.recovery)?;
-    Ok(report(&id, None, applied))
+    Ok(report(&id, None, applied, &plan))
 }
 
 /// What `verify_chain` found.

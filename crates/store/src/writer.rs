@@ -96,6 +96,25 @@ pub enum StopAt {
     TimeMs(i64),
 }
 
+/// As an operator writes it: `LSN 60`, or `2026-11-23T10:00:00.000Z` (a time before 1970 or past
+/// year 9999, which no record carries, as its milliseconds).
+impl std::fmt::Display for StopAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            StopAt::Lsn(n) => write!(f, "LSN {n}"),
+            StopAt::TimeMs(t) => match u64::try_from(t)
+                .ok()
+                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .filter(|at| {
+                    *at < std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800)
+                }) {
+                Some(at) => write!(f, "{}", humantime::format_rfc3339_millis(at)),
+                None => write!(f, "{t} ms since the Unix epoch"),
+            },
+        }
+    }
+}
+
 impl StopAt {
     pub(crate) fn reached(&self, lsn: Lsn, time_ms: i64) -> bool {
         match *self {

@@ -360,6 +360,131 @@ fn point_in_time_restore_stops_at_the_lsn() {
     assert_eq!(n, 59, "LSN 1 is the migrations");
 }
 
+#[test]
+fn a_stop_point_before_every_full_backup_is_refused_in_the_operators_words() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let target = t.path().join("pit");
+    for (stop, said) in [
+        (StopAt::Lsn(10), "(LSN 10)"),
+        (StopAt::TimeMs(1_000), "(1970-01-01T00:00:01.000Z)"),
+    ] {
+        let opts = RestoreOptions {
+            stop_at: Some(stop),
+            ..Default::default()
+        };
+        let e = restore_new(&target, std::slice::from_ref(&backups), &opts, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(said), "names the stop point: {e}");
+        assert!(
+            e.contains("full-") && e.contains("LSN 41"),
+            "names the earliest: {e}"
+        );
+        assert!(!target.exists());
+    }
+    assert_eq!(StopAt::TimeMs(-5).to_string(), "-5 ms since the Unix epoch");
+}
+
+#[test]
+fn a_stop_point_past_the_files_is_not_recovered_short_of_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, backups) = backup_dir_with_writes(&t);
+    let end = db.identity().lsn;
+    assert_eq!(end, 116, "a migration, 40 posts, 3 × 25");
+    let target = t.path().join("pit");
+    let stop = StopAt::Lsn(end + 10);
+    let with = |recovery| RestoreOptions {
+        recovery,
+        stop_at: Some(stop),
+        ..Default::default()
+    };
+    // Recovering now would end the chain before the stop point: refused, nothing made.
+    let e = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &with(Recovery::Recover),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the files end at LSN 116"), "{e}");
+    assert!(e.contains("(LSN 126)") && e.contains("--norecovery"), "{e}");
+    assert!(!target.exists());
+    // The same time stop past the last record: refused too.
+    let later = StopAt::TimeMs(db.identity().last_time_ms + 60_000);
+    let e = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &RestoreOptions {
+            stop_at: Some(later),
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&format!("({later})")), "{e}");
+    assert!(!target.exists());
+
+    // Left restoring, the copy says the stop point is still ahead…
+    let r = restore_new(
+        &target,
+        std::slice::from_ref(&backups),
+        &with(Recovery::NoRecovery),
+        false,
+    )
+    .unwrap();
+    assert_eq!((r.lsn, r.stopped, r.stop_not_reached), (116, false, true));
+    // …and the next log backup reaches it: recovered exactly there.
+    for i in 0..20 {
+        post(&db, 3, &format!("after {i}")).unwrap();
+    }
+    log_backup(&db, &backups).unwrap();
+    let copy = Database::open(&target, Options::default()).unwrap();
+    let r = restore_logs(
+        &copy,
+        std::slice::from_ref(&backups),
+        &with(Recovery::Recover),
+    )
+    .unwrap();
+    assert_eq!((r.lsn, r.stopped, r.stop_not_reached), (126, true, false));
+    assert_eq!(copy.identity().role, Role::Primary);
+}
+
+#[test]
+fn a_copy_past_the_stop_point_is_refused_and_left_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let (_db, backups) = backup_dir_with_writes(&t);
+    let target = t.path().join("copy");
+    let restoring = RestoreOptions {
+        recovery: Recovery::NoRecovery,
+        ..Default::default()
+    };
+    restore_new(&target, std::slice::from_ref(&backups), &restoring, false).unwrap();
+    let copy = Database::open(&target, Options::default()).unwrap();
+    let before = copy.identity();
+    let e = restore_logs(
+        &copy,
+        std::slice::from_ref(&backups),
+        &RestoreOptions {
+            stop_at: Some(StopAt::Lsn(50)),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the copy is at LSN 116") && e.contains("(LSN 50)"),
+        "{e}"
+    );
+    let after = copy.identity();
+    assert_eq!(
+        (after.lsn, after.role, after.epoch),
+        (before.lsn, before.role, before.epoch)
+    );
+}
+
 fn logs_in(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
