@@ -8,7 +8,7 @@ use crate::backup::{
 use crate::database::{Database, Identity, Options, Role};
 use crate::error::{Result, StoreError};
 use crate::record::{Chain, Epoch, Lsn};
-use crate::writer::StopAt;
+use crate::writer::{StopAt, time_text};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,28 +119,23 @@ struct Plan {
     stop_not_reached: Option<String>,
 }
 
-impl Plan {
-    /// Refuses to recover short of the stop point: the records up to it may be in a log backup
-    /// not given (as SQL Server leaves such a restore `restoring`). Nothing is applied yet.
-    fn check_recovery(&self, recovery: Recovery) -> Result<()> {
-        match (&self.stop_not_reached, recovery) {
-            (Some(ends), Recovery::Recover) => Err(StoreError::Sequence(format!(
-                "{ends}: a later log backup may hold the records up to it. Restore with \
-                 --norecovery (or --standby) and apply the later log backups with the same stop \
-                 point, or give no stop point to recover everything the files hold"
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
 fn name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| p.display().to_string())
 }
 
-fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>) -> Result<Plan> {
+/// The files to apply, checked as a chain against where the copy starts and the stop point.
+/// Recovering short of the stop point is refused here, before anything is applied: the records
+/// up to it may be in a log backup not given (SQL Server leaves such a restore `restoring`).
+fn plan(
+    files: &[BackupFile],
+    existing: Option<&Identity>,
+    options: &RestoreOptions,
+) -> Result<Plan> {
+    let stop = options.stop_at;
+    // Whether a record at `lsn`, committed at `time_ms`, lies past the stop point.
+    let past = |lsn: Lsn, time_ms: i64| stop.is_some_and(|s| s.reached(lsn, time_ms));
     let (full, start) = match existing {
         Some(id) => {
             if id.role == Role::Primary {
@@ -151,18 +146,15 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
                     id.epoch
                 )));
             }
-            let past = match stop {
-                Some(StopAt::Lsn(n)) => id.lsn > n,
-                Some(StopAt::TimeMs(t)) => id.last_time_ms > t,
-                None => false,
-            };
-            if let (true, Some(stop)) = (past, stop) {
+            if let Some(stop) = stop
+                && past(id.lsn, id.last_time_ms)
+            {
                 return Err(StoreError::Sequence(format!(
                     "the copy is at LSN {} (last record committed at {}), past the stop point \
                      ({stop}): a restore cannot go back; restore a full backup taken before the \
                      stop point, with --replace",
                     id.lsn,
-                    StopAt::TimeMs(id.last_time_ms)
+                    time_text(id.last_time_ms)
                 )));
             }
             let start = Start {
@@ -187,25 +179,21 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
                     "no full backup among the files: a restore starts from one".into(),
                 ));
             }
-            let earliest = fulls
-                .iter()
-                .min_by_key(|(_, h)| (h.lsn, h.created_ms))
-                .map(|(path, h)| (path.display().to_string(), h.lsn, h.last_time_ms));
-            fulls.retain(|(_, h)| match stop {
-                Some(StopAt::Lsn(n)) => h.lsn <= n,
-                Some(StopAt::TimeMs(t)) => h.last_time_ms <= t,
-                None => true,
-            });
             fulls.sort_by_key(|(_, h)| (h.lsn, h.created_ms));
-            let Some((path, header)) = fulls.pop() else {
-                // `fulls` held one before `retain`, so there is a stop point and an earliest.
-                let (Some(stop), Some((file, lsn, time_ms))) = (stop, earliest) else {
-                    unreachable!("only a stop point removes full backups")
-                };
-                let time = StopAt::TimeMs(time_ms);
+            // The newest at or before the stop point.
+            let Some(&(path, header)) = fulls
+                .iter()
+                .rev()
+                .find(|(_, h)| !past(h.lsn, h.last_time_ms))
+            else {
+                let (file, earliest) = fulls[0];
+                let stop = stop.expect("only a stop point leaves out a full backup");
                 return Err(StoreError::Invalid(format!(
-                    "no full backup at or before the stop point ({stop}): the earliest, {file}, \
-                     is at LSN {lsn} (its last record committed at {time})"
+                    "no full backup at or before the stop point ({stop}): the earliest, {}, is at \
+                     LSN {} (its last record committed at {})",
+                    file.display(),
+                    earliest.lsn,
+                    time_text(earliest.last_time_ms)
                 )));
             };
             let start = Start {
@@ -242,12 +230,7 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
     // True once a file holds a record past the stop point.
     let mut reached = false;
     for (path, h) in logs {
-        let stop_here = match stop {
-            Some(StopAt::Lsn(n)) => h.first_lsn > n,
-            Some(StopAt::TimeMs(t)) => h.first_time_ms > t,
-            None => false,
-        };
-        if stop_here {
+        if past(h.first_lsn, h.first_time_ms) {
             reached = true;
             break;
         }
@@ -301,10 +284,17 @@ fn plan(files: &[BackupFile], existing: Option<&Identity>, stop: Option<StopAt>)
         Some(stop) if !reached => Some(format!(
             "the files end at LSN {lsn} (last record committed at {}), before the stop point \
              ({stop})",
-            StopAt::TimeMs(time_ms)
+            time_text(time_ms)
         )),
         _ => None,
     };
+    if let (Some(ends), Recovery::Recover) = (&stop_not_reached, options.recovery) {
+        return Err(StoreError::Sequence(format!(
+            "{ends}: a later log backup may hold the records up to it. Restore with --norecovery \
+             (or --standby) and apply the later log backups with the same stop point, or give no \
+             stop point to recover everything the files hold"
+        )));
+    }
     Ok(Plan {
         full,
         logs: chosen,
@@ -409,8 +399,7 @@ pub fn restore_new(
         )));
     }
     let files = collect(inputs)?;
-    let plan = plan(&files, None, options.stop_at)?;
-    plan.check_recovery(options.recovery)?;
+    let plan = plan(&files, None, options)?;
     verify_plan(&plan)?;
     let (full_path, full_header) = plan
         .full
@@ -467,8 +456,7 @@ pub fn restore_logs(
 ) -> Result<RestoreReport> {
     let files = collect(inputs)?;
     let id = db.identity();
-    let plan = plan(&files, Some(&id), options.stop_at)?;
-    plan.check_recovery(options.recovery)?;
+    let plan = plan(&files, Some(&id), options)?;
     verify_plan(&plan)?;
     let applied = apply_logs(db, &plan, options.stop_at)?;
     let id = finish(db, options.recovery)?;

@@ -96,22 +96,26 @@ pub enum StopAt {
     TimeMs(i64),
 }
 
-/// As an operator writes it: `LSN 60`, or `2026-11-23T10:00:00.000Z` (a time before 1970 or past
-/// year 9999, which no record carries, as its milliseconds).
+/// As an operator writes it: `LSN 60`, or a time as `time_text` writes it.
 impl std::fmt::Display for StopAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             StopAt::Lsn(n) => write!(f, "LSN {n}"),
-            StopAt::TimeMs(t) => match u64::try_from(t)
-                .ok()
-                .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-                .filter(|at| {
-                    *at < std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800)
-                }) {
-                Some(at) => write!(f, "{}", humantime::format_rfc3339_millis(at)),
-                None => write!(f, "{t} ms since the Unix epoch"),
-            },
+            StopAt::TimeMs(t) => f.write_str(&time_text(t)),
         }
+    }
+}
+
+/// A commit time (ms since the Unix epoch) in RFC 3339, `2026-11-23T10:00:00.000Z`; a time
+/// before 1970 or past the year 9999, which no record carries, as its milliseconds.
+pub(crate) fn time_text(ms: i64) -> String {
+    use std::time::{Duration, UNIX_EPOCH};
+    const YEAR_10000_S: u64 = 253_402_300_800;
+    match u64::try_from(ms) {
+        Ok(ms) if ms / 1000 < YEAR_10000_S => {
+            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
+        _ => format!("{ms} ms since the Unix epoch"),
     }
 }
 
