@@ -3,34 +3,14 @@
 
 mod common;
 
-use serde_json::Value;
-use std::process::Command;
-
 #[test]
 fn bench_dr_reports_every_figure_and_loses_nothing_beyond_the_rpo() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dr");
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "bench",
-            "dr",
-            "--messages",
-            "2000",
-            "--json",
-            "--dir",
-            dir.to_str().unwrap(),
-        ])
-        .env_remove("TANDEM_TOPOLOGY")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tandem bench dr failed: {stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let r = common::bench(
+        tmp.path(),
+        &["dr", "--messages", "2000", "--dir", dir.to_str().unwrap()],
+    );
     assert_eq!(r["messages"], 2000, "{r:#}");
     assert!(r["mgc_bytes"].as_u64().unwrap() > 0, "{r:#}");
     for (target, ms) in [("rpo", 2_000), ("failover", 10_000), ("failback", 60_000)] {

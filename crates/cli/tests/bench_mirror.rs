@@ -4,26 +4,12 @@
 
 mod common;
 
-/// The processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(needle)
-        {
-            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    found
-}
-
 #[test]
 fn bench_mirror_measures_three_modes_and_a_failover_then_stops_every_node() {
     let t = tempfile::tempdir().unwrap();
-    // The bench's scratch directories (and so its nodes' topology) go under this test's own.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args([
-            "bench",
+    let r = common::bench(
+        t.path(),
+        &[
             "mirror",
             "--seconds",
             "1",
@@ -31,18 +17,8 @@ fn bench_mirror_measures_three_modes_and_a_failover_then_stops_every_node() {
             "16",
             "--failovers",
             "1",
-            "--json",
-        ])
-        .env("TMPDIR", t.path())
-        .env_remove("TANDEM_TOPOLOGY")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench mirror failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     // Split (a half of the CPUs each) then shared, or shared alone on a machine of one CPU.
     let placements = r["placements"].as_array().unwrap();
     let names: Vec<&str> = placements
@@ -93,7 +69,7 @@ fn bench_mirror_measures_three_modes_and_a_failover_then_stops_every_node() {
     assert!(rounds[0]["acknowledged_before_kill"].as_u64().unwrap() > 0);
 
     // Every node was stopped (they run in their own process groups: nothing else would).
-    let left = processes_mentioning(t.path().to_str().unwrap());
+    let left = common::processes_of(t.path());
     assert!(left.is_empty(), "nodes left running: {left:?}");
 }
 

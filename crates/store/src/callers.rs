@@ -11,7 +11,7 @@
 //! the default policy: a writer woken by a caller's job still runs at once. Measured with
 //! `tandem bench store`, whose writers stand for a node's handlers: 256 writers 308,000 →
 //! 349,000 and 312,000 → 362,000 commits/s on average over two series of twelve alternating
-//! pairs; a lone writer's commits start later (README, session 15).
+//! pairs; a lone writer's commits start later (docs/performance-log.md, session 15).
 
 /// Marks the calling thread as one that submits transactions to databases (see the module
 /// documentation): its wake-ups no longer preempt running threads. Call it at the start of

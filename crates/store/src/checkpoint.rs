@@ -27,8 +27,8 @@
 //! least every `CHECKPOINT_INTERVAL`. A short WAL, started over often, is overwritten in place
 //! in pages the OS already caches: bench store, 256 writers, 140–182k commits/s with a
 //! checkpoint asked every 4096 commits (the WAL then grew to tens of MB each second, every
-//! page of it new to the page cache) and 180–246k with one asked at 1000 frames (README, store
-//! performance).
+//! page of it new to the page cache) and 180–246k with one asked at 1000 frames
+//! (docs/performance-log.md).
 
 use rusqlite::{Connection, OpenFlags};
 use std::fs::File;

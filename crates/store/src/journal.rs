@@ -8,7 +8,7 @@
 //! writes — or 1, one LZ4 block of them, which earlier builds wrote when it was smaller and
 //! which is still read. Compressing took the writer thread about a tenth of its time, more than
 //! the smaller WAL gave back, on every commit and every mirror's apply; the price is a journal
-//! about twice as big while kept, and bigger full copies (README, store performance). Records
+//! about twice as big while kept, and bigger full copies (docs/performance-log.md). Records
 //! themselves — what the chain covers, what backups and mirrors carry — are never compressed.
 //! Records leave the journal only when every registered consumer (log backup, mirror, backup
 //! service) has a durable cursor past them.

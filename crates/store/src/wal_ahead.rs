@@ -6,7 +6,7 @@
 //! written back and grow the file's size, and the commit's fdatasync must then also write the
 //! allocation and the inode. Overwriting allocated, written blocks, the fdatasync writes the
 //! frames and flushes: bench store, 256 writers, fsync median 190 → 70 µs and the WAL's
-//! pwrite a third cheaper with a WAL zeroed in advance (README, store performance). PostgreSQL
+//! pwrite a third cheaper with a WAL zeroed in advance (docs/performance-log.md). PostgreSQL
 //! fills new WAL segments with zeros for the same reason (`wal_init_zero`).
 //!
 //! A WAL only grows until it is checkpointed and restarted from its beginning; SQLite never

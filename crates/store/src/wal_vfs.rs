@@ -5,7 +5,7 @@
 //! commit dirties a dozen pages or more: some thirty system calls, each walking the page cache
 //! over the one or two pages it touches. That was about 30 % of the writer thread's time (bench
 //! store, 256 writers). Gathered, the commit's frames go in one call, each page of the file
-//! touched once (README, store performance).
+//! touched once (docs/performance-log.md).
 //!
 //! What is gathered and when it is written (`WalFile::write`):
 //! - a write that starts where the previous write to the file ended — frames appended in order —

@@ -523,6 +523,23 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
         a.rate, a.rate_seconds
     ));
     let paced = rt.block_on(paced(&chat_addr, &token, a.rate, a.rate_seconds))?;
+    for (what, posts, errors) in [
+        ("posting into one room", one_room.posts, one_room.errors),
+        (
+            "posting into many rooms",
+            many_rooms.posts,
+            many_rooms.errors,
+        ),
+        ("posting at a fixed rate", paced.posts, paced.errors),
+    ] {
+        if posts == 0 {
+            bail!(
+                "{what}: no post was acknowledged ({errors} failed); the chat node's log ends \
+                 with: {}",
+                log_tail(&dir.join("chat.log"))
+            );
+        }
+    }
     out.progress("history pages of 100…");
     let history = rt.block_on(history(&chat_addr, &token, a.history_messages))?;
     drop(nodes);
@@ -534,6 +551,16 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
         load_seconds,
     };
     out.emit(&report, || human(&report))
+}
+
+/// The last lines of a node's log, for an error that the bench's removed directory would hide.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        return "(nothing)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 fn human(r: &Report) -> String {

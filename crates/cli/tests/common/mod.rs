@@ -36,6 +36,32 @@ pub fn json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(dir, &args)).expect("one JSON document")
 }
 
+/// Runs `tandem bench ARGS --json`, which must succeed, with `tmp` as its working and its
+/// temporary directory (so its scratch directories, and its nodes' command lines, name `tmp`);
+/// its document.
+pub fn bench(tmp: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .current_dir(tmp)
+        .env("TMPDIR", tmp)
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .expect("run tandem");
+    assert!(
+        out.status.success(),
+        "tandem bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// One raw HTTP/1.1 request; the status (0 when nothing came back) and the body.
 pub fn http(
     addr: &str,
