@@ -1,6 +1,7 @@
 //! `tandem bench chat` through the binary, small: a chat node and a db node as processes, every
-//! part of the run measured and reported. No time is asserted (DESIGN.md §8): only that each
-//! part measured what it says and that no node outlives the bench.
+//! part of the run measured and reported, WebSocket sessions too. No time is asserted
+//! (DESIGN.md §8): only that each part measured what it says and that no node outlives the
+//! bench.
 
 mod common;
 
@@ -21,6 +22,8 @@ fn bench_chat_measures_posts_and_history_then_stops_both_nodes() {
             "200",
             "--rate-seconds",
             "1",
+            "--websockets",
+            "50",
         ],
     );
     for (run, rooms) in [("one_room", 1), ("many_rooms", 8)] {
@@ -50,6 +53,12 @@ fn bench_chat_measures_posts_and_history_then_stops_both_nodes() {
     assert_eq!(history["page_size"], 100, "{r:#}");
     assert!(history["pages"].as_u64().unwrap() > 0, "{r:#}");
     assert!(r["load_seconds"].as_f64().unwrap() > 0.0, "{r:#}");
+    // Every session opened, and the one post reached each of them (the bench fails otherwise).
+    let w = &r["sessions"];
+    assert_eq!(w["sessions"], 50, "{r:#}");
+    assert_eq!(w["room"], "room-0", "{r:#}");
+    assert!(w["chat_node_rss_mb"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(w["fanout"]["max_ms"].as_f64().unwrap() > 0.0, "{r:#}");
 
     // Both nodes were stopped.
     let left = common::processes_of(t.path());

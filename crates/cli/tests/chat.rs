@@ -3,7 +3,7 @@
 mod common;
 
 use common::{ok, tandem};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -315,6 +315,25 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     });
     assert_eq!(resumed[0]["text"], "after");
     let _ = e;
+
+    // A client's message past a session's bound (16 KiB) ends the session: the node buffers
+    // nothing that large for a client, which only closes and pings.
+    rt.block_on(async {
+        let mut ws = subscribe(&c.fe1, &bob, "lobby", None).await;
+        ws.send(Message::Text("x".repeat(20 * 1024).into()))
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the session outlived a 20 KiB message");
+    });
 
     // History paging returns every message exactly once.
     for i in 0..230 {

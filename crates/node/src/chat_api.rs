@@ -27,6 +27,13 @@ const TOKEN_CACHE_TTL_MS: u64 = 30_000;
 const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Rooms one WebSocket may follow.
 const SESSION_ROOMS_MAX: usize = 256;
+/// A session's read buffer. A client only closes and pings, so a few KiB do: WebSocket's
+/// default (128 KiB, allocated as the session opens) made 10,000 sessions take 1.3 GB
+/// (`bench chat`).
+const SESSION_READ_BUFFER: usize = 4 * 1024;
+/// The largest message or frame a client may send on a session (it sends none that matter):
+/// past it the session ends, so a client cannot make the node buffer megabytes.
+const SESSION_MESSAGE_MAX: usize = 16 * 1024;
 /// How often a live session reads the feed again while it cannot (a failover under way).
 const FEED_RETRY_MS: u64 = 200;
 
@@ -442,7 +449,12 @@ async fn events(
             v["last_id"].as_i64().unwrap_or(0)
         }
     };
-    Ok(ws.on_upgrade(move |socket| session(node, u, rooms, after, rx, socket)))
+    Ok(ws
+        .read_buffer_size(SESSION_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(SESSION_MESSAGE_MAX)
+        .max_frame_size(SESSION_MESSAGE_MAX)
+        .on_upgrade(move |socket| session(node, u, rooms, after, rx, socket)))
 }
 
 /// Sends the backlog after `after` read from the feed, then the live broadcast, skipping what
@@ -455,7 +467,6 @@ async fn session(
     mut rx: broadcast::Receiver<crate::chat_feed::FeedItem>,
     mut socket: WebSocket,
 ) {
-    let send = |e: &Event| Message::Text(json!({ "type": "event", "event": e }).to_string().into());
     if !catch_up(&node, &rooms, &mut last, &mut socket).await {
         return;
     }
@@ -474,13 +485,14 @@ async fn session(
                         return;
                     }
                 }
-                Ok(crate::chat_feed::FeedItem::Event(e)) => {
+                Ok(crate::chat_feed::FeedItem::Event(live)) => {
+                    let e = &live.event;
                     if e.id <= last || !rooms.contains(&e.room) {
                         continue;
                     }
                     last = e.id;
                     let leaving = e.kind == EventKind::MemberRemoved && e.subject.as_deref() == Some(user.as_str());
-                    if socket.send(send(&e)).await.is_err() {
+                    if socket.send(Message::Text(live.frame())).await.is_err() {
                         return;
                     }
                     if leaving {
@@ -549,7 +561,7 @@ async fn catch_up_once(
         for e in events {
             *last = e.id;
             if rooms.contains(&e.room) {
-                let m = Message::Text(json!({ "type": "event", "event": e }).to_string().into());
+                let m = Message::Text(crate::chat_feed::event_frame(&e));
                 socket.send(m).await.map_err(|_| Stopped::Socket)?;
             }
         }

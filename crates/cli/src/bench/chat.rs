@@ -37,6 +37,10 @@ pub struct ChatArgs {
     /// Offered rate of the latency run, posts per second.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     rate: u64,
+    /// WebSocket sessions of live events opened on the chat node at the end, to measure its
+    /// memory with them and one post's fan-out to all (0 skips).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    websockets: u64,
 }
 
 #[derive(Serialize)]
@@ -74,6 +78,8 @@ struct Report {
     many_rooms: Throughput,
     paced: Paced,
     history: History,
+    /// None with `--websockets 0`.
+    sessions: Option<super::sessions::Sessions>,
     load_seconds: f64,
 }
 
@@ -429,6 +435,8 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
         .prefix("tandem-bench-chat-")
         .tempdir()?;
     let dir = tmp.path();
+    // Before the nodes start: they inherit it.
+    super::sessions::allow_open_files(a.websockets)?;
     let (chat_port, db_port) = (free_port()?, free_port()?);
     std::fs::write(dir.join("topology.toml"), topology(chat_port, db_port))?;
     let d = crate::deployment::Deployment::load(&dir.join("topology.toml"))?;
@@ -542,12 +550,29 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
     }
     out.progress("history pages of 100…");
     let history = rt.block_on(history(&chat_addr, &token, a.history_messages))?;
+    let sessions = if a.websockets > 0 {
+        out.progress(&format!(
+            "{} WebSocket sessions on room-0, one post to all of them…",
+            a.websockets
+        ));
+        let chat_pid = nodes.children[1].id();
+        Some(rt.block_on(super::sessions::run(
+            &chat_addr,
+            &token,
+            "room-0",
+            a.websockets,
+            chat_pid,
+        ))?)
+    } else {
+        None
+    };
     drop(nodes);
     let report = Report {
         one_room,
         many_rooms,
         paced,
         history,
+        sessions,
         load_seconds,
     };
     out.emit(&report, || human(&report))
@@ -600,6 +625,9 @@ fn human(r: &Report) -> String {
         r.history.latency.p99_ms,
         count(r.history.room_messages as f64)
     ));
+    if let Some(w) = &r.sessions {
+        s.push_str(&w.human());
+    }
     s.push_str("\ntarget: ≥ 20,000 posts/s\n");
     s
 }

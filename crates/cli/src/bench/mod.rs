@@ -4,6 +4,7 @@
 mod chat;
 mod dr;
 mod mirror;
+mod sessions;
 mod store;
 
 use crate::output::Output;
