@@ -168,6 +168,28 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (as servers do: the soft
+/// limit is often 1,024, far below what a chat node with thousands of WebSocket sessions
+/// needs); the processes it starts next inherit it. Returns the limit now in force.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 pub fn signal(pid: i32, sig: i32) {
     // SAFETY: sending a signal to a pid we checked is one of our node processes.
     unsafe {

@@ -30,6 +30,11 @@ pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_target(false)
         .init();
+    // Every session and connection is an open file: a chat node may need thousands.
+    match crate::deployment::raise_open_files() {
+        Ok(n) => tracing::info!("open files: up to {n}"),
+        Err(e) => tracing::warn!("cannot raise the limit on open files: {e}"),
+    }
     let rt = tandem_node::runtime()?;
     let span = tracing::info_span!("node", name = %a.node);
     let result = rt.block_on(tracing::Instrument::instrument(

@@ -28,18 +28,7 @@ impl Deployment {
     }
 
     fn pids(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("run")) else {
-            return vec![];
-        };
-        entries
-            .filter_map(|e| {
-                std::fs::read_to_string(e.ok()?.path())
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .collect()
+        common::pids(&self.dir)
     }
 
     fn address(&self, node: &str) -> String {
@@ -197,6 +186,34 @@ fn up_status_users_kill_and_down() {
         assert!(!alive(pid), "pid {pid} survived `tandem down`");
     }
     assert!(d.pids().is_empty(), "down removes the pid files");
+}
+
+/// A node raises its soft limit on open files to the hard one: every session and connection is
+/// an open file, a chat node may hold thousands, and `ulimit -n` is often 1,024.
+#[test]
+fn a_node_raises_its_open_files_limit_to_the_hard_one() {
+    let d = Deployment::init();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -Sn 256 && exec "$0" up --nodes atl-db1 --detach"#)
+        .arg(env!("CARGO_BIN_EXE_tandem"))
+        .current_dir(&d.dir)
+        .env_remove("TANDEM_TOPOLOGY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid("atl-db1"))).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    // "Max open files   SOFT   HARD   files"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[3], words[4], "{line}");
 }
 
 #[test]

@@ -49,41 +49,20 @@ impl Sessions {
 }
 
 /// Lets this process (and the nodes it starts next, which inherit it) open what `sessions`
-/// WebSocket sessions need: the soft limit on open files is raised as far as the hard one
-/// allows. Call it before the nodes start.
+/// WebSocket sessions need: the soft limit on open files is raised to the hard one, which must
+/// be enough. Call it before the nodes start.
 pub(super) fn allow_open_files(sessions: u64) -> anyhow::Result<()> {
     if sessions == 0 {
         return Ok(());
     }
     let needed = sessions + FILES_BESIDE_SESSIONS;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        bail!(
-            "cannot read the limit on open files: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    if limit.rlim_cur >= needed {
-        return Ok(());
-    }
-    if limit.rlim_max < needed {
+    let limit =
+        crate::deployment::raise_open_files().context("cannot raise the limit on open files")?;
+    if limit < needed {
         bail!(
             "--websockets {sessions} needs {needed} open files in this process and in the chat \
-             node, and this process may open at most {} (ulimit -Hn): give fewer sessions, or \
-             raise the limit",
-            limit.rlim_max
-        );
-    }
-    limit.rlim_cur = needed;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        bail!(
-            "cannot raise the limit on open files to {needed}: {}",
-            std::io::Error::last_os_error()
+             node, and this process may open at most {limit} (ulimit -Hn): give fewer sessions, \
+             or raise the limit"
         );
     }
     Ok(())
