@@ -32,6 +32,11 @@ impl Drop for Chat {
 
 /// One site: fe1 (frontend, chat), fe2 (chat), db (users, CMS, mgc); both chat nodes active.
 fn start() -> Chat {
+    start_with("")
+}
+
+/// `start`, with `chat_settings` (lines) added to the topology's `[chat]`.
+fn start_with(chat_settings: &str) -> Chat {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
@@ -72,7 +77,7 @@ primary = "db"
 servers = ["fe1", "fe2"]
 active = ["fe1", "fe2"]
 primary = "db"
-
+{chat_settings}
 [cms]
 primary = "db"
 "#,
@@ -557,6 +562,68 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     );
     let err = tandem(&c.dir, &["chat", "active-servers", "set", "db"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("not a server of the chat pool"));
+}
+
+/// A session whose client answers no ping is ended after three; one whose client reads (and
+/// so answers them) stays and gets the next post.
+#[test]
+fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
+    let c = start_with("session_ping_ms = 300\n");
+    let alice = user(&c, "alice");
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "create",
+            "lobby",
+            "--privacy",
+            "open",
+            "--as",
+            "alice",
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut silent = subscribe(&c.fe1, &alice, "lobby", None).await;
+        let mut live = subscribe(&c.fe1, &alice, "lobby", None).await;
+        // `live` is read for 2.5 s, which answers the pings; `silent` is not read at all.
+        let until = tokio::time::Instant::now() + Duration::from_millis(2_500);
+        let mut pings = 0;
+        while let Ok(m) = tokio::time::timeout_at(until, live.next()).await {
+            match m {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                other => panic!("the live session got {other:?}"),
+            }
+        }
+        assert!(pings >= 3, "{pings} pings in 2.5 s at one per 300 ms");
+        // What `silent` was sent: pings, then the close that ended it — or, as reading a ping
+        // makes the client write its pong, the connection the node had already closed.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, silent.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => {}
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    assert_eq!(f.reason, "no answer to pings");
+                    break;
+                }
+                Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Io(_)))) | Ok(None) => break,
+                other => panic!("the silent session got {other:?}"),
+            }
+        }
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            json!({ "text": "still here" }),
+        );
+        let got = receive(&mut live, 1).await;
+        assert_eq!(got.last().unwrap()["text"], "still here");
+    });
 }
 
 /// A value for a schema, from the document itself: required properties only.

@@ -477,8 +477,35 @@ async fn session(
                 .into(),
         ))
         .await;
+    let every = Duration::from_millis(
+        node.topology
+            .chat
+            .as_ref()
+            .map_or(tandem_topology::CHAT_SESSION_PING_MS_DEFAULT, |c| {
+                c.session_ping_ms
+            }),
+    );
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                // A client gone without closing (its network lost, its device asleep) answers
+                // nothing: its session ends instead of staying open for good.
+                if unanswered >= tandem_topology::CHAT_SESSION_SILENT_PINGS {
+                    let gone = CloseFrame {
+                        code: close_code::AWAY,
+                        reason: "no answer to pings".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(gone))).await;
+                    return;
+                }
+                unanswered += 1;
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
             got = rx.recv() => match got {
                 Ok(crate::chat_feed::FeedItem::Resumed) => {
                     if !catch_up(&node, &rooms, &mut last, &mut socket).await {
@@ -521,9 +548,13 @@ async fn session(
                     return;
                 }
             },
-            msg = socket.recv() => if client_left(msg) {
-                return;
-            },
+            msg = socket.recv() => {
+                if client_left(msg) {
+                    return;
+                }
+                // Anything heard (a pong above all) says the client is there.
+                unanswered = 0;
+            }
         }
     }
 }

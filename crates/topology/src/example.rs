@@ -111,6 +111,9 @@ primary = "atl-db1"
 mirror = "atl-db2"
 backup = "dal-db1"
 backup_mirror = "dal-db2"
+# A chat server pings each live-events WebSocket this often (ms) and ends a
+# session that has not answered three pings: its client left without closing.
+session_ping_ms = 30000
 
 # The Central Management Store: its writable copy, a mirror in the same site,
 # and a standby in the other site (promoted by `tandem cms failover`).

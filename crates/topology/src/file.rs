@@ -88,6 +88,8 @@ pub(crate) struct Chat {
     pub(crate) backup: Option<Text>,
     #[serde(default)]
     pub(crate) backup_mirror: Option<Text>,
+    #[serde(default)]
+    pub(crate) session_ping_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

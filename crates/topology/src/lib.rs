@@ -22,6 +22,8 @@ pub use error::TopologyError;
 pub use example::example;
 pub use placement::{DATABASE_CMS, DATABASE_MGC, DATABASE_MGCCOMP, Placement, PlacementRole};
 pub use topology::{
-    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, ChatPool, Cms, MIRROR_JOURNAL_RECORDS_DEFAULT,
-    MIRROR_JOURNAL_RECORDS_MIN, MirroringSettings, Node, Pool, Role, TOPOLOGY_BYTES_MAX, Topology,
+    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, CHAT_SESSION_PING_MS_DEFAULT, CHAT_SESSION_PING_MS_MAX,
+    CHAT_SESSION_PING_MS_MIN, CHAT_SESSION_SILENT_PINGS, ChatPool, Cms,
+    MIRROR_JOURNAL_RECORDS_DEFAULT, MIRROR_JOURNAL_RECORDS_MIN, MirroringSettings, Node, Pool,
+    Role, TOPOLOGY_BYTES_MAX, Topology,
 };

@@ -211,10 +211,21 @@ pub struct ChatPool {
     pub backup: Option<String>,
     /// The mirror of the secondary, in the backup's site (only with a backup).
     pub backup_mirror: Option<String>,
+    /// How often a chat node pings each WebSocket session; a session that has not answered for
+    /// `CHAT_SESSION_SILENT_PINGS` pings is ended (its client is gone without closing).
+    pub session_ping_ms: u64,
 }
 
 /// At most this many chat servers in the chat pool.
 pub const CHAT_SERVERS_MAX: usize = 8;
+/// Default of `chat.session_ping_ms`.
+pub const CHAT_SESSION_PING_MS_DEFAULT: u64 = 30_000;
+/// Least `chat.session_ping_ms` accepted.
+pub const CHAT_SESSION_PING_MS_MIN: u64 = 100;
+/// Most `chat.session_ping_ms` accepted.
+pub const CHAT_SESSION_PING_MS_MAX: u64 = 600_000;
+/// Pings a session may leave unanswered before it is ended.
+pub const CHAT_SESSION_SILENT_PINGS: u32 = 3;
 /// At most this many active chat servers.
 pub const CHAT_ACTIVE_MAX: usize = 4;
 

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Source, TopologyError};
 use crate::file::{self, Text};
 use crate::topology::{
-    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, ChatPool, Cms, Node, Pool, Role, Topology,
+    CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, CHAT_SESSION_PING_MS_DEFAULT, CHAT_SESSION_PING_MS_MAX,
+    CHAT_SESSION_PING_MS_MIN, ChatPool, Cms, Node, Pool, Role, Topology,
 };
 
 /// Names of sites, nodes, pools and the deployment are at most this long (they become file and
@@ -806,6 +807,23 @@ fn check_chat(refs: &Refs, chat: &file::Chat) -> Result<ChatPool> {
         }
     }
 
+    let mut session_ping_ms = CHAT_SESSION_PING_MS_DEFAULT;
+    if let Some(ms) = &chat.session_ping_ms {
+        let range = CHAT_SESSION_PING_MS_MIN as i64..=CHAT_SESSION_PING_MS_MAX as i64;
+        if !range.contains(ms.get_ref()) {
+            return Err(source.rule(
+                ms.span(),
+                "chat.session_ping_ms",
+                format!("{} ms is out of range", ms.get_ref()),
+                format!(
+                    "ping WebSocket sessions every {CHAT_SESSION_PING_MS_MIN} to \
+                     {CHAT_SESSION_PING_MS_MAX} ms (default {CHAT_SESSION_PING_MS_DEFAULT})"
+                ),
+            ));
+        }
+        session_ping_ms = *ms.get_ref() as u64;
+    }
+
     Ok(ChatPool {
         servers: texts(servers),
         active: texts(active),
@@ -813,6 +831,7 @@ fn check_chat(refs: &Refs, chat: &file::Chat) -> Result<ChatPool> {
         mirror: chat.mirror.as_ref().map(|m| m.get_ref().clone()),
         backup: chat.backup.as_ref().map(|b| b.get_ref().clone()),
         backup_mirror: chat.backup_mirror.as_ref().map(|b| b.get_ref().clone()),
+        session_ping_ms,
     })
 }
 

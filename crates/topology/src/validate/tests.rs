@@ -1133,6 +1133,32 @@ fn mirroring_keeps_a_bounded_journal_for_an_absent_mirror() {
     );
 }
 
+#[test]
+fn chat_sessions_are_pinged_at_a_bounded_interval() {
+    let chat = |text: &str| parse(text).unwrap().chat.unwrap();
+    assert_eq!(chat(&example_text()).session_ping_ms, 30_000);
+    let text = broken("session_ping_ms = 30000", "session_ping_ms = 250");
+    assert_eq!(chat(&text).session_ping_ms, 250);
+    for bad in ["session_ping_ms = 5", "session_ping_ms = 6000000"] {
+        let text = broken("session_ping_ms = 30000", bad);
+        refused_at(
+            &text,
+            bad,
+            &["chat.session_ping_ms", "out of range", "100 to 600000 ms"],
+        );
+    }
+    // Absent, the default.
+    let example = example_text();
+    let start = example.find("# A chat server pings").unwrap();
+    let end =
+        example.find("session_ping_ms = 30000\n").unwrap() + "session_ping_ms = 30000\n".len();
+    let text = format!("{}{}", &example[..start], &example[end..]);
+    assert_eq!(
+        chat(&text).session_ping_ms,
+        crate::CHAT_SESSION_PING_MS_DEFAULT
+    );
+}
+
 // --- errors ----------------------------------------------------------------------------------
 
 #[test]
