@@ -136,6 +136,23 @@ fn user(c: &Chat, name: &str) -> String {
     .to_string()
 }
 
+/// The open room `lobby`, created through the CLI as alice.
+fn open_lobby(c: &Chat) {
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "create",
+            "lobby",
+            "--privacy",
+            "open",
+            "--as",
+            "alice",
+        ],
+    );
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -186,19 +203,7 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     let c = start();
     let (alice, bob, carol) = (user(&c, "alice"), user(&c, "bob"), user(&c, "carol"));
     // The CLI as alice: an open room, a secret room with bob in it.
-    ok(
-        &c.dir,
-        &[
-            "chat",
-            "room",
-            "create",
-            "lobby",
-            "--privacy",
-            "open",
-            "--as",
-            "alice",
-        ],
-    );
+    open_lobby(&c);
     ok(
         &c.dir,
         &[
@@ -570,19 +575,7 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
 fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
     let c = start_with("session_ping_ms = 300\n");
     let alice = user(&c, "alice");
-    ok(
-        &c.dir,
-        &[
-            "chat",
-            "room",
-            "create",
-            "lobby",
-            "--privacy",
-            "open",
-            "--as",
-            "alice",
-        ],
-    );
+    open_lobby(&c);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
