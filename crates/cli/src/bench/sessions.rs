@@ -37,11 +37,12 @@ impl Sessions {
     pub(super) fn human(&self) -> String {
         let mb = |m: Option<f64>| m.map_or("?".into(), |m| format!("{m:.1}"));
         format!(
-            "{:<34}{:>10} open      chat node {} MB resident ({} MB before); one post reached all: p50 {:.2} ms, max {:.2} ms  (target < 500 MB)\n",
+            "{:<34}{:>10} open      chat node {} MB resident ({} MB before; opened in {:.1} s); one post reached all: p50 {:.2} ms, max {:.2} ms  (target < 500 MB)\n",
             "WebSocket sessions",
             count(self.sessions as f64),
             mb(self.chat_node_rss_mb),
             mb(self.chat_node_rss_before_mb),
+            self.open_seconds,
             self.fanout.p50_ms,
             self.fanout.max_ms
         )
@@ -95,7 +96,8 @@ pub(super) async fn run(
     let url = format!("ws://{addr}/api/v1/events?rooms={room}&token={token}");
     let marker = format!("reaches every session {:016x}", rand_u64());
     let (stop_tx, stop) = watch::channel(false);
-    let (got_tx, mut got) = mpsc::unbounded_channel::<Instant>();
+    // Each session says when the post reached it, or why it ended first.
+    let (got_tx, mut got) = mpsc::unbounded_channel::<Result<Instant, String>>();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n as usize);
     let mut opening = tokio::task::JoinSet::new();
@@ -127,9 +129,13 @@ pub(super) async fn run(
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while (samples.len() as u64) < n {
         match tokio::time::timeout_at(deadline, got.recv()).await {
-            Ok(Some(at)) => {
+            Ok(Some(Ok(at))) => {
                 samples.push(at.saturating_duration_since(sent).as_micros() as u32);
             }
+            Ok(Some(Err(why))) => bail!(
+                "a session ended before the post reached it ({} of {n} had it): {why}",
+                samples.len()
+            ),
             Ok(None) | Err(_) => bail!(
                 "the post reached {} of {n} sessions within {} s",
                 samples.len(),
@@ -198,30 +204,38 @@ fn listen(
     mut ws: Ws,
     marker: &str,
     stop: &watch::Receiver<bool>,
-    got: &mpsc::UnboundedSender<Instant>,
+    got: &mpsc::UnboundedSender<Result<Instant, String>>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let (marker, mut stop, got) = (marker.to_string(), stop.clone(), got.clone());
     tokio::spawn(async move {
         let mut seen = false;
-        loop {
+        let ended = loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.changed() => break None,
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => {
                         if !seen && t.contains(&marker) {
                             seen = true;
-                            let _ = got.send(Instant::now());
+                            let _ = got.send(Ok(Instant::now()));
                         }
                     }
-                    Some(Ok(Message::Close(f))) => bail!("the chat node closed a session: {f:?}"),
+                    Some(Ok(Message::Close(f))) => break Some(format!("the chat node closed it: {f:?}")),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => bail!("a session ended while it was expected open"),
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break Some("its connection ended".to_string()),
                 }
             }
+        };
+        match ended {
+            None => {
+                let _ = ws.send(Message::Close(None)).await;
+                Ok(())
+            }
+            Some(why) => {
+                let _ = got.send(Err(why.clone()));
+                bail!("a session ended while it was expected open: {why}")
+            }
         }
-        let _ = ws.send(Message::Close(None)).await;
-        Ok(())
     })
 }
 
