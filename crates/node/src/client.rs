@@ -14,6 +14,11 @@ pub const SECRET_HEADER: &str = "x-tandem-secret";
 pub const NODE_HEADER: &str = "x-tandem-node";
 /// Default deadline of one internal request.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// How long an idle pooled connection is kept: shorter than the time a node keeps a silent
+/// connection (`HTTP_IDLE`), so the client closes it first and never sends a request on a
+/// connection the node is closing.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+const _: () = assert!(POOL_IDLE.as_secs() < crate::http_serve::HTTP_IDLE.as_secs());
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -88,6 +93,7 @@ impl Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
                 .connect_timeout(Duration::from_millis(1_000))
+                .pool_idle_timeout(POOL_IDLE)
                 .no_proxy()
                 .build()
                 .expect("an HTTP client without TLS builds"),
@@ -398,6 +404,7 @@ impl UserApi {
         UserApi {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+                .pool_idle_timeout(POOL_IDLE)
                 .no_proxy()
                 .build()
                 .expect("an HTTP client without TLS builds"),

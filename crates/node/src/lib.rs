@@ -13,6 +13,7 @@ mod db_host;
 mod db_ops;
 mod error;
 mod frontend;
+mod http_serve;
 pub mod locator;
 pub mod log_shipping;
 mod metrics;

@@ -571,18 +571,20 @@ pub async fn serve(
         .chat
         .as_ref()
         .map(|c| tokio::spawn(crate::chat_feed::follow(state.clone(), c.events.clone())));
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut graceful = stopping.clone();
     let mut hard = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    let result = tokio::select! {
-        r = server => r,
+    let server = crate::http_serve::serve(
+        listener,
+        app,
+        crate::http_serve::HTTP_IDLE,
+        stopping.clone(),
+    );
+    let result: std::io::Result<()> = tokio::select! {
+        () = server => Ok(()),
         _ = async move {
             let _ = hard.wait_for(|s| *s).await;
             tokio::time::sleep(Duration::from_millis(STOP_GRACE_MS)).await;

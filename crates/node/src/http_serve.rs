@@ -1,0 +1,161 @@
+//! The node's HTTP server loop: axum's router on hyper's HTTP/1.1 connections (with upgrades,
+//! for WebSockets), each connection bounded in how long it may send no request. `axum::serve`
+//! sets no such bound: a client could hold any number of silent connections, each an open
+//! file, until the node could accept no more.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long a connection may go without a request's head arriving — a new connection, or a
+/// kept-alive one between requests — before the node closes it. Longer than the idle time of
+/// the internal client's pooled connections (`client.rs`, `POOL_IDLE`), so that the client,
+/// not the server, closes an idle connection, and no request is sent on one the server is
+/// closing.
+pub(crate) const HTTP_IDLE: Duration = Duration::from_secs(120);
+
+/// Serves `app` on `listener` until `stopping` turns true: then accepts nothing more and
+/// returns once every connection has finished its request under way. A connection that sends
+/// no request head for `idle` is closed; a request's handler (a long poll, a streamed full
+/// copy) and an upgraded WebSocket are not bounded by it. Handlers see the peer's address as
+/// `ConnectInfo<SocketAddr>`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    idle: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    // HTTP/1.1 only (every client of a node speaks it): hyper's automatic version detection
+    // would wait for a silent connection's first bytes with no bound at all.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(idle);
+    // Each connection's task holds a receiver: all have ended once `closed` resolves.
+    let (open_tx, open_rx) = watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of open files, most often: wait a little rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stopping) => break,
+        };
+        let app = app.clone();
+        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), req.map(Body::new))
+        });
+        let builder = builder.clone();
+        let (mut stopping, open) = (stopping.clone(), open_rx.clone());
+        tokio::spawn(async move {
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                }
+                () = stopped(&mut stopping) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Resolves once `stopping` is true (or its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on a free port answering `GET /peer` with the peer's address as it saw it.
+    async fn start(idle: Duration) -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app =
+            Router::new().route(
+                "/peer",
+                get(
+                    |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| async move {
+                        peer.to_string()
+                    },
+                ),
+            );
+        let (stop, stopping) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, app, idle, stopping));
+        (addr, stop, server)
+    }
+
+    /// Reads until the peer closes the connection, with a deadline; what was read.
+    async fn until_closed(conn: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got));
+        read.await
+            .expect("the server closed the connection within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&got).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_request_is_closed_and_one_that_does_is_answered() {
+        let (addr, _stop, _server) = start(Duration::from_millis(300)).await;
+        // Silent from the start: closed.
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(until_closed(&mut silent).await, "");
+        // A request is answered, with the peer's address; the connection, kept alive, is then
+        // closed once it stays silent.
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let me = conn.local_addr().unwrap().to_string();
+        conn.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&me), "the peer is {me}: {answer}");
+    }
+
+    #[tokio::test]
+    async fn once_stopping_it_accepts_nothing_and_returns() {
+        let (addr, stop, server) = start(Duration::from_secs(60)).await;
+        // A kept-alive connection, idle: stopping closes it rather than waiting for the bound.
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        conn.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server returned within 10 s of the stop")
+            .unwrap();
+        until_closed(&mut conn).await;
+        assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+    }
+}
