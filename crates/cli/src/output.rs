@@ -29,13 +29,13 @@ impl Output {
     }
 }
 
-/// A time in ms since the Unix epoch, as RFC 3339 (UTC, seconds), or "-" for 0.
+/// A time in ms since the Unix epoch, as the store writes it (RFC 3339, UTC, milliseconds), or
+/// "-" for 0.
 pub fn time(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    tandem_store::time_text(ms)
 }
 
 pub fn bytes(n: u64) -> String {

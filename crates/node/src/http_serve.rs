@@ -83,7 +83,7 @@ pub(crate) async fn serve(
 }
 
 /// Resolves once `stopping` is true (or its sender is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
 

@@ -583,16 +583,15 @@ pub async fn serve(
         crate::http_serve::HTTP_IDLE,
         stopping.clone(),
     );
-    let result: std::io::Result<()> = tokio::select! {
-        () = server => Ok(()),
-        _ = async move {
-            let _ = hard.wait_for(|s| *s).await;
+    tokio::select! {
+        () = server => {}
+        () = async move {
+            crate::http_serve::stopped(&mut hard).await;
             tokio::time::sleep(Duration::from_millis(STOP_GRACE_MS)).await;
         } => {
             tracing::warn!("requests still open {STOP_GRACE_MS} ms after the stop signal: closing them");
-            Ok(())
         }
-    };
+    }
     crate::mirroring::stop(&state);
     for t in standby_tasks {
         t.abort();
@@ -607,5 +606,5 @@ pub async fn serve(
     // Close every database (their writers finish what is queued) before returning.
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     tracing::info!(node = name, "stopped");
-    result.map_err(|e| format!("{name}: {e}"))
+    Ok(())
 }

@@ -47,4 +47,4 @@ pub use rusqlite;
 pub use rusqlite::types::Value;
 pub use schema::{Derived, Migration};
 pub use stages::{CommitStages, StageMeans};
-pub use writer::{Applied, Durability, StopAt, Tx};
+pub use writer::{Applied, Durability, StopAt, Tx, time_text};

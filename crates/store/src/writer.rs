@@ -108,7 +108,7 @@ impl std::fmt::Display for StopAt {
 
 /// A commit time (ms since the Unix epoch) in RFC 3339, `2026-11-23T10:00:00.000Z`; a time
 /// before 1970 or past the year 9999, which no record carries, as its milliseconds.
-pub(crate) fn time_text(ms: i64) -> String {
+pub fn time_text(ms: i64) -> String {
     use std::time::{Duration, UNIX_EPOCH};
     const YEAR_10000_S: u64 = 253_402_300_800;
     match u64::try_from(ms) {

@@ -19,7 +19,11 @@ pub fn tandem(dir: &Path, args: &[&str]) -> Output {
 
 /// Runs `tandem ARGS`, which must succeed; its stdout.
 pub fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = tandem(dir, args);
+    succeeded(tandem(dir, args), args)
+}
+
+/// The stdout of `tandem ARGS`, which must have succeeded.
+fn succeeded(out: Output, args: &[&str]) -> String {
     assert!(
         out.status.success(),
         "tandem {args:?} failed: {}{}",
@@ -49,17 +53,7 @@ pub fn bench(tmp: &Path, args: &[&str]) -> Value {
         .env_remove("TANDEM_TOPOLOGY")
         .output()
         .expect("run tandem");
-    assert!(
-        out.status.success(),
-        "tandem bench {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_str(&succeeded(out, args)).expect("one JSON document")
 }
 
 /// One raw HTTP/1.1 request; the status (0 when nothing came back) and the body.
