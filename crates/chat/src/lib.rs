@@ -4,8 +4,8 @@
 //!
 //! Typed functions over a store [`tandem_store::Database`] holding [`MGC_SCHEMA`]. Every write
 //! goes through the store's journal, so mirroring, log shipping and backups carry it like any
-//! other record, and every copy answers reads the same (the search index is kept by triggers,
-//! which replay identically). Callers pass an already-authenticated user name: this crate knows
+//! other record, and every copy answers reads the same (the search index, derived behind the
+//! commits, follows each copy's own journal). Callers pass an already-authenticated user name: this crate knows
 //! nothing of authentication, HTTP or processes.
 //!
 //! Every event has a global id (one sequence for all rooms) that increases in commit order, so
@@ -43,6 +43,8 @@ pub use rooms::{
     DESCRIPTION_BYTES_MAX, NewRoom, Privacy, Room, RoomUpdate, create_room, room, rooms,
     update_room,
 };
-pub use schema::{MGC_SCHEMA, SEARCH_INDEX, SEARCH_MERGE, prepare};
-pub use search::{SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, SEARCH_QUERY_BYTES_MAX, search};
+pub use schema::{MGC_SCHEMA, prepare};
+pub use search::{
+    SEARCH, SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX, SEARCH_QUERY_BYTES_MAX, SEARCH_WAIT, search,
+};
 pub use unread::{UNREAD_COUNT_MAX, mark_read, unread};

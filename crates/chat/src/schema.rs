@@ -2,9 +2,9 @@
 //! connection or from inside a write transaction, with the same SQL.
 //!
 //! Every table has a declared primary key (the store addresses rows by it on every copy). The
-//! full-text index `events_fts` is an external-content FTS5 table kept by triggers, which fire
-//! identically when a copy replays the journal: search on a mirror, a standby or a restored copy
-//! answers as on the primary.
+//! full-text index is not in `mgc`: it is the search follower's file (`search.rs`), which every
+//! copy keeps from its own journal, so search on a mirror, a standby or a restored copy answers
+//! as on the primary.
 
 use crate::ChatError;
 use tandem_store::rusqlite::{Connection, OptionalExtension, Params, Row};
@@ -69,44 +69,29 @@ pub static MGC_SCHEMA: &[Migration] = &[
     Migration {
         version: 2,
         name: "search index merged between groups",
-        // FTS5's own merging, off: `SEARCH_MERGE` merges a bounded amount per group instead.
+        // FTS5's own merging, off: until migration 3 the writer merged a bounded amount per
+        // group instead.
         sql: "INSERT INTO events_fts (events_fts, rank) VALUES ('automerge', 0);",
+    },
+    Migration {
+        version: 3,
+        name: "search index moved to its own file, behind the commits",
+        // The index of migration 1, updated in each group's transaction, made every post wait
+        // for it and for the merges of its segments (the chat latency tail). `search::SEARCH`
+        // keeps it now, in a file of its own, on every copy.
+        sql: "DROP TRIGGER events_fts_delete;
+          DROP TRIGGER events_fts_update;
+          DROP TABLE events_fts;",
     },
 ];
 
-/// Indexes the messages committed at LSNs `?1..=?2` for search, in one statement per group
-/// commit (and per applied batch on every copy). Registered by [`prepare`]. (A trigger per
-/// inserted message made SQLite open a statement savepoint per post, and FTS5 flushes its
-/// pending index at every savepoint: one index segment per post. Deletes and updates, rare,
-/// remove the old entry by trigger; an updated event carries the LSN of its update, so this
-/// statement indexes its new text.)
-pub static SEARCH_INDEX: tandem_store::Derived = tandem_store::Derived {
-    name: "search index",
-    sql: "INSERT INTO events_fts (rowid, text) \
-          SELECT id, text FROM events WHERE lsn BETWEEN ?1 AND ?2 AND kind = 'message'",
-};
-
-/// Merges the search index's segments a bounded amount per group: 16 pages and one more per 8
-/// records (the index grows with the group), each level's segments 4 at a time. FTS5's own
-/// automatic merging, turned off by migration 2, does 64 × (levels) pages at once every 64
-/// pages written, plus a whole level's segments once 16 pile up: inside one group's commit,
-/// which held the group's posts, and every post behind it, for 10–50 ms (`bench chat`: about
-/// 80 groups over 10 ms a run, 20 over 20 ms; now about 27 and 10 — what remains is one
-/// term's whole list of occurrences, which a merge copies in one piece). Run on every copy:
-/// a mirror's index stays as compact as the primary's.
-pub static SEARCH_MERGE: tandem_store::Derived = tandem_store::Derived {
-    name: "search index merge",
-    sql: "INSERT INTO events_fts (events_fts, rank) SELECT 'merge', 16 + (?2 - ?1) / 8",
-};
-
-/// Makes `db` ready to hold chat: applies `MGC_SCHEMA` (a primary) and registers
-/// `SEARCH_INDEX` and `SEARCH_MERGE` (every copy, before it commits or applies anything).
+/// Makes `db` ready to hold chat: applies `MGC_SCHEMA` (a primary) and starts the search
+/// index's follower (every copy).
 pub fn prepare(db: &Database) -> Result<(), ChatError> {
     if db.identity().role == tandem_store::Role::Primary {
         db.migrate(MGC_SCHEMA)?;
     }
-    db.derive(SEARCH_INDEX)?;
-    db.derive(SEARCH_MERGE)?;
+    db.follow(crate::search::SEARCH)?;
     Ok(())
 }
 
@@ -212,9 +197,11 @@ mod tests {
     }
 
     fn hits(db: &Database, word: &'static str) -> Vec<i64> {
+        db.wait_followed("search", db.durable_lsn(), crate::SEARCH_WAIT)
+            .unwrap();
         read(db, |c| {
             c.rows(
-                "SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 ORDER BY rowid",
+                "SELECT rowid FROM search.events_fts WHERE events_fts MATCH ?1 ORDER BY rowid",
                 [word],
                 |r| r.get(0),
             )
@@ -223,40 +210,7 @@ mod tests {
     }
 
     #[test]
-    fn the_search_index_is_merged_a_little_per_group_not_by_fts5_inside_a_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(&dir.path().join("mgc"), "mgc", Options::default()).unwrap();
-        crate::prepare(&db).unwrap();
-        for id in 1..=300 {
-            db.write(move |tx: &mut Tx<'_>| {
-                tx.insert(
-                    "events",
-                    event(id, "message", &format!("hello {id}"), tx.lsn()),
-                )
-            })
-            .unwrap();
-        }
-        let (automerge, leaves) = read(&db, |c| {
-            let automerge: Option<i64> = c.row(
-                "SELECT v FROM events_fts_config WHERE k = 'automerge'",
-                [],
-                |r| r.get(0),
-            )?;
-            // Rows of the index's pages (the structure and averages rows included).
-            let leaves: Option<i64> =
-                c.row("SELECT count(*) FROM events_fts_data", [], |r| r.get(0))?;
-            Ok((automerge, leaves.unwrap()))
-        })
-        .unwrap();
-        assert_eq!(automerge, Some(0), "FTS5 merges nothing inside a commit");
-        // 300 groups flushed 300 one-page segments. Merged as they come: 5 rows here; left to
-        // FTS5's crisis merges (16 segments a level) alone: 17.
-        assert!(leaves < 10, "{leaves} rows: the segments were not merged");
-        assert_eq!(hits(&db, "hello").len(), 300);
-    }
-
-    #[test]
-    fn the_schema_applies_once_and_the_triggers_index_only_messages() {
+    fn the_schema_applies_once_and_the_index_holds_only_messages() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(&dir.path().join("mgc"), "mgc", Options::default()).unwrap();
         crate::prepare(&db).unwrap();
@@ -272,6 +226,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(hits(&db, "lobby"), [2], "room events are not searchable");
+
+        assert!(
+            read(&db, |c| c.row(
+                "SELECT 1 FROM sqlite_master WHERE name LIKE 'events_fts%'",
+                [],
+                |r| r.get::<_, i64>(0)
+            ))
+            .unwrap()
+            .is_none(),
+            "no index inside mgc"
+        );
 
         // Updates and deletes keep the index exact, whatever the kinds before and after.
         db.write(|tx: &mut Tx<'_>| {
@@ -292,7 +257,7 @@ mod tests {
         assert!(hits(&db, "lobby").is_empty());
         assert!(hits(&db, "goodbye").is_empty());
         let conn =
-            tandem_store::rusqlite::Connection::open(db.dir().join(tandem_store::DB_FILE)).unwrap();
+            tandem_store::rusqlite::Connection::open(db.dir().join("follow-search.db")).unwrap();
         conn.execute(
             "INSERT INTO events_fts (events_fts) VALUES ('integrity-check')",
             [],

@@ -1,5 +1,8 @@
-//! Full-text search over messages, through the FTS5 index `events_fts` that triggers keep (so
-//! every copy of `mgc` answers the same).
+//! Full-text search over messages, through the search index: an FTS5 index of each message's
+//! text in a file of its own beside `mgc` (`follow-search.db`), which a follower thread keeps
+//! behind the acknowledged commits on every copy (`tandem_store::Follow`). Posts never wait for
+//! it; a search waits until it holds every acknowledged message, so a message is found once
+//! its post is answered, on the primary as on a mirror, a standby or a restored copy.
 //!
 //! The user's words are searched as words, never parsed as FTS5 syntax: each white-space
 //! separated piece becomes a quoted FTS5 string, and the pieces must all occur. Any input is a
@@ -10,7 +13,8 @@ use crate::events::{EVENT_COLUMNS, Event, event_row};
 use crate::messages::check_limit;
 use crate::names::{NameOf, check_name};
 use crate::schema::{Query, lsn_param, read};
-use tandem_store::Database;
+use tandem_store::rusqlite::{Connection, types::Value};
+use tandem_store::{Database, Follow, Follower, Op, StoreError};
 
 /// Most results of one search.
 pub const SEARCH_LIMIT_MAX: usize = 100;
@@ -18,12 +22,86 @@ pub const SEARCH_LIMIT_MAX: usize = 100;
 pub const SEARCH_LIMIT_DEFAULT: usize = 20;
 /// Longest search query, in bytes of UTF-8.
 pub const SEARCH_QUERY_BYTES_MAX: usize = 1024;
+/// How long a search waits for the index to hold every acknowledged message. It is a few
+/// milliseconds behind under load; longer only while it is rebuilt from the rows (a copy
+/// restored or reseeded), when a search is refused as catching up rather than answered from
+/// part of the messages.
+pub const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The search index, run on every copy of `mgc` by [`crate::prepare`].
+pub static SEARCH: Follow = Follow {
+    name: "search",
+    version: 1,
+    make: || Box::new(SearchIndex),
+};
+
+/// Where `events`' columns are in a journaled row (checked against the schema by a test).
+const EVENT_ID: usize = 0;
+const EVENT_KIND: usize = 2;
+const EVENT_TEXT: usize = 5;
+
+/// Keeps `events_fts`: contentless (the text is in `events`), with deletes.
+struct SearchIndex;
+
+impl SearchIndex {
+    fn index(conn: &Connection, row: &[Value]) -> Result<(), StoreError> {
+        if matches!(&row[EVENT_KIND], Value::Text(k) if k == "message") {
+            conn.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?
+                .execute((&row[EVENT_ID], &row[EVENT_TEXT]))?;
+        }
+        Ok(())
+    }
+
+    fn unindex(conn: &Connection, id: &Value) -> Result<(), StoreError> {
+        conn.prepare_cached("DELETE FROM events_fts WHERE rowid = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+}
+
+impl Follower for SearchIndex {
+    fn create(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        conn.execute_batch(
+            "CREATE VIRTUAL TABLE events_fts USING fts5 (text, content='', contentless_delete=1)",
+        )?;
+        Ok(())
+    }
+
+    fn apply(&mut self, conn: &Connection, op: &Op) -> Result<(), StoreError> {
+        match op {
+            Op::Insert { table, row } if table == "events" => Self::index(conn, row),
+            Op::Update { table, row } if table == "events" => {
+                Self::unindex(conn, &row[EVENT_ID])?;
+                Self::index(conn, row)
+            }
+            Op::Delete { table, key } if table == "events" => Self::unindex(conn, &key[0]),
+            _ => Ok(()),
+        }
+    }
+
+    fn rebuild(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let has_events: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM source.sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_events {
+            conn.execute_batch(
+                "INSERT INTO events_fts (rowid, text) \
+                 SELECT id, text FROM source.events WHERE kind = 'message'",
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// Messages that contain every word of `query`, in rooms `user` may read (open rooms, and the
 /// rooms `user` is a member of), newest first, at most `limit` (1 to `SEARCH_LIMIT_MAX`;
 /// `SEARCH_LIMIT_DEFAULT` when none). Invalid for an empty query or one over
 /// `SEARCH_QUERY_BYTES_MAX` bytes. Whatever the query holds — quotes, operators, parentheses —
-/// it is searched as words, never refused as syntax.
+/// it is searched as words, never refused as syntax. Refused as catching up
+/// (`StoreError::CatchingUp`) when the index does not hold every acknowledged message within
+/// `SEARCH_WAIT`.
 pub fn search(
     db: &Database,
     user: &str,
@@ -43,7 +121,8 @@ pub fn search(
             "a search query needs at least one word".into(),
         ));
     };
-    let durable = lsn_param(db.durable_lsn());
+    let durable = db.durable_lsn();
+    db.wait_followed(SEARCH.name, durable, SEARCH_WAIT)?;
     let columns = EVENT_COLUMNS
         .split(", ")
         .map(|c| format!("e.{c}"))
@@ -52,7 +131,7 @@ pub fn search(
     let events = read(db, |c| {
         c.rows(
             &format!(
-                "SELECT {columns} FROM events_fts f \
+                "SELECT {columns} FROM search.events_fts f \
                  JOIN events e ON e.id = f.rowid \
                  JOIN rooms r ON r.name = e.room \
                  WHERE events_fts MATCH ?1 AND e.kind = 'message' AND e.lsn <= ?2 \
@@ -60,7 +139,7 @@ pub fn search(
                       (SELECT 1 FROM members m WHERE m.room = e.room AND m.user = ?3)) \
                  ORDER BY f.rowid DESC LIMIT ?4"
             ),
-            (fts.as_str(), durable, user, limit as i64),
+            (fts.as_str(), lsn_param(durable), user, limit as i64),
             event_row,
         )
     })?;
@@ -232,17 +311,23 @@ mod tests {
         );
     }
 
-    /// Runs FTS5's own check of the index's structure (not against `events`, whose room
-    /// events are deliberately left out of the index).
+    /// Runs FTS5's own check of the index's structure, and checks it holds one document per
+    /// message and none for room events.
     fn fts_integrity(db: &Database) {
+        db.wait_followed(SEARCH.name, db.durable_lsn(), SEARCH_WAIT)
+            .unwrap();
         let conn =
-            tandem_store::rusqlite::Connection::open(db.dir().join(tandem_store::DB_FILE)).unwrap();
+            tandem_store::rusqlite::Connection::open(db.dir().join("follow-search.db")).unwrap();
         conn.execute(
             "INSERT INTO events_fts (events_fts) VALUES ('integrity-check')",
             [],
         )
         .unwrap();
-        // One indexed document per message, and none for room events.
+        conn.execute(
+            "ATTACH DATABASE ?1 AS source",
+            [db.dir().join(tandem_store::DB_FILE).to_string_lossy()],
+        )
+        .unwrap();
         let ids = |sql: &str| -> Vec<i64> {
             let mut stmt = conn.prepare(sql).unwrap();
             stmt.query_map([], |r| r.get(0))
@@ -252,8 +337,71 @@ mod tests {
         };
         assert_eq!(
             ids("SELECT id FROM events_fts_docsize ORDER BY id"),
-            ids("SELECT id FROM events WHERE kind = 'message' ORDER BY id")
+            ids("SELECT id FROM source.events WHERE kind = 'message' ORDER BY id")
         );
+    }
+
+    #[test]
+    fn the_index_reads_events_columns_where_the_schema_puts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        let columns: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT name FROM pragma_table_info('events')")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(columns[EVENT_ID], "id");
+        assert_eq!(columns[EVENT_KIND], "kind");
+        assert_eq!(columns[EVENT_TEXT], "text");
+    }
+
+    #[test]
+    fn a_message_is_found_once_its_post_is_answered_and_edits_and_deletes_reach_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        create_room(&db, "alice", &new_room("r", Privacy::Open)).unwrap();
+        for i in 0..60 {
+            let e = post(&db, "alice", "r", &format!("needle {i}"), None).unwrap();
+            // No wait but the search's own.
+            let found = search(&db, "alice", &format!("needle {i}"), Some(1)).unwrap();
+            assert_eq!(found.first().map(|f| f.id), Some(e.id), "post {i}");
+        }
+        // Edits and deletes come through the journal like any write (chat makes none yet).
+        let (edited, deleted) = (5, 6);
+        let ids = |q: &str| -> Vec<i64> {
+            search(&db, "alice", q, Some(SEARCH_LIMIT_MAX))
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        let before = ids("needle");
+        let mut edit: Vec<Value> = db
+            .read(|c| {
+                Ok(c.query_row(
+                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+                    [before[edited]],
+                    |r| (0..9).map(|i| r.get::<_, Value>(i)).collect(),
+                )?)
+            })
+            .unwrap();
+        edit[EVENT_TEXT] = Value::Text("haystack".into());
+        let gone = before[deleted];
+        db.write(move |tx: &mut tandem_store::Tx<'_>| {
+            // An updated event carries the LSN of its update.
+            let mut edit = edit.clone();
+            edit[8] = Value::Integer(tx.lsn() as i64);
+            tx.update("events", edit)?;
+            tx.delete("events", vec![Value::Integer(gone)])
+        })
+        .unwrap();
+        assert_eq!(ids("haystack"), [before[edited]]);
+        let after = ids("needle");
+        assert_eq!(after.len(), before.len() - 2);
+        assert!(!after.contains(&before[edited]) && !after.contains(&before[deleted]));
+        fts_integrity(&db);
     }
 
     #[test]
@@ -307,7 +455,7 @@ mod tests {
         crate::prepare(&copy).unwrap();
         let mut from = 1;
         while from <= id.lsn {
-            // Small batches: the triggers must fire the same across batch boundaries.
+            // Small batches: the index follows the copy's journal across batch boundaries.
             let applied = copy
                 .apply(db.read_journal(from, 7, 1 << 20).unwrap(), None)
                 .unwrap();

@@ -91,6 +91,9 @@ impl ApiError {
             Role(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_primary", m.clone()),
             StaleEpoch { .. } => ApiError::new(StatusCode::CONFLICT, "stale_epoch", e.to_string()),
             Invalid(m) => ApiError::bad_request(m.clone()),
+            CatchingUp(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catching_up", m.clone())
+            }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
         }
     }
@@ -129,6 +132,7 @@ impl From<crate::client::ClientError> for ApiError {
                     "forbidden" => "forbidden",
                     "not_primary" => "not_primary",
                     "not_active" => "not_active",
+                    "catching_up" => "catching_up",
                     "too_large" => "too_large",
                     _ => "upstream",
                 },

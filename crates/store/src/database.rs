@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
@@ -265,6 +265,57 @@ impl Published {
         self.identity.lock().expect("identity lock").clone()
     }
 
+    /// The acknowledged LSN, updated as commits are acknowledged.
+    pub(crate) fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
+        self.committed.subscribe()
+    }
+
+    /// The oldest LSN the journal holds, if any.
+    fn journal_oldest(&self) -> Option<Lsn> {
+        self.journal.lock().expect("journal lock").1
+    }
+
+    /// Journal records from `from` on, from memory when the newest records hold them, else
+    /// from `on_disk` (the journal table, on whatever connection the caller reads with).
+    pub(crate) fn read_journal(
+        &self,
+        from: Lsn,
+        records_max: usize,
+        bytes_max: usize,
+        on_disk: impl FnOnce() -> Result<RecordBatch>,
+    ) -> Result<RecordBatch> {
+        match self
+            .recent
+            .read(from, records_max, bytes_max, self.journal_oldest())
+        {
+            Some(batch) => Ok(batch),
+            None => on_disk(),
+        }
+    }
+
+    /// The chain just after `lsn`, when the journal still holds it (or `lsn` is the current LSN
+    /// or 0), from memory or else from `on_disk`.
+    pub(crate) fn chain_at(
+        &self,
+        lsn: Lsn,
+        on_disk: impl FnOnce() -> Result<Option<Chain>>,
+    ) -> Result<Option<Chain>> {
+        let id = self.identity();
+        if lsn == id.lsn {
+            return Ok(Some(id.chain));
+        }
+        if lsn == 0 {
+            return Ok(Some(Chain::genesis(&id.database_id)));
+        }
+        // As the journal answers: only for an LSN it still holds.
+        if self.journal_oldest().is_some_and(|o| lsn >= o)
+            && let Some(chain) = self.recent.chain_at(lsn)
+        {
+            return Ok(Some(chain));
+        }
+        on_disk()
+    }
+
     pub(crate) fn role(&self) -> Role {
         self.identity.lock().expect("identity lock").role
     }
@@ -274,7 +325,11 @@ struct Inner {
     dir: PathBuf,
     jobs: Option<SyncSender<Job>>,
     published: Arc<Published>,
-    readers: Mutex<Vec<Connection>>,
+    /// Idle reader connections, each with how many followers' files it has attached.
+    readers: Mutex<Vec<(Connection, usize)>>,
+    /// The followers running on this copy, in the order they were started (readers attach
+    /// their files in that order).
+    follows: RwLock<Vec<crate::follow::Running>>,
     thread: Option<JoinHandle<()>>,
     options: Options,
     gate: Arc<crate::ack::Gate>,
@@ -282,6 +337,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        for f in self.follows.get_mut().expect("follows lock").iter_mut() {
+            f.stop();
+        }
         // Closing the queue ends the writer's loop once it has answered every queued job.
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
@@ -393,6 +451,26 @@ fn lock_dir(dir: &Path) -> Result<File> {
     f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
     let _ = write!(f, "pid {}", std::process::id());
     Ok(f)
+}
+
+/// A read-only connection to the database in `dir`, as readers use it.
+pub(crate) fn open_reader_connection(dir: &Path, cache_kib: u32) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        dir.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "cache_size", -(cache_kib as i64))?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
+    stable_plans(&conn)?;
+    // A reader closing while no other connection holds a lock would otherwise checkpoint
+    // the whole WAL and delete it, on the caller's path; checkpoints are the checkpointer's.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 /// Reads the identity stored in a database file (used by open and by backups of a snapshot).
@@ -720,6 +798,7 @@ impl Database {
                 jobs: Some(jobs),
                 published,
                 readers: Mutex::new(Vec::new()),
+                follows: RwLock::new(Vec::new()),
                 thread: Some(thread),
                 options,
                 gate,
@@ -861,10 +940,41 @@ impl Database {
         Ok(done.value)
     }
 
-    /// Registers a statement that maintains a derived structure on this copy (see `Derived`).
-    /// Register it after the migrations that create what it reads and writes, on every copy.
-    pub fn derive(&self, d: crate::schema::Derived) -> Result<()> {
-        self.control(move |w| w.derive(d))
+    /// Starts `follow` on this copy, once per name: from now on its thread keeps its file up to
+    /// date behind the acknowledged commits, and readers see the file as schema `follow.name`.
+    pub fn follow(&self, follow: crate::follow::Follow) -> Result<()> {
+        let mut follows = self.inner.follows.write().expect("follows lock");
+        if follows.iter().any(|f| f.follow.name == follow.name) {
+            return Ok(());
+        }
+        follows.push(crate::follow::start(
+            &self.inner.dir,
+            self.inner.options.cache_kib,
+            follow,
+            self.inner.published.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Waits until the follower `name` holds every acknowledged record up to `lsn`, for at most
+    /// `timeout`: `StoreError::CatchingUp` when it does not by then.
+    pub fn wait_followed(&self, name: &str, lsn: Lsn, timeout: std::time::Duration) -> Result<()> {
+        let progress = self.progress_of(name)?;
+        progress.wait(name, lsn, timeout)
+    }
+
+    /// The LSN up to which the follower `name` holds every acknowledged record.
+    pub fn followed_lsn(&self, name: &str) -> Result<Lsn> {
+        Ok(self.progress_of(name)?.lsn())
+    }
+
+    fn progress_of(&self, name: &str) -> Result<Arc<crate::follow::Progress>> {
+        let follows = self.inner.follows.read().expect("follows lock");
+        follows
+            .iter()
+            .find(|f| f.follow.name == name)
+            .map(|f| f.progress.clone())
+            .ok_or_else(|| StoreError::Invalid(format!("no follower named {name} on this copy")))
     }
 
     /// Runs `f` in the writer thread, with exclusive access to the write connection.
@@ -977,41 +1087,48 @@ impl Database {
                 }
             ));
         }
+        for f in self.inner.follows.read().expect("follows lock").iter() {
+            if let Some(failure) = f.progress.failure() {
+                warnings.push(format!(
+                    "the {} follower (file {}) is stopped at LSN {} by a failure, retried every \
+                     second: {failure}",
+                    f.follow.name,
+                    f.file.display(),
+                    f.progress.lsn()
+                ));
+            }
+        }
         Ok(warnings)
     }
 
     /// Runs `f` on a reader connection (WAL: it sees the last commit and does not block writes).
+    /// The followers' files are attached to it, each as the schema of its name.
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.inner.readers.lock().expect("readers lock").pop();
-        let conn = match conn {
+        let idle = self.inner.readers.lock().expect("readers lock").pop();
+        let (conn, mut attached) = match idle {
             Some(c) => c,
-            None => self.open_reader()?,
+            None => (self.open_reader()?, 0),
         };
+        {
+            let follows = self.inner.follows.read().expect("follows lock");
+            for follow in &follows[attached..] {
+                conn.execute(
+                    &format!("ATTACH DATABASE ?1 AS {}", follow.follow.name),
+                    [follow.file.to_string_lossy()],
+                )?;
+                attached += 1;
+            }
+        }
         let r = f(&conn);
         let mut pool = self.inner.readers.lock().expect("readers lock");
         if pool.len() < self.inner.options.readers_max {
-            pool.push(conn);
+            pool.push((conn, attached));
         }
         r
     }
 
     pub(crate) fn open_reader(&self) -> Result<Connection> {
-        let conn = Connection::open_with_flags(
-            self.inner.dir.join(DB_FILE),
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.pragma_update(None, "cache_size", -(self.inner.options.cache_kib as i64))?;
-        conn.pragma_update(None, "query_only", true)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
-        stable_plans(&conn)?;
-        // A reader closing while no other connection holds a lock would otherwise checkpoint
-        // the whole WAL and delete it, on the caller's path; checkpoints are the checkpointer's.
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(conn)
+        open_reader_connection(&self.inner.dir, self.inner.options.cache_kib)
     }
 
     /// Reads journal records from `from` on: at most `records_max`, about `bytes_max` bytes.
@@ -1021,20 +1138,11 @@ impl Database {
         records_max: usize,
         bytes_max: usize,
     ) -> Result<RecordBatch> {
-        if let Some(batch) =
-            self.inner
-                .published
-                .recent
-                .read(from, records_max, bytes_max, self.journal_oldest())
-        {
-            return Ok(batch);
-        }
-        self.read(|c| journal::read(c, from, records_max, bytes_max))
-    }
-
-    /// The oldest LSN the journal holds, if any.
-    fn journal_oldest(&self) -> Option<Lsn> {
-        self.inner.published.journal.lock().expect("journal lock").1
+        self.inner
+            .published
+            .read_journal(from, records_max, bytes_max, || {
+                self.read(|c| journal::read(c, from, records_max, bytes_max))
+            })
     }
 
     #[cfg(test)]
@@ -1044,20 +1152,9 @@ impl Database {
 
     /// The chain just after `lsn`, when the journal still holds it (or `lsn` is the current LSN).
     pub fn chain_at(&self, lsn: Lsn) -> Result<Option<Chain>> {
-        let id = self.identity();
-        if lsn == id.lsn {
-            return Ok(Some(id.chain));
-        }
-        if lsn == 0 {
-            return Ok(Some(Chain::genesis(&id.database_id)));
-        }
-        // As the journal answers: only for an LSN it still holds.
-        if self.journal_oldest().is_some_and(|o| lsn >= o)
-            && let Some(chain) = self.inner.published.recent.chain_at(lsn)
-        {
-            return Ok(Some(chain));
-        }
-        self.read(|c| journal::chain_at(c, lsn))
+        self.inner
+            .published
+            .chain_at(lsn, || self.read(|c| journal::chain_at(c, lsn)))
     }
 
     /// Every applied migration: version, name.

@@ -37,6 +37,10 @@ pub enum StoreError {
     /// Another process or handle has the database open.
     #[error("{0}")]
     Locked(String),
+    /// A structure derived behind the commits (a follower's) has not reached what was asked
+    /// for in the time given: the caller may try again.
+    #[error("{0}")]
+    CatchingUp(String),
     /// The database's writer has stopped (closed, or a fatal error).
     #[error("the database writer has stopped: {0}")]
     Closed(String),

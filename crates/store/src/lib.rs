@@ -12,6 +12,7 @@ mod callers;
 mod checkpoint;
 mod database;
 mod error;
+mod follow;
 mod history;
 mod journal;
 mod recent;
@@ -36,6 +37,7 @@ pub use database::{
     identity_in, inspect,
 };
 pub use error::{Result, StoreError};
+pub use follow::{Follow, Follower};
 pub use history::{Comparison, History, HistoryEntry, Position, compare};
 pub use journal::{Consumer, JournalStats, RecordBatch};
 pub use record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, RecordHeader, peek_header};
@@ -45,6 +47,6 @@ pub use restore::{
 };
 pub use rusqlite;
 pub use rusqlite::types::Value;
-pub use schema::{Derived, Migration};
+pub use schema::Migration;
 pub use stages::{CommitStages, StageMeans};
 pub use writer::{Applied, Durability, StopAt, Tx, time_text};

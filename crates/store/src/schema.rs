@@ -16,17 +16,6 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// A statement that maintains a structure derived from journaled rows — a search index — on
-/// every copy: the writer runs it once per group commit and once per applied batch, in the same
-/// SQLite transaction, with `?1` the first and `?2` the last LSN of what was committed. It is
-/// not journaled: each copy derives the structure from the rows it holds, in one statement per
-/// group instead of one trigger firing per row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Derived {
-    pub name: &'static str,
-    pub sql: &'static str,
-}
-
 /// Prefix of the store's own tables, which are never journaled.
 pub(crate) const INTERNAL_PREFIX: &str = "_tandem_";
 

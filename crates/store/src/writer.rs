@@ -272,7 +272,6 @@ pub(crate) struct Writer {
     /// Set when a consumer's cursor moved: the records every consumer is past are removed a
     /// slice at a time, between groups (`prune_slice`).
     prune_due: bool,
-    derived: Vec<crate::schema::Derived>,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
@@ -305,7 +304,6 @@ impl Writer {
             checkpointer,
             commits: 0,
             prune_due: false,
-            derived: Vec::new(),
             _lock: lock,
         })
     }
@@ -493,10 +491,9 @@ impl Writer {
         if !segment.is_empty() {
             let first = self.state.lsn + 1;
             let body = segment.body();
-            let r = self.run_derived(first, lsn).and_then(|_| {
-                // The segment is also the copy's position (`read_state`).
-                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, body)
-            });
+            // The segment is also the copy's position (`read_state`).
+            let r =
+                journal::insert_segment(&self.conn, first, lsn, &self.state.chain, &chain, body);
             if let Err(e) = r {
                 return self.fail_batch(kept, e, schema_changed);
             }
@@ -579,34 +576,6 @@ impl Writer {
                 &self.state.chain.0[..],
                 self.state.last_time_ms
             ])?;
-        Ok(())
-    }
-
-    /// Runs every derived statement over the records `first..=last` just written.
-    fn run_derived(&self, first: Lsn, last: Lsn) -> Result<()> {
-        for d in &self.derived {
-            let mut stmt = match self.conn.prepare_cached(d.sql) {
-                Ok(s) => s,
-                // A copy replaying from LSN 1 has not created the tables yet: nothing to derive.
-                Err(e) if e.to_string().contains("no such table") => continue,
-                Err(e) => {
-                    return Err(StoreError::Invalid(format!(
-                        "derived statement {}: {e}",
-                        d.name
-                    )));
-                }
-            };
-            stmt.execute(params![first as i64, last as i64])
-                .map_err(|e| StoreError::Invalid(format!("derived statement {}: {e}", d.name)))?;
-        }
-        Ok(())
-    }
-
-    /// Adds a derived statement (once per name); from now on every commit and apply runs it.
-    pub(crate) fn derive(&mut self, d: crate::schema::Derived) -> Result<()> {
-        if !self.derived.iter().any(|x| x.name == d.name) {
-            self.derived.push(d);
-        }
         Ok(())
     }
 
@@ -784,7 +753,6 @@ impl Writer {
         if applied > 0 {
             let body = segment.body();
             body_len = body.len() as u64;
-            self.run_derived(self.state.lsn + 1, expect - 1)?;
             journal::insert_segment(
                 &self.conn,
                 self.state.lsn + 1,

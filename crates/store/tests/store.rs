@@ -5,6 +5,7 @@ mod common;
 use common::{SCHEMA, create, dump, post};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tandem_store::*;
 
 #[test]
@@ -937,45 +938,116 @@ fn a_transaction_knows_the_lsn_it_commits_at() {
     );
 }
 
-fn logged_ranges(db: &Database) -> Vec<(u64, u64)> {
+/// A follower that keeps `bodies (id, body)` from the test schema's `messages`, and counts its
+/// rebuilds in the counter it is made with.
+struct Bodies {
+    rebuilds: &'static AtomicUsize,
+    /// Milliseconds each operation takes to apply (a slow follower).
+    slow_ms: u64,
+}
+
+impl Follower for Bodies {
+    fn create(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        conn.execute_batch("CREATE TABLE bodies (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")?;
+        Ok(())
+    }
+
+    fn apply(&mut self, conn: &rusqlite::Connection, op: &Op) -> Result<(), StoreError> {
+        std::thread::sleep(std::time::Duration::from_millis(self.slow_ms));
+        match op {
+            Op::Insert { table, row } | Op::Update { table, row } if table == "messages" => {
+                conn.execute(
+                    "INSERT OR REPLACE INTO bodies (id, body) VALUES (?1, ?2)",
+                    rusqlite::params![row[0], row[4]],
+                )?;
+            }
+            Op::Delete { table, key } if table == "messages" => {
+                conn.execute("DELETE FROM bodies WHERE id = ?1", [&key[0]])?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn rebuild(&mut self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        self.rebuilds.fetch_add(1, Ordering::SeqCst);
+        let has_messages: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM source.sqlite_master WHERE name = 'messages'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_messages {
+            conn.execute_batch("INSERT INTO bodies SELECT id, body FROM source.messages")?;
+        }
+        Ok(())
+    }
+}
+
+/// A `Follow` of `Bodies` counting in `$counter`, at `$version`, each operation `$slow_ms` long.
+macro_rules! bodies {
+    ($counter:ident, $version:expr, $slow_ms:expr) => {{
+        static $counter: AtomicUsize = AtomicUsize::new(0);
+        fn make() -> Box<dyn Follower> {
+            Box::new(Bodies {
+                rebuilds: &$counter,
+                slow_ms: $slow_ms,
+            })
+        }
+        (
+            Follow {
+                name: "bodies",
+                version: $version,
+                make,
+            },
+            &$counter,
+        )
+    }};
+}
+
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Rows of `(id, body)`.
+type IdBodies = Vec<(i64, String)>;
+
+/// The follower's rows and the database's, which must be equal.
+fn bodies_and_messages(db: &Database) -> (IdBodies, IdBodies) {
+    let lsn = db.identity().lsn;
+    db.wait_followed("bodies", lsn, FOLLOW_WAIT).unwrap();
     db.read(|c| {
-        let mut s = c.prepare("SELECT first, last FROM derived_log ORDER BY first")?;
-        let rows = s.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let rows = |sql: &str| -> rusqlite::Result<Vec<(i64, String)>> {
+            let mut s = c.prepare(sql)?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        Ok((
+            rows("SELECT id, body FROM bodies.bodies ORDER BY id")?,
+            rows("SELECT id, body FROM messages ORDER BY id")?,
+        ))
     })
     .unwrap()
 }
 
-fn assert_contiguous(ranges: &[(u64, u64)], from: u64, to: u64) {
-    assert_eq!(ranges.first().map(|r| r.0), Some(from), "{ranges:?}");
-    assert_eq!(ranges.last().map(|r| r.1), Some(to), "{ranges:?}");
-    for w in ranges.windows(2) {
-        assert_eq!(w[1].0, w[0].1 + 1, "every LSN once: {ranges:?}");
-    }
+fn assert_followed(db: &Database) {
+    let (derived, rows) = bodies_and_messages(db);
+    assert_eq!(derived, rows);
 }
 
 #[test]
-fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_copy() {
-    static LOGGED: &[Migration] = &[
-        SCHEMA[0],
-        SCHEMA[1],
-        Migration {
-            version: 3,
-            name: "derived log",
-            sql: "CREATE TABLE derived_log (first INTEGER PRIMARY KEY, last INTEGER NOT NULL)",
-        },
-    ];
-    static LOG: Derived = Derived {
-        name: "log",
-        sql: "INSERT INTO derived_log (first, last) VALUES (?1, ?2)",
-    };
+fn a_follower_derives_its_file_behind_the_commits_on_the_primary_and_on_a_copy() {
+    let (follow, rebuilds) = bodies!(PRIMARY_AND_COPY, 1, 0);
     let t = tempfile::tempdir().unwrap();
-    let db = Arc::new(Database::create(&t.path().join("p"), "test", Options::default()).unwrap());
-    db.migrate(LOGGED).unwrap();
-    db.derive(LOG).unwrap();
-    db.derive(LOG).unwrap();
+    let db = Arc::new(create(&t.path().join("p")));
+    // A reader pooled before the follower starts attaches its file when next used.
+    db.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .unwrap();
+    let chain_before = db.identity().chain;
+    db.follow(follow).unwrap();
+    db.follow(follow).unwrap();
+    assert_eq!(
+        db.identity().chain,
+        chain_before,
+        "following writes no record"
+    );
     let threads: Vec<_> = (0..8)
         .map(|i| {
             let db = db.clone();
@@ -989,15 +1061,30 @@ fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_cop
     for t in threads {
         t.join().unwrap();
     }
-    let lsn = db.identity().lsn;
-    let ranges = logged_ranges(&db);
-    assert_contiguous(&ranges, 2, lsn);
-    assert!(
-        ranges.len() < 200,
-        "grouped: {} runs for 200 commits",
-        ranges.len()
-    );
-    // A copy derives for itself, per applied batch, once its table exists (LSN 1 creates it).
+    db.write(|tx: &mut Tx<'_>| {
+        tx.update(
+            "messages",
+            vec![
+                Value::Integer(7),
+                Value::Integer(0),
+                Value::Text("alice".into()),
+                Value::Integer(0),
+                Value::Text("edited".into()),
+                Value::Null,
+            ],
+        )?;
+        tx.delete("messages", vec![Value::Integer(9)])
+    })
+    .unwrap();
+    let (derived, rows) = bodies_and_messages(&db);
+    assert_eq!(derived.len(), 199);
+    assert!(derived.contains(&(7, "edited".into())));
+    assert_eq!(derived, rows);
+    assert_eq!(db.followed_lsn("bodies").unwrap(), db.identity().lsn);
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 1, "built once, when new");
+    assert!(db.health().unwrap().is_empty());
+
+    // A copy follows the records it applies, from its first (the migrations).
     let copy = Database::create_copy(
         &t.path().join("c"),
         "test",
@@ -1006,7 +1093,8 @@ fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_cop
         Options::default(),
     )
     .unwrap();
-    copy.derive(LOG).unwrap();
+    copy.follow(follow).unwrap();
+    let lsn = db.identity().lsn;
     let mut from = 1;
     while from <= lsn {
         from = copy
@@ -1015,12 +1103,131 @@ fn a_derived_statement_runs_once_per_group_on_the_primary_and_per_batch_on_a_cop
             .lsn
             + 1;
     }
-    assert_contiguous(&logged_ranges(&copy), 1, lsn);
-    assert_eq!(
-        copy.identity().chain,
-        db.identity().chain,
-        "derived rows are not journaled"
+    assert_followed(&copy);
+    assert_eq!(copy.identity().chain, db.identity().chain);
+    assert!(
+        db.wait_followed("nothing", 1, FOLLOW_WAIT)
+            .unwrap_err()
+            .to_string()
+            .contains("no follower named nothing")
     );
+}
+
+#[test]
+fn a_follower_resumes_its_file_and_rebuilds_one_that_does_not_match_its_database() {
+    let (follow, rebuilds) = bodies!(RESUMES, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    let file = dir.join("follow-bodies.db");
+    let reopen = || {
+        let db = Database::open(&dir, Options::default()).unwrap();
+        db.follow(follow).unwrap();
+        db
+    };
+    {
+        let db = create(&dir);
+        db.follow(follow).unwrap();
+        for k in 0..50 {
+            post(&db, 1, &format!("a{k}")).unwrap();
+        }
+        assert_followed(&db);
+    }
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 1);
+    {
+        let db = reopen();
+        post(&db, 1, "after reopening").unwrap();
+        assert_followed(&db);
+    }
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 1, "resumed where it was");
+
+    // Another database's file, of the same follower: rebuilt from this database's rows.
+    {
+        let other = create(&t.path().join("other"));
+        other.follow(follow).unwrap();
+        post(&other, 1, "another database").unwrap();
+        assert_followed(&other);
+    }
+    std::fs::copy(t.path().join("other/follow-bodies.db"), &file).unwrap();
+    let _ = std::fs::remove_file(dir.join("follow-bodies.db-wal"));
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 2);
+    {
+        let db = reopen();
+        assert_followed(&db);
+        assert_eq!(bodies_and_messages(&db).0.len(), 51);
+    }
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 3);
+
+    // A damaged file is replaced.
+    std::fs::write(&file, b"not a database at all, just bytes").unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("follow-bodies.db{suffix}")));
+    }
+    {
+        let db = reopen();
+        assert_followed(&db);
+    }
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 4);
+
+    // Another version of the follower starts over.
+    let (follow2, rebuilds2) = bodies!(RESUMES_V2, 2, 0);
+    {
+        let db = Database::open(&dir, Options::default()).unwrap();
+        db.follow(follow2).unwrap();
+        assert_followed(&db);
+    }
+    assert_eq!(rebuilds2.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_follower_rebuilds_when_the_journal_no_longer_reaches_its_position() {
+    let (follow, rebuilds) = bodies!(PRUNED, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("p");
+    let followed = {
+        let db = create(&dir);
+        db.follow(follow).unwrap();
+        post(&db, 1, "followed").unwrap();
+        assert_followed(&db);
+        db.identity().lsn
+    };
+    {
+        // Written and pruned while nothing follows.
+        let db = Database::open(&dir, Options::default()).unwrap();
+        db.register_consumer("log-backup", 0).unwrap();
+        for k in 0..20 {
+            post(&db, 1, &format!("unfollowed {k}")).unwrap();
+        }
+        db.advance_consumer("log-backup", db.identity().lsn - 1)
+            .unwrap();
+        db.prune_journal().unwrap();
+        assert!(db.journal_stats().oldest_lsn.unwrap() > followed + 1);
+    }
+    let db = Database::open(&dir, Options::default()).unwrap();
+    db.follow(follow).unwrap();
+    assert_followed(&db);
+    assert_eq!(bodies_and_messages(&db).0.len(), 21);
+    assert_eq!(rebuilds.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn waiting_for_a_slow_follower_ends_with_catching_up_and_leaves_it_going() {
+    let (follow, _) = bodies!(SLOW, 1, 20);
+    let t = tempfile::tempdir().unwrap();
+    let db = create(&t.path().join("p"));
+    db.follow(follow).unwrap();
+    for k in 0..10 {
+        post(&db, 1, &format!("slow {k}")).unwrap();
+    }
+    let lsn = db.identity().lsn;
+    let e = db
+        .wait_followed("bodies", lsn, std::time::Duration::from_millis(10))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::CatchingUp(_)), "{e}");
+    assert!(
+        e.to_string().contains("the bodies index is catching up"),
+        "{e}"
+    );
+    assert_followed(&db);
 }
 
 #[test]
