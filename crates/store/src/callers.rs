@@ -29,28 +29,6 @@ pub fn defer_to_databases() {
     }
 }
 
-/// Nice value of a follower's thread (`follow.rs`): derived structures, even a whole rebuild
-/// of one, take the CPU the commits and the operator's procedures leave (a tenth of it, at
-/// least, against default threads); they never hold a commit back.
-const FOLLOWER_NICE: libc::c_int = 10;
-
-/// Lowers the calling thread's priority to a follower's (`FOLLOWER_NICE`), unless it is lower
-/// already. Best effort, like `defer_to_databases`.
-pub(crate) fn yield_to_commits() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid takes no argument; getpriority and setpriority with PRIO_PROCESS and a
-        // thread id read and set that one thread's nice value on Linux, and a thread may always
-        // lower its own.
-        unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            if libc::getpriority(libc::PRIO_PROCESS, tid) < FOLLOWER_NICE {
-                libc::setpriority(libc::PRIO_PROCESS, tid, FOLLOWER_NICE);
-            }
-        }
-    }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -71,22 +49,5 @@ mod tests {
         // Only the calling thread changes: this one, and a thread started after, keep theirs.
         assert_eq!(policy(), inherited);
         assert_eq!(std::thread::spawn(policy).join().unwrap(), inherited);
-    }
-
-    #[test]
-    fn a_follower_thread_lowers_its_own_priority_only() {
-        // SAFETY: getpriority of the calling thread (its id); errno is not looked at, as nice
-        // values here are never -1.
-        let nice =
-            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        let inherited = nice();
-        let lowered = std::thread::spawn(move || {
-            yield_to_commits();
-            nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(lowered, FOLLOWER_NICE.max(inherited));
-        assert_eq!(nice(), inherited);
     }
 }

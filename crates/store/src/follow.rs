@@ -285,7 +285,6 @@ enum Step {
 
 impl Following {
     fn run(&mut self) {
-        crate::callers::yield_to_commits();
         let mut durable = self.published.subscribe_durable();
         while !self.stopping() {
             let target = *durable.borrow_and_update();
