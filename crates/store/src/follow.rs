@@ -69,7 +69,8 @@ const FOLLOW_BYTES_MAX: usize = 8 << 20;
 /// Pause after a batch: commits gather meanwhile, and the next batch derives them in one
 /// transaction (a transaction per group commit would, for the search index, flush one small
 /// index segment per group and merge them again: about twice the CPU time the same index took
-/// inside the groups). A caller that waits for the follower (`Progress::wait`) ends the pause.
+/// inside the groups). A caller that waits for the follower (`Progress::wait`) ends the pause;
+/// a follower behind by more than a batch takes none.
 const FOLLOW_PAUSE: Duration = Duration::from_millis(100);
 /// Pause after a failure before the follower tries again, from a checked position.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
@@ -282,8 +283,10 @@ struct Following {
 
 /// How one step of the follower ended.
 enum Step {
-    /// Applied records: go on after a pause.
+    /// Applied records, or checked or rebuilt the file: go on after a pause.
     Applied,
+    /// Applied a full batch short of the acknowledged LSN: go on at once.
+    Behind,
     /// Nothing to apply before the acknowledged LSN moves.
     Idle,
 }
@@ -295,6 +298,7 @@ impl Following {
             let target = *durable.borrow_and_update();
             match self.step(target) {
                 Ok(Step::Applied) => self.pause(FOLLOW_PAUSE),
+                Ok(Step::Behind) => {}
                 Ok(Step::Idle) => {
                     if !wait_changed(&mut durable, &self.stop) {
                         return;
@@ -387,7 +391,11 @@ impl Following {
             p.lsn = last;
             p.failure = None;
         });
-        Ok(Step::Applied)
+        Ok(if last < durable {
+            Step::Behind
+        } else {
+            Step::Applied
+        })
     }
 
     fn read_journal(&self, from: Lsn) -> Result<RecordBatch> {
