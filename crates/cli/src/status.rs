@@ -39,6 +39,8 @@ struct CopyLine {
     /// The log-shipping jobs that run on this copy: backup (primary), copy and restore
     /// (secondary).
     log_shipping: Option<tandem_node::log_shipping::CopyJobs>,
+    /// The copy's followers (the chat's search index) and the LSN each has reached.
+    followers: std::collections::BTreeMap<String, u64>,
     warnings: Vec<String>,
 }
 
@@ -105,6 +107,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         lsn: db.lsn,
                         mirroring: db.mirroring.clone(),
                         log_shipping: db.log_shipping.clone(),
+                        followers: db.followers.clone(),
                         warnings: db.warnings.clone(),
                     });
                 }
@@ -132,6 +135,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         lsn: None,
                         mirroring: None,
                         log_shipping: None,
+                        followers: Default::default(),
                         warnings: vec![],
                     });
                 }

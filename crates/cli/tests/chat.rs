@@ -401,6 +401,20 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     );
     let out = ok(&c.dir, &["chat", "search", "zebra", "--as", "carol"]);
     assert!(out.trim().is_empty(), "{out}");
+    // The status shows how far the search index has followed mgc: at least what was searched.
+    let status = common::json(&c.dir, &["status"]);
+    let mgc = status["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == "mgc")
+        .unwrap()
+        .clone();
+    let followed = mgc["followers"]["search"].as_u64().unwrap();
+    assert!(
+        followed > 1 && followed <= mgc["lsn"].as_u64().unwrap(),
+        "{mgc}"
+    );
     let out = ok(
         &c.dir,
         &["chat", "history", "lobby", "--limit", "5", "--as", "carol"],

@@ -227,6 +227,15 @@ impl DbHost {
                     epoch: id.as_ref().map(|i| i.epoch),
                     lsn: id.as_ref().map(|i| i.lsn),
                     durable_lsn: db.as_ref().map(|d| d.durable_lsn()),
+                    followers: db
+                        .as_ref()
+                        .map(|d| {
+                            d.followers()
+                                .into_iter()
+                                .map(|(name, lsn)| (name.to_string(), lsn))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     warnings: db
                         .as_ref()
                         .and_then(|d| d.health().ok())

@@ -30,6 +30,10 @@ pub struct DatabaseStatus {
     pub epoch: Option<u64>,
     pub lsn: Option<u64>,
     pub durable_lsn: Option<u64>,
+    /// The copy's followers (the chat's search index): the LSN up to which each holds every
+    /// acknowledged record.
+    #[serde(default)]
+    pub followers: std::collections::BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     /// The copy's mirroring, when it is mirrored.
     #[serde(default)]

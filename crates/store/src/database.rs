@@ -968,6 +968,16 @@ impl Database {
         Ok(self.progress_of(name)?.lsn())
     }
 
+    /// Every follower running on this copy, with the LSN up to which it holds every
+    /// acknowledged record.
+    pub fn followers(&self) -> Vec<(&'static str, Lsn)> {
+        let follows = self.inner.follows.read().expect("follows lock");
+        follows
+            .iter()
+            .map(|f| (f.follow.name, f.progress.lsn()))
+            .collect()
+    }
+
     fn progress_of(&self, name: &str) -> Result<Arc<crate::follow::Progress>> {
         let follows = self.inner.follows.read().expect("follows lock");
         follows
