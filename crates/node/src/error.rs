@@ -142,3 +142,31 @@ impl From<crate::client::ClientError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_index_catching_up_is_a_503_that_a_chat_node_passes_on() {
+        let behind = || tandem_store::StoreError::CatchingUp("the search index is behind".into());
+        for e in [
+            ApiError::from(behind()),
+            ApiError::from(tandem_chat::ChatError::Store(behind())),
+        ] {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, "catching_up");
+            assert_eq!(e.message, "the search index is behind");
+        }
+        // The db node's answer, as a chat node's client reads it, keeps its status and code.
+        let passed = ApiError::from(crate::client::ClientError::Api {
+            status: 503,
+            body: ErrorBody {
+                code: "catching_up".into(),
+                message: "the search index is behind".into(),
+            },
+        });
+        assert_eq!(passed.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(passed.code, "catching_up");
+    }
+}
