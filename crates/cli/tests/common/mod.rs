@@ -53,7 +53,37 @@ pub fn bench(tmp: &Path, args: &[&str]) -> Value {
         .env_remove("TANDEM_TOPOLOGY")
         .output()
         .expect("run tandem");
+    if !out.status.success() {
+        // The nodes' logs go with `tmp` when the test fails: their ends are shown first.
+        print_logs(tmp, 3);
+    }
     serde_json::from_str(&succeeded(out, args)).expect("one JSON document")
+}
+
+/// Prints the last lines of every file in a `logs` directory at most `depth` levels under
+/// `dir`.
+fn print_logs(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "logs") {
+            for log in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 80 lines)", log.path().display());
+                for l in &lines[lines.len().saturating_sub(80)..] {
+                    eprintln!("{l}");
+                }
+            }
+        } else if depth > 0 {
+            print_logs(&path, depth - 1);
+        }
+    }
 }
 
 /// One raw HTTP/1.1 request; the status (0 when nothing came back) and the body.
