@@ -14,7 +14,7 @@
 //! position (LSN and chain) is written in the same transaction as what it derived, so a crash
 //! loses at most work the follower redoes. Readers see the file attached as schema `NAME`.
 
-use crate::database::{Published, open_reader_connection};
+use crate::database::{DatabaseId, Published, open_reader_connection};
 use crate::error::{Result, StoreError};
 use crate::journal::{self, RecordBatch};
 use crate::record::{Chain, Lsn, Record};
@@ -231,6 +231,7 @@ pub(crate) fn start(
         db_file: dir.join(crate::DB_FILE),
         side,
         source,
+        database_id: published.identity().database_id,
         published,
         progress: progress.clone(),
         stop: stop.clone(),
@@ -275,6 +276,8 @@ struct Following {
     /// A reader of the database, for the journal records no longer in memory.
     source: Connection,
     published: Arc<Published>,
+    /// The copy's, fixed for the life of its handle.
+    database_id: DatabaseId,
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     /// The position the file is known to hold (LSN, chain after it); `None` until checked.
@@ -384,7 +387,7 @@ impl Following {
             chain = chain.next(bytes);
         }
         let last = lsn + take as u64;
-        write_position(&tx, self.follow.version, &self.published, last, &chain)?;
+        write_position(&tx, self.follow.version, &self.database_id, last, &chain)?;
         tx.commit()?;
         self.at = Some((last, chain));
         self.progress.update(|p| {
@@ -425,7 +428,7 @@ impl Following {
             .optional()?;
         if let Some((version, database_id, lsn, chain)) = &stored
             && *version == self.follow.version
-            && database_id[..] == id.database_id.0[..]
+            && database_id[..] == self.database_id.0[..]
             && let Ok(chain) = Chain::from_slice(chain)
             && let Ok(lsn) = Lsn::try_from(*lsn)
             && lsn <= id.lsn
@@ -470,7 +473,7 @@ impl Following {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        if database_id != self.published.identity().database_id.0 {
+        if database_id != self.database_id.0 {
             return Err(StoreError::Invalid(format!(
                 "follower {}: the database file changed identity",
                 self.follow.name
@@ -510,7 +513,7 @@ impl Following {
         }
         self.follower.create(&tx)?;
         self.follower.rebuild(&tx)?;
-        write_position(&tx, self.follow.version, &self.published, lsn, &chain)?;
+        write_position(&tx, self.follow.version, &self.database_id, lsn, &chain)?;
         tx.commit()?;
         Ok((lsn, chain))
     }
@@ -519,7 +522,7 @@ impl Following {
 fn write_position(
     conn: &Connection,
     version: u32,
-    published: &Published,
+    database_id: &DatabaseId,
     lsn: Lsn,
     chain: &Chain,
 ) -> Result<()> {
@@ -529,7 +532,7 @@ fn write_position(
     )?
     .execute(params![
         version,
-        &published.identity().database_id.0[..],
+        &database_id.0[..],
         lsn as i64,
         &chain.0[..]
     ])?;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{SCHEMA, create, dump, post};
+use common::{SCHEMA, create, dump, post, post_concurrently};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1048,19 +1048,7 @@ fn a_follower_derives_its_file_behind_the_commits_on_the_primary_and_on_a_copy()
         chain_before,
         "following writes no record"
     );
-    let threads: Vec<_> = (0..8)
-        .map(|i| {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                for k in 0..25 {
-                    post(&db, i, &format!("m{k}")).unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    post_concurrently(&db, 8, 25, "m");
     db.write(|tx: &mut Tx<'_>| {
         tx.update(
             "messages",
@@ -1136,19 +1124,7 @@ fn a_follower_resumes_its_file_and_rebuilds_one_that_does_not_match_its_database
     {
         // More than a batch written while nothing follows: still in the journal.
         let db = Arc::new(Database::open(&dir, Options::default()).unwrap());
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let db = db.clone();
-                std::thread::spawn(move || {
-                    for k in 0..1100 {
-                        post(&db, i, &format!("unfollowed {k}")).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        post_concurrently(&db, 8, 1100, "unfollowed ");
     }
     {
         let db = reopen();

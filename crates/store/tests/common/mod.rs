@@ -63,6 +63,24 @@ pub fn post(db: &Database, room: i64, body: &str) -> Result<i64, StoreError> {
     .map(|c| c.value)
 }
 
+/// Posts `each` messages from each of `threads` threads at once, the k-th of each thread's with
+/// body `{prefix}{k}`, in room = the thread's index.
+pub fn post_concurrently(db: &std::sync::Arc<Database>, threads: i64, each: usize, prefix: &str) {
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (db, prefix) = (db.clone(), prefix.to_string());
+            std::thread::spawn(move || {
+                for k in 0..each {
+                    post(&db, i, &format!("{prefix}{k}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 /// Every row of every table but the store's own, as text, sorted: equal dumps mean equal data.
 pub fn dump(dir: &Path) -> Vec<String> {
     let conn = Connection::open_with_flags(
