@@ -13,6 +13,8 @@ use tandem_node::Method;
 use tandem_topology::{DATABASE_MGC, Topology};
 
 const TIMEOUT: Duration = Duration::from_millis(1_500);
+/// How long a failback waits for the primary site's copy of mgc to open (it is being reseeded).
+const COPY_BACK_WAIT: Duration = Duration::from_secs(60);
 
 /// Where the chat pool's databases are placed, from the topology.
 struct Places {
@@ -544,21 +546,34 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 p.backup
             ),
         }
-        match role_or_why(d, &p.primary) {
-            Ok(_) => {}
-            Err(NoRole::Silent) => bail!(
-                "{} does not answer: the primary site {} must be rebuilt and up before a failback",
-                p.primary,
-                p.primary_site
-            ),
-            Err(NoRole::Said(why)) => bail!(
-                "{} answers but shows no copy of mgc ({why}): a copy being reseeded from {} \
-                 comes back by itself; run the failback again once `tandem status` shows it",
-                p.primary,
-                p.backup
-            ),
+        // A copy being reseeded from the backup site (a restarted site's copies are) is closed
+        // for a moment: it is waited for, up to `COPY_BACK_WAIT`, but not by a dry run.
+        let deadline = std::time::Instant::now() + COPY_BACK_WAIT;
+        loop {
+            match role_or_why(d, &p.primary) {
+                Ok(_) => return Ok(()),
+                Err(NoRole::Silent) => bail!(
+                    "{} does not answer: the primary site {} must be rebuilt and up before a \
+                     failback",
+                    p.primary,
+                    p.primary_site
+                ),
+                Err(NoRole::Said(_)) if !dry_run && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(NoRole::Said(why)) => bail!(
+                    "{} answers but shows no copy of mgc ({why}){}: a copy being reseeded from \
+                     {} comes back by itself; run the failback again once `tandem status` shows it",
+                    p.primary,
+                    if dry_run {
+                        String::new()
+                    } else {
+                        format!(" after {} s", COPY_BACK_WAIT.as_secs())
+                    },
+                    p.backup
+                ),
+            }
         }
-        Ok(())
     };
     if dry_run {
         return dry_run_report(&book, preconditions, out);

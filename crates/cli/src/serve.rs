@@ -21,6 +21,14 @@ async fn stop_signal() {
     }
 }
 
+fn sqlite_log(code: i32, message: &str) {
+    if tandem_store::sqlite_log_is_failure(code) {
+        tracing::warn!(code, "sqlite: {message}");
+    } else {
+        tracing::debug!(code, "sqlite: {message}");
+    }
+}
+
 pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -30,6 +38,10 @@ pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_target(false)
         .init();
+    // Before any database opens: SQLite's log names the file and errno of an I/O error.
+    if let Err(e) = tandem_store::log_sqlite_to(sqlite_log) {
+        tracing::warn!("{e}");
+    }
     // Every session and connection is an open file: a chat node may need thousands.
     match crate::deployment::raise_open_files() {
         Ok(n) => tracing::info!("open files: up to {n}"),

@@ -999,12 +999,25 @@ pub(crate) async fn serve_seed(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let from = peer(&headers);
-    if !from
-        .as_deref()
-        .is_some_and(|f| crate::standby::places(&node.topology, &database, f))
-    {
-        linked(&node, &database, from.as_deref())?;
-    }
+    let partner = node
+        .mirroring
+        .link(&database)
+        .map(|l| l.partner().to_string());
+    // The cursor that keeps, for the copy made from this backup, the journal that follows it:
+    // the mirror's, or the standby's (a copy in another site). Without it the journal may be
+    // pruned past the backup before the new copy first pulls, and it is reseeded again.
+    let consumer = match from.as_deref() {
+        Some(f)
+            if partner.as_deref() != Some(f)
+                && crate::standby::places(&node.topology, &database, f) =>
+        {
+            crate::standby::consumer_name(f)
+        }
+        _ => {
+            linked(&node, &database, from.as_deref())?;
+            MIRROR_CONSUMER.to_string()
+        }
+    };
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
     })?;
@@ -1018,15 +1031,15 @@ pub(crate) async fn serve_seed(
     let dir = node.host.dir().join(".seed-out").join(&database);
     let d = db.clone();
     let file = blocking(move || {
-        // The journal keeps, for the mirror, what follows the backup (a cursor registered
+        // The journal keeps, for the new copy, what follows the backup (a cursor registered
         // before is at or before the snapshot: it keeps that too).
         let registered = |d: &Database| {
             d.consumers()
-                .map(|c| c.iter().any(|c| c.name == MIRROR_CONSUMER))
+                .map(|c| c.iter().any(|c| c.name == consumer))
                 .unwrap_or(false)
         };
         if !registered(&d)
-            && let Err(e) = d.register_consumer(MIRROR_CONSUMER, d.identity().lsn)
+            && let Err(e) = d.register_consumer(&consumer, d.identity().lsn)
             && !registered(&d)
         {
             return Err(e.to_string());

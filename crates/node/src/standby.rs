@@ -369,11 +369,17 @@ pub(crate) async fn fence_once(node: &NodeState) {
     }
 }
 
+/// The name of a standby's journal cursor on the primary it follows.
+pub(crate) fn consumer_name(standby: &str) -> String {
+    format!("standby-{standby}")
+}
+
 /// Each standby's journal cursor on this primary: at what it hardened, never keeping more than
-/// the topology's bound for it.
+/// the topology's bound for it. A cursor a seed backup registered for a standby that has not
+/// pulled yet (or never will) is held to the same bound.
 async fn move_cursors(node: &NodeState) {
     let keep = node.topology.mirroring.journal_records_max;
-    let pulled: Vec<((String, String), Lsn)> = node
+    let pulled: BTreeMap<(String, String), Lsn> = node
         .standby
         .pulled
         .lock()
@@ -381,21 +387,34 @@ async fn move_cursors(node: &NodeState) {
         .iter()
         .map(|(k, (lsn, _))| (k.clone(), *lsn))
         .collect();
-    for ((database, standby), hardened) in pulled {
+    for database in node.host.names() {
         let Some(db) = node.local_primary(&database) else {
             continue;
         };
-        let name = format!("standby-{standby}");
+        let hardened: Vec<(String, Lsn)> = pulled
+            .iter()
+            .filter(|((d, _), _)| *d == database)
+            .map(|((_, standby), lsn)| (consumer_name(standby), *lsn))
+            .collect();
         let _ = blocking(move || {
             let lsn = db.identity().lsn;
-            let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
             let consumers = db.consumers().map_err(|e| e.to_string())?;
-            match consumers.iter().find(|c| c.name == name) {
-                None => db.register_consumer(&name, target),
-                Some(c) if c.lsn < target => db.advance_consumer(&name, target),
-                Some(_) => Ok(()),
+            let seeded = consumers
+                .iter()
+                .filter(|c| c.name.starts_with(&consumer_name("")))
+                .filter(|c| !hardened.iter().any(|(n, _)| *n == c.name))
+                .map(|c| (c.name.clone(), 0))
+                .collect::<Vec<_>>();
+            for (name, hardened) in hardened.into_iter().chain(seeded) {
+                let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
+                match consumers.iter().find(|c| c.name == name) {
+                    None => db.register_consumer(&name, target),
+                    Some(c) if c.lsn < target => db.advance_consumer(&name, target),
+                    Some(_) => Ok(()),
+                }
+                .map_err(|e| e.to_string())?;
             }
-            .map_err(|e| e.to_string())
+            Ok::<_, String>(())
         })
         .await;
     }

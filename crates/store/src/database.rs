@@ -323,6 +323,8 @@ impl Published {
 
 struct Inner {
     dir: PathBuf,
+    /// The file this handle opened: what it opens by path later must be the same.
+    file: CopyFile,
     jobs: Option<SyncSender<Job>>,
     published: Arc<Published>,
     /// Idle reader connections, each with how many followers' files it has attached.
@@ -451,6 +453,42 @@ fn lock_dir(dir: &Path) -> Result<File> {
     f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
     let _ = write!(f, "pid {}", std::process::id());
     Ok(f)
+}
+
+/// The database file a handle opened, by device and inode. A restore or a reseed replaces a
+/// copy by renaming its directory away, and the old handle may still be open then: what it
+/// opens by path afterwards (a reader, a follower's file to attach) must not be the new copy.
+/// (SQLite itself checks this before it deletes a WAL as its last connection closes.)
+#[derive(Clone, Debug)]
+pub(crate) struct CopyFile {
+    pub(crate) path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl CopyFile {
+    fn of(path: PathBuf) -> Result<CopyFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?;
+        Ok(CopyFile {
+            dev: m.dev(),
+            ino: m.ino(),
+            path,
+        })
+    }
+
+    /// Whether the path still names the file the handle opened: called after opening by path.
+    pub(crate) fn check(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == (self.dev, self.ino) => Ok(()),
+            _ => Err(StoreError::Closed(format!(
+                "{} was replaced or removed since this handle opened it (a restore or a \
+                 reseed): the handle no longer reaches its copy",
+                self.path.display()
+            ))),
+        }
+    }
 }
 
 /// A read-only connection to the database in `dir`, as readers use it.
@@ -735,11 +773,13 @@ impl Database {
             crate::wal_vfs::name()?,
         )?;
         configure(&conn, &options)?;
+        crate::wal_vfs::keep_wal_on_close(&conn)?;
         Self::start(dir, conn, lock, options)
     }
 
     fn start(dir: &Path, mut conn: Connection, lock: File, options: Options) -> Result<Database> {
         upgrade_format(&conn)?;
+        let file = CopyFile::of(dir.join(DB_FILE))?;
         let state = read_state(&conn)?;
         let (committed, _) = watch::channel(state.lsn);
         let (written, _) = watch::channel(state.lsn);
@@ -795,6 +835,7 @@ impl Database {
         Ok(Database {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                file,
                 jobs: Some(jobs),
                 published,
                 readers: Mutex::new(Vec::new()),
@@ -947,12 +988,18 @@ impl Database {
         if follows.iter().any(|f| f.follow.name == follow.name) {
             return Ok(());
         }
-        follows.push(crate::follow::start(
+        let mut running = crate::follow::start(
             &self.inner.dir,
+            &self.inner.file,
             self.inner.options.cache_kib,
             follow,
             self.inner.published.clone(),
-        )?);
+        )?;
+        if let Err(e) = self.inner.file.check() {
+            running.stop();
+            return Err(e);
+        }
+        follows.push(running);
         Ok(())
     }
 
@@ -1121,12 +1168,16 @@ impl Database {
         };
         {
             let follows = self.inner.follows.read().expect("follows lock");
-            for follow in &follows[attached..] {
-                conn.execute(
-                    &format!("ATTACH DATABASE ?1 AS {}", follow.follow.name),
-                    [follow.file.to_string_lossy()],
-                )?;
-                attached += 1;
+            if attached < follows.len() {
+                for follow in &follows[attached..] {
+                    conn.execute(
+                        &format!("ATTACH DATABASE ?1 AS {}", follow.follow.name),
+                        [follow.file.to_string_lossy()],
+                    )?;
+                    attached += 1;
+                }
+                // Attached by path: the files must still be this copy's (dropped otherwise).
+                self.inner.file.check()?;
             }
         }
         let r = f(&conn);
@@ -1137,8 +1188,11 @@ impl Database {
         r
     }
 
+    /// A new reader connection, opened by path: refused once the copy was replaced.
     pub(crate) fn open_reader(&self) -> Result<Connection> {
-        open_reader_connection(&self.inner.dir, self.inner.options.cache_kib)
+        let conn = open_reader_connection(&self.inner.dir, self.inner.options.cache_kib)?;
+        self.inner.file.check()?;
+        Ok(conn)
     }
 
     /// Reads journal records from `from` on: at most `records_max`, about `bytes_max` bytes.

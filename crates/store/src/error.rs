@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
+    /// A failing system or damage carries SQLite's extended code: "disk I/O error" alone does
+    /// not tell a short read from a failed fsync.
+    #[error("sqlite: {}", sqlite_text(.0))]
     Sqlite(#[from] rusqlite::Error),
     /// The I/O error is in the message, not also given as its cause: printed with its chain of
     /// causes (`{:#}`), it would read twice.
@@ -41,9 +43,22 @@ pub enum StoreError {
     /// for in the time given: the caller may try again.
     #[error("{0}")]
     CatchingUp(String),
-    /// The database's writer has stopped (closed, or a fatal error).
-    #[error("the database writer has stopped: {0}")]
+    /// The handle no longer serves: its writer stopped (closed, or a fatal error), or its
+    /// copy was replaced under it.
+    #[error("database closed: {0}")]
     Closed(String),
+}
+
+fn sqlite_text(e: &rusqlite::Error) -> String {
+    match e {
+        // Without a message rusqlite shows the code itself.
+        rusqlite::Error::SqliteFailure(f, Some(_))
+            if crate::sqlite_log_is_failure(f.extended_code) && f.extended_code > 0xff =>
+        {
+            format!("{e} (SQLite extended code {})", f.extended_code)
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl StoreError {
@@ -56,3 +71,25 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_extended_code_and_a_constraint_does_not() {
+        let io = StoreError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_SHORT_READ),
+            Some("disk I/O error".into()),
+        ));
+        assert_eq!(
+            io.to_string(),
+            "sqlite: disk I/O error (SQLite extended code 522)"
+        );
+        let unique = StoreError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE),
+            Some("UNIQUE constraint failed: t.id".into()),
+        ));
+        assert_eq!(unique.to_string(), "sqlite: UNIQUE constraint failed: t.id");
+    }
+}

@@ -192,6 +192,7 @@ impl Running {
 /// SQLite cannot use is replaced by an empty one.
 pub(crate) fn start(
     dir: &Path,
+    copy: &crate::database::CopyFile,
     cache_kib: u32,
     follow: Follow,
     published: Arc<Published>,
@@ -228,7 +229,7 @@ pub(crate) fn start(
     let mut following = Following {
         follow,
         follower: (follow.make)(),
-        db_file: dir.join(crate::DB_FILE),
+        db_file: copy.clone(),
         side,
         source,
         database_id: published.identity().database_id,
@@ -262,6 +263,13 @@ fn open_side(file: &Path) -> Result<Connection> {
     // WAL goes back to this size once checkpointed.
     conn.pragma_update(None, "journal_size_limit", FOLLOW_WAL_BYTES_KEPT)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Closing deletes no file by path: neither this WAL nor the source's attached for a
+    // rebuild (the directory may have been replaced meanwhile, `wal_vfs::keep_wal_on_close`).
+    // Its checkpoints are SQLite's automatic ones while it runs.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     conn.execute_batch(POSITION_SCHEMA)?;
     Ok(conn)
 }
@@ -270,7 +278,8 @@ fn open_side(file: &Path) -> Result<Connection> {
 struct Following {
     follow: Follow,
     follower: Box<dyn Follower>,
-    db_file: PathBuf,
+    /// The copy's database file, attached by path for a rebuild.
+    db_file: crate::database::CopyFile,
     /// The follower's file.
     side: Connection,
     /// A reader of the database, for the journal records no longer in memory.
@@ -452,9 +461,9 @@ impl Following {
             .update(|p| p.rebuilding = Some(why.to_string()));
         self.side.execute(
             "ATTACH DATABASE ?1 AS source",
-            [self.db_file.to_string_lossy()],
+            [self.db_file.path.to_string_lossy()],
         )?;
-        let r = self.rebuild_attached();
+        let r = self.db_file.check().and_then(|()| self.rebuild_attached());
         let detached = self.side.execute_batch("DETACH DATABASE source");
         let at = r?;
         detached?;

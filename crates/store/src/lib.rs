@@ -20,6 +20,7 @@ mod record;
 pub mod replication;
 mod restore;
 mod schema;
+mod sqlite_log;
 mod stages;
 mod wal_ahead;
 mod wal_vfs;
@@ -48,5 +49,6 @@ pub use restore::{
 pub use rusqlite;
 pub use rusqlite::types::Value;
 pub use schema::Migration;
+pub use sqlite_log::{log_sqlite_to, sqlite_log_is_failure};
 pub use stages::{CommitStages, StageMeans};
 pub use writer::{Applied, Durability, StopAt, Tx, time_text};

@@ -98,6 +98,32 @@ struct Registered {
 unsafe impl Send for Registered {}
 unsafe impl Sync for Registered {}
 
+/// Makes `conn` keep its main database's WAL and shared-memory files when it closes
+/// (`SQLITE_FCNTL_PERSIST_WAL`). SQLite deletes them by path when the last connection to a
+/// database closes; a copy that a restore or a reseed replaced by renaming its directory away
+/// may close after the new copy took the path, and SQLite checks that its file did not move
+/// only for a connection that has read it. Kept, a WAL that a close checkpointed is started
+/// over by the next writer.
+pub(crate) fn keep_wal_on_close(conn: &rusqlite::Connection) -> Result<()> {
+    let mut on: c_int = 1;
+    // SAFETY: the handle is valid for the life of `conn`; PERSIST_WAL reads and writes one int
+    // through the pointer, which outlives the call.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut c_int).cast::<c_void>(),
+        )
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(StoreError::Invalid(format!(
+            "SQLite refused to keep the WAL on close (code {rc})"
+        )));
+    }
+    Ok(())
+}
+
 static REGISTERED: OnceLock<std::result::Result<Box<Registered>, String>> = OnceLock::new();
 
 /// Registers the VFS (once per process) and returns its name, for `open_with_flags_and_vfs`.

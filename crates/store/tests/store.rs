@@ -1482,3 +1482,99 @@ fn groups_are_smaller_while_answers_wait_for_a_synchronous_mirror() {
     mirror.join().unwrap();
     assert!(groups >= 5, "{groups} groups");
 }
+
+/// A copy replaced by renaming its directory away (a restore, a reseed) while its old handle is
+/// still open: the old handle opens nothing of the new copy's, and closing it later leaves the
+/// new copy's files alone. (SQLite deletes a WAL, its shared memory index and a follower's WAL
+/// by path when their last connection closes, unless it sees the file moved.)
+#[test]
+fn a_handle_closing_after_its_directory_was_replaced_leaves_the_new_copy_whole() {
+    let (follow, _) = bodies!(REPLACED, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    // The old copy is not read from: its follower's connection is the last one on its file.
+    let old = Arc::new(create(&dir));
+    old.follow(follow).unwrap();
+    post(&old, 1, "old").unwrap();
+    old.wait_followed("bodies", old.identity().lsn, FOLLOW_WAIT)
+        .unwrap();
+    std::fs::rename(&dir, t.path().join("old")).unwrap();
+
+    let new = Arc::new(create(&dir));
+    new.follow(follow).unwrap();
+    post_concurrently(&new, 4, 25, "new");
+    new.wait_followed("bodies", new.identity().lsn, FOLLOW_WAIT)
+        .unwrap();
+    // The old handle has no reader yet: it would open the new copy's file by its path.
+    let refused = old
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))?))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("was replaced or removed"), "{refused}");
+    let (other, _) = bodies!(REPLACED_OTHER, 1, 0);
+    let refused = old
+        .follow(Follow {
+            name: "other",
+            ..other
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("was replaced or removed"), "{refused}");
+    drop(old);
+    for file in [DB_FILE, "follow-bodies.db"] {
+        for suffix in ["-wal", "-shm"] {
+            let f = dir.join(format!("{file}{suffix}"));
+            assert!(f.exists(), "{} was deleted", f.display());
+        }
+    }
+    // A connection opened now sees every commit.
+    let c = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    assert_eq!(
+        c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        100
+    );
+    drop(c);
+    // The new copy goes on writing and reading, and has it all after a reopen.
+    post_concurrently(&new, 4, 25, "after");
+    assert_followed(&new);
+    let (lsn, chain) = (new.identity().lsn, new.identity().chain);
+    drop(new);
+    let new = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!((new.identity().lsn, new.identity().chain), (lsn, chain));
+    assert_eq!(
+        new.read(|c| Ok(c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))?))
+            .unwrap(),
+        200
+    );
+    new.integrity_check().unwrap();
+    new.follow(follow).unwrap();
+    assert_followed(&new);
+}
+
+/// No close deletes a copy's files by path: the main WAL and shared memory index are kept by
+/// the writer's connection, the follower's by its own. (Before: the writer's connection, last to
+/// close, deleted them; after a replacement those paths are the new copy's.)
+#[test]
+fn closing_a_copy_deletes_none_of_its_files_and_it_reopens_whole() {
+    let (follow, _) = bodies!(CLOSED, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let db = create(&dir);
+    db.follow(follow).unwrap();
+    post(&db, 1, "one").unwrap();
+    db.wait_followed("bodies", db.identity().lsn, FOLLOW_WAIT)
+        .unwrap();
+    drop(db);
+    for file in [DB_FILE, "follow-bodies.db"] {
+        for suffix in ["-wal", "-shm"] {
+            let f = dir.join(format!("{file}{suffix}"));
+            assert!(f.exists(), "{} was deleted", f.display());
+        }
+    }
+    let db = Database::open(&dir, Options::default()).unwrap();
+    db.follow(follow).unwrap();
+    post(&db, 1, "two").unwrap();
+    assert_followed(&db);
+    db.integrity_check().unwrap();
+}
