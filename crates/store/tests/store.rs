@@ -1578,3 +1578,48 @@ fn closing_a_copy_deletes_none_of_its_files_and_it_reopens_whole() {
     assert_followed(&db);
     db.integrity_check().unwrap();
 }
+
+/// A restore over a copy whose old handle is still in use (a node's request threads, its jobs):
+/// the new copy serves at once — backups, reads through its follower's file, writes — while
+/// the old handle's last users finish and close it, round after round.
+#[test]
+fn a_copy_restored_over_a_handle_still_in_use_serves_at_once() {
+    let (follow, _) = bodies!(RESTORED_LIVE, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let src = Arc::new(create(&t.path().join("src")));
+    post_concurrently(&src, 4, 50, "src");
+    let full = full_backup(&src, &t.path().join("full")).unwrap();
+    drop(src);
+    let dir = t.path().join("db");
+    let opts = RestoreOptions::default();
+    restore_new(&dir, &[full.path().to_path_buf()], &opts, false).unwrap();
+    let mut current = Arc::new(Database::open(&dir, Options::default()).unwrap());
+    current.follow(follow).unwrap();
+    for round in 0..20 {
+        let old = current.clone();
+        let user = std::thread::spawn(move || {
+            for k in 0..40 {
+                let _ = post(&old, 1, &format!("old {k}"));
+                let _ = old.read(|c| {
+                    Ok(c.query_row("SELECT count(*) FROM bodies.bodies", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?)
+                });
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(round % 7));
+        restore_new(&dir, &[full.path().to_path_buf()], &opts, true).unwrap();
+        let new = Database::open(&dir, Options::default()).unwrap();
+        new.follow(follow).unwrap();
+        drop(std::mem::replace(&mut current, Arc::new(new)));
+        let backups = t.path().join(format!("backups-{round}"));
+        full_backup(&current, &backups).unwrap();
+        post(&current, 2, "new").unwrap();
+        log_backup(&current, &backups).unwrap();
+        user.join().unwrap();
+        post(&current, 2, "after").unwrap();
+        assert_followed(&current);
+        log_backup(&current, &backups).unwrap();
+    }
+    current.integrity_check().unwrap();
+}
