@@ -458,7 +458,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
 /// The database file a handle opened, by device and inode. A restore or a reseed replaces a
 /// copy by renaming its directory away, and the old handle may still be open then: what it
 /// opens by path afterwards (a reader, a follower's file to attach) must not be the new copy.
-/// (SQLite itself checks this before it deletes a WAL as its last connection closes.)
+/// (Nor does its closing delete the new copy's files: `wal_vfs::keep_wal_on_close`.)
 #[derive(Clone, Debug)]
 pub(crate) struct CopyFile {
     pub(crate) path: PathBuf,
