@@ -709,6 +709,17 @@ impl Database {
                 dir.display()
             )));
         }
+        // A WAL and shared-memory file without their database (closes keep them) belong to no
+        // database: SQLite would replay the WAL's frames into the new file.
+        for suffix in ["-wal", "-shm"] {
+            let stale = dir.join(format!("{DB_FILE}{suffix}"));
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::io(&stale, e));
+                }
+                _ => {}
+            }
+        }
         // Built under another name and renamed once its identity is committed: a crash while
         // creating leaves no half-made database behind.
         let partial = dir.join(format!("{DB_FILE}.creating"));

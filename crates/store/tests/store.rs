@@ -1624,3 +1624,27 @@ fn a_copy_restored_over_a_handle_still_in_use_serves_at_once() {
     }
     current.integrity_check().unwrap();
 }
+
+/// A database created where another one's WAL was left (closes keep it; its database file was
+/// removed by hand) starts empty: the old WAL's frames are not replayed into it.
+#[test]
+fn a_database_created_beside_a_leftover_wal_starts_empty() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let old = create(&dir);
+    post(&old, 1, "old").unwrap();
+    drop(old);
+    assert!(dir.join(format!("{DB_FILE}-wal")).exists());
+    std::fs::remove_file(dir.join(DB_FILE)).unwrap();
+    let new = Database::create(&dir, "other", Options::default()).unwrap();
+    assert_eq!(new.identity().lsn, 0);
+    assert_eq!(new.identity().name, "other");
+    new.integrity_check().unwrap();
+    drop(new);
+    let new = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!(
+        (new.identity().lsn, new.identity().name.as_str()),
+        (0, "other")
+    );
+    new.integrity_check().unwrap();
+}
