@@ -209,6 +209,12 @@ pub(crate) fn start(
         )));
     }
     let file = file_of(dir, follow.name);
+    if !file.exists() {
+        // A WAL left without its file (closes keep it) would be replayed into the new one.
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
     let side = match open_side(&file) {
         Ok(c) => c,
         Err(_) => {

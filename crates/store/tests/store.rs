@@ -1648,3 +1648,29 @@ fn a_database_created_beside_a_leftover_wal_starts_empty() {
     );
     new.integrity_check().unwrap();
 }
+
+/// A follower's file removed by hand, its WAL left beside it: the follower builds a new file
+/// from the rows, not one made of the old WAL's pages.
+#[test]
+fn a_followers_file_removed_by_hand_is_built_again_from_the_rows() {
+    let (follow, rebuilds) = bodies!(REMOVED_BY_HAND, 1, 0);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let db = Arc::new(create(&dir));
+    db.follow(follow).unwrap();
+    post_concurrently(&db, 4, 25, "m");
+    assert_followed(&db);
+    drop(db);
+    assert!(dir.join("follow-bodies.db-wal").exists());
+    std::fs::remove_file(dir.join("follow-bodies.db")).unwrap();
+    let db = Database::open(&dir, Options::default()).unwrap();
+    db.follow(follow).unwrap();
+    post(&db, 1, "after").unwrap();
+    assert_followed(&db);
+    assert_eq!(
+        rebuilds.load(Ordering::SeqCst),
+        2,
+        "built when new, and again"
+    );
+    assert!(db.health().unwrap().is_empty());
+}
