@@ -781,6 +781,26 @@ async fn reseed(
     partner: &tandem_topology::Node,
     reason: &str,
 ) -> Result<(), String> {
+    // One replacement of the copy at a time (a restore, a standby's or a secondary's seed hold
+    // the same lock): two at once would restore into the same work directory.
+    let ops = node.host.operations(&link.database);
+    let _one = ops.lock().await;
+    // Whatever held the lock may have removed this link, or made the copy a primary (a restore
+    // in a failback): neither is replaced by a seed.
+    let current = node
+        .mirroring
+        .link(&link.database)
+        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), link));
+    if !current {
+        return Err("not reseeded: mirroring of this copy was removed meanwhile".into());
+    }
+    if node
+        .host
+        .get(&link.database)
+        .is_some_and(|d| d.identity().role == Role::Primary)
+    {
+        return Err("not reseeded: the copy was made primary meanwhile".into());
+    }
     link.st().reseeding = Some(format!("downloading: {reason}"));
     seed_copy(node, &link.database, partner, Role::Mirror, reason).await?;
     link.st().reseeding = None;

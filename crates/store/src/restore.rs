@@ -414,7 +414,10 @@ pub fn restore_new(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let work = parent.join(format!(".{leaf}.restoring-{}", std::process::id()));
+    // Unique per process and call: two restores of one target at once must not share it.
+    static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = parent.join(format!(".{leaf}.restoring-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let result = (|| -> Result<RestoreReport> {
         extract_full(&full_path, &full_header, &work)?;
@@ -431,7 +434,7 @@ pub fn restore_new(
     match result {
         Ok(r) => {
             if target.exists() {
-                let old = parent.join(format!(".{leaf}.replaced-{}", std::process::id()));
+                let old = parent.join(format!(".{leaf}.replaced-{}-{n}", std::process::id()));
                 std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
                 std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
                 let _ = std::fs::remove_dir_all(&old);
