@@ -808,7 +808,9 @@ async fn reseed(
 }
 
 /// Replaces this node's copy of `database` by one restored from a full backup that `source`
-/// (its primary) streams, left in `role` (mirror or standby). The old copy closes first.
+/// (its primary) streams, left in `role` (mirror or standby). The old copy's handle is put away
+/// first; its last users may close it after the new copy is in place (the store keeps that from
+/// touching the new copy's files). The caller holds the copy's operations lock.
 pub(crate) async fn seed_copy(
     node: &NodeState,
     database: &str,
