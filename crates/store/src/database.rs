@@ -491,6 +491,21 @@ impl CopyFile {
     }
 }
 
+/// Removes the files `file` + each suffix ("" for the SQLite file itself, "-wal", "-shm") that
+/// exist.
+pub(crate) fn remove_sqlite_files(file: &Path, suffixes: &[&str]) -> Result<()> {
+    for suffix in suffixes {
+        let f = PathBuf::from(format!("{}{suffix}", file.display()));
+        match std::fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io(&f, e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A read-only connection to the database in `dir`, as readers use it.
 pub(crate) fn open_reader_connection(dir: &Path, cache_kib: u32) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -711,15 +726,7 @@ impl Database {
         }
         // A WAL and shared-memory file without their database (closes keep them) belong to no
         // database: SQLite would replay the WAL's frames into the new file.
-        for suffix in ["-wal", "-shm"] {
-            let stale = dir.join(format!("{DB_FILE}{suffix}"));
-            match std::fs::remove_file(&stale) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::io(&stale, e));
-                }
-                _ => {}
-            }
-        }
+        remove_sqlite_files(&dir.join(DB_FILE), &["-wal", "-shm"])?;
         // Built under another name and renamed once its identity is committed: a crash while
         // creating leaves no half-made database behind.
         let partial = dir.join(format!("{DB_FILE}.creating"));

@@ -14,7 +14,7 @@
 //! position (LSN and chain) is written in the same transaction as what it derived, so a crash
 //! loses at most work the follower redoes. Readers see the file attached as schema `NAME`.
 
-use crate::database::{DatabaseId, Published, open_reader_connection};
+use crate::database::{DatabaseId, Published, open_reader_connection, remove_sqlite_files};
 use crate::error::{Result, StoreError};
 use crate::journal::{self, RecordBatch};
 use crate::record::{Chain, Lsn, Record};
@@ -211,20 +211,13 @@ pub(crate) fn start(
     let file = file_of(dir, follow.name);
     if !file.exists() {
         // A WAL left without its file (closes keep it) would be replayed into the new one.
-        for suffix in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-        }
+        remove_sqlite_files(&file, &["-wal", "-shm"])?;
     }
     let side = match open_side(&file) {
         Ok(c) => c,
         Err(_) => {
             // Derived, so never precious: a damaged file is made again from the rows.
-            for suffix in ["", "-wal", "-shm"] {
-                let f = PathBuf::from(format!("{}{suffix}", file.display()));
-                if f.exists() {
-                    std::fs::remove_file(&f).map_err(|e| StoreError::io(&f, e))?;
-                }
-            }
+            remove_sqlite_files(&file, &["", "-wal", "-shm"])?;
             open_side(&file)?
         }
     };
