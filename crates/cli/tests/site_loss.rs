@@ -305,6 +305,11 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
         audit.contains("\"procedure\":\"chat-failover\"")
             && audit.contains("\"procedure\":\"chat-failback\"")
     );
+    // atl-db2 was a mirror all along: the restarted site's newer copies, pulling it until the
+    // failback, found it no primary and did not demote it again and again.
+    let log = std::fs::read_to_string(d.dir.join("logs").join("atl-db2.log")).unwrap();
+    let demoted = log.matches("no longer primary").count();
+    assert_eq!(demoted, 0, "atl-db2 demoted {demoted} times:\n{log}");
 }
 
 #[test]

@@ -946,8 +946,12 @@ pub(crate) async fn serve_pull_route(
     let answer = blocking(move || serve_pull(&d, &r).map_err(|e| e.to_string()))
         .await
         .map_err(ApiError::unavailable)?;
+    // A copy that is no longer primary was fenced already: the newer copy's every pull says
+    // so again, and changes nothing.
+    let primary = db.identity().role == Role::Primary;
     match (&answer, &link) {
         (PullAnswer::Records { .. }, _) => seen(&db),
+        (PullAnswer::Fenced { .. }, _) if !primary => {}
         (PullAnswer::Fenced { epoch }, Some(link)) => {
             let reason = format!("the mirror holds epoch {epoch}, newer than this copy's");
             demote(&db, link, &reason).await;

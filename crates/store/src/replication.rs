@@ -74,12 +74,12 @@ pub enum PullAnswer {
 /// The primary's side of a pull: decides from the two positions what the mirror gets.
 pub fn serve_pull(db: &Database, req: &PullRequest) -> Result<PullAnswer> {
     let me = db.identity();
-    let Some(copy) = &req.copy else {
-        return Ok(PullAnswer::Reseed {
-            reason: "the mirror holds no copy yet".into(),
-        });
-    };
-    if copy.database_id == me.database_id.to_hex() && copy.epoch() > me.epoch {
+    // A copy of a newer epoch learns nothing here, but tells this one it is stale, whatever
+    // its role; a copy that is not primary serves nothing else, a seed included.
+    if let Some(copy) = &req.copy
+        && copy.database_id == me.database_id.to_hex()
+        && copy.epoch() > me.epoch
+    {
         return Ok(PullAnswer::Fenced {
             epoch: copy.epoch(),
         });
@@ -90,6 +90,11 @@ pub fn serve_pull(db: &Database, req: &PullRequest) -> Result<PullAnswer> {
             epoch: me.epoch,
         });
     }
+    let Some(copy) = &req.copy else {
+        return Ok(PullAnswer::Reseed {
+            reason: "the mirror holds no copy yet".into(),
+        });
+    };
     if copy.database_id != me.database_id.to_hex() {
         return Ok(PullAnswer::Reseed {
             reason: format!(
@@ -362,6 +367,19 @@ mod tests {
                 epoch: 1
             }
         );
+        // A copy that is not primary seeds nothing: asked by a node without a copy, it says
+        // what it is; the primary answers that one with a reseed.
+        assert_eq!(
+            pull(&primary, None),
+            PullAnswer::NotPrimary {
+                role: Role::Mirror,
+                epoch: 1
+            }
+        );
+        let PullAnswer::Reseed { reason } = pull(&mirror, None) else {
+            panic!("reseed expected");
+        };
+        assert!(reason.contains("no copy"), "{reason}");
     }
 
     #[test]
