@@ -316,6 +316,8 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
     let options = RestoreOptions {
         recovery,
         stop_at,
+        // A copy another process has open (a node serving it) is not replaced from here.
+        replace_wait: std::time::Duration::ZERO,
         ..Default::default()
     };
     if path.exists() && !path.is_dir() {

@@ -21,6 +21,8 @@ use tokio::sync::broadcast;
 
 /// Longest a feed request waits for a new event.
 pub(crate) const FEED_WAIT_MS_MAX: u64 = 25_000;
+/// How often a waiting feed looks whether its copy is still the one hosted.
+const FEED_HOSTED_CHECK: Duration = Duration::from_millis(500);
 /// Most events one feed answer carries.
 pub(crate) const FEED_EVENTS_MAX: usize = 1_000;
 /// Events a chat node keeps for sessions that fall behind; past that a session re-reads.
@@ -112,11 +114,23 @@ pub(crate) async fn serve_feed(
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(json!({ "events": events, "durable_lsn": upto })));
         }
-        // Wait for the next durable commit (or the deadline, or the node stopping).
+        // Wait for the next durable commit (or the deadline, or the node stopping, or the copy
+        // put away: a restore replaces it only once this handle too is let go).
         let mut stopping = node.stopping.clone();
-        let woken = tokio::select! {
-            r = tokio::time::timeout_at(deadline, durable.changed()) => r.is_ok(),
-            _ = stopping.wait_for(|s| *s) => false,
+        let woken = loop {
+            let slice = deadline.min(tokio::time::Instant::now() + FEED_HOSTED_CHECK);
+            tokio::select! {
+                r = tokio::time::timeout_at(slice, durable.changed()) => {
+                    if r.is_ok() {
+                        break true;
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => break false,
+            }
+            let hosted = node.host.get(&database);
+            if slice >= deadline || !hosted.is_some_and(|h| h.same_handle(&db)) {
+                break false;
+            }
         };
         if !woken {
             let d = db.clone();

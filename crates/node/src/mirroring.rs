@@ -689,6 +689,8 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 st.last_contact = Some(Instant::now());
                 st.caught_up = false;
             }
+            // The copy is replaced only once every handle on it is closed, this one first.
+            drop(db);
             if let Err(e) = reseed(node, link, &partner, &reason).await {
                 tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
                 link.error(format!("reseed: {e}"));
@@ -809,8 +811,8 @@ async fn reseed(
 
 /// Replaces this node's copy of `database` by one restored from a full backup that `source`
 /// (its primary) streams, left in `role` (mirror or standby). The old copy's handle is put away
-/// first; its last users may close it after the new copy is in place (the store keeps that from
-/// touching the new copy's files). The caller holds the copy's operations lock.
+/// first, and the restore puts the new copy in its place once the old one's last users closed
+/// it (`restore_new`). The caller holds the copy's operations lock, and no handle on the copy.
 pub(crate) async fn seed_copy(
     node: &NodeState,
     database: &str,

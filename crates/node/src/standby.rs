@@ -234,6 +234,8 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                 }
             }
             Ok(PullAnswer::Reseed { reason }) => {
+                // The copy is replaced only once every handle on it is closed, this one first.
+                drop(db);
                 // One replacement of the copy at a time: a restore over it (a failback) that
                 // came first has made it something else than a standby to keep current.
                 let ops = node.host.operations(&database);

@@ -342,6 +342,8 @@ impl Drop for Inner {
         for f in self.follows.get_mut().expect("follows lock").iter_mut() {
             f.stop();
         }
+        // Every connection closes before the writer, whose end lets go of the directory's lock.
+        self.readers.get_mut().expect("readers lock").clear();
         // Closing the queue ends the writer's loop once it has answered every queued job.
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
@@ -453,6 +455,35 @@ fn lock_dir(dir: &Path) -> Result<File> {
     f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
     let _ = write!(f, "pid {}", std::process::id());
     Ok(f)
+}
+
+/// Takes `dir`'s lock once no handle holds it, waiting up to `wait` for an open one to close:
+/// what replaces a copy's directory must not do so under a handle still open on it (SQLite
+/// opens a connection's WAL and shared memory by path, the first time it reads).
+pub(crate) fn lock_dir_when_closed(dir: &Path, wait: std::time::Duration) -> Result<File> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match lock_dir(dir) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(StoreError::Locked(_)) => {
+                let holder = std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap_or_default();
+                let waited = if wait.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after {} s", wait.as_secs_f64())
+                };
+                return Err(StoreError::Locked(format!(
+                    "database {} is still open ({}){waited}: it is replaced only once closed, \
+                     and is as it was",
+                    dir.display(),
+                    holder.trim(),
+                )));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The database file a handle opened, by device and inode. A restore or a reseed replaces a
@@ -867,6 +898,12 @@ impl Database {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Whether `other` is a handle of this same opening of the copy (not of a copy opened
+    /// again, or restored, in the same directory).
+    pub fn same_handle(&self, other: &Database) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Identity as of the last commit.

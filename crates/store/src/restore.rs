@@ -30,6 +30,9 @@ pub struct RestoreOptions {
     pub recovery: Recovery,
     pub stop_at: Option<StopAt>,
     pub database: Options,
+    /// How long a restore that replaces a copy waits for a handle still open on it to close
+    /// (`restore_new`); then it refuses, the copy as it was.
+    pub replace_wait: std::time::Duration,
 }
 
 impl Default for RestoreOptions {
@@ -38,6 +41,7 @@ impl Default for RestoreOptions {
             recovery: Recovery::Recover,
             stop_at: None,
             database: Options::default(),
+            replace_wait: REPLACE_WAIT,
         }
     }
 }
@@ -384,7 +388,9 @@ fn report(
 
 /// Restores a new copy into `target` from a full backup and the log backups that follow it.
 /// `target` must not exist unless `replace` is set. Everything happens in a sibling directory
-/// that replaces `target` only once the restore succeeded: on any error `target` is as it was.
+/// that replaces `target` only once the restore succeeded, and once no handle is open on
+/// `target` (waiting up to `options.replace_wait` for one to close): on any error `target` is
+/// as it was.
 pub fn restore_new(
     target: &Path,
     inputs: &[PathBuf],
@@ -431,24 +437,33 @@ pub fn restore_new(
         drop(db);
         Ok(report(&id, Some(full_path.clone()), applied, &plan))
     })();
-    match result {
-        Ok(r) => {
-            if target.exists() {
-                let old = parent.join(format!(".{leaf}.replaced-{}-{n}", std::process::id()));
-                std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
-                std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
-                let _ = std::fs::remove_dir_all(&old);
-            } else {
-                std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
+    let swapped = result.and_then(|r| {
+        if target.exists() {
+            // The old copy's handle, if one is open, closes first: a connection of it that
+            // read for the first time after the swap would open the new copy's WAL and shared
+            // memory by their paths.
+            let _old_lock = crate::database::lock_dir_when_closed(target, options.replace_wait)?;
+            let old = parent.join(format!(".{leaf}.replaced-{}-{n}", std::process::id()));
+            std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
+            if let Err(e) = std::fs::rename(&work, target) {
+                let _ = std::fs::rename(&old, target);
+                return Err(StoreError::io(target, e));
             }
-            Ok(r)
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&work, target).map_err(|e| StoreError::io(target, e))?;
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&work);
-            Err(e)
-        }
+        Ok(r)
+    });
+    if swapped.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
     }
+    swapped
 }
+
+/// How long a restore that replaces a copy waits by default for a handle still open on it to
+/// close: a node's requests let go of a copy put away within a second or so.
+const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Applies log backups to an open `restoring` or `standby` copy. The chain is checked in full
 /// before the first record is applied.

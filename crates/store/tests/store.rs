@@ -1580,11 +1580,15 @@ fn closing_a_copy_deletes_none_of_its_files_and_it_reopens_whole() {
     db.integrity_check().unwrap();
 }
 
-/// A restore over a copy whose old handle is still in use (a node's request threads, its jobs):
-/// the new copy serves at once — backups, reads through its follower's file, writes — while
-/// the old handle's last users finish and close it, round after round.
+/// A restore over a copy whose old handle is still in use (a node's request threads, its jobs,
+/// after the node put the handle away) swaps the directories only once the last user closed
+/// it: a connection of the old copy reading for the first time after the swap would open the
+/// new copy's WAL and shared memory by their paths (a failback's node died of a SIGBUS so).
+/// The new copy then serves at once — backups, reads through its follower's file, writes —
+/// round after round.
 #[test]
-fn a_copy_restored_over_a_handle_still_in_use_serves_at_once() {
+fn a_copy_restored_over_a_handle_still_in_use_is_swapped_in_once_it_closes() {
+    use std::sync::atomic::AtomicBool;
     let (follow, _) = bodies!(RESTORED_LIVE, 1, 0);
     let t = tempfile::tempdir().unwrap();
     let src = Arc::new(create(&t.path().join("src")));
@@ -1594,25 +1598,34 @@ fn a_copy_restored_over_a_handle_still_in_use_serves_at_once() {
     let dir = t.path().join("db");
     let opts = RestoreOptions::default();
     restore_new(&dir, &[full.path().to_path_buf()], &opts, false).unwrap();
-    let mut current = Arc::new(Database::open(&dir, Options::default()).unwrap());
+    let mut current = Database::open(&dir, Options::default()).unwrap();
     current.follow(follow).unwrap();
     for round in 0..20 {
-        let old = current.clone();
-        let user = std::thread::spawn(move || {
-            for k in 0..40 {
-                let _ = post(&old, 1, &format!("old {k}"));
-                let _ = old.read(|c| {
-                    Ok(c.query_row("SELECT count(*) FROM bodies.bodies", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?)
-                });
-            }
-        });
+        // The last users of the old handle: this one thread, which lets go after its work.
+        let closing = Arc::new(AtomicBool::new(false));
+        let user = {
+            let (old, closing) = (current, closing.clone());
+            std::thread::spawn(move || {
+                for k in 0..40 {
+                    let _ = post(&old, 1, &format!("old {k}"));
+                    let _ = old.read(|c| {
+                        Ok(c.query_row("SELECT count(*) FROM bodies.bodies", [], |r| {
+                            r.get::<_, i64>(0)
+                        })?)
+                    });
+                }
+                closing.store(true, Ordering::SeqCst);
+                drop(old);
+            })
+        };
         std::thread::sleep(std::time::Duration::from_millis(round % 7));
         restore_new(&dir, &[full.path().to_path_buf()], &opts, true).unwrap();
-        let new = Database::open(&dir, Options::default()).unwrap();
-        new.follow(follow).unwrap();
-        drop(std::mem::replace(&mut current, Arc::new(new)));
+        assert!(
+            closing.load(Ordering::SeqCst),
+            "round {round}: swapped while the old handle was open"
+        );
+        current = Database::open(&dir, Options::default()).unwrap();
+        current.follow(follow).unwrap();
         let backups = t.path().join(format!("backups-{round}"));
         full_backup(&current, &backups).unwrap();
         post(&current, 2, "new").unwrap();
@@ -1623,6 +1636,63 @@ fn a_copy_restored_over_a_handle_still_in_use_serves_at_once() {
         log_backup(&current, &backups).unwrap();
     }
     current.integrity_check().unwrap();
+}
+
+/// A restore over a copy that stays open (another process serves it, or a user never lets go)
+/// refuses once its wait is over, naming the copy, and leaves it as it was, open and whole.
+#[test]
+fn a_restore_over_a_copy_that_stays_open_refuses_and_leaves_it_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let src = create(&t.path().join("src"));
+    post(&src, 3, "src").unwrap();
+    let full = full_backup(&src, &t.path().join("full")).unwrap();
+    drop(src);
+    let dir = t.path().join("db");
+    let open = create(&dir);
+    post(&open, 5, "kept").unwrap();
+    let before = (open.identity().database_id, open.identity().lsn);
+    for (round, wait) in [
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(300),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let opts = RestoreOptions {
+            replace_wait: wait,
+            ..Default::default()
+        };
+        let err = restore_new(&dir, &[full.path().to_path_buf()], &opts, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("still open") && err.contains(&dir.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            (open.identity().database_id, open.identity().lsn),
+            (before.0, before.1 + round as u64)
+        );
+        post(&open, 1, "still writing").unwrap();
+        assert_eq!(
+            open.read(|c| Ok(
+                c.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))?
+            ))
+            .unwrap(),
+            2 + round as i64
+        );
+    }
+    // No work directory is left beside it.
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restoring") || n.contains("replaced"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(open);
+    let reopened = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!(reopened.identity().database_id, before.0);
+    assert_eq!(reopened.identity().lsn, before.1 + 2);
 }
 
 /// A database created where another one's WAL was left (closes keep it; its database file was
