@@ -321,3 +321,41 @@ fn bad_arguments_get_one_clear_line() {
     ]);
     assert!(err.contains("RFC 3339"), "{err}");
 }
+
+/// `db restore --replace` over a copy another process has open (a node serving it) refuses at
+/// once, naming it, and leaves it as it was; once closed, the same command replaces it.
+#[test]
+fn a_restore_does_not_replace_a_copy_that_is_open() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("bench");
+    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "1000", "--json"]);
+    let lsn = report["lsn"].as_u64().unwrap();
+    let (db, backups) = (d.join("db"), d.join("backups"));
+    let open = tandem_store::Database::open(&db, tandem_store::Options::default()).unwrap();
+    let args = [
+        "db",
+        "restore",
+        "--path",
+        s(&db),
+        "--replace",
+        "--from",
+        s(&backups),
+    ];
+    let err = fails(&args);
+    assert!(
+        err.contains("still open") && err.contains(s(&db)) && err.contains("as it was"),
+        "{err}"
+    );
+    assert_eq!(open.identity().lsn, lsn);
+    let mut args_json = args.to_vec();
+    args_json.push("--json");
+    drop(open);
+    let r = ok_json(&args_json);
+    assert_eq!(r["lsn"].as_u64(), Some(lsn));
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
