@@ -784,7 +784,7 @@ async fn reseed(
     reason: &str,
 ) -> Result<(), String> {
     // One replacement of the copy at a time (a restore, a standby's or a secondary's seed hold
-    // the same lock): two at once would restore into the same work directory.
+    // the same lock): the second would replace what the first just put in place.
     let ops = node.host.operations(&link.database);
     let _one = ops.lock().await;
     // Whatever held the lock may have removed this link, or made the copy a primary (a restore

@@ -486,10 +486,11 @@ pub(crate) fn lock_dir_when_closed(dir: &Path, wait: std::time::Duration) -> Res
     }
 }
 
-/// The database file a handle opened, by device and inode. A restore or a reseed replaces a
-/// copy by renaming its directory away, and the old handle may still be open then: what it
-/// opens by path afterwards (a reader, a follower's file to attach) must not be the new copy.
-/// (Nor does its closing delete the new copy's files: `wal_vfs::keep_wal_on_close`.)
+/// The database file a handle opened, by device and inode. A restore replaces a copy only once
+/// its handle is closed (`lock_dir_when_closed`), but a directory renamed or replaced by hand
+/// under an open handle must not lead it to the new copy: what it opens by path afterwards (a
+/// reader, a follower's file to attach) is refused. (Nor does its closing delete the new copy's
+/// files: `wal_vfs::keep_wal_on_close`.)
 #[derive(Clone, Debug)]
 pub(crate) struct CopyFile {
     pub(crate) path: PathBuf,

@@ -100,11 +100,12 @@ unsafe impl Sync for Registered {}
 
 /// Makes `conn` keep its main database's WAL and shared-memory files when it closes
 /// (`SQLITE_FCNTL_PERSIST_WAL`). SQLite deletes them by path when the last connection to a
-/// database closes, and a copy that a restore or a reseed replaced by renaming its directory
-/// away may close after the new copy took the path. SQLite means to skip that for a file that
-/// moved, but a failing failback, traced, showed an old copy's writer thread closing 40 ms
-/// after the restore that replaced it, checkpointing, and unlinking the new copy's `-shm` and
-/// `-wal` (whose next reader then read past the end of a new, empty WAL: a short read).
+/// database closes, and a copy whose directory was replaced under an open handle may close after
+/// the new copy took the path. SQLite means to skip that for a file that moved, but a failing
+/// failback, traced (session 20, when a restore still swapped directories under open handles;
+/// it now waits for them to close), showed an old copy's writer thread closing 40 ms after the
+/// restore that replaced it, checkpointing, and unlinking the new copy's `-shm` and `-wal`
+/// (whose next reader then read past the end of a new, empty WAL: a short read).
 /// Kept, a WAL that a close checkpointed is started over by the next writer.
 pub(crate) fn keep_wal_on_close(conn: &rusqlite::Connection) -> Result<()> {
     let mut on: c_int = 1;

@@ -1483,8 +1483,8 @@ fn groups_are_smaller_while_answers_wait_for_a_synchronous_mirror() {
     assert!(groups >= 5, "{groups} groups");
 }
 
-/// A copy replaced by renaming its directory away (a restore, a reseed) while its old handle is
-/// still open: the old handle opens nothing of the new copy's, and closing it later leaves the
+/// A copy replaced by renaming its directory away by hand (a restore waits for the handle to
+/// close) while its old handle is still open: the old handle opens nothing of the new copy's, and closing it later leaves the
 /// new copy's files alone. (SQLite deletes a WAL, its shared memory index and a follower's WAL
 /// by path when their last connection closes; it means to skip that for a file that moved,
 /// but a traced failback showed an old writer's close unlink the new copy's.)
