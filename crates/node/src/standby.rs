@@ -378,7 +378,8 @@ pub(crate) fn consumer_name(standby: &str) -> String {
 
 /// Each standby's journal cursor on this primary: at what it hardened, never keeping more than
 /// the topology's bound for it. A cursor a seed backup registered for a standby that has not
-/// pulled yet (or never will) is held to the same bound.
+/// pulled yet (or never will) is held to the same bound; the cursor of a node the topology no
+/// longer places a copy on is removed.
 async fn move_cursors(node: &NodeState) {
     let keep = node.topology.mirroring.journal_records_max;
     let pulled: BTreeMap<(String, String), Lsn> = node
@@ -396,23 +397,25 @@ async fn move_cursors(node: &NodeState) {
         let hardened: Vec<(String, Lsn)> = pulled
             .iter()
             .filter(|((d, _), _)| *d == database)
-            .map(|((_, standby), lsn)| (consumer_name(standby), *lsn))
+            .map(|((_, standby), lsn)| (standby.clone(), *lsn))
             .collect();
+        let topology = node.topology.clone();
         let _ = blocking(move || {
-            let lsn = db.identity().lsn;
             let consumers = db.consumers().map_err(|e| e.to_string())?;
-            let seeded = consumers
-                .iter()
-                .filter(|c| c.name.starts_with(&consumer_name("")))
-                .filter(|c| !hardened.iter().any(|(n, _)| *n == c.name))
-                .map(|c| (c.name.clone(), 0))
-                .collect::<Vec<_>>();
-            for (name, hardened) in hardened.into_iter().chain(seeded) {
-                let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
-                match consumers.iter().find(|c| c.name == name) {
-                    None => db.register_consumer(&name, target),
-                    Some(c) if c.lsn < target => db.advance_consumer(&name, target),
-                    Some(_) => Ok(()),
+            let placed = |standby: &str| places(&topology, &database, standby);
+            for m in cursor_moves(&consumers, &hardened, db.identity().lsn, keep, placed) {
+                match m {
+                    CursorMove::Register(name, lsn) => db.register_consumer(&name, lsn),
+                    CursorMove::Advance(name, lsn) => db.advance_consumer(&name, lsn),
+                    CursorMove::Remove(name) => {
+                        tracing::info!(
+                            database = %database,
+                            consumer = %name,
+                            "journal cursor removed: the topology places no copy of the \
+                             database on that node any more"
+                        );
+                        db.remove_consumer(&name).map(|_| ())
+                    }
                 }
                 .map_err(|e| e.to_string())?;
             }
@@ -420,6 +423,51 @@ async fn move_cursors(node: &NodeState) {
         })
         .await;
     }
+}
+
+/// What `move_cursors` does to one standby's journal cursor.
+#[derive(Debug, PartialEq, Eq)]
+enum CursorMove {
+    Register(String, Lsn),
+    Advance(String, Lsn),
+    Remove(String),
+}
+
+/// The cursor moves on a primary at `lsn`: each standby's cursor (`consumer_name`) at what it
+/// hardened (`hardened`: standby node, LSN), or one that has not pulled at `lsn - keep`, never
+/// keeping more than `keep` records for it nor moving back; the cursor of a node on which
+/// `placed` says the topology puts no copy any more is removed.
+fn cursor_moves(
+    consumers: &[tandem_store::Consumer],
+    hardened: &[(String, Lsn)],
+    lsn: Lsn,
+    keep: u64,
+    placed: impl Fn(&str) -> bool,
+) -> Vec<CursorMove> {
+    let prefix = consumer_name("");
+    let silent = consumers
+        .iter()
+        .filter_map(|c| c.name.strip_prefix(&prefix))
+        .filter(|standby| !hardened.iter().any(|(n, _)| n == standby))
+        .map(|standby| (standby.to_string(), 0));
+    let mut moves = Vec::new();
+    for (standby, hardened) in hardened.iter().cloned().chain(silent) {
+        let name = consumer_name(&standby);
+        let current = consumers.iter().find(|c| c.name == name);
+        if !placed(&standby) {
+            if current.is_some() {
+                moves.push(CursorMove::Remove(name));
+            }
+            continue;
+        }
+        let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
+        match current {
+            None => moves.push(CursorMove::Register(name, target)),
+            Some(c) if c.lsn < target => moves.push(CursorMove::Advance(name, target)),
+            Some(_) => {}
+        }
+    }
+    moves
 }
 
 /// An epoch for a promotion in another site: above anything the old site could have reached by
@@ -539,4 +587,62 @@ pub(crate) async fn step_down_route(
     Ok(Json(
         json!({ "node": node.name, "role": id.role, "epoch": id.epoch, "lsn": id.lsn }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CursorMove, consumer_name, cursor_moves};
+    use tandem_store::Consumer;
+
+    fn cursor(standby: &str, lsn: u64) -> Consumer {
+        Consumer {
+            name: consumer_name(standby),
+            lsn,
+        }
+    }
+
+    #[test]
+    fn a_cursor_follows_its_standby_within_the_bound_and_never_moves_back() {
+        let placed = |_: &str| true;
+        let consumers = [cursor("b", 500), cursor("c", 900)];
+        let hardened = [("a".to_string(), 700), ("b".to_string(), 800)];
+        let moves = cursor_moves(&consumers, &hardened, 1_000, 100, placed);
+        assert_eq!(
+            moves,
+            [
+                // Not registered yet: at most `keep` records kept for it.
+                CursorMove::Register(consumer_name("a"), 900),
+                CursorMove::Advance(consumer_name("b"), 900),
+                // c has not pulled since the node started: held to the bound, already there.
+            ]
+        );
+        let hardened = [("b".to_string(), 950)];
+        let moves = cursor_moves(&[cursor("b", 980)], &hardened, 1_000, 100, placed);
+        assert!(moves.is_empty(), "a cursor never moves back: {moves:?}");
+    }
+
+    #[test]
+    fn the_cursor_of_a_node_the_topology_no_longer_places_a_copy_on_is_removed() {
+        let placed = |standby: &str| standby != "gone";
+        let consumers = [
+            cursor("gone", 10),
+            cursor("kept", 10),
+            Consumer {
+                name: "mirror".into(),
+                lsn: 10,
+            },
+        ];
+        let hardened = [("gone".to_string(), 990)];
+        let moves = cursor_moves(&consumers, &hardened, 1_000, 100, placed);
+        assert_eq!(
+            moves,
+            [
+                CursorMove::Remove(consumer_name("gone")),
+                CursorMove::Advance(consumer_name("kept"), 900),
+            ]
+        );
+        // Without a cursor, nothing is registered for it either.
+        let moves = cursor_moves(&[], &hardened, 1_000, 100, placed);
+        assert!(moves.is_empty(), "{moves:?}");
+    }
 }

@@ -515,8 +515,8 @@ impl CopyFile {
         match std::fs::metadata(&self.path) {
             Ok(m) if (m.dev(), m.ino()) == (self.dev, self.ino) => Ok(()),
             _ => Err(StoreError::Closed(format!(
-                "{} was replaced or removed since this handle opened it (a restore or a \
-                 reseed): the handle no longer reaches its copy",
+                "{} was replaced or removed since this handle opened it (by hand: a restore \
+                 waits for the handle to close): the handle no longer reaches its copy",
                 self.path.display()
             ))),
         }
