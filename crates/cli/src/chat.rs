@@ -26,7 +26,9 @@ pub enum ChatCommand {
     Room(RoomCommand),
     /// Post a message to a room.
     Post {
+        /// The room's name.
         room: String,
+        /// The message.
         text: String,
         /// The id of the message this one answers.
         #[arg(long)]
@@ -36,11 +38,15 @@ pub enum ChatCommand {
     },
     /// A room's history, oldest first; the newest page unless --before or --after.
     History {
+        /// The room's name.
         room: String,
+        /// Events per page.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        #[arg(long)]
+        /// The page before this event id (the first id of the page shown last).
+        #[arg(long, conflicts_with = "after")]
         before: Option<i64>,
+        /// The page after this event id (the last id of the page shown last).
         #[arg(long)]
         after: Option<i64>,
         #[command(flatten)]
@@ -76,7 +82,9 @@ pub enum ChatCommand {
     },
     /// Search the messages you may read.
     Search {
+        /// Words that every message found contains.
         query: String,
+        /// The most messages to show, newest first (1 to 100; 20 when not given).
         #[arg(long)]
         limit: Option<usize>,
         #[command(flatten)]
@@ -112,7 +120,9 @@ pub enum ActiveAction {
 pub enum CategoryCommand {
     /// Add a category.
     Add {
+        /// The category's name.
         name: String,
+        /// What the category's rooms are for.
         #[arg(long)]
         description: Option<String>,
         #[command(flatten)]
@@ -129,11 +139,16 @@ pub enum CategoryCommand {
 pub enum RoomCommand {
     /// Create a room; you become its manager.
     Create {
+        /// The room's name.
         room: String,
+        /// The category the room is in.
         #[arg(long)]
         category: Option<String>,
+        /// Who may read it: anyone (open), its members (closed), its members, and only they
+        /// know it exists (secret).
         #[arg(long, default_value = "open", value_parser = ["open", "closed", "secret"])]
         privacy: String,
+        /// What the room is for.
         #[arg(long)]
         description: Option<String>,
         #[command(flatten)]
@@ -141,8 +156,11 @@ pub enum RoomCommand {
     },
     /// Add a member (managers; in an open room you may add yourself).
     AddMember {
+        /// The room's name.
         room: String,
+        /// The user to add.
         user: String,
+        /// Make the user a manager of the room too.
         #[arg(long)]
         manager: bool,
         #[command(flatten)]

@@ -26,6 +26,7 @@ pub enum LogShippingCommand {
     /// share, the secondary restores it (replacing its copy) and applies the log backups; waits
     /// until it does.
     Configure {
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
         /// The db node, in another site than the primary, that copies and restores.
@@ -53,12 +54,14 @@ pub enum LogShippingCommand {
     /// Remove the secondary from the configuration: its copy and restore jobs stop; its copy
     /// and every file stay (chat failover, step 1).
     RemoveSecondary {
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
     },
     /// Copy now, to the secondary, every log backup on the share it has not copied (chat
     /// failover, step 2). Needs only the share and the secondary.
     Copy {
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
         /// The secondary (default: the node the topology places DB's backup copy on).
@@ -69,6 +72,7 @@ pub enum LogShippingCommand {
     /// first; print the last LSN applied and the commit time of its record: the data-loss
     /// point of a failover (chat failover, step 3). A missing or damaged file refuses it, named.
     Restore {
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
         /// The secondary (default: the node the topology places DB's backup copy on).
@@ -77,6 +81,7 @@ pub enum LogShippingCommand {
     },
     /// The monitor: each job's last file, LSN and age, the secondary's lag, the alerts.
     Status {
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
     },

@@ -17,10 +17,13 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
 pub enum MirrorCommand {
     /// Seed a mirror of DB on --mirror from its primary on --primary, then mirror it.
     Install {
+        /// The database (as `tandem status` names it: cms, mgc, …).
         #[arg(long)]
         db: String,
+        /// The db node holding its primary copy.
         #[arg(long)]
         primary: String,
+        /// The db node that gets the mirror copy.
         #[arg(long)]
         mirror: String,
         /// `sync`: a commit is acknowledged once the mirror has it (automatic failover with a
@@ -34,14 +37,17 @@ pub enum MirrorCommand {
     /// Stop mirroring DB between NODE and its partner. The primary serves on alone; a mirror
     /// copy stays on its node, `restoring`.
     Remove {
+        /// The database.
         #[arg(long)]
         db: String,
-        #[arg(long)]
+        /// Either node of the partnership.
+        #[arg(long, value_name = "NODE")]
         instance: String,
     },
     /// Planned failover: the mirror takes over once it has every record (no loss); the old
     /// primary becomes its mirror.
     Failover {
+        /// The database.
         #[arg(long)]
         db: String,
     },

@@ -15,7 +15,10 @@ use tandem_topology::DATABASE_CMS;
 pub enum UserCommand {
     /// Create a user homed on POOL; prints the user's bearer token.
     Add {
+        /// The user's name: 1 to 64 characters of a-z, 0-9, '.', '_' or '-', starting with a
+        /// letter or digit.
         name: String,
+        /// The pool the user is homed on (a pool of the topology).
         #[arg(long)]
         pool: String,
         /// A password for signing in over HTTP (without one, the token is the only way in).
@@ -24,11 +27,15 @@ pub enum UserCommand {
     },
     /// List the users of every pool, or of one.
     List {
+        /// Only the users homed on this pool.
         #[arg(long)]
         pool: Option<String>,
     },
     /// Remove a user and every token of theirs.
-    Remove { name: String },
+    Remove {
+        /// The user's name.
+        name: String,
+    },
 }
 
 /// A user just created, with the bearer token that `add` keeps beside the topology.
