@@ -301,7 +301,26 @@ fn bad_arguments_get_one_clear_line() {
     let err = fails(&["db", "inspect", s(&t.path().join("nothing"))]);
     assert!(err.contains("not a tandem database"), "{err}");
     let err = fails(&["db", "verify", s(t.path())]);
-    assert!(err.contains("no backup files"), "{err}");
+    assert!(
+        err.contains("no backup files") && err.contains(s(t.path())),
+        "{err}"
+    );
+    let err = fails(&[
+        "db",
+        "restore",
+        "--path",
+        s(&t.path().join("x")),
+        "--from",
+        s(t.path()),
+    ]);
+    assert!(
+        err.contains("no backup files") && err.contains(s(t.path())),
+        "{err}"
+    );
+    assert!(
+        !t.path().join("x").exists(),
+        "a refused restore leaves nothing"
+    );
     let junk = t.path().join("junk.tlb");
     std::fs::write(&junk, b"hello").unwrap();
     let err = fails(&["db", "verify", s(&junk)]);

@@ -58,18 +58,16 @@ impl ChatRole {
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     r.map(|Json(v)| v).map_err(|e| {
         let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "invalid"
-        };
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::too_large();
+        }
         ApiError::new(
             if status.is_client_error() {
                 status
             } else {
                 StatusCode::BAD_REQUEST
             },
-            code,
+            "invalid",
             e.body_text(),
         )
     })

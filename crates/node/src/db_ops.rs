@@ -77,7 +77,7 @@ pub(crate) async fn backup(
     Path(database): Path<String>,
     body: Result<Json<BackupAsk>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     let files = crate::log_shipping::backup_now(&node, &database, req.log).await?;
     let answer = BackedUp {
         database,
@@ -110,7 +110,7 @@ pub(crate) async fn restore(
     Path(database): Path<String>,
     body: Result<Json<RestoreAsk>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     check_copy(&node, &database, "restoring over")?;
     if req.from.is_empty() {
         return Err(ApiError::bad_request("no backup file to restore from"));

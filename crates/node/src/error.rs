@@ -56,6 +56,26 @@ impl ApiError {
     pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+
+    /// A JSON body that could not be read: over the size bound (named), or not the JSON asked
+    /// for (400, with what was wrong in it).
+    pub(crate) fn json(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
+            _ => ApiError::bad_request(e.body_text()),
+        }
+    }
+
+    pub(crate) fn too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "a request body is at most {} bytes",
+                crate::server::REQUEST_BYTES_MAX
+            ),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -56,7 +56,7 @@ async fn login(
     State(node): State<Shared>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(l) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(l) = body.map_err(ApiError::json)?;
     let pool = home(&node, &l.user).await?;
     let r = node
         .call_db(

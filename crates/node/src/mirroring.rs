@@ -909,7 +909,7 @@ pub(crate) async fn serve_pull_route(
     headers: axum::http::HeaderMap,
     body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     let from = peer(&headers);
     // The mirror (its link), or a standby: a node the topology places a copy of `database` on.
     let link = match (node.mirroring.link(&database), from.as_deref()) {
@@ -981,7 +981,7 @@ pub(crate) async fn hardened_route(
     headers: axum::http::HeaderMap,
     body: Result<Json<HardenedReport>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(report) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(report) = body.map_err(ApiError::json)?;
     let from = peer(&headers);
     let link = linked(&node, &database, from.as_deref())?;
     let db = node.host.get(&database).ok_or_else(|| {
@@ -1124,7 +1124,7 @@ pub(crate) async fn install(
     Path(database): Path<String>,
     body: Result<Json<Install>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     let partner = node.topology.node(&req.partner).ok_or_else(|| {
         ApiError::bad_request(format!("the topology has no node named {}", req.partner))
     })?;
@@ -1339,7 +1339,7 @@ pub(crate) async fn promote_route(
     Path(database): Path<String>,
     body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     let link = linked(&node, &database, None)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))

@@ -196,7 +196,7 @@ async fn call(
     Path(database): Path<String>,
     body: Result<Json<procedures::Call>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(call) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(call) = body.map_err(ApiError::json)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
             "node {} holds no open copy of database {database}",
@@ -293,7 +293,7 @@ async fn fault(
     State(node): State<Shared>,
     body: Result<Json<Fault>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(f) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(f) = body.map_err(ApiError::json)?;
     node.client.set_isolated(f.isolated);
     tracing::warn!(
         isolated = f.isolated,
@@ -323,6 +323,22 @@ async fn metrics_page(State(node): State<Shared>) -> String {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; the API is described at /openapi.json")
+}
+
+/// A route that exists, asked with a method it does not take (axum adds the `Allow` header).
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::extract::OriginalUri,
+) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not a method of {}: the Allow header lists its methods; the API is \
+             described at /openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 fn router(node: Shared) -> Router {
@@ -421,6 +437,7 @@ fn router(node: Shared) -> Router {
     }
     app = app.route("/openapi.json", get(crate::openapi::document));
     app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(node)
 }

@@ -505,7 +505,7 @@ pub(crate) async fn pause(
     Path(database): Path<String>,
     body: Result<Json<Pause>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(p) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     db.gate().pause_writes(p.reason.as_deref());
     let id = db.identity();
@@ -527,7 +527,7 @@ pub(crate) async fn promote(
     Path(database): Path<String>,
     body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(p) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     let id = db.identity();
     if id.role == Role::Primary {
@@ -578,7 +578,7 @@ pub(crate) async fn step_down_route(
     Path(database): Path<String>,
     body: Result<Json<StepDown>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(s) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(s) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     if db.identity().role == Role::Primary {
         step_down(&node, &database, &db, &s.reason).await;

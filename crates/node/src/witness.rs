@@ -429,7 +429,7 @@ pub(crate) async fn serve(
     State(node): State<Shared>,
     body: Result<Json<WitnessRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<WitnessAnswer>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     let witness = node
         .witness
         .as_ref()

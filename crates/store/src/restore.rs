@@ -106,6 +106,15 @@ pub fn collect(inputs: &[PathBuf]) -> Result<Vec<BackupFile>> {
     paths.iter().map(|p| read_header(p)).collect()
 }
 
+/// The refusal when the inputs hold no backup file at all (an empty directory, say).
+fn none_found(inputs: &[PathBuf]) -> StoreError {
+    let named: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    StoreError::Invalid(format!(
+        "no backup files (*.tfb, *.tlb) in {}",
+        named.join(", ")
+    ))
+}
+
 struct Start {
     database_id: String,
     lsn: Lsn,
@@ -405,6 +414,9 @@ pub fn restore_new(
         )));
     }
     let files = collect(inputs)?;
+    if files.is_empty() {
+        return Err(none_found(inputs));
+    }
     let plan = plan(&files, None, options)?;
     verify_plan(&plan)?;
     let (full_path, full_header) = plan
@@ -496,7 +508,7 @@ pub struct ChainReport {
 pub fn verify_chain(inputs: &[PathBuf]) -> Result<ChainReport> {
     let headers = collect(inputs)?;
     if headers.is_empty() {
-        return Err(StoreError::Invalid("no backup files to verify".into()));
+        return Err(none_found(inputs));
     }
     let mut files = Vec::with_capacity(headers.len());
     for h in &headers {

@@ -54,7 +54,7 @@ pub(crate) async fn configure(
     Path(database): Path<String>,
     body: Result<Json<Configure>, JsonRejection>,
 ) -> Result<Json<Configured>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(req) = body.map_err(ApiError::json)?;
     shipped_or_refuse(&node, &database)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
