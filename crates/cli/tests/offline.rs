@@ -305,22 +305,18 @@ fn bad_arguments_get_one_clear_line() {
         err.contains("no backup files") && err.contains(s(t.path())),
         "{err}"
     );
-    let err = fails(&[
-        "db",
-        "restore",
-        "--path",
-        s(&t.path().join("x")),
-        "--from",
-        s(t.path()),
-    ]);
+    let x = t.path().join("x");
+    let restore = |more: &[&str]| {
+        let mut args = vec!["db", "restore", "--path", s(&x), "--from", s(t.path())];
+        args.extend_from_slice(more);
+        fails(&args)
+    };
+    let err = restore(&[]);
     assert!(
         err.contains("no backup files") && err.contains(s(t.path())),
         "{err}"
     );
-    assert!(
-        !t.path().join("x").exists(),
-        "a refused restore leaves nothing"
-    );
+    assert!(!x.exists(), "a refused restore leaves nothing");
     let junk = t.path().join("junk.tlb");
     std::fs::write(&junk, b"hello").unwrap();
     let err = fails(&["db", "verify", s(&junk)]);
@@ -328,16 +324,7 @@ fn bad_arguments_get_one_clear_line() {
         err.contains("junk.tlb") && err.contains("too short"),
         "{err}"
     );
-    let err = fails(&[
-        "db",
-        "restore",
-        "--path",
-        s(&t.path().join("x")),
-        "--from",
-        s(t.path()),
-        "--stop-at-time",
-        "yesterday",
-    ]);
+    let err = restore(&["--stop-at-time", "yesterday"]);
     assert!(err.contains("RFC 3339"), "{err}");
 }
 
