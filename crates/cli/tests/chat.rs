@@ -530,6 +530,15 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
         // A route asked with a method it does not take, and no route at all.
         ("DELETE", "/api/v1/rooms".into(), Some(&alice), vec![], 405),
         ("GET", "/api/v1/nowhere".into(), Some(&alice), vec![], 404),
+        // The events route without its rooms, and without a WebSocket's upgrade.
+        ("GET", "/api/v1/events".into(), Some(&alice), vec![], 400),
+        (
+            "GET",
+            "/api/v1/events?rooms=vault".into(),
+            Some(&alice),
+            vec![],
+            400,
+        ),
     ];
     for (method, path, token, body, expect) in cases {
         let (code, text) = http(&c.fe1, method, &path, token, &body);

@@ -416,7 +416,7 @@ async fn events(
     State(node): State<Shared>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let u = user(&node, &headers, q.token.as_deref()).await?;
@@ -439,6 +439,13 @@ async fn events(
             )));
         }
     }
+    // Checked after the query: a client learns first what is wrong in what it asked.
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(format!(
+            "this route is a WebSocket: open it with a WebSocket client ({})",
+            e.body_text()
+        ))
+    })?;
     let rx = node.chat.as_ref().expect("chat role").events.subscribe();
     let after = match q.after {
         Some(a) => a,
