@@ -33,8 +33,10 @@ pub struct Page {
     pub more: bool,
 }
 
-/// Which page of a room's history to read.
+/// Which page of a room's history to read (a parameter it does not know is refused: a typo
+/// would otherwise read another page than the one meant).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// The newest events with an id below this one.
     pub before: Option<i64>,

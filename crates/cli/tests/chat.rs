@@ -530,6 +530,14 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
         // A route asked with a method it does not take, and no route at all.
         ("DELETE", "/api/v1/rooms".into(), Some(&alice), vec![], 405),
         ("GET", "/api/v1/nowhere".into(), Some(&alice), vec![], 404),
+        // A parameter misspelt: refused, not read as another page.
+        (
+            "GET",
+            "/api/v1/rooms/vault/messages?befor=3".into(),
+            Some(&alice),
+            vec![],
+            400,
+        ),
         // The events route without its rooms, and without a WebSocket's upgrade.
         ("GET", "/api/v1/events".into(), Some(&alice), vec![], 400),
         (
