@@ -70,8 +70,9 @@ pub struct Room {
     pub manager: bool,
 }
 
-/// A room to create.
+/// A room to create (a field it does not know is refused, not dropped).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewRoom {
     /// Its name: 1 to `NAME_CHARS_MAX` characters of `[A-Za-z0-9._-]`, starting alphanumeric.
     pub name: String,
@@ -83,8 +84,10 @@ pub struct NewRoom {
     pub privacy: Privacy,
 }
 
-/// A change to a room; fields left `None` stay as they are, and at least one must be given.
+/// A change to a room; fields left `None` stay as they are, and at least one must be given (a
+/// field it does not know is refused, not dropped).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoomUpdate {
     /// The new description (at most `DESCRIPTION_BYTES_MAX` bytes).
     pub description: Option<String>,

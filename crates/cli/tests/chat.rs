@@ -530,6 +530,14 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
         // A route asked with a method it does not take, and no route at all.
         ("DELETE", "/api/v1/rooms".into(), Some(&alice), vec![], 405),
         ("GET", "/api/v1/nowhere".into(), Some(&alice), vec![], 404),
+        // A field misspelt in a body: refused, not dropped.
+        (
+            "PATCH",
+            "/api/v1/rooms/vault".into(),
+            Some(&alice),
+            br#"{"descripton":"x"}"#.to_vec(),
+            422,
+        ),
         // A parameter misspelt: refused, not read as another page.
         (
             "GET",
