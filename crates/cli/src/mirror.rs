@@ -54,6 +54,10 @@ pub enum MirrorCommand {
 }
 
 pub fn run(d: &Deployment, cmd: MirrorCommand, out: &Output) -> anyhow::Result<()> {
+    let (MirrorCommand::Install { db, .. }
+    | MirrorCommand::Remove { db, .. }
+    | MirrorCommand::Failover { db }) = &cmd;
+    crate::db_online::known_database(d, db)?;
     match cmd {
         MirrorCommand::Install {
             db,

@@ -284,6 +284,10 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
         &[&install[..], &["atl-db2", "--mirror", "dal-db1"]].concat(),
         "site",
     );
+    refused(
+        &["db", "mirror", "failover", "--db", "nosuch"],
+        "no database named nosuch in the topology",
+    );
 
     // Removed: the primary serves alone (no lease needed), the mirror copy stays restoring.
     let r = json(
