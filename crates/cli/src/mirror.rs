@@ -2,6 +2,7 @@
 //! companions, against the running nodes. Each asks the nodes to change their mirroring links;
 //! the nodes do the work (seeding, streaming, the witness's epochs).
 
+use crate::db_online::db_node;
 use crate::deployment::{Deployment, runtime};
 use crate::output::Output;
 use anyhow::{Context, bail};
@@ -69,22 +70,6 @@ pub fn run(d: &Deployment, cmd: MirrorCommand, out: &Output) -> anyhow::Result<(
         MirrorCommand::Remove { db, instance } => remove(d, &db, &instance, out),
         MirrorCommand::Failover { db } => failover(d, &db, out),
     }
-}
-
-fn db_node(d: &Deployment, name: &str) -> anyhow::Result<tandem_topology::Node> {
-    let n = d.topology.node(name).with_context(|| {
-        let known: Vec<&str> = d
-            .topology
-            .nodes_with(tandem_topology::Role::Db)
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect();
-        format!("no node named {name} (db nodes: {})", known.join(", "))
-    })?;
-    if !n.has(tandem_topology::Role::Db) {
-        bail!("{name} is not a db node");
-    }
-    Ok(n.clone())
 }
 
 fn link_of(s: &NodeStatus, db: &str) -> Option<tandem_node::mirroring::LinkStatus> {
