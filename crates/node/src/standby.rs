@@ -399,10 +399,17 @@ async fn move_cursors(node: &NodeState) {
             .filter(|((d, _), _)| *d == database)
             .map(|((_, standby), lsn)| (standby.clone(), *lsn))
             .collect();
-        let topology = node.topology.clone();
+        // The nodes the topology places a copy on (only these may keep a cursor).
+        let holders: Vec<String> = node
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| places(&node.topology, &database, &n.name))
+            .map(|n| n.name.clone())
+            .collect();
         let _ = blocking(move || {
             let consumers = db.consumers().map_err(|e| e.to_string())?;
-            let placed = |standby: &str| places(&topology, &database, standby);
+            let placed = |standby: &str| holders.iter().any(|h| h == standby);
             for m in cursor_moves(&consumers, &hardened, db.identity().lsn, keep, placed) {
                 match m {
                     CursorMove::Register(name, lsn) => db.register_consumer(&name, lsn),
