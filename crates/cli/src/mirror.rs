@@ -18,7 +18,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
 pub enum MirrorCommand {
     /// Seed a mirror of DB on --mirror from its primary on --primary, then mirror it.
     Install {
-        /// The database (as `tandem status` names it: cms, mgc, …).
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
         /// The db node holding its primary copy.
@@ -38,7 +38,7 @@ pub enum MirrorCommand {
     /// Stop mirroring DB between NODE and its partner. The primary serves on alone; a mirror
     /// copy stays on its node, `restoring`.
     Remove {
-        /// The database.
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
         /// Either node of the partnership.
@@ -48,7 +48,7 @@ pub enum MirrorCommand {
     /// Planned failover: the mirror takes over once it has every record (no loss); the old
     /// primary becomes its mirror.
     Failover {
-        /// The database.
+        /// The database, as `tandem status` names it.
         #[arg(long)]
         db: String,
     },
