@@ -1,7 +1,7 @@
 //! The offline commands, driven as an operator would: through the `tandem` binary.
 
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tandem(args: &[&str]) -> Output {
@@ -42,12 +42,19 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn bench_leaves_backups_that_verify_restore_and_inspect() {
+/// `bench store --dir` into a temporary directory: the directory, `DIR/bench`, the report and
+/// its LSN.
+fn bench_dir(rows: &str) -> (tempfile::TempDir, PathBuf, Value, u64) {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("bench");
-    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "2000", "--json"]);
+    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", rows, "--json"]);
     let lsn = report["lsn"].as_u64().unwrap();
+    (t, d, report, lsn)
+}
+
+#[test]
+fn bench_leaves_backups_that_verify_restore_and_inspect() {
+    let (t, d, report, lsn) = bench_dir("2000");
     assert_eq!(report["store"][2]["writers"].as_u64(), Some(256));
     assert_eq!(report["store_256_to_raw"], report["store_to_raw"]);
     let chain = report["chain"].as_str().unwrap().to_string();
@@ -182,10 +189,7 @@ fn bench_store_writers_sets_the_last_run() {
 
 #[test]
 fn restore_in_steps_norecovery_then_standby_then_recover() {
-    let t = tempfile::tempdir().unwrap();
-    let d = t.path().join("bench");
-    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "1000", "--json"]);
-    let lsn = report["lsn"].as_u64().unwrap();
+    let (t, d, _, lsn) = bench_dir("1000");
     let backups = d.join("backups");
     let mut logs: Vec<_> = std::fs::read_dir(&backups)
         .unwrap()
@@ -332,10 +336,7 @@ fn bad_arguments_get_one_clear_line() {
 /// once, naming it, and leaves it as it was; once closed, the same command replaces it.
 #[test]
 fn a_restore_does_not_replace_a_copy_that_is_open() {
-    let t = tempfile::tempdir().unwrap();
-    let d = t.path().join("bench");
-    let report = ok_json(&["bench", "store", "--dir", s(&d), "--rows", "1000", "--json"]);
-    let lsn = report["lsn"].as_u64().unwrap();
+    let (_dir, d, _, lsn) = bench_dir("1000");
     let (db, backups) = (d.join("db"), d.join("backups"));
     let open = tandem_store::Database::open(&db, tandem_store::Options::default()).unwrap();
     let args = [

@@ -399,13 +399,10 @@ async fn move_cursors(node: &NodeState) {
             .filter(|((d, _), _)| *d == database)
             .map(|((_, standby), lsn)| (standby.clone(), *lsn))
             .collect();
-        // The nodes the topology places a copy on (only these may keep a cursor).
-        let holders: Vec<String> = node
-            .topology
-            .nodes
-            .iter()
-            .filter(|n| places(&node.topology, &database, &n.name))
-            .map(|n| n.name.clone())
+        // The other nodes the topology places a copy on (only these may keep a cursor).
+        let holders: Vec<String> = peers(&node.topology, &database, &node.name)
+            .into_iter()
+            .map(|n| n.name)
             .collect();
         let _ = blocking(move || {
             let consumers = db.consumers().map_err(|e| e.to_string())?;
