@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -146,13 +148,21 @@ fn active(node: &Shared) -> Result<(), ApiError> {
     }
 }
 
+/// A chat procedure's answer as its JSON text: the users' API passes it on as it came from the
+/// db node, with no `Value` parsed and written again.
+pub(crate) type Raw = Box<RawValue>;
+
 /// Runs a chat procedure on the chat database the chat pool uses now, here or remotely.
-pub(crate) async fn mgc(node: &NodeState, procedure: &str, args: Value) -> Result<Value, ApiError> {
+pub(crate) async fn mgc<T: DeserializeOwned>(
+    node: &NodeState,
+    procedure: &str,
+    args: impl Serialize + Sync,
+) -> Result<T, ApiError> {
     node.call_on(
         tandem_topology::DATABASE_MGC,
         chat_uses_backup(node),
         procedure,
-        args,
+        &args,
     )
     .await
 }
@@ -164,10 +174,7 @@ struct NewCategory {
     description: Option<String>,
 }
 
-async fn categories(
-    State(node): State<Shared>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+async fn categories(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Raw>, ApiError> {
     user(&node, &headers, None).await?;
     Ok(Json(mgc(&node, "chat.categories", json!({})).await?))
 }
@@ -179,7 +186,7 @@ async fn add_category(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let c = body(b)?;
-    let r = mgc(
+    let r: Raw = mgc(
         &node,
         "chat.add_category",
         json!({ "user": u, "name": c.name, "description": c.description }),
@@ -188,7 +195,7 @@ async fn add_category(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn rooms(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn rooms(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     Ok(Json(mgc(&node, "chat.rooms", json!({ "user": u })).await?))
 }
@@ -200,7 +207,7 @@ async fn create_room(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let room = body(b)?;
-    let r = mgc(
+    let r: Raw = mgc(
         &node,
         "chat.create_room",
         json!({ "user": u, "room": room }),
@@ -213,7 +220,7 @@ async fn get_room(
     State(node): State<Shared>,
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
@@ -226,7 +233,7 @@ async fn update_room(
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
     b: Result<Json<RoomUpdate>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, update) = (path(p)?, body(b)?);
     Ok(Json(
@@ -243,7 +250,7 @@ async fn members(
     State(node): State<Shared>,
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
@@ -267,7 +274,7 @@ async fn add_member(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
-    let r = mgc(
+    let r: Raw = mgc(
         &node,
         "chat.add_member",
         json!({ "user": u, "room": room, "member": m.user, "manager": m.manager }),
@@ -283,7 +290,7 @@ async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, member) = path(p)?;
-    mgc(
+    mgc::<Raw>(
         &node,
         "chat.remove_member",
         json!({ "user": u, "room": room, "member": member }),
@@ -328,7 +335,7 @@ async fn history(
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, q) = (path(p)?, query(q)?);
     Ok(Json(
@@ -352,7 +359,7 @@ async fn search(
     State(node): State<Shared>,
     headers: HeaderMap,
     q: Result<Query<SearchQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let q = query(q)?;
     Ok(Json(
@@ -379,7 +386,7 @@ async fn mark_read(
 ) -> Result<StatusCode, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
-    mgc(
+    mgc::<Raw>(
         &node,
         "chat.mark_read",
         json!({ "user": u, "room": room, "event_id": m.event_id }),
@@ -392,7 +399,7 @@ async fn unread(
     State(node): State<Shared>,
     headers: HeaderMap,
     p: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Raw>, ApiError> {
     let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
@@ -432,7 +439,7 @@ async fn events(
         )));
     }
     for r in &rooms {
-        let ok = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
+        let ok: Value = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
         if ok["can_read"] != true {
             return Err(ApiError::not_found(format!(
                 "no room named {r} that you may read"
@@ -528,7 +535,7 @@ async fn session(
                         return;
                     }
                     if leaving {
-                        let still = mgc(&node, "chat.can_read", json!({ "user": user, "room": e.room })).await;
+                        let still = mgc::<Value>(&node, "chat.can_read", json!({ "user": user, "room": e.room })).await;
                         if !matches!(still, Ok(v) if v["can_read"] == true) {
                             rooms.remove(&e.room);
                             if rooms.is_empty() {

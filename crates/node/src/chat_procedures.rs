@@ -2,8 +2,9 @@
 //! the chat database. Each takes the (already authenticated) user as an argument.
 
 use crate::error::ApiError;
-use crate::procedures::{args, args_of};
-use serde::Deserialize;
+use crate::procedures::{Args, args};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tandem_chat as chat;
 use tandem_store::Database;
@@ -69,7 +70,7 @@ struct PostBatch {
 }
 
 /// One post, as a chat node sends it (alone or in a batch).
-#[derive(Deserialize, serde::Serialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Post {
     pub(crate) user: String,
@@ -104,22 +105,20 @@ struct MarkRead {
 }
 
 /// The procedures that run without a blocking thread: posting (the hot path) awaits its
-/// transaction. None for every other procedure.
+/// transaction. None for every other procedure. The answer is its JSON text, written straight
+/// from the events (no `Value` in between).
 pub(crate) async fn run_async(
     db: &Database,
     p: &str,
-    a: &Value,
-) -> Option<Result<Value, ApiError>> {
+    a: &Args,
+) -> Option<Result<Box<RawValue>, ApiError>> {
     match p {
-        "chat.post" => {
-            let a: Post = match args_of(p, a) {
-                Ok(a) => a,
-                Err(e) => return Some(Err(e)),
-            };
-            Some(post_one(db, a).await)
-        }
+        "chat.post" => Some(match args::<Post>(p, a) {
+            Ok(a) => post_one(db, a).await.and_then(|e| json_text(&e)),
+            Err(e) => Err(e),
+        }),
         "chat.post_batch" => {
-            let a: PostBatch = match args_of(p, a) {
+            let a: PostBatch = match args(p, a) {
                 Ok(a) => a,
                 Err(e) => return Some(Err(e)),
             };
@@ -132,37 +131,58 @@ pub(crate) async fn run_async(
             // Submitted together, they share a group commit; each gets its own answer.
             let answers =
                 futures_util::future::join_all(a.posts.into_iter().map(|p| post_one(db, p))).await;
-            let items: Vec<Value> = answers
+            let items: Vec<BatchItem> = answers
                 .into_iter()
                 .map(|r| match r {
-                    Ok(event) => json!({ "ok": event }),
-                    Err(e) => json!({
-                        "error": { "code": e.code, "message": e.message },
-                        "status": e.status.as_u16()
-                    }),
+                    Ok(ok) => BatchItem::Ok { ok },
+                    Err(e) => BatchItem::Err {
+                        error: ItemError {
+                            code: e.code.to_string(),
+                            message: e.message,
+                        },
+                        status: e.status.as_u16(),
+                    },
                 })
                 .collect();
-            Some(Ok(Value::Array(items)))
+            Some(json_text(&items))
         }
         _ => None,
     }
 }
 
+/// One post's answer in a batch's: `{"ok": event}` or `{"error": {code, message}, "status": n}`.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum BatchItem {
+    Ok { ok: chat::Event },
+    Err { error: ItemError, status: u16 },
+}
+
+/// A refused post's error in a batch's answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ItemError {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
 /// Posts one chat node may send in one `chat.post_batch` call.
 pub(crate) const POST_BATCH_MAX: usize = 512;
 
-async fn post_one(db: &Database, a: Post) -> Result<Value, ApiError> {
+async fn post_one(db: &Database, a: Post) -> Result<chat::Event, ApiError> {
     chat::post_async(db, &a.user, &a.room, &a.text, a.reply_to)
         .await
         .map_err(ApiError::from)
-        .and_then(to)
 }
 
-fn to(v: impl serde::Serialize) -> Result<Value, ApiError> {
+fn json_text(v: &impl Serialize) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn to(v: impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-pub(crate) fn run(db: &Database, p: &str, a: Value) -> Result<Value, ApiError> {
+pub(crate) fn run(db: &Database, p: &str, a: &Args) -> Result<Value, ApiError> {
     match p {
         "chat.add_category" => {
             let a: AddCategory = args(p, a)?;

@@ -53,6 +53,13 @@ pub struct CopyRole {
     pub writable: bool,
 }
 
+/// A procedure call as the internal API reads it (`procedures::Call`).
+#[derive(Serialize)]
+struct CallBody<'a, A> {
+    procedure: &'a str,
+    args: &'a A,
+}
+
 /// A procedure call's answer: its result and the database's LSN after it.
 #[derive(Debug, serde::Deserialize, Serialize)]
 pub struct CallAnswer<T> {
@@ -165,7 +172,8 @@ impl Client {
         })
     }
 
-    /// Runs a domain procedure on the database `db` hosted by the node at `addr`.
+    /// Runs a domain procedure on the database `db` hosted by the node at `addr`. The arguments
+    /// are written straight into the request's body.
     pub async fn call<T: DeserializeOwned, A: Serialize>(
         &self,
         addr: &str,
@@ -173,7 +181,7 @@ impl Client {
         procedure: &str,
         args: &A,
     ) -> Result<CallAnswer<T>, ClientError> {
-        let body = serde_json::json!({ "procedure": procedure, "args": args });
+        let body = CallBody { procedure, args };
         let req = self
             .http
             .post(format!("http://{addr}/internal/v1/db/{db}/call"))

@@ -3,11 +3,12 @@
 //! call, which the db node commits as one group. While a batch is in flight the next one grows,
 //! so batches follow the load the way group commit does.
 
-use crate::chat_procedures::{POST_BATCH_MAX, Post};
+use crate::chat_api::Raw;
+use crate::chat_procedures::{ItemError, POST_BATCH_MAX, Post};
 use crate::error::ApiError;
 use crate::server::NodeState;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -17,7 +18,7 @@ const SENDERS: usize = 8;
 /// Posts waiting at most; a post past it waits for room.
 const QUEUED_POSTS_MAX: usize = 8_192;
 
-type Reply = oneshot::Sender<Result<Value, ApiError>>;
+type Reply = oneshot::Sender<Result<Raw, ApiError>>;
 
 pub(crate) struct PostBatcher {
     queue: mpsc::Sender<(Post, Reply)>,
@@ -34,8 +35,9 @@ impl PostBatcher {
         PostBatcher { queue }
     }
 
-    /// Posts through the next batch; the answer is this post's own (its event, or its error).
-    pub(crate) async fn post(&self, post: Post) -> Result<Value, ApiError> {
+    /// Posts through the next batch; the answer is this post's own (its event's JSON, or its
+    /// error).
+    pub(crate) async fn post(&self, post: Post) -> Result<Raw, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send((post, tx))
@@ -92,25 +94,37 @@ async fn sender(node: Weak<NodeState>, rx: Arc<Mutex<mpsc::Receiver<(Post, Reply
     }
 }
 
-async fn send(node: &NodeState, posts: &[Post]) -> Result<Vec<Value>, ApiError> {
-    match crate::chat_api::mgc(node, "chat.post_batch", json!({ "posts": posts })).await? {
-        Value::Array(items) => Ok(items),
-        other => Err(ApiError::unavailable(format!(
-            "the chat database answered {other} to a batch of posts"
-        ))),
-    }
+#[derive(Serialize)]
+struct PostBatch<'a> {
+    posts: &'a [Post],
 }
 
-/// One item of a batch's answer: `{"ok": event}` or `{"error": {code, message}, "status": n}`.
-fn answer(mut item: Value) -> Result<Value, ApiError> {
-    if let Some(ok) = item.as_object_mut().and_then(|o| o.remove("ok")) {
+/// One post's answer in a batch's (`chat_procedures`' `BatchItem`): `{"ok": event}` or
+/// `{"error": {code, message}, "status": n}`.
+#[derive(Deserialize)]
+struct BatchItem {
+    ok: Option<Raw>,
+    error: Option<ItemError>,
+    status: Option<u16>,
+}
+
+async fn send(node: &NodeState, posts: &[Post]) -> Result<Vec<BatchItem>, ApiError> {
+    crate::chat_api::mgc(node, "chat.post_batch", PostBatch { posts }).await
+}
+
+fn answer(item: BatchItem) -> Result<Raw, ApiError> {
+    if let Some(ok) = item.ok {
         return Ok(ok);
     }
-    let status = item["status"]
-        .as_u64()
-        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+    let status = item
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
-    let code = match item["error"]["code"].as_str().unwrap_or("") {
+    let error = item.error.unwrap_or(ItemError {
+        code: String::new(),
+        message: "the chat database answered neither an event nor an error".into(),
+    });
+    let code = match error.code.as_str() {
         "not_found" => "not_found",
         "forbidden" => "forbidden",
         "invalid" => "invalid",
@@ -118,9 +132,64 @@ fn answer(mut item: Value) -> Result<Value, ApiError> {
         "not_primary" => "not_primary",
         _ => "upstream",
     };
-    Err(ApiError::new(
-        status,
-        code,
-        item["error"]["message"].as_str().unwrap_or("").to_string(),
-    ))
+    Err(ApiError::new(status, code, error.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat_procedures::BatchItem as Written;
+    use tandem_chat::{Event, EventKind};
+
+    fn read(item: &Written) -> Result<Raw, ApiError> {
+        let text = serde_json::to_string(item).unwrap();
+        answer(serde_json::from_str::<BatchItem>(&text).unwrap())
+    }
+
+    #[test]
+    fn a_batch_answer_gives_each_post_its_event_text_or_its_error() {
+        let event = Event {
+            id: 7,
+            room: "lobby".into(),
+            kind: EventKind::Message,
+            sender: "alice".into(),
+            time_ms: 1_700_000_000_000,
+            text: "hi \"there\" é".into(),
+            subject: None,
+            reply_to: Some(3),
+            lsn: 42,
+        };
+        let ok = read(&Written::Ok { ok: event.clone() }).unwrap();
+        assert_eq!(ok.get(), serde_json::to_string(&event).unwrap());
+
+        let refused = read(&Written::Err {
+            error: ItemError {
+                code: "forbidden".into(),
+                message: "bob is not a member of lobby".into(),
+            },
+            status: 403,
+        })
+        .unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code, refused.message.as_str()),
+            (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "bob is not a member of lobby"
+            )
+        );
+
+        let unknown = read(&Written::Err {
+            error: ItemError {
+                code: "teapot".into(),
+                message: "?".into(),
+            },
+            status: 1000,
+        })
+        .unwrap_err();
+        assert_eq!(
+            (unknown.status, unknown.code),
+            (StatusCode::BAD_GATEWAY, "upstream")
+        );
+    }
 }

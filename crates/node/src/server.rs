@@ -10,8 +10,11 @@ use crate::status::NodeStatus;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,24 +86,28 @@ impl NodeState {
         procedure: &str,
         args: Value,
     ) -> Result<Value, ApiError> {
-        self.call_on(database, false, procedure, args).await
+        self.call_on(database, false, procedure, &args).await
     }
 
     /// Runs a procedure on the primary of `database` among the copies of the primary site, or
-    /// with `backup` of the backup site (the chat pool failed over).
-    pub(crate) async fn call_on(
+    /// with `backup` of the backup site (the chat pool failed over). The arguments go as JSON
+    /// and the answer is read into `T` (`Box<RawValue>` passes it on as its JSON text).
+    pub(crate) async fn call_on<T: DeserializeOwned>(
         &self,
         database: &str,
         backup: bool,
         procedure: &str,
-        args: Value,
-    ) -> Result<Value, ApiError> {
+        args: &(impl Serialize + Sync),
+    ) -> Result<T, ApiError> {
         let candidates = crate::locator::candidates(&self.topology, database, backup);
         let here = candidates.iter().any(|n| n.name == self.name);
         if let Some(db) = self.local_primary(database).filter(|_| here) {
             await_lease(&db).await;
+            let args = procedures::args_to_json(args)?;
+            let undecodable =
+                |e: serde_json::Error| ApiError::unavailable(format!("{procedure}: answer: {e}"));
             if let Some(r) = crate::chat_procedures::run_async(&db, procedure, &args).await {
-                return r;
+                return serde_json::from_str(r?.get()).map_err(undecodable);
             }
             let (name, call) = (
                 database.to_string(),
@@ -110,11 +117,11 @@ impl NodeState {
                 },
             );
             let topology = self.topology.clone();
-            return tokio::task::spawn_blocking(move || {
-                procedures::run(&name, &db, call, &topology)
-            })
-            .await
-            .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))?;
+            let v =
+                tokio::task::spawn_blocking(move || procedures::run(&name, &db, call, &topology))
+                    .await
+                    .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))??;
+            return serde_json::from_value(v).map_err(undecodable);
         }
         if candidates.is_empty() {
             return Err(ApiError::not_found(format!(
@@ -123,14 +130,7 @@ impl NodeState {
         }
         let answer = self
             .locator
-            .call::<Value, _>(
-                &self.client,
-                database,
-                backup,
-                &candidates,
-                procedure,
-                &args,
-            )
+            .call::<T, _>(&self.client, database, backup, &candidates, procedure, args)
             .await?;
         Ok(answer.result)
     }
@@ -195,7 +195,7 @@ async fn call(
     State(node): State<Shared>,
     Path(database): Path<String>,
     body: Result<Json<procedures::Call>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(call) = body.map_err(ApiError::json)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -208,17 +208,19 @@ async fn call(
     if crate::db_host::kind_of(&database) == crate::db_host::Kind::Chat
         && let Some(r) = crate::chat_procedures::run_async(&db, &call.procedure, &call.args).await
     {
-        return Ok(Json(json!({ "result": r?, "lsn": db.identity().lsn })));
+        let result = r?;
+        let lsn = db.identity().lsn;
+        return Ok(Json(crate::client::CallAnswer { result, lsn }).into_response());
     }
     let name = database.clone();
     let topology = node.topology.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let (result, lsn) = tokio::task::spawn_blocking(move || {
         let r = procedures::run(&name, &db, call, &topology);
         r.map(|v| (v, db.identity().lsn))
     })
     .await
     .map_err(|e| ApiError::unavailable(format!("procedure failed: {e}")))??;
-    Ok(Json(json!({ "result": result.0, "lsn": result.1 })))
+    Ok(Json(crate::client::CallAnswer { result, lsn }).into_response())
 }
 
 /// Refuses a client's request on a copy that is not primary (mirrors serve no reads).
