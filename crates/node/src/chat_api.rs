@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tandem_chat::{Event, EventKind, HistoryQuery, NewRoom, RoomUpdate};
+use tandem_chat::{EventKind, HistoryQuery, NewRoom, RoomUpdate};
 use tokio::sync::broadcast;
 
 /// How long a checked token is trusted without asking its pool again.
@@ -456,10 +456,7 @@ async fn events(
     let rx = node.chat.as_ref().expect("chat role").events.subscribe();
     let after = match q.after {
         Some(a) => a,
-        None => {
-            let v = read_feed(&node, -1, 0).await?;
-            v["last_id"].as_i64().unwrap_or(0)
-        }
+        None => read_feed(&node, -1, 0).await?.last_id.unwrap_or(0),
     };
     Ok(ws
         .read_buffer_size(SESSION_READ_BUFFER)
@@ -593,11 +590,10 @@ async fn catch_up_once(
     socket: &mut WebSocket,
 ) -> Result<(), Stopped> {
     loop {
-        let v = read_feed(node, *last, 0)
+        let events = read_feed(node, *last, 0)
             .await
-            .map_err(|e| Stopped::Feed(e.to_string()))?;
-        let events: Vec<Event> = serde_json::from_value(v["events"].clone())
-            .map_err(|e| Stopped::Feed(e.to_string()))?;
+            .map_err(|e| Stopped::Feed(e.to_string()))?
+            .events;
         if events.is_empty() {
             return Ok(());
         }

@@ -12,8 +12,7 @@ use crate::server::{NodeState, Shared};
 use axum::Json;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tandem_chat::Event;
@@ -62,9 +61,20 @@ impl LiveEvent {
     }
 }
 
-/// The text frame of an event on a session's WebSocket.
+/// The text frame of an event on a session's WebSocket: `{"event": {...}, "type": "event"}`.
 pub(crate) fn event_frame(e: &Event) -> Utf8Bytes {
-    json!({ "type": "event", "event": e }).to_string().into()
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        event: &'a Event,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    serde_json::to_string(&Frame {
+        event: e,
+        kind: "event",
+    })
+    .expect("an event serializes")
+    .into()
 }
 
 #[derive(Deserialize)]
@@ -81,7 +91,7 @@ pub(crate) async fn serve_feed(
     State(node): State<Shared>,
     Path(database): Path<String>,
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FeedPage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -96,9 +106,11 @@ pub(crate) async fn serve_feed(
         let last = tokio::task::spawn_blocking(move || tandem_chat::last_event_id(&db, upto))
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))??;
-        return Ok(Json(
-            json!({ "events": [], "last_id": last, "durable_lsn": upto }),
-        ));
+        return Ok(Json(FeedPage {
+            events: Vec::new(),
+            last_id: Some(last),
+            durable_lsn: upto,
+        }));
     }
     let limit = q.limit.unwrap_or(FEED_EVENTS_MAX).clamp(1, FEED_EVENTS_MAX);
     let deadline =
@@ -112,7 +124,7 @@ pub(crate) async fn serve_feed(
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))??;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({ "events": events, "durable_lsn": upto })));
+            return Ok(Json(FeedPage::of(events, upto)));
         }
         // Wait for the next durable commit (or the deadline, or the node stopping, or the copy
         // put away: a restore replaces it only once this handle too is let go).
@@ -139,7 +151,27 @@ pub(crate) async fn serve_feed(
                 tokio::task::spawn_blocking(move || tandem_chat::feed(&d, q.after, upto, limit))
                     .await
                     .map_err(|e| ApiError::unavailable(e.to_string()))??;
-            return Ok(Json(json!({ "events": events, "durable_lsn": upto })));
+            return Ok(Json(FeedPage::of(events, upto)));
+        }
+    }
+}
+
+/// A page of the chat database's feed, as the db node writes it and chat nodes read it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct FeedPage {
+    pub(crate) events: Vec<Event>,
+    /// Where the feed stands, the newest durable event's id: the answer to `after` < 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_id: Option<i64>,
+    pub(crate) durable_lsn: u64,
+}
+
+impl FeedPage {
+    fn of(events: Vec<Event>, durable_lsn: u64) -> FeedPage {
+        FeedPage {
+            events,
+            last_id: None,
+            durable_lsn,
         }
     }
 }
@@ -157,7 +189,7 @@ pub(crate) async fn read_feed(
     node: &NodeState,
     after: i64,
     wait_ms: u64,
-) -> Result<Value, crate::ClientError> {
+) -> Result<FeedPage, crate::ClientError> {
     let db = tandem_topology::DATABASE_MGC;
     let backup = chat_uses_backup(node);
     let candidates = crate::locator::candidates(&node.topology, db, backup);
@@ -185,11 +217,6 @@ pub(crate) async fn read_feed(
     }
 }
 
-#[derive(Deserialize)]
-struct FeedAnswer {
-    events: Vec<Event>,
-}
-
 /// On a chat node: follows the feed and broadcasts every event, in order, to the sessions,
 /// while there are some (see the module documentation).
 pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<FeedItem>) {
@@ -207,25 +234,17 @@ pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<FeedItem>) {
         let wait = if after.is_some() { FEED_WAIT_MS_MAX } else { 0 };
         let answer = read_feed(&node, url_after, wait).await;
         match answer {
-            Ok(v) => {
+            Ok(page) => {
                 failures = 0;
                 if after.is_none() {
                     // The first answer says where the feed stands.
-                    after = Some(v["last_id"].as_i64().unwrap_or(0));
+                    after = Some(page.last_id.unwrap_or(0));
                     let _ = tx.send(FeedItem::Resumed);
                     continue;
                 }
-                match serde_json::from_value::<FeedAnswer>(v) {
-                    Ok(f) => {
-                        for e in f.events {
-                            after = Some(e.id);
-                            let _ = tx.send(FeedItem::Event(Arc::new(LiveEvent::new(e))));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unreadable feed answer");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                for e in page.events {
+                    after = Some(e.id);
+                    let _ = tx.send(FeedItem::Event(Arc::new(LiveEvent::new(e))));
                 }
             }
             Err(e) => {
@@ -236,5 +255,42 @@ pub(crate) async fn follow(node: Shared, tx: broadcast::Sender<FeedItem>) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_chat::EventKind;
+
+    #[test]
+    fn an_event_frame_holds_its_type_and_the_whole_event() {
+        let e = Event {
+            id: 12,
+            room: "lobby".into(),
+            kind: EventKind::MemberAdded,
+            sender: "alice".into(),
+            time_ms: 1_700_000_000_000,
+            text: "alice added bob".into(),
+            subject: Some("bob".into()),
+            reply_to: None,
+            lsn: 99,
+        };
+        let frame: serde_json::Value = serde_json::from_str(event_frame(&e).as_str()).unwrap();
+        assert_eq!(frame["type"], "event");
+        assert_eq!(frame.as_object().unwrap().len(), 2);
+        assert_eq!(
+            serde_json::from_value::<Event>(frame["event"].clone()).unwrap(),
+            e
+        );
+    }
+
+    #[test]
+    fn a_feed_page_says_where_the_feed_stands_only_when_asked() {
+        let text = serde_json::to_string(&FeedPage::of(Vec::new(), 5)).unwrap();
+        assert_eq!(text, r#"{"events":[],"durable_lsn":5}"#);
+        let page: FeedPage =
+            serde_json::from_str(r#"{"events":[],"last_id":40,"durable_lsn":7}"#).unwrap();
+        assert_eq!((page.last_id, page.durable_lsn), (Some(40), 7));
     }
 }

@@ -191,13 +191,13 @@ impl Client {
 
     /// Events of `db` after `after` (or, with a negative `after`, where the feed stands),
     /// waiting up to `wait_ms` for some.
-    pub async fn feed(
+    pub async fn feed<T: DeserializeOwned>(
         &self,
         addr: &str,
         db: &str,
         after: i64,
         wait_ms: u64,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<T, ClientError> {
         let req = self.http.get(format!(
             "http://{addr}/internal/v1/db/{db}/feed?after={after}&wait_ms={wait_ms}"
         ));
