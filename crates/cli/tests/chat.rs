@@ -37,19 +37,9 @@ fn start() -> Chat {
 
 /// `start`, with `chat_settings` (lines) added to the topology's `[chat]`.
 fn start_with(chat_settings: &str) -> Chat {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let topology = format!(
-        r#"[deployment]
-name = "chat-test"
-secret = "{secret}"
-share = "share"
-
-[[site]]
-name = "s"
-
-[[node]]
+    let nodes = format!(
+        r#"[[node]]
 name = "fe1"
 site = "s"
 address = "127.0.0.1:{p1}"
@@ -80,15 +70,62 @@ primary = "db"
 {chat_settings}
 [cms]
 primary = "db"
-"#,
+"#
+    );
+    up(&nodes, format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"))
+}
+
+/// One node with every role but witness: the chat node calls its own copy of `mgc`.
+fn start_one_node() -> Chat {
+    let p = free_port();
+    let nodes = format!(
+        r#"[[node]]
+name = "one"
+site = "s"
+address = "127.0.0.1:{p}"
+roles = ["db", "frontend", "chat"]
+
+[[pool]]
+name = "pool-s"
+site = "s"
+frontends = ["one"]
+primary = "one"
+
+[chat]
+servers = ["one"]
+active = ["one"]
+primary = "one"
+
+[cms]
+primary = "one"
+"#
+    );
+    let addr = format!("127.0.0.1:{p}");
+    up(&nodes, addr.clone(), addr)
+}
+
+/// A deployment of one site and `nodes` (with its pool, chat and CMS sections), started.
+fn up(nodes: &str, fe1: String, fe2: String) -> Chat {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let topology = format!(
+        r#"[deployment]
+name = "chat-test"
+secret = "{secret}"
+share = "share"
+
+[[site]]
+name = "s"
+
+{nodes}"#,
         secret = "cd".repeat(32)
     );
     std::fs::write(dir.join("topology.toml"), topology).unwrap();
     let chat = Chat {
         _tmp: tmp,
         dir,
-        fe1: format!("127.0.0.1:{p1}"),
-        fe2: format!("127.0.0.1:{p2}"),
+        fe1,
+        fe2,
     };
     ok(&chat.dir, &["up", "--detach"]);
     chat
@@ -611,6 +648,75 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
 
 /// A session whose client answers no ping is ended after three; one whose client reads (and
 /// so answers them) stays and gets the next post.
+#[test]
+fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
+    let c = start_one_node();
+    let (alice, bob) = (user(&c, "alice"), user(&c, "bob"));
+    open_lobby(&c);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ws = rt.block_on(subscribe(&c.fe1, &alice, "lobby", None));
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        let e = api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            json!({ "text": format!("local {i}") }),
+        );
+        assert_eq!(
+            (&e["kind"], &e["room"], &e["sender"]),
+            (&json!("message"), &json!("lobby"), &json!("alice")),
+            "{e}"
+        );
+        posted.push((e["id"].as_i64().unwrap(), format!("local {i}")));
+    }
+    let live: Vec<(i64, String)> = rt
+        .block_on(receive(&mut ws, 5))
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(live, posted, "each post reaches the session once, in order");
+    // A refused post answers its own error, and writes nothing.
+    let (code, text) = http(
+        &c.fe1,
+        "POST",
+        "/api/v1/rooms/lobby/messages",
+        Some(&bob),
+        br#"{"text": "not yet"}"#,
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("bob is not a member of room lobby"), "{text}");
+    let page = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/lobby/messages",
+        &alice,
+        Value::Null,
+    );
+    let texts: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "message")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["local 0", "local 1", "local 2", "local 3", "local 4"]
+    );
+    let hits = api(&c.fe1, "GET", "/api/v1/search?q=local", &alice, Value::Null);
+    assert_eq!(hits.as_array().map(Vec::len), Some(5), "{hits}");
+}
+
 #[test]
 fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
     let c = start_with("session_ping_ms = 300\n");
