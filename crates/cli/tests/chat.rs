@@ -715,6 +715,88 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     );
     let hits = api(&c.fe1, "GET", "/api/v1/search?q=local", &alice, Value::Null);
     assert_eq!(hits.as_array().map(Vec::len), Some(5), "{hits}");
+
+    // A batch as a chat node sends it: each post gets its own answer, in order; the refused
+    // ones write nothing.
+    let call = |body: Value| {
+        let secret = "cd".repeat(32);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-tandem-secret", secret.as_str()),
+        ];
+        let body = body.to_string();
+        common::http(
+            &c.fe1,
+            "POST",
+            "/internal/v1/db/mgc/call",
+            &headers,
+            body.as_bytes(),
+        )
+    };
+    let post = |user: &str, room: &str, text: &str| json!({ "user": user, "room": room, "text": text, "reply_to": null });
+    let (code, text) = call(json!({ "procedure": "chat.post_batch", "args": { "posts": [
+        post("alice", "lobby", "batched"),
+        post("bob", "lobby", "not a member"),
+        post("alice", "nosuch", "no room"),
+        post("alice", "lobby", "   "),
+    ] } }));
+    assert_eq!(code, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let items = answer["result"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{text}");
+    assert_eq!(items[0]["ok"]["text"], "batched", "{text}");
+    let refused: Vec<(u64, &str)> = items[1..]
+        .iter()
+        .map(|i| {
+            (
+                i["status"].as_u64().unwrap(),
+                i["error"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [(403, "forbidden"), (404, "not_found"), (400, "invalid")],
+        "{text}"
+    );
+    let page = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/lobby/messages",
+        &alice,
+        Value::Null,
+    );
+    let last = page["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["text"], &last["id"]),
+        (&json!("batched"), &items[0]["ok"]["id"])
+    );
+    // A batch over the bound, or with a post of the wrong shape, is refused whole.
+    let (code, text) = call(json!({ "procedure": "chat.post_batch", "args": {
+        "posts": vec![post("alice", "lobby", "many"); 513] } }));
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("513 posts in one batch; at most 512"),
+        "{text}"
+    );
+    let (code, text) = call(json!({ "procedure": "chat.post_batch", "args": {
+        "posts": [{ "user": "alice", "room": "lobby", "txt": "typo" }] } }));
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("chat.post_batch: bad arguments: unknown field `txt`"),
+        "{text}"
+    );
+    let after = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/lobby/messages",
+        &alice,
+        Value::Null,
+    );
+    assert_eq!(
+        after["events"], page["events"],
+        "the refused batches wrote nothing"
+    );
 }
 
 #[test]
