@@ -653,6 +653,15 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     let c = start_one_node();
     let (alice, bob) = (user(&c, "alice"), user(&c, "bob"));
     open_lobby(&c);
+    let lobby = || {
+        api(
+            &c.fe1,
+            "GET",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            Value::Null,
+        )
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -695,13 +704,7 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     );
     assert_eq!(code, 403, "{text}");
     assert!(text.contains("bob is not a member of room lobby"), "{text}");
-    let page = api(
-        &c.fe1,
-        "GET",
-        "/api/v1/rooms/lobby/messages",
-        &alice,
-        Value::Null,
-    );
+    let page = lobby();
     let texts: Vec<&str> = page["events"]
         .as_array()
         .unwrap()
@@ -759,13 +762,7 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
         [(403, "forbidden"), (404, "not_found"), (400, "invalid")],
         "{text}"
     );
-    let page = api(
-        &c.fe1,
-        "GET",
-        "/api/v1/rooms/lobby/messages",
-        &alice,
-        Value::Null,
-    );
+    let page = lobby();
     let last = page["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (&last["text"], &last["id"]),
@@ -786,13 +783,7 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
         text.contains("chat.post_batch: bad arguments: unknown field `txt`"),
         "{text}"
     );
-    let after = api(
-        &c.fe1,
-        "GET",
-        "/api/v1/rooms/lobby/messages",
-        &alice,
-        Value::Null,
-    );
+    let after = lobby();
     assert_eq!(
         after["events"], page["events"],
         "the refused batches wrote nothing"
