@@ -147,7 +147,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
         Ok(s) => CmsLine {
             master: master.name.clone(),
             reachable: true,
-            source: format!("master {}", master.name),
+            source: "reachable; the configuration below is its own".into(),
             snapshot: Some(s),
         },
         Err(e) => {

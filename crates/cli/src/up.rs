@@ -1,4 +1,4 @@
-//! `tandem up` starts the deployment's nodes as child processes (`run/NODE.pid`,
+//! `tandem up` starts the deployment's nodes that are not running as child processes (`run/NODE.pid`,
 //! `logs/NODE.log`), waits until each answers its health check, and either returns (`--detach`)
 //! or supervises them until Ctrl-C; `tandem down` stops them.
 
@@ -18,7 +18,8 @@ const STOP_GRACE_MS: u64 = 10_000;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Only these nodes (comma-separated); default every node.
+    /// Only these nodes (comma-separated; one that runs already is refused); default every
+    /// node that is not running.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
     /// Return once every node is ready, leaving them running.
@@ -49,7 +50,19 @@ fn last_lines(path: &std::path::Path, n: usize) -> String {
 }
 
 pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
-    let names = d.select(&a.nodes)?;
+    let mut names = d.select(&a.nodes)?;
+    // Without `--nodes`, `up` brings up whatever is down (a node named on purpose that runs
+    // already is refused, in `spawn`).
+    let mut running = Vec::new();
+    if a.nodes.is_empty() {
+        names.retain(|n| match d.running_pid(n) {
+            Some(pid) => {
+                running.push((n.clone(), pid));
+                false
+            }
+            None => true,
+        });
+    }
     let started = Instant::now();
     let mut children = spawn(d, &names)?;
     let ready = runtime()?.block_on(wait_ready(
@@ -76,11 +89,18 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         .collect();
     out.emit(&report, || {
         let mut s = String::new();
+        for (n, pid) in &running {
+            s.push_str(&format!("{n:<10} already running, pid {pid}\n"));
+        }
         for r in &report {
             s.push_str(&format!(
                 "{:<10} {:<5} http://{:<22} pid {}\n",
                 r.node, r.site, r.address, r.pid
             ));
+        }
+        if report.is_empty() {
+            s.push_str("every node was running already: none started\n");
+            return s;
         }
         s.push_str(&format!(
             "{} nodes ready in {:.1} s{}\n",
@@ -94,7 +114,7 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         ));
         s
     })?;
-    if a.detach {
+    if a.detach || report.is_empty() {
         return Ok(());
     }
     supervise(d, children, out)

@@ -179,6 +179,34 @@ fn up_status_users_kill_and_down() {
     for n in ["atl-fe", "atl-db1", "dal-fe", "dal-db1", "dal-db2"] {
         assert_eq!(node(&s, n)["up"], true, "{n}");
     }
+    // `up` again brings up what is down, and only that; a running node named is refused.
+    let before = d.pid("atl-fe");
+    let up = json(&d.dir, &["up", "--detach"]);
+    let names: Vec<&str> = up
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["atl-db2"], "{up}");
+    assert_eq!(d.pid("atl-fe"), before);
+    let s = d.status();
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["up"] == true),
+        "{s}"
+    );
+    let again = ok(&d.dir, &["up", "--detach"]);
+    assert!(again.contains("none started"), "{again}");
+    let err = tandem(&d.dir, &["up", "--detach", "--nodes", "atl-fe"]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("atl-fe is already running"),
+        "{err:?}"
+    );
 
     let pids = d.pids();
     ok(&d.dir, &["down"]);
