@@ -303,7 +303,16 @@ fn restore_in_steps_norecovery_then_standby_then_recover() {
 fn bad_arguments_get_one_clear_line() {
     let t = tempfile::tempdir().unwrap();
     let err = fails(&["db", "inspect", s(&t.path().join("nothing"))]);
-    assert!(err.contains("not a tandem database"), "{err}");
+    assert!(err.contains("nothing does not exist"), "{err}");
+    let err = fails(&["db", "inspect", s(t.path())]);
+    assert!(err.contains("is not a tandem database (no "), "{err}");
+    let text = t.path().join("notes.txt");
+    std::fs::write(&text, "not a database at all, but long enough to look at").unwrap();
+    let err = fails(&["db", "inspect", s(&text)]);
+    assert!(
+        err.contains("notes.txt") && err.contains("not a tandem backup file"),
+        "{err}"
+    );
     let err = fails(&["db", "verify", s(t.path())]);
     assert!(
         err.contains("no backup files") && err.contains(s(t.path())),

@@ -1313,9 +1313,15 @@ pub fn inspect(path: &Path) -> Result<(Identity, JournalStats, Vec<Consumer>)> {
     } else {
         path.to_path_buf()
     };
+    if !path.exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
     if !file.exists() {
         return Err(StoreError::Invalid(format!(
-            "{} is not a tandem database",
+            "{} is not a tandem database (no {DB_FILE} in it)",
             path.display()
         )));
     }
