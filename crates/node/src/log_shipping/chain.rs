@@ -49,24 +49,28 @@ pub(super) fn ensure_chain(
     restart: bool,
 ) -> Result<(ChainState, Listing), String> {
     let listing = Listing::read(dir)?;
-    let Some((name, lsn)) = listing.newest() else {
+    let (Some((newest, _)), Some((name, lsn))) = (listing.newest(), listing.chain_end()) else {
         return Ok((ChainState::Empty, listing));
     };
-    let path = dir.join(name);
-    let file = tandem_store::read_header(&path).map_err(|e| e.to_string())?;
-    let (epoch, chain) = match &file {
-        BackupFile::Full { header, .. } => (header.epoch, header.chain),
-        BackupFile::Log { header, .. } => (header.epoch, header.chain_after),
+    let header = |name: &str| {
+        let file = tandem_store::read_header(&dir.join(name)).map_err(|e| e.to_string())?;
+        let (epoch, chain) = match &file {
+            BackupFile::Full { header, .. } => (header.epoch, header.chain),
+            BackupFile::Log { header, .. } => (header.epoch, header.chain_after),
+        };
+        Ok::<_, String>((file.database_id().to_string(), epoch, chain))
     };
     let id = db.identity();
-    let same_database = file.database_id() == id.database_id.to_hex();
-    if same_database && epoch > id.epoch {
+    let (newest_id, newest_epoch, _) = header(newest)?;
+    if newest_id == id.database_id.to_hex() && newest_epoch > id.epoch {
         return Err(format!(
-            "the share's chain is at epoch {epoch} ({name}), past this copy's epoch {}: \
+            "the share's chain is at epoch {newest_epoch} ({newest}), past this copy's epoch {}: \
              another copy is primary; this one backs up nothing",
             id.epoch
         ));
     }
+    let (database_id, epoch, chain) = header(name)?;
+    let same_database = database_id == id.database_id.to_hex();
     let ours = if same_database {
         db.chain_at(lsn).map_err(|e| e.to_string())?
     } else {
@@ -270,6 +274,11 @@ pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, St
     let Some((newest, newest_lsn)) = listing.newest_full() else {
         return Ok(removed);
     };
+    // The newest log backup marks where the log chain goes on (`Listing::chain_end`): it stays,
+    // and without one every full backup stays too (the chain's first among them).
+    let Some((newest_log, _)) = listing.newest_log() else {
+        return Ok(removed);
+    };
     let keep_upto = newest_lsn.min(applied);
     let newest_created = listing.files.iter().find_map(|(n, f)| match f {
         FileName::Full { created_ms, .. } if n == newest => Some(*created_ms),
@@ -282,7 +291,7 @@ pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, St
     }
     for (name, f) in &listing.files {
         let unneeded = match f {
-            FileName::Log { last_lsn, .. } => *last_lsn <= keep_upto,
+            FileName::Log { last_lsn, .. } => *last_lsn <= keep_upto && name != newest_log,
             FileName::Full { lsn, .. } => name != newest && *lsn <= keep_upto,
         };
         if unneeded {

@@ -380,6 +380,68 @@ mod tests {
     }
 
     #[test]
+    fn a_full_backup_taken_between_log_backups_leaves_the_log_chain_where_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        let f1 = tandem_store::full_backup(&a, &share).unwrap();
+        // Written, then a full backup on demand (`tandem db backup`) before any log backup.
+        write(&a, 5, 4);
+        let f2 = tandem_store::full_backup(&a, &share).unwrap();
+        assert!(f2.lsn() > f1.lsn());
+        let (state, _) = ensure_chain(&a, &share, false).unwrap();
+        assert_eq!(state, ChainState::Continues);
+        assert_eq!(
+            consumer_lsn(&a).unwrap(),
+            Some(f1.lsn()),
+            "the cursor stays"
+        );
+        // While no log backup marks where the chain goes on, retention keeps every full backup.
+        let mut config = Config::new("mgc", "atl", Some("dal-db1".into()));
+        config.seed = Some(f1.name());
+        let p = SecondaryProgress {
+            node: "dal-db1".into(),
+            seed: Some(f1.name()),
+            lsn: f1.lsn(),
+            ..Default::default()
+        };
+        write_json(&share.join(secondary_file("dal-db1")), &p, false).unwrap();
+        assert!(retention(&share, &config).unwrap().is_empty());
+        // The next log backup holds the records the second full backup also holds, and then
+        // another full backup between two log backups changes nothing either.
+        let logs = tandem_store::log_backup(&a, &share).unwrap();
+        let first = |f: &tandem_store::BackupFile| match f {
+            tandem_store::BackupFile::Log { header, .. } => header.first_lsn,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(first(&logs[0]), f1.lsn() + 1);
+        write(&a, 9, 2);
+        tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 11, 2);
+        ensure_chain(&a, &share, false).unwrap();
+        let more = tandem_store::log_backup(&a, &share).unwrap();
+        assert_eq!(first(&more[0]), logs.last().unwrap().lsn() + 1);
+        // The first full backup and the log backups restore every record.
+        let files: Vec<PathBuf> = [&f1]
+            .into_iter()
+            .chain(logs.iter().chain(&more))
+            .map(|f| f.path().to_path_buf())
+            .collect();
+        let options = RestoreOptions {
+            recovery: Recovery::NoRecovery,
+            ..Default::default()
+        };
+        let target = tmp.path().join("r");
+        tandem_store::restore_new(&target, &files, &options, false).unwrap();
+        let r = Database::open(&target, Options::default()).unwrap();
+        assert_eq!(
+            (r.identity().lsn, r.identity().chain),
+            (a.identity().lsn, a.identity().chain)
+        );
+    }
+
+    #[test]
     fn a_newer_epoch_off_the_chain_starts_a_new_one_and_keeps_the_old_files() {
         let tmp = tempfile::tempdir().unwrap();
         let share = tmp.path().join("share");

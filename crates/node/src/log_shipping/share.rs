@@ -119,6 +119,29 @@ impl Listing {
     pub(super) fn newest(&self) -> Option<(&str, Lsn)> {
         self.files.last().map(|(n, f)| (n.as_str(), f.lsn()))
     }
+
+    /// The log backup that ends the highest.
+    pub(super) fn newest_log(&self) -> Option<(&str, Lsn)> {
+        self.files
+            .iter()
+            .rev()
+            .find(|(_, f)| matches!(f, FileName::Log { .. }))
+            .map(|(n, f)| (n.as_str(), f.lsn()))
+    }
+
+    /// Where the log chain goes on from: the end of its newest log backup or, before the first
+    /// one, the full backup the chain started with (the oldest). A full backup taken since is
+    /// a point to restore from, not part of the log chain: the next log backup follows the last
+    /// log backup, never a later full backup, or the records between them would be in no log
+    /// backup at all — and a secondary that restores logs would wait for them for good.
+    pub(super) fn chain_end(&self) -> Option<(&str, Lsn)> {
+        self.newest_log().or_else(|| {
+            self.files
+                .iter()
+                .find(|(_, f)| matches!(f, FileName::Full { .. }))
+                .map(|(n, f)| (n.as_str(), f.lsn()))
+        })
+    }
 }
 
 /// Sort key: by last LSN; a full backup before a log backup that ends at the same LSN.
