@@ -1,6 +1,6 @@
-//! `tandem up` starts the deployment's nodes that are not running as child processes (`run/NODE.pid`,
-//! `logs/NODE.log`), waits until each answers its health check, and either returns (`--detach`)
-//! or supervises them until Ctrl-C; `tandem down` stops them.
+//! `tandem up` starts the deployment's nodes that are not running as child processes
+//! (`run/NODE.pid`, `logs/NODE.log`), waits until each answers its health check, and either
+//! returns (`--detach`) or supervises them until Ctrl-C; `tandem down` stops them.
 
 use crate::deployment::{Deployment, alive, runtime, stop};
 use crate::output::Output;
