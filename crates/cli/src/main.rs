@@ -47,7 +47,8 @@ struct Cli {
 enum Command {
     /// Write a two-site example deployment (DESIGN.md §3) on 127.0.0.1 into DIR.
     Init(init::InitArgs),
-    /// Start the deployment's nodes as child processes and wait until they are ready.
+    /// Start the deployment's nodes that are not running, as child processes, and wait until they
+    /// are ready.
     Up(up::UpArgs),
     /// Stop the deployment's nodes.
     Down(up::DownArgs),
