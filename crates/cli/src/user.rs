@@ -60,12 +60,7 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
         }
         UserCommand::List { pool } => {
             let pools: Vec<_> = match &pool {
-                Some(p) => vec![
-                    d.topology
-                        .pool(p)
-                        .with_context(|| format!("no pool named {p}"))?
-                        .clone(),
-                ],
+                Some(p) => vec![pool_named(d, p)?.clone()],
                 None => d.topology.pools.clone(),
             };
             let mut all: Vec<UserInfo> = Vec::new();
@@ -78,6 +73,12 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                 all.extend(r.result);
             }
             out.emit(&all, || {
+                if all.is_empty() {
+                    return match &pool {
+                        Some(p) => format!("no users in {p}\n"),
+                        None => "no users\n".into(),
+                    };
+                }
                 all.iter()
                     .map(|u| {
                         format!(
@@ -134,6 +135,14 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
     }
 }
 
+/// The topology's pool `pool`, or an error that lists the pools there are.
+fn pool_named<'a>(d: &'a Deployment, pool: &str) -> anyhow::Result<&'a tandem_topology::Pool> {
+    d.topology.pool(pool).with_context(|| {
+        let pools: Vec<&str> = d.topology.pools.iter().map(|p| p.name.as_str()).collect();
+        format!("no pool named {pool} (pools: {})", pools.join(", "))
+    })
+}
+
 /// Creates `name` homed on `pool` (recording the home in the CMS first, undone when the pool
 /// refuses the user) and keeps its token beside the topology.
 pub(crate) async fn add(
@@ -142,10 +151,7 @@ pub(crate) async fn add(
     pool: &str,
     password: Option<&str>,
 ) -> anyhow::Result<Added> {
-    let p = d.topology.pool(pool).with_context(|| {
-        let pools: Vec<&str> = d.topology.pools.iter().map(|p| p.name.as_str()).collect();
-        format!("no pool named {pool} (pools: {})", pools.join(", "))
-    })?;
+    let p = pool_named(d, pool)?;
     tandem_pool::users::validate_name(name)?;
     let client = d.client();
     let (cms_node, cms) = d.find_primary(DATABASE_CMS).await?;

@@ -106,6 +106,16 @@ fn up_status_users_kill_and_down() {
         (Some("primary"), Some(1))
     );
 
+    assert_eq!(
+        ok(&d.dir, &["user", "list", "--pool", "pool-dal"]),
+        "no users in pool-dal\n"
+    );
+    let err = tandem(&d.dir, &["user", "list", "--pool", "nosuch"]);
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("no pool named nosuch (pools: pool-atl, pool-dal)"),
+        "{err:?}"
+    );
     let token = ok(
         &d.dir,
         &[
