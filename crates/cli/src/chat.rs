@@ -173,6 +173,14 @@ pub enum RoomCommand {
     },
 }
 
+/// One line per item of the JSON array `v`, or `none` when it holds none.
+fn lines_or(v: &Value, none: &str, line: impl Fn(&Value) -> String) -> String {
+    match v.as_array() {
+        Some(items) if !items.is_empty() => items.iter().map(line).collect(),
+        _ => format!("{none}\n"),
+    }
+}
+
 /// An active chat server of the deployment, as the CMS says, that answers.
 fn chat_server(d: &Deployment, rt: &tokio::runtime::Runtime) -> anyhow::Result<String> {
     let client = d.client();
@@ -346,19 +354,13 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
         ChatCommand::Category(CategoryCommand::List { who }) => {
             let c = request(d, &who, &rt, Method::GET, "/api/v1/categories", None)?;
             out.emit(&c, || {
-                c.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| {
-                                format!(
-                                    "{}\t{}\n",
-                                    c["name"].as_str().unwrap_or(""),
-                                    c["description"].as_str().unwrap_or("")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+                lines_or(&c, "no categories", |c| {
+                    format!(
+                        "{}\t{}\n",
+                        c["name"].as_str().unwrap_or(""),
+                        c["description"].as_str().unwrap_or("")
+                    )
+                })
             })
         }
         ChatCommand::Room(RoomCommand::Create {
@@ -406,25 +408,19 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
         ChatCommand::Room(RoomCommand::List { who }) => {
             let r = request(d, &who, &rt, Method::GET, "/api/v1/rooms", None)?;
             out.emit(&r, || {
-                r.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                format!(
-                                    "{:<20} {:<7} {:>4} members{}\n",
-                                    r["name"].as_str().unwrap_or(""),
-                                    r["privacy"].as_str().unwrap_or(""),
-                                    r["members"].as_u64().unwrap_or(0),
-                                    if r["member"] == true {
-                                        "  (member)"
-                                    } else {
-                                        ""
-                                    }
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+                lines_or(&r, "no rooms that you may see", |r| {
+                    format!(
+                        "{:<20} {:<7} {:>4} members{}\n",
+                        r["name"].as_str().unwrap_or(""),
+                        r["privacy"].as_str().unwrap_or(""),
+                        r["members"].as_u64().unwrap_or(0),
+                        if r["member"] == true {
+                            "  (member)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
             })
         }
         ChatCommand::Post {
@@ -492,19 +488,9 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
                 None,
             )?;
             out.emit(&r, || {
-                r.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|e| {
-                                format!(
-                                    "{:<12} {}",
-                                    e["room"].as_str().unwrap_or(""),
-                                    event_line(e)
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+                lines_or(&r, "no message that you may read matches", |e| {
+                    format!("{:<12} {}", e["room"].as_str().unwrap_or(""), event_line(e))
+                })
             })
         }
     }

@@ -652,6 +652,23 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
 fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     let c = start_one_node();
     let (alice, bob) = (user(&c, "alice"), user(&c, "bob"));
+    // Lists with nothing in them say so.
+    for (args, says) in [
+        (
+            &["chat", "room", "list", "--as", "bob"][..],
+            "no rooms that you may see\n",
+        ),
+        (
+            &["chat", "category", "list", "--as", "bob"][..],
+            "no categories\n",
+        ),
+        (
+            &["chat", "search", "giraffe", "--as", "bob"][..],
+            "no message that you may read matches\n",
+        ),
+    ] {
+        assert_eq!(ok(&c.dir, args), says, "{args:?}");
+    }
     open_lobby(&c);
     let lobby = || {
         api(
