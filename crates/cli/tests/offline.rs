@@ -1,14 +1,13 @@
 //! The offline commands, driven as an operator would: through the `tandem` binary.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn tandem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(args)
-        .output()
-        .expect("run tandem")
+    common::output_within_deadline(Command::new(env!("CARGO_BIN_EXE_tandem")).args(args))
 }
 
 fn ok_json(args: &[&str]) -> Value {

@@ -354,9 +354,12 @@ impl Midway {
         dir: PathBuf,
         next_id: Arc<AtomicU64>,
     ) -> std::thread::JoinHandle<anyhow::Result<Vec<BackupFile>>> {
+        // Read here, before the phase starts: read in the thread, which a busy machine may
+        // start only once every writer but the three waiting ones has committed, it would
+        // already hold the last record, and the first backup would wait for good for another.
+        let mut covered = db.durable_lsn();
         std::thread::spawn(move || {
             let mut files = Vec::new();
-            let mut covered = db.durable_lsn();
             for (k, &at) in self.at.iter().enumerate() {
                 while next_id.load(Ordering::SeqCst) <= at || db.durable_lsn() <= covered {
                     if self.ended.load(Ordering::SeqCst) {

@@ -7,6 +7,46 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// How long one `tandem` command of a test may run: past it the test fails instead of hanging.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to its end, its output captured, or kills it and fails at `COMMAND_DEADLINE`.
+pub fn output_within_deadline(cmd: &mut Command) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tandem") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {COMMAND_DEADLINE:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout"),
+        stderr: stderr.join().expect("stderr"),
+    }
+}
+
 /// Runs `tandem ARGS` in `dir` (so `topology.toml` there is the deployment).
 pub fn tandem(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
@@ -44,15 +84,15 @@ pub fn json(dir: &Path, args: &[&str]) -> Value {
 /// temporary directory (so its scratch directories, and its nodes' command lines, name `tmp`);
 /// its document.
 pub fn bench(tmp: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .current_dir(tmp)
-        .env("TMPDIR", tmp)
-        .env_remove("TANDEM_TOPOLOGY")
-        .output()
-        .expect("run tandem");
+    let out = output_within_deadline(
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .current_dir(tmp)
+            .env("TMPDIR", tmp)
+            .env_remove("TANDEM_TOPOLOGY"),
+    );
     if !out.status.success() {
         // The nodes' logs go with `tmp` when the test fails: their ends are shown first.
         print_logs(tmp, 3);
