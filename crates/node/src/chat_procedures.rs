@@ -1,7 +1,7 @@
 //! The chat domain's operations on `mgc`, by name: what chat nodes call on the db node holding
 //! the chat database. Each takes the (already authenticated) user as an argument.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::procedures::{Args, args};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -136,7 +136,7 @@ pub(crate) async fn run_async(
                 .map(|r| match r {
                     Ok(ok) => BatchItem::Ok { ok },
                     Err(e) => BatchItem::Err {
-                        error: ItemError {
+                        error: ErrorBody {
                             code: e.code.to_string(),
                             message: e.message,
                         },
@@ -155,14 +155,7 @@ pub(crate) async fn run_async(
 #[serde(untagged)]
 pub(crate) enum BatchItem {
     Ok { ok: chat::Event },
-    Err { error: ItemError, status: u16 },
-}
-
-/// A refused post's error in a batch's answer.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct ItemError {
-    pub(crate) code: String,
-    pub(crate) message: String,
+    Err { error: ErrorBody, status: u16 },
 }
 
 /// Posts one chat node may send in one `chat.post_batch` call.

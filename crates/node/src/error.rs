@@ -142,23 +142,31 @@ impl From<tandem_store::StoreError> for ApiError {
 impl From<crate::client::ClientError> for ApiError {
     fn from(e: crate::client::ClientError) -> ApiError {
         match e {
-            crate::client::ClientError::Api { status, body } => ApiError {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                code: match body.code.as_str() {
-                    "not_found" => "not_found",
-                    "conflict" => "conflict",
-                    "invalid" => "invalid",
-                    "unauthorized" => "unauthorized",
-                    "forbidden" => "forbidden",
-                    "not_primary" => "not_primary",
-                    "not_active" => "not_active",
-                    "catching_up" => "catching_up",
-                    "too_large" => "too_large",
-                    _ => "upstream",
-                },
-                message: body.message,
-            },
+            crate::client::ClientError::Api { status, body } => ApiError::relayed(status, body),
             other => ApiError::unavailable(other.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// Another node's error passed on: its status and message, its code when it is one of
+    /// ours (`upstream` otherwise).
+    pub(crate) fn relayed(status: u16, body: ErrorBody) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            code: match body.code.as_str() {
+                "not_found" => "not_found",
+                "conflict" => "conflict",
+                "invalid" => "invalid",
+                "unauthorized" => "unauthorized",
+                "forbidden" => "forbidden",
+                "not_primary" => "not_primary",
+                "not_active" => "not_active",
+                "catching_up" => "catching_up",
+                "too_large" => "too_large",
+                _ => "upstream",
+            },
+            message: body.message,
         }
     }
 }

@@ -4,10 +4,9 @@
 //! so batches follow the load the way group commit does.
 
 use crate::chat_api::Raw;
-use crate::chat_procedures::{ItemError, POST_BATCH_MAX, Post};
-use crate::error::ApiError;
+use crate::chat_procedures::{POST_BATCH_MAX, Post};
+use crate::error::{ApiError, ErrorBody};
 use crate::server::NodeState;
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -104,7 +103,7 @@ struct PostBatch<'a> {
 #[derive(Deserialize)]
 struct BatchItem {
     ok: Option<Raw>,
-    error: Option<ItemError>,
+    error: Option<ErrorBody>,
     status: Option<u16>,
 }
 
@@ -116,29 +115,18 @@ fn answer(item: BatchItem) -> Result<Raw, ApiError> {
     if let Some(ok) = item.ok {
         return Ok(ok);
     }
-    let status = item
-        .status
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::BAD_GATEWAY);
-    let error = item.error.unwrap_or(ItemError {
+    let error = item.error.unwrap_or(ErrorBody {
         code: String::new(),
         message: "the chat database answered neither an event nor an error".into(),
     });
-    let code = match error.code.as_str() {
-        "not_found" => "not_found",
-        "forbidden" => "forbidden",
-        "invalid" => "invalid",
-        "conflict" => "conflict",
-        "not_primary" => "not_primary",
-        _ => "upstream",
-    };
-    Err(ApiError::new(status, code, error.message))
+    Err(ApiError::relayed(item.status.unwrap_or(502), error))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chat_procedures::BatchItem as Written;
+    use axum::http::StatusCode;
     use tandem_chat::{Event, EventKind};
 
     fn read(item: &Written) -> Result<Raw, ApiError> {
@@ -163,7 +151,7 @@ mod tests {
         assert_eq!(ok.get(), serde_json::to_string(&event).unwrap());
 
         let refused = read(&Written::Err {
-            error: ItemError {
+            error: ErrorBody {
                 code: "forbidden".into(),
                 message: "bob is not a member of lobby".into(),
             },
@@ -180,7 +168,7 @@ mod tests {
         );
 
         let unknown = read(&Written::Err {
-            error: ItemError {
+            error: ErrorBody {
                 code: "teapot".into(),
                 message: "?".into(),
             },
