@@ -385,6 +385,22 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                     .is_none_or(|b| b.role != "primary" || r.epoch > b.epoch)
         })
     };
+    if let Some(bm) = p.backup_mirror.clone() {
+        // While failed over, the backup site's primary may have moved to its mirror (an
+        // automatic failover). The failback starts from the copy the topology names: a
+        // planned mirror failover moves it back, with nothing lost, before anything else.
+        steps.push(Step {
+            title: format!("make {backup} the primary of mgc again (from {bm}, nothing lost)"),
+            command: "tandem db mirror failover --db mgc".into(),
+            check: Box::new(|_| {
+                Ok(role(d, &p.backup)
+                    .filter(|r| r.role == "primary")
+                    .map(|r| json!({ "epoch": r.epoch })))
+            }),
+            run: Box::new(|_| command(d, &["db", "mirror", "failover", "--db", "mgc"])),
+            verify: true,
+        });
+    }
     steps.push(Step {
         title: "clear the active server list".into(),
         command: "tandem chat active-servers clear".into(),
@@ -411,6 +427,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             verify: true,
         });
     }
+    let backup_step = steps.len() + 1;
     steps.push(Step {
         title: format!("full backup of {backup}'s mgc (writes paused first)"),
         command: format!("tandem db backup --db mgc --instance {backup} --to {dir_s}"),
@@ -443,7 +460,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
         run: Box::new(|s| {
             let file = s
-                .report_of(if p.backup_mirror.is_some() { 3 } else { 2 })
+                .report_of(backup_step)
                 .and_then(|r| find_path(&r["backup"]))
                 .unwrap_or_else(|| dir_s.clone());
             // A mirrored copy is not restored over: its mirroring goes first (step 5 installs
@@ -534,12 +551,28 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         if state != "failed-over" {
             bail!("the chat pool is {state}, not failed over: nothing to fail back");
         }
+        // The copy the pool failed over to, or its mirror once primary (step 1 moves it back).
+        let mirror_primary = || {
+            p.backup_mirror
+                .as_deref()
+                .and_then(|m| role(d, m))
+                .is_some_and(|r| r.role == "primary")
+        };
         match role(d, &p.backup) {
             Some(r) if r.role == "primary" => {}
+            Some(r) if r.role == "mirror" && mirror_primary() => {}
             Some(r) => bail!(
                 "mgc on {} is {}, not the primary the pool failed over to",
                 p.backup,
                 r.role
+            ),
+            None if mirror_primary() => bail!(
+                "{} does not answer, and the failed-over data is on its mirror {}, primary now: \
+                 start {} (`tandem up --detach`), which rejoins as its mirror, and run the \
+                 failback again",
+                p.backup,
+                p.backup_mirror.as_deref().unwrap_or("-"),
+                p.backup
             ),
             None => bail!(
                 "{} does not answer: its mgc holds the failed-over data",

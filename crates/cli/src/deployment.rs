@@ -79,15 +79,21 @@ impl Deployment {
         let Some(first) = candidates.first() else {
             bail!("the topology places no primary copy of database {database}")
         };
-        if candidates.len() > 1 {
-            let found = tandem_node::locator::Locator::new()
-                .probe(&self.client(), database, false, &candidates)
-                .await;
-            if let Some(n) = found {
-                return Ok((n.name, n.address));
-            }
+        if candidates.len() > 1
+            && let Ok(n) = self.locate(database).await
+        {
+            return Ok((n.name, n.address));
         }
         Ok((first.name.clone(), first.address.clone()))
+    }
+
+    /// The node that holds the writable copy of `database` now, or why none does: each
+    /// copy's answer (no fallback to the topology's primary).
+    pub async fn locate(&self, database: &str) -> Result<tandem_topology::Node, String> {
+        let candidates = tandem_node::locator::candidates(&self.topology, database, false);
+        tandem_node::locator::Locator::new()
+            .probe_or_why(&self.client(), database, false, &candidates)
+            .await
     }
 
     /// The pid recorded for `node`, if its process is alive and is that node's `tandem serve`.

@@ -46,7 +46,8 @@ struct CopyLine {
 
 #[derive(Serialize)]
 struct CmsLine {
-    master: String,
+    /// The CMS copy that writes now; none when no copy answers as primary.
+    master: Option<String>,
     reachable: bool,
     /// Where the configuration below was read: the master, or the freshest node snapshot.
     source: String,
@@ -65,17 +66,26 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
     let client = d.client();
     let timeout = Duration::from_millis(NODE_TIMEOUT_MS);
     let rt = runtime()?;
-    // The CMS copy that writes now (a mirror failover moves it).
-    let (master_name, _) = d.primary_address(tandem_topology::DATABASE_CMS)?;
-    let master = d.topology.node(&master_name).expect("validated").clone();
-    let (answers, snapshot) = rt.block_on(async {
+    let (answers, master, snapshot) = rt.block_on(async {
         let asks = d.topology.nodes.iter().map(|n| {
             let c = client.clone();
             let addr = n.address.clone();
             async move { c.status(&addr, timeout).await }
         });
-        let snap = client.cms_snapshot(&master.address, timeout);
-        tokio::join!(futures_util::future::join_all(asks), snap)
+        // The CMS copy that writes now (a mirror failover or a CMS failover moves it).
+        let snap = async {
+            let master = d.locate(tandem_topology::DATABASE_CMS).await?;
+            let snap = client
+                .cms_snapshot(&master.address, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            Ok::<_, String>((master, snap))
+        };
+        let (answers, found) = tokio::join!(futures_util::future::join_all(asks), snap);
+        match found {
+            Ok((master, snap)) => (answers, Some(master.name), snap),
+            Err(why) => (answers, None, Err(why)),
+        }
     });
     let mut nodes = Vec::new();
     let mut databases = Vec::new();
@@ -145,7 +155,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
     databases.sort_by(|a, b| (&a.database, &a.node).cmp(&(&b.database, &b.node)));
     let cms = match snapshot {
         Ok(s) => CmsLine {
-            master: master.name.clone(),
+            master: master.clone(),
             reachable: true,
             source: "reachable; the configuration below is its own".into(),
             snapshot: Some(s),
@@ -157,13 +167,20 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                 .filter_map(|s| s.cms.as_ref().map(|c| (c.lsn, s.node.clone())))
                 .max();
             CmsLine {
-                master: master.name.clone(),
+                master: master.clone(),
                 reachable: false,
-                source: match freshest {
-                    Some((lsn, node)) => {
-                        format!("unreachable ({e}); node {node} holds a snapshot at LSN {lsn}")
+                source: {
+                    // No master found: the error already says what each copy answered.
+                    let why = match master {
+                        Some(_) => format!("unreachable ({e})"),
+                        None => e,
+                    };
+                    match freshest {
+                        Some((lsn, node)) => {
+                            format!("{why}; node {node} holds a snapshot at LSN {lsn}")
+                        }
+                        None => format!("{why}; no node holds a snapshot"),
                     }
-                    None => format!("unreachable ({e}); no node holds a snapshot"),
                 },
                 snapshot: None,
             }
@@ -225,7 +242,7 @@ fn human(r: &Report) -> String {
         ));
     }
     s.push_str(
-        "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH  LSN       MIRRORING\n",
+        "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH       LSN       MIRRORING\n",
     );
     for c in &r.databases {
         let mirroring = c
@@ -241,7 +258,7 @@ fn human(r: &Report) -> String {
             })
             .unwrap_or_default();
         s.push_str(&format!(
-            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<6} {:<9} {}\n",
+            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<11} {:<9} {}\n",
             c.database,
             c.node,
             c.placement,
@@ -258,10 +275,10 @@ fn human(r: &Report) -> String {
             s.push_str(&format!("    warning: {w}\n"));
         }
     }
-    s.push_str(&format!(
-        "\nCMS master {}: {}\n",
-        r.cms.master, r.cms.source
-    ));
+    s.push_str(&match &r.cms.master {
+        Some(m) => format!("\nCMS master {m}: {}\n", r.cms.source),
+        None => format!("\nCMS: {}\n", r.cms.source),
+    });
     if let Some(snap) = &r.cms.snapshot {
         if let Some(chat) = &snap.chat {
             s.push_str(&format!(

@@ -103,13 +103,17 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
             return s;
         }
         s.push_str(&format!(
-            "{} nodes ready in {:.1} s{}\n",
-            report.len(),
+            "{} ready in {:.1} s{}\n",
+            match report.len() {
+                1 => "1 node".to_string(),
+                n => format!("{n} nodes"),
+            },
             started.elapsed().as_secs_f64(),
-            if a.detach {
-                "; `tandem down` stops them"
-            } else {
-                "; Ctrl-C stops them"
+            match (a.detach, report.len()) {
+                (true, 1) => "; `tandem down` stops it",
+                (true, _) => "; `tandem down` stops them",
+                (false, 1) => "; Ctrl-C stops it",
+                (false, _) => "; Ctrl-C stops them",
             }
         ));
         s

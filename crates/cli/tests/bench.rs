@@ -36,7 +36,7 @@ fn bench_dr_reports_every_figure_and_loses_nothing_beyond_the_rpo() {
     );
     assert_eq!(s["kill_at"], "before_log_backup", "{r:#}");
     assert_eq!(r["failover_steps"].as_array().unwrap().len(), 7, "{r:#}");
-    assert_eq!(r["failback_steps"].as_array().unwrap().len(), 7, "{r:#}");
+    assert_eq!(r["failback_steps"].as_array().unwrap().len(), 8, "{r:#}");
     assert_eq!(r["lost"], 0, "{r:#}");
     assert_eq!(r["duplicated"], 0, "{r:#}");
     assert_eq!(s["cross_site"], 0, "{r:#}");

@@ -184,6 +184,10 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
         .trim()
         .to_string();
     ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    // A user of the pool in the site to be lost (no pool failover here).
+    let carol = ok(&d.dir, &["user", "add", "carol", "--pool", "pool-atl"])
+        .trim()
+        .to_string();
     let (atl_fe, dal_fe) = (d.address("atl-fe"), d.address("dal-fe"));
 
     // Refused while the primary site is healthy (unless --force), and failback while normal.
@@ -247,6 +251,23 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     let last_lsn = r["data_loss"]["last_lsn"].as_u64().expect("the data loss");
     assert!(r["data_loss"]["last_write"].as_str().is_some(), "{r}");
     assert!(last_lsn >= shipped, "{r}");
+    // A user homed in the lost site is told that no copy of her pool's database answers, and
+    // what each one did, not just the address of one of them.
+    let (code, answer) = common::http(
+        &dal_fe,
+        "GET",
+        "/api/v1/rooms",
+        &[("authorization", &format!("Bearer {carol}"))],
+        "",
+    );
+    assert_eq!(code, 503, "{answer}");
+    assert!(
+        answer.contains("users-pool-atl")
+            && answer.contains("no copy answers as primary")
+            && answer.contains("atl-db1 at")
+            && answer.contains("atl-db2 at"),
+        "{answer}"
+    );
     // Users post in dal; every post acknowledged up to the recovered LSN is there.
     let during = post_n(&dal_fe, &token, "during", 20);
     let h = history(&dal_fe, &token);
@@ -258,15 +279,50 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
             );
         }
     }
+    // While failed over, dal-db1 dies: the mirror step 6 installed, dal-db2, takes over; when
+    // dal-db1 comes back it is dal-db2's mirror.
+    common::kill(&d.dir, "dal-db1");
+    let mut during = during;
+    during.extend(post_n(&dal_fe, &token, "on dal-db2", 10));
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = json(&d.dir, &["status"]);
+        let dal_db1 = s["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["database"] == "mgc" && c["node"] == "dal-db1")
+            .cloned()
+            .unwrap_or_default();
+        if dal_db1["role"] == "mirror" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dal-db1 is not dal-db2's mirror: {dal_db1}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     refused(&["chat", "failback"], "atl-db1 does not answer");
 
-    // atl is rebuilt; the failback brings everything home.
+    // atl is rebuilt; the failback brings everything home, starting with a planned mirror
+    // failover back to dal-db1, the copy the topology names.
     ok(
         &d.dir,
         &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
     );
     let r = json(&d.dir, &["chat", "failback"]);
     assert_eq!(r["run"]["result"], "ok", "{r}");
+    let first = &r["run"]["steps"][0];
+    assert!(
+        first["title"]
+            .as_str()
+            .unwrap()
+            .contains("make dal-db1 the primary")
+            && first["outcome"] == "done",
+        "{r}"
+    );
     let state = json(&d.dir, &["chat", "state", "show"]);
     assert_eq!(state["state"], "normal", "{state}");
     assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");

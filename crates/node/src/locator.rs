@@ -72,28 +72,46 @@ impl Locator {
         backup: bool,
         candidates: &[Node],
     ) -> Option<Node> {
+        self.probe_or_why(client, database, backup, candidates)
+            .await
+            .ok()
+    }
+
+    /// `probe`, or why no candidate is primary: each one's answer, e.g. "no copy answers as
+    /// primary (atl-db1 at 127.0.0.1:27495: no answer; atl-db2: mirror, epoch 2)".
+    pub async fn probe_or_why(
+        &self,
+        client: &Client,
+        database: &str,
+        backup: bool,
+        candidates: &[Node],
+    ) -> Result<Node, String> {
         let answers = futures_util::future::join_all(
             candidates
                 .iter()
                 .map(|n| client.copy_role(&n.address, database, PROBE_TIMEOUT)),
         )
         .await;
-        let best = candidates
+        let answers: Vec<(&Node, Option<CopyRole>)> = candidates
             .iter()
-            .zip(answers)
-            .filter_map(|(n, a)| a.ok().map(|r: CopyRole| (n, r)))
+            .zip(answers.into_iter().map(Result::ok))
+            .collect();
+        let best = answers
+            .iter()
+            .filter_map(|(n, a)| a.as_ref().map(|r| (*n, r)))
             .filter(|(_, r)| r.role == "primary")
             .max_by_key(|(_, r)| (r.epoch, r.writable))
             .map(|(n, _)| n.clone());
-        if let Some(n) = &best {
-            let mut found = self.found.lock().expect("locator lock");
-            let key = (database.to_string(), backup);
-            if found.get(&key) != Some(&n.name) {
-                tracing::info!(database, node = %n.name, "found the primary");
-                found.insert(key, n.name.clone());
-            }
+        let Some(n) = best else {
+            return Err(no_primary(database, &answers));
+        };
+        let mut found = self.found.lock().expect("locator lock");
+        let key = (database.to_string(), backup);
+        if found.get(&key) != Some(&n.name) {
+            tracing::info!(database, node = %n.name, "found the primary");
+            found.insert(key, n.name.clone());
         }
-        best
+        Ok(n)
     }
 
     /// Runs a procedure on the primary of `database`, following it if it moved.
@@ -115,12 +133,39 @@ impl Locator {
                 })?;
         match client.call(&first.address, database, procedure, args).await {
             Err(e) if e.retry_elsewhere() => {
-                let Some(next) = self.probe(client, database, backup, candidates).await else {
-                    return Err(e);
-                };
-                client.call(&next.address, database, procedure, args).await
+                match self
+                    .probe_or_why(client, database, backup, candidates)
+                    .await
+                {
+                    Ok(next) => client.call(&next.address, database, procedure, args).await,
+                    // Unreachable: say what every copy answered, not just the first one's
+                    // address. A copy's own refusal (not primary, stale epoch) stays as it is.
+                    Err(why) => Err(match e {
+                        ClientError::Unreachable { .. } => ClientError::Unreachable {
+                            addr: database.to_string(),
+                            message: why,
+                            sent: false,
+                        },
+                        e => e,
+                    }),
+                }
             }
             r => r,
         }
     }
+}
+
+/// "no copy answers as primary (…)", each candidate's answer in the topology's order.
+fn no_primary(database: &str, answers: &[(&Node, Option<CopyRole>)]) -> String {
+    let each: Vec<String> = answers
+        .iter()
+        .map(|(n, a)| match a {
+            None => format!("{} at {}: no answer", n.name, n.address),
+            Some(r) => format!("{}: {}, epoch {}", n.name, r.role, r.epoch),
+        })
+        .collect();
+    if each.is_empty() {
+        return format!("the topology places no copy of {database}");
+    }
+    format!("no copy answers as primary ({})", each.join("; "))
 }

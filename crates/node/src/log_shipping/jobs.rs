@@ -69,7 +69,12 @@ pub(super) async fn tick(node: &Shared, database: &str) -> u64 {
         .is_some_and(|s| s == node.name);
     if !secondary && node.local_primary(database).is_some() {
         backup_tick(node, database, config.as_ref()).await;
-    } else if secondary {
+    } else if !secondary {
+        // Neither the primary nor the secondary (a copy left restoring by a removed mirror, a
+        // mirror, an old secondary): no job runs here, and what one showed before is stale.
+        node.log_shipping
+            .update(database, |s| *s = CopyJobs::default());
+    } else {
         let ops = node.host.operations(database);
         let _guard = ops.lock().await;
         let (n, d) = (node.clone(), database.to_string());
@@ -109,7 +114,8 @@ pub(super) async fn backup_tick(node: &Shared, database: &str, config: Option<&C
     };
     if config.is_some_and(|c| c.primary_site != node.me().site) {
         node.log_shipping.update(database, |s| {
-            s.backup = None;
+            // A recovered secondary's copy and restore jobs ended with its recovery.
+            *s = CopyJobs::default();
             s.state = config.map(|c| {
                 format!(
                     "log shipping is configured from site {}: no backup job here",
