@@ -374,8 +374,6 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     let primary = p.primary.clone();
     let backup = p.backup.clone();
     let servers = p.primary_servers.join(",");
-    let dir = d.topology.share.join("failback");
-    let dir_s = dir.display().to_string();
     let mut steps: Vec<Step> = Vec::new();
     let home = |d: &Deployment| {
         let b = role(d, &p.backup);
@@ -430,23 +428,11 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     let backup_step = steps.len() + 1;
     steps.push(Step {
         title: format!("full backup of {backup}'s mgc (writes paused first)"),
-        command: format!("tandem db backup --db mgc --instance {backup} --to {dir_s}"),
+        command: format!("tandem db backup --db mgc --instance {backup}"),
         check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch })))),
         run: Box::new(|_| {
             pause(d, &p.backup, Some("the chat pool is failing back"))?;
-            let r = command(
-                d,
-                &[
-                    "db",
-                    "backup",
-                    "--db",
-                    "mgc",
-                    "--instance",
-                    &p.backup,
-                    "--to",
-                    &dir_s,
-                ],
-            )?;
+            let r = command(d, &["db", "backup", "--db", "mgc", "--instance", &p.backup])?;
             let c = role(d, &p.backup).context("the backup site's primary stopped answering")?;
             Ok(json!({ "backup": r, "lsn": c.lsn }))
         }),
@@ -455,16 +441,18 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     steps.push(Step {
         title: format!("restore it over {primary}, replacing it, and bring it online"),
         command: format!(
-            "tandem db mirror remove --db mgc --instance {primary}; tandem db restore --db mgc --instance {primary} --from FULL-BACKUP-OF-STEP-3 --replace"
+            "tandem db mirror remove --db mgc --instance {primary}; tandem db restore --db mgc --instance {primary} --from FULL-BACKUP-OF-STEP-{backup_step} --replace"
         ),
         check: Box::new(|_| Ok(home(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
         run: Box::new(|s| {
             let file = s
                 .report_of(backup_step)
                 .and_then(|r| find_path(&r["backup"]))
-                .unwrap_or_else(|| dir_s.clone());
-            // A mirrored copy is not restored over: its mirroring goes first (step 5 installs
-            // it again, seeding the mirror from the restored primary).
+                .with_context(|| {
+                    format!("step {backup_step} left no full backup file to restore from")
+                })?;
+            // A mirrored copy is not restored over: its mirroring goes first (the next step
+            // installs it again, seeding the mirror from the restored primary).
             if link_state(d, &p.primary).is_some() {
                 command(
                     d,

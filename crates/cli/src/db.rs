@@ -62,11 +62,13 @@ pub struct BackupArgs {
     /// The database directory (offline: no node may have it open).
     #[arg(long, requires = "to", conflicts_with_all = ["db", "instance"])]
     pub(crate) path: Option<PathBuf>,
-    /// The directory the backup file is written to (with --path).
-    #[arg(long, requires = "path")]
+    /// The directory the backup file is written to: required with --path; with --db, a full
+    /// backup goes there instead of the share (a copy-only backup: the log chain is not
+    /// touched).
+    #[arg(long)]
     pub(crate) to: Option<PathBuf>,
     /// The database whose copy on --instance is backed up, online, into the share
-    /// (SHARE/<db>/).
+    /// (SHARE/<db>/) unless --to names another directory.
     #[arg(long, requires = "instance")]
     pub(crate) db: Option<String>,
     /// The db node holding the copy (with --db).

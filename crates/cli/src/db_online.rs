@@ -91,12 +91,16 @@ fn backup(d: &Deployment, a: BackupArgs, out: &Output) -> anyhow::Result<()> {
     let db = a.db.expect("online form");
     let node = db_node(d, a.instance.as_deref().expect("clap requires --instance"))?;
     known_database(d, &db)?;
-    let report = post(
-        d,
-        &node,
-        &format!("/internal/v1/db/{db}/backup"),
-        json!({ "log": a.log }),
-    )?;
+    let ask = match &a.to {
+        None => json!({ "log": a.log }),
+        Some(_) if a.log => bail!(
+            "--to with --db --log: a log backup continues the log chain on the share; leave \
+             out --to (or take a full backup there)"
+        ),
+        // The node writes the file: the path as this command sees it.
+        Some(to) => json!({ "to": std::path::absolute(to)? }),
+    };
+    let report = post(d, &node, &format!("/internal/v1/db/{db}/backup"), ask)?;
     out.emit(&report, || {
         let files: Vec<BackupFile> =
             serde_json::from_value(report["files"].clone()).unwrap_or_default();

@@ -515,6 +515,65 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     let cms_full = cms["files"][0]["path"].as_str().unwrap().to_string();
     let full_s = full.to_str().unwrap();
 
+    // --to: a copy-only full backup into another directory, of any copy; the share and its
+    // log chain are left alone. A log backup there, or a file in the way, is refused.
+    let elsewhere = d.dir.join("elsewhere");
+    let elsewhere_s = elsewhere.to_str().unwrap();
+    for node in ["atl-db1", "atl-db2"] {
+        let b = json(
+            &d.dir,
+            &[
+                "db",
+                "backup",
+                "--db",
+                "mgc",
+                "--instance",
+                node,
+                "--to",
+                elsewhere_s,
+            ],
+        );
+        let path = PathBuf::from(b["files"][0]["path"].as_str().unwrap());
+        assert!(path.starts_with(&elsewhere), "{b}");
+        assert!(
+            b["files"][0]["header"]["lsn"].as_u64().unwrap() >= lsn,
+            "{b}"
+        );
+        assert!(
+            !d.share().join(path.file_name().unwrap()).exists(),
+            "a backup with --to also went to the share"
+        );
+        ok(&d.dir, &["db", "verify", path.to_str().unwrap()]);
+    }
+    d.refused(
+        &[
+            "db",
+            "backup",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db1",
+            "--to",
+            elsewhere_s,
+            "--log",
+        ],
+        "continues the log chain on the share",
+    );
+    let topology = d.dir.join("topology.toml");
+    d.refused(
+        &[
+            "db",
+            "backup",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db1",
+            "--to",
+            topology.to_str().unwrap(),
+        ],
+        "not a directory",
+    );
+
     // Recover refuses a primary, a mirrored copy, a node without the copy.
     d.refused(
         &["db", "recover", "--db", "mgc", "--instance", "atl-db1"],

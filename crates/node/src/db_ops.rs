@@ -1,8 +1,9 @@
 //! Online operations on this node's copy of a database (`tandem db backup|restore|recover
-//! --db DB --instance NODE`): a backup into the share; a restore into the copy, which is closed,
-//! restored and reopened; recover, which puts every handle of the copy away and brings it
-//! online as the primary of a new epoch. Each holds the copy's operations lock, so log
-//! shipping's jobs never run beside it, and leaves the copy as it was when it fails.
+//! --db DB --instance NODE`): a backup into the share (or a copy-only one into a directory); a
+//! restore into the copy, which is closed, restored and reopened; recover, which puts every
+//! handle of the copy away and brings it online as the primary of a new epoch. Each holds the
+//! copy's operations lock, so log shipping's jobs never run beside it, and leaves the copy as it
+//! was when it fails.
 
 use crate::error::ApiError;
 use crate::server::{NodeState, Shared};
@@ -60,6 +61,10 @@ fn check_copy(node: &NodeState, database: &str, what: &str) -> Result<(), ApiErr
 pub(crate) struct BackupAsk {
     #[serde(default)]
     log: bool,
+    /// A directory of this node's (absolute) to write a full backup into instead of the share:
+    /// a copy-only backup, which starts and moves no log chain.
+    #[serde(default)]
+    to: Option<PathBuf>,
 }
 
 /// What `backup` answers.
@@ -71,20 +76,70 @@ struct BackedUp {
 }
 
 /// `POST /internal/v1/db/{db}/backup`: a full backup (or, with `log`, a log backup) of this
-/// node's copy into the share's directory of the database.
+/// node's copy into the share's directory of the database, or, with `to`, a full backup into
+/// that directory.
 pub(crate) async fn backup(
     State(node): State<Shared>,
     Path(database): Path<String>,
     body: Result<Json<BackupAsk>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = body.map_err(ApiError::json)?;
-    let files = crate::log_shipping::backup_now(&node, &database, req.log).await?;
+    let files = match req.to {
+        None => crate::log_shipping::backup_now(&node, &database, req.log).await?,
+        Some(to) => vec![copy_only_backup(&node, &database, req.log, to).await?],
+    };
     let answer = BackedUp {
         database,
         node: node.name.clone(),
         files,
     };
     Ok(Json(serde_json::to_value(answer).expect("serializes")))
+}
+
+/// A full backup of this node's copy, whatever its role, into `to`: it leaves the share and
+/// the log-backup cursor alone.
+async fn copy_only_backup(
+    node: &Shared,
+    database: &str,
+    log: bool,
+    to: PathBuf,
+) -> Result<BackupFile, ApiError> {
+    if log {
+        return Err(ApiError::bad_request(format!(
+            "a log backup continues the log chain on the share: it is not written to {}; \
+             leave out the directory",
+            to.display()
+        )));
+    }
+    if !to.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "{}: the backup directory is a path on node {}, and an absolute one",
+            to.display(),
+            node.name
+        )));
+    }
+    if to.exists() && !to.is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "{}: not a directory (on node {})",
+            to.display(),
+            node.name
+        )));
+    }
+    let ops = node.host.operations(database);
+    let _guard = ops.lock().await;
+    let db = node.host.get(database).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "node {} holds no open copy of {database}",
+            node.name
+        ))
+    })?;
+    blocking(move || {
+        tandem_store::seed_backup(&db, &to).map_err(|e| match e {
+            StoreError::Io { .. } => ApiError::bad_request(e.to_string()),
+            other => ApiError::unavailable(other.to_string()),
+        })
+    })
+    .await
 }
 
 #[derive(Deserialize)]
