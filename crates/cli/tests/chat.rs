@@ -279,6 +279,24 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
             "alice",
         ],
     );
+    // A member is a user of the deployment.
+    let out = tandem(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "vault",
+            "nobody",
+            "--as",
+            "alice",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no user named nobody"),
+        "{err}"
+    );
     ok(
         &c.dir,
         &["chat", "post", "lobby", "hello everyone", "--as", "alice"],

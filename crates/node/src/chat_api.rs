@@ -274,6 +274,16 @@ async fn add_member(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
+    // A member is a user of the deployment: one that some pool homes.
+    if crate::frontend::home_if_any(&node, &m.user)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "no user named {}: `tandem user add {} --pool POOL` adds one",
+            m.user, m.user
+        )));
+    }
     let r: Raw = mgc(
         &node,
         "chat.add_member",

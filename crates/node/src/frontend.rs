@@ -30,8 +30,15 @@ fn split_token(token: &str) -> Option<(&str, &str)> {
 /// The pool `user` is homed on: from the CMS snapshot this node follows, or, for a user the
 /// snapshot does not know yet (added within the last follow interval), from the CMS itself.
 async fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
+    home_if_any(node, user)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
+}
+
+/// `home`, or None for a name no pool homes: no such user.
+pub(crate) async fn home_if_any(node: &Shared, user: &str) -> Result<Option<String>, ApiError> {
     if let Some(pool) = node.cms.home_of(user) {
-        return Ok(pool);
+        return Ok(Some(pool));
     }
     let asked = node
         .call_db(
@@ -46,10 +53,7 @@ async fn home(node: &Shared, user: &str) -> Result<String, ApiError> {
                 e.message
             ))
         })?;
-    asked["pool"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::unauthorized("wrong user name or password"))
+    Ok(asked["pool"].as_str().map(str::to_string))
 }
 
 async fn login(
