@@ -350,6 +350,13 @@ pub fn check_active(
     let site = topology.site_of(&db_node).unwrap_or_default().to_string();
     let mut seen = std::collections::BTreeSet::new();
     for n in nodes {
+        if n.is_empty() {
+            return Err(PoolError::Invalid(
+                "an empty server name in the list (an empty list is `tandem chat active-servers \
+                 clear`)"
+                    .into(),
+            ));
+        }
         if !chat.servers.contains(n) {
             return Err(PoolError::Invalid(format!(
                 "{n} is not a server of the chat pool (servers: {})",
@@ -501,6 +508,34 @@ mod tests {
             tx.insert("chat_active", vec![Value::Text("dal-fe".into())])
         })
         .unwrap();
+    }
+
+    #[test]
+    fn the_active_list_is_refused_whole_when_one_name_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = cms_db(dir.path());
+        let topo = topology();
+        seed(&db, &topo).unwrap();
+        let set = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            set_chat_active(&db, &topo, &names).map_err(|e| e.to_string())
+        };
+        for (names, expect) in [
+            (&["atl-fe", ""][..], "an empty server name"),
+            (&["atl-fe", "atl-fe"][..], "atl-fe is listed twice"),
+            (&["atl-db1"][..], "atl-db1 is not a server of the chat pool"),
+            (&["dal-fe"][..], "dal-fe is in site dal"),
+        ] {
+            let e = set(names).unwrap_err();
+            assert!(e.contains(expect), "{names:?}: {e}");
+            assert_eq!(snapshot(&db).unwrap().chat.unwrap().active, vec!["atl-fe"]);
+        }
+        set(&[]).unwrap();
+        assert!(snapshot(&db).unwrap().chat.unwrap().active.is_empty());
+        set(&["atl-fe"]).unwrap();
+        fail_chat_over(&db);
+        set(&["dal-fe"]).unwrap();
+        assert_eq!(snapshot(&db).unwrap().chat.unwrap().active, vec!["dal-fe"]);
     }
 
     #[test]
