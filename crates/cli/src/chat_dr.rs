@@ -188,13 +188,18 @@ fn wait_for(cond: impl Fn() -> bool) -> bool {
 }
 
 fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
-    let s = command(d, &["cms", "status"])?;
-    if s["master"].is_null() {
-        bail!(
-            "the CMS is unreachable (its master's site is down): run `tandem cms failover --force` first"
-        );
+    // Asked three times: a master slow to answer on a busy machine is not a lost one.
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        if !command(d, &["cms", "status"])?["master"].is_null() {
+            return Ok(());
+        }
     }
-    Ok(())
+    bail!(
+        "the CMS is unreachable (its master's site is down): run `tandem cms failover --force` first"
+    )
 }
 
 fn pause(d: &Deployment, node: &str, reason: Option<&str>) -> anyhow::Result<Value> {

@@ -91,6 +91,12 @@ pub(crate) fn write(dir: &Path, base_port: Option<u16>) -> anyhow::Result<Report
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)?;
     let text = tandem_topology::example(base, &hex::encode(secret));
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{} is a file: init writes a deployment into a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let topology = tandem_topology::Topology::load(&file)?;

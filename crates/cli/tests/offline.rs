@@ -338,6 +338,13 @@ fn bad_arguments_get_one_clear_line() {
     );
     let err = restore(&["--stop-at-time", "yesterday"]);
     assert!(err.contains("RFC 3339"), "{err}");
+    // init: into a file, or over a deployment.
+    let err = fails(&["init", s(&text)]);
+    assert!(err.contains("notes.txt is a file"), "{err}");
+    let dir = t.path().join("d");
+    assert!(tandem(&["init", s(&dir)]).status.success());
+    let err = fails(&["init", s(&dir)]);
+    assert!(err.contains("topology.toml exists"), "{err}");
 }
 
 /// `db restore --replace` over a copy another process has open (a node serving it) refuses at
