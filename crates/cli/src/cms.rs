@@ -233,8 +233,9 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
     let client = d.client();
     let rt = runtime()?;
     let started = Instant::now();
+    let started_ms = crate::runbook::now_ms();
     let addr = |n: &str| d.topology.node(n).expect("a topology node").address.clone();
-    let report: Value = rt.block_on(async {
+    let result: anyhow::Result<Value> = rt.block_on(async {
         let t_addr = addr(&target.node);
         let mut lost = json!(null);
         let epoch_base;
@@ -324,7 +325,24 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
             "lost": lost,
             "seconds": started.elapsed().as_secs_f64(),
         }))
-    })?;
+    });
+    // Recorded as the runbooks' runs are, with what it lost when forced.
+    crate::runbook::append_audit(
+        d,
+        &json!({
+            "run_id": format!("cms-failover-{started_ms}"),
+            "procedure": "cms-failover",
+            "user": crate::runbook::operator(),
+            "started_ms": started_ms,
+            "ended_ms": crate::runbook::now_ms(),
+            "result": if result.is_ok() { "ok" } else { "failed" },
+            "error": result.as_ref().err().map(|e| format!("{e:#}")),
+            "resumed": 0,
+            "steps": plan["steps"],
+            "report": result.as_ref().ok(),
+        }),
+    );
+    let report = result?;
     out.emit(&report, || {
         format!(
             "CMS master is now {} (epoch {}, LSN {}), {} failover in {:.1} s{}\n",

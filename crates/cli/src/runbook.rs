@@ -66,7 +66,7 @@ impl RunState {
     }
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -127,15 +127,7 @@ impl<'a> Runbook<'a> {
             "steps": state.steps,
             "report": extra,
         });
-        let path = self.deployment.dir().join("audit.log");
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
-            let _ = writeln!(f, "{line}");
-            let _ = f.sync_all();
-        }
+        append_audit(self.deployment, &line);
     }
 
     /// The plan: each step, its command, and whether its check already holds.
@@ -192,7 +184,7 @@ impl<'a> Runbook<'a> {
                     RunState {
                         run_id: format!("{}-{started_ms}", self.procedure),
                         procedure: self.procedure.to_string(),
-                        user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                        user: operator(),
                         started_ms,
                         steps: Vec::new(),
                         resumed: 0,
@@ -273,6 +265,25 @@ impl<'a> Runbook<'a> {
             extra,
         ))
     }
+}
+
+/// Appends one run's line to the deployment's audit log (`DIR/audit.log`), synced. A log that
+/// cannot be written does not fail the procedure it records.
+pub fn append_audit(d: &Deployment, line: &Value) {
+    let path = d.dir().join("audit.log");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(f, "{line}");
+        let _ = f.sync_all();
+    }
+}
+
+/// The operator running a procedure, for the audit log.
+pub fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
 }
 
 /// Runs one step command of this same program against the deployment, as an operator would;

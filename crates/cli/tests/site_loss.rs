@@ -121,6 +121,17 @@ fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes(
     assert_eq!(r["kind"], "forced", "{r}");
     assert_eq!(r["to"], "dal-db1", "{r}");
     assert!(r["lost"]["standby_lsn"].as_u64().is_some(), "{r}");
+    // The run is in the audit log, with what it may have lost; the refused one is not.
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    let runs: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["procedure"] == "cms-failover")
+        .collect();
+    assert_eq!(runs.len(), 1, "{audit}");
+    assert_eq!(runs[0]["result"], "ok", "{audit}");
+    assert_eq!(runs[0]["report"]["kind"], "forced", "{audit}");
+    assert_eq!(runs[0]["report"]["lost"], r["lost"], "{audit}");
     // The CMS serves from dal: a user is added, the chat pool's state is read.
     ok(&d.dir, &["user", "add", "carol", "--pool", "pool-dal"]);
     ok(&d.dir, &["chat", "active-servers", "show"]);
