@@ -45,6 +45,8 @@ struct CopyView {
     lag_records: Option<u64>,
     lag_seconds: Option<f64>,
     state: Option<String>,
+    /// Why the copy refuses new writes for now (a planned failover pauses the master).
+    paused: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -98,6 +100,7 @@ fn copies(d: &Deployment) -> anyhow::Result<CmsStatus> {
                         .map(|m| m.state.clone())
                         .or_else(|| c.standby.as_ref().map(|s| s.state.clone()))
                 }),
+                paused: copy.and_then(|c| c.paused.clone()),
             }
         })
         .collect();
@@ -162,6 +165,11 @@ fn human(s: &CmsStatus) -> String {
                 .map(|s| format!("  ({s})"))
                 .unwrap_or_default()
         ));
+        if let Some(why) = &c.paused {
+            t.push_str(&format!(
+                "           writes paused: {why}; `tandem cms failover` run again finishes it\n"
+            ));
+        }
     }
     t
 }

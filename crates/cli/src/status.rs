@@ -42,6 +42,8 @@ struct CopyLine {
     /// The copy's followers (the chat's search index) and the LSN each has reached.
     followers: std::collections::BTreeMap<String, u64>,
     warnings: Vec<String>,
+    /// Why the copy refuses new writes for now, if it does (a planned failover's pause).
+    paused: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +121,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         log_shipping: db.log_shipping.clone(),
                         followers: db.followers.clone(),
                         warnings: db.warnings.clone(),
+                        paused: db.paused.clone(),
                     });
                 }
             }
@@ -147,6 +150,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         log_shipping: None,
                         followers: Default::default(),
                         warnings: vec![],
+                        paused: None,
                     });
                 }
             }
@@ -270,6 +274,9 @@ fn human(r: &Report) -> String {
         ));
         if let Some(l) = &c.log_shipping {
             s.push_str(&log_shipping_line(l));
+        }
+        if let Some(why) = &c.paused {
+            s.push_str(&format!("    writes paused: {why}\n"));
         }
         for w in &c.warnings {
             s.push_str(&format!("    warning: {w}\n"));

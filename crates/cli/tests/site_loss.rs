@@ -51,6 +51,30 @@ fn a_planned_cms_failover_and_back_loses_nothing_and_nodes_follow() {
     let r = json(&d.dir, &["cms", "failover", "--dry-run"]);
     assert_eq!(r["kind"], "planned", "{r}");
     assert_eq!(r["to"], "dal-db1", "{r}");
+    // A failover whose CLI died after pausing the master left it refusing writes: both status
+    // commands say so, and a new run finishes the failover.
+    let (code, body) = http(
+        &d.address("atl-db1"),
+        "POST",
+        "/internal/v1/db/cms/pause",
+        &[
+            ("x-tandem-secret", d.secret().as_str()),
+            ("content-type", "application/json"),
+        ],
+        r#"{"reason":"the CMS is failing over to dal-db1"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let s = json(&d.dir, &["cms", "status"]);
+    assert_eq!(
+        copy(&s, "atl-db1")["paused"],
+        "the CMS is failing over to dal-db1",
+        "{s}"
+    );
+    let text = ok(&d.dir, &["status"]);
+    assert!(
+        text.contains("writes paused: the CMS is failing over to dal-db1"),
+        "{text}"
+    );
     let r = json(&d.dir, &["cms", "failover"]);
     assert_eq!(r["to"], "dal-db1", "{r}");
     assert!(r["lost"].is_null(), "{r}");

@@ -240,6 +240,7 @@ impl DbHost {
                         .as_ref()
                         .and_then(|d| d.health().ok())
                         .unwrap_or_default(),
+                    paused: db.as_ref().and_then(|d| d.gate().status().paused),
                     mirroring: None,
                     standby: None,
                     replicas: Vec::new(),

@@ -35,6 +35,9 @@ pub struct DatabaseStatus {
     #[serde(default)]
     pub followers: std::collections::BTreeMap<String, u64>,
     pub warnings: Vec<String>,
+    /// Why the copy refuses new writes for now (a planned failover pauses its primary).
+    #[serde(default)]
+    pub paused: Option<String>,
     /// The copy's mirroring, when it is mirrored.
     #[serde(default)]
     pub mirroring: Option<crate::mirroring::LinkStatus>,

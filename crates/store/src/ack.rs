@@ -71,6 +71,8 @@ pub struct GateStatus {
     /// Milliseconds the lease still runs (0 when expired or not required).
     pub lease_left_ms: u64,
     pub fenced: Option<String>,
+    /// Why new writes are refused for now (a planned failover pauses its primary), if they are.
+    pub paused: Option<String>,
     /// Durable commits whose callers are still waiting.
     pub held: usize,
 }
@@ -198,6 +200,7 @@ impl Gate {
                 .map(|l| l.saturating_duration_since(now).as_millis() as u64)
                 .unwrap_or(0),
             fenced: s.fenced.clone(),
+            paused: s.paused.clone(),
             held: self.held.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
