@@ -118,15 +118,17 @@ pub enum ActiveAction {
 
 #[derive(Subcommand)]
 pub enum CategoryCommand {
-    /// Add a category.
+    /// Add a category: as the deployment's operator (through the internal API, with the
+    /// cluster secret; recorded as created by `operator`), or as a user with --as.
     Add {
         /// The category's name.
         name: String,
         /// What the category's rooms are for.
         #[arg(long)]
         description: Option<String>,
-        #[command(flatten)]
-        who: As,
+        /// The user to act as, instead of the operator.
+        #[arg(long = "as", value_name = "USER")]
+        who: Option<String>,
     },
     /// List the categories.
     List {
@@ -221,6 +223,46 @@ fn chat_server(d: &Deployment, rt: &tokio::runtime::Runtime) -> anyhow::Result<S
         "no active chat server answers (active: {})",
         active.join(", ")
     )
+}
+
+/// Who an operator's change is recorded as (a chat user name: `created_by`).
+const OPERATOR: &str = "operator";
+
+/// Runs a chat procedure as the deployment's operator: on the primary of the chat database the
+/// pool uses now (the backup site's once failed over), over the internal API.
+fn operator_call(
+    d: &Deployment,
+    rt: &tokio::runtime::Runtime,
+    procedure: &str,
+    args: Value,
+) -> anyhow::Result<Value> {
+    let client = d.client();
+    rt.block_on(async {
+        let (_, cms) = d.find_primary(tandem_topology::DATABASE_CMS).await?;
+        let snapshot = client
+            .cms_snapshot(&cms, Duration::from_millis(1_500))
+            .await
+            .with_context(|| format!("the CMS on {cms}"))?;
+        let failed_over = snapshot
+            .chat
+            .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver);
+        let candidates = tandem_node::locator::candidates(
+            &d.topology,
+            tandem_topology::DATABASE_MGC,
+            failed_over,
+        );
+        let answer = tandem_node::locator::Locator::new()
+            .call::<Value, _>(
+                &client,
+                tandem_topology::DATABASE_MGC,
+                failed_over,
+                &candidates,
+                procedure,
+                &args,
+            )
+            .await?;
+        Ok(answer.result)
+    })
 }
 
 fn as_user(d: &Deployment, who: &As, rt: &tokio::runtime::Runtime) -> anyhow::Result<UserApi> {
@@ -341,14 +383,22 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             description,
             who,
         }) => {
-            let c = request(
-                d,
-                &who,
-                &rt,
-                Method::POST,
-                "/api/v1/categories",
-                Some(json!({ "name": name, "description": description })),
-            )?;
+            let c = match who {
+                Some(user) => request(
+                    d,
+                    &As { user },
+                    &rt,
+                    Method::POST,
+                    "/api/v1/categories",
+                    Some(json!({ "name": name, "description": description })),
+                )?,
+                None => operator_call(
+                    d,
+                    &rt,
+                    "chat.add_category",
+                    json!({ "user": OPERATOR, "name": name, "description": description }),
+                )?,
+            };
             out.emit(&c, || format!("category {name} added\n"))
         }
         ChatCommand::Category(CategoryCommand::List { who }) => {

@@ -664,8 +664,7 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     assert!(String::from_utf8_lossy(&err.stderr).contains("not a server of the chat pool"));
 }
 
-/// A session whose client answers no ping is ended after three; one whose client reads (and
-/// so answers them) stays and gets the next post.
+/// One node with every role: the chat is served from its own copy of mgc.
 #[test]
 fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     let c = start_one_node();
@@ -687,6 +686,23 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     ] {
         assert_eq!(ok(&c.dir, args), says, "{args:?}");
     }
+    // The operator adds a category without acting as a user (DESIGN.md §5); a user may too.
+    ok(&c.dir, &["chat", "category", "add", "support"]);
+    ok(&c.dir, &["chat", "category", "add", "ops", "--as", "bob"]);
+    let cats: Value = serde_json::from_str(&ok(
+        &c.dir,
+        &["chat", "category", "list", "--as", "bob", "--json"],
+    ))
+    .unwrap();
+    let by = |name: &str| {
+        cats.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["created_by"].clone())
+    };
+    assert_eq!(by("support"), Some(Value::from("operator")), "{cats}");
+    assert_eq!(by("ops"), Some(Value::from("bob")), "{cats}");
     open_lobby(&c);
     let lobby = || {
         api(
@@ -825,6 +841,8 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     );
 }
 
+/// A session whose client answers no ping is ended after three; one whose client reads (and
+/// so answers them) stays and gets the next post.
 #[test]
 fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
     let c = start_with("session_ping_ms = 300\n");

@@ -303,6 +303,8 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
             && answer.contains("atl-db2 at"),
         "{answer}"
     );
+    // The operator's changes go to the chat database in dal now.
+    ok(&d.dir, &["chat", "category", "add", "while-failed-over"]);
     // Users post in dal; every post acknowledged up to the recovered LSN is there.
     let during = post_n(&dal_fe, &token, "during", 20);
     let h = history(&dal_fe, &token);
