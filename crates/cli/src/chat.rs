@@ -459,11 +459,17 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             let r = request(d, &who, &rt, Method::GET, "/api/v1/rooms", None)?;
             out.emit(&r, || {
                 lines_or(&r, "no rooms that you may see", |r| {
+                    let members = r["members"].as_u64().unwrap_or(0);
                     format!(
-                        "{:<20} {:<7} {:>4} members{}\n",
+                        "{:<20} {:<7} {:>4} member{}{}{}\n",
                         r["name"].as_str().unwrap_or(""),
                         r["privacy"].as_str().unwrap_or(""),
-                        r["members"].as_u64().unwrap_or(0),
+                        members,
+                        if members == 1 { " " } else { "s" },
+                        r["category"]
+                            .as_str()
+                            .map(|c| format!("  category {c}"))
+                            .unwrap_or_default(),
                         if r["member"] == true {
                             "  (member)"
                         } else {
