@@ -189,16 +189,33 @@ fn wait_for(cond: impl Fn() -> bool) -> bool {
 
 fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
     // Asked three times: a master slow to answer on a busy machine is not a lost one.
+    let mut seen = Value::Null;
     for attempt in 0..3 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(300));
         }
-        if !command(d, &["cms", "status"])?["master"].is_null() {
+        seen = command(d, &["cms", "status"])?;
+        if !seen["master"].is_null() {
             return Ok(());
         }
     }
+    let copies: Vec<String> = seen["copies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let node = c["node"].as_str().unwrap_or("?");
+            match (c["reachable"].as_bool(), c["role"].as_str()) {
+                (Some(true), Some(role)) => format!("{node}: {role}"),
+                (Some(true), None) => format!("{node}: no copy open"),
+                _ => format!("{node}: unreachable"),
+            }
+        })
+        .collect();
     bail!(
-        "the CMS is unreachable (its master's site is down): run `tandem cms failover --force` first"
+        "the CMS is unreachable, no copy is its master ({}): if its master's site is down, run \
+         `tandem cms failover --force` first",
+        copies.join("; ")
     )
 }
 

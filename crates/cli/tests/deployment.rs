@@ -279,6 +279,28 @@ fn the_internal_api_refuses_requests_without_the_secret() {
         call,
     );
     assert_eq!(code, 401);
+    // Without the secret, no internal path tells whether it exists: a wrong method, an
+    // unknown path, are 401 too (they were 405 and 404).
+    for (method, path) in [
+        ("DELETE", "/internal/v1/status"),
+        ("GET", "/internal/v1/db/users-pool-atl/call"),
+        ("GET", "/internal/v1/nothing"),
+    ] {
+        let (code, body) = http(&addr, method, path, &[], "");
+        assert_eq!(code, 401, "{method} {path}: {body}");
+    }
+    let secret = common::secret(&d.dir);
+    let (code, _) = http(
+        &addr,
+        "DELETE",
+        "/internal/v1/status",
+        &[("x-tandem-secret", &secret)],
+        "",
+    );
+    assert_eq!(
+        code, 405,
+        "with the secret, a wrong method is a wrong method"
+    );
     let log = std::fs::read_to_string(d.dir.join("logs/atl-db1.log")).unwrap();
     assert!(
         log.contains("internal request refused"),

@@ -25,6 +25,9 @@ pub(crate) async fn require_secret(
     req: Request,
     next: Next,
 ) -> Response {
+    if !is_internal(req.uri().path()) {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(SECRET_HEADER)
@@ -66,8 +69,22 @@ pub(crate) async fn require_secret(
     }
 }
 
+/// A path of the internal API (any, whether or not a route has it).
+fn is_internal(path: &str) -> bool {
+    path == "/internal" || path.starts_with("/internal/")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn internal_paths_are_told_apart() {
+        assert!(super::is_internal("/internal/v1/status"));
+        assert!(super::is_internal("/internal/nothing"));
+        assert!(super::is_internal("/internal"));
+        assert!(!super::is_internal("/internals"));
+        assert!(!super::is_internal("/api/v1/rooms"));
+    }
+
     #[test]
     fn secrets_compare_by_content() {
         assert!(super::same("abc", "abc"));

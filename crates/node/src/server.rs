@@ -422,11 +422,7 @@ fn router(node: Shared) -> Router {
         .route(
             "/internal/v1/log-shipping/{database}/restore",
             post(crate::log_shipping::restore_route),
-        )
-        .layer(middleware::from_fn_with_state(
-            node.clone(),
-            crate::auth::require_secret,
-        ));
+        );
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
@@ -438,8 +434,14 @@ fn router(node: Shared) -> Router {
         app = app.merge(crate::chat_api::routes());
     }
     app = app.route("/openapi.json", get(crate::openapi::document));
+    // The secret is checked before routing, so that without it an internal path answers 401
+    // whatever the path or method (a 404 or 405 would tell which routes exist).
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            crate::auth::require_secret,
+        ))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(node)
 }
