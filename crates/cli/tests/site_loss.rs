@@ -406,6 +406,53 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
 }
 
 #[test]
+fn a_failover_whose_first_steps_were_run_by_hand_reports_what_they_recovered() {
+    let d = Deployment::up();
+    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+        .trim()
+        .to_string();
+    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
+    let before = post_n(&d.address("atl-fe"), &token, "before", 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"])["secondary"]["lsn"]
+        .as_u64()
+        < Some(before.last().unwrap().1)
+    {
+        assert!(Instant::now() < deadline, "log shipping does not follow");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill_site("atl");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    // Steps 1–4 by hand, as the seed's procedure has them.
+    for step in [
+        &["db", "log-shipping", "remove-secondary", "--db", "mgc"][..],
+        &["db", "log-shipping", "copy", "--db", "mgc"][..],
+        &["db", "log-shipping", "restore", "--db", "mgc"][..],
+        &["db", "recover", "--db", "mgc", "--instance", "dal-db1"][..],
+    ] {
+        ok(&d.dir, step);
+    }
+    let recovered = json(&d.dir, &["status"])["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["database"] == "mgc" && c["node"] == "dal-db1")
+        .unwrap()["lsn"]
+        .as_u64()
+        .unwrap();
+    assert!(recovered >= before.last().unwrap().1);
+    // The procedure finds them done and still says where the data was recovered up to.
+    let r = json(&d.dir, &["chat", "failover"]);
+    let steps = r["run"]["steps"].as_array().unwrap();
+    for s in &steps[..4] {
+        assert_eq!(s["outcome"], "already done", "{r}");
+    }
+    assert_eq!(r["data_loss"]["last_lsn"], recovered, "{r}");
+    let during = post_n(&d.address("dal-fe"), &token, "during", 2);
+    assert!(during.iter().all(|(_, lsn, _)| *lsn > recovered));
+}
+
+#[test]
 fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
     use std::io::BufRead;
     let d = Deployment::up();

@@ -51,6 +51,10 @@ pub struct CopyRole {
     pub last_time_ms: i64,
     /// Accepts writes now (a primary with its lease, not fenced).
     pub writable: bool,
+    /// The first LSN of the copy's epoch: a recovered copy's records before it are what the
+    /// recovery kept (the data-loss point is the LSN before it).
+    #[serde(default)]
+    pub epoch_first_lsn: Option<u64>,
 }
 
 /// A procedure call as the internal API reads it (`procedures::Call`).

@@ -280,6 +280,12 @@ async fn copy_role(
         lsn: id.lsn,
         last_time_ms: id.last_time_ms,
         writable: id.role == tandem_store::Role::Primary && db.gate().status().fenced.is_none(),
+        epoch_first_lsn: id
+            .history
+            .0
+            .iter()
+            .find(|e| e.epoch == id.epoch)
+            .map(|e| e.first_lsn),
     }))
 }
 
