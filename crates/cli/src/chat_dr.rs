@@ -208,7 +208,10 @@ fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
             match (c["reachable"].as_bool(), c["role"].as_str()) {
                 (Some(true), Some(role)) => format!("{node}: {role}"),
                 (Some(true), None) => format!("{node}: no copy open"),
-                _ => format!("{node}: unreachable"),
+                _ => format!(
+                    "{node}: unreachable: {}",
+                    c["error"].as_str().unwrap_or("no answer")
+                ),
             }
         })
         .collect();

@@ -47,6 +47,8 @@ struct CopyView {
     state: Option<String>,
     /// Why the copy refuses new writes for now (a planned failover pauses the master).
     paused: Option<String>,
+    /// Why its node is unreachable, when it is.
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -101,6 +103,7 @@ fn copies(d: &Deployment) -> anyhow::Result<CmsStatus> {
                         .or_else(|| c.standby.as_ref().map(|s| s.state.clone()))
                 }),
                 paused: copy.and_then(|c| c.paused.clone()),
+                error: a.as_ref().err().map(|e| e.to_string()),
             }
         })
         .collect();

@@ -492,7 +492,11 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
             break;
         }
     }
-    assert!(seen.iter().any(|l| l.starts_with("[5/7]")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.starts_with("[5/7]")),
+        "{seen:?}\ndal-db1's log:\n{}",
+        std::fs::read_to_string(d.dir.join("logs").join("dal-db1.log")).unwrap_or_default()
+    );
     // Step 6 has started its command, which waits for the hung node.
     let installing = || {
         common::processes_of(&d.dir)
