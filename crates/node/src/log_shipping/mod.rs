@@ -380,6 +380,36 @@ mod tests {
     }
 
     #[test]
+    fn the_lag_is_the_age_of_the_oldest_record_the_secondary_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 3);
+        let full = tandem_store::full_backup(&a, &share).unwrap();
+        let before_idle = a.identity().last_time_ms;
+        // Idle, then two posts: the secondary, at the full backup, lacks only them.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        write(&a, 3, 2);
+        let logs = tandem_store::log_backup(&a, &share).unwrap();
+        let header = match &logs[0] {
+            tandem_store::BackupFile::Log { header, .. } => header.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(header.first_time_ms >= before_idle + 300);
+        let listing = Listing::read(&share).unwrap();
+        assert_eq!(
+            monitor::oldest_missing_time(&share, &listing, full.lsn() + 1),
+            Some(header.first_time_ms),
+            "the first record after the idle spell, not the last one before it"
+        );
+        assert_eq!(
+            monitor::oldest_missing_time(&share, &listing, header.last_lsn + 1),
+            None,
+            "past the share's last record"
+        );
+    }
+
+    #[test]
     fn a_full_backup_taken_between_log_backups_leaves_the_log_chain_where_it_was() {
         let tmp = tempfile::tempdir().unwrap();
         let share = tmp.path().join("share");

@@ -25,7 +25,8 @@ pub struct Monitor {
     /// that reported after its removal).
     pub primary: Option<PrimaryProgress>,
     pub secondary: Option<SecondaryProgress>,
-    /// Records the secondary lacks, and how far behind its last record is (commit times).
+    /// Records the secondary lacks, and the age of the oldest of them (its commit time, from
+    /// the log backup that holds it).
     pub lag_records: Option<u64>,
     pub lag_ms: Option<u64>,
     /// Conditions past a threshold, each one line.
@@ -43,6 +44,22 @@ pub(super) fn file_age(path: &FsPath) -> Option<u64> {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .map(|d| d.as_millis() as u64)
+}
+
+/// The commit time of the oldest record the secondary lacks (LSN `next`), from the header of
+/// the log backup on the share that holds it: its first record's time, exact when the file
+/// starts at `next` (the usual case: a secondary applies whole files), an upper bound of the
+/// age otherwise. The lag is that record's age: how much traffic a loss of the primary site
+/// would lose now — small after an idle spell, growing while the secondary is stuck (the two
+/// last commit times, compared instead, showed a lag as long as any idle spell before a post).
+pub(super) fn oldest_missing_time(dir: &FsPath, listing: &Listing, next: Lsn) -> Option<i64> {
+    let (name, _, _) = listing
+        .logs()
+        .find(|(_, first, last)| *first <= next && next <= *last)?;
+    match tandem_store::read_header(&dir.join(name)).ok()? {
+        tandem_store::BackupFile::Log { header, .. } => Some(header.first_time_ms),
+        _ => None,
+    }
 }
 
 /// Builds the monitor from the share.
@@ -92,7 +109,11 @@ pub(crate) fn monitor(topology: &Topology, database: &str) -> Result<Monitor, St
             let ms = if records == 0 {
                 0
             } else {
-                (p.last_time_ms - s.last_time_ms).max(0) as u64
+                match oldest_missing_time(&dir, &listing, s.lsn + 1) {
+                    Some(t) => age(t, now),
+                    // Not on the share any more: the two copies' last commit times.
+                    None => (p.last_time_ms - s.last_time_ms).max(0) as u64,
+                }
             };
             (Some(records), Some(ms))
         }
