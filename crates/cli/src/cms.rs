@@ -338,20 +338,21 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
         }))
     });
     // Recorded as the runbooks' runs are, with what it lost when forced.
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
     crate::runbook::append_audit(
         d,
-        &json!({
-            "run_id": format!("cms-failover-{started_ms}"),
-            "procedure": "cms-failover",
-            "user": crate::runbook::operator(),
-            "started_ms": started_ms,
-            "ended_ms": crate::runbook::now_ms(),
-            "result": if result.is_ok() { "ok" } else { "failed" },
-            "error": result.as_ref().err().map(|e| format!("{e:#}")),
-            "resumed": 0,
-            "steps": plan["steps"],
-            "report": result.as_ref().ok(),
-        }),
+        &crate::runbook::AuditLine {
+            run_id: &format!("cms-failover-{started_ms}"),
+            procedure: "cms-failover",
+            user: &crate::runbook::operator(),
+            started_ms,
+            ended_ms: crate::runbook::now_ms(),
+            result: if result.is_ok() { "ok" } else { "failed" },
+            error: error.as_deref(),
+            resumed: 0,
+            steps: &plan["steps"],
+            report: result.as_ref().unwrap_or(&Value::Null),
+        },
     );
     let report = result?;
     out.emit(&report, || {

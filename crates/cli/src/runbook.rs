@@ -115,19 +115,21 @@ impl<'a> Runbook<'a> {
     }
 
     fn audit(&self, state: &RunState, result: &str, error: Option<&str>, extra: &Value) {
-        let line = json!({
-            "run_id": state.run_id,
-            "procedure": state.procedure,
-            "user": state.user,
-            "started_ms": state.started_ms,
-            "ended_ms": now_ms(),
-            "result": result,
-            "error": error,
-            "resumed": state.resumed,
-            "steps": state.steps,
-            "report": extra,
-        });
-        append_audit(self.deployment, &line);
+        append_audit(
+            self.deployment,
+            &AuditLine {
+                run_id: &state.run_id,
+                procedure: &state.procedure,
+                user: &state.user,
+                started_ms: state.started_ms,
+                ended_ms: now_ms(),
+                result,
+                error,
+                resumed: state.resumed,
+                steps: &state.steps,
+                report: extra,
+            },
+        );
     }
 
     /// The plan: each step, its command, and whether its check already holds.
@@ -267,9 +269,28 @@ impl<'a> Runbook<'a> {
     }
 }
 
+/// One procedure run in the audit log: who, when, its steps (the runbooks' step records; a
+/// single-shot procedure's plan), its result and report.
+#[derive(Serialize)]
+pub struct AuditLine<'a, S: Serialize> {
+    pub run_id: &'a str,
+    pub procedure: &'a str,
+    pub user: &'a str,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub result: &'a str,
+    pub error: Option<&'a str>,
+    pub resumed: u32,
+    pub steps: S,
+    pub report: &'a Value,
+}
+
 /// Appends one run's line to the deployment's audit log (`DIR/audit.log`), synced. A log that
 /// cannot be written does not fail the procedure it records.
-pub fn append_audit(d: &Deployment, line: &Value) {
+pub fn append_audit<S: Serialize>(d: &Deployment, line: &AuditLine<'_, S>) {
+    let Ok(line) = serde_json::to_string(line) else {
+        return;
+    };
     let path = d.dir().join("audit.log");
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)

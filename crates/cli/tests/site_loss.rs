@@ -22,6 +22,45 @@ impl Deployment {
         }
     }
 
+    /// Waits until log shipping has carried LSN `lsn` to the secondary.
+    fn wait_shipped(&self, lsn: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = json(&self.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+            if s["secondary"]["lsn"].as_u64() >= Some(lsn) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} (LSN {lsn}): {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// bob of `pool-dal` and his room `lobby`, `n` posts through `atl-fe` carried to `dal`:
+    /// his token and the posts.
+    fn bob_posts_shipped(&self, n: usize) -> (String, Vec<(i64, u64, String)>) {
+        let token = ok(&self.dir, &["user", "add", "bob", "--pool", "pool-dal"])
+            .trim()
+            .to_string();
+        ok(
+            &self.dir,
+            &["chat", "room", "create", "lobby", "--as", "bob"],
+        );
+        let before = post_n(&self.address("atl-fe"), &token, "before", n);
+        self.wait_shipped(before.last().unwrap().1, "log shipping does not follow");
+        (token, before)
+    }
+
+    /// `tandem status`'s line of `node`'s copy of mgc (null when it shows none).
+    fn mgc_copy(&self, node: &str) -> Value {
+        json(&self.dir, &["status"])["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["database"] == "mgc" && c["node"] == node)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn wait_cms(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -235,19 +274,7 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     let before = post_n(&atl_fe, &token, "before", 30);
     // Log shipping carries the posts to dal within seconds.
     let shipped = before.last().unwrap().1;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
-        let text = s.to_string();
-        if s["secondary"]["lsn"].as_u64() >= Some(shipped) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log shipping did not reach LSN {shipped}: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_shipped(shipped, "log shipping did not reach it");
 
     refused(&["chat", "failover"], "healthy");
     refused(&["chat", "failback"], "not failed over");
@@ -324,14 +351,7 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = json(&d.dir, &["status"]);
-        let dal_db1 = s["databases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["database"] == "mgc" && c["node"] == "dal-db1")
-            .cloned()
-            .unwrap_or_default();
+        let dal_db1 = d.mgc_copy("dal-db1");
         if dal_db1["role"] == "mirror" {
             break;
         }
@@ -380,19 +400,7 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
         }
     }
     // Log shipping runs again, atl → dal.
-    let last = after.last().unwrap().1;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
-        if s["secondary"]["lsn"].as_u64() >= Some(last) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log shipping not running again: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_shipped(after.last().unwrap().1, "log shipping not running again");
     let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
     assert!(
         audit.contains("\"procedure\":\"chat-failover\"")
@@ -408,19 +416,7 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
 #[test]
 fn a_failover_whose_first_steps_were_run_by_hand_reports_what_they_recovered() {
     let d = Deployment::up();
-    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
-        .trim()
-        .to_string();
-    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
-    let before = post_n(&d.address("atl-fe"), &token, "before", 3);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"])["secondary"]["lsn"]
-        .as_u64()
-        < Some(before.last().unwrap().1)
-    {
-        assert!(Instant::now() < deadline, "log shipping does not follow");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (token, before) = d.bob_posts_shipped(3);
     d.kill_site("atl");
     ok(&d.dir, &["cms", "failover", "--force"]);
     // Steps 1–4 by hand, as the seed's procedure has them.
@@ -432,14 +428,7 @@ fn a_failover_whose_first_steps_were_run_by_hand_reports_what_they_recovered() {
     ] {
         ok(&d.dir, step);
     }
-    let recovered = json(&d.dir, &["status"])["databases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["database"] == "mgc" && c["node"] == "dal-db1")
-        .unwrap()["lsn"]
-        .as_u64()
-        .unwrap();
+    let recovered = d.mgc_copy("dal-db1")["lsn"].as_u64().unwrap();
     assert!(recovered >= before.last().unwrap().1);
     // The procedure finds them done and still says where the data was recovered up to.
     let r = json(&d.dir, &["chat", "failover"]);
@@ -456,19 +445,7 @@ fn a_failover_whose_first_steps_were_run_by_hand_reports_what_they_recovered() {
 fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
     use std::io::BufRead;
     let d = Deployment::up();
-    let token = ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"])
-        .trim()
-        .to_string();
-    ok(&d.dir, &["chat", "room", "create", "lobby", "--as", "bob"]);
-    let before = post_n(&d.address("atl-fe"), &token, "before", 5);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while json(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"])["secondary"]["lsn"]
-        .as_u64()
-        < Some(before.last().unwrap().1)
-    {
-        assert!(Instant::now() < deadline, "log shipping does not follow");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (token, before) = d.bob_posts_shipped(5);
     d.kill_site("atl");
     ok(&d.dir, &["cms", "failover", "--force"]);
     // The new primary's mirror node hangs: step 6 (install it) cannot finish; the CLI is killed

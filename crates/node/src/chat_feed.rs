@@ -93,12 +93,7 @@ pub(crate) async fn serve_feed(
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let db = node.host.get(&database).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "node {} holds no open copy of {database}",
-            node.name
-        ))
-    })?;
+    let db = node.open_copy(&database)?;
     crate::server::require_primary(&node, &database, &db)?;
     if q.after < 0 {
         // Where the feed stands: the newest durable event.

@@ -127,12 +127,7 @@ async fn copy_only_backup(
     }
     let ops = node.host.operations(database);
     let _guard = ops.lock().await;
-    let db = node.host.get(database).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "node {} holds no open copy of {database}",
-            node.name
-        ))
-    })?;
+    let db = node.open_copy(database)?;
     blocking(move || {
         tandem_store::seed_backup(&db, &to).map_err(|e| match e {
             StoreError::Io { .. } => ApiError::bad_request(e.to_string()),

@@ -72,6 +72,16 @@ impl NodeState {
         self.topology.node(&self.name).expect("checked at start")
     }
 
+    /// The local copy of `database`, open; 404 naming this node when it holds none.
+    pub(crate) fn open_copy(&self, database: &str) -> Result<tandem_store::Database, ApiError> {
+        self.host.get(database).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "node {} holds no open copy of {database}",
+                self.name
+            ))
+        })
+    }
+
     /// The local copy of `database` when it is the primary.
     pub(crate) fn local_primary(&self, database: &str) -> Option<tandem_store::Database> {
         self.host

@@ -345,12 +345,7 @@ pub(crate) async fn backup_now(
 ) -> Result<Vec<BackupFile>, ApiError> {
     let ops = node.host.operations(database);
     let _guard = ops.lock().await;
-    let db = node.host.get(database).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "node {} holds no open copy of {database}",
-            node.name
-        ))
-    })?;
+    let db = node.open_copy(database)?;
     let dir = share_dir(&node.topology, database);
     let id = db.identity();
     if id.role != Role::Primary {
