@@ -292,9 +292,20 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
     });
     steps.push(Step {
         title: format!("end every connection to {backup} and recover it (new epoch, writable)"),
-        command: format!("tandem db recover --db mgc --instance {backup}"),
+        // Forced with the primary site healthy (a drill): its primary steps down to the new
+        // epoch, which `db recover` refuses to bring about unless told.
+        command: format!(
+            "tandem db recover --db mgc --instance {backup}{}",
+            if force { " --force" } else { "" }
+        ),
         check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch, "lsn": r.lsn })))),
-        run: Box::new(|_| command(d, &["db", "recover", "--db", "mgc", "--instance", &backup])),
+        run: Box::new(|_| {
+            let mut args = vec!["db", "recover", "--db", "mgc", "--instance", &backup];
+            if force {
+                args.push("--force");
+            }
+            command(d, &args)
+        }),
         verify: true,
     });
     steps.push(Step {

@@ -111,6 +111,11 @@ pub struct RestoreArgs {
     /// Replace an existing database (or copy) with the restored one.
     #[arg(long)]
     pub(crate) replace: bool,
+    /// With --db: recover the restored copy even though another copy of the database is a
+    /// writable primary (a disaster-recovery drill; that primary steps down to the new epoch
+    /// and drops what it wrote since the backup).
+    #[arg(long, requires = "db")]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]
@@ -121,6 +126,11 @@ pub struct RecoverArgs {
     /// The db node holding the copy.
     #[arg(long)]
     pub(crate) instance: String,
+    /// Recover even though another copy of the database is a writable primary (a
+    /// disaster-recovery drill; that primary steps down to the new epoch and drops what log
+    /// shipping had not carried).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 pub fn run(cmd: DbCommand, out: &Output) -> anyhow::Result<()> {

@@ -178,6 +178,22 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The LSN range a log backup's name says.
+/// `tandem db restore` of mgc on `node` from `from`, with `extra` options.
+fn restore_mgc<'a>(node: &'a str, from: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "db",
+        "restore",
+        "--db",
+        "mgc",
+        "--instance",
+        node,
+        "--from",
+        from,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn range(p: &Path) -> (u64, u64) {
     let name = p.file_name().unwrap().to_str().unwrap();
     let mut it = name
@@ -590,59 +606,15 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     // Restore refuses a file of another database, a copy without --replace, a missing file.
     let at = d.copy("mgc", "dal-db1")["lsn"].clone();
     d.refused(
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "dal-db1",
-            "--from",
-            &cms_full,
-            "--replace",
-        ],
+        &restore_mgc("dal-db1", &cms_full, &["--replace", "--norecovery"]),
         "a backup of database cms, not mgc",
     );
     d.refused(
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "dal-db1",
-            "--from",
-            full_s,
-        ],
+        &restore_mgc("dal-db1", full_s, &["--norecovery"]),
         "--replace",
     );
-    d.refused(
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "dal-db1",
-            "--from",
-            "/no/such.tfb",
-        ],
-        "no such file",
-    );
-    d.refused(
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "atl-db2",
-            "--from",
-            full_s,
-            "--replace",
-        ],
-        "mirrored",
-    );
+    d.refused(&restore_mgc("dal-db1", "/no/such.tfb", &[]), "no such file");
+    d.refused(&restore_mgc("atl-db2", full_s, &["--replace"]), "mirrored");
     // Through the API, two stop points at once: refused, not one of them picked.
     let secret = d.secret();
     let headers = [
@@ -710,39 +682,43 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     // Restored online with --norecovery: the secondary's copy replaced, and shipping goes on.
     let r = json(
         &d.dir,
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "dal-db1",
-            "--from",
-            full_s,
-            "--replace",
-            "--norecovery",
-        ],
+        &restore_mgc("dal-db1", full_s, &["--replace", "--norecovery"]),
     );
     assert_eq!(r["role"], "restoring", "{r}");
     assert_eq!(r["lsn"], lsn, "{r}");
     let more = posts(&d, &token, "after the restore", 5);
     d.wait_applied(more.last().unwrap().lsn);
 
-    // Restored and recovered: a primary of a new epoch, that no log backup and no
-    // reconfiguration may touch.
+    // Recovering a copy while atl-db1 is a writable primary would make a second primary (of a
+    // newer epoch, which atl-db1 would step down to): refused, restore and recover alike,
+    // leaving both copies as they were.
+    let before = d.copy("mgc", "dal-db1");
+    for args in [
+        &restore_mgc("dal-db1", full_s, &["--replace"]),
+        &["db", "recover", "--db", "mgc", "--instance", "dal-db1"][..],
+        // dal-db2 holds no copy (the backup site's mirror comes with a failover): a restore
+        // there would create a primary.
+        &restore_mgc("dal-db2", full_s, &[]),
+    ] {
+        d.refused(args, "a writable primary on atl-db1");
+    }
+    assert_ne!(d.copy("mgc", "dal-db2")["open"], true);
+    let after = d.copy("mgc", "dal-db1");
+    assert_eq!(
+        (&after["role"], &after["epoch"], &after["lsn"]),
+        (&before["role"], &before["epoch"], &before["lsn"])
+    );
+    let primary = d.copy("mgc", "atl-db1");
+    assert_eq!(
+        (&primary["role"], &primary["epoch"]),
+        (&json!("primary"), &json!(1))
+    );
+
+    // Restored and recovered with --force (a drill): a primary of a new epoch, that no log
+    // backup and no reconfiguration may touch.
     let r = json(
         &d.dir,
-        &[
-            "db",
-            "restore",
-            "--db",
-            "mgc",
-            "--instance",
-            "dal-db1",
-            "--from",
-            full_s,
-            "--replace",
-        ],
+        &restore_mgc("dal-db1", full_s, &["--replace", "--force"]),
     );
     assert_eq!(r["role"], "primary", "{r}");
     assert_eq!(r["epoch"], 2, "{r}");

@@ -584,3 +584,32 @@ fn a_primary_that_comes_back_after_its_database_failed_over_to_the_other_site_ac
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
+    let d = Deployment::up();
+    let (token, before) = d.bob_posts_shipped(5);
+    // `chat failover --force` with atl healthy: its step 4 recovers dal-db1 with `db recover
+    // --force`, which atl-db1 (still a writable primary) would otherwise make it refuse.
+    let dry = json(&d.dir, &["chat", "failover", "--dry-run", "--force"]);
+    assert_eq!(
+        dry["plan"][3]["command"], "tandem db recover --db mgc --instance dal-db1 --force",
+        "{dry}"
+    );
+    let r = json(&d.dir, &["chat", "failover", "--force"]);
+    assert_eq!(r["new_primary"], "dal-db1", "{r}");
+    assert_eq!(d.mgc_copy("dal-db1")["role"], "primary");
+    // atl-db1 sees the newer epoch and steps down: one primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.mgc_copy("atl-db1")["role"] == "primary" {
+        assert!(Instant::now() < deadline, "atl-db1 is still primary");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dal_fe = d.address("dal-fe");
+    let during = post_n(&dal_fe, &token, "during", 3);
+    ok(&d.dir, &["chat", "failback"]);
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in before.iter().chain(&during) {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}

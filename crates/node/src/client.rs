@@ -55,6 +55,9 @@ pub struct CopyRole {
     /// recovery kept (the data-loss point is the LSN before it).
     #[serde(default)]
     pub epoch_first_lsn: Option<u64>,
+    /// Why a primary refuses new writes for now (a planned failover or a failback paused it).
+    #[serde(default)]
+    pub paused: Option<String>,
 }
 
 /// A procedure call as the internal API reads it (`procedures::Call`).

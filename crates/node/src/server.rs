@@ -282,6 +282,7 @@ async fn copy_role(
         ))
     })?;
     let id = db.identity();
+    let gate = db.gate().status();
     Ok(Json(crate::client::CopyRole {
         node: node.name.clone(),
         database,
@@ -289,7 +290,8 @@ async fn copy_role(
         epoch: id.epoch,
         lsn: id.lsn,
         last_time_ms: id.last_time_ms,
-        writable: id.role == tandem_store::Role::Primary && db.gate().status().fenced.is_none(),
+        writable: id.role == tandem_store::Role::Primary && gate.fenced.is_none(),
+        paused: gate.paused,
         epoch_first_lsn: id
             .history
             .0
