@@ -254,6 +254,36 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
     assert!(r["applied_lsn"].as_u64() >= r["lsn"].as_u64(), "{r}");
     let more = posts(&d, &token, "after reconfigure", 10);
     d.wait_applied(more.last().unwrap().lsn);
+
+    // The share goes missing (unmounted, say): no node makes a new one (a new log chain in a
+    // local directory the other site never sees); the monitor and the primary's status say
+    // why; once it is back, shipping goes on where it was, nothing missed.
+    let share_root = d.dir.join("share");
+    let away = d.dir.join("share-unmounted");
+    std::fs::rename(&share_root, &away).unwrap();
+    let missing = posts(&d, &token, "while the share is missing", 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = d.copy("mgc", "atl-db1");
+        if c["log_shipping"]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("is missing (not mounted?)"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no word of the missing share: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.refused(
+        &["db", "log-shipping", "status", "--db", "mgc"],
+        "is missing (not mounted?)",
+    );
+    assert!(!share_root.exists(), "a node made the share again");
+    std::fs::rename(&away, &share_root).unwrap();
+    d.wait_applied(missing.last().unwrap().lsn);
 }
 
 #[test]

@@ -164,7 +164,10 @@ impl DbHost {
                 })
                 .clone()
         };
-        *hosted.db.write().expect("copy lock") = db;
+        let old = std::mem::replace(&mut *hosted.db.write().expect("copy lock"), db);
+        // Closed (when it was the last handle) after the lock is let go: closing stops the
+        // copy's followers and writer, which may take a while, and `status` reads this lock.
+        drop(old);
     }
 
     /// The lock that serializes the operations that replace, restore or back up `database`.

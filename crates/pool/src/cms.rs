@@ -369,8 +369,8 @@ pub fn check_active(
         let s = topology.site_of(n).unwrap_or_default();
         if s != site {
             return Err(PoolError::Invalid(format!(
-                "{n} is in site {s}, but the chat database the pool uses ({db_node}, state {}) \
-                 is in site {site}: every active chat server must be in that site",
+                "{n} is in site {s}, but in state {} the chat pool uses its database in site \
+                 {site} (placed on {db_node}): every active chat server must be in that site",
                 state.as_str()
             )));
         }

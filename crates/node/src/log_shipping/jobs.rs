@@ -47,8 +47,12 @@ pub(super) async fn run(node: std::sync::Weak<NodeState>, database: String) {
 pub(super) async fn tick(node: &Shared, database: &str) -> u64 {
     let share = share_dir(&node.topology, database);
     let config = {
-        let s = share.clone();
-        blocking(move || read_config(&s)).await
+        let (s, root) = (share.clone(), node.topology.share.clone());
+        blocking(move || {
+            share_present(&root)?;
+            read_config(&s)
+        })
+        .await
     };
     let interval = match config.as_ref().ok().and_then(|c| c.as_ref()) {
         Some(c) if c.secondary.as_deref() == Some(node.name.as_str()) => c.copy_interval_ms,

@@ -51,8 +51,24 @@ pub(super) fn write_config(dir: &FsPath, config: &Config) -> Result<(), String> 
 /// The share directory's lock, held while a node writes backups or the configuration there.
 pub(super) struct ShareLock(#[allow(dead_code)] std::fs::File);
 
+/// The share's root, which nodes never create: a share that is not mounted would otherwise get
+/// a new log chain in a local directory, which the other site never sees.
+pub(crate) fn share_present(root: &FsPath) -> Result<(), String> {
+    if root.is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the share {} is missing (not mounted?): log shipping waits for it (nodes do not \
+             create it; `mkdir` it for a new deployment)",
+            root.display()
+        ))
+    }
+}
+
 impl ShareLock {
+    /// Locks a database's directory on the share, made if needed (not the share itself).
     pub(super) fn acquire(dir: &FsPath) -> Result<ShareLock, String> {
+        share_present(dir.parent().expect("a database's directory on the share"))?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
         let f = std::fs::OpenOptions::new()
