@@ -19,6 +19,8 @@ struct NodeLine {
     roles: Vec<String>,
     address: String,
     up: bool,
+    /// Not answering while its process is alive.
+    silent: bool,
     version: Option<String>,
     pid: Option<u32>,
     uptime_ms: Option<u64>,
@@ -103,6 +105,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                     roles,
                     address: n.address.clone(),
                     up: true,
+                    silent: false,
                     version: Some(s.version.clone()),
                     pid: Some(s.pid),
                     uptime_ms: Some(s.uptime_ms),
@@ -126,16 +129,22 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
+                // Its process alive (started here by `tandem up`): hung or overloaded, not down.
+                let pid = d.running_pid(&n.name);
                 nodes.push(NodeLine {
                     node: n.name.clone(),
                     site: n.site.clone(),
                     roles,
                     address: n.address.clone(),
                     up: false,
+                    silent: pid.is_some(),
                     version: None,
-                    pid: None,
+                    pid: pid.map(|p| p as u32),
                     uptime_ms: None,
-                    error: Some(e.to_string()),
+                    error: Some(match pid {
+                        Some(p) => format!("{e}; its process, pid {p}, is alive"),
+                        None => e.to_string(),
+                    }),
                 });
                 for p in d.topology.databases_on(&n.name) {
                     databases.push(CopyLine {
@@ -236,7 +245,11 @@ fn human(r: &Report) -> String {
             "{:<10} {:<5} {:<6} {:<24} {}{}\n",
             n.node,
             n.site,
-            if n.up { "up" } else { "down" },
+            match (n.up, n.silent) {
+                (true, _) => "up",
+                (false, true) => "silent",
+                (false, false) => "down",
+            },
             n.roles.join(","),
             n.address,
             n.error

@@ -505,6 +505,20 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // `tandem status` tells a hung node from a dead one.
+    let s = json(&d.dir, &["status"]);
+    let line = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "dal-db2")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&line["up"], &line["silent"]),
+        (&serde_json::json!(false), &serde_json::json!(true)),
+        "{line}"
+    );
     unsafe { libc::kill(dal_db2, libc::SIGCONT) };
     assert!(
         d.dir.join(".tandem/runs/chat-failover.json").exists(),
