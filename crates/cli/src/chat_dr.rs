@@ -64,6 +64,18 @@ fn role(d: &Deployment, node: &str) -> Option<tandem_node::CopyRole> {
     role_or_why(d, node).ok()
 }
 
+/// Whether `node` cannot even be connected to (its process or its host is gone), as opposed
+/// to one that accepts the connection and does not answer (hung, or busy): a lost node.
+fn lost(d: &Deployment, node: &str) -> bool {
+    let (Some(n), Ok(rt)) = (d.topology.node(node), crate::deployment::runtime()) else {
+        return false;
+    };
+    matches!(
+        rt.block_on(d.client().copy_role(&n.address, DATABASE_MGC, TIMEOUT)),
+        Err(tandem_node::ClientError::Unreachable { sent: false, .. })
+    )
+}
+
 /// Why a node's mgc copy has no role to show.
 enum NoRole {
     /// The node does not answer.
@@ -322,8 +334,8 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         verify: true,
     });
     if let Some(bm) = p.backup_mirror.clone() {
-        let bm2 = bm.clone();
-        let (b1, b2) = (backup.clone(), backup.clone());
+        let (bm2, bm3) = (bm.clone(), bm.clone());
+        let (b1, b2, b3) = (backup.clone(), backup.clone(), backup.clone());
         steps.push(Step {
             title: format!("install a mirror of the new primary on {bm}"),
             command: format!("tandem db mirror install --db mgc --primary {backup} --mirror {bm}"),
@@ -331,7 +343,18 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
                 Ok((link_state(d, &b1).as_deref() == Some("synchronized"))
                     .then(|| json!({ "mirror": bm2 })))
             }),
+            // The backup site's mirror node lost too: the new primary serves alone rather
+            // than the chat pool staying down until that node is back.
             run: Box::new(move |_| {
+                if lost(d, &bm3) {
+                    return Ok(json!({
+                        "skipped": format!(
+                            "{bm3} is unreachable; mgc on {b3} serves without a mirror: run \
+                             `tandem db mirror install --db mgc --primary {b3} --mirror {bm3}` \
+                             once {bm3} is back"
+                        ),
+                    }));
+                }
                 command(
                     d,
                     &[
@@ -461,15 +484,34 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         verify: true,
     });
     if let Some(bm) = p.backup_mirror.clone() {
+        let b = backup.clone();
         steps.push(Step {
             title: format!("remove mirroring on the {} copies", backup),
             command: format!("tandem db mirror remove --db mgc --instance {bm}"),
             check: Box::new(|_| Ok(link_state(d, &p.backup).is_none().then(|| json!({})))),
             run: Box::new(move |_| {
-                command(
+                if !lost(d, &bm) {
+                    return command(
+                        d,
+                        &["db", "mirror", "remove", "--db", "mgc", "--instance", &bm],
+                    );
+                }
+                // The mirror's node is lost: the primary's side is what the failback needs
+                // gone; the mirror's side goes when its node is back.
+                let removed = command(
                     d,
-                    &["db", "mirror", "remove", "--db", "mgc", "--instance", &bm],
-                )
+                    &["db", "mirror", "remove", "--db", "mgc", "--instance", &b],
+                );
+                if removed.is_ok() || link_state(d, &b).is_some() {
+                    return removed;
+                }
+                Ok(json!({
+                    "removed_on": b,
+                    "note": format!(
+                        "{bm} is unreachable: run `tandem db mirror remove --db mgc --instance \
+                         {bm}` once it is back"
+                    ),
+                }))
             }),
             verify: true,
         });

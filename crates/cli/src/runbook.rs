@@ -18,7 +18,9 @@ use std::time::Instant;
 
 /// Whether a step's effect holds (`Some(report)`), from the run so far.
 pub type Check<'a> = Box<dyn Fn(&RunState) -> anyhow::Result<Option<Value>> + 'a>;
-/// Does a step; its report.
+/// Does a step; its report. A report `{"skipped": WHY}` says the step could not apply and the
+/// procedure goes on without it (a mirror whose node is lost too): recorded as skipped, not
+/// verified. A `note` in a report is shown with the step's outcome (what is left to do).
 pub type Act<'a> = Box<dyn Fn(&RunState) -> anyhow::Result<Value> + 'a>;
 
 /// One step: what it does, the command an operator would run for it, how to tell it is done,
@@ -212,14 +214,18 @@ impl<'a> Runbook<'a> {
                     return Ok(("already done".into(), report));
                 }
                 let report = (step.run)(&state)?;
+                if let Some(why) = report["skipped"].as_str() {
+                    return Ok((format!("skipped: {why}"), report));
+                }
+                let done = match report["note"].as_str() {
+                    Some(note) => format!("done; {note}"),
+                    None => "done".into(),
+                };
                 if !step.verify {
-                    return Ok(("done".into(), report));
+                    return Ok((done, report));
                 }
                 match (step.check)(&state)? {
-                    Some(checked) => Ok((
-                        "done".into(),
-                        if report.is_null() { checked } else { report },
-                    )),
+                    Some(checked) => Ok((done, if report.is_null() { checked } else { report })),
                     None => bail!(
                         "the step ran but its effect does not hold (check: {})",
                         step.command

@@ -627,3 +627,65 @@ fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
         assert!(h.contains(&(*id, text.clone())), "{text} lost");
     }
 }
+
+#[test]
+fn with_the_backup_sites_mirror_node_lost_too_the_chat_pool_fails_over_and_back_without_it() {
+    let d = Deployment::up();
+    let (token, before) = d.bob_posts_shipped(5);
+    d.kill_site("atl");
+    let dal_db2 = common::pid(&d.dir, "dal-db2");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(dal_db2, libc::SIGKILL) };
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    // Step 6 (the new primary's mirror) cannot apply: skipped, said so, and the pool serves.
+    let out = tandem(&d.dir, &["chat", "failover"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "[6/7] install a mirror of the new primary on dal-db2: skipped: dal-db2 is unreachable"
+        ) && err.contains("tandem db mirror install --db mgc --primary dal-db1 --mirror dal-db2"),
+        "{err}"
+    );
+    let dal_fe = d.address("dal-fe");
+    let mut during = post_n(&dal_fe, &token, "during", 3);
+    // dal-db2 back: the command the step named installs the mirror.
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db2"]);
+    ok(
+        &d.dir,
+        &[
+            "db",
+            "mirror",
+            "install",
+            "--db",
+            "mgc",
+            "--primary",
+            "dal-db1",
+            "--mirror",
+            "dal-db2",
+        ],
+    );
+    during.extend(post_n(&dal_fe, &token, "mirrored", 3));
+    // Lost again, and atl rebuilt: the failback removes mirroring on dal-db1's side, says
+    // what is left for dal-db2's, and goes home.
+    let dal_db2 = common::pid(&d.dir, "dal-db2");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(dal_db2, libc::SIGKILL) };
+    during.extend(post_n(&dal_fe, &token, "unmirrored", 3));
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("remove mirroring on the dal-db1 copies: done; dal-db2 is unreachable")
+            && err.contains("tandem db mirror remove --db mgc --instance dal-db2"),
+        "{err}"
+    );
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in before.iter().chain(&during) {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
