@@ -663,7 +663,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         let deadline = std::time::Instant::now() + COPY_BACK_WAIT;
         loop {
             match role_or_why(d, &p.primary) {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(NoRole::Silent) => bail!(
                     "{} does not answer: the primary site {} must be rebuilt and up before a \
                      failback",
@@ -686,6 +686,18 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 ),
             }
         }
+        // The failback installs the primary site's mirror once the primary is restored: a
+        // mirror node that does not answer would stop it there, the active servers cleared.
+        if let Some(m) = &p.mirror
+            && let Err(NoRole::Silent) = role_or_why(d, m)
+        {
+            bail!(
+                "{m}, the mirror in the primary site {}, does not answer: start it (`tandem up \
+                 --detach --nodes {m}`) and run the failback again",
+                p.primary_site
+            );
+        }
+        Ok(())
     };
     if dry_run {
         return dry_run_report(&book, preconditions, out);

@@ -364,11 +364,16 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     refused(&["chat", "failback"], "atl-db1 does not answer");
 
     // atl is rebuilt; the failback brings everything home, starting with a planned mirror
-    // failover back to dal-db1, the copy the topology names.
-    ok(
-        &d.dir,
-        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    // failover back to dal-db1, the copy the topology names — once atl's mirror node answers
+    // too (it installs the mirror there, after clearing the active servers).
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-fe,atl-db1"]);
+    refused(
+        &["chat", "failback"],
+        "atl-db2, the mirror in the primary site atl",
     );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let r = json(&d.dir, &["chat", "failback"]);
     assert_eq!(r["run"]["result"], "ok", "{r}");
     let first = &r["run"]["steps"][0];
