@@ -707,14 +707,37 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         preconditions,
         |s: &RunState| json!({ "steps_done": s.steps.len() }),
     )?;
-    let report = json!({ "run": outcome, "report": extra, "primary": p.primary });
+    // The CMS fails over on its own (`tandem cms failover`); a master left in the backup site
+    // is worth saying, not moving behind the operator's back.
+    let cms_master = command(d, &["cms", "status"])
+        .ok()
+        .and_then(|s| s["master"].as_str().map(str::to_string));
+    let cms_elsewhere = cms_master.filter(|m| {
+        d.topology
+            .site_of(m)
+            .is_some_and(|site| site != p.primary_site)
+    });
+    let report = json!({
+        "run": outcome,
+        "report": extra,
+        "primary": p.primary,
+        "cms_master_elsewhere": cms_elsewhere,
+    });
     out.emit(&report, || {
-        format!(
+        let mut text = format!(
             "chat pool back on {} in {:.1} s; state normal, active servers {}\n",
             p.primary,
             report["run"]["seconds"].as_f64().unwrap_or(0.0),
             p.primary_servers.join(", ")
-        )
+        );
+        if let Some(m) = &cms_elsewhere {
+            text.push_str(&format!(
+                "the CMS master is still {m}, outside site {}: `tandem cms failover` moves it \
+                 back, nothing lost\n",
+                p.primary_site
+            ));
+        }
+        text
     })
 }
 

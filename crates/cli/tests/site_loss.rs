@@ -125,6 +125,8 @@ fn a_planned_cms_failover_and_back_loses_nothing_and_nodes_follow() {
         copy(&s, "atl-db1")["lsn"],
         "{s}"
     );
+    // The old master, a standby now, shows no pause: the failover it was for is done.
+    assert!(copy(&s, "atl-db1")["paused"].is_null(), "{s}");
     // Writes go to the new master; every node follows it.
     ok(&d.dir, &["user", "add", "bob", "--pool", "pool-dal"]);
     let lsn = d.wait_cms("bob replicated back", |s| {
@@ -376,6 +378,8 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let r = json(&d.dir, &["chat", "failback"]);
     assert_eq!(r["run"]["result"], "ok", "{r}");
+    // The CMS stays where `cms failover --force` put it, and the report says so.
+    assert_eq!(r["cms_master_elsewhere"], "dal-db1", "{r}");
     let first = &r["run"]["steps"][0];
     assert!(
         first["title"]

@@ -243,7 +243,12 @@ impl DbHost {
                         .as_ref()
                         .and_then(|d| d.health().ok())
                         .unwrap_or_default(),
-                    paused: db.as_ref().and_then(|d| d.gate().status().paused),
+                    // Only a primary takes writes to pause (a master that stepped down keeps
+                    // its gate's pause, moot once it is a standby).
+                    paused: db
+                        .as_ref()
+                        .filter(|d| d.identity().role == Role::Primary)
+                        .and_then(|d| d.gate().status().paused),
                     mirroring: None,
                     standby: None,
                     replicas: Vec::new(),
