@@ -304,12 +304,45 @@ async fn find_primary(
         .with_context(|| format!("no node answers as primary of {db}"))
 }
 
+/// A planned failover needs the primary. With it lost, the mirror takes over by itself once the
+/// witness grants it; with the witness lost too, the operator forces service on the mirror —
+/// what the refusal says, with the mirror's position.
+async fn no_primary_hint(
+    client: &Client,
+    d: &Deployment,
+    db: &str,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let nodes = d.topology.nodes_with(tandem_topology::Role::Db);
+    let answers = futures_util::future::join_all(
+        nodes
+            .iter()
+            .map(|n| client.copy_role(&n.address, db, STATUS_TIMEOUT)),
+    )
+    .await;
+    match answers.into_iter().flatten().find(|r| r.role == "mirror") {
+        Some(m) => anyhow::anyhow!(
+            "{e}: a planned failover needs it. Its mirror on {node} (LSN {lsn}) takes over by \
+             itself once the witness answers; with the witness lost too, `tandem db mirror \
+             remove --db {db} --instance {node}` then `tandem db recover --db {db} --instance \
+             {node}` bring it online (forced service: whatever the primary acknowledged past \
+             LSN {lsn}, if it ran unmirrored, is lost)",
+            node = m.node,
+            lsn = m.lsn
+        ),
+        None => e,
+    }
+}
+
 fn failover(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()> {
     let client = d.client();
     let rt = runtime()?;
     let started = Instant::now();
     let report: Value = rt.block_on(async {
-        let p = find_primary(&client, d, db).await?;
+        let p = match find_primary(&client, d, db).await {
+            Ok(p) => p,
+            Err(e) => return Err(no_primary_hint(&client, d, db, e).await),
+        };
         out.progress(&format!(
             "{db}: primary {}; waiting for its mirror to have every record",
             p.name

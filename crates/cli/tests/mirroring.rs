@@ -202,6 +202,61 @@ fn a_primary_cut_off_from_mirror_and_witness_stops_writing_and_rejoins() {
 }
 
 #[test]
+fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirror() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    assert!(post(&d.address("atl-fe"), &token, "before").is_some());
+    let lsn = d.copy("mgc", "atl-db1")["lsn"].clone();
+    d.wait_copy("mgc", "atl-db2", "the mirror at the primary's LSN", |c| {
+        c["lsn"] == lsn
+    });
+    d.kill("atl-fe");
+    d.kill("atl-db1");
+    // No witness to grant it: the mirror stays a mirror, and a planned failover, which needs
+    // the primary, says how to force service instead.
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "mirror");
+    let out = tandem(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("Its mirror on atl-db2 (LSN {lsn})"))
+            && err.contains("`tandem db mirror remove --db mgc --instance atl-db2`")
+            && err.contains("`tandem db recover --db mgc --instance atl-db2`"),
+        "{err}"
+    );
+    // The two commands it names: the first removes the mirror's side (the primary's is left
+    // for when it answers, and it says so), the second brings the copy online.
+    let out = tandem(
+        &d.dir,
+        &[
+            "db",
+            "mirror",
+            "remove",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("removed on atl-db2 but not on: atl-db1"),
+        "{err}"
+    );
+    ok(
+        &d.dir,
+        &["db", "recover", "--db", "mgc", "--instance", "atl-db2"],
+    );
+    let c = d.copy("mgc", "atl-db2");
+    assert_eq!(
+        (&c["role"], &c["lsn"]),
+        (&serde_json::json!("primary"), &lsn),
+        "{c}"
+    );
+}
+
+#[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =
         Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));
