@@ -109,14 +109,7 @@ fn no_other_writable_primary(
     target: &str,
     how: Recovery,
 ) -> anyhow::Result<()> {
-    let client = d.client();
-    let nodes = d.topology.nodes_with(tandem_topology::Role::Db);
-    let roles = runtime()?.block_on(futures_util::future::join_all(
-        nodes
-            .iter()
-            .map(|n| client.copy_role(&n.address, db, ROLE_TIMEOUT)),
-    ));
-    let copies: Vec<tandem_node::CopyRole> = roles.into_iter().flatten().collect();
+    let copies = runtime()?.block_on(d.copy_roles(db, ROLE_TIMEOUT));
     // The node refuses a primary or a mirror itself, with its own reason, and so does a
     // recovery without a copy to recover (a restore creates one).
     match copies.iter().find(|r| r.node == target) {

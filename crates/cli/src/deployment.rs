@@ -89,6 +89,26 @@ impl Deployment {
 
     /// The node that holds the writable copy of `database` now, or why none does: each
     /// copy's answer (no fallback to the topology's primary).
+    /// The role of `database`'s copy on every db node that answers within `timeout` and holds
+    /// one, asked at once.
+    pub async fn copy_roles(
+        &self,
+        database: &str,
+        timeout: std::time::Duration,
+    ) -> Vec<tandem_node::CopyRole> {
+        let client = self.client();
+        let nodes = self.topology.nodes_with(tandem_topology::Role::Db);
+        futures_util::future::join_all(
+            nodes
+                .iter()
+                .map(|n| client.copy_role(&n.address, database, timeout)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     pub async fn locate(&self, database: &str) -> Result<tandem_topology::Node, String> {
         let candidates = tandem_node::locator::candidates(&self.topology, database, false);
         tandem_node::locator::Locator::new()

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use tandem_node::{Client, Method, NodeStatus};
+use tandem_node::{Method, NodeStatus};
 
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
 
@@ -279,58 +279,30 @@ fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Res
 }
 
 /// The node whose copy of `db` is primary (highest epoch) among every db node.
-async fn find_primary(
-    client: &Client,
-    d: &Deployment,
-    db: &str,
-) -> anyhow::Result<tandem_topology::Node> {
-    let nodes = d.topology.nodes_with(tandem_topology::Role::Db);
-    let answers = futures_util::future::join_all(
-        nodes
-            .iter()
-            .map(|n| client.copy_role(&n.address, db, STATUS_TIMEOUT)),
-    )
-    .await;
-    nodes
+async fn find_primary(d: &Deployment, db: &str) -> anyhow::Result<tandem_topology::Node> {
+    let roles = d.copy_roles(db, STATUS_TIMEOUT).await;
+    let primary = roles
         .iter()
-        .zip(answers)
-        .filter_map(|(n, a)| {
-            a.ok()
-                .filter(|r| r.role == "primary")
-                .map(|r| (r.epoch, *n))
-        })
-        .max_by_key(|(e, _)| *e)
-        .map(|(_, n)| n.clone())
-        .with_context(|| format!("no node answers as primary of {db}"))
-}
-
-/// A planned failover needs the primary. With it lost, the mirror takes over by itself once the
-/// witness grants it; with the witness lost too, the operator forces service on the mirror —
-/// what the refusal says, with the mirror's position.
-async fn no_primary_hint(
-    client: &Client,
-    d: &Deployment,
-    db: &str,
-    e: anyhow::Error,
-) -> anyhow::Error {
-    let nodes = d.topology.nodes_with(tandem_topology::Role::Db);
-    let answers = futures_util::future::join_all(
-        nodes
-            .iter()
-            .map(|n| client.copy_role(&n.address, db, STATUS_TIMEOUT)),
-    )
-    .await;
-    match answers.into_iter().flatten().find(|r| r.role == "mirror") {
-        Some(m) => anyhow::anyhow!(
-            "{e}: a planned failover needs it. Its mirror on {node} (LSN {lsn}) takes over by \
-             itself once the witness answers; with the witness lost too, `tandem db mirror \
-             remove --db {db} --instance {node}` then `tandem db recover --db {db} --instance \
-             {node}` bring it online (forced service: whatever the primary acknowledged past \
-             LSN {lsn}, if it ran unmirrored, is lost)",
+        .filter(|r| r.role == "primary")
+        .max_by_key(|r| r.epoch)
+        .and_then(|r| d.topology.node(&r.node));
+    if let Some(p) = primary {
+        return Ok(p.clone());
+    }
+    // A planned failover needs the primary. With it lost, the mirror takes over by itself once
+    // the witness grants it; with the witness lost too, the operator forces service on the
+    // mirror — what the refusal says, with the mirror's position.
+    match roles.iter().find(|r| r.role == "mirror") {
+        Some(m) => bail!(
+            "no node answers as primary of {db}: a planned failover needs it. Its mirror on \
+             {node} (LSN {lsn}) takes over by itself once the witness answers; with the witness \
+             lost too, `tandem db mirror remove --db {db} --instance {node}` then `tandem db \
+             recover --db {db} --instance {node}` bring it online (forced service: whatever the \
+             primary acknowledged past LSN {lsn}, if it ran unmirrored, is lost)",
             node = m.node,
             lsn = m.lsn
         ),
-        None => e,
+        None => bail!("no node answers as primary of {db}"),
     }
 }
 
@@ -339,10 +311,7 @@ fn failover(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()> {
     let rt = runtime()?;
     let started = Instant::now();
     let report: Value = rt.block_on(async {
-        let p = match find_primary(&client, d, db).await {
-            Ok(p) => p,
-            Err(e) => return Err(no_primary_hint(&client, d, db, e).await),
-        };
+        let p = find_primary(d, db).await?;
         out.progress(&format!(
             "{db}: primary {}; waiting for its mirror to have every record",
             p.name
