@@ -76,6 +76,15 @@ impl BackupFile {
         }
     }
 
+    /// The database the file is a backup of, as people name it: its name and its id.
+    pub fn database(&self) -> String {
+        let name = match self {
+            BackupFile::Full { header, .. } => &header.name,
+            BackupFile::Log { header, .. } => &header.name,
+        };
+        format!("{name} ({})", self.database_id())
+    }
+
     /// The last LSN the file holds.
     pub fn lsn(&self) -> Lsn {
         match self {

@@ -221,11 +221,15 @@ fn plan(
     };
     for f in files {
         if f.database_id() != start.database_id {
+            let of = files
+                .iter()
+                .find(|s| s.database_id() == start.database_id)
+                .map(|s| s.database())
+                .unwrap_or_else(|| start.database_id.clone());
             return Err(StoreError::Invalid(format!(
-                "{} belongs to database {}, not {}: files of another database cannot be applied",
+                "{} belongs to database {}, not {of}: files of another database cannot be applied",
                 f.path().display(),
-                f.database_id(),
-                start.database_id
+                f.database()
             )));
         }
     }
@@ -518,10 +522,11 @@ pub fn verify_chain(inputs: &[PathBuf]) -> Result<ChainReport> {
     for f in &files {
         if f.database_id() != id {
             return Err(StoreError::Invalid(format!(
-                "{} belongs to database {}, {} to database {id}",
+                "{} belongs to database {}, {} to database {}",
                 f.path().display(),
-                f.database_id(),
-                files[0].path().display()
+                f.database(),
+                files[0].path().display(),
+                files[0].database()
             )));
         }
     }

@@ -575,7 +575,12 @@ fn restore_refuses_files_of_another_database() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("belongs to database"), "{e}");
+    // Named as people know it, with the id that tells two of one name apart.
+    assert!(
+        e.contains(&format!("belongs to database {}", foreign.database())),
+        "{e}"
+    );
+    assert!(e.contains(&format!("({})", foreign.database_id())), "{e}");
 }
 
 #[test]
