@@ -475,6 +475,17 @@ fn live_events_keep_coming_across_a_failover_in_order_and_once() {
         vec![before, after],
         "in order, once"
     );
+    // The chat node's metrics count its requests by route template and status (the posts
+    // refused during the failover among them), time them, and count the open session.
+    let (code, metrics) = http(&fe, "GET", "/metrics", &[], "");
+    assert_eq!(code, 200);
+    for line in [
+        r#"tandem_http_requests_total{route="/api/v1/rooms/{room}/messages",method="POST",status="201"}"#,
+        r#"tandem_http_request_seconds_count{route="/api/v1/rooms/{room}/messages",method="POST"}"#,
+        "tandem_websocket_sessions 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
 }
 
 /// A chat node follows the feed only while it has a session: the first session comes while

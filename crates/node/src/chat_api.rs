@@ -486,6 +486,7 @@ async fn session(
     mut rx: broadcast::Receiver<crate::chat_feed::FeedItem>,
     mut socket: WebSocket,
 ) {
+    let _open = crate::metrics::SessionCount::open();
     if !catch_up(&node, &rooms, &mut last, &mut socket).await {
         return;
     }

@@ -2,15 +2,30 @@
 //! every hosted database read when scraped.
 
 use crate::server::NodeState;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The answer time of a request, in seconds: the buckets of its histogram.
+const REQUEST_SECONDS_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Installs the process-wide recorder (once).
 pub(crate) fn install() {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("tandem_http_request_seconds".into()),
+                REQUEST_SECONDS_BUCKETS,
+            )
+            .expect("buckets are given")
+            .build_recorder();
         let handle = recorder.handle();
         let _ = metrics::set_global_recorder(recorder);
         handle
@@ -47,4 +62,52 @@ pub(crate) fn render(node: &NodeState) -> String {
     }
     metrics::gauge!("tandem_node_uptime_seconds").set(node.started.elapsed().as_secs_f64());
     HANDLE.get().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Counts each request a route of the public API answers, by route (its template, so that
+/// names in paths do not make new series), method and status — `tandem_http_requests_total` —
+/// and times it: `tandem_http_request_seconds`. A WebSocket counts once, as it is upgraded
+/// (101); `tandem_websocket_sessions` counts the open ones. The internal API between nodes is
+/// left out: its traffic shows in the databases' gauges.
+pub(crate) async fn record_request(req: Request, next: Next) -> Response {
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .filter(|r| !r.starts_with("/internal/"))
+    else {
+        return next.run(req).await;
+    };
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_str().to_owned();
+    metrics::histogram!(
+        "tandem_http_request_seconds",
+        &[("route", route.clone()), ("method", method.clone())]
+    )
+    .record(seconds);
+    metrics::counter!(
+        "tandem_http_requests_total",
+        &[("route", route), ("method", method), ("status", status)]
+    )
+    .increment(1);
+    response
+}
+
+/// An open WebSocket session, counted in `tandem_websocket_sessions` while it lives.
+pub(crate) struct SessionCount;
+
+impl SessionCount {
+    pub(crate) fn open() -> SessionCount {
+        metrics::gauge!("tandem_websocket_sessions").increment(1.0);
+        SessionCount
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        metrics::gauge!("tandem_websocket_sessions").decrement(1.0);
+    }
 }

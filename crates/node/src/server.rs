@@ -451,7 +451,9 @@ fn router(node: Shared) -> Router {
     if node.chat.is_some() {
         app = app.merge(crate::chat_api::routes());
     }
-    app = app.route("/openapi.json", get(crate::openapi::document));
+    app = app
+        .route("/openapi.json", get(crate::openapi::document))
+        .route_layer(middleware::from_fn(crate::metrics::record_request));
     // The secret is checked before routing, so that without it an internal path answers 401
     // whatever the path or method (a 404 or 405 would tell which routes exist).
     app.fallback(not_found)
