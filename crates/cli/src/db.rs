@@ -258,7 +258,11 @@ fn verify(files: &[PathBuf], out: &Output) -> anyhow::Result<()> {
         s.push_str(&format!(
             "chain ok: {} files of database {}, restorable from LSN {} to LSN {}\n",
             report.files.len(),
-            report.database_id,
+            report
+                .files
+                .first()
+                .map(|f| f.database())
+                .unwrap_or_else(|| report.database_id.clone()),
             report.first_lsn,
             report.last_lsn
         ));
