@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tandem_node::Method;
+use tandem_node::log_shipping::share_present;
 use tandem_topology::{DATABASE_MGC, Topology};
 
 const TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -261,7 +262,16 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         title: format!("stop log shipping to {backup}"),
         command: "tandem db log-shipping remove-secondary --db mgc".into(),
         check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
+        // The share may be lost with the primary site: the configuration on it cannot change,
+        // and the secondary's jobs, which read it there, do nothing meanwhile.
         run: Box::new(|_| {
+            if let Err(why) = share_present(&d.topology.share) {
+                return Ok(json!({
+                    "skipped": format!(
+                        "{why}: its configuration cannot change, and {backup}'s jobs wait for it"
+                    ),
+                }));
+            }
             command(
                 d,
                 &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
@@ -273,7 +283,17 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         title: format!("copy every log backup {backup} lacks from the share"),
         command: "tandem db log-shipping copy --db mgc".into(),
         check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
-        run: Box::new(|_| command(d, &["db", "log-shipping", "copy", "--db", "mgc"])),
+        run: Box::new(|_| {
+            if let Err(why) = share_present(&d.topology.share) {
+                return Ok(json!({
+                    "skipped": format!(
+                        "{why}: nothing more to copy; the next step applies what {backup} \
+                         copied before"
+                    ),
+                }));
+            }
+            command(d, &["db", "log-shipping", "copy", "--db", "mgc"])
+        }),
         verify: false,
     });
     steps.push(Step {
@@ -626,6 +646,9 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
     let p = places(&d.topology)?;
     let preconditions = || -> anyhow::Result<()> {
         cms_reachable(d)?;
+        // The failback's full backup goes through the share (step 4 to step 5).
+        share_present(&d.topology.share)
+            .map_err(|why| anyhow::anyhow!("{why}: the failback moves mgc through it"))?;
         let (state, _) = chat_state(d)?;
         if state != "failed-over" {
             bail!("the chat pool is {state}, not failed over: nothing to fail back");

@@ -267,7 +267,7 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
         let c = d.copy("mgc", "atl-db1");
         if c["log_shipping"]["state"]
             .as_str()
-            .is_some_and(|s| s.contains("is missing (not mounted?)"))
+            .is_some_and(|s| s.contains("is missing (not mounted?"))
         {
             break;
         }
@@ -279,7 +279,7 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
     }
     d.refused(
         &["db", "log-shipping", "status", "--db", "mgc"],
-        "is missing (not mounted?)",
+        "is missing (not mounted?",
     );
     assert!(!share_root.exists(), "a node made the share again");
     std::fs::rename(&away, &share_root).unwrap();

@@ -698,3 +698,48 @@ fn with_the_backup_sites_mirror_node_lost_too_the_chat_pool_fails_over_and_back_
         assert!(h.contains(&(*id, text.clone())), "{text} lost");
     }
 }
+
+#[test]
+fn with_the_share_lost_too_the_chat_pool_fails_over_from_what_the_secondary_copied() {
+    let d = Deployment::up();
+    let (token, before) = d.bob_posts_shipped(5);
+    d.kill_site("atl");
+    // The share is lost with the primary site: steps 1 and 2, which need it, are skipped; the
+    // secondary applies what it copied before, and no node makes a new share.
+    let share = d.dir.join("share");
+    let lost = d.dir.join("share-lost");
+    std::fs::rename(&share, &lost).unwrap();
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    let out = tandem(&d.dir, &["chat", "failover"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for step in ["[1/7]", "[2/7]"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(step) && l.contains("skipped: the share")),
+            "{step}: {err}"
+        );
+    }
+    let during = post_n(&d.address("dal-fe"), &token, "during", 3);
+    assert!(!share.exists(), "a node made the share again");
+    // The failback moves mgc through the share: refused without it, the pool still serving in
+    // dal; once it is back, home with nothing lost.
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the failback moves mgc through it"),
+        "{err}"
+    );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    std::fs::rename(&lost, &share).unwrap();
+    ok(&d.dir, &["chat", "failback"]);
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in before.iter().chain(&during) {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}

@@ -43,6 +43,7 @@ pub(crate) use chain::*;
 pub(crate) use jobs::*;
 pub use monitor::*;
 pub use secondary::*;
+pub use share::share_present;
 pub(crate) use share::*;
 
 /// The configuration file in `SHARE/<db>/`.

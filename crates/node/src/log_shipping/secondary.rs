@@ -232,6 +232,8 @@ pub(super) fn secondary_round(
 ) -> Result<SecondaryRound, String> {
     let share = share_dir(&node.topology, database);
     let local = local_dir(node, database);
+    // This node's own directory for the copied files and its state (not on the share).
+    std::fs::create_dir_all(&local).map_err(|e| format!("{}: {e}", local.display()))?;
     let mut round = SecondaryRound::default();
     let state_file = local.join(STATE_FILE);
     if steps == Steps::Jobs

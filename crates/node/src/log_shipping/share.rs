@@ -3,14 +3,21 @@
 use super::*;
 
 /// Writes `value` as JSON under a temporary name, then renames it: readers see the old or the
-/// new document, never a part. `durable` also fsyncs the file and the directory.
+/// new document, never a part. `durable` also fsyncs the file and the directory. The file's
+/// directory is made if its own parent is there (a database's directory on the share, never
+/// the share itself: see `share_present`).
 pub(super) fn write_json<T: Serialize>(
     path: &FsPath,
     value: &T,
     durable: bool,
 ) -> Result<(), String> {
     let dir = path.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("{}: {e}", dir.display()));
+        }
+        _ => {}
+    }
     let name = path.file_name().expect("a file name").to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let bytes = serde_json::to_vec_pretty(value).expect("serializes");
@@ -53,13 +60,13 @@ pub(super) struct ShareLock(#[allow(dead_code)] std::fs::File);
 
 /// The share's root, which nodes never create: a share that is not mounted would otherwise get
 /// a new log chain in a local directory, which the other site never sees.
-pub(crate) fn share_present(root: &FsPath) -> Result<(), String> {
+pub fn share_present(root: &FsPath) -> Result<(), String> {
     if root.is_dir() {
         Ok(())
     } else {
         Err(format!(
-            "the share {} is missing (not mounted?): log shipping waits for it (nodes do not \
-             create it; `mkdir` it for a new deployment)",
+            "the share {} is missing (not mounted?; nodes do not create it, `mkdir` it for a \
+             new deployment)",
             root.display()
         ))
     }
