@@ -65,24 +65,19 @@ fn role(d: &Deployment, node: &str) -> Option<tandem_node::CopyRole> {
     role_or_why(d, node).ok()
 }
 
-/// Whether `node` cannot even be connected to (its process or its host is gone), as opposed
-/// to one that accepts the connection and does not answer (hung, or busy): a lost node.
-fn lost(d: &Deployment, node: &str) -> bool {
-    let (Some(n), Ok(rt)) = (d.topology.node(node), crate::deployment::runtime()) else {
-        return false;
-    };
-    matches!(
-        rt.block_on(d.client().copy_role(&n.address, DATABASE_MGC, TIMEOUT)),
-        Err(tandem_node::ClientError::Unreachable { sent: false, .. })
-    )
-}
-
 /// Why a node's mgc copy has no role to show.
 enum NoRole {
-    /// The node does not answer.
-    Silent,
+    /// The node does not answer. `lost`: it cannot even be connected to (its process or its
+    /// host is gone), as opposed to one that accepts the connection and does not answer (hung,
+    /// or busy).
+    Silent { lost: bool },
     /// It answers, without a copy to show (one being reseeded, say): what it said.
     Said(String),
+}
+
+/// Whether `node` is lost: see `NoRole::Silent`.
+fn lost(d: &Deployment, node: &str) -> bool {
+    matches!(role_or_why(d, node), Err(NoRole::Silent { lost: true }))
 }
 
 /// The role of `node`'s mgc copy, or why it cannot be had.
@@ -93,7 +88,7 @@ fn role_or_why(d: &Deployment, node: &str) -> Result<tandem_node::CopyRole, NoRo
     let rt = crate::deployment::runtime().map_err(|e| NoRole::Said(e.to_string()))?;
     rt.block_on(d.client().copy_role(&n.address, DATABASE_MGC, TIMEOUT))
         .map_err(|e| match e {
-            tandem_node::ClientError::Unreachable { .. } => NoRole::Silent,
+            tandem_node::ClientError::Unreachable { sent, .. } => NoRole::Silent { lost: !sent },
             other => NoRole::Said(other.to_string()),
         })
 }
@@ -687,7 +682,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         loop {
             match role_or_why(d, &p.primary) {
                 Ok(_) => break,
-                Err(NoRole::Silent) => bail!(
+                Err(NoRole::Silent { .. }) => bail!(
                     "{} does not answer: the primary site {} must be rebuilt and up before a \
                      failback",
                     p.primary,
@@ -712,7 +707,7 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         // The failback installs the primary site's mirror once the primary is restored: a
         // mirror node that does not answer would stop it there, the active servers cleared.
         if let Some(m) = &p.mirror
-            && let Err(NoRole::Silent) = role_or_why(d, m)
+            && let Err(NoRole::Silent { .. }) = role_or_why(d, m)
         {
             bail!(
                 "{m}, the mirror in the primary site {}, does not answer: start it (`tandem up \

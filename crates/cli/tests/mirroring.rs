@@ -75,6 +75,11 @@ impl Deployment {
 }
 
 /// What `check_history` compares: each acknowledged post's id and text.
+/// `tandem db mirror remove` of mgc, asked of `node`.
+fn remove_mgc_mirroring(node: &str) -> [&str; 7] {
+    ["db", "mirror", "remove", "--db", "mgc", "--instance", node]
+}
+
 fn ids_and_texts(acked: Vec<(common::Acked, Instant)>) -> Vec<(i64, String)> {
     acked.into_iter().map(|(a, _)| (a.id, a.text)).collect()
 }
@@ -227,18 +232,7 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
     );
     // The two commands it names: the first removes the mirror's side (the primary's is left
     // for when it answers, and it says so), the second brings the copy online.
-    let out = tandem(
-        &d.dir,
-        &[
-            "db",
-            "mirror",
-            "remove",
-            "--db",
-            "mgc",
-            "--instance",
-            "atl-db2",
-        ],
-    );
+    let out = tandem(&d.dir, &remove_mgc_mirroring("atl-db2"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("removed on atl-db2 but not on: atl-db1"),
@@ -345,18 +339,7 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     );
 
     // Removed: the primary serves alone (no lease needed), the mirror copy stays restoring.
-    let r = json(
-        &d.dir,
-        &[
-            "db",
-            "mirror",
-            "remove",
-            "--db",
-            "mgc",
-            "--instance",
-            "atl-db1",
-        ],
-    );
+    let r = json(&d.dir, &remove_mgc_mirroring("atl-db1"));
     assert_eq!(r["removed"].as_array().unwrap().len(), 2, "{r}");
     d.wait_copy("mgc", "atl-db1", "restoring", |c| {
         c["role"] == "restoring" && c["mirroring"].is_null()
@@ -374,18 +357,7 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     d.wait_mirror("mgc", "atl-db1");
 
     // Asynchronous: the mirror follows, acknowledgments do not wait for it.
-    ok(
-        &d.dir,
-        &[
-            "db",
-            "mirror",
-            "remove",
-            "--db",
-            "mgc",
-            "--instance",
-            "atl-db2",
-        ],
-    );
+    ok(&d.dir, &remove_mgc_mirroring("atl-db2"));
     let r = json(
         &d.dir,
         &[
