@@ -87,64 +87,6 @@ fn post(
         .with_context(|| node.name.clone())
 }
 
-/// How long each other copy has to say what it is before a recovery goes on without it.
-const ROLE_TIMEOUT: Duration = Duration::from_millis(1_500);
-
-/// Which command would make a copy a primary.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Recovery {
-    /// `db restore` without --norecovery or --standby: it may create the copy.
-    Restore,
-    /// `db recover`: of an existing copy.
-    Recover,
-}
-
-/// Refuses to make `db`'s copy on `target` a primary while another copy of it is a primary
-/// that accepts writes: the newer epoch would make that one step down and drop what it wrote
-/// since (DESIGN.md §6, invariant 2). A copy that does not answer (a lost site), that is
-/// paused (a failback hands over) or fenced is no obstacle.
-fn no_other_writable_primary(
-    d: &Deployment,
-    db: &str,
-    target: &str,
-    how: Recovery,
-) -> anyhow::Result<()> {
-    let copies = runtime()?.block_on(d.copy_roles(db, ROLE_TIMEOUT));
-    // The node refuses a primary or a mirror itself, with its own reason, and so does a
-    // recovery without a copy to recover (a restore creates one).
-    match copies.iter().find(|r| r.node == target) {
-        Some(r) if r.role == "primary" || r.role == "mirror" => return Ok(()),
-        None if how == Recovery::Recover => return Ok(()),
-        _ => {}
-    }
-    if let Some(p) = copies
-        .iter()
-        .find(|r| r.node != target && r.role == "primary" && r.writable && r.paused.is_none())
-    {
-        bail!(
-            "{db} has a writable primary on {} (epoch {}, LSN {}): {} the copy on {target} \
-             would make a second primary, of a newer epoch, and {} would step down to it and \
-             drop what it wrote since: {}fail the database over, or pass --force for a \
-             disaster-recovery drill",
-            p.node,
-            p.epoch,
-            p.lsn,
-            match how {
-                Recovery::Restore => "restoring and recovering",
-                Recovery::Recover => "recovering",
-            },
-            p.node,
-            match how {
-                Recovery::Restore => {
-                    "restore with --norecovery or --standby for a copy that follows, "
-                }
-                Recovery::Recover => "",
-            }
-        );
-    }
-    Ok(())
-}
-
 fn backup(d: &Deployment, a: BackupArgs, out: &Output) -> anyhow::Result<()> {
     let db = a.db.expect("online form");
     let node = db_node(d, a.instance.as_deref().expect("clap requires --instance"))?;
@@ -192,9 +134,6 @@ fn restore(d: &Deployment, a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
     } else {
         "recover"
     };
-    if recovery == "recover" && !a.force {
-        no_other_writable_primary(d, &db, &node.name, Recovery::Restore)?;
-    }
     let stop_at_time_ms = match &a.stop_at_time {
         Some(t) => Some(crate::db::parse_time(t)?),
         None => None,
@@ -209,6 +148,7 @@ fn restore(d: &Deployment, a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             "recovery": recovery,
             "stop_at_lsn": a.stop_at_lsn,
             "stop_at_time_ms": stop_at_time_ms,
+            "force": a.force,
         }),
     )?;
     out.emit(&report, || {
@@ -234,14 +174,11 @@ fn restore(d: &Deployment, a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
 fn recover(d: &Deployment, a: RecoverArgs, out: &Output) -> anyhow::Result<()> {
     let node = db_node(d, &a.instance)?;
     known_database(d, &a.db)?;
-    if !a.force {
-        no_other_writable_primary(d, &a.db, &node.name, Recovery::Recover)?;
-    }
     let report = post(
         d,
         &node,
         &format!("/internal/v1/db/{}/recover", a.db),
-        json!({}),
+        json!({ "force": a.force }),
     )?;
     out.emit(&report, || {
         format!(

@@ -96,17 +96,9 @@ impl Deployment {
         database: &str,
         timeout: std::time::Duration,
     ) -> Vec<tandem_node::CopyRole> {
-        let client = self.client();
-        let nodes = self.topology.nodes_with(tandem_topology::Role::Db);
-        futures_util::future::join_all(
-            nodes
-                .iter()
-                .map(|n| client.copy_role(&n.address, database, timeout)),
-        )
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+        self.client()
+            .copy_roles(&self.topology, database, timeout)
+            .await
     }
 
     pub async fn locate(&self, database: &str) -> Result<tandem_topology::Node, String> {

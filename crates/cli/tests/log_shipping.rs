@@ -732,6 +732,24 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     ] {
         d.refused(args, "a writable primary on atl-db1");
     }
+    // The node checks, not the command: through the API too, and `force` is what lets it by.
+    for (path, ask) in [
+        ("/internal/v1/db/mgc/recover", json!({})),
+        (
+            "/internal/v1/db/mgc/restore",
+            json!({"from": [full_s], "replace": true}),
+        ),
+    ] {
+        let (code, body) = http(
+            &d.address("dal-db1"),
+            "POST",
+            path,
+            &headers,
+            ask.to_string(),
+        );
+        assert_eq!(code, 409, "{path}: {body}");
+        assert!(body.contains("a writable primary on atl-db1"), "{body}");
+    }
     assert_ne!(d.copy("mgc", "dal-db2")["open"], true);
     let after = d.copy("mgc", "dal-db1");
     assert_eq!(

@@ -247,6 +247,26 @@ impl Client {
         self.send(addr, req, Some(timeout)).await
     }
 
+    /// The roles of `db`'s copies on the database nodes of `topology`, asked at once, each
+    /// given `timeout`: the nodes that answered, in the topology's order.
+    pub async fn copy_roles(
+        &self,
+        topology: &tandem_topology::Topology,
+        db: &str,
+        timeout: Duration,
+    ) -> Vec<CopyRole> {
+        let nodes = topology.nodes_with(tandem_topology::Role::Db);
+        futures_util::future::join_all(
+            nodes
+                .iter()
+                .map(|n| self.copy_role(&n.address, db, timeout)),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Asks the witness at `addr`.
     pub async fn witness(
         &self,

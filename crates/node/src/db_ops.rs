@@ -13,10 +13,14 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::time::Duration;
 use tandem_store::{BackupFile, Recovery, RestoreOptions, Role, StopAt, StoreError};
 
 /// Backup files one restore reads at most.
 const RESTORE_FILES_MAX: usize = 100_000;
+
+/// How long each other copy has to say what it is before a recovery goes on without it.
+const ROLE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -54,6 +58,56 @@ fn check_copy(node: &NodeState, database: &str, what: &str) -> Result<(), ApiErr
         )));
     }
     Ok(())
+}
+
+/// What would make this node's copy a primary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MakesPrimary {
+    /// A restore without `norecovery` or `standby`.
+    Restore,
+    /// `recover`.
+    Recover,
+}
+
+/// Refuses to make `database`'s copy on this node a primary while another copy of it is a
+/// primary that accepts writes: the newer epoch would make that one step down and drop what it
+/// wrote since (DESIGN.md §6, invariant 2). A copy that does not answer (a lost site), that is
+/// paused (a failback hands over) or fenced is no obstacle; `force` (a disaster-recovery drill)
+/// skips the check.
+async fn no_other_writable_primary(
+    node: &NodeState,
+    database: &str,
+    how: MakesPrimary,
+) -> Result<(), ApiError> {
+    let copies = node
+        .client
+        .copy_roles(&node.topology, database, ROLE_TIMEOUT)
+        .await;
+    let Some(p) = copies
+        .iter()
+        .find(|r| r.node != node.name && r.role == "primary" && r.writable && r.paused.is_none())
+    else {
+        return Ok(());
+    };
+    Err(ApiError::conflict(format!(
+        "{database} has a writable primary on {} (epoch {}, LSN {}): {} the copy on {} would \
+         make a second primary, of a newer epoch, and {} would step down to it and drop what \
+         it wrote since: {}fail the database over, or pass --force for a disaster-recovery drill",
+        p.node,
+        p.epoch,
+        p.lsn,
+        match how {
+            MakesPrimary::Restore => "restoring and recovering",
+            MakesPrimary::Recover => "recovering",
+        },
+        node.name,
+        p.node,
+        match how {
+            MakesPrimary::Restore =>
+                "restore with --norecovery or --standby for a copy that follows, ",
+            MakesPrimary::Recover => "",
+        }
+    )))
 }
 
 #[derive(Deserialize)]
@@ -148,6 +202,9 @@ pub(crate) struct RestoreAsk {
     recovery: Option<String>,
     stop_at_lsn: Option<u64>,
     stop_at_time_ms: Option<i64>,
+    /// Recover even while another copy is a writable primary (a disaster-recovery drill).
+    #[serde(default)]
+    force: bool,
 }
 
 /// `POST /internal/v1/db/{db}/restore`: restores backup files (paths this node reads) into its
@@ -185,6 +242,9 @@ pub(crate) async fn restore(
         (None, Some(t)) => Some(StopAt::TimeMs(t)),
         (None, None) => None,
     };
+    if recovery == Recovery::Recover && !req.force {
+        no_other_writable_primary(&node, &database, MakesPrimary::Restore).await?;
+    }
     let options = RestoreOptions {
         recovery,
         stop_at,
@@ -288,13 +348,23 @@ fn already_primary(node: &NodeState, database: &str, epoch: u64) -> ApiError {
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecoverAsk {
+    /// Recover even while another copy is a writable primary (a disaster-recovery drill).
+    #[serde(default)]
+    force: bool,
+}
+
 /// `POST /internal/v1/db/{db}/recover`: every handle of this node's copy is put away (the copy
 /// closes), then it opens again and becomes the primary of a new epoch, writable. Refused on a
-/// primary and on a mirrored copy.
+/// primary, on a mirrored copy, and while another copy is a writable primary (unless `force`).
 pub(crate) async fn recover(
     State(node): State<Shared>,
     Path(database): Path<String>,
+    body: Result<Json<RecoverAsk>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(ApiError::json)?;
     if let Some(db) = node.host.get(&database) {
         let id = db.identity();
         if id.role == Role::Primary {
@@ -302,6 +372,16 @@ pub(crate) async fn recover(
         }
     }
     check_copy(&node, &database, "recovering")?;
+    let has_copy = node.host.get(&database).is_some()
+        || node
+            .host
+            .path_of(&database)
+            .join(tandem_store::DB_FILE)
+            .exists();
+    // Without a copy the node refuses below, with its own reason.
+    if has_copy && !req.force {
+        no_other_writable_primary(&node, &database, MakesPrimary::Recover).await?;
+    }
     let ops = node.host.operations(&database);
     let _guard = ops.lock().await;
     let n = node.clone();
