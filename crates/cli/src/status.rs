@@ -209,6 +209,14 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
 }
 
 /// One line under a copy: its log-shipping jobs (the monitor is `tandem db log-shipping status`).
+/// Mirroring states in which a link's last error is history, not news.
+const HEALTHY_LINK: &[&str] = &[
+    "synchronized",
+    "synchronizing",
+    "mirror: synchronized",
+    "async: mirror following",
+];
+
 fn log_shipping_line(l: &tandem_node::log_shipping::CopyJobs) -> String {
     let now = tandem_node::log_shipping::now_ms();
     let job = |name: &str, j: &tandem_node::log_shipping::JobStatus| match (&j.error, j.last_lsn) {
@@ -285,6 +293,12 @@ fn human(r: &Report) -> String {
             c.lsn.map(|e| e.to_string()).unwrap_or("-".into()),
             mirroring
         ));
+        if let Some(m) = &c.mirroring
+            && let Some(e) = &m.last_error
+            && !HEALTHY_LINK.contains(&m.state.as_str())
+        {
+            s.push_str(&format!("    mirroring: last error: {e}\n"));
+        }
         if let Some(l) = &c.log_shipping {
             s.push_str(&log_shipping_line(l));
         }

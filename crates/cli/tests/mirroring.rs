@@ -251,6 +251,91 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
 }
 
 #[test]
+fn a_mirror_that_cannot_write_no_longer_holds_the_primarys_answers_nor_takes_over() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    // atl-db2 again, under a file-size limit (SIGXFSZ ignored, so a write past it fails, as on
+    // a full disk): its copies grow into the limit as posts come.
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    let started = common::output_within_deadline(
+        std::process::Command::new("bash")
+            .args([
+                "-c",
+                "trap '' XFSZ; ulimit -f 3072; exec \"$0\" up --detach --nodes atl-db2",
+                env!("CARGO_BIN_EXE_tandem"),
+            ])
+            .current_dir(&d.dir)
+            .env_remove("TANDEM_TOPOLOGY"),
+    );
+    assert!(started.status.success(), "{started:?}");
+    d.wait_mirror("mgc", "atl-db2");
+    // Every post is acknowledged, before the mirror's writes fail and after: the primary stops
+    // waiting for a mirror that takes nothing.
+    let filler = "x".repeat(1_500);
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let post_one = |acked: &mut Vec<(i64, String)>| {
+        let text = format!("{} {filler}", acked.len());
+        let id = post(&fe, &token, &text)
+            .unwrap_or_else(|| panic!("post {} not acknowledged", acked.len()))
+            .id;
+        acked.push((id, text));
+    };
+    while d.copy("mgc", "atl-db2")["mirroring"]["state"] != "mirror: cannot apply" {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never ran out of room"
+        );
+        for _ in 0..50 {
+            post_one(&mut acked);
+        }
+    }
+    let c = d.wait_copy("mgc", "atl-db1", "unprotected: mirror stalled", |c| {
+        c["mirroring"]["state"] == "unprotected: mirror stalled"
+    });
+    assert!(
+        c["mirroring"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("atl-db2 hardened nothing past LSN")),
+        "{c}"
+    );
+    let c = d.copy("mgc", "atl-db2");
+    assert!(
+        c["mirroring"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("apply: ")),
+        "{c}"
+    );
+    for _ in 0..20 {
+        post_one(&mut acked);
+    }
+    // The witness was told: with the primary lost, the mirror, which lacks acknowledged posts,
+    // does not take over.
+    d.kill("atl-db1");
+    d.wait_copy("mgc", "atl-db2", "no failover: not synchronized", |c| {
+        c["mirroring"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no failover") && e.contains("not synchronized"))
+    });
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "mirror");
+    // Both back, the mirror without the limit: it catches up and is synchronized again, and
+    // every acknowledged post is there.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    let mirror = d.wait_mirror("mgc", "atl-db2");
+    post_one(&mut acked);
+    let primary = d.copy("mgc", "atl-db1");
+    assert_eq!(primary["epoch"], 1, "{primary}");
+    d.wait_copy("mgc", "atl-db2", "the primary's LSN", |c| {
+        c["lsn"] == primary["lsn"]
+    });
+    assert_eq!(mirror["epoch"], 1);
+    check_history(&acked, &history(&fe, &token));
+}
+
+#[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =
         Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));

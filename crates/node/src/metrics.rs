@@ -50,7 +50,7 @@ pub(crate) fn render(node: &NodeState) -> String {
         if let Some(link) = node.mirroring.status(node, &name) {
             let primary = id.role == tandem_store::Role::Primary;
             // A mirrored primary serving without a synchronized mirror: one copy from loss.
-            let unprotected = primary && link.state == "unprotected";
+            let unprotected = primary && link.state.starts_with("unprotected");
             metrics::gauge!("tandem_database_unprotected", &labels).set(if unprotected {
                 1.0
             } else {

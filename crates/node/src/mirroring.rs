@@ -29,6 +29,10 @@ pub(crate) const PULL_WAIT_MS: u64 = 250;
 /// A primary whose mirror has not pulled for this long serves without it (after telling the
 /// witness the mirror is not synchronized).
 const MIRROR_TIMEOUT_MS: u64 = 1_000;
+/// A synchronous primary whose mirror pulls but hardens nothing for this long while it lacks
+/// records (its disk is full, its apply fails) serves without it too: answers no longer wait
+/// for a mirror that cannot take them. It is taken back once it hardens more.
+const MIRROR_STALL_MS: u64 = 2_000;
 /// A mirror this close to the primary starts gating acknowledgments (synchronizing).
 const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
 /// The journal consumer that keeps records for the mirror.
@@ -68,8 +72,10 @@ pub struct LinkStatus {
     pub partner: String,
     pub mode: String,
     /// `synchronized`, `synchronizing`, `unprotected` (primary without its mirror),
+    /// `unprotected: mirror stalled` (the mirror pulls and hardens nothing),
     /// `fenced: stepping down` (a primary that learned of a newer epoch, until it is a mirror),
-    /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`.
+    /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`,
+    /// `mirror: cannot apply` (its last batch failed: a full disk, say); `last_error` says why.
     pub state: String,
     /// Primary: the mirror's hardened LSN. Mirror: its own LSN.
     pub mirror_lsn: Lsn,
@@ -93,12 +99,20 @@ struct LinkState {
     /// The gate waits for the mirror; the witness is told once the mirror reaches this LSN.
     synchronizing_from: Option<Lsn>,
     consumer_moved: Option<Instant>,
+    /// Since when the mirror has lacked records without hardening any more, and its hardened
+    /// LSN then.
+    behind: Option<(Instant, Lsn)>,
+    /// The mirror stalled at this hardened LSN and answers stopped waiting for it; they wait
+    /// again once it hardens past it.
+    stalled: Option<Lsn>,
     // The mirror's side.
     last_contact: Option<Instant>,
     primary_lsn: Lsn,
     /// The last pull left this copy with every record the primary had.
     caught_up: bool,
     reseeding: Option<String>,
+    /// Why the last batch could not be applied (cleared by one that is).
+    apply_failed: Option<String>,
     // Both.
     witness_heard: Option<Instant>,
     last_error: Option<String>,
@@ -264,6 +278,8 @@ impl Mirroring {
                 "synchronized"
             } else if st.synchronizing_from.is_some() && alive {
                 "synchronizing"
+            } else if st.stalled.is_some() {
+                "unprotected: mirror stalled"
             } else {
                 "unprotected"
             };
@@ -281,6 +297,8 @@ impl Mirroring {
                 .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
             {
                 "mirror: no primary".to_string()
+            } else if st.apply_failed.is_some() {
+                "mirror: cannot apply".to_string()
             } else if st.caught_up && lsn >= st.primary_lsn {
                 "mirror: synchronized".to_string()
             } else {
@@ -499,13 +517,30 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
             st.synchronizing_from,
         )
     };
+    let (stalled_now, stalled_at) = {
+        let mut st = link.st();
+        if hardened >= id.lsn {
+            st.behind = None;
+        } else if st.behind.is_none_or(|(_, h)| h != hardened) {
+            st.behind = Some((Instant::now(), hardened));
+        }
+        let stalled_now = st
+            .behind
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_millis(MIRROR_STALL_MS));
+        (stalled_now, st.stalled)
+    };
     if sync_mode {
-        if alive {
-            if from.is_none() && hardened + SYNC_CATCH_UP_RECORDS >= id.lsn {
+        if alive && !stalled_now {
+            if from.is_none()
+                && hardened + SYNC_CATCH_UP_RECORDS >= id.lsn
+                && stalled_at.is_none_or(|at| hardened > at)
+            {
                 // From here on answers wait for the mirror; the witness hears "synchronized"
                 // once the mirror has what was answered before.
                 gate.set_sync(true, hardened);
-                link.st().synchronizing_from = Some(db.identity().lsn);
+                let mut st = link.st();
+                st.synchronizing_from = Some(db.identity().lsn);
+                st.stalled = None;
             } else if let Some(from) = from
                 && !synchronized
                 && hardened >= from
@@ -515,15 +550,27 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
                 link.st().synchronized = true;
             }
         } else if from.is_some() {
-            // The mirror is gone: tell the witness before answering anything it lacks.
+            // The mirror is gone, or takes nothing: tell the witness before answering anything
+            // it lacks.
             if !synchronized || tell_witness(node, link, &db, witness.as_ref(), false).await {
-                if synchronized {
+                if stalled_now {
+                    tracing::warn!(database = %link.database, mirror = %link.partnership.partner, hardened, "mirror stalled (it pulls and hardens nothing): serving unprotected");
+                    link.error(format!(
+                        "{} hardened nothing past LSN {hardened} for {} s while answers waited \
+                         (its status says why): serving without it until it does",
+                        link.partnership.partner,
+                        MIRROR_STALL_MS / 1000
+                    ));
+                } else if synchronized {
                     tracing::warn!(database = %link.database, mirror = %link.partnership.partner, "mirror lost: serving unprotected");
                 }
                 gate.set_sync(false, 0);
                 let mut st = link.st();
                 st.synchronized = false;
                 st.synchronizing_from = None;
+                if stalled_now {
+                    st.stalled = Some(hardened);
+                }
             }
         }
     }
@@ -673,12 +720,18 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 Ok(_) => {
                     let mut st = link.st();
                     st.last_error = None;
+                    st.apply_failed = None;
                     st.caught_up = db.identity().lsn >= lsn;
                     false
                 }
                 Err(e) => {
-                    link.st().caught_up = false;
-                    link.error(format!("apply: {e}"));
+                    let mut st = link.st();
+                    if st.apply_failed.is_none() {
+                        tracing::warn!(database = %link.database, error = %e, "mirror cannot apply; retrying");
+                    }
+                    st.caught_up = false;
+                    st.apply_failed = Some(e.clone());
+                    st.last_error = Some(format!("apply: {e}"));
                     true
                 }
             }
