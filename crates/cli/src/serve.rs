@@ -47,6 +47,13 @@ pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
         Ok(n) => tracing::info!("open files: up to {n}"),
         Err(e) => tracing::warn!("cannot raise the limit on open files: {e}"),
     }
+    // A file grown past the process's size limit (`ulimit -f`) fails that write (EFBIG, as a
+    // full disk fails with ENOSPC), which a commit reports and survives; the signal's default
+    // would kill the node instead (PostgreSQL ignores it for the same reason).
+    // SAFETY: sets a signal's disposition to "ignore", before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let rt = tandem_node::runtime()?;
     let span = tracing::info_span!("node", name = %a.node);
     let result = rt.block_on(tracing::Instrument::instrument(

@@ -335,6 +335,81 @@ fn a_mirror_that_cannot_write_no_longer_holds_the_primarys_answers_nor_takes_ove
     check_history(&acked, &history(&fe, &token));
 }
 
+/// Sets the soft limit on the size of the files `pid` writes (`ulimit -S -f`): a write past it
+/// fails (the node ignores SIGXFSZ), as on a full disk.
+fn limit_file_size(pid: i32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on a valid struct; no old value asked for.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_primary_that_cannot_write_refuses_posts_says_why_and_serves_again_once_it_can() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = vec![];
+    let text = |i: usize| format!("{i} {}", "y".repeat(1_500));
+    let first = post(&fe, &token, &text(0)).expect("a post before").id;
+    acked.push((first, text(0)));
+    // atl-db1's files may grow 256 KiB more: then posts are refused, each with the reason.
+    let dir = d.dir.join("data/atl-db1/databases/mgc");
+    let largest = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    let pid = common::pid(&d.dir, "atl-db1");
+    limit_file_size(pid, largest + (256 << 10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refusal = loop {
+        assert!(Instant::now() < deadline, "no post refused");
+        let t = text(acked.len());
+        let (code, body) = common::post_answer(&fe, &token, &t);
+        if code != 201 {
+            break (code, body);
+        }
+        let v: Value = serde_json::from_str(&body).unwrap();
+        acked.push((v["id"].as_i64().unwrap(), t));
+    };
+    assert_eq!(refusal.0, 503, "{refusal:?}");
+    assert!(
+        refusal
+            .1
+            .contains("commit failed, rolled back: sqlite: disk I/O error"),
+        "{refusal:?}"
+    );
+    let c = d.copy("mgc", "atl-db1");
+    assert!(
+        c["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("commits fail, rolled back, for")),
+        "{c}"
+    );
+    // The primary is alive and answers: no failover.
+    assert_eq!(
+        (&c["role"], &c["epoch"]),
+        (&serde_json::json!("primary"), &serde_json::json!(1))
+    );
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "mirror");
+    // Room again: the next posts go through, the warning goes, the mirror has every post.
+    limit_file_size(pid, libc::RLIM_INFINITY);
+    let t = text(acked.len());
+    let id = post(&fe, &token, &t).expect("posts go through again").id;
+    acked.push((id, t));
+    let c = d.copy("mgc", "atl-db1");
+    assert_eq!(c["warnings"], serde_json::json!([]), "{c}");
+    d.wait_copy("mgc", "atl-db2", "the primary's LSN", |m| {
+        m["lsn"] == c["lsn"]
+    });
+    check_history(&acked, &history(&fe, &token));
+}
+
 #[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =

@@ -114,6 +114,11 @@ impl ApiError {
             CatchingUp(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "catching_up", m.clone())
             }
+            CommitFailed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "commit_failed",
+                e.to_string(),
+            ),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
         }
     }

@@ -228,6 +228,17 @@ pub(crate) struct Published {
     written: watch::Sender<Lsn>,
     /// The newest records, for pulls (see `recent.rs`).
     pub(crate) recent: crate::recent::Recent,
+    /// Commits fail (since the last one that went through).
+    pub(crate) commit_failure: Mutex<Option<CommitFailure>>,
+}
+
+/// Commits failing now: since when (ms since the Unix epoch), how many transactions were
+/// refused, and the last failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitFailure {
+    pub since_ms: i64,
+    pub refused: u64,
+    pub error: String,
 }
 
 impl Published {
@@ -848,6 +859,7 @@ impl Database {
             journal: Mutex::new((state.journal_bytes, state.journal_oldest)),
             committed,
             written,
+            commit_failure: Mutex::new(None),
             recent: Default::default(),
         });
         let gate = Arc::new(crate::ack::Gate::default());
@@ -1177,10 +1189,29 @@ impl Database {
         }
     }
 
+    /// Commits failing now (none went through since they started to), if they are.
+    pub fn commit_failure(&self) -> Option<CommitFailure> {
+        self.inner
+            .published
+            .commit_failure
+            .lock()
+            .expect("commit failure lock")
+            .clone()
+    }
+
     /// Conditions an operator should know about; empty when healthy.
     pub fn health(&self) -> Result<Vec<String>> {
         let stats = self.journal_stats();
         let mut warnings = Vec::new();
+        if let Some(f) = self.commit_failure() {
+            warnings.push(format!(
+                "commits fail, rolled back, for {} s ({} transactions refused): {}; they go \
+                 through again once the cause is mended (a full disk: give it room)",
+                (crate::writer::now_ms() - f.since_ms).max(0) / 1000,
+                f.refused,
+                f.error
+            ));
+        }
         if stats.bytes > self.inner.options.journal_bytes_max {
             let lsn = self.identity().lsn;
             let laggards: Vec<String> = self

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// copy was replaced under it.
     #[error("database closed: {0}")]
     Closed(String),
+    /// A group commit SQLite could not make (a full disk, an I/O error): rolled back, nothing
+    /// of it written; the next may go through.
+    #[error("commit failed, rolled back: {0}")]
+    CommitFailed(String),
 }
 
 fn sqlite_text(e: &rusqlite::Error) -> String {

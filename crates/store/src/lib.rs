@@ -34,8 +34,8 @@ pub use backup::{
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use callers::defer_to_databases;
 pub use database::{
-    Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options, Role, WriterStats,
-    identity_in, inspect,
+    CommitFailure, Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options,
+    Role, WriterStats, identity_in, inspect,
 };
 pub use error::{Result, StoreError};
 pub use follow::{Follow, Follower};

@@ -68,6 +68,7 @@ fn refuse_all(jobs: Vec<WriteJob>, err: &StoreError) {
         (job.answer)(Answer::Failed(match err {
             StoreError::Role(m) => StoreError::Role(m.clone()),
             StoreError::Closed(m) => StoreError::Closed(m.clone()),
+            StoreError::CommitFailed(m) => StoreError::CommitFailed(m.clone()),
             other => StoreError::Closed(other.to_string()),
         }));
     }
@@ -272,11 +273,36 @@ pub(crate) struct Writer {
     /// Set when a consumer's cursor moved: the records every consumer is past are removed a
     /// slice at a time, between groups (`prune_slice`).
     prune_due: bool,
+    /// The last group commit failed (`Published::commit_failure` says how).
+    failing: bool,
     /// Held for the life of the writer: one process, one handle per database directory.
     _lock: File,
 }
 
-fn now_ms() -> i64 {
+/// A group commit that could not be made: `refused` transactions rolled back. Published (the
+/// copy's health says so) until a commit goes through again.
+fn commit_failed(
+    published: &Published,
+    failing: &mut bool,
+    error: String,
+    refused: usize,
+) -> StoreError {
+    *failing = true;
+    let mut f = published
+        .commit_failure
+        .lock()
+        .expect("commit failure lock");
+    let f = f.get_or_insert_with(|| crate::database::CommitFailure {
+        since_ms: now_ms(),
+        refused: 0,
+        error: String::new(),
+    });
+    f.refused += refused as u64;
+    f.error.clone_from(&error);
+    StoreError::CommitFailed(error)
+}
+
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -304,6 +330,7 @@ impl Writer {
             checkpointer,
             commits: 0,
             prune_due: false,
+            failing: false,
             _lock: lock,
         })
     }
@@ -383,10 +410,13 @@ impl Writer {
             return refuse_all(batch, &StoreError::Role(reason));
         }
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
-            return refuse_all(
-                batch,
-                &StoreError::Closed(format!("cannot begin a transaction: {e}")),
+            let err = commit_failed(
+                &self.published,
+                &mut self.failing,
+                format!("cannot begin a transaction: {e}"),
+                batch.len(),
             );
+            return refuse_all(batch, &err);
         }
         let time_ms = now_ms().max(self.state.last_time_ms);
         let mut queue: std::collections::VecDeque<WriteJob> = batch.into();
@@ -467,7 +497,12 @@ impl Writer {
                     .exec("ROLLBACK")
                     .and_then(|_| self.exec("BEGIN IMMEDIATE"))
                 {
-                    let err = StoreError::Closed(format!("cannot restart a transaction: {e}"));
+                    let err = commit_failed(
+                        &self.published,
+                        &mut self.failing,
+                        format!("cannot restart a transaction: {e}"),
+                        kept.len() + queue.len(),
+                    );
                     refuse_all(kept.into_iter().map(|k| k.job).chain(queue).collect(), &err);
                     let _ = self.exec("ROLLBACK");
                     stmts.clear();
@@ -497,13 +532,23 @@ impl Writer {
             if let Err(e) = r {
                 return self.fail_batch(kept, e, schema_changed);
             }
-            self.state.journal_bytes += body.len() as u64;
-            self.state.journal_oldest.get_or_insert(first);
         }
         if let Err(e) = self.exec("COMMIT") {
             return self.fail_batch(kept, e, schema_changed);
         }
         let committed = std::time::Instant::now();
+        if !segment.is_empty() {
+            self.state.journal_bytes += segment.body().len() as u64;
+            self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
+        }
+        if self.failing {
+            self.failing = false;
+            *self
+                .published
+                .commit_failure
+                .lock()
+                .expect("commit failure lock") = None;
+        }
         self.published.counters.stages.grouped(
             kept.iter().map(|k| k.job.submitted),
             began,
@@ -553,10 +598,13 @@ impl Writer {
         if schema_changed {
             self.reload_tables();
         }
-        refuse_all(
-            kept.into_iter().map(|k| k.job).collect(),
-            &StoreError::Closed(format!("commit failed: {e}")),
+        let err = commit_failed(
+            &self.published,
+            &mut self.failing,
+            e.to_string(),
+            kept.len(),
         );
+        refuse_all(kept.into_iter().map(|k| k.job).collect(), &err);
     }
 
     fn reload_tables(&mut self) {

@@ -310,11 +310,11 @@ pub struct Acked {
     pub lsn: u64,
 }
 
-/// Posts one message to `lobby`; what was acknowledged.
-pub fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
+/// Posts one message to `lobby`: the status code and the body of the answer.
+pub fn post_answer(addr: &str, token: &str, text: &str) -> (u16, String) {
     let bearer = format!("Bearer {token}");
     let body = serde_json::json!({ "text": text }).to_string();
-    let (code, answer) = http(
+    http(
         addr,
         "POST",
         "/api/v1/rooms/lobby/messages",
@@ -323,7 +323,12 @@ pub fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
             ("content-type", "application/json"),
         ],
         body,
-    );
+    )
+}
+
+/// Posts one message to `lobby`; what was acknowledged.
+pub fn post(addr: &str, token: &str, text: &str) -> Option<Acked> {
+    let (code, answer) = post_answer(addr, token, text);
     if code != 201 {
         return None;
     }
