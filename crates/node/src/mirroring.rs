@@ -37,8 +37,38 @@ const MIRROR_STALL_MS: u64 = 2_000;
 const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
 /// The journal consumer that keeps records for the mirror.
 const MIRROR_CONSUMER: &str = "mirror";
-/// How often the primary moves the mirror's journal cursor (a durable write).
+/// How often the primary moves the mirror's journal cursor (a durable write), and a copy that
+/// follows a primary its journal's retention.
 const CONSUMER_EVERY_MS: u64 = 1_000;
+
+/// Whether a copy that follows a primary moves its journal's retention now (once a second:
+/// a durable write); `last` is when it last did.
+pub(crate) fn retention_due(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|t| t.elapsed() > Duration::from_millis(CONSUMER_EVERY_MS));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
+
+/// A copy that follows a primary keeps in its journal what the primary keeps (`kept_from`, of
+/// a pull's answer): it then has what the primary's consumers need if it takes over, and no
+/// more — without it a mirror's or standby's journal kept every record it ever applied.
+pub(crate) async fn retain_like_primary(
+    db: &Database,
+    kept_from: Option<Lsn>,
+) -> Result<(), String> {
+    let Some(from) = kept_from else { return Ok(()) };
+    let d = db.clone();
+    let r = tokio::task::spawn_blocking(move || d.retain_from(from))
+        .await
+        .map_err(|e| e.to_string())?;
+    match r {
+        // It became primary meanwhile: its own consumers decide now.
+        Ok(()) | Err(tandem_store::StoreError::Role(_)) => Ok(()),
+        Err(e) => Err(format!("journal retention: {e}")),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +129,8 @@ struct LinkState {
     /// The gate waits for the mirror; the witness is told once the mirror reaches this LSN.
     synchronizing_from: Option<Lsn>,
     consumer_moved: Option<Instant>,
+    /// The mirror's side: when its journal's retention last followed the primary's.
+    retained: Option<Instant>,
     /// Since when the mirror has lacked records without hardening any more, and its hardened
     /// LSN then.
     behind: Option<(Instant, Lsn)>,
@@ -690,14 +722,23 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
         .pull(&partner.address, &link.database, &req, PULL_WAIT_MS)
         .await;
     match answer {
-        Ok(PullAnswer::Records { lsn, batch, .. }) => {
-            {
+        Ok(PullAnswer::Records {
+            lsn,
+            batch,
+            kept_from,
+            ..
+        }) => {
+            let retain = {
                 let mut st = link.st();
                 st.last_contact = Some(Instant::now());
                 st.primary_lsn = lsn;
                 st.reseeding = None;
-            }
+                retention_due(&mut st.retained)
+            };
             let Some(db) = db else { return true };
+            if retain && let Err(e) = retain_like_primary(&db, kept_from).await {
+                link.error(e);
+            }
             if db.identity().role == Role::Standby {
                 // A copy that stepped down to follow another site's primary mirrors its
                 // partner again once the partner is primary.

@@ -163,6 +163,8 @@ fn should_follow(node: &NodeState, database: &str) -> bool {
 
 async fn follow(node: std::sync::Weak<NodeState>, database: String) {
     let mut target: Option<Node> = None;
+    // When this copy's journal retention last followed the primary's.
+    let mut retained: Option<Instant> = None;
     loop {
         let Some(node) = node.upgrade() else { return };
         if *node.stopping.borrow() {
@@ -199,12 +201,23 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
             .pull(&primary.address, &database, &req, PULL_WAIT_MS)
             .await;
         let pause = match answer {
-            Ok(PullAnswer::Records { lsn, batch, .. }) => {
+            Ok(PullAnswer::Records {
+                lsn,
+                batch,
+                kept_from,
+                ..
+            }) => {
                 node.standby.update(&database, |f| {
                     f.primary = Some(primary.name.clone());
                     f.primary_lsn = lsn;
                     f.contact = Some(Instant::now());
                 });
+                if let Some(d) = &db
+                    && crate::mirroring::retention_due(&mut retained)
+                    && let Err(e) = crate::mirroring::retain_like_primary(d, kept_from).await
+                {
+                    node.standby.update(&database, |f| f.last_error = Some(e));
+                }
                 match db {
                     Some(d) if !batch.records.is_empty() => {
                         let d2 = d.clone();

@@ -1161,6 +1161,14 @@ impl Database {
         })
     }
 
+    /// On a copy that is not primary: keep the journal's records from `from` on — what the
+    /// primary it follows keeps, so that it has what the primary's consumers need if it takes
+    /// over — and remove the others a slice at a time. Its cursors from days as a primary go.
+    /// Refused on a primary.
+    pub fn retain_from(&self, from: Lsn) -> Result<()> {
+        self.control(move |w| w.retain_from(from))
+    }
+
     pub fn remove_consumer(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
         self.control(move |w| w.remove_consumer(&name))

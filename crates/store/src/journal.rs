@@ -138,6 +138,10 @@ pub(crate) fn compress_segment(plain: &[u8]) -> Vec<u8> {
 /// A segment body's first byte: its records as they are, or LZ4-compressed (then a `u32`
 /// length of the records uncompressed, then one LZ4 block; written by earlier builds).
 pub(crate) const SEGMENT_PLAIN: u8 = 0;
+
+/// The cursor of a copy that is not primary: its journal keeps what its upstream keeps
+/// (`Database::retain_from`).
+pub const UPSTREAM_CONSUMER: &str = "upstream";
 const SEGMENT_LZ4: u8 = 1;
 
 /// The `(len u32, record)*` bytes of a segment body.

@@ -40,7 +40,7 @@ pub use database::{
 pub use error::{Result, StoreError};
 pub use follow::{Follow, Follower};
 pub use history::{Comparison, History, HistoryEntry, Position, compare};
-pub use journal::{Consumer, JournalStats, RecordBatch};
+pub use journal::{Consumer, JournalStats, RecordBatch, UPSTREAM_CONSUMER};
 pub use record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, RecordHeader, peek_header};
 pub use restore::{
     ChainReport, Recovery, RestoreOptions, RestoreReport, collect, restore_logs, restore_new,

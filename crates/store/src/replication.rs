@@ -60,6 +60,10 @@ pub enum PullAnswer {
         epoch: Epoch,
         /// The primary's committed LSN.
         lsn: Lsn,
+        /// The oldest record the primary's journal keeps (past its LSN when it keeps none):
+        /// what the mirror keeps too (`Database::retain_from`). Absent from older nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_from: Option<Lsn>,
         #[serde(skip)]
         batch: RecordBatch,
     },
@@ -152,6 +156,7 @@ pub fn serve_pull(db: &Database, req: &PullRequest) -> Result<PullAnswer> {
     Ok(PullAnswer::Records {
         epoch: me.epoch,
         lsn: leader.lsn,
+        kept_from: Some(db.journal_stats().oldest_lsn.unwrap_or(leader.lsn + 1)),
         batch,
     })
 }
@@ -387,6 +392,7 @@ mod tests {
         let answer = PullAnswer::Records {
             epoch: 1,
             lsn: 2,
+            kept_from: Some(1),
             batch: RecordBatch {
                 chain_before: Chain([7; 16]),
                 records: vec![vec![1, 2, 3], vec![4]],

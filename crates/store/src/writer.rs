@@ -873,6 +873,11 @@ impl Writer {
             w.state.history.push(new_epoch, next);
             w.state.epoch = new_epoch;
             w.state.role = Role::Primary;
+            // A primary keeps what its own consumers need, not what its upstream kept.
+            w.conn.execute(
+                "DELETE FROM _tandem_consumers WHERE name = ?1",
+                [journal::UPSTREAM_CONSUMER],
+            )?;
             w.persist_identity()
         })?;
         self.ack.gate().reset();
@@ -889,6 +894,44 @@ impl Writer {
             w.state.role = role;
             w.persist_identity()
         })
+    }
+
+    /// A copy that is not primary keeps the journal records from `from` on (what its upstream
+    /// keeps) and none before: one cursor, `UPSTREAM_CONSUMER`, just before it, which never
+    /// moves back; the cursors of its days as a primary go (they would hold every record
+    /// since). Nothing is written when that is already so.
+    pub(crate) fn retain_from(&mut self, from: Lsn) -> Result<()> {
+        if self.state.role == Role::Primary {
+            return Err(StoreError::Role(
+                "a primary keeps what its own consumers need".into(),
+            ));
+        }
+        let cursor = from.saturating_sub(1).min(self.state.lsn);
+        let consumers = journal::consumers(&self.conn)?;
+        let upstream = consumers
+            .iter()
+            .find(|c| c.name == journal::UPSTREAM_CONSUMER)
+            .map(|c| c.lsn);
+        if consumers.len() == usize::from(upstream.is_some())
+            && upstream.is_some_and(|u| u >= cursor)
+        {
+            return Ok(());
+        }
+        let cursor = cursor.max(upstream.unwrap_or(0));
+        self.transact(|w| {
+            w.conn.execute(
+                "DELETE FROM _tandem_consumers WHERE name != ?1",
+                [journal::UPSTREAM_CONSUMER],
+            )?;
+            w.conn.execute(
+                "INSERT INTO _tandem_consumers (name, lsn) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET lsn = excluded.lsn",
+                params![journal::UPSTREAM_CONSUMER, cursor as i64],
+            )?;
+            Ok(())
+        })?;
+        self.prune_soon();
+        Ok(())
     }
 
     pub(crate) fn set_consumer(&mut self, name: &str, lsn: Lsn, create: bool) -> Result<()> {

@@ -176,22 +176,27 @@ fn journal_replay_gives_identical_rows_and_chain() {
     ));
 }
 
-#[test]
-fn apply_refuses_gaps_foreign_chains_and_stale_epochs() {
-    let t = tempfile::tempdir().unwrap();
+/// A primary in `t/p` with `posts` posts, and an empty mirror of it in `t/c`.
+fn primary_and_empty_mirror(t: &tempfile::TempDir, posts: usize) -> (Database, Database) {
     let db = create(&t.path().join("p"));
-    for i in 0..20 {
+    for i in 0..posts {
         post(&db, 1, &format!("m{i}")).unwrap();
     }
-    let id = db.identity();
     let copy = Database::create_copy(
         &t.path().join("c"),
         "test",
-        id.database_id,
+        db.identity().database_id,
         Role::Mirror,
         Options::default(),
     )
     .unwrap();
+    (db, copy)
+}
+
+#[test]
+fn apply_refuses_gaps_foreign_chains_and_stale_epochs() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, copy) = primary_and_empty_mirror(&t, 20);
     let gap = db.read_journal(3, 5, 1 << 20).unwrap();
     let e = copy.apply(gap, None).unwrap_err().to_string();
     assert!(e.contains("gap of 2 records"), "{e}");
@@ -258,6 +263,57 @@ fn consumers_bound_the_journal_and_a_pruned_reader_is_told_to_reseed() {
         "cursors never move back"
     );
     assert!(db.health().unwrap().is_empty());
+}
+
+#[test]
+fn a_copy_keeps_what_its_primary_keeps_and_forgets_its_own_old_cursors() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, copy) = primary_and_empty_mirror(&t, 60);
+    let id = db.identity();
+    // Applied in batches of 10: a segment each.
+    for from in (1..=id.lsn).step_by(10) {
+        copy.apply(db.read_journal(from, 10, 1 << 20).unwrap(), None)
+            .unwrap();
+    }
+    assert!(
+        db.retain_from(30).is_err(),
+        "a primary keeps what its consumers need"
+    );
+    // Without a cursor it kept every record; following its primary's (which keeps from 31):
+    // the records before 31 go, the one cursor is just before it.
+    assert_eq!(copy.journal_stats().oldest_lsn, Some(1));
+    copy.retain_from(31).unwrap();
+    let stats = pruned_past(&copy, 30);
+    assert_eq!(stats.oldest_lsn, Some(31), "{stats:?}");
+    let names = |d: &Database| -> Vec<(String, Lsn)> {
+        d.consumers()
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.lsn))
+            .collect()
+    };
+    assert_eq!(names(&copy), [(UPSTREAM_CONSUMER.to_string(), 30)]);
+    // Never back; and past the copy's own LSN it keeps none (its cursor at its LSN).
+    copy.retain_from(5).unwrap();
+    assert_eq!(names(&copy), [(UPSTREAM_CONSUMER.to_string(), 30)]);
+    copy.retain_from(1_000).unwrap();
+    assert_eq!(names(&copy), [(UPSTREAM_CONSUMER.to_string(), id.lsn)]);
+    pruned_past(&copy, id.lsn - 1);
+    // Recovered, it is primary: the upstream's cursor goes, its own consumers decide.
+    copy.recover(None).unwrap();
+    assert!(names(&copy).is_empty());
+    copy.register_consumer("log-backup", id.lsn).unwrap();
+    // A primary that steps down forgets its cursors as soon as it follows another.
+    copy.set_role(Role::Mirror).unwrap();
+    copy.retain_from(id.lsn + 1).unwrap();
+    assert_eq!(names(&copy), [(UPSTREAM_CONSUMER.to_string(), id.lsn)]);
+    // Through a reopen, the same.
+    let lsn = copy.identity().lsn;
+    drop(copy);
+    let copy = Database::open(&t.path().join("c"), Options::default()).unwrap();
+    assert_eq!(copy.identity().lsn, lsn);
+    assert_eq!(names(&copy), [(UPSTREAM_CONSUMER.to_string(), id.lsn)]);
+    copy.integrity_check().unwrap();
 }
 
 fn backup_dir_with_writes(t: &tempfile::TempDir) -> (Database, PathBuf) {

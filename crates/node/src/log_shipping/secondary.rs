@@ -287,6 +287,14 @@ pub(super) fn secondary_round(
         let mut r = restore_copied(&db, &local, max);
         if let Ok(r) = &mut r {
             r.node = node.name.clone();
+            // The share holds the log backups: the copy's own journal keeps no more records
+            // than a primary keeps for a mirror (without this it kept every one it applied).
+            let keep = node.topology.mirroring.journal_records_max;
+            if r.records_applied > 0
+                && let Err(e) = db.retain_from((r.lsn + 1).saturating_sub(keep))
+            {
+                tracing::warn!(database, error = %e, "journal retention");
+            }
         }
         round.restored = Some(r);
     }
