@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tandem_node::Method;
-use tandem_node::log_shipping::share_present;
+use tandem_node::log_shipping::{share_present, share_room};
 use tandem_topology::{DATABASE_MGC, Topology};
 
 const TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -27,6 +27,29 @@ struct Places {
     primary_servers: Vec<String>,
     backup_servers: Vec<String>,
     primary_site: String,
+}
+
+/// Refuses a failback whose two full backups of mgc (steps 4 and 6: the copy moved back, then
+/// the secondary's seed), of a copy whose file holds `file_bytes`, and a fifth more for the
+/// log backups meanwhile, do not fit in the `room` left on `share`.
+fn room_for_two_full_backups(
+    share: &std::path::Path,
+    room: u64,
+    file_bytes: u64,
+    serving: &str,
+) -> anyhow::Result<()> {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    if room < file_bytes * 2 + file_bytes / 5 {
+        bail!(
+            "the share {} has {:.1} MiB free: the failback writes two full backups of mgc \
+             there (steps 4 and 6, about {:.1} MiB each, and log backups meanwhile): make room \
+             and run it again; the pool serves from {serving} meanwhile",
+            share.display(),
+            mib(room),
+            mib(file_bytes),
+        );
+    }
+    Ok(())
 }
 
 fn places(t: &Topology) -> anyhow::Result<Places> {
@@ -704,6 +727,13 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 ),
             }
         }
+        // Steps 4 and 6 each write a full backup of mgc on the share (the copy moved back,
+        // then the secondary's seed): a share without room for them would stop the failback at
+        // step 4, the active servers cleared.
+        if let Some(r) = role(d, &p.backup) {
+            let room = share_room(&d.topology.share).map_err(|e| anyhow::anyhow!(e))?;
+            room_for_two_full_backups(&d.topology.share, room, r.file_bytes, &p.backup)?;
+        }
         // The failback installs the primary site's mirror once the primary is restored: a
         // mirror node that does not answer would stop it there, the active servers cleared.
         if let Some(m) = &p.mirror
@@ -800,4 +830,26 @@ fn plan_text(r: &Value) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_for_two_full_backups;
+    use std::path::Path;
+
+    #[test]
+    fn a_failback_needs_room_for_two_full_backups_and_a_fifth_more() {
+        let share = Path::new("/mnt/share");
+        let mib = 1 << 20;
+        assert!(room_for_two_full_backups(share, 22 * mib, 10 * mib, "dal-db1").is_ok());
+        let e = room_for_two_full_backups(share, 22 * mib - 1, 10 * mib, "dal-db1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the share /mnt/share has 22.0 MiB free")
+                && e.contains("about 10.0 MiB each")
+                && e.ends_with("the pool serves from dal-db1 meanwhile"),
+            "{e}"
+        );
+    }
 }

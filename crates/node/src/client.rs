@@ -58,6 +58,9 @@ pub struct CopyRole {
     /// Why a primary refuses new writes for now (a planned failover or a failback paused it).
     #[serde(default)]
     pub paused: Option<String>,
+    /// The size of the copy's database file: about what a full backup of it takes.
+    #[serde(default)]
+    pub file_bytes: u64,
 }
 
 /// A procedure call as the internal API reads it (`procedures::Call`).

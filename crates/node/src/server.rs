@@ -283,6 +283,9 @@ async fn copy_role(
     })?;
     let id = db.identity();
     let gate = db.gate().status();
+    let file_bytes = std::fs::metadata(node.host.path_of(&database).join(tandem_store::DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
     Ok(Json(crate::client::CopyRole {
         node: node.name.clone(),
         database,
@@ -292,6 +295,7 @@ async fn copy_role(
         last_time_ms: id.last_time_ms,
         writable: id.role == tandem_store::Role::Primary && gate.fenced.is_none(),
         paused: gate.paused,
+        file_bytes,
         epoch_first_lsn: id
             .history
             .0

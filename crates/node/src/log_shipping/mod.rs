@@ -43,8 +43,8 @@ pub(crate) use chain::*;
 pub(crate) use jobs::*;
 pub use monitor::*;
 pub use secondary::*;
-pub use share::share_present;
 pub(crate) use share::*;
+pub use share::{share_present, share_room};
 
 /// The configuration file in `SHARE/<db>/`.
 pub const CONFIG_FILE: &str = "log-shipping.json";
@@ -309,6 +309,15 @@ mod tests {
         name: "rows",
         sql: "CREATE TABLE rows (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
     }];
+
+    #[test]
+    fn the_room_on_a_share_is_measured_and_a_missing_one_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(share_room(tmp.path()).unwrap() > 0);
+        let gone = tmp.path().join("not-mounted");
+        let e = share_room(&gone).unwrap_err();
+        assert!(e.starts_with(&format!("{}: ", gone.display())), "{e}");
+    }
 
     fn create(dir: &FsPath) -> Database {
         let db = Database::create(dir, "mgc", Options::default()).unwrap();
