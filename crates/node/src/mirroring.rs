@@ -129,8 +129,6 @@ struct LinkState {
     /// The gate waits for the mirror; the witness is told once the mirror reaches this LSN.
     synchronizing_from: Option<Lsn>,
     consumer_moved: Option<Instant>,
-    /// The mirror's side: when its journal's retention last followed the primary's.
-    retained: Option<Instant>,
     /// Since when the mirror has lacked records without hardening any more, and its hardened
     /// LSN then.
     behind: Option<(Instant, Lsn)>,
@@ -145,6 +143,8 @@ struct LinkState {
     reseeding: Option<String>,
     /// Why the last batch could not be applied (cleared by one that is).
     apply_failed: Option<String>,
+    /// When its journal's retention last followed the primary's.
+    retained: Option<Instant>,
     // Both.
     witness_heard: Option<Instant>,
     last_error: Option<String>,
