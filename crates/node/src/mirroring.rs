@@ -622,14 +622,23 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
 
 /// The mirror's journal cursor: at what it hardened, but never keeping more than `keep`
 /// records for it.
+/// Whether `db`'s journal has a cursor named `name` (one registered meanwhile by another
+/// task — a seed and the primary's tick register the mirror's — included).
+fn has_consumer(db: &Database, name: &str) -> bool {
+    db.consumers()
+        .is_ok_and(|c| c.iter().any(|c| c.name == name))
+}
+
 fn move_consumer(db: &Database, hardened: Lsn, keep: u64) -> Result<(), String> {
     let lsn = db.identity().lsn;
     let target = hardened.max(lsn.saturating_sub(keep)).min(lsn);
     let consumers = db.consumers().map_err(|e| e.to_string())?;
     match consumers.iter().find(|c| c.name == MIRROR_CONSUMER) {
-        None => db
-            .register_consumer(MIRROR_CONSUMER, target)
-            .map_err(|e| e.to_string()),
+        None => match db.register_consumer(MIRROR_CONSUMER, target) {
+            // A seed of the mirror registered it meanwhile: it moves on the next round.
+            Err(_) if has_consumer(db, MIRROR_CONSUMER) => Ok(()),
+            r => r.map_err(|e| e.to_string()),
+        },
         Some(c) if c.lsn < target => db
             .advance_consumer(MIRROR_CONSUMER, target)
             .map_err(|e| e.to_string()),
@@ -1155,14 +1164,9 @@ pub(crate) async fn serve_seed(
     let file = blocking(move || {
         // The journal keeps, for the new copy, what follows the backup (a cursor registered
         // before is at or before the snapshot: it keeps that too).
-        let registered = |d: &Database| {
-            d.consumers()
-                .map(|c| c.iter().any(|c| c.name == consumer))
-                .unwrap_or(false)
-        };
-        if !registered(&d)
+        if !has_consumer(&d, &consumer)
             && let Err(e) = d.register_consumer(&consumer, d.identity().lsn)
-            && !registered(&d)
+            && !has_consumer(&d, &consumer)
         {
             return Err(e.to_string());
         }
