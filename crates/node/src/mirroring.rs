@@ -148,6 +148,9 @@ struct LinkState {
     // Both.
     witness_heard: Option<Instant>,
     last_error: Option<String>,
+    /// Errors so far: a primary's tick that adds none, and finds its mirror not stalled,
+    /// clears `last_error` (it is history then).
+    errors: u64,
 }
 
 pub(crate) struct Link {
@@ -178,7 +181,9 @@ impl Link {
     }
 
     fn error(&self, e: impl std::fmt::Display) {
-        self.st().last_error = Some(e.to_string());
+        let mut st = self.st();
+        st.last_error = Some(e.to_string());
+        st.errors += 1;
     }
 }
 
@@ -514,6 +519,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// The primary's round: heartbeat to the witness (the lease), the synchronization state, the
 /// mirror's journal cursor.
 async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
+    let errors_before = link.st().errors;
     let gate = db.gate();
     let witness = witness_of(node);
     let sync_mode = link.partnership.mode == Mode::Sync;
@@ -616,6 +622,12 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
         let d = db.clone();
         if let Err(e) = blocking(move || move_consumer(&d, hardened, keep)).await {
             link.error(format!("mirror journal cursor: {e}"));
+        }
+        // Every check of a tick ran (the cursor's move once a second): none failed, and the
+        // mirror takes what it is sent, so an older error is history.
+        let mut st = link.st();
+        if st.errors == errors_before && st.stalled.is_none() {
+            st.last_error = None;
         }
     }
 }
