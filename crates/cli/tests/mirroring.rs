@@ -185,6 +185,12 @@ fn a_primary_cut_off_from_mirror_and_witness_stops_writing_and_rejoins() {
         body.contains("lease") || body.contains("not_primary"),
         "{body}"
     );
+    // And says so.
+    let c = d.copy("mgc", "atl-db1");
+    assert_eq!(
+        c["mirroring"]["state"], "isolated: accepts no writes",
+        "{c}"
+    );
     // The mirror and the witness agree it is gone: the mirror takes over, users post there.
     d.wait_copy("mgc", "atl-db2", "primary of epoch 2", |c| {
         c["role"] == "primary" && c["epoch"] == 2

@@ -102,7 +102,8 @@ pub struct LinkStatus {
     pub partner: String,
     pub mode: String,
     /// `synchronized`, `synchronizing`, `unprotected` (primary without its mirror),
-    /// `unprotected: mirror stalled` (the mirror pulls and hardens nothing),
+    /// `unprotected: mirror stalled` (the mirror pulls and hardens nothing), `isolated: accepts
+    /// no writes` (its lease ran out: neither mirror nor witness heard from),
     /// `fenced: stepping down` (a primary that learned of a newer epoch, until it is a mirror),
     /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`,
     /// `mirror: cannot apply` (its last batch failed: a full disk, say); `last_error` says why.
@@ -298,9 +299,12 @@ impl Mirroring {
             let alive = st
                 .last_pull
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS));
-            let fenced = db
+            let gate = db.as_ref().map(|d| d.gate().status());
+            let fenced = gate.as_ref().is_some_and(|g| g.fenced.is_some());
+            // Its lease ran out: neither mirror nor witness heard from lately.
+            let isolated = gate
                 .as_ref()
-                .is_some_and(|d| d.gate().status().fenced.is_some());
+                .is_some_and(|g| g.lease_required && g.lease_left_ms == 0);
             let state = if fenced {
                 // Between the fence and the role change of `demote`: it answers and accepts
                 // nothing, whatever the link said a moment ago.
@@ -311,6 +315,8 @@ impl Mirroring {
                 } else {
                     "unprotected"
                 }
+            } else if isolated {
+                "isolated: accepts no writes"
             } else if st.synchronized && alive {
                 "synchronized"
             } else if st.synchronizing_from.is_some() && alive {
