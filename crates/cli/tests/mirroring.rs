@@ -426,6 +426,58 @@ fn a_primary_that_cannot_write_refuses_posts_says_why_and_serves_again_once_it_c
 }
 
 #[test]
+fn a_damaged_mirror_is_found_and_made_again_from_its_primary() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = Vec::new();
+    for i in 0..1_500 {
+        let text = format!("{i} {}", "z".repeat(200));
+        acked.push((post(&fe, &token, &text).expect("a post").id, text));
+    }
+    let lsn = d.copy("mgc", "atl-db1")["lsn"].clone();
+    d.wait_copy("mgc", "atl-db2", "the primary's LSN", |c| c["lsn"] == lsn);
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    // Pages a third of the way into the mirror's file damaged (its WAL folded in first, as a
+    // checkpoint does): SQLite opens it, and appends at its end go through.
+    let file = d.dir.join("data/atl-db2/databases/mgc/tandem.db");
+    let sqlite = |f: &std::path::Path| tandem_store::rusqlite::Connection::open(f).unwrap();
+    sqlite(&file)
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let pages = bytes.len() / 4096;
+    for page in pages / 3..pages / 3 + 4 {
+        for b in &mut bytes[page * 4096 + 8..(page + 1) * 4096] {
+            *b ^= 0x5a;
+        }
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    // Back: the damage is found — as the copy opens (the pages it reads then), or by scrubbing
+    // within seconds — and the mirror is made again from the primary; the node serves its
+    // other copies meanwhile.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    let log = || std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("the copy is damaged") {
+        assert!(Instant::now() < deadline, "no reseed of the damaged copy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.wait_mirror("mgc", "atl-db2");
+    let id = post(&fe, &token, "after the repair").expect("a post").id;
+    acked.push((id, "after the repair".to_string()));
+    let lsn = d.copy("mgc", "atl-db1")["lsn"].clone();
+    let c = d.wait_copy("mgc", "atl-db2", "the primary's LSN", |c| c["lsn"] == lsn);
+    assert_eq!(c["warnings"], serde_json::json!([]), "{c}");
+    check_history(&acked, &history(&fe, &token));
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    let check: String = sqlite(&file)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =
         Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));

@@ -94,19 +94,38 @@ impl DbHost {
         for Placement { database, role } in topology.databases_on(node) {
             let path = dir.join(&database);
             let exists = path.join(tandem_store::DB_FILE).exists();
-            let db = if exists || (role == PlacementRole::Primary && create_primary(&database)) {
-                let db = if exists {
-                    Database::open(&path, Options::default())
-                } else {
-                    Database::create(&path, &database, Options::default())
+            let opened = match exists.then(|| Database::open(&path, Options::default())) {
+                Some(Err(e)) if e.is_damage() && role != PlacementRole::Primary => {
+                    // A copy made from another one (a mirror's, a standby's, a secondary's) too
+                    // damaged to open is made again from it, as a missing one is; the node
+                    // serves its other copies meanwhile. The damaged files are kept, aside.
+                    let aside = dir
+                        .join(".damaged")
+                        .join(format!("{database}-{}", crate::log_shipping::now_ms()));
+                    std::fs::create_dir_all(dir.join(".damaged"))
+                        .and_then(|()| std::fs::rename(&path, &aside))
+                        .map_err(|io| {
+                            format!("database {database} in {}: {e}; {io}", path.display())
+                        })?;
+                    tracing::error!(database, error = %e, aside = %aside.display(), "the copy is damaged and cannot be opened: moved aside, it is made again from its source");
+                    None
                 }
-                .map_err(|e| format!("database {database} in {}: {e}", path.display()))?;
-                prepare(&db, &database, topology)?;
-                let id = db.identity();
-                tracing::info!(database, role = %id.role, lsn = id.lsn, epoch = id.epoch, "database open");
-                Some(db)
-            } else {
-                None
+                Some(r) => Some(r),
+                None if role == PlacementRole::Primary && create_primary(&database) => {
+                    Some(Database::create(&path, &database, Options::default()))
+                }
+                None => None,
+            };
+            let db = match opened {
+                Some(r) => {
+                    let db =
+                        r.map_err(|e| format!("database {database} in {}: {e}", path.display()))?;
+                    prepare(&db, &database, topology)?;
+                    let id = db.identity();
+                    tracing::info!(database, role = %id.role, lsn = id.lsn, epoch = id.epoch, "database open");
+                    Some(db)
+                }
+                None => None,
             };
             copies.insert(
                 database,

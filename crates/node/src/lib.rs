@@ -21,6 +21,7 @@ pub mod mirroring;
 mod openapi;
 mod post_batcher;
 mod procedures;
+mod scrub;
 mod server;
 pub mod standby;
 mod status;

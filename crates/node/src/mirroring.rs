@@ -737,6 +737,18 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
             return true;
         }
     }
+    if let Some(damage) = db.as_ref().and_then(|d| d.damage()) {
+        // Scrubbing found it damaged: made again from the primary, which holds the sound pages.
+        drop(db);
+        reseed_or_retry(
+            node,
+            link,
+            &partner,
+            &format!("the copy is damaged: {damage}"),
+        )
+        .await;
+        return true;
+    }
     let req = PullRequest {
         copy: db.as_ref().map(CopyPosition::of),
         hardened: db
@@ -812,11 +824,7 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
             }
             // The copy is replaced only once every handle on it is closed, this one first.
             drop(db);
-            if let Err(e) = reseed(node, link, &partner, &reason).await {
-                tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
-                link.error(format!("reseed: {e}"));
-                link.st().reseeding = None;
-            }
+            reseed_or_retry(node, link, &partner, &reason).await;
             true
         }
         Ok(PullAnswer::NotPrimary { .. }) | Ok(PullAnswer::Fenced { .. }) => {
@@ -898,6 +906,20 @@ async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
 }
 
 /// Replaces this node's copy by one restored from a full backup streamed by the primary.
+/// `reseed`, whose failure is noted and retried by the link's next step.
+async fn reseed_or_retry(
+    node: &NodeState,
+    link: &Link,
+    partner: &tandem_topology::Node,
+    reason: &str,
+) {
+    if let Err(e) = reseed(node, link, partner, reason).await {
+        tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
+        link.error(format!("reseed: {e}"));
+        link.st().reseeding = None;
+    }
+}
+
 async fn reseed(
     node: &NodeState,
     link: &Link,

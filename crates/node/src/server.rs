@@ -604,6 +604,7 @@ pub async fn serve(
     crate::mirroring::start(&state);
     let standby_tasks = crate::standby::start(&state);
     crate::log_shipping::start(&state);
+    let scrub = crate::scrub::start(&state);
     if let Some(chat) = &state.chat {
         let _ = chat
             .posts
@@ -642,6 +643,7 @@ pub async fn serve(
         t.abort();
     }
     crate::log_shipping::stop(&state);
+    scrub.abort();
     follower.abort();
     let _ = follower.await;
     if let Some(f) = feed {

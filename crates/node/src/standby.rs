@@ -196,10 +196,17 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
             copy: db.as_ref().map(CopyPosition::of),
             hardened: db.as_ref().map(|d| d.identity().lsn).unwrap_or(0),
         };
-        let answer = node
-            .client
-            .pull(&primary.address, &database, &req, PULL_WAIT_MS)
-            .await;
+        let answer = match db.as_ref().and_then(|d| d.damage()) {
+            // Scrubbing found it damaged: made again from the primary, as one that diverged.
+            Some(damage) => Ok(PullAnswer::Reseed {
+                reason: format!("the copy is damaged: {damage}"),
+            }),
+            None => {
+                node.client
+                    .pull(&primary.address, &database, &req, PULL_WAIT_MS)
+                    .await
+            }
+        };
         let pause = match answer {
             Ok(PullAnswer::Records {
                 lsn,

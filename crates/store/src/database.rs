@@ -230,6 +230,8 @@ pub(crate) struct Published {
     pub(crate) recent: crate::recent::Recent,
     /// Commits fail (since the last one that went through).
     pub(crate) commit_failure: Mutex<Option<CommitFailure>>,
+    /// What the last `scrub` found damaged, if anything.
+    damage: Mutex<Option<String>>,
 }
 
 /// Commits failing now: since when (ms since the Unix epoch), how many transactions were
@@ -860,6 +862,7 @@ impl Database {
             committed,
             written,
             commit_failure: Mutex::new(None),
+            damage: Mutex::new(None),
             recent: Default::default(),
         });
         let gate = Arc::new(crate::ack::Gate::default());
@@ -1207,10 +1210,41 @@ impl Database {
             .clone()
     }
 
+    /// Reads every page of the copy (SQLite's `quick_check`, on a reader: no commit waits for
+    /// it): `None` when it is sound, else the damage found, which `damage` and the copy's
+    /// health report from then on. A copy made again from another (a reseed) starts sound.
+    pub fn scrub(&self) -> Result<Option<String>> {
+        let report: Vec<String> = self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA quick_check(10)")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })?;
+        let found = (report != ["ok"]).then(|| report.join("\n").replace('\n', "; "));
+        found.clone_into(&mut self.inner.published.damage.lock().expect("damage lock"));
+        Ok(found)
+    }
+
+    /// The damage the last `scrub` found, if it found any.
+    pub fn damage(&self) -> Option<String> {
+        self.inner
+            .published
+            .damage
+            .lock()
+            .expect("damage lock")
+            .clone()
+    }
+
     /// Conditions an operator should know about; empty when healthy.
     pub fn health(&self) -> Result<Vec<String>> {
         let stats = self.journal_stats();
         let mut warnings = Vec::new();
+        if let Some(d) = self.damage() {
+            warnings.push(format!(
+                "the copy is damaged (SQLite's quick_check: {d}): a mirror or standby is made \
+                 again from its primary by itself; a primary, fail it over to its mirror (`tandem \
+                 db mirror failover`), and it is made again as the mirror"
+            ));
+        }
         if let Some(f) = self.commit_failure() {
             warnings.push(format!(
                 "commits fail, rolled back, for {} s ({} transactions refused): {}; they go \

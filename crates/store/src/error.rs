@@ -66,6 +66,19 @@ fn sqlite_text(e: &rusqlite::Error) -> String {
 }
 
 impl StoreError {
+    /// Damaged bytes in a database file or a record (SQLite's `SQLITE_CORRUPT` or
+    /// `SQLITE_NOTADB`, or the store's own checks), as opposed to a failing system or a refusal.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: path.into(),

@@ -176,6 +176,73 @@ fn journal_replay_gives_identical_rows_and_chain() {
     ));
 }
 
+#[test]
+fn damaged_pages_are_found_as_the_copy_opens_or_as_it_is_scrubbed() {
+    // The first pages past the middle (the journal's, which opening reads, among them): the
+    // copy does not open, and says why.
+    let (t, dir) = damaged_copy(false, |_| true);
+    let e = Database::open(&dir, Options::default()).unwrap_err();
+    assert!(e.is_damage(), "{e}");
+    drop(t);
+    // Pages of the rows alone (the journal emptied and the file compacted first), which
+    // opening does not read: it opens, and scrubbing finds them.
+    let (_t, dir) = damaged_copy(true, |page| page[0] == 0x0d && cells(page) >= 10);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    let found = db.scrub().unwrap().expect("scrubbing finds the damage");
+    assert!(found.contains("in database main"), "{found}");
+    assert_eq!(db.damage().as_deref(), Some(found.as_str()));
+    let health = db.health().unwrap();
+    assert!(
+        health.iter().any(|w| w.starts_with("the copy is damaged")),
+        "{health:?}"
+    );
+}
+
+/// Cells on a b-tree page (its header's count).
+fn cells(page: &[u8]) -> u16 {
+    u16::from_be_bytes([page[3], page[4]])
+}
+
+/// A database of 3,000 posts (its journal emptied and the file compacted with `compact`), its
+/// WAL folded in (as a checkpoint does), then the first four pages past the middle of the file
+/// that `pick` chooses damaged.
+fn damaged_copy(compact: bool, pick: impl Fn(&[u8]) -> bool) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("db");
+    let db = create(&dir);
+    for i in 0..3000 {
+        post(&db, 1, &format!("message {i} {}", "w".repeat(100))).unwrap();
+    }
+    assert_eq!(db.scrub().unwrap(), None);
+    assert_eq!(db.damage(), None);
+    if compact {
+        db.register_consumer("reader", db.identity().lsn).unwrap();
+        db.prune_journal().unwrap();
+    }
+    drop(db);
+    let file = dir.join(DB_FILE);
+    let c = rusqlite::Connection::open(&file).unwrap();
+    if compact {
+        c.execute_batch("VACUUM").unwrap();
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let pages: Vec<usize> = (bytes.len() / 8192..bytes.len() / 4096)
+        .filter(|&p| pick(&bytes[p * 4096..(p + 1) * 4096]))
+        .take(4)
+        .collect();
+    assert_eq!(pages.len(), 4, "no such pages");
+    for p in pages {
+        for b in &mut bytes[p * 4096 + 8..(p + 1) * 4096] {
+            *b ^= 0x5a;
+        }
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    (t, dir)
+}
+
 /// A primary in `t/p` with `posts` posts, and an empty mirror of it in `t/c`.
 fn primary_and_empty_mirror(t: &tempfile::TempDir, posts: usize) -> (Database, Database) {
     let db = create(&t.path().join("p"));
