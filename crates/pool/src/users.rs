@@ -266,7 +266,17 @@ fn user_exists(tx: &Tx<'_>, name: &str) -> Result<bool, PoolError> {
 
 fn insert_token(tx: &mut Tx<'_>, token_hash: &str, user: &str) -> Result<(), PoolError> {
     debug_assert!(is_token_hash(token_hash), "tokens are stored as sha256 hex");
-    let now = tx.time_ms();
+    // After the user's newest token, even within one millisecond: the oldest are the first
+    // made, which `drop_oldest_tokens` removes (a tie was broken by the hash: a new token could
+    // go before an older one).
+    let newest = tx
+        .query_row(
+            "SELECT MAX(created_ms) FROM tokens WHERE user = ?1",
+            [user],
+            |r| r.get::<_, Option<i64>>(0),
+        )?
+        .flatten();
+    let now = tx.time_ms().max(newest.map_or(i64::MIN, |t| t + 1));
     tx.insert(
         "tokens",
         vec![
