@@ -459,7 +459,12 @@ fn a_damaged_mirror_is_found_and_made_again_from_its_primary() {
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let log = || std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !log().contains("the copy is damaged") {
+    let repaired = || {
+        let log = log();
+        log.find("the copy is damaged")
+            .is_some_and(|at| log[at..].contains("copy reseeded database=\"mgc\""))
+    };
+    while !repaired() {
         assert!(Instant::now() < deadline, "no reseed of the damaged copy");
         std::thread::sleep(Duration::from_millis(100));
     }
