@@ -97,7 +97,7 @@ impl Deployment {
         timeout: std::time::Duration,
     ) -> Vec<tandem_node::CopyRole> {
         self.client()
-            .copy_roles(&self.topology, database, timeout)
+            .copy_roles(&self.topology, database, None, timeout)
             .await
     }
 

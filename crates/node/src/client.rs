@@ -250,18 +250,21 @@ impl Client {
         self.send(addr, req, Some(timeout)).await
     }
 
-    /// The roles of `db`'s copies on the database nodes of `topology`, asked at once, each
-    /// given `timeout`: the nodes that answered, in the topology's order.
+    /// The roles of `db`'s copies on the database nodes of `topology` but `except` (the
+    /// asking node itself), asked at once, each given `timeout`: the nodes that answered, in
+    /// the topology's order.
     pub async fn copy_roles(
         &self,
         topology: &tandem_topology::Topology,
         db: &str,
+        except: Option<&str>,
         timeout: Duration,
     ) -> Vec<CopyRole> {
         let nodes = topology.nodes_with(tandem_topology::Role::Db);
         futures_util::future::join_all(
             nodes
                 .iter()
+                .filter(|n| Some(n.name.as_str()) != except)
                 .map(|n| self.copy_role(&n.address, db, timeout)),
         )
         .await

@@ -81,11 +81,11 @@ async fn no_other_writable_primary(
 ) -> Result<(), ApiError> {
     let copies = node
         .client
-        .copy_roles(&node.topology, database, ROLE_TIMEOUT)
+        .copy_roles(&node.topology, database, Some(&node.name), ROLE_TIMEOUT)
         .await;
     let Some(p) = copies
         .iter()
-        .find(|r| r.node != node.name && r.role == "primary" && r.writable && r.paused.is_none())
+        .find(|r| r.role == "primary" && r.writable && r.paused.is_none())
     else {
         return Ok(());
     };
