@@ -202,7 +202,30 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
         .max_by_key(|c| c.lsn)
         .cloned()
         .with_context(|| {
-            format!("no reachable standby copy of the CMS outside site {lost_site}")
+            let others: Vec<String> = s
+                .copies
+                .iter()
+                .filter(|c| c.site != lost_site)
+                .map(|c| match (&c.role, c.reachable) {
+                    (_, false) => format!("{} does not answer", c.node),
+                    (Some(role), true) => format!("{} is {role}", c.node),
+                    (None, true) => format!("{} holds no copy", c.node),
+                })
+                .collect();
+            let from = match &master {
+                Some(m) => format!("the CMS master is {} (site {lost_site}), reachable", m.node),
+                None => format!("the CMS master's site is {lost_site}"),
+            };
+            format!(
+                "{from}: a failover promotes a standby copy in another site, and there is none \
+                 to promote ({}); start that site's nodes, or, if the master is where it should \
+                 be, there is nothing to fail over",
+                if others.is_empty() {
+                    "no copy outside the site".to_string()
+                } else {
+                    others.join("; ")
+                }
+            )
         })?;
     let planned = master.is_some();
     if !planned && !force {

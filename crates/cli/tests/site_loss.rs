@@ -197,6 +197,15 @@ fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes(
     assert_eq!(runs[0]["result"], "ok", "{audit}");
     assert_eq!(runs[0]["report"]["kind"], "forced", "{audit}");
     assert_eq!(runs[0]["report"]["lost"], r["lost"], "{audit}");
+    // Run again while atl is still lost: nothing to promote, and the refusal says why.
+    let out = tandem(&d.dir, &["cms", "failover", "--force"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the CMS master is dal-db1 (site dal), reachable")
+            && err.contains("atl-db1 does not answer"),
+        "{err}"
+    );
     // The CMS serves from dal: a user is added, the chat pool's state is read.
     ok(&d.dir, &["user", "add", "carol", "--pool", "pool-dal"]);
     ok(&d.dir, &["chat", "active-servers", "show"]);
