@@ -178,6 +178,10 @@ fn human(s: &CmsStatus) -> String {
 }
 
 fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow::Result<()> {
+    // One procedure at a time on a deployment (`procedure_lock`).
+    let _lock = (!dry_run)
+        .then(|| crate::runbook::procedure_lock(d, "cms-failover"))
+        .transpose()?;
     let s = copies(d)?;
     let master = s
         .master

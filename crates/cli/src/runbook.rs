@@ -170,6 +170,7 @@ impl<'a> Runbook<'a> {
         summary: impl Fn(&RunState) -> Value,
     ) -> anyhow::Result<(Outcome, Value)> {
         let started = Instant::now();
+        let _lock = procedure_lock(self.deployment, self.procedure)?;
         let (mut state, resumed) = match self.in_progress() {
             Some(mut s) => {
                 s.resumed += 1;
@@ -308,9 +309,72 @@ pub fn append_audit<S: Serialize>(d: &Deployment, line: &AuditLine<'_, S>) {
     }
 }
 
+/// Held while a procedure changes the deployment: one at a time per deployment directory. Two
+/// operators (or one who thought a run had hung) running the chat failback twice at once would
+/// each take a full backup and restore it over the primary — the later restore dropping what
+/// was written after the earlier one. The kernel lets go of the lock when its holder ends,
+/// killed or not, so an interrupted run is resumed without anything to clean up.
+pub struct ProcedureLock {
+    _file: std::fs::File,
+}
+
+/// Takes the deployment's procedure lock for `procedure`, or says which run holds it.
+pub fn procedure_lock(d: &Deployment, procedure: &str) -> anyhow::Result<ProcedureLock> {
+    let dir = d.dir().join(".tandem").join("runs");
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let path = dir.join("procedure.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default())
+                .unwrap_or(Value::Null);
+            let who = match holder["procedure"].as_str() {
+                Some(p) => format!(
+                    "`tandem {}` (pid {}, run by {}, since {})",
+                    p.replace('-', " "),
+                    holder["pid"],
+                    holder["user"].as_str().unwrap_or("?"),
+                    crate::output::time(holder["started_ms"].as_i64().unwrap_or(0))
+                ),
+                None => "another procedure".into(),
+            };
+            bail!(
+                "{who} is running on this deployment ({}): wait until it ends, or stop it (a \
+                 stopped run resumes where it stopped when run again), then run this one",
+                d.dir().display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    let holder = json!({
+        "procedure": procedure,
+        "pid": std::process::id(),
+        "user": operator(),
+        "started_ms": now_ms(),
+    });
+    // Who holds it, for the refusal above; the lock itself is the kernel's.
+    file.set_len(0)?;
+    file.write_all(holder.to_string().as_bytes())?;
+    Ok(ProcedureLock { _file: file })
+}
+
 /// The operator running a procedure, for the audit log.
 pub fn operator() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // SAFETY: getuid cannot fail and touches no memory of ours.
+            format!("uid {}", unsafe { libc::getuid() })
+        })
 }
 
 /// Runs one step command of this same program against the deployment, as an operator would;

@@ -90,6 +90,31 @@ fn a_planned_cms_failover_and_back_loses_nothing_and_nodes_follow() {
     let r = json(&d.dir, &["cms", "failover", "--dry-run"]);
     assert_eq!(r["kind"], "planned", "{r}");
     assert_eq!(r["to"], "dal-db1", "{r}");
+    // One procedure at a time: while another run holds the deployment's procedure lock, a
+    // failover is refused, names the run, and changes nothing.
+    {
+        let runs = d.dir.join(".tandem").join("runs");
+        std::fs::create_dir_all(&runs).unwrap();
+        let path = runs.join("procedure.lock");
+        let held = std::fs::File::create(&path).unwrap();
+        held.try_lock().unwrap();
+        std::fs::write(
+            &path,
+            r#"{"procedure":"chat-failback","pid":4242,"user":"erin","started_ms":0}"#,
+        )
+        .unwrap();
+        for args in [&["cms", "failover"][..], &["chat", "failback"][..]] {
+            let out = tandem(&d.dir, args);
+            assert!(!out.status.success(), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("`tandem chat failback` (pid 4242, run by erin")
+                    && err.contains("is running on this deployment"),
+                "{args:?}: {err}"
+            );
+        }
+        assert_eq!(json(&d.dir, &["cms", "status"])["master"], "atl-db1");
+    }
     // A failover whose CLI died after pausing the master left it refusing writes: both status
     // commands say so, and a new run finishes the failover.
     let (code, body) = http(
