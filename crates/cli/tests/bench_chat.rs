@@ -53,6 +53,18 @@ fn bench_chat_measures_posts_and_history_then_stops_both_nodes() {
     assert_eq!(history["page_size"], 100, "{r:#}");
     assert!(history["pages"].as_u64().unwrap() > 0, "{r:#}");
     assert!(r["load_seconds"].as_f64().unwrap() > 0.0, "{r:#}");
+    // What the load left in the nodes' memory, with every post it counted.
+    let m = &r["memory"];
+    assert_eq!(
+        m["posts"].as_u64().unwrap(),
+        ["one_room", "many_rooms", "paced"]
+            .iter()
+            .map(|run| r[run]["posts"].as_u64().unwrap())
+            .sum::<u64>(),
+        "{r:#}"
+    );
+    assert!(m["chat_node_mb"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(m["db_node_mb"].as_f64().unwrap() > 0.0, "{r:#}");
     // Every session opened, and the one post reached each of them (the bench fails otherwise).
     let w = &r["sessions"];
     assert_eq!(w["sessions"], 50, "{r:#}");

@@ -73,11 +73,21 @@ struct History {
 }
 
 #[derive(Serialize)]
+struct Memory {
+    posts: u64,
+    chat_node_mb: Option<f64>,
+    db_node_mb: Option<f64>,
+}
+
+#[derive(Serialize)]
 struct Report {
     one_room: Throughput,
     many_rooms: Throughput,
     paced: Paced,
     history: History,
+    /// The nodes' resident memory (MB) once every post and page above is answered: what the
+    /// load left behind.
+    memory: Memory,
     /// None with `--websockets 0`.
     sessions: Option<super::sessions::Sessions>,
     load_seconds: f64,
@@ -557,6 +567,11 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
     }
     out.progress("history pages of 100…");
     let history = rt.block_on(history(&chat_addr, &token, a.history_messages))?;
+    let memory = Memory {
+        posts: one_room.posts + many_rooms.posts + paced.posts,
+        chat_node_mb: super::sessions::resident_mb(nodes.children[1].id()),
+        db_node_mb: super::sessions::resident_mb(nodes.children[0].id()),
+    };
     let sessions = if a.websockets > 0 {
         out.progress(&format!(
             "{} WebSocket sessions on room-0, one post to all of them…",
@@ -579,6 +594,7 @@ pub fn run(a: ChatArgs, out: &Output) -> anyhow::Result<()> {
         many_rooms,
         paced,
         history,
+        memory,
         sessions,
         load_seconds,
     };
@@ -631,6 +647,14 @@ fn human(r: &Report) -> String {
         r.history.latency.p50_ms,
         r.history.latency.p99_ms,
         count(r.history.room_messages as f64)
+    ));
+    let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1}"));
+    s.push_str(&format!(
+        "{:<34}{:>10} MB chat node, {} MB db node, resident after {} posts  (target: db node < 300 MB)\n",
+        "memory after the load",
+        mb(r.memory.chat_node_mb),
+        mb(r.memory.db_node_mb),
+        count(r.memory.posts as f64)
     ));
     if let Some(w) = &r.sessions {
         s.push_str(&w.human());

@@ -70,7 +70,7 @@ pub(super) fn allow_open_files(sessions: u64) -> anyhow::Result<()> {
 }
 
 /// A process's resident memory in MB, from `/proc/PID/status`.
-fn resident_mb(pid: u32) -> Option<f64> {
+pub(super) fn resident_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
