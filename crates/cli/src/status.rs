@@ -274,10 +274,18 @@ fn human(r: &Report) -> String {
             .mirroring
             .as_ref()
             .map(|m| {
-                let lag = if m.lag_records > 0 {
-                    format!(", {} behind", m.lag_records)
-                } else {
-                    String::new()
+                // A primary whose mirror has not pulled since it started knows no position of
+                // it: its "behind" would be its own LSN.
+                let primary_side = !m.state.starts_with("mirror");
+                let lag = match m.partner_heard_ms {
+                    None if primary_side => ", not heard from".to_string(),
+                    _ if m.lag_records == 0 => String::new(),
+                    Some(ms) if ms >= 5_000 => format!(
+                        ", {} behind, last heard from {:.0} s ago",
+                        m.lag_records,
+                        ms as f64 / 1000.0
+                    ),
+                    _ => format!(", {} behind", m.lag_records),
                 };
                 format!("{} with {} ({}{lag})", m.state, m.partner, m.mode)
             })

@@ -512,6 +512,29 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     }
     // The primary moves the mirror's journal cursor once a second; let it drop the old records.
     std::thread::sleep(Duration::from_millis(1_500));
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("mgc ") && l.contains("atl-db1"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let text = ok(&d.dir, &["status"]);
+    assert!(line(&text).contains(" behind"), "{text}");
+    // Restarted while its mirror is away, the primary serves alone and knows no position of the
+    // mirror: status says so rather than counting its whole journal as the mirror's lag.
+    d.kill("atl-db1");
+    d.wait_copy("mgc", "atl-db1", "its node down", |c| {
+        c["state"] == "node down"
+    });
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    d.wait_copy("mgc", "atl-db1", "unprotected after a restart", |c| {
+        c["mirroring"]["state"] == "unprotected"
+    });
+    let text = ok(&d.dir, &["status"]);
+    assert!(
+        line(&text).contains("unprotected with atl-db2 (sync, not heard from)"),
+        "{text}"
+    );
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
     let mirror = d.wait_mirror("mgc", "atl-db2");
     let log = std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
