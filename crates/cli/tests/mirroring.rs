@@ -61,9 +61,10 @@ impl Deployment {
                     lines[lines.len().saturating_sub(30)..].join("\n")
                 };
                 panic!(
-                    "{db} on {node}: {what}; last: {c}\n--- atl-db1 ---\n{}\n--- atl-db2 ---\n{}",
+                    "{db} on {node}: {what}; last: {c}\n--- atl-db1 ---\n{}\n--- atl-db2 ---\n{}\n--- atl-fe ---\n{}",
                     log("atl-db1"),
-                    log("atl-db2")
+                    log("atl-db2"),
+                    log("atl-fe")
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -262,6 +263,144 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
         (&c["role"], &c["lsn"]),
         (&serde_json::json!("primary"), &lsn),
         "{c}"
+    );
+}
+
+#[test]
+fn a_primary_restarted_without_its_mirror_tells_the_witness_before_it_answers() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = Vec::new();
+    let post_all = |prefix: &str, acked: &mut Vec<(i64, String)>| {
+        for i in 0..20 {
+            let text = format!("{prefix} {i}");
+            let a = post(&fe, &token, &text).expect("acknowledged");
+            acked.push((a.id, text));
+        }
+    };
+    post_all("both up", &mut acked);
+    d.wait_mirror("mgc", "atl-db2");
+    // Both copies go down while synchronized (the witness holds "synchronized"); the primary
+    // comes back alone and serves. What it acknowledges now is on no other copy: the witness
+    // must know that before the first answer.
+    d.kill("atl-db1");
+    d.kill("atl-db2");
+    for node in ["atl-db1", "atl-db2"] {
+        d.wait_copy("mgc", node, "its node down", |c| c["state"] == "node down");
+    }
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    d.wait_copy("mgc", "atl-db1", "serving alone", |c| {
+        c["mirroring"]["state"] == "unprotected"
+    });
+    post_all("alone", &mut acked);
+    // The primary is lost and its mirror comes back: no automatic failover to a copy that
+    // lacks acknowledged posts.
+    d.kill("atl-db1");
+    d.wait_copy("mgc", "atl-db1", "its node down", |c| {
+        c["state"] == "node down"
+    });
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    let c = d.wait_copy("mgc", "atl-db2", "refused by the witness", |c| {
+        c["mirroring"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not synchronized"))
+    });
+    // Twice the witness's failover delay and more: still a mirror.
+    std::thread::sleep(Duration::from_millis(4_000));
+    let c2 = d.copy("mgc", "atl-db2");
+    assert_eq!(c2["role"], "mirror", "{c}\n{c2}");
+    // The primary back: the mirror catches up, and every acknowledged post is there.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    d.wait_mirror("mgc", "atl-db2");
+    post_all("again", &mut acked);
+    check_history(&acked, &history(&fe, &token));
+}
+
+#[test]
+fn a_witness_that_lost_its_state_is_told_again_and_the_mirror_can_still_take_over() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let a = post(&fe, &token, "before").expect("acknowledged");
+    // The witness's node comes back with an empty disk: it knows no primary, no epoch, and
+    // no synchronized mirror. The primaries' next rounds tell it again.
+    d.kill("atl-fe");
+    d.wait_copy("mgc", "atl-fe", "its node down", |c| {
+        c.is_null() || c["state"] == "node down"
+    });
+    std::fs::remove_dir_all(d.dir.join("data/atl-fe/witness")).unwrap();
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-fe"]);
+    let b = post(&fe, &token, "witness back").expect("acknowledged");
+    d.wait_mirror("mgc", "atl-db2");
+    // The primary's next round registers it again, and says its mirror is synchronized.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http(
+            &fe,
+            "GET",
+            "/internal/v1/status",
+            &[("x-tandem-secret", d.secret().as_str())],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let s: Value = serde_json::from_str(&body).unwrap();
+        let mgc = s["witness"]
+            .as_array()
+            .and_then(|w| w.iter().find(|r| r["database"] == "mgc").cloned());
+        if mgc.as_ref().is_some_and(|r| r["synchronized"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the witness holds {mgc:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill("atl-db1");
+    d.wait_copy("mgc", "atl-db2", "primary after the failover", |c| {
+        c["role"] == "primary"
+    });
+    let c = post(&fe, &token, "after").expect("acknowledged");
+    check_history(
+        &[
+            (a.id, "before".into()),
+            (b.id, "witness back".into()),
+            (c.id, "after".into()),
+        ],
+        &history(&fe, &token),
+    );
+}
+
+#[test]
+fn a_second_failover_needs_no_write_after_the_first() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let dbs = ["cms", "mgc", "mgccomp", "users-pool-atl"];
+    // atl-db1 lost: atl-db2 takes every database over (epoch 2), atl-db1 comes back as its
+    // mirror. Nothing is written to mgccomp nor to the pool's users since: those mirrors hold
+    // no record of epoch 2, only every record there is.
+    d.kill("atl-db1");
+    for db in dbs {
+        d.wait_copy(db, "atl-db2", "primary after the first failover", |c| {
+            c["role"] == "primary"
+        });
+    }
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    for db in dbs {
+        d.wait_mirror(db, "atl-db1");
+    }
+    let a = post(&fe, &token, "between").expect("acknowledged");
+    // atl-db2 lost in turn: every database fails over back to atl-db1.
+    d.kill("atl-db2");
+    for db in dbs {
+        let c = d.wait_copy(db, "atl-db1", "primary after the second failover", |c| {
+            c["role"] == "primary"
+        });
+        assert!(c["epoch"].as_u64().unwrap() >= 3, "{c}");
+    }
+    let b = post(&fe, &token, "after").expect("acknowledged");
+    check_history(
+        &[(a.id, "between".into()), (b.id, "after".into())],
+        &history(&fe, &token),
     );
 }
 

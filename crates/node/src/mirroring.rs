@@ -139,6 +139,8 @@ struct LinkState {
     // The mirror's side.
     last_contact: Option<Instant>,
     primary_lsn: Lsn,
+    /// The primary's epoch, as its last answer said.
+    primary_epoch: u64,
     /// The last pull left this copy with every record the primary had.
     caught_up: bool,
     reseeding: Option<String>,
@@ -146,6 +148,10 @@ struct LinkState {
     apply_failed: Option<String>,
     /// When its journal's retention last followed the primary's.
     retained: Option<Instant>,
+    /// What the witness last said of the mirror (its record's `synchronized`), from a
+    /// heartbeat's answer or a report it took: a primary serves without its mirror only once
+    /// the witness holds `false`.
+    witness_synchronized: Option<bool>,
     // Both.
     witness_heard: Option<Instant>,
     last_error: Option<String>,
@@ -412,6 +418,16 @@ pub(crate) fn start(node: &Shared) {
         {
             db.gate().require_lease(true);
         }
+        // A primary that comes back answers only what its mirror hardened, until its first
+        // round has told the witness whether the mirror is synchronized: the witness may
+        // still hold "synchronized" from before, and a mirror it lets take over must have
+        // every answered record.
+        if let Some(db) = node.host.get(&link.database)
+            && db.identity().role == Role::Primary
+            && link.partnership.mode == Mode::Sync
+        {
+            db.gate().set_sync(true, 0);
+        }
         spawn(node, link);
     }
 }
@@ -541,7 +557,16 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
         match node.client.witness(&w.address, &req).await {
             Ok(a) if a.verdict == Verdict::Ok => {
                 gate.renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
-                link.st().witness_heard = Some(Instant::now());
+                let mut st = link.st();
+                st.witness_heard = Some(Instant::now());
+                if let Some(r) = &a.record {
+                    st.witness_synchronized = Some(r.synchronized);
+                    // A witness that lost its state (or a new one) knows no synchronized
+                    // mirror: it is told again below, once the mirror has every answer.
+                    if !r.synchronized {
+                        st.synchronized = false;
+                    }
+                }
             }
             Ok(a) => {
                 let reason = a.reason.unwrap_or_else(|| "fenced by the witness".into());
@@ -574,11 +599,11 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
         (stalled_now, st.stalled)
     };
     if sync_mode {
-        if alive && !stalled_now {
-            if from.is_none()
-                && hardened + SYNC_CATCH_UP_RECORDS >= id.lsn
-                && stalled_at.is_none_or(|at| hardened > at)
-            {
+        // Answers wait for the mirror (a round set it, or the node started so).
+        let waiting = gate.status().sync;
+        let close = hardened + SYNC_CATCH_UP_RECORDS >= id.lsn;
+        if alive && !stalled_now && (from.is_some() || close || !waiting) {
+            if from.is_none() && close && stalled_at.is_none_or(|at| hardened > at) {
                 // From here on answers wait for the mirror; the witness hears "synchronized"
                 // once the mirror has what was answered before.
                 gate.set_sync(true, hardened);
@@ -593,10 +618,12 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
                 tracing::info!(database = %link.database, mirror = %link.partnership.partner, "mirror synchronized");
                 link.st().synchronized = true;
             }
-        } else if from.is_some() {
-            // The mirror is gone, or takes nothing: tell the witness before answering anything
-            // it lacks.
-            if !synchronized || tell_witness(node, link, &db, witness.as_ref(), false).await {
+        } else if from.is_some() || waiting {
+            // The mirror is gone, takes nothing, or (at a start) is far behind: tell the
+            // witness before answering anything it lacks — unless its answer this round said
+            // it knows.
+            let known = witness.is_none() || link.st().witness_synchronized == Some(false);
+            if known || tell_witness(node, link, &db, witness.as_ref(), false).await {
                 if stalled_now {
                     tracing::warn!(database = %link.database, mirror = %link.partnership.partner, hardened, "mirror stalled (it pulls and hardens nothing): serving unprotected");
                     link.error(format!(
@@ -682,7 +709,9 @@ async fn tell_witness(
     };
     match node.client.witness(&w.address, &req).await {
         Ok(a) if a.verdict == Verdict::Ok => {
-            link.st().witness_heard = Some(Instant::now());
+            let mut st = link.st();
+            st.witness_heard = Some(Instant::now());
+            st.witness_synchronized = Some(synchronized);
             true
         }
         Ok(a) => {
@@ -762,15 +791,16 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
         .await;
     match answer {
         Ok(PullAnswer::Records {
+            epoch,
             lsn,
             batch,
             kept_from,
-            ..
         }) => {
             let retain = {
                 let mut st = link.st();
                 st.last_contact = Some(Instant::now());
                 st.primary_lsn = lsn;
+                st.primary_epoch = epoch;
                 st.reseeding = None;
                 retention_due(&mut st.retained)
             };
@@ -857,11 +887,22 @@ async fn maybe_take_over(node: &NodeState, link: &Link, db: Option<&Database>) {
     }
     let Some(w) = witness_of(node) else { return };
     let id = db.identity();
+    // A mirror that had every record of its primary mirrors that primary's epoch, even when
+    // no record of that epoch reached it yet (a failover, then no write): its copy's own
+    // epoch is still the one before, which the witness would refuse.
+    let epoch = {
+        let st = link.st();
+        if st.caught_up && id.lsn >= st.primary_lsn {
+            id.epoch.max(st.primary_epoch)
+        } else {
+            id.epoch
+        }
+    };
     let req = WitnessRequest::Failover {
         database: link.database.clone(),
         node: node.name.clone(),
         database_id: id.database_id.to_hex(),
-        epoch: id.epoch,
+        epoch,
     };
     let answer = match node.client.witness(&w.address, &req).await {
         Ok(a) => a,
