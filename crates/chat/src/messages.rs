@@ -12,12 +12,14 @@ use crate::events::{
 use crate::names::{NameOf, check_name};
 use crate::schema::{Query, lsn_param, read};
 use serde::{Deserialize, Serialize};
-use tandem_store::{Database, Tx};
+use tandem_store::{Database, Tx, Value};
 
 /// Longest message text, in bytes of UTF-8.
 pub const TEXT_BYTES_MAX: usize = 8192;
 /// Most events in one page of history.
 pub const HISTORY_LIMIT_MAX: usize = 500;
+/// Longest key a client gives a post (`Idempotency-Key`), in bytes.
+pub const POST_KEY_BYTES_MAX: usize = 128;
 /// Events in a page of history when the query gives no limit.
 pub const HISTORY_LIMIT_DEFAULT: usize = 100;
 /// Most events one call to [`feed`] returns.
@@ -46,18 +48,62 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+/// A post as a client sends it: the room, the text, the message it answers, and the key the
+/// client gives it so that sending it again (no answer came) makes no second message.
+#[derive(Clone, Copy, Debug)]
+pub struct NewPost<'a> {
+    /// The room posted to.
+    pub room: &'a str,
+    /// The message, 1 to `TEXT_BYTES_MAX` bytes.
+    pub text: &'a str,
+    /// The message of the same room this one answers.
+    pub reply_to: Option<i64>,
+    /// The client's key for this post (`check_post_key`), unique per sender.
+    pub key: Option<&'a str>,
+}
+
+/// Refuses a post key that is empty, over `POST_KEY_BYTES_MAX` bytes, or not printable ASCII.
+pub fn check_post_key(key: &str) -> Result<(), ChatError> {
+    if key.is_empty()
+        || key.len() > POST_KEY_BYTES_MAX
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ChatError::Invalid(format!(
+            "a post key (Idempotency-Key) is 1 to {POST_KEY_BYTES_MAX} printable ASCII \
+             characters without spaces; {:?} is not",
+            key.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
 fn post_tx(
     user: &str,
-    room: &str,
-    text: &str,
-    reply_to: Option<i64>,
+    p: NewPost<'_>,
 ) -> Result<impl Fn(&mut Tx<'_>) -> Result<Event, ChatError> + Send + 'static, ChatError> {
     check_name(NameOf::User, user)?;
-    check_name(NameOf::Room, room)?;
-    check_text(text)?;
-    let (user, room, text) = (user.to_string(), room.to_string(), text.to_string());
+    check_name(NameOf::Room, p.room)?;
+    check_text(p.text)?;
+    if let Some(key) = p.key {
+        check_post_key(key)?;
+    }
+    let (user, room, text) = (user.to_string(), p.room.to_string(), p.text.to_string());
+    let (reply_to, key) = (p.reply_to, p.key.map(str::to_string));
     Ok(move |tx: &mut Tx<'_>| {
         let r = visible(tx, &user, &room)?;
+        if let Some(key) = &key
+            && let Some(first) = keyed(tx, &user, key)?
+        {
+            // A retry: the message the key made is the answer, if the retry is the same post.
+            if first.room == room && first.text == text && first.reply_to == reply_to {
+                return Ok(first);
+            }
+            return Err(ChatError::Conflict(format!(
+                "{user} already used the post key {key} for message {} in room {}: a retry \
+                 sends the same room, text and reply_to; a new message takes a new key",
+                first.id, first.room
+            )));
+        }
         if !r.member {
             return Err(ChatError::Forbidden(format!(
                 "{user} is not a member of room {room}: {}",
@@ -81,7 +127,7 @@ fn post_tx(
                 )));
             }
         }
-        append(
+        let event = append(
             tx,
             NewEvent {
                 room: &room,
@@ -91,8 +137,31 @@ fn post_tx(
                 subject: None,
                 reply_to,
             },
-        )
+        )?;
+        if let Some(key) = &key {
+            tx.insert(
+                "post_keys",
+                vec![
+                    Value::Text(user.clone()),
+                    Value::Text(key.clone()),
+                    Value::Integer(event.id),
+                ],
+            )?;
+        }
+        Ok(event)
     })
+}
+
+/// The message `user` posted with `key`, if any.
+fn keyed(tx: &Tx<'_>, user: &str, key: &str) -> Result<Option<Event>, ChatError> {
+    tx.row(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = \
+             (SELECT event_id FROM post_keys WHERE sender = ?1 AND key = ?2)"
+        ),
+        [user, key],
+        event_row,
+    )
 }
 
 /// Posts `text` in `room` as `user` and returns the `Message` event, durable. Only members post
@@ -106,21 +175,26 @@ pub fn post(
     text: &str,
     reply_to: Option<i64>,
 ) -> Result<Event, ChatError> {
-    Ok(db.write(post_tx(user, room, text, reply_to)?)?.value)
+    let p = NewPost {
+        room,
+        text,
+        reply_to,
+        key: None,
+    };
+    post_with(db, user, p)
 }
 
-/// `post` for async callers: the same transaction, awaited instead of blocking a thread.
-pub async fn post_async(
-    db: &Database,
-    user: &str,
-    room: &str,
-    text: &str,
-    reply_to: Option<i64>,
-) -> Result<Event, ChatError> {
-    Ok(db
-        .write_async(post_tx(user, room, text, reply_to)?)
-        .await?
-        .value)
+/// `post` with the client's key, as `post_async` takes it.
+pub fn post_with(db: &Database, user: &str, p: NewPost<'_>) -> Result<Event, ChatError> {
+    Ok(db.write(post_tx(user, p)?)?.value)
+}
+
+/// `post` for async callers, with the client's key: the same transaction, awaited instead of
+/// blocking a thread. A post whose key `user` already used is answered with the message it
+/// made — nothing is written — when the room, text and reply are the same, and refused
+/// (Conflict) otherwise.
+pub async fn post_async(db: &Database, user: &str, p: NewPost<'_>) -> Result<Event, ChatError> {
+    Ok(db.write_async(post_tx(user, p)?).await?.value)
 }
 
 /// A page of `room`'s events for `user`: the newest `limit`, the newest `limit` before a
@@ -264,6 +338,58 @@ mod tests {
     use crate::Privacy;
     use crate::test_support::{bulk_post, mgc, new_room};
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_retried_post_with_its_key_is_answered_with_the_first_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        crate::create_room(&db, "alice", &new_room("lobby", Privacy::Open)).unwrap();
+        crate::create_room(&db, "alice", &new_room("other", Privacy::Open)).unwrap();
+        crate::add_member(&db, "alice", "lobby", "bob", false).unwrap();
+        let post = |user: &str, room: &str, text: &str, key: Option<&str>| {
+            let p = NewPost {
+                room,
+                text,
+                reply_to: None,
+                key,
+            };
+            post_with(&db, user, p)
+        };
+        let first = post("alice", "lobby", "hello", Some("k-1")).unwrap();
+        let lsn = db.identity().lsn;
+        // The retry: the same message, and nothing written.
+        assert_eq!(post("alice", "lobby", "hello", Some("k-1")).unwrap(), first);
+        assert_eq!(db.identity().lsn, lsn);
+        // The key used for another post: refused, saying which message holds it.
+        for (room, text) in [("lobby", "hello again"), ("other", "hello")] {
+            match post("alice", room, text, Some("k-1")) {
+                Err(ChatError::Conflict(m)) => {
+                    assert!(m.contains(&format!("message {}", first.id)), "{m}")
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        // Keys are per sender; without a key every post is a message of its own.
+        let bobs = post("bob", "lobby", "hello", Some("k-1")).unwrap();
+        assert_ne!(bobs.id, first.id);
+        let a = post("alice", "lobby", "hello", None).unwrap();
+        let b = post("alice", "lobby", "hello", None).unwrap();
+        assert_ne!(a.id, b.id);
+        // A bad key is refused before anything runs.
+        for key in ["", "with space", "é", &"k".repeat(POST_KEY_BYTES_MAX + 1)] {
+            assert!(
+                matches!(
+                    post("alice", "lobby", "x", Some(key)),
+                    Err(ChatError::Invalid(_))
+                ),
+                "{key:?}"
+            );
+        }
+        check_post_key(&"k".repeat(POST_KEY_BYTES_MAX)).unwrap();
+        let page = history(&db, "alice", "lobby", &HistoryQuery::default()).unwrap();
+        let hellos = page.events.iter().filter(|e| e.text == "hello").count();
+        assert_eq!(hellos, 4, "{page:?}");
+    }
 
     #[test]
     fn the_feed_and_its_head_walk_events_by_id_not_by_lsn() {

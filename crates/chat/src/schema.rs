@@ -83,6 +83,18 @@ pub static MGC_SCHEMA: &[Migration] = &[
           DROP TRIGGER events_fts_update;
           DROP TABLE events_fts;",
     },
+    Migration {
+        version: 4,
+        name: "post keys: a client's retry of a post is answered with the message it made",
+        // A client that got no answer (its chat node died, a failover refused it) sends the
+        // post again with the same key: the first message is the answer, not a second one.
+        sql: "CREATE TABLE post_keys (
+              sender TEXT NOT NULL,
+              key TEXT NOT NULL,
+              event_id INTEGER NOT NULL,
+              PRIMARY KEY (sender, key)
+          );",
+    },
 ];
 
 /// Makes `db` ready to hold chat: applies `MGC_SCHEMA` (a primary) and starts the search

@@ -666,6 +666,61 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
 
 /// One node with every role: the chat is served from its own copy of mgc.
 #[test]
+fn a_post_retried_with_its_idempotency_key_makes_one_message() {
+    let c = start();
+    let alice = user(&c, "alice");
+    open_lobby(&c);
+    let bearer = format!("Bearer {alice}");
+    let post = |addr: &str, key: &str, text: &str| {
+        let body = json!({ "text": text }).to_string();
+        common::http(
+            addr,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", bearer.as_str()),
+                ("idempotency-key", key),
+            ],
+            body.as_bytes(),
+        )
+    };
+    // The first attempt, then its retry through the other chat node (the client's first one
+    // gave no answer): one message, the same answer.
+    let (code, first) = post(&c.fe1, "post-7f3a", "only once");
+    assert_eq!(code, 201, "{first}");
+    let (code, again) = post(&c.fe2, "post-7f3a", "only once");
+    assert_eq!(code, 201, "{again}");
+    let (first, again): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&again).unwrap(),
+    );
+    assert_eq!(first, again);
+    // The key used for another text is a conflict naming the message; a bad key, a 400.
+    let (code, body) = post(&c.fe1, "post-7f3a", "something else");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&format!("message {}", first["id"])), "{body}");
+    let (code, body) = post(&c.fe1, "has space", "x");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("Idempotency-Key"), "{body}");
+    let page = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/lobby/messages",
+        &alice,
+        Value::Null,
+    );
+    let texts: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .filter(|t| *t == "only once" || *t == "something else" || *t == "x")
+        .collect();
+    assert_eq!(texts, ["only once"], "{page}");
+}
+
+#[test]
 fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     let c = start_one_node();
     let (alice, bob) = (user(&c, "alice"), user(&c, "bob"));

@@ -324,6 +324,18 @@ async fn post_message(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
+    // The client's key for the post: a retry with the same key is answered with the message
+    // the first attempt made (IETF's Idempotency-Key header).
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                ApiError::bad_request("the Idempotency-Key header is not printable ASCII")
+            })?;
+            tandem_chat::check_post_key(key)?;
+            Some(key.to_string())
+        }
+    };
     let batcher = node
         .chat
         .as_ref()
@@ -335,6 +347,7 @@ async fn post_message(
             room,
             text: m.text,
             reply_to: m.reply_to,
+            key,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())

@@ -77,6 +77,10 @@ pub(crate) struct Post {
     pub(crate) room: String,
     pub(crate) text: String,
     pub(crate) reply_to: Option<i64>,
+    /// The client's key for this post (`Idempotency-Key`): a retry is answered with the
+    /// message the first made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,7 +166,13 @@ pub(crate) enum BatchItem {
 pub(crate) const POST_BATCH_MAX: usize = 512;
 
 async fn post_one(db: &Database, a: Post) -> Result<chat::Event, ApiError> {
-    chat::post_async(db, &a.user, &a.room, &a.text, a.reply_to)
+    let p = chat::NewPost {
+        room: &a.room,
+        text: &a.text,
+        reply_to: a.reply_to,
+        key: a.key.as_deref(),
+    };
+    chat::post_async(db, &a.user, p)
         .await
         .map_err(ApiError::from)
 }
