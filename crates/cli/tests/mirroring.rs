@@ -695,6 +695,34 @@ fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
 }
 
 #[test]
+fn a_planned_failover_to_a_mirror_that_is_gone_is_refused_and_the_primary_serves_on() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    assert!(post(&fe, &token, "before").is_some());
+    d.wait_mirror("mgc", "atl-db2");
+    // The mirror had every record when it died: its hardened LSN says so, but it can take
+    // nothing over. Handing it the role would leave mgc without a primary.
+    d.kill("atl-db2");
+    d.wait_copy("mgc", "atl-db2", "its node down", |c| {
+        c["state"] == "node down"
+    });
+    let out = tandem(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        // Not pulling for a second, or not answering before that.
+        err.contains("the mirror on atl-db2")
+            && err.contains("a planned failover needs it")
+            && err.contains("atl-db1 serves on as primary"),
+        "{err}"
+    );
+    let c = d.copy("mgc", "atl-db1");
+    assert_eq!(c["role"], "primary", "{c}");
+    assert!(post(&fe, &token, "after the refusal").is_some());
+}
+
+#[test]
 fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     let d = Deployment::up(|t| t);
     let token = user_and_room(&d);

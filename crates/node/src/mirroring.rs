@@ -1433,6 +1433,29 @@ pub(crate) async fn planned_failover(
         .node(&link.partnership.partner)
         .cloned()
         .ok_or_else(|| ApiError::unavailable("the partner is not in the topology"))?;
+    // The mirror must be there to take over: its hardened LSN alone is as old as its last
+    // pull (a mirror killed after it had everything would be handed a primary role it cannot
+    // take, and the database left without a primary).
+    let gone = |st: &LinkState| {
+        st.last_pull
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
+    };
+    if gone(&link.st()) {
+        return Err(ApiError::unavailable(format!(
+            "the mirror on {} is not pulling (last heard from {}): a planned failover needs it; \
+             {} serves on as primary — start {} (`tandem up --detach --nodes {}`) and run it \
+             again",
+            partner.name,
+            link.st()
+                .last_pull
+                .map_or("never since this node started".to_string(), |t| {
+                    format!("{:.1} s ago", t.elapsed().as_secs_f64())
+                }),
+            node.name,
+            partner.name,
+            partner.name
+        )));
+    }
     db.gate()
         .pause_writes(Some("a planned failover is in progress: retry in a moment"));
     let result = async {
@@ -1440,7 +1463,28 @@ pub(crate) async fn planned_failover(
         let lsn = loop {
             let lsn = db.identity().lsn;
             if link.st().hardened >= lsn {
-                break lsn;
+                // And it answers now, a mirror of this database at that LSN.
+                let role = node
+                    .client
+                    .copy_role(&partner.address, &database, Duration::from_secs(2))
+                    .await;
+                match role {
+                    Ok(r) if r.role == "mirror" && r.lsn >= lsn => break lsn,
+                    Ok(r) => {
+                        return Err(ApiError::unavailable(format!(
+                            "{database} on {} is {} at LSN {}, not a mirror at LSN {lsn}: no \
+                             planned failover to it; {} serves on as primary",
+                            partner.name, r.role, r.lsn, node.name
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(ApiError::unavailable(format!(
+                            "the mirror on {} does not answer ({e}): a planned failover needs \
+                             it; {} serves on as primary",
+                            partner.name, node.name
+                        )));
+                    }
+                }
             }
             if Instant::now() > deadline {
                 return Err(ApiError::unavailable(format!(
