@@ -137,6 +137,17 @@ fn install(
                 role.epoch
             );
         }
+        // The mirror's node must answer before the primary gets its link: a link on the
+        // primary alone leaves it serving unprotected, with a mirror that never comes.
+        if !client.healthy(&m.address, STATUS_TIMEOUT).await {
+            bail!(
+                "{} does not answer at {}: start it (`tandem up --detach --nodes {}`) and run \
+                 the install again; nothing was changed",
+                m.name,
+                m.address,
+                m.name
+            );
+        }
         for (node, partner) in [(&p, &m), (&m, &p)] {
             client
                 .json::<Value>(

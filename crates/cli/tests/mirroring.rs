@@ -770,6 +770,19 @@ fn mirror_commands_fail_over_without_loss_remove_and_install_again() {
     load.wait_acked_since(removed, "after the mirror was removed");
     assert!(d.copy("mgc", "atl-db2")["mirroring"].is_null());
 
+    // An install whose mirror node does not answer changes nothing (the primary would
+    // otherwise hold a link to a mirror that never comes, serving unprotected).
+    d.kill("atl-db1");
+    d.wait_copy("mgc", "atl-db1", "its node down", |c| {
+        c["state"] == "node down"
+    });
+    refused(
+        &[&install[..], &["atl-db2", "--mirror", "atl-db1"]].concat(),
+        "atl-db1 does not answer",
+    );
+    assert!(d.copy("mgc", "atl-db2")["mirroring"].is_null());
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+
     // Installed again: the restoring copy catches up and mirrors; sync again.
     let r = json(
         &d.dir,
