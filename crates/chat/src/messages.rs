@@ -63,7 +63,7 @@ pub struct NewPost<'a> {
 }
 
 /// Refuses a post key that is empty, over `POST_KEY_BYTES_MAX` bytes, or not printable ASCII.
-pub fn check_post_key(key: &str) -> Result<(), ChatError> {
+fn check_post_key(key: &str) -> Result<(), ChatError> {
     if key.is_empty()
         || key.len() > POST_KEY_BYTES_MAX
         || !key.bytes().all(|b| b.is_ascii_graphic())

@@ -325,17 +325,15 @@ async fn post_message(
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
     // The client's key for the post: a retry with the same key is answered with the message
-    // the first attempt made (IETF's Idempotency-Key header).
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v.to_str().map_err(|_| {
+    // the first attempt made (IETF's Idempotency-Key header; the post checks its form).
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
                 ApiError::bad_request("the Idempotency-Key header is not printable ASCII")
-            })?;
-            tandem_chat::check_post_key(key)?;
-            Some(key.to_string())
-        }
-    };
+            })
+        })
+        .transpose()?;
     let batcher = node
         .chat
         .as_ref()

@@ -1436,21 +1436,16 @@ pub(crate) async fn planned_failover(
     // The mirror must be there to take over: its hardened LSN alone is as old as its last
     // pull (a mirror killed after it had everything would be handed a primary role it cannot
     // take, and the database left without a primary).
-    let gone = |st: &LinkState| {
-        st.last_pull
-            .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
-    };
-    if gone(&link.st()) {
+    let last_pull = link.st().last_pull;
+    if last_pull.is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS)) {
         return Err(ApiError::unavailable(format!(
             "the mirror on {} is not pulling (last heard from {}): a planned failover needs it; \
              {} serves on as primary — start {} (`tandem up --detach --nodes {}`) and run it \
              again",
             partner.name,
-            link.st()
-                .last_pull
-                .map_or("never since this node started".to_string(), |t| {
-                    format!("{:.1} s ago", t.elapsed().as_secs_f64())
-                }),
+            last_pull.map_or("never since this node started".to_string(), |t| {
+                format!("{:.1} s ago", t.elapsed().as_secs_f64())
+            }),
             node.name,
             partner.name,
             partner.name

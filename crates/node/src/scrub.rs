@@ -27,13 +27,13 @@ async fn run(node: std::sync::Weak<NodeState>) {
             let Some(db) = node.upgrade().and_then(|n| n.host.get(&name)) else {
                 continue;
             };
-            let found = tokio::task::spawn_blocking(move || db.scrub()).await;
+            let found =
+                crate::mirroring::blocking(move || db.scrub().map_err(|e| e.to_string())).await;
             match found {
-                Ok(Ok(None)) => {}
-                Ok(Ok(Some(damage))) => {
+                Ok(None) => {}
+                Ok(Some(damage)) => {
                     tracing::error!(database = %name, %damage, "scrub: the copy is damaged")
                 }
-                Ok(Err(e)) => tracing::warn!(database = %name, error = %e, "scrub failed"),
                 Err(e) => tracing::warn!(database = %name, error = %e, "scrub failed"),
             }
         }
