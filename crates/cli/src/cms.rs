@@ -327,22 +327,82 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
             epoch_base = target.epoch.unwrap_or(0);
         }
         let epoch = tandem_node::standby::cross_site_epoch(epoch_base);
-        let promoted: Value = client
-            .json(
+        let promoted = client
+            .json::<Value>(
                 &t_addr,
                 Method::POST,
                 &format!("/internal/v1/db/{DATABASE_CMS}/promote"),
                 Some(&json!({ "epoch": epoch })),
                 Duration::from_secs(30),
             )
-            .await
-            .with_context(|| format!("promoting the CMS copy on {}", target.node))?;
+            .await;
+        let promoted = match promoted {
+            Ok(p) => (p["lsn"].clone(), p["last_time_ms"].as_i64().unwrap_or(0)),
+            Err(e) => {
+                // Whether the promotion took effect decides what the paused master may do: the
+                // target itself says (an answer lost after the copy took over must not leave
+                // two masters).
+                let now = client.copy_role(&t_addr, DATABASE_CMS, STATUS_TIMEOUT).await;
+                let view = now.as_ref().ok().map(|r| (r.role.as_str(), r.epoch));
+                match after_failed_promote(&e, view, epoch) {
+                    Promotion::TookEffect => {
+                        let r = now.expect("answered");
+                        (json!(r.lsn), r.last_time_ms)
+                    }
+                    Promotion::DidNot => {
+                        let resumed = match &master {
+                            Some(m) => client
+                                .json::<Value>(
+                                    &addr(&m.node),
+                                    Method::POST,
+                                    &format!("/internal/v1/db/{DATABASE_CMS}/pause"),
+                                    Some(&json!({ "reason": null })),
+                                    STATUS_TIMEOUT,
+                                )
+                                .await
+                                .map(|_| format!("; the master {} serves again", m.node))
+                                .unwrap_or_else(|e| {
+                                    format!(
+                                        "; the master {} could not be told to serve again ({e}): \
+                                         run `tandem cms failover` again",
+                                        m.node
+                                    )
+                                }),
+                            None => String::new(),
+                        };
+                        bail!(
+                            "promoting the CMS copy on {} failed: {e}; it is still a standby, \
+                             nothing changed{resumed}",
+                            target.node
+                        );
+                    }
+                    Promotion::Unknown => bail!(
+                        "promoting the CMS copy on {}: {e}; it does not answer now, so whether it \
+                         took over (epoch {epoch}) is unknown{}. Once {} answers, run `tandem cms \
+                         failover` again: if it took over, the old master steps down to its \
+                         standby by itself; if not, the failover is run again",
+                        target.node,
+                        master
+                            .as_ref()
+                            .map(|m| format!(
+                                ": the master {} stays paused so that the CMS never has two masters",
+                                m.node
+                            ))
+                            .unwrap_or_default(),
+                        target.node
+                    ),
+                }
+            }
+        };
         out.progress(&format!(
             "{} is the CMS master (epoch {epoch})",
             target.node
         ));
-        if let Some(m) = &master {
-            client
+        // The old master, paused, steps down; one that does not hear it now does so by itself
+        // once it hears from the new master (`standby`), and takes no write meanwhile.
+        let mut warning = Value::Null;
+        if let Some(m) = &master
+            && let Err(e) = client
                 .json::<Value>(
                     &addr(&m.node),
                     Method::POST,
@@ -351,16 +411,23 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
                     STATUS_TIMEOUT,
                 )
                 .await
-                .with_context(|| format!("the old master {} stepping down", m.node))?;
+        {
+            warning = json!(format!(
+                "the old master {} was not told to step down ({e}): it stays paused and steps \
+                 down by itself once it hears from {}",
+                m.node, target.node
+            ));
         }
+        let (lsn, last_time_ms) = promoted;
         Ok(json!({
             "kind": plan["kind"],
             "from": master.as_ref().map(|m| m.node.clone()),
             "to": target.node,
             "epoch": epoch,
-            "lsn": promoted["lsn"],
-            "last_write": time(promoted["last_time_ms"].as_i64().unwrap_or(0)),
+            "lsn": lsn,
+            "last_write": time(last_time_ms),
             "lost": lost,
+            "warning": warning,
             "seconds": started.elapsed().as_secs_f64(),
         }))
     });
@@ -398,6 +465,76 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
                     report["lost"]["standby_last_write"].as_str().unwrap_or("?")
                 )
             }
-        )
+        ) + &report["warning"]
+            .as_str()
+            .map(|w| format!("warning: {w}\n"))
+            .unwrap_or_default()
     })
+}
+
+/// What a promotion that failed did, from its error and the target's role and epoch asked
+/// right after (None: it did not answer).
+#[derive(Debug, PartialEq)]
+enum Promotion {
+    TookEffect,
+    DidNot,
+    Unknown,
+}
+
+fn after_failed_promote(
+    e: &tandem_node::ClientError,
+    now: Option<(&str, u64)>,
+    epoch: u64,
+) -> Promotion {
+    match now {
+        Some(("primary", e)) if e == epoch => Promotion::TookEffect,
+        // Still not primary (or primary of another epoch): the promotion failed or was refused.
+        Some(_) => Promotion::DidNot,
+        None if matches!(e, tandem_node::ClientError::Unreachable { sent: false, .. }) => {
+            Promotion::DidNot
+        }
+        None => Promotion::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_node::ClientError;
+
+    fn unreachable(sent: bool) -> ClientError {
+        ClientError::Unreachable {
+            addr: "127.0.0.1:1".into(),
+            message: "connection refused".into(),
+            sent,
+        }
+    }
+
+    #[test]
+    fn a_failed_promotion_is_judged_by_what_the_target_says_after_it() {
+        let lost_answer = unreachable(true);
+        // The answer was lost after the copy took over: go on.
+        assert_eq!(
+            after_failed_promote(&lost_answer, Some(("primary", 9)), 9),
+            Promotion::TookEffect
+        );
+        // Still a standby, or primary of another epoch: the promotion did not happen.
+        assert_eq!(
+            after_failed_promote(&lost_answer, Some(("standby", 1)), 9),
+            Promotion::DidNot
+        );
+        assert_eq!(
+            after_failed_promote(&lost_answer, Some(("primary", 7)), 9),
+            Promotion::DidNot
+        );
+        // No answer: only a request that surely never reached it did nothing.
+        assert_eq!(
+            after_failed_promote(&unreachable(false), None, 9),
+            Promotion::DidNot
+        );
+        assert_eq!(
+            after_failed_promote(&lost_answer, None, 9),
+            Promotion::Unknown
+        );
+    }
 }
