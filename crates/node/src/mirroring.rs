@@ -136,6 +136,8 @@ struct LinkState {
     /// The mirror stalled at this hardened LSN and answers stopped waiting for it; they wait
     /// again once it hardens past it.
     stalled: Option<Lsn>,
+    /// When this primary last tried to hand over to its mirror because its commits fail.
+    handover_tried: Option<Instant>,
     // The mirror's side.
     last_contact: Option<Instant>,
     primary_lsn: Lsn,
@@ -645,6 +647,29 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
             }
         }
     }
+    // Commits that keep failing here (a full or failing disk) while the mirror has every
+    // record: the mirror takes over, as in a planned failover, and nothing acknowledged is
+    // lost; this copy, fenced, becomes its mirror once its disk takes writes again.
+    let (ready, tried) = {
+        let st = link.st();
+        (
+            witness.is_some() && sync_mode && alive && st.synchronized,
+            st.handover_tried,
+        )
+    };
+    if let Some(f) = db.commit_failure()
+        && let Some(why) = commits_failing(&f, ready, tried)
+    {
+        link.st().handover_tried = Some(Instant::now());
+        tracing::error!(database = %link.database, mirror = %link.partnership.partner, error = %f.error, "commits fail: handing over to the mirror");
+        match hand_over(node, link, &db, &why).await {
+            Ok(_) => return,
+            Err(e) => link.error(format!(
+                "commits fail here, and handing over to {} failed: {}",
+                link.partnership.partner, e.message
+            )),
+        }
+    }
     let due = link
         .st()
         .consumer_moved
@@ -663,6 +688,28 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
             st.last_error = None;
         }
     }
+}
+
+/// Whether a primary whose commits fail (`f`) hands over to its mirror now, and why: they
+/// have failed for `FAILOVER_MS` — as long as a primary that stopped answering is waited for —
+/// with a synchronized mirror (`mirror_ready`: and a witness), and no attempt was made in the
+/// last `FAILOVER_MS`.
+fn commits_failing(
+    f: &tandem_store::CommitFailure,
+    mirror_ready: bool,
+    tried: Option<Instant>,
+) -> Option<String> {
+    let failing_ms = crate::witness::now_ms() - f.since_ms;
+    (mirror_ready
+        && failing_ms >= FAILOVER_MS as i64
+        && tried.is_none_or(|t| t.elapsed() >= Duration::from_millis(FAILOVER_MS)))
+    .then(|| {
+        format!(
+            "commits failed here for {:.1} s ({}): failover",
+            failing_ms as f64 / 1000.0,
+            f.error
+        )
+    })
 }
 
 /// The mirror's journal cursor: at what it hardened, but never keeping more than `keep`
@@ -1417,6 +1464,20 @@ pub(crate) async fn planned_failover(
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
     })?;
+    hand_over(&node, &link, &db, "planned failover")
+        .await
+        .map(Json)
+}
+
+/// The primary hands over to its mirror with nothing lost (`why` says why, in the reason the
+/// copy is fenced with): a planned failover, or commits that keep failing here.
+async fn hand_over(
+    node: &NodeState,
+    link: &Link,
+    db: &Database,
+    why: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let database = link.database.clone();
     let id = db.identity();
     if id.role != Role::Primary {
         return Err(ApiError::new(
@@ -1451,8 +1512,9 @@ pub(crate) async fn planned_failover(
             partner.name
         )));
     }
-    db.gate()
-        .pause_writes(Some("a planned failover is in progress: retry in a moment"));
+    db.gate().pause_writes(Some(
+        "a failover to the mirror is in progress: retry in a moment",
+    ));
     let result = async {
         let deadline = Instant::now() + Duration::from_secs(30);
         let lsn = loop {
@@ -1490,7 +1552,7 @@ pub(crate) async fn planned_failover(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let epoch = match witness_of(&node) {
+        let epoch = match witness_of(node) {
             Some(w) => {
                 let a = node
                     .client
@@ -1517,7 +1579,7 @@ pub(crate) async fn planned_failover(
             None => id.epoch + 1,
         };
         // From here the partner is primary of `epoch`: this copy steps down first.
-        demote(&db, &link, &format!("planned failover to {} (epoch {epoch})", partner.name)).await;
+        demote(db, link, &format!("{why} to {} (epoch {epoch})", partner.name)).await;
         let promoted: Result<serde_json::Value, _> = node
             .client
             .json(
@@ -1542,7 +1604,7 @@ pub(crate) async fn planned_failover(
     }
     .await;
     db.gate().pause_writes(None);
-    result.map(Json)
+    result
 }
 
 #[derive(Deserialize)]

@@ -233,21 +233,27 @@ async fn call(
     Ok(Json(crate::client::CallAnswer { result, lsn }).into_response())
 }
 
-/// Refuses a client's request on a copy that is not primary (mirrors serve no reads).
+/// Refuses a client's request on a copy that is not primary (mirrors serve no reads), or is a
+/// primary fenced by a newer one that could not step down yet (its disk refusing the role
+/// change): the caller then looks for the primary of the newer epoch.
 pub(crate) fn require_primary(
     node: &NodeState,
     database: &str,
     db: &tandem_store::Database,
 ) -> Result<(), ApiError> {
     let id = db.identity();
-    if id.role == tandem_store::Role::Primary {
-        return Ok(());
-    }
+    let fenced = match id.role {
+        tandem_store::Role::Primary => match db.gate().status().fenced {
+            None => return Ok(()),
+            Some(why) => format!(" fenced ({why})"),
+        },
+        _ => String::new(),
+    };
     Err(ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "not_primary",
         format!(
-            "{database} on {} is {} (epoch {}): ask its primary",
+            "{database} on {} is {}{fenced} (epoch {}): ask its primary",
             node.name, id.role, id.epoch
         ),
     ))

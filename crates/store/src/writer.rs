@@ -541,14 +541,7 @@ impl Writer {
             self.state.journal_bytes += segment.body().len() as u64;
             self.state.journal_oldest.get_or_insert(self.state.lsn + 1);
         }
-        if self.failing {
-            self.failing = false;
-            *self
-                .published
-                .commit_failure
-                .lock()
-                .expect("commit failure lock") = None;
-        }
+        self.commits_go_through();
         self.published.counters.stages.grouped(
             kept.iter().map(|k| k.job.submitted),
             began,
@@ -590,6 +583,19 @@ impl Writer {
             let _ = self
                 .conn
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+
+    /// A commit went through, or the copy changed role (a primary whose commits failed and
+    /// that stepped down is not failing as a primary any more): the failure is history.
+    fn commits_go_through(&mut self) {
+        if self.failing {
+            self.failing = false;
+            *self
+                .published
+                .commit_failure
+                .lock()
+                .expect("commit failure lock") = None;
         }
     }
 
@@ -893,7 +899,9 @@ impl Writer {
         self.transact(|w| {
             w.state.role = role;
             w.persist_identity()
-        })
+        })?;
+        self.commits_go_through();
+        Ok(())
     }
 
     /// A copy that is not primary keeps the journal records from `from` on (what its upstream
