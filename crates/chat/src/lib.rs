@@ -36,8 +36,8 @@ pub use events::{Event, EventKind};
 pub use members::{Member, add_member, members, remove_member};
 pub use messages::{
     FEED_LIMIT_MAX, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, HistoryQuery, NewPost,
-    POST_KEY_BYTES_MAX, Page, TEXT_BYTES_MAX, feed, history, last_event_id, post, post_async,
-    post_with,
+    POST_KEY_BYTES_MAX, POST_KEY_KEPT_MS, POST_KEYS_EXPIRED_MAX, Page, TEXT_BYTES_MAX,
+    expire_post_keys, feed, history, last_event_id, post, post_async, post_with,
 };
 pub use names::NAME_CHARS_MAX;
 pub use rooms::{

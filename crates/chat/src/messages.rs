@@ -20,6 +20,12 @@ pub const TEXT_BYTES_MAX: usize = 8192;
 pub const HISTORY_LIMIT_MAX: usize = 500;
 /// Longest key a client gives a post (`Idempotency-Key`), in bytes.
 pub const POST_KEY_BYTES_MAX: usize = 128;
+/// How long a post's key is remembered, after its message: a retry within it is answered
+/// with the first message, one after it makes a new message (a day, as payment APIs keep
+/// theirs). Without a bound, the keys would grow with every keyed post for good.
+pub const POST_KEY_KEPT_MS: i64 = 24 * 3600 * 1000;
+/// Most keys one call to [`expire_post_keys`] forgets: one write transaction.
+pub const POST_KEYS_EXPIRED_MAX: usize = 1000;
 /// Events in a page of history when the query gives no limit.
 pub const HISTORY_LIMIT_DEFAULT: usize = 100;
 /// Most events one call to [`feed`] returns.
@@ -150,6 +156,38 @@ fn post_tx(
         }
         Ok(event)
     })
+}
+
+/// Forgets the keys of messages posted before `before_ms` (ms since the Unix epoch), oldest
+/// first, at most `POST_KEYS_EXPIRED_MAX` in one transaction, and returns how many. The keys
+/// are read in the order they were stored, which is their messages' order, and the read stops
+/// at the first one still kept: a call costs what it forgets, however many keys are kept. The
+/// deletes are journaled, so every copy forgets the same keys.
+pub fn expire_post_keys(db: &Database, before_ms: i64) -> Result<usize, ChatError> {
+    let forgotten = db.write(move |tx: &mut Tx<'_>| -> Result<usize, ChatError> {
+        let oldest = tx.query(
+            "SELECT k.sender, k.key, e.time_ms FROM post_keys k JOIN events e ON e.id = \
+             k.event_id ORDER BY k.rowid LIMIT ?1",
+            [POST_KEYS_EXPIRED_MAX as i64],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )?;
+        let mut n = 0;
+        for (sender, key, time_ms) in oldest {
+            if time_ms >= before_ms {
+                break;
+            }
+            tx.delete("post_keys", [Value::Text(sender), Value::Text(key)])?;
+            n += 1;
+        }
+        Ok(n)
+    })?;
+    Ok(forgotten.value)
 }
 
 /// The message `user` posted with `key`, if any.
@@ -389,6 +427,65 @@ mod tests {
         let page = history(&db, "alice", "lobby", &HistoryQuery::default()).unwrap();
         let hellos = page.events.iter().filter(|e| e.text == "hello").count();
         assert_eq!(hellos, 4, "{page:?}");
+    }
+
+    #[test]
+    fn post_keys_are_forgotten_oldest_first_once_their_messages_are_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        crate::create_room(&db, "alice", &new_room("lobby", Privacy::Open)).unwrap();
+        let post = |text: &str, key: &str| {
+            let p = NewPost {
+                room: "lobby",
+                text,
+                reply_to: None,
+                key: Some(key),
+            };
+            post_with(&db, "alice", p).unwrap()
+        };
+        let keys = |db: &Database| -> Vec<String> {
+            db.read(|c| {
+                let mut stmt = c.prepare("SELECT key FROM post_keys ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<tandem_store::rusqlite::Result<Vec<String>>>()?)
+            })
+            .unwrap()
+        };
+        let n = POST_KEYS_EXPIRED_MAX + 5;
+        let old: Vec<Event> = (0..n).map(|i| post("old", &format!("o-{i}"))).collect();
+        let cutoff = old.last().unwrap().time_ms + 1;
+        // Posted after the cutoff (the clock may not have moved: wait until it has).
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        while now_ms() < cutoff {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let new = post("new", "n-0");
+        assert!(new.time_ms >= cutoff);
+        // Nothing is old enough yet.
+        assert_eq!(expire_post_keys(&db, old[0].time_ms).unwrap(), 0);
+        // One transaction forgets at most POST_KEYS_EXPIRED_MAX, the oldest; the next the rest;
+        // the kept key stays.
+        assert_eq!(
+            expire_post_keys(&db, cutoff).unwrap(),
+            POST_KEYS_EXPIRED_MAX
+        );
+        assert_eq!(keys(&db).first().map(String::as_str), Some("o-1000"));
+        assert_eq!(expire_post_keys(&db, cutoff).unwrap(), 5);
+        assert_eq!(expire_post_keys(&db, cutoff).unwrap(), 0);
+        assert_eq!(keys(&db), ["n-0"]);
+        // A forgotten key makes a new message; a kept one still answers with its message.
+        let again = post("old", "o-0");
+        assert_ne!(again.id, old[0].id);
+        assert_eq!(post("new", "n-0"), new);
+        // The deletes are in the journal: a copy made from it forgets the same keys.
+        let copy_dir = tempfile::tempdir().unwrap();
+        let copy = crate::test_support::replayed(&db, copy_dir.path(), 1000);
+        assert_eq!(keys(&copy), keys(&db));
     }
 
     #[test]

@@ -443,25 +443,8 @@ mod tests {
         crate::remove_member(&db, "bob", "secret", "bob").unwrap();
         crate::mark_read(&db, "carol", "open", 10).unwrap();
 
-        let id = db.identity();
-        let copy = tandem_store::Database::create_copy(
-            &dir.path().join("copy"),
-            "mgc",
-            id.database_id,
-            tandem_store::Role::Standby,
-            tandem_store::Options::default(),
-        )
-        .unwrap();
-        crate::prepare(&copy).unwrap();
-        let mut from = 1;
-        while from <= id.lsn {
-            // Small batches: the index follows the copy's journal across batch boundaries.
-            let applied = copy
-                .apply(db.read_journal(from, 7, 1 << 20).unwrap(), None)
-                .unwrap();
-            from = applied.lsn + 1;
-        }
-        assert_eq!(copy.identity().chain, id.chain);
+        // Small batches: the index follows the copy's journal across batch boundaries.
+        let copy = crate::test_support::replayed(&db, dir.path(), 7);
 
         let queries = [
             "release",

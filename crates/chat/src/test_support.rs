@@ -43,3 +43,27 @@ pub(crate) fn bulk_post(db: &Database, room: &str, sender: &str, n: usize) {
     })
     .unwrap();
 }
+
+/// A standby copy of `db` in `dir`, ready as every copy is (`prepare`: its search index), made
+/// by applying `db`'s whole journal in batches of `batch` records.
+pub(crate) fn replayed(db: &Database, dir: &Path, batch: usize) -> Database {
+    let id = db.identity();
+    let copy = Database::create_copy(
+        &dir.join("copy"),
+        "mgc",
+        id.database_id,
+        tandem_store::Role::Standby,
+        Options::default(),
+    )
+    .unwrap();
+    crate::prepare(&copy).unwrap();
+    let mut from = 1;
+    while from <= id.lsn {
+        let applied = copy
+            .apply(db.read_journal(from, batch, 1 << 20).unwrap(), None)
+            .unwrap();
+        from = applied.lsn + 1;
+    }
+    assert_eq!(copy.identity().chain, id.chain);
+    copy
+}

@@ -12,6 +12,7 @@ mod cms_follower;
 mod db_host;
 mod db_ops;
 mod error;
+mod expiry;
 mod frontend;
 mod http_serve;
 pub mod locator;

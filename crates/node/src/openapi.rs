@@ -120,7 +120,7 @@ pub fn document_value() -> Value {
                     { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "the page after this event id" },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 100 } }] })),
                 "post": op("Post a message (members). With an Idempotency-Key, a retry of the same post is answered with the message the first attempt made; the key used for another post is a 409", ("201", "the message", schema("Event")), &["400", "401", "403", "404", "409", "413", "503"], json!({ "parameters": [room_param(),
-                    { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$" }, "description": "the client's key for this post, unique per sender: send the same key when retrying a post that got no answer" }], "requestBody": body("NewMessage") }))
+                    { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$" }, "description": "the client's key for this post, unique per sender: send the same key when retrying a post that got no answer. Remembered for a day after the message; a retry after that makes a new message" }], "requestBody": body("NewMessage") }))
             },
             "/api/v1/rooms/{room}/read": {
                 "post": op("Mark the room read up to an event", ("204", "marked", Value::Null), &std_errors, json!({ "parameters": [room_param()], "requestBody": body("ReadMark") }))

@@ -611,6 +611,7 @@ pub async fn serve(
     let standby_tasks = crate::standby::start(&state);
     crate::log_shipping::start(&state);
     let scrub = crate::scrub::start(&state);
+    let expiry = crate::expiry::start(&state);
     if let Some(chat) = &state.chat {
         let _ = chat
             .posts
@@ -650,6 +651,7 @@ pub async fn serve(
     }
     crate::log_shipping::stop(&state);
     scrub.abort();
+    expiry.abort();
     follower.abort();
     let _ = follower.await;
     if let Some(f) = feed {
