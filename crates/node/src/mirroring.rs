@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_store::replication::{CopyPosition, PullAnswer, PullRequest, serve_pull};
@@ -136,7 +137,7 @@ struct LinkState {
     /// The mirror stalled at this hardened LSN and answers stopped waiting for it; they wait
     /// again once it hardens past it.
     stalled: Option<Lsn>,
-    /// When this primary last tried to hand over to its mirror because its commits fail.
+    /// When this primary last tried to hand over to its mirror because of its disk.
     handover_tried: Option<Instant>,
     // The mirror's side.
     last_contact: Option<Instant>,
@@ -168,6 +169,9 @@ pub(crate) struct Link {
     state: Mutex<LinkState>,
     /// The link's loop, and the mirror's hardened-LSN reporter.
     task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// A move of the mirror's journal cursor is in progress (`primary_tick` awaits it for a
+    /// heartbeat at most; the move clears it when it ends).
+    consumer_moving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `POST /internal/v1/mirroring/{db}/hardened`: a mirror's hardened LSN, sent when its fsync
@@ -387,6 +391,7 @@ fn new_link(database: String, partnership: Partnership) -> Arc<Link> {
         partnership,
         state: Mutex::new(LinkState::default()),
         task: Mutex::new(Vec::new()),
+        consumer_moving: Default::default(),
     })
 }
 
@@ -542,7 +547,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// The primary's round: heartbeat to the witness (the lease), the synchronization state, the
 /// mirror's journal cursor.
-async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
+async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
     let errors_before = link.st().errors;
     let gate = db.gate();
     let witness = witness_of(node);
@@ -647,9 +652,10 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
             }
         }
     }
-    // Commits that keep failing here (a full or failing disk) while the mirror has every
-    // record: the mirror takes over, as in a planned failover, and nothing acknowledged is
-    // lost; this copy, fenced, becomes its mirror once its disk takes writes again.
+    // A disk that refuses writes here (commits that keep failing: full, failing) or stops
+    // answering (a write or an fsync in progress for long) while the mirror has every record:
+    // the mirror takes over, as in a planned failover, and nothing acknowledged is lost; this
+    // copy, fenced, becomes its mirror once its disk takes writes again.
     let (ready, tried) = {
         let st = link.st();
         (
@@ -657,15 +663,13 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
             st.handover_tried,
         )
     };
-    if let Some(f) = db.commit_failure()
-        && let Some(why) = commits_failing(&f, ready, tried)
-    {
+    if let Some(why) = disk_fails(&db, ready, tried) {
         link.st().handover_tried = Some(Instant::now());
-        tracing::error!(database = %link.database, mirror = %link.partnership.partner, error = %f.error, "commits fail: handing over to the mirror");
+        tracing::error!(database = %link.database, mirror = %link.partnership.partner, why, "handing over to the mirror");
         match hand_over(node, link, &db, &why).await {
             Ok(_) => return,
             Err(e) => link.error(format!(
-                "commits fail here, and handing over to {} failed: {}",
+                "{why}, and handing over to {} failed: {}",
                 link.partnership.partner, e.message
             )),
         }
@@ -674,13 +678,21 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
         .st()
         .consumer_moved
         .is_none_or(|t| t.elapsed() > Duration::from_millis(CONSUMER_EVERY_MS));
-    if due {
+    let moving = &link.consumer_moving;
+    if due && !moving.load(Ordering::Acquire) {
         link.st().consumer_moved = Some(Instant::now());
         let keep = node.topology.mirroring.journal_records_max;
         let d = db.clone();
-        if let Err(e) = blocking(move || move_consumer(&d, hardened, keep)).await {
-            link.error(format!("mirror journal cursor: {e}"));
-        }
+        // A write through the writer, not awaited here: a disk that stops answering must not
+        // stop the heartbeats and the checks above. One move at a time; it reports its error.
+        moving.store(true, Ordering::Release);
+        let l = link.clone();
+        tokio::spawn(async move {
+            if let Err(e) = blocking(move || move_consumer(&d, hardened, keep)).await {
+                l.error(format!("mirror journal cursor: {e}"));
+            }
+            l.consumer_moving.store(false, Ordering::Release);
+        });
         // Every check of a tick ran (the cursor's move once a second): none failed, and the
         // mirror takes what it is sent, so an older error is history.
         let mut st = link.st();
@@ -690,26 +702,38 @@ async fn primary_tick(node: &NodeState, link: &Link, db: Database) {
     }
 }
 
-/// Whether a primary whose commits fail (`f`) hands over to its mirror now, and why: they
-/// have failed for `FAILOVER_MS` — as long as a primary that stopped answering is waited for —
-/// with a synchronized mirror (`mirror_ready`: and a witness), and no attempt was made in the
-/// last `FAILOVER_MS`.
-fn commits_failing(
-    f: &tandem_store::CommitFailure,
-    mirror_ready: bool,
-    tried: Option<Instant>,
-) -> Option<String> {
-    let failing_ms = crate::witness::now_ms() - f.since_ms;
-    (mirror_ready
-        && failing_ms >= FAILOVER_MS as i64
-        && tried.is_none_or(|t| t.elapsed() >= Duration::from_millis(FAILOVER_MS)))
-    .then(|| {
-        format!(
-            "commits failed here for {:.1} s ({}): failover",
-            failing_ms as f64 / 1000.0,
+/// A disk operation in progress this long means the disk stopped answering: twice the time a
+/// silent primary is waited for, so that a disk's hiccup of a second does not move the primary
+/// (the write in progress then diverges this copy from the new primary, which reseeds it).
+const IO_STALL_HANDOVER_MS: i64 = 2 * FAILOVER_MS as i64;
+
+/// Whether a primary hands over to its mirror now because of its disk, and why: commits have
+/// failed for `FAILOVER_MS` (as long as a primary that stopped answering is waited for), or a
+/// write or fsync has been in progress for `IO_STALL_HANDOVER_MS` — with a synchronized mirror
+/// (`mirror_ready`: and a witness), and no attempt in the last `FAILOVER_MS`.
+fn disk_fails(db: &Database, mirror_ready: bool, tried: Option<Instant>) -> Option<String> {
+    if !mirror_ready || tried.is_some_and(|t| t.elapsed() < Duration::from_millis(FAILOVER_MS)) {
+        return None;
+    }
+    let now = crate::witness::now_ms();
+    if let Some(f) = db.commit_failure()
+        && now - f.since_ms >= FAILOVER_MS as i64
+    {
+        return Some(format!(
+            "commits failed here for {:.1} s ({})",
+            (now - f.since_ms) as f64 / 1000.0,
             f.error
-        )
-    })
+        ));
+    }
+    db.io_stall()
+        .filter(|s| now - s.since_ms >= IO_STALL_HANDOVER_MS)
+        .map(|s| {
+            format!(
+                "the disk has not answered here for {:.1} s ({} in progress)",
+                (now - s.since_ms) as f64 / 1000.0,
+                s.what
+            )
+        })
 }
 
 /// The mirror's journal cursor: at what it hardened, but never keeping more than `keep`
@@ -1578,8 +1602,11 @@ async fn hand_over(
             }
             None => id.epoch + 1,
         };
-        // From here the partner is primary of `epoch`: this copy steps down first.
-        demote(db, link, &format!("{why} to {} (epoch {epoch})", partner.name)).await;
+        // From here the partner is primary of `epoch`: this copy takes no write (the fence, in
+        // memory: a disk that stopped answering must not hold the partner back), the partner is
+        // told, and this copy becomes a mirror (its role written to its disk).
+        let reason = format!("{why} to {} (epoch {epoch})", partner.name);
+        db.gate().fence(&reason);
         let promoted: Result<serde_json::Value, _> = node
             .client
             .json(
@@ -1594,6 +1621,7 @@ async fn hand_over(
             // The partner takes over on its own once it hears the witness named it.
             tracing::warn!(database, error = %e, "the new primary did not confirm; it will learn from the witness");
         }
+        demote(db, link, &reason).await;
         Ok(serde_json::json!({
             "database": database,
             "old_primary": node.name,
@@ -1670,4 +1698,44 @@ pub(crate) async fn promote_route(
     Ok(Json(
         serde_json::json!({ "epoch": id.epoch, "lsn": id.lsn }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_store::{Options, StoreError, Tx};
+
+    #[test]
+    fn a_disk_that_stops_answering_moves_the_primary_only_with_a_mirror_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(&dir.path().join("db"), "db", Options::default()).unwrap();
+        assert_eq!(disk_fails(&db, true, None), None);
+        // The writer held past the bound, as by a write the disk does not answer.
+        let held = Duration::from_millis(IO_STALL_HANDOVER_MS as u64 + 300);
+        let d = db.clone();
+        let writer = std::thread::spawn(move || {
+            d.write(move |_: &mut Tx<'_>| -> Result<(), StoreError> {
+                std::thread::sleep(held);
+                Ok(())
+            })
+        });
+        let started = Instant::now();
+        let why = loop {
+            if let Some(why) = disk_fails(&db, true, None) {
+                break why;
+            }
+            assert!(started.elapsed() < held * 2, "never judged failing");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(started.elapsed() >= Duration::from_millis(IO_STALL_HANDOVER_MS as u64 - 100));
+        assert!(
+            why.starts_with("the disk has not answered here for")
+                && why.contains("the writer's write to the database in progress"),
+            "{why}"
+        );
+        // Not without a synchronized mirror, nor again right after an attempt.
+        assert_eq!(disk_fails(&db, false, None), None);
+        assert_eq!(disk_fails(&db, true, Some(Instant::now())), None);
+        writer.join().unwrap().unwrap();
+    }
 }

@@ -27,7 +27,7 @@ const PENDING_BATCHES_MAX: usize = 1024;
 /// While answers are held by the lease, how often the stage looks at the clock.
 const LEASE_POLL_MS: u64 = 20;
 /// Threads that fsync and answer (see `run`).
-const SYNCERS: usize = 2;
+pub(crate) const SYNCERS: usize = 2;
 
 /// A committed batch waiting to be durable: its last LSN and its callers.
 pub(crate) struct Pending {
@@ -289,7 +289,7 @@ impl AckStage {
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ack-{i}"))
-                .spawn(move || run(&shared))
+                .spawn(move || run(&shared, crate::stall::WRITER + 1 + i))
                 .map_err(|e| {
                     StoreError::Closed(format!("cannot start the acknowledgment thread: {e}"))
                 })?;
@@ -432,7 +432,7 @@ struct Answering {
 /// covers every write made before it began, so a batch committed while one fsync runs need not
 /// wait for it to end before its own begins (on this machine's disk, two overlapping fsyncs
 /// give about 1.6 times the fsyncs per second of one, for a quarter more latency each).
-fn run(shared: &Shared) {
+fn run(shared: &Shared, slot: usize) {
     let mut wal: Option<File> = None;
     loop {
         let mut batch = Vec::new();
@@ -471,7 +471,11 @@ fn run(shared: &Shared) {
             let failed = shared.failure.lock().expect("failure lock").clone();
             match failed {
                 Some(f) => Err(f),
-                None => sync(&mut wal, &shared.wal).map_err(|e| {
+                None => {
+                    let _busy = shared.gate.published.get().map(|p| p.io.busy(slot));
+                    sync(&mut wal, &shared.wal)
+                }
+                .map_err(|e| {
                     let msg = format!(
                         "fsync of {} failed ({e}); the database accepts no more writes: restart \
                          the node after checking the disk",

@@ -232,7 +232,12 @@ pub(crate) struct Published {
     pub(crate) commit_failure: Mutex<Option<CommitFailure>>,
     /// What the last `scrub` found damaged, if anything.
     damage: Mutex<Option<String>>,
+    /// The disk operations in progress (`stall.rs`).
+    pub(crate) io: crate::stall::IoWatch,
 }
+
+/// A disk operation in progress for this long is reported in the copy's health.
+pub const IO_STALL_REPORTED_MS: i64 = 1_000;
 
 /// Commits failing now: since when (ms since the Unix epoch), how many transactions were
 /// refused, and the last failure.
@@ -863,6 +868,7 @@ impl Database {
             written,
             commit_failure: Mutex::new(None),
             damage: Mutex::new(None),
+            io: Default::default(),
             recent: Default::default(),
         });
         let gate = Arc::new(crate::ack::Gate::default());
@@ -1210,6 +1216,12 @@ impl Database {
             .clone()
     }
 
+    /// The disk operation in progress for the longest (the writer's, or an fsync), if any: one
+    /// that started long ago says the disk stopped answering (`stall.rs`).
+    pub fn io_stall(&self) -> Option<crate::stall::IoStall> {
+        self.inner.published.io.oldest()
+    }
+
     /// Reads every page of the copy (SQLite's `quick_check`, on a reader: no commit waits for
     /// it): `None` when it is sound, else the damage found, which `damage` and the copy's
     /// health report from then on. A copy made again from another (a reseed) starts sound.
@@ -1244,6 +1256,17 @@ impl Database {
                  again from its primary by itself; a primary, fail it over to its mirror (`tandem \
                  db mirror failover`), and it is made again as the mirror"
             ));
+        }
+        if let Some(s) = self.io_stall() {
+            let ms = crate::writer::now_ms() - s.since_ms;
+            if ms >= IO_STALL_REPORTED_MS {
+                warnings.push(format!(
+                    "the disk has not answered for {:.1} s ({} in progress): writes wait; a \
+                     primary with a synchronized mirror hands over to it",
+                    ms as f64 / 1000.0,
+                    s.what
+                ));
+            }
         }
         if let Some(f) = self.commit_failure() {
             warnings.push(format!(

@@ -22,6 +22,7 @@ mod restore;
 mod schema;
 mod sqlite_log;
 mod stages;
+mod stall;
 mod wal_ahead;
 mod wal_vfs;
 mod writer;
@@ -34,8 +35,8 @@ pub use backup::{
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use callers::defer_to_databases;
 pub use database::{
-    CommitFailure, Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, Identity, Options,
-    Role, WriterStats, identity_in, inspect,
+    CommitFailure, Committed, DB_FILE, Database, DatabaseId, FORMAT_VERSION, IO_STALL_REPORTED_MS,
+    Identity, Options, Role, WriterStats, identity_in, inspect,
 };
 pub use error::{Result, StoreError};
 pub use follow::{Follow, Follower};
@@ -51,4 +52,5 @@ pub use rusqlite::types::Value;
 pub use schema::Migration;
 pub use sqlite_log::{log_sqlite_to, sqlite_log_is_failure};
 pub use stages::{CommitStages, StageMeans};
+pub use stall::IoStall;
 pub use writer::{Applied, Durability, StopAt, Tx, time_text};

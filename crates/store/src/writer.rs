@@ -346,7 +346,9 @@ impl Writer {
                 None if self.prune_due => match jobs.try_recv() {
                     Ok(j) => j,
                     Err(TryRecvError::Empty) => {
+                        self.published.io.start(crate::stall::WRITER);
                         self.prune_slice();
+                        self.published.io.end(crate::stall::WRITER);
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => return,
@@ -356,6 +358,7 @@ impl Writer {
                     Err(_) => return,
                 },
             };
+            self.published.io.start(crate::stall::WRITER);
             match job {
                 Job::Control(f) => f(&mut self),
                 Job::Write(first) => {
@@ -382,6 +385,7 @@ impl Writer {
                     }
                 }
             }
+            self.published.io.end(crate::stall::WRITER);
         }
     }
 

@@ -99,6 +99,48 @@ fn failed_transaction_leaves_nothing_and_takes_no_lsn() {
 }
 
 #[test]
+fn a_write_that_does_not_end_is_reported_as_the_disk_not_answering() {
+    let t = tempfile::tempdir().unwrap();
+    let db = Arc::new(create(&t.path().join("db")));
+    // A transaction that holds the writer, as a write the disk does not answer would.
+    let stuck = std::time::Duration::from_millis(IO_STALL_REPORTED_MS as u64 + 500);
+    let started = std::time::Instant::now();
+    let d = db.clone();
+    let writer = std::thread::spawn(move || {
+        d.write(move |_: &mut Tx<'_>| -> Result<(), StoreError> {
+            std::thread::sleep(stuck);
+            Ok(())
+        })
+    });
+    let deadline = started + stuck * 4;
+    let warning = loop {
+        let health = db.health().unwrap();
+        if let Some(w) = health
+            .into_iter()
+            .find(|w| w.starts_with("the disk has not answered"))
+        {
+            break w;
+        }
+        assert!(std::time::Instant::now() < deadline, "no warning");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(started.elapsed() >= std::time::Duration::from_millis(IO_STALL_REPORTED_MS as u64));
+    assert!(
+        warning.contains("the writer's write to the database in progress"),
+        "{warning}"
+    );
+    let stall = db.io_stall().expect("in progress");
+    assert_eq!(stall.what, "the writer's write to the database");
+    writer.join().unwrap().unwrap();
+    // Once the write and its fsync end, nothing is in progress.
+    while db.io_stall().is_some() {
+        assert!(std::time::Instant::now() < deadline, "still in progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(db.health().unwrap().is_empty());
+}
+
+#[test]
 fn a_database_is_opened_once() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("db");
