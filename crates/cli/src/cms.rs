@@ -377,11 +377,17 @@ fn failover(d: &Deployment, force: bool, dry_run: bool, out: &Output) -> anyhow:
                         );
                     }
                     Promotion::Unknown => bail!(
-                        "promoting the CMS copy on {}: {e}; it does not answer now, so whether it \
-                         took over (epoch {epoch}) is unknown{}. Once {} answers, run `tandem cms \
-                         failover` again: if it took over, the old master steps down to its \
-                         standby by itself; if not, the failover is run again",
+                        "promoting the CMS copy on {}: {e}; whether it took over (epoch {epoch}) \
+                         is not known ({}){}. Once {} answers, run `tandem cms failover` again: \
+                         if it took over, the old master steps down to its standby by itself; if \
+                         not, the failover is run again",
                         target.node,
+                        match view {
+                            Some((role, at)) => format!(
+                                "it is {role} at epoch {at} now, and may still be taking over"
+                            ),
+                            None => "it does not answer now".to_string(),
+                        },
                         master
                             .as_ref()
                             .map(|m| format!(
@@ -486,14 +492,16 @@ fn after_failed_promote(
     now: Option<(&str, u64)>,
     epoch: u64,
 ) -> Promotion {
-    match now {
-        Some(("primary", e)) if e == epoch => Promotion::TookEffect,
-        // Still not primary (or primary of another epoch): the promotion failed or was refused.
-        Some(_) => Promotion::DidNot,
-        None if matches!(e, tandem_node::ClientError::Unreachable { sent: false, .. }) => {
-            Promotion::DidNot
-        }
-        None => Promotion::Unknown,
+    use tandem_node::ClientError::{Api, Unreachable};
+    match (e, now) {
+        (_, Some(("primary", at))) if at == epoch => Promotion::TookEffect,
+        // It answered the promotion with an error and is not primary of that epoch: the
+        // promotion ran and failed, or was refused.
+        (Api { .. }, Some(_)) => Promotion::DidNot,
+        // The request surely never reached it.
+        (Unreachable { sent: false, .. }, _) => Promotion::DidNot,
+        // No answer to a request it may have received (it may still be promoting), or none now.
+        _ => Promotion::Unknown,
     }
 }
 
@@ -513,24 +521,34 @@ mod tests {
     #[test]
     fn a_failed_promotion_is_judged_by_what_the_target_says_after_it() {
         let lost_answer = unreachable(true);
-        // The answer was lost after the copy took over: go on.
+        let refused = ClientError::Api {
+            status: 503,
+            body: tandem_node::ErrorBody {
+                code: "unavailable".into(),
+                message: "sqlite: disk I/O error".into(),
+            },
+        };
+        // Primary of the epoch asked for, whatever the error said: it took over.
+        for e in [&lost_answer, &refused] {
+            assert_eq!(
+                after_failed_promote(e, Some(("primary", 9)), 9),
+                Promotion::TookEffect
+            );
+        }
+        // It answered with an error and is still a standby: the promotion failed.
         assert_eq!(
-            after_failed_promote(&lost_answer, Some(("primary", 9)), 9),
-            Promotion::TookEffect
-        );
-        // Still a standby, or primary of another epoch: the promotion did not happen.
-        assert_eq!(
-            after_failed_promote(&lost_answer, Some(("standby", 1)), 9),
+            after_failed_promote(&refused, Some(("standby", 1)), 9),
             Promotion::DidNot
         );
-        assert_eq!(
-            after_failed_promote(&lost_answer, Some(("primary", 7)), 9),
-            Promotion::DidNot
-        );
-        // No answer: only a request that surely never reached it did nothing.
+        // The request never left: nothing happened, whatever it says now.
         assert_eq!(
             after_failed_promote(&unreachable(false), None, 9),
             Promotion::DidNot
+        );
+        // No answer to a request it may have got: it may still be promoting.
+        assert_eq!(
+            after_failed_promote(&lost_answer, Some(("standby", 1)), 9),
+            Promotion::Unknown
         );
         assert_eq!(
             after_failed_promote(&lost_answer, None, 9),

@@ -169,8 +169,8 @@ pub(crate) struct Link {
     state: Mutex<LinkState>,
     /// The link's loop, and the mirror's hardened-LSN reporter.
     task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// A move of the mirror's journal cursor is in progress (`primary_tick` awaits it for a
-    /// heartbeat at most; the move clears it when it ends).
+    /// A move of the mirror's journal cursor is in progress (`primary_tick` starts it and does
+    /// not wait for it; the move clears this when it ends).
     consumer_moving: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -1494,7 +1494,7 @@ pub(crate) async fn planned_failover(
 }
 
 /// The primary hands over to its mirror with nothing lost (`why` says why, in the reason the
-/// copy is fenced with): a planned failover, or commits that keep failing here.
+/// copy is fenced with): a planned failover, or a disk that fails here (`disk_fails`).
 async fn hand_over(
     node: &NodeState,
     link: &Link,
