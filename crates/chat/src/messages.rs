@@ -74,10 +74,18 @@ fn check_post_key(key: &str) -> Result<(), ChatError> {
         || key.len() > POST_KEY_BYTES_MAX
         || !key.bytes().all(|b| b.is_ascii_graphic())
     {
+        let shown = if key.chars().count() > 40 {
+            format!(
+                "{:?}… ({} bytes)",
+                key.chars().take(40).collect::<String>(),
+                key.len()
+            )
+        } else {
+            format!("{key:?}")
+        };
         return Err(ChatError::Invalid(format!(
             "a post key (Idempotency-Key) is 1 to {POST_KEY_BYTES_MAX} printable ASCII \
-             characters without spaces; {:?} is not",
-            key.chars().take(40).collect::<String>()
+             characters without spaces; {shown} is not"
         )));
     }
     Ok(())
@@ -422,6 +430,16 @@ mod tests {
                 ),
                 "{key:?}"
             );
+        }
+        // A long key is shown cut, with its length.
+        match post(
+            "alice",
+            "lobby",
+            "x",
+            Some(&"k".repeat(POST_KEY_BYTES_MAX + 1)),
+        ) {
+            Err(ChatError::Invalid(m)) => assert!(m.contains("… (129 bytes) is not"), "{m}"),
+            r => panic!("{r:?}"),
         }
         check_post_key(&"k".repeat(POST_KEY_BYTES_MAX)).unwrap();
         let page = history(&db, "alice", "lobby", &HistoryQuery::default()).unwrap();
