@@ -345,8 +345,15 @@ impl Mirroring {
                 ms(st.last_pull),
             )
         } else {
+            // A write that does not end: the pull that waits for it hears nothing meanwhile.
+            let stuck = db
+                .as_ref()
+                .and_then(|d| d.io_stall())
+                .filter(|s| s.age_ms() >= tandem_store::IO_STALL_REPORTED_MS);
             let state = if let Some(r) = &st.reseeding {
                 format!("mirror: reseeding ({r})")
+            } else if stuck.is_some() {
+                "mirror: cannot apply (its disk does not answer)".to_string()
             } else if st
                 .last_contact
                 .is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS))
@@ -1607,6 +1614,8 @@ async fn hand_over(
         // told, and this copy becomes a mirror (its role written to its disk).
         let reason = format!("{why} to {} (epoch {epoch})", partner.name);
         db.gate().fence(&reason);
+        // The fence refuses every write from here; the pause would only say so twice.
+        db.gate().pause_writes(None);
         let promoted: Result<serde_json::Value, _> = node
             .client
             .json(

@@ -1258,7 +1258,7 @@ impl Database {
             ));
         }
         if let Some(s) = self.io_stall() {
-            let ms = crate::writer::now_ms() - s.since_ms;
+            let ms = s.age_ms();
             if ms >= IO_STALL_REPORTED_MS {
                 warnings.push(format!(
                     "the disk has not answered for {:.1} s ({} in progress): writes wait; a \

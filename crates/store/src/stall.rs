@@ -65,3 +65,10 @@ pub struct IoStall {
     pub since_ms: i64,
     pub what: &'static str,
 }
+
+impl IoStall {
+    /// How long it has been in progress, in ms.
+    pub fn age_ms(&self) -> i64 {
+        crate::writer::now_ms() - self.since_ms
+    }
+}
