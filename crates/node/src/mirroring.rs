@@ -1532,8 +1532,8 @@ async fn hand_over(
     if last_pull.is_none_or(|t| t.elapsed() > Duration::from_millis(MIRROR_TIMEOUT_MS)) {
         return Err(ApiError::unavailable(format!(
             "the mirror on {} is not pulling (last heard from {}): a planned failover needs it; \
-             {} serves on as primary — start {} (`tandem up --detach --nodes {}`) and run it \
-             again",
+             {} serves on as primary — see {}'s copy in `tandem status` (down: `tandem up \
+             --detach --nodes {}`; its disk not answering: it says so) and run it again",
             partner.name,
             last_pull.map_or("never since this node started".to_string(), |t| {
                 format!("{:.1} s ago", t.elapsed().as_secs_f64())
