@@ -606,8 +606,17 @@ mod tests {
         let at = bytes.len() - 60;
         bytes[at] ^= 1;
         std::fs::write(&second, &bytes).unwrap();
-        let e = restore_copied(&r, &local, 100).unwrap_err().to_string();
+        let err = restore_copied(&r, &local, 100).unwrap_err();
+        let e = err.to_string();
         assert!(e.contains(&copied[1].0), "{e}");
+        // The monitor's line says how to go on: the secondary seeded again.
+        let shown = secondary::with_remedy(&err, "mgc", "dal-db1");
+        assert!(
+            shown.starts_with(&e)
+                && shown
+                    .ends_with("`tandem db log-shipping configure --db mgc --secondary dal-db1`"),
+            "{shown}"
+        );
         assert_eq!(r.identity().lsn, lsn, "nothing applied");
         // The file copied again from the share: everything applies, the copies go.
         std::fs::copy(share.join(&copied[1].0), &second).unwrap();

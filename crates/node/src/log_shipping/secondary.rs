@@ -301,6 +301,20 @@ pub(super) fn secondary_round(
     Ok(round)
 }
 
+/// A restore refusal as the monitor shows it: a chain that cannot go on from the copy (a log
+/// backup missing or damaged, a chain that diverged) waits for nothing — it says how to seed
+/// the secondary again.
+pub(super) fn with_remedy(e: &tandem_store::StoreError, database: &str, node: &str) -> String {
+    use tandem_store::StoreError::{Corrupt, Sequence};
+    match e {
+        Sequence(_) | Corrupt(_) => format!(
+            "{e}; the secondary cannot go on from its copy: seed it again from a new full \
+             backup with `tandem db log-shipping configure --db {database} --secondary {node}`"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Records a secondary round in the node's status and in the progress file on the share.
 pub(super) fn record_secondary(
     node: &NodeState,
@@ -321,7 +335,7 @@ pub(super) fn record_secondary(
             }
             match &r.restored {
                 Some(Ok(x)) => restore.ran(Ok(x.files_applied.last().map(|f| (f.clone(), x.lsn)))),
-                Some(Err(e)) => restore.ran(Err(e.to_string())),
+                Some(Err(e)) => restore.ran(Err(with_remedy(e, database, &node.name))),
                 None => {}
             }
             status.state = r.state.clone();
