@@ -438,6 +438,53 @@ fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() 
 }
 
 #[test]
+fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full_backup() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
+    // The secondary stopped (its node frozen) while the primary writes log backups; one it
+    // needs is lost from the share, and a full backup is taken past it.
+    let pid = common::pid(&d.dir, "dal-db1");
+    // SAFETY: a node this test started; resumed below (and killed with the deployment).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        sent.extend(posts(&d, &token, &format!("round {round}"), 5));
+        let lsn = sent.last().unwrap().lsn;
+        d.wait_status("the share past the posts", |m| {
+            m["newest_log"]["lsn"].as_u64() >= Some(lsn)
+        });
+    }
+    let lost = log_files(&d.share())
+        .into_iter()
+        .find(|p| range(p).0 > at)
+        .expect("a log backup past the secondary");
+    std::fs::remove_file(&lost).unwrap();
+    ok(
+        &d.dir,
+        &["db", "backup", "--db", "mgc", "--instance", "atl-db1"],
+    );
+    let after = posts(&d, &token, "after", 5);
+    let last = after.last().unwrap().lsn;
+    d.wait_status("the share past the last posts", |m| {
+        m["newest_log"]["lsn"].as_u64() >= Some(last)
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Back, its jobs find the gap, seed the copy again from the newer full backup, and go on.
+    let m = d.wait_applied(last);
+    assert_eq!(m["alerts"], json!([]), "{m:#}");
+    assert!(
+        d.log("dal-db1")
+            .contains("the chain cannot go on from the copy: seeding it again"),
+        "{}",
+        d.log("dal-db1")
+    );
+}
+
+#[test]
 fn the_chain_continues_across_a_mirror_failover() {
     let d = Deployment::up();
     let token = user_and_room(&d);

@@ -298,6 +298,28 @@ pub(super) fn secondary_round(
         }
         round.restored = Some(r);
     }
+    // A chain that cannot go on from the copy — a log backup gone from the share (its retention
+    // keeps the newest full backup's chain: a secondary stopped longer than a full backup's
+    // interval finds a gap) or a chain that diverged — while the share holds a full backup past
+    // the copy: the jobs seed the copy again from it, as `configure` would, with no operator
+    // (the failover's own steps apply what there is and name the gap instead).
+    if steps == Steps::Jobs
+        && let Some(Err(tandem_store::StoreError::Sequence(why))) = &round.restored
+    {
+        let at = node.host.get(database).map_or(0, |d| d.identity().lsn);
+        let past = Listing::read(&share)
+            .ok()
+            .and_then(|l| l.newest_full().map(|(_, lsn)| lsn))
+            .is_some_and(|lsn| lsn > at);
+        if past {
+            tracing::warn!(database, at, why = %why, "the chain cannot go on from the copy: seeding it again from the newest full backup");
+            let lsn = seed(node, database, &share, &local)?;
+            round.state = Some(format!(
+                "seeded again at LSN {lsn}: the chain could not go on from LSN {at} ({why})"
+            ));
+            round.restored = None;
+        }
+    }
     Ok(round)
 }
 
