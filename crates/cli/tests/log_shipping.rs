@@ -166,6 +166,19 @@ fn posts(d: &Deployment, token: &str, prefix: &str, n: usize) -> Vec<Acked> {
         .collect()
 }
 
+/// `rounds` times five posts, each round in a log backup of its own on the share.
+fn posts_in_log_backups(d: &Deployment, token: &str, rounds: usize) -> Vec<Acked> {
+    let mut sent = Vec::new();
+    for round in 0..rounds {
+        sent.extend(posts(d, token, &format!("round {round}"), 5));
+        let lsn = sent.last().unwrap().lsn;
+        d.wait_status("the share past the posts", |m| {
+            m["newest_log"]["lsn"].as_u64() >= Some(lsn)
+        });
+    }
+    sent
+}
+
 /// The log backups in `dir`, sorted by name (LSN order).
 fn log_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -397,14 +410,7 @@ fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() 
         &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
     );
     let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
-    let mut sent = Vec::new();
-    for round in 0..3 {
-        sent.extend(posts(&d, &token, &format!("round {round}"), 5));
-        let lsn = sent.last().unwrap().lsn;
-        d.wait_status("the share past the posts", |m| {
-            m["newest_log"]["lsn"].as_u64() >= Some(lsn)
-        });
-    }
+    posts_in_log_backups(&d, &token, 3);
     let pending: Vec<PathBuf> = log_files(&d.share())
         .into_iter()
         .filter(|p| range(p).1 > at)
@@ -449,14 +455,7 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
     let pid = common::pid(&d.dir, "dal-db1");
     // SAFETY: a node this test started; resumed below (and killed with the deployment).
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let mut sent = Vec::new();
-    for round in 0..2 {
-        sent.extend(posts(&d, &token, &format!("round {round}"), 5));
-        let lsn = sent.last().unwrap().lsn;
-        d.wait_status("the share past the posts", |m| {
-            m["newest_log"]["lsn"].as_u64() >= Some(lsn)
-        });
-    }
+    posts_in_log_backups(&d, &token, 2);
     let lost = log_files(&d.share())
         .into_iter()
         .find(|p| range(p).0 > at)
