@@ -1260,9 +1260,13 @@ impl Database {
         if let Some(s) = self.io_stall() {
             let ms = s.age_ms();
             if ms >= IO_STALL_REPORTED_MS {
+                let then = if self.identity().role == Role::Primary {
+                    "writes wait; with a synchronized mirror, this primary hands over to it"
+                } else {
+                    "the copy applies nothing meanwhile"
+                };
                 warnings.push(format!(
-                    "the disk has not answered for {:.1} s ({} in progress): writes wait; a \
-                     primary with a synchronized mirror hands over to it",
+                    "the disk has not answered for {:.1} s ({} in progress): {then}",
                     ms as f64 / 1000.0,
                     s.what
                 ));
