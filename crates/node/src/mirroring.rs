@@ -733,11 +733,11 @@ fn disk_fails(db: &Database, mirror_ready: bool, tried: Option<Instant>) -> Opti
         ));
     }
     db.io_stall()
-        .filter(|s| now - s.since_ms >= IO_STALL_HANDOVER_MS)
+        .filter(|s| s.age_ms() >= IO_STALL_HANDOVER_MS)
         .map(|s| {
             format!(
                 "the disk has not answered here for {:.1} s ({} in progress)",
-                (now - s.since_ms) as f64 / 1000.0,
+                s.age_ms() as f64 / 1000.0,
                 s.what
             )
         })

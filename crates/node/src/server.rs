@@ -243,7 +243,7 @@ pub(crate) fn require_primary(
 ) -> Result<(), ApiError> {
     let id = db.identity();
     let fenced = match id.role {
-        tandem_store::Role::Primary => match db.gate().status().fenced {
+        tandem_store::Role::Primary => match db.gate().fenced() {
             None => return Ok(()),
             Some(why) => format!(" fenced ({why})"),
         },

@@ -160,6 +160,11 @@ impl Gate {
         });
     }
 
+    /// Why the copy was fenced, if it was (one lock; `status` computes every field).
+    pub fn fenced(&self) -> Option<String> {
+        self.state.lock().expect("gate lock").fenced.clone()
+    }
+
     /// Refuses new writes with `reason` (or accepts them again with `None`); commits already
     /// made are still answered as the mirror hardens them.
     pub fn pause_writes(&self, reason: Option<&str>) {
