@@ -180,7 +180,11 @@ pub(crate) fn read<T>(
         let r = f(&snapshot);
         // Dropping the transaction rolls it back: a reader changes nothing.
         drop(snapshot);
-        Ok(r)
+        match r {
+            // Damaged pages are the store's to know of (the copy's health, a handover).
+            Err(ChatError::Store(e)) if e.is_page_damage() => Err(e),
+            r => Ok(r),
+        }
     })?
 }
 

@@ -648,6 +648,125 @@ fn a_damaged_mirror_is_found_and_made_again_from_its_primary() {
 }
 
 #[test]
+fn a_primary_that_meets_damaged_pages_hands_over_to_its_mirror_and_is_made_again_from_it() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = Vec::new();
+    let mut posted = |text: String| {
+        let id = post(&fe, &token, &text).expect("a post").id;
+        acked.push((id, text));
+    };
+    for i in 0..1_500 {
+        posted(format!("{i} {}", "z".repeat(200)));
+    }
+    d.wait_mirror("mgc", "atl-db2");
+    // The pages of the oldest posts, damaged in the running primary's file. It reads them
+    // from there once its WAL has started over past them (a checkpoint each second, the WAL
+    // started over at the next commit); until then its WAL's copies hide the damage and the
+    // next checkpoint writes over it, so: again, until a read of the oldest posts meets it.
+    let file = d.dir.join("data/atl-db1/databases/mgc/tandem.db");
+    let bearer = format!("Bearer {token}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no read met the damaged pages");
+        std::thread::sleep(Duration::from_millis(1_500));
+        for _ in 0..2 {
+            round += 1;
+            posted(format!("settling {round}"));
+        }
+        damage_oldest_rows(&file);
+        // A commit after the damage: the primary's readers drop the pages they cached.
+        round += 1;
+        posted(format!("settling {round}"));
+        let (code, body) = http(
+            &fe,
+            "GET",
+            "/api/v1/rooms/lobby/messages?after=0&limit=500",
+            &[("authorization", &bearer)],
+            "",
+        );
+        if code != 200 {
+            assert!(body.contains("malformed"), "{code} {body}");
+            break;
+        }
+    }
+    // The mirror, whose pages are its own and sound, takes over with every post; the damaged
+    // copy is made again from it and follows it as its mirror.
+    d.wait_copy("mgc", "atl-db2", "the new primary", |c| {
+        c["role"] == "primary"
+    });
+    let log = || std::fs::read_to_string(d.dir.join("logs/atl-db1.log")).unwrap();
+    assert!(
+        log()
+            .lines()
+            .any(|l| l.contains("handing over to the mirror")
+                && l.contains("the copy is damaged here (a read met damaged pages")),
+        "{}",
+        log()
+    );
+    d.wait_copy("mgc", "atl-db1", "a synchronized mirror, no warning", |c| {
+        c["role"] == "mirror"
+            && c["mirroring"]["state"] == "mirror: synchronized"
+            && c["warnings"] == serde_json::json!([])
+    });
+    let log = log();
+    let at = log.find("handing over to the mirror").unwrap();
+    assert!(
+        log[at..].contains("copy reseeded database=\"mgc\""),
+        "{log}"
+    );
+    posted("after the repair".to_string());
+    check_history(&acked, &history(&fe, &token));
+    ok(&d.dir, &["down", "--nodes", "atl-db1"]);
+    let check: String = tandem_store::rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+/// Damages, in place, three of the leaf pages that hold the oldest events of the chat database
+/// `file` (a running node's: its WAL is read, and left as it is).
+fn damage_oldest_rows(file: &std::path::Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let c = tandem_store::rusqlite::Connection::open_with_flags(
+        file,
+        tandem_store::rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let pages: Vec<i64> = c
+        .prepare(
+            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' \
+             ORDER BY path LIMIT 3 OFFSET 1",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(c);
+    assert_eq!(pages.len(), 3, "too few pages of events");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    for page in pages {
+        let at = (page as u64 - 1) * 4096 + 8;
+        let mut bytes = vec![0u8; 4088];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut bytes).unwrap();
+        for b in &mut bytes {
+            *b ^= 0x5a;
+        }
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+}
+
+#[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =
         Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));

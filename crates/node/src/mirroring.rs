@@ -659,8 +659,9 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
             }
         }
     }
-    // A disk that refuses writes here (commits that keep failing: full, failing) or stops
-    // answering (a write or an fsync in progress for long) while the mirror has every record:
+    // A disk that refuses writes here (commits that keep failing: full, failing), stops
+    // answering (a write or an fsync in progress for long) or holds damaged pages while the
+    // mirror has every record:
     // the mirror takes over, as in a planned failover, and nothing acknowledged is lost; this
     // copy, fenced, becomes its mirror once its disk takes writes again.
     let (ready, tried) = {
@@ -714,13 +715,18 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
 /// (the write in progress then diverges this copy from the new primary, which reseeds it).
 const IO_STALL_HANDOVER_MS: i64 = 2 * FAILOVER_MS as i64;
 
-/// Whether a primary hands over to its mirror now because of its disk, and why: commits have
-/// failed for `FAILOVER_MS` (as long as a primary that stopped answering is waited for), or a
-/// write or fsync has been in progress for `IO_STALL_HANDOVER_MS` — with a synchronized mirror
-/// (`mirror_ready`: and a witness), and no attempt in the last `FAILOVER_MS`.
+/// Whether a primary hands over to its mirror now because of its disk, and why: its copy is
+/// damaged (a scrub, a read or a write met damaged pages: the mirror's own pages are sound, and
+/// this copy is then made again from them), commits have failed for `FAILOVER_MS` (as long as
+/// a primary that stopped answering is waited for), or a write or fsync has been in progress
+/// for `IO_STALL_HANDOVER_MS` — with a synchronized mirror (`mirror_ready`: and a witness), and
+/// no attempt in the last `FAILOVER_MS`.
 fn disk_fails(db: &Database, mirror_ready: bool, tried: Option<Instant>) -> Option<String> {
     if !mirror_ready || tried.is_some_and(|t| t.elapsed() < Duration::from_millis(FAILOVER_MS)) {
         return None;
+    }
+    if let Some(damage) = db.damage() {
+        return Some(format!("the copy is damaged here ({damage})"));
     }
     let now = crate::witness::now_ms();
     if let Some(f) = db.commit_failure()

@@ -230,10 +230,30 @@ pub(crate) struct Published {
     pub(crate) recent: crate::recent::Recent,
     /// Commits fail (since the last one that went through).
     pub(crate) commit_failure: Mutex<Option<CommitFailure>>,
-    /// What the last `scrub` found damaged, if anything.
+    /// The damage found in this copy, if any: by the last `scrub`, or by a read or a commit that
+    /// met damaged pages since.
     damage: Mutex<Option<String>>,
     /// The disk operations in progress (`stall.rs`).
     pub(crate) io: crate::stall::IoWatch,
+}
+
+impl Published {
+    /// A read, a write or an apply met damaged pages (`StoreError::is_page_damage`,
+    /// `writer::met_page_damage`): the copy is damaged from now on, as if a scrub had found it.
+    /// The first damage met is kept (a scrub replaces it with its whole report).
+    pub(crate) fn note_damage(&self, damage: impl FnOnce() -> String) {
+        self.damage
+            .lock()
+            .expect("damage lock")
+            .get_or_insert_with(damage);
+    }
+
+    /// `note_damage` when `e` is damaged pages met by `what`.
+    pub(crate) fn note_error(&self, what: &str, e: &StoreError) {
+        if e.is_page_damage() {
+            self.note_damage(|| format!("{what} met damaged pages: {e}"));
+        }
+    }
 }
 
 /// A disk operation in progress for this long is reported in the copy's health.
@@ -1231,12 +1251,18 @@ impl Database {
             let rows = stmt.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
         })?;
-        let found = (report != ["ok"]).then(|| report.join("\n").replace('\n', "; "));
+        let found = (report != ["ok"]).then(|| {
+            format!(
+                "SQLite's quick_check: {}",
+                report.join("\n").replace('\n', "; ")
+            )
+        });
         found.clone_into(&mut self.inner.published.damage.lock().expect("damage lock"));
         Ok(found)
     }
 
-    /// The damage the last `scrub` found, if it found any.
+    /// The damage found in this copy, if any: by the last `scrub`, or by a read or a commit
+    /// that met damaged pages since (then the error they met).
     pub fn damage(&self) -> Option<String> {
         self.inner
             .published
@@ -1252,9 +1278,10 @@ impl Database {
         let mut warnings = Vec::new();
         if let Some(d) = self.damage() {
             warnings.push(format!(
-                "the copy is damaged (SQLite's quick_check: {d}): a mirror or standby is made \
-                 again from its primary by itself; a primary, fail it over to its mirror (`tandem \
-                 db mirror failover`), and it is made again as the mirror"
+                "the copy is damaged ({d}): a mirror or standby is made again from its primary \
+                 by itself; a primary hands over to its mirror by itself once that one is \
+                 synchronized (with a witness), and is then made again as the mirror — without \
+                 one, `tandem db mirror failover` when it is"
             ));
         }
         if let Some(s) = self.io_stall() {
@@ -1337,6 +1364,9 @@ impl Database {
             }
         }
         let r = f(&conn);
+        if let Err(e) = &r {
+            self.inner.published.note_error("a read", e);
+        }
         let mut pool = self.inner.readers.lock().expect("readers lock");
         if pool.len() < self.inner.options.readers_max {
             pool.push((conn, attached));

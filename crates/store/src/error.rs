@@ -69,14 +69,19 @@ impl StoreError {
     /// Damaged bytes in a database file or a record (SQLite's `SQLITE_CORRUPT` or
     /// `SQLITE_NOTADB`, or the store's own checks), as opposed to a failing system or a refusal.
     pub fn is_damage(&self) -> bool {
-        match self {
-            StoreError::Corrupt(_) => true,
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+        matches!(self, StoreError::Corrupt(_)) || self.is_page_damage()
+    }
+
+    /// Damaged pages in a database file: SQLite's `SQLITE_CORRUPT` or `SQLITE_NOTADB` (not the
+    /// store's own checks of a record or a file, which may be another copy's bytes).
+    pub fn is_page_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if matches!(
                 f.code,
                 rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ),
-            _ => false,
-        }
+            )
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StoreError {

@@ -63,6 +63,28 @@ pub(crate) struct WriteJob {
     pub(crate) answer: Box<dyn FnOnce(Answer) + Send>,
 }
 
+/// SQLite's message when the last call on `conn` failed on damaged pages (`SQLITE_CORRUPT` or
+/// `SQLITE_NOTADB`, extended codes included): a transaction's own error type does not say so,
+/// the connection does.
+fn met_page_damage(conn: &Connection) -> Option<String> {
+    use rusqlite::ffi;
+    // SAFETY: the handle is valid for the life of `conn`; the calls only read its last error,
+    // and the message is copied before any other call on it.
+    unsafe {
+        let db = conn.handle();
+        let code = ffi::sqlite3_extended_errcode(db) & 0xff;
+        if code != ffi::SQLITE_CORRUPT && code != ffi::SQLITE_NOTADB {
+            return None;
+        }
+        let msg = ffi::sqlite3_errmsg(db);
+        Some(if msg.is_null() {
+            format!("SQLite error code {code}")
+        } else {
+            std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned()
+        })
+    }
+}
+
 fn refuse_all(jobs: Vec<WriteJob>, err: &StoreError) {
     for job in jobs {
         (job.answer)(Answer::Failed(match err {
@@ -482,6 +504,10 @@ impl Writer {
                     }
                 }
                 Ok(Err(e)) => {
+                    if let Some(m) = met_page_damage(&self.conn) {
+                        self.published
+                            .note_damage(|| format!("a write met damaged pages: {m}"));
+                    }
                     self.count(0, 0, 1);
                     (job.answer)(Answer::Aborted(e));
                     changed
@@ -604,6 +630,7 @@ impl Writer {
     }
 
     fn fail_batch(&mut self, kept: Vec<Kept>, e: StoreError, schema_changed: bool) {
+        self.published.note_error("a commit", &e);
         let _ = self.exec("ROLLBACK");
         if schema_changed {
             self.reload_tables();
@@ -703,6 +730,7 @@ impl Writer {
             Ok((stopped, time_ms, body_len, segment)) => {
                 let (applied, chain) = (segment.len() as u64, segment.chain());
                 if let Err(e) = self.exec("COMMIT") {
+                    self.published.note_error("applying records", &e);
                     let _ = self.exec("ROLLBACK");
                     self.state.history = saved_history;
                     self.state.epoch = saved_epoch;
@@ -734,6 +762,7 @@ impl Writer {
                 Ok(self.applied(applied, stopped))
             }
             Err(e) => {
+                self.published.note_error("applying records", &e);
                 let _ = self.exec("ROLLBACK");
                 self.state.history = saved_history;
                 self.state.epoch = saved_epoch;

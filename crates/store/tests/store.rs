@@ -240,6 +240,69 @@ fn damaged_pages_are_found_as_the_copy_opens_or_as_it_is_scrubbed() {
     );
 }
 
+#[test]
+fn damaged_pages_met_by_a_read_or_a_write_mark_the_copy_damaged() {
+    // Pages of the rows alone, which opening does not read.
+    let rows = |page: &[u8]| page[0] == 0x0d && cells(page) >= 10;
+    let (_t, dir) = damaged_copy(true, rows);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    assert_eq!(db.damage(), None);
+    let e = db
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT SUM(LENGTH(body)) FROM messages", [], |r| {
+                    r.get::<_, i64>(0)
+                })?,
+            )
+        })
+        .unwrap_err();
+    assert!(e.is_page_damage(), "{e}");
+    let damage = db.damage().expect("the read's damage is kept");
+    assert!(
+        damage.starts_with("a read met damaged pages: sqlite:"),
+        "{damage}"
+    );
+    assert!(
+        db.health()
+            .unwrap()
+            .iter()
+            .any(|w| w.starts_with("the copy is damaged (a read met")),
+        "{:?}",
+        db.health()
+    );
+    // A refusal is not damage: another copy's bytes or a bad argument leave the copy sound.
+    let (_t, dir) = damaged_copy(true, rows);
+    let db = Database::open(&dir, Options::default()).unwrap();
+    let e = db
+        .read(|c| Ok(c.query_row("SELECT nonsense FROM messages", [], |_| Ok(()))?))
+        .unwrap_err();
+    assert!(!e.is_page_damage(), "{e}");
+    assert_eq!(db.damage(), None);
+    // A write whose own error type hides SQLite's: the writer's connection tells.
+    #[derive(Debug)]
+    struct Refused(String);
+    impl From<StoreError> for Refused {
+        fn from(e: StoreError) -> Refused {
+            Refused(e.to_string())
+        }
+    }
+    let r = db.write(|tx: &mut Tx<'_>| {
+        tx.query_row("SELECT SUM(LENGTH(body)) FROM messages", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| Refused(format!("could not count: {e}")))
+    });
+    let Refused(why) = r.unwrap_err();
+    assert!(why.starts_with("could not count"), "{why}");
+    let damage = db.damage().expect("the write's damage is kept");
+    assert!(
+        damage.starts_with("a write met damaged pages: "),
+        "{damage}"
+    );
+    // The write connection serves on: a transaction that does not touch those pages commits.
+    post(&db, 2, "still writable").unwrap();
+}
+
 /// Cells on a b-tree page (its header's count).
 fn cells(page: &[u8]) -> u16 {
     u16::from_be_bytes([page[3], page[4]])
