@@ -1,8 +1,8 @@
 //! Log shipping of `mgc` from `atl` to `dal-db1`, as real processes (the two-site example): out
 //! of the box after `up`; the failover steps after the loss of every `atl` node (copy, restore,
 //! recover: every post up to the reported LSN is in `dal`); a damaged or missing log backup
-//! stops the restore step with the file named; the chain goes on across a mirror failover; the
-//! online backup, restore and recover and their refusals.
+//! stops the restore step with the file named; a damaged secondary is seeded again; the chain
+//! goes on across a mirror failover; the online backup, restore and recover and their refusals.
 
 mod common;
 
@@ -481,6 +481,44 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
         "{}",
         d.log("dal-db1")
     );
+}
+
+#[test]
+fn a_damaged_secondary_is_seeded_again_from_the_newest_full_backup_and_goes_on() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 400);
+    d.wait_applied(first.last().unwrap().lsn);
+    // Pages of the oldest posts damaged in the secondary's file while its node is down (its
+    // WAL folded in first, as a checkpoint does): it opens, and its scrub, 2 s after the start,
+    // finds them.
+    ok(&d.dir, &["down", "--nodes", "dal-db1"]);
+    let file = d.dir.join("data/dal-db1/databases/mgc/tandem.db");
+    let sqlite = |f: &Path| tandem_store::rusqlite::Connection::open(f).unwrap();
+    sqlite(&file)
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    common::damage_oldest_rows(&file);
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d
+        .log("dal-db1")
+        .contains("the copy is damaged: seeding it again from the newest full backup")
+    {
+        assert!(Instant::now() < deadline, "{}", d.log("dal-db1"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = posts(&d, &token, "after", 5);
+    let m = d.wait_applied(after.last().unwrap().lsn);
+    assert_eq!(m["alerts"], json!([]), "{m:#}");
+    let copy = d.copy("mgc", "dal-db1");
+    assert_eq!(copy["warnings"], json!([]), "{copy:#}");
+    assert_eq!(copy["role"], "restoring", "{copy:#}");
+    ok(&d.dir, &["down", "--nodes", "dal-db1"]);
+    let check: String = sqlite(&file)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
 }
 
 #[test]

@@ -676,7 +676,7 @@ fn a_primary_that_meets_damaged_pages_hands_over_to_its_mirror_and_is_made_again
             round += 1;
             posted(format!("settling {round}"));
         }
-        damage_oldest_rows(&file);
+        common::damage_oldest_rows(&file);
         // A commit after the damage: the primary's readers drop the pages they cached.
         round += 1;
         posted(format!("settling {round}"));
@@ -725,45 +725,6 @@ fn a_primary_that_meets_damaged_pages_hands_over_to_its_mirror_and_is_made_again
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
-}
-
-/// Damages, in place, three of the leaf pages that hold the oldest events of the chat database
-/// `file` (a running node's: its WAL is read, and left as it is).
-fn damage_oldest_rows(file: &std::path::Path) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let c = tandem_store::rusqlite::Connection::open_with_flags(
-        file,
-        tandem_store::rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let pages: Vec<i64> = c
-        .prepare(
-            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' \
-             ORDER BY path LIMIT 3 OFFSET 1",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    drop(c);
-    assert_eq!(pages.len(), 3, "too few pages of events");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .unwrap();
-    for page in pages {
-        let at = (page as u64 - 1) * 4096 + 8;
-        let mut bytes = vec![0u8; 4088];
-        f.seek(SeekFrom::Start(at)).unwrap();
-        f.read_exact(&mut bytes).unwrap();
-        for b in &mut bytes {
-            *b ^= 0x5a;
-        }
-        f.seek(SeekFrom::Start(at)).unwrap();
-        f.write_all(&bytes).unwrap();
-    }
 }
 
 #[test]

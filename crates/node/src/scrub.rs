@@ -2,7 +2,9 @@
 //! shortly after the node starts and then every `SCRUB_EVERY`, one copy at a time, on a
 //! reader. Damage is reported in the copy's health (`status` warnings); a damaged mirror or
 //! standby is made again from its primary by its own loop (`mirroring.rs`, `standby.rs`), the
-//! way a copy that diverged is: the primary holds the sound pages. Without it, a bit flipped
+//! way a copy that diverged is: the primary holds the sound pages. A damaged log-shipping
+//! secondary is seeded again from the newest full backup on the share (`log_shipping`), and a
+//! damaged primary hands over to its synchronized mirror (`mirroring.rs`'s `disk_fails`). Without it, a bit flipped
 //! on a mirror's disk stayed unseen until the mirror, primary after a failover, read that page.
 
 use crate::server::NodeState;

@@ -261,6 +261,21 @@ pub(super) fn secondary_round(
             round.state = Some(format!("seeded at LSN {lsn}"));
         }
     }
+    // A damaged copy (found by a scrub, or by applying): seeded again from the newest full
+    // backup, whose chain the share keeps, and brought on by the log backups after it.
+    if steps == Steps::Jobs
+        && let Some(damage) = node.host.get(database).and_then(|d| {
+            matches!(d.identity().role, Role::Restoring | Role::Standby)
+                .then(|| d.damage())
+                .flatten()
+        })
+    {
+        tracing::warn!(database, %damage, "the copy is damaged: seeding it again from the newest full backup");
+        let lsn = seed(node, database, &share, &local)?;
+        round.state = Some(format!(
+            "seeded again at LSN {lsn}: the copy was damaged ({damage})"
+        ));
+    }
     let copy = node.host.get(database);
     let copy_role = copy.as_ref().map(|d| d.identity().role);
     if copy_role == Some(Role::Primary) {
