@@ -4,8 +4,10 @@
 //! standby is made again from its primary by its own loop (`mirroring.rs`, `standby.rs`), the
 //! way a copy that diverged is: the primary holds the sound pages. A damaged log-shipping
 //! secondary is seeded again from the newest full backup on the share (`log_shipping`), and a
-//! damaged primary hands over to its synchronized mirror (`mirroring.rs`'s `disk_fails`). Without it, a bit flipped
-//! on a mirror's disk stayed unseen until the mirror, primary after a failover, read that page.
+//! damaged primary hands over to its synchronized mirror (`mirroring.rs`'s `disk_fails`).
+//! Without it, a bit flipped on a mirror's disk stayed unseen until the mirror, primary after a
+//! failover, read that page. (Reads and writes that meet damaged pages between two passes mark
+//! the copy damaged too: `Database::damage`.)
 
 use crate::server::NodeState;
 use std::time::Duration;

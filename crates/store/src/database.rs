@@ -230,8 +230,8 @@ pub(crate) struct Published {
     pub(crate) recent: crate::recent::Recent,
     /// Commits fail (since the last one that went through).
     pub(crate) commit_failure: Mutex<Option<CommitFailure>>,
-    /// The damage found in this copy, if any: by the last `scrub`, or by a read or a commit that
-    /// met damaged pages since.
+    /// The damage found in this copy, if any: by the last `scrub`, or by a read, a write or an
+    /// apply that met damaged pages since.
     damage: Mutex<Option<String>>,
     /// The disk operations in progress (`stall.rs`).
     pub(crate) io: crate::stall::IoWatch,
@@ -1261,8 +1261,8 @@ impl Database {
         Ok(found)
     }
 
-    /// The damage found in this copy, if any: by the last `scrub`, or by a read or a commit
-    /// that met damaged pages since (then the error they met).
+    /// The damage found in this copy, if any: by the last `scrub`, or by a read, a write or an
+    /// apply that met damaged pages since (then the error it met).
     pub fn damage(&self) -> Option<String> {
         self.inner
             .published
@@ -1278,10 +1278,11 @@ impl Database {
         let mut warnings = Vec::new();
         if let Some(d) = self.damage() {
             warnings.push(format!(
-                "the copy is damaged ({d}): a mirror or standby is made again from its primary \
-                 by itself; a primary hands over to its mirror by itself once that one is \
-                 synchronized (with a witness), and is then made again as the mirror — without \
-                 one, `tandem db mirror failover` when it is"
+                "the copy is damaged ({d}): a mirror or standby is made again from its primary, \
+                 and a log-shipping secondary from the newest full backup, by itself; a primary \
+                 hands over by itself to its mirror once that one is synchronized (with a \
+                 witness), and is then made again as the mirror — a primary without a mirror \
+                 is restored from its backups (`tandem db restore`)"
             ));
         }
         if let Some(s) = self.io_stall() {
