@@ -95,10 +95,15 @@ impl DbHost {
             let path = dir.join(&database);
             let exists = path.join(tandem_store::DB_FILE).exists();
             let opened = match exists.then(|| Database::open(&path, Options::default())) {
-                Some(Err(e)) if e.is_damage() && role != PlacementRole::Primary => {
-                    // A copy made from another one (a mirror's, a standby's, a secondary's) too
-                    // damaged to open is made again from it, as a missing one is; the node
-                    // serves its other copies meanwhile. The damaged files are kept, aside.
+                Some(Err(e))
+                    if e.is_damage()
+                        && (role != PlacementRole::Primary || !create_primary(&database)) =>
+                {
+                    // A copy made from another one (a mirror's, a standby's, a secondary's) or
+                    // a mirrored primary's (its mirror took over when it stopped, or holds every
+                    // acknowledged record) too damaged to open is made again from it, as a
+                    // missing one is; the node serves its other copies meanwhile. The damaged
+                    // files are kept, aside.
                     let aside = dir
                         .join(".damaged")
                         .join(format!("{database}-{}", crate::log_shipping::now_ms()));

@@ -674,7 +674,7 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
     if let Some(why) = disk_fails(&db, ready, tried) {
         link.st().handover_tried = Some(Instant::now());
         tracing::error!(database = %link.database, mirror = %link.partnership.partner, why, "handing over to the mirror");
-        match hand_over(node, link, &db, &why).await {
+        match hand_over(node, link, &db, &why, false).await {
             Ok(_) => return,
             Err(e) => link.error(format!(
                 "{why}, and handing over to {} failed: {}",
@@ -1028,6 +1028,20 @@ async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
         }
         Err(e) => link.error(format!("recover: {e}")),
     }
+}
+
+/// A primary promoted by a planned failover: the old primary, with every record up to this
+/// copy's LSN, follows as its mirror at once. Answers wait for it from the first write, as they
+/// waited for this copy before — so that an acknowledged write survives the loss of either copy
+/// across the failover too (else the new primary answered alone until the old one's first pull
+/// and its round's "synchronizing"). Counted as just heard from: should it not pull within
+/// `MIRROR_TIMEOUT_MS`, the round tells the witness and serves without it, as for a lost mirror.
+fn expect_old_primary(link: &Link, db: &Database) {
+    let lsn = db.identity().lsn;
+    let mut st = link.st();
+    st.last_pull = Some(Instant::now());
+    st.hardened = st.hardened.max(lsn);
+    db.gate().set_sync(true, lsn);
 }
 
 /// Replaces this node's copy by one restored from a full backup streamed by the primary.
@@ -1501,18 +1515,21 @@ pub(crate) async fn planned_failover(
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))
     })?;
-    hand_over(&node, &link, &db, "planned failover")
+    hand_over(&node, &link, &db, "planned failover", true)
         .await
         .map(Json)
 }
 
 /// The primary hands over to its mirror with nothing lost (`why` says why, in the reason the
-/// copy is fenced with): a planned failover, or a disk that fails here (`disk_fails`).
+/// copy is fenced with): a planned failover, or a disk that fails here (`disk_fails`). With
+/// `follows` (a planned failover: this copy's disk is sound), this copy follows the new primary
+/// as its mirror at once, and the new primary's answers wait for it from its first write.
 async fn hand_over(
     node: &NodeState,
     link: &Link,
     db: &Database,
     why: &str,
+    follows: bool,
 ) -> Result<serde_json::Value, ApiError> {
     let database = link.database.clone();
     let id = db.identity();
@@ -1628,7 +1645,7 @@ async fn hand_over(
                 &partner.address,
                 reqwest::Method::POST,
                 &format!("/internal/v1/mirroring/{database}/promote"),
-                Some(&serde_json::json!({ "epoch": epoch })),
+                Some(&serde_json::json!({ "epoch": epoch, "mirror_follows": follows })),
                 Duration::from_secs(30),
             )
             .await;
@@ -1654,6 +1671,10 @@ async fn hand_over(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Promote {
     epoch: u64,
+    /// The old primary follows as the mirror at once (a planned failover): answers wait for it
+    /// from the first write, as they did for this copy (`expect_old_primary`).
+    #[serde(default)]
+    mirror_follows: bool,
 }
 
 /// `POST /internal/v1/mirroring/{db}/promote` on the mirror, after the witness named it.
@@ -1710,6 +1731,9 @@ pub(crate) async fn promote_route(
             link.st().last_error.clone().unwrap_or_default(),
         ));
     }
+    if req.mirror_follows {
+        expect_old_primary(&link, &db);
+    }
     Ok(Json(
         serde_json::json!({ "epoch": id.epoch, "lsn": id.lsn }),
     ))
@@ -1752,5 +1776,47 @@ mod tests {
         assert_eq!(disk_fails(&db, false, None), None);
         assert_eq!(disk_fails(&db, true, Some(Instant::now())), None);
         writer.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn after_a_planned_failover_the_new_primary_answers_once_the_old_one_has_the_write() {
+        static SCHEMA: &[tandem_store::Migration] = &[tandem_store::Migration {
+            version: 1,
+            name: "t",
+            sql: "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(&dir.path().join("db"), "db", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        let link = new_link(
+            "db".into(),
+            Partnership {
+                partner: "old-primary".into(),
+                mode: Mode::Sync,
+            },
+        );
+        expect_old_primary(&link, &db);
+        let at = db.identity().lsn;
+        assert!(
+            link.st()
+                .last_pull
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS)),
+            "the old primary counts as just heard from"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = db.clone();
+        std::thread::spawn(move || {
+            let r = d.write(|tx: &mut Tx<'_>| tx.insert("t", [tandem_store::Value::Integer(1)]));
+            let _ = tx.send(r.map(|c| c.lsn));
+        });
+        // Committed here, but not answered before the old primary hardened it.
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "answered alone"
+        );
+        assert_eq!(db.identity().lsn, at + 1);
+        db.gate().hardened(at + 1);
+        let lsn = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(lsn, at + 1);
     }
 }
