@@ -728,6 +728,87 @@ fn a_primary_that_meets_damaged_pages_hands_over_to_its_mirror_and_is_made_again
 }
 
 #[test]
+fn a_primary_whose_copy_is_too_damaged_to_open_comes_back_and_is_made_again_as_the_mirror() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let text = format!("{i}");
+        acked.push((post(&fe, &token, &text).expect("a post").id, text));
+    }
+    d.wait_mirror("mgc", "atl-db2");
+    // The primary's node stops; its mirror takes over. Its copy's journal damaged meanwhile
+    // (read as the copy opens): the node used to refuse to start, with every copy it holds.
+    ok(&d.dir, &["down", "--nodes", "atl-db1"]);
+    d.wait_copy("mgc", "atl-db2", "the new primary", |c| {
+        c["role"] == "primary"
+    });
+    damage_journal(&d, "atl-db1");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    // Its other copies serve; the damaged one is set aside and made again from atl-db2.
+    d.wait_mirror("mgc", "atl-db1");
+    d.wait_mirror("cms", "atl-db1");
+    let log = std::fs::read_to_string(d.dir.join("logs/atl-db1.log")).unwrap();
+    assert!(
+        log.contains("the copy is damaged and cannot be opened: moved aside"),
+        "{log}"
+    );
+    let aside = std::fs::read_dir(d.dir.join("data/atl-db1/databases/.damaged"))
+        .unwrap()
+        .count();
+    assert_eq!(aside, 1, "the damaged files are kept");
+    let text = "after the repair".to_string();
+    acked.push((post(&fe, &token, &text).expect("a post").id, text));
+    check_history(&acked, &history(&fe, &token));
+}
+
+#[test]
+fn a_primary_too_damaged_to_open_with_writes_its_mirror_lacks_is_set_aside_and_not_replaced() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    d.wait_mirror("mgc", "atl-db2");
+    // The mirror away, the primary answers alone; then it stops with its journal damaged.
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    d.wait_copy("mgc", "atl-db1", "unprotected", |c| {
+        c["mirroring"]["state"] == "unprotected"
+    });
+    post(&fe, &token, "only on atl-db1").expect("a post");
+    ok(&d.dir, &["down", "--nodes", "atl-db1"]);
+    damage_journal(&d, "atl-db1");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1,atl-db2"]);
+    // The node serves its other copies; the damaged one is set aside and says so, and the
+    // mirror, which lacks the last post, does not take over: the operator decides.
+    let c = d.wait_copy("mgc", "atl-db1", "the copy set aside", |c| {
+        c["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("the copy was too damaged to open"))
+    });
+    assert_eq!(c["state"], "absent", "{c}");
+    d.wait_copy("cms", "atl-db1", "the CMS served", |c| {
+        c["role"] == "primary" && c["mirroring"]["state"] == "synchronized"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "mirror");
+    assert_eq!(d.copy("mgc", "atl-db1")["state"], "absent");
+}
+
+/// Damages the first pages of the journal of `mgc` on `node`, stopped (its WAL folded in
+/// first, as a checkpoint does): the copy does not open.
+fn damage_journal(d: &Deployment, node: &str) {
+    let file = d.dir.join(format!("data/{node}/databases/mgc/tandem.db"));
+    tandem_store::rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    common::damage_pages(
+        &file,
+        "SELECT pageno FROM dbstat WHERE name = '_tandem_journal' ORDER BY path LIMIT 3",
+    );
+}
+
+#[test]
 fn a_mirror_away_past_the_journal_is_reseeded_and_ends_with_the_same_chain() {
     let d =
         Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));

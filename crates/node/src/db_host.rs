@@ -59,6 +59,9 @@ pub(crate) struct Hosted {
     /// What the topology places here (`None`: installed at run time, a mirror for instance).
     pub(crate) placement: Option<PlacementRole>,
     db: RwLock<Option<Database>>,
+    /// The copy was too damaged to open when the node started: why, and where its files are
+    /// kept. Shown while the copy is absent (until it is made again).
+    set_aside: Option<String>,
 }
 
 impl Hosted {
@@ -94,6 +97,7 @@ impl DbHost {
         for Placement { database, role } in topology.databases_on(node) {
             let path = dir.join(&database);
             let exists = path.join(tandem_store::DB_FILE).exists();
+            let mut set_aside = None;
             let opened = match exists.then(|| Database::open(&path, Options::default())) {
                 Some(Err(e))
                     if e.is_damage()
@@ -113,6 +117,11 @@ impl DbHost {
                             format!("database {database} in {}: {e}; {io}", path.display())
                         })?;
                     tracing::error!(database, error = %e, aside = %aside.display(), "the copy is damaged and cannot be opened: moved aside, it is made again from its source");
+                    set_aside = Some(format!(
+                        "the copy was too damaged to open ({e}); its files are kept in {}: it \
+                         is made again from its partner or source once that one serves it",
+                        aside.display()
+                    ));
                     None
                 }
                 Some(r) => Some(r),
@@ -137,6 +146,7 @@ impl DbHost {
                 Arc::new(Hosted {
                     placement: Some(role),
                     db: RwLock::new(db),
+                    set_aside,
                 }),
             );
         }
@@ -184,6 +194,7 @@ impl DbHost {
                     Arc::new(Hosted {
                         placement: None,
                         db: RwLock::new(None),
+                        set_aside: None,
                     })
                 })
                 .clone()
@@ -263,10 +274,10 @@ impl DbHost {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    warnings: db
-                        .as_ref()
-                        .and_then(|d| d.health().ok())
-                        .unwrap_or_default(),
+                    warnings: match &db {
+                        Some(d) => d.health().unwrap_or_default(),
+                        None => h.set_aside.iter().cloned().collect(),
+                    },
                     // Only a primary takes writes to pause (a master that stepped down keeps
                     // its gate's pause, moot once it is a standby).
                     paused: db

@@ -435,6 +435,16 @@ pub fn processes_of(dir: &Path) -> Vec<(i32, String)> {
 /// Damages, in place, three of the leaf pages that hold the oldest events of the chat database
 /// `file` (a running node's: its WAL is read, and left as it is).
 pub fn damage_oldest_rows(file: &std::path::Path) {
+    damage_pages(
+        file,
+        "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' \
+         ORDER BY path LIMIT 3 OFFSET 1",
+    );
+}
+
+/// Damages, in place, the pages of the database `file` that `pick` (a query of SQLite's
+/// `dbstat` table) names; at least one.
+pub fn damage_pages(file: &std::path::Path, pick: &str) {
     use std::io::{Read, Seek, SeekFrom, Write};
     let c = tandem_store::rusqlite::Connection::open_with_flags(
         file,
@@ -442,17 +452,14 @@ pub fn damage_oldest_rows(file: &std::path::Path) {
     )
     .unwrap();
     let pages: Vec<i64> = c
-        .prepare(
-            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' \
-             ORDER BY path LIMIT 3 OFFSET 1",
-        )
+        .prepare(pick)
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     drop(c);
-    assert_eq!(pages.len(), 3, "too few pages of events");
+    assert!(!pages.is_empty(), "no page to damage: {pick}");
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
