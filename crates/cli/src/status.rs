@@ -25,6 +25,7 @@ struct NodeLine {
     pid: Option<u32>,
     uptime_ms: Option<u64>,
     error: Option<String>,
+    warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +111,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                     pid: Some(s.pid),
                     uptime_ms: Some(s.uptime_ms),
                     error: None,
+                    warnings: s.warnings.clone(),
                 });
                 for db in &s.databases {
                     databases.push(CopyLine {
@@ -145,6 +147,7 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         Some(p) => format!("{e}; its process, pid {p}, is alive"),
                         None => e.to_string(),
                     }),
+                    warnings: Vec::new(),
                 });
                 for p in d.topology.databases_on(&n.name) {
                     databases.push(CopyLine {
@@ -265,6 +268,9 @@ fn human(r: &Report) -> String {
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default()
         ));
+        for w in &n.warnings {
+            s.push_str(&format!("    warning: {w}\n"));
+        }
     }
     s.push_str(
         "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH       LSN       MIRRORING\n",

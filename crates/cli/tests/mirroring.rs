@@ -607,9 +607,7 @@ fn a_damaged_mirror_is_found_and_made_again_from_its_primary() {
     // checkpoint does): SQLite opens it, and appends at its end go through.
     let file = d.dir.join("data/atl-db2/databases/mgc/tandem.db");
     let sqlite = |f: &std::path::Path| tandem_store::rusqlite::Connection::open(f).unwrap();
-    sqlite(&file)
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
+    fold_wal(&file);
     let mut bytes = std::fs::read(&file).unwrap();
     let pages = bytes.len() / 4096;
     for page in pages / 3..pages / 3 + 4 {
@@ -794,14 +792,59 @@ fn a_primary_too_damaged_to_open_with_writes_its_mirror_lacks_is_set_aside_and_n
     assert_eq!(d.copy("mgc", "atl-db1")["state"], "absent");
 }
 
+#[test]
+fn a_witness_whose_database_is_damaged_is_left_out_and_its_node_serves_on() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    d.wait_mirror("mgc", "atl-db2");
+    ok(&d.dir, &["down", "--nodes", "atl-fe"]);
+    // The witness's file, its WAL folded in, then its header overwritten: not a database.
+    let file = d.dir.join("data/atl-fe/witness/tandem.db");
+    fold_wal(&file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[..100].fill(0x5a);
+    std::fs::write(&file, &bytes).unwrap();
+    // The node comes up (it refused to start, chat and front end with it) and says why it is
+    // no witness; the chat goes on through it, the mirror still hardening each post.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-fe"]);
+    let status = json(&d.dir, &["status"]);
+    let node = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "atl-fe")
+        .unwrap()
+        .clone();
+    let warning = node["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("the witness's database in")
+            && warning.contains("serves without the witness role"),
+        "{node}"
+    );
+    let id = post(&fe, &token, "without the witness").expect("a post").id;
+    check_history(
+        &[(id, "without the witness".to_string())],
+        &history(&fe, &token),
+    );
+    let m = d.copy("mgc", "atl-db1");
+    assert_eq!(m["mirroring"]["state"], "synchronized", "{m}");
+}
+
+/// Folds the WAL of the SQLite file `file`, whose node is stopped, into it (as a checkpoint
+/// does): its pages are read from the file then.
+fn fold_wal(file: &std::path::Path) {
+    tandem_store::rusqlite::Connection::open(file)
+        .unwrap()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+}
+
 /// Damages the first pages of the journal of `mgc` on `node`, stopped (its WAL folded in
 /// first, as a checkpoint does): the copy does not open.
 fn damage_journal(d: &Deployment, node: &str) {
     let file = d.dir.join(format!("data/{node}/databases/mgc/tandem.db"));
-    tandem_store::rusqlite::Connection::open(&file)
-        .unwrap()
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
+    fold_wal(&file);
     common::damage_pages(
         &file,
         "SELECT pageno FROM dbstat WHERE name = '_tandem_journal' ORDER BY path LIMIT 3",

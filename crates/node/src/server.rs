@@ -57,6 +57,8 @@ pub(crate) struct NodeState {
     pub(crate) log_shipping: crate::log_shipping::LogShipping,
     /// Present on nodes with the witness role.
     pub(crate) witness: Option<crate::witness::Witness>,
+    /// Why a node with the witness role serves without it (its database is damaged).
+    pub(crate) witness_failure: Option<String>,
     /// Where the primaries of the databases this node calls are now.
     pub(crate) locator: crate::locator::Locator,
     /// Standbys: what this node's primaries saw of theirs, what its standbys follow.
@@ -171,6 +173,7 @@ impl NodeState {
                 })
                 .collect(),
             witness: self.witness.as_ref().map(|w| w.records()),
+            warnings: self.witness_failure.iter().cloned().collect(),
             cms: self.cms.view(),
         }
     }
@@ -577,15 +580,20 @@ pub async fn serve(
     })
     .await
     .map_err(|e| e.to_string())??;
-    let witness = if me.has(Role::Witness) {
+    let (witness, witness_failure) = if me.has(Role::Witness) {
         let dir = me.data_dir.clone();
-        Some(
-            tokio::task::spawn_blocking(move || crate::witness::Witness::open(&dir))
-                .await
-                .map_err(|e| e.to_string())??,
-        )
+        match tokio::task::spawn_blocking(move || crate::witness::Witness::open(&dir))
+            .await
+            .map_err(|e| e.to_string())??
+        {
+            Ok(w) => (Some(w), None),
+            Err(why) => {
+                tracing::error!(%why, "the witness cannot serve");
+                (None, Some(why))
+            }
+        }
     } else {
-        None
+        (None, None)
     };
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(NodeState {
@@ -595,6 +603,7 @@ pub async fn serve(
         mirroring,
         log_shipping: Default::default(),
         witness,
+        witness_failure,
         locator: crate::locator::Locator::new(),
         standby: Default::default(),
         cms: CmsFollower::load(&me.data_dir),

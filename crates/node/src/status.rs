@@ -15,6 +15,9 @@ pub struct NodeStatus {
     /// On a witness: what it holds for each mirrored database.
     #[serde(default)]
     pub witness: Option<Vec<crate::witness::WitnessRecord>>,
+    /// Conditions of the node itself an operator should know about (its copies have their own).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// One database copy the topology places on this node.

@@ -120,21 +120,37 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Witness {
-    pub(crate) fn open(data_dir: &Path) -> Result<Witness, String> {
+    /// Opens, or creates on the node's first start, the witness's database. `Ok(Err(why))`
+    /// when it is damaged: the node then serves without the witness role (no failover by
+    /// itself in the site) rather than with a witness that forgot what it granted, which could
+    /// let a stale primary take writes again.
+    pub(crate) fn open(data_dir: &Path) -> Result<Result<Witness, String>, String> {
         let path = data_dir.join("witness");
-        let db = if path.join(tandem_store::DB_FILE).exists() {
+        let opened = if path.join(tandem_store::DB_FILE).exists() {
             Database::open(&path, Options::default())
         } else {
             Database::create(&path, "witness", Options::default())
         }
-        .and_then(|db| db.migrate(WITNESS_SCHEMA).map(|_| db))
-        .map_err(|e| format!("the witness database in {}: {e}", path.display()))?;
-        Ok(Witness {
+        .and_then(|db| db.migrate(WITNESS_SCHEMA).map(|_| db));
+        let db = match opened {
+            Ok(db) => db,
+            Err(e) if e.is_damage() => {
+                return Ok(Err(format!(
+                    "the witness's database in {} is damaged ({e}): this node serves without \
+                     the witness role, so no mirror of its site takes over by itself; move that \
+                     directory aside and restart the node once no primary of a past epoch runs \
+                     (a new witness learns each primary from its heartbeats)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(format!("the witness database in {}: {e}", path.display())),
+        };
+        Ok(Ok(Witness {
             db,
             started: Instant::now(),
             heard: Mutex::new(HashMap::new()),
             decide: tokio::sync::Mutex::new(()),
-        })
+        }))
     }
 
     pub(crate) fn records(&self) -> Vec<WitnessRecord> {
@@ -433,7 +449,10 @@ pub(crate) async fn serve(
     let witness = node
         .witness
         .as_ref()
-        .ok_or_else(|| ApiError::not_found(format!("node {} is not a witness", node.name)))?;
+        .ok_or_else(|| match &node.witness_failure {
+            Some(why) => ApiError::unavailable(why.clone()),
+            None => ApiError::not_found(format!("node {} is not a witness", node.name)),
+        })?;
     Ok(Json(witness.handle(req).await?))
 }
 
