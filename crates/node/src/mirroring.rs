@@ -247,8 +247,14 @@ impl Mirroring {
         let file = data_dir.join("mirroring.json");
         let (config, first) = match std::fs::read(&file) {
             Ok(bytes) => (
-                serde_json::from_slice::<BTreeMap<String, Partnership>>(&bytes)
-                    .map_err(|e| format!("{}: {e}", file.display()))?,
+                serde_json::from_slice::<BTreeMap<String, Partnership>>(&bytes).map_err(|e| {
+                    format!(
+                        "{}: {e}: the node's record of its mirroring links (kept by `tandem db \
+                         mirror install|remove`) is unreadable; mend it, or move it aside: the \
+                         node then starts from the topology's links, as on its first start",
+                        file.display()
+                    )
+                })?,
                 false,
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (initial(topology, node), true),
