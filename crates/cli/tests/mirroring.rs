@@ -33,6 +33,17 @@ impl Deployment {
         common::kill(&self.dir, node)
     }
 
+    /// The status line of `node` itself.
+    fn node(&self, node: &str) -> Value {
+        json(&self.dir, &["status"])["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// The status line of `db` on `node`.
     fn copy(&self, db: &str, node: &str) -> Value {
         let s = json(&self.dir, &["status"]);
@@ -808,14 +819,7 @@ fn a_witness_whose_database_is_damaged_is_left_out_and_its_node_serves_on() {
     // The node comes up (it refused to start, chat and front end with it) and says why it is
     // no witness; the chat goes on through it, the mirror still hardening each post.
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-fe"]);
-    let status = json(&d.dir, &["status"]);
-    let node = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "atl-fe")
-        .unwrap()
-        .clone();
+    let node = d.node("atl-fe");
     let warning = node["warnings"][0].as_str().unwrap_or_default();
     assert!(
         warning.starts_with("the witness's database in")
@@ -829,6 +833,39 @@ fn a_witness_whose_database_is_damaged_is_left_out_and_its_node_serves_on() {
     );
     let m = d.copy("mgc", "atl-db1");
     assert_eq!(m["mirroring"]["state"], "synchronized", "{m}");
+}
+
+#[test]
+fn a_planned_failover_the_witness_cannot_record_is_refused_and_the_primary_serves_on() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    d.wait_mirror("mgc", "atl-db2");
+    // The witness's node may write no file past 4 KiB: its database's commits fail.
+    let pid = common::pid(&d.dir, "atl-fe");
+    limit_file_size(pid, 4096);
+    let out = tandem(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the witness on atl-fe did not record the handover")
+            && err.contains("atl-db1 serves on as primary"),
+        "{err}"
+    );
+    post(&fe, &token, "after the refusal").expect("the primary serves on");
+    assert_eq!(d.copy("mgc", "atl-db1")["role"], "primary");
+    let node = d.node("atl-fe");
+    assert!(
+        node["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("the witness's database: commits fail")),
+        "{node}"
+    );
+    // Room again: the same failover goes through.
+    limit_file_size(pid, libc::RLIM_INFINITY);
+    ok(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "primary");
 }
 
 /// Folds the WAL of the SQLite file `file`, whose node is stopped, into it (as a checkpoint

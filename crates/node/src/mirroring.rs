@@ -1625,7 +1625,14 @@ async fn hand_over(
                             epoch: id.epoch,
                         },
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        ApiError::unavailable(format!(
+                            "the witness on {} did not record the handover ({e}): no failover; \
+                             {} serves on as primary",
+                            w.name, node.name
+                        ))
+                    })?;
                 match (a.verdict, a.record) {
                     (Verdict::Ok, Some(r)) => r.epoch,
                     (_, _) => {

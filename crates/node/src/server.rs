@@ -173,7 +173,12 @@ impl NodeState {
                 })
                 .collect(),
             witness: self.witness.as_ref().map(|w| w.records()),
-            warnings: self.witness_failure.iter().cloned().collect(),
+            warnings: self
+                .witness_failure
+                .iter()
+                .cloned()
+                .chain(self.witness.iter().flat_map(|w| w.health()))
+                .collect(),
             cms: self.cms.view(),
         }
     }

@@ -153,6 +153,17 @@ impl Witness {
         }))
     }
 
+    /// What the witness's own database warns of (its commits failing, its disk not answering),
+    /// each line saying whose database it is.
+    pub(crate) fn health(&self) -> Vec<String> {
+        self.db
+            .health()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| format!("the witness's database: {w}"))
+            .collect()
+    }
+
     pub(crate) fn records(&self) -> Vec<WitnessRecord> {
         self.db
             .read(|c| {
