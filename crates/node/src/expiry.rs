@@ -29,7 +29,7 @@ async fn run(node: std::sync::Weak<NodeState>) {
             if db.identity().role != Role::Primary {
                 continue;
             }
-            let before = crate::witness::now_ms() - POST_KEY_KEPT_MS;
+            let before = crate::log_shipping::now_ms() - POST_KEY_KEPT_MS;
             let mut forgotten = 0;
             loop {
                 let d = db.clone();

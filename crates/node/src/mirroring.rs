@@ -352,10 +352,7 @@ impl Mirroring {
             )
         } else {
             // A write that does not end: the pull that waits for it hears nothing meanwhile.
-            let stuck = db
-                .as_ref()
-                .and_then(|d| d.io_stall())
-                .filter(|s| s.age_ms() >= tandem_store::IO_STALL_REPORTED_MS);
+            let stuck = db.as_ref().and_then(|d| d.disk_not_answering());
             let state = if let Some(r) = &st.reseeding {
                 format!("mirror: reseeding ({r})")
             } else if stuck.is_some() {
@@ -734,13 +731,12 @@ fn disk_fails(db: &Database, mirror_ready: bool, tried: Option<Instant>) -> Opti
     if let Some(damage) = db.damage() {
         return Some(format!("the copy is damaged here ({damage})"));
     }
-    let now = crate::witness::now_ms();
     if let Some(f) = db.commit_failure()
-        && now - f.since_ms >= FAILOVER_MS as i64
+        && f.age_ms() >= FAILOVER_MS as i64
     {
         return Some(format!(
             "commits failed here for {:.1} s ({})",
-            (now - f.since_ms) as f64 / 1000.0,
+            f.age_ms() as f64 / 1000.0,
             f.error
         ));
     }

@@ -112,7 +112,7 @@ pub(crate) struct Witness {
     decide: tokio::sync::Mutex<()>,
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -268,6 +268,13 @@ pub struct CommitFailure {
     pub error: String,
 }
 
+impl CommitFailure {
+    /// How long commits have been failing, in ms.
+    pub fn age_ms(&self) -> i64 {
+        crate::writer::now_ms() - self.since_ms
+    }
+}
+
 impl Published {
     pub(crate) fn set(&self, s: &State) {
         {
@@ -1242,6 +1249,13 @@ impl Database {
         self.inner.published.io.oldest()
     }
 
+    /// `io_stall`, once it has lasted `IO_STALL_REPORTED_MS`: the disk is reported as not
+    /// answering (the copy's health, its mirroring state).
+    pub fn disk_not_answering(&self) -> Option<crate::stall::IoStall> {
+        self.io_stall()
+            .filter(|s| s.age_ms() >= IO_STALL_REPORTED_MS)
+    }
+
     /// Reads every page of the copy (SQLite's `quick_check`, on a reader: no commit waits for
     /// it): `None` when it is sound, else the damage found, which `damage` and the copy's
     /// health report from then on. A copy made again from another (a reseed) starts sound.
@@ -1285,26 +1299,23 @@ impl Database {
                  is restored from its backups (`tandem db restore`)"
             ));
         }
-        if let Some(s) = self.io_stall() {
-            let ms = s.age_ms();
-            if ms >= IO_STALL_REPORTED_MS {
-                let then = if self.identity().role == Role::Primary {
-                    "writes wait; with a synchronized mirror, this primary hands over to it"
-                } else {
-                    "the copy applies nothing meanwhile"
-                };
-                warnings.push(format!(
-                    "the disk has not answered for {:.1} s ({} in progress): {then}",
-                    ms as f64 / 1000.0,
-                    s.what
-                ));
-            }
+        if let Some(s) = self.disk_not_answering() {
+            let then = if self.identity().role == Role::Primary {
+                "writes wait; with a synchronized mirror, this primary hands over to it"
+            } else {
+                "the copy applies nothing meanwhile"
+            };
+            warnings.push(format!(
+                "the disk has not answered for {:.1} s ({} in progress): {then}",
+                s.age_ms() as f64 / 1000.0,
+                s.what
+            ));
         }
         if let Some(f) = self.commit_failure() {
             warnings.push(format!(
                 "commits fail, rolled back, for {} s ({} transactions refused): {}; they go \
                  through again once the cause is mended (a full disk: give it room)",
-                (crate::writer::now_ms() - f.since_ms).max(0) / 1000,
+                f.age_ms().max(0) / 1000,
                 f.refused,
                 f.error
             ));
