@@ -466,8 +466,10 @@ pub fn damage_pages(file: &std::path::Path, pick: &str) {
         .open(file)
         .unwrap();
     for page in pages {
-        let at = (page as u64 - 1) * 4096 + 8;
-        let mut bytes = vec![0u8; 4088];
+        // The whole page, its b-tree header too: a leaf whose header says it holds no cell
+        // would otherwise be read as an empty one, damage unseen.
+        let at = (page as u64 - 1) * 4096;
+        let mut bytes = vec![0u8; 4096];
         f.seek(SeekFrom::Start(at)).unwrap();
         f.read_exact(&mut bytes).unwrap();
         for b in &mut bytes {
