@@ -278,6 +278,12 @@ pub(crate) async fn restore(
     let has_full = files.iter().any(|f| matches!(f, BackupFile::Full { .. }));
     let ops = node.host.operations(&database);
     let _guard = ops.lock().await;
+    tracing::info!(
+        database,
+        files = files.len(),
+        replace = req.replace,
+        "restoring the copy"
+    );
     let path = node.host.path_of(&database);
     let exists = path.join(tandem_store::DB_FILE).exists();
     let n = node.clone();

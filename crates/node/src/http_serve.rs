@@ -6,6 +6,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -82,6 +83,24 @@ pub(crate) async fn serve(
     open_tx.closed().await;
 }
 
+/// Runs the request's handler on a task of its own, so that it runs to its end even when the
+/// client goes away meanwhile. hyper drops a request's future when its connection closes: a
+/// handler that changes a copy (a restore, a failover) would stop at whatever `.await` it was
+/// in, its work in `spawn_blocking` going on without it — and the copy's operations lock, held
+/// by the dropped future, free for a second operation on the same copy while the first still
+/// ran (a procedure's CLI killed mid-step, then run again, did exactly that). The layer of every
+/// route that changes a copy or a role (`server::router`).
+pub(crate) async fn to_completion(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => crate::error::ApiError::unavailable(format!("the operation ended early: {e}"))
+            .into_response(),
+    }
+}
+
 /// Resolves once `stopping` is true (or its sender is gone).
 pub(crate) async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
@@ -137,6 +156,43 @@ mod tests {
         let answer = until_closed(&mut conn).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&me), "the peer is {me}: {answer}");
+    }
+
+    #[tokio::test]
+    async fn an_operation_runs_to_its_end_when_its_client_goes_away() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let ended = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = ended.clone();
+        // An operation with an `.await` in its middle, as a restore's `spawn_blocking` is.
+        let app = Router::new()
+            .route(
+                "/op",
+                axum::routing::post(move || async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    count.fetch_add(1, Ordering::SeqCst);
+                }),
+            )
+            .route_layer(axum::middleware::from_fn(to_completion));
+        let (_stop, stopping) = watch::channel(false);
+        tokio::spawn(serve(listener, app, Duration::from_secs(60), stopping));
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(b"POST /op HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The client goes away with the operation under way: hyper drops the request's future.
+        drop(conn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ended.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            1,
+            "the operation ran to its end"
+        );
     }
 
     #[tokio::test]

@@ -380,12 +380,10 @@ async fn method_not_allowed(
 }
 
 fn router(node: Shared) -> Router {
-    let internal = Router::new()
-        .route("/internal/v1/status", get(status))
-        .route("/internal/v1/db/{database}/call", post(call))
-        .route("/internal/v1/cms/snapshot", get(cms_snapshot))
-        .route("/internal/v1/db/{database}/role", get(copy_role))
-        .route("/internal/v1/fault", post(fault))
+    // What changes a copy, a role or a configuration runs to its end even when its caller goes
+    // away (`http_serve::to_completion`): an operator's CLI killed mid-step leaves no operation
+    // half-done behind a lock it no longer holds.
+    let operations = Router::new()
         .route(
             "/internal/v1/db/{database}/pause",
             post(crate::standby::pause),
@@ -398,22 +396,9 @@ fn router(node: Shared) -> Router {
             "/internal/v1/db/{database}/step-down",
             post(crate::standby::step_down_route),
         )
-        .route("/internal/v1/witness", post(crate::witness::serve))
         .route(
             "/internal/v1/mirroring/{database}",
             axum::routing::put(crate::mirroring::install).delete(crate::mirroring::remove),
-        )
-        .route(
-            "/internal/v1/mirroring/{database}/pull",
-            post(crate::mirroring::serve_pull_route),
-        )
-        .route(
-            "/internal/v1/mirroring/{database}/hardened",
-            post(crate::mirroring::hardened_route),
-        )
-        .route(
-            "/internal/v1/mirroring/{database}/seed",
-            get(crate::mirroring::serve_seed),
         )
         .route(
             "/internal/v1/mirroring/{database}/failover",
@@ -422,10 +407,6 @@ fn router(node: Shared) -> Router {
         .route(
             "/internal/v1/mirroring/{database}/promote",
             post(crate::mirroring::promote_route),
-        )
-        .route(
-            "/internal/v1/db/{database}/feed",
-            get(crate::chat_feed::serve_feed),
         )
         .route(
             "/internal/v1/db/{database}/backup",
@@ -444,10 +425,6 @@ fn router(node: Shared) -> Router {
             axum::routing::put(crate::log_shipping::configure),
         )
         .route(
-            "/internal/v1/log-shipping/{database}/status",
-            get(crate::log_shipping::status_route),
-        )
-        .route(
             "/internal/v1/log-shipping/{database}/secondary",
             axum::routing::delete(crate::log_shipping::remove_secondary),
         )
@@ -458,7 +435,36 @@ fn router(node: Shared) -> Router {
         .route(
             "/internal/v1/log-shipping/{database}/restore",
             post(crate::log_shipping::restore_route),
-        );
+        )
+        .route_layer(middleware::from_fn(crate::http_serve::to_completion));
+    let internal = Router::new()
+        .route("/internal/v1/status", get(status))
+        .route("/internal/v1/db/{database}/call", post(call))
+        .route("/internal/v1/cms/snapshot", get(cms_snapshot))
+        .route("/internal/v1/db/{database}/role", get(copy_role))
+        .route("/internal/v1/fault", post(fault))
+        .route("/internal/v1/witness", post(crate::witness::serve))
+        .route(
+            "/internal/v1/mirroring/{database}/pull",
+            post(crate::mirroring::serve_pull_route),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/hardened",
+            post(crate::mirroring::hardened_route),
+        )
+        .route(
+            "/internal/v1/mirroring/{database}/seed",
+            get(crate::mirroring::serve_seed),
+        )
+        .route(
+            "/internal/v1/db/{database}/feed",
+            get(crate::chat_feed::serve_feed),
+        )
+        .route(
+            "/internal/v1/log-shipping/{database}/status",
+            get(crate::log_shipping::status_route),
+        )
+        .merge(operations);
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
