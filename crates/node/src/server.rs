@@ -380,10 +380,13 @@ async fn method_not_allowed(
 }
 
 fn router(node: Shared) -> Router {
-    // What changes a copy, a role or a configuration runs to its end even when its caller goes
-    // away (`http_serve::to_completion`): an operator's CLI killed mid-step leaves no operation
+    // What changes a copy, a role, a configuration or the witness's records runs to its end
+    // even when its caller goes away (`http_serve::to_completion`): an operator's CLI killed mid-step leaves no operation
     // half-done behind a lock it no longer holds.
     let operations = Router::new()
+        // The witness decides one request at a time: a decision's write that outlived its
+        // request would be unseen by the next decision, taken under the lock it released.
+        .route("/internal/v1/witness", post(crate::witness::serve))
         .route(
             "/internal/v1/db/{database}/pause",
             post(crate::standby::pause),
@@ -443,7 +446,6 @@ fn router(node: Shared) -> Router {
         .route("/internal/v1/cms/snapshot", get(cms_snapshot))
         .route("/internal/v1/db/{database}/role", get(copy_role))
         .route("/internal/v1/fault", post(fault))
-        .route("/internal/v1/witness", post(crate::witness::serve))
         .route(
             "/internal/v1/mirroring/{database}/pull",
             post(crate::mirroring::serve_pull_route),
