@@ -896,10 +896,8 @@ fn one_node_with_every_role_serves_the_chat_from_its_own_copy() {
     );
 }
 
-/// A session whose client answers no ping is ended after three; one whose client reads (and
-/// so answers them) stays and gets the next post.
-#[test]
-fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
+/// A chat pinging its sessions every 300 ms, alice's token, the lobby open, a runtime.
+fn pinged_lobby() -> (Chat, String, tokio::runtime::Runtime) {
     let c = start_with("session_ping_ms = 300\n");
     let alice = user(&c, "alice");
     open_lobby(&c);
@@ -907,6 +905,14 @@ fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
         .enable_all()
         .build()
         .unwrap();
+    (c, alice, rt)
+}
+
+/// A session whose client answers no ping is ended after three; one whose client reads (and
+/// so answers them) stays and gets the next post.
+#[test]
+fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
+    let (c, alice, rt) = pinged_lobby();
     rt.block_on(async {
         let mut silent = subscribe(&c.fe1, &alice, "lobby", None).await;
         let mut live = subscribe(&c.fe1, &alice, "lobby", None).await;
@@ -943,6 +949,62 @@ fn a_session_that_answers_no_ping_is_ended_and_one_that_answers_stays() {
         );
         let got = receive(&mut live, 1).await;
         assert_eq!(got.last().unwrap()["text"], "still here");
+    });
+}
+
+/// The chat node's count of open WebSocket sessions, from its metrics page.
+fn sessions_open(addr: &str) -> u64 {
+    let (status, page) = http(addr, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200, "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix("tandem_websocket_sessions "))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// A session whose client stops reading is ended once a frame could not be handed over for as
+/// long as a silent client may stay (three pings), instead of waiting on its full connection
+/// for good.
+#[test]
+fn a_session_whose_client_reads_nothing_is_ended() {
+    let (c, alice, rt) = pinged_lobby();
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        // A WebSocket opened by hand with a small receive buffer, then never read.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(c.fe1.parse().unwrap()).await.unwrap();
+        let head = format!(
+            "GET /api/v1/events?rooms=lobby&token={alice} HTTP/1.1\r\nhost: {}\r\n\
+             upgrade: websocket\r\nconnection: Upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+            c.fe1
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sessions_open(&c.fe1) != 1 {
+            assert!(Instant::now() < deadline, "the session did not open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // More than the connection's buffers hold (at most 4 MiB on the node's side).
+        let text = "x".repeat(8000);
+        for _ in 0..800 {
+            api(
+                &c.fe1,
+                "POST",
+                "/api/v1/rooms/lobby/messages",
+                &alice,
+                json!({ "text": text }),
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sessions_open(&c.fe1) != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a session whose client reads nothing is still open 20 s after the posts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(conn);
     });
 }
 

@@ -498,16 +498,6 @@ async fn session(
     mut socket: WebSocket,
 ) {
     let _open = crate::metrics::SessionCount::open();
-    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
-        return;
-    }
-    let _ = socket
-        .send(Message::Text(
-            json!({ "type": "ready", "last_id": last })
-                .to_string()
-                .into(),
-        ))
-        .await;
     let every = Duration::from_millis(
         node.topology
             .chat
@@ -516,6 +506,15 @@ async fn session(
                 c.session_ping_ms
             }),
     );
+    // A client that takes in nothing for as long as a silent one may stay is gone too.
+    let bound = every * tandem_topology::CHAT_SESSION_SILENT_PINGS;
+    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
+        return;
+    }
+    let ready = json!({ "type": "ready", "last_id": last }).to_string();
+    if !send_within(&mut socket, Message::Text(ready.into()), bound).await {
+        return;
+    }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
@@ -529,17 +528,17 @@ async fn session(
                         code: close_code::AWAY,
                         reason: "no answer to pings".into(),
                     };
-                    let _ = socket.send(Message::Close(Some(gone))).await;
+                    send_within(&mut socket, Message::Close(Some(gone)), bound).await;
                     return;
                 }
                 unanswered += 1;
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if !send_within(&mut socket, Message::Ping(Default::default()), bound).await {
                     return;
                 }
             }
             got = rx.recv() => match got {
                 Ok(crate::chat_feed::FeedItem::Resumed) => {
-                    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
+                    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
                         return;
                     }
                 }
@@ -550,7 +549,7 @@ async fn session(
                     }
                     last = e.id;
                     let leaving = e.kind == EventKind::MemberRemoved && e.subject.as_deref() == Some(user.as_str());
-                    if socket.send(Message::Text(live.frame())).await.is_err() {
+                    if !send_within(&mut socket, Message::Text(live.frame()), bound).await {
                         return;
                     }
                     if leaving {
@@ -558,14 +557,14 @@ async fn session(
                         if !matches!(still, Ok(v) if v["can_read"] == true) {
                             rooms.remove(&e.room);
                             if rooms.is_empty() {
-                                let _ = socket.send(Message::Close(None)).await;
+                                send_within(&mut socket, Message::Close(None), bound).await;
                                 return;
                             }
                         }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !catch_up(&node, &rooms, &mut last, &mut socket).await {
+                    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
                         return;
                     }
                 }
@@ -575,7 +574,7 @@ async fn session(
                         code: close_code::AWAY,
                         reason: "the node is stopping".into(),
                     };
-                    let _ = socket.send(Message::Close(Some(away))).await;
+                    send_within(&mut socket, Message::Close(Some(away)), bound).await;
                     return;
                 }
             },
@@ -588,6 +587,17 @@ async fn session(
             }
         }
     }
+}
+
+/// Hands one frame to the client's connection: false once the client is gone — or has taken in
+/// nothing for `bound`. A client that stops reading (stalled, or reading nothing on purpose)
+/// fills its connection's buffers, and a send then waits for good: its session, the pings that
+/// would have ended it included, would stay open as long as the client kept the connection.
+async fn send_within(socket: &mut WebSocket, m: Message, bound: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(bound, socket.send(m)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Whether what the client sent ends the session: a close, an error, or the end of the stream.
@@ -610,6 +620,7 @@ async fn catch_up_once(
     rooms: &HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
+    bound: Duration,
 ) -> Result<(), Stopped> {
     loop {
         let events = read_feed(node, *last, 0)
@@ -623,7 +634,9 @@ async fn catch_up_once(
             *last = e.id;
             if rooms.contains(&e.room) {
                 let m = Message::Text(crate::chat_feed::event_frame(&e));
-                socket.send(m).await.map_err(|_| Stopped::Socket)?;
+                if !send_within(socket, m, bound).await {
+                    return Err(Stopped::Socket);
+                }
             }
         }
     }
@@ -638,9 +651,10 @@ async fn catch_up(
     rooms: &HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
+    bound: Duration,
 ) -> bool {
     loop {
-        match catch_up_once(node, rooms, last, socket).await {
+        match catch_up_once(node, rooms, last, socket, bound).await {
             Ok(()) => return true,
             Err(Stopped::Socket) => return false,
             Err(Stopped::Feed(e)) => {

@@ -64,7 +64,7 @@ pub fn document_value() -> Value {
         "info": {
             "title": "tandem",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Persistent group chat. Sign in at POST /api/v1/login for a bearer token, then use it as `Authorization: Bearer TOKEN`. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Live events: a WebSocket at GET /api/v1/events?rooms=a,b&after=ID (token as header or ?token=) sends {\"type\":\"event\",\"event\":Event} in id order, a {\"type\":\"ready\"} once the backlog after ID is sent, then live events; reconnect with after=<last id seen> to resume without gaps or duplicates. The server pings the session (every 30 s by default) and ends it after three pings unanswered; a client message over 16 KiB ends it too."
+            "description": "Persistent group chat. Sign in at POST /api/v1/login for a bearer token, then use it as `Authorization: Bearer TOKEN`. Every error is JSON: {\"error\": {\"code\", \"message\"}}. Live events: a WebSocket at GET /api/v1/events?rooms=a,b&after=ID (token as header or ?token=) sends {\"type\":\"event\",\"event\":Event} in id order, a {\"type\":\"ready\"} once the backlog after ID is sent, then live events; reconnect with after=<last id seen> to resume without gaps or duplicates. The server pings the session (every 30 s by default) and ends it after three pings unanswered, or once the client has read nothing for as long; a client message over 16 KiB ends it too."
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },

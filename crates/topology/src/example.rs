@@ -112,7 +112,8 @@ mirror = "atl-db2"
 backup = "dal-db1"
 backup_mirror = "dal-db2"
 # A chat server pings each live-events WebSocket this often (ms) and ends a
-# session that has not answered three pings: its client left without closing.
+# session that has not answered three pings (its client left without closing), or
+# that took in nothing for as long (its client stopped reading).
 session_ping_ms = 30000
 
 # The Central Management Store: its writable copy, a mirror in the same site,

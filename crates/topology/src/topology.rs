@@ -212,7 +212,8 @@ pub struct ChatPool {
     /// The mirror of the secondary, in the backup's site (only with a backup).
     pub backup_mirror: Option<String>,
     /// How often a chat node pings each WebSocket session; a session that has not answered for
-    /// `CHAT_SESSION_SILENT_PINGS` pings is ended (its client is gone without closing).
+    /// `CHAT_SESSION_SILENT_PINGS` pings is ended (its client is gone without closing), and so is
+    /// one whose client took in nothing for as long (a frame not handed over: it stopped reading).
     pub session_ping_ms: u64,
 }
 
