@@ -93,9 +93,26 @@ impl DbHost {
         create_primary: impl Fn(&str) -> bool,
     ) -> Result<DbHost, String> {
         let dir = data_dir.join("databases");
+        // Seeds under way when the node last stopped — a download, a backup being streamed to
+        // a partner — are of no use now (none runs before the node serves) and may be as large
+        // as a copy.
+        for scratch in [".seed", ".seed-out"] {
+            let p = dir.join(scratch);
+            if p.exists()
+                && let Err(e) = std::fs::remove_dir_all(&p)
+            {
+                tracing::warn!(path = %p.display(), error = %e, "cannot clear the seeds' scratch directory");
+            }
+        }
         let mut copies = BTreeMap::new();
         for Placement { database, role } in topology.databases_on(node) {
             let path = dir.join(&database);
+            // A restore or a seed of this copy that the node's end cut short left its work
+            // beside it (or, where directories cannot be swapped in one step, the copy set
+            // aside: it is put back).
+            for p in tandem_store::clear_interrupted_restores(&path) {
+                tracing::warn!(database, path = %p.display(), "cleared what an interrupted restore left");
+            }
             let exists = path.join(tandem_store::DB_FILE).exists();
             let mut set_aside = None;
             let opened = match exists.then(|| Database::open(&path, Options::default())) {

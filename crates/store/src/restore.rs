@@ -436,6 +436,7 @@ pub fn restore_new(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    clear_interrupted_restores(target);
     // Unique per process and call: two restores of one target at once must not share it.
     static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -459,6 +460,15 @@ pub fn restore_new(
             // read for the first time after the swap would open the new copy's WAL and shared
             // memory by their paths.
             let _old_lock = crate::database::lock_dir_when_closed(target, options.replace_wait)?;
+            if exchange(&work, target)? {
+                // `work` holds the old copy now. A crash before the directory reaches the disk
+                // brings the old copy back, as if the restore had not run: never no copy.
+                let _ = std::fs::File::open(&parent).and_then(|d| d.sync_all());
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(r);
+            }
+            // Where the file system cannot exchange: two renames, and the old copy set aside
+            // between them is put back by `clear_interrupted_restores` after a crash.
             let old = parent.join(format!(".{leaf}.replaced-{}-{n}", std::process::id()));
             std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
             if let Err(e) = std::fs::rename(&work, target) {
@@ -475,6 +485,97 @@ pub fn restore_new(
         let _ = std::fs::remove_dir_all(&work);
     }
     swapped
+}
+
+/// Swaps `work` and `target` in one step (Linux's `renameat2` with `RENAME_EXCHANGE`): a crash
+/// leaves one of the two copies at `target`, never none. False where the file system cannot.
+#[allow(unsafe_code)]
+fn exchange(work: &Path, target: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| StoreError::io(p, std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+    };
+    let (from, to) = (c_path(work)?, c_path(target)?);
+    // SAFETY: both paths are NUL-terminated C strings that live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(StoreError::io(target, e)),
+    }
+}
+
+/// Clears what restores of `target` left beside it when their process died: their work
+/// directories (`.NAME.restoring-PID-N`, a copy half restored) and old copies set aside by a
+/// swap (`.NAME.replaced-PID-N`). Should `target` be missing while an old copy is set aside — a
+/// crash between the two renames of a swap where the file system cannot exchange — that copy is
+/// put back first. What belongs to a running process is left alone. Returns what it removed or
+/// put back; best effort (what cannot be removed stays, to be tried again next time).
+pub fn clear_interrupted_restores(target: &Path) -> Vec<PathBuf> {
+    let (Some(parent), Some(leaf)) = (target.parent(), target.file_name()) else {
+        return Vec::new();
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.", leaf.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut left: Vec<(PathBuf, bool)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix(&prefix)?;
+            let (replaced, ids) = match rest.split_once('-')? {
+                ("restoring", ids) => (false, ids),
+                ("replaced", ids) => (true, ids),
+                _ => return None,
+            };
+            let pid: u32 = ids.split_once('-')?.0.parse().ok()?;
+            let running = pid == std::process::id() || process_running(pid);
+            (!running).then(|| (e.path(), replaced))
+        })
+        .collect();
+    let mut done = Vec::new();
+    if !target.exists()
+        && let Some(i) = left.iter().position(|(_, replaced)| *replaced)
+    {
+        let (old, _) = left.remove(i);
+        if std::fs::rename(&old, target).is_ok() {
+            done.push(target.to_path_buf());
+        }
+    }
+    for (path, _) in left {
+        if std::fs::remove_dir_all(&path).is_ok() {
+            done.push(path);
+        }
+    }
+    done
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a process killed a moment ago
+/// stays one until its parent reaps it).
+fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command's name, which is in parentheses and may hold any.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+    })
 }
 
 /// How long a restore that replaces a copy waits by default for a handle still open on it to

@@ -538,6 +538,65 @@ fn full_and_log_backups_restore_to_the_same_lsn_and_chain() {
     );
 }
 
+/// A restore over a copy swaps the two directories in one step and leaves nothing beside the
+/// copy; what a restore killed mid-way left (its work directory, or the old copy set aside
+/// between two renames with no copy in place) is cleared, or put back, by the next restore or
+/// `clear_interrupted_restores` — except what a running process owns.
+#[test]
+fn a_restore_over_a_copy_leaves_nothing_beside_it_and_an_interrupted_one_is_cleared() {
+    let t = tempfile::tempdir().unwrap();
+    let (db, backups) = backup_dir_with_writes(&t);
+    let (lsn, chain) = (db.identity().lsn, db.identity().chain);
+    let parent = t.path().join("copies");
+    let target = parent.join("mgc");
+    let opts = RestoreOptions {
+        recovery: Recovery::NoRecovery,
+        ..Default::default()
+    };
+    let beside = || {
+        let mut names: Vec<String> = std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    restore_new(&target, std::slice::from_ref(&backups), &opts, false).unwrap();
+    restore_new(&target, std::slice::from_ref(&backups), &opts, true).unwrap();
+    assert_eq!(beside(), ["mgc"]);
+
+    // A process that died mid-restore: its pid is no one's now.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let work = parent.join(format!(".mgc.restoring-{dead}-0"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("half"), b"half a copy").unwrap();
+    let mine = parent.join(format!(".mgc.restoring-{}-99", std::process::id()));
+    std::fs::create_dir_all(&mine).unwrap();
+    // Killed between the two renames: the copy set aside, none in its place.
+    let aside = parent.join(format!(".mgc.replaced-{dead}-1"));
+    std::fs::rename(&target, &aside).unwrap();
+    let done = clear_interrupted_restores(&target);
+    assert!(done.contains(&target) && done.contains(&work), "{done:?}");
+    let mut left = beside();
+    left.sort();
+    let mine_name = mine.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        left,
+        [mine_name.as_str(), "mgc"],
+        "a running process's work stays"
+    );
+    let copy = Database::open(&target, Options::default()).unwrap();
+    assert_eq!((copy.identity().lsn, copy.identity().chain), (lsn, chain));
+    drop(copy);
+    // The next restore clears what it finds too.
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::remove_dir_all(&mine).unwrap();
+    restore_new(&target, std::slice::from_ref(&backups), &opts, true).unwrap();
+    assert_eq!(beside(), ["mgc"]);
+}
+
 #[test]
 fn norecovery_then_more_logs_then_standby_then_recover() {
     let t = tempfile::tempdir().unwrap();
