@@ -24,7 +24,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(3_600);
 pub enum LogShippingCommand {
     /// (Re)configure log shipping of DB to --secondary: the primary takes a full backup on the
     /// share, the secondary restores it (replacing its copy) and applies the log backups; waits
-    /// until it does.
+    /// until it does. An option left out keeps its configured value (its default the first
+    /// time).
     Configure {
         /// The database, as `tandem status` names it.
         #[arg(long)]
@@ -41,6 +42,10 @@ pub enum LogShippingCommand {
         /// Interval of the scheduled full backups.
         #[arg(long)]
         full_backup_interval_ms: Option<u64>,
+        /// Keep the backups a restore to any moment of this window needs (default: a day; 0
+        /// keeps only the chain the secondary needs).
+        #[arg(long)]
+        retention_ms: Option<u64>,
         /// Alert when the backup job has not run for this long (default: 5 intervals).
         #[arg(long)]
         backup_alert_ms: Option<u64>,
@@ -95,6 +100,7 @@ pub fn run(d: &Deployment, cmd: LogShippingCommand, out: &Output) -> anyhow::Res
             backup_interval_ms,
             copy_interval_ms,
             full_backup_interval_ms,
+            retention_ms,
             backup_alert_ms,
             restore_alert_ms,
             timeout,
@@ -107,6 +113,7 @@ pub fn run(d: &Deployment, cmd: LogShippingCommand, out: &Output) -> anyhow::Res
                 "backup_interval_ms": backup_interval_ms,
                 "copy_interval_ms": copy_interval_ms,
                 "full_backup_interval_ms": full_backup_interval_ms,
+                "retention_ms": retention_ms,
                 "backup_alert_ms": backup_alert_ms,
                 "restore_alert_ms": restore_alert_ms,
             }),
@@ -408,6 +415,15 @@ fn status(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()> {
     out.emit(&m, || human(&m))
 }
 
+/// A duration for people: seconds, minutes or hours.
+fn span(ms: u64) -> String {
+    match ms {
+        0..120_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        120_000..7_200_000 => format!("{:.0} min", ms as f64 / 60_000.0),
+        _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
 fn human(m: &Monitor) -> String {
     let now = m.now_ms;
     let Some(c) = &m.config else {
@@ -417,14 +433,23 @@ fn human(m: &Monitor) -> String {
             m.share.display()
         );
     };
+    let window = if c.retention_ms == 0 {
+        "no point-in-time window: only the chain is kept".to_string()
+    } else {
+        format!(
+            "what a restore to any moment of the last {} needs is kept (older parts in {}/)",
+            span(c.retention_ms),
+            tandem_node::log_shipping::ARCHIVE_DIR
+        )
+    };
     let mut s = format!(
-        "log shipping of {}: from site {} to {}, log backups every {:.1} s (copy and restore every {:.1} s), full backups every {:.1} h\n",
+        "log shipping of {}: from site {} to {}, log backups every {} (copy and restore every {}), full backups every {}; {window}\n",
         m.database,
         c.primary_site,
         c.secondary.as_deref().unwrap_or("no secondary (removed)"),
-        c.backup_interval_ms as f64 / 1000.0,
-        c.copy_interval_ms as f64 / 1000.0,
-        c.full_backup_interval_ms as f64 / 3_600_000.0
+        span(c.backup_interval_ms),
+        span(c.copy_interval_ms),
+        span(c.full_backup_interval_ms)
     );
     s.push_str(&format!(
         "share    {}: full backups {} (newest {}), log backups {} (newest {})\n\n",

@@ -260,13 +260,37 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
             "dal-db1",
             "--backup-interval-ms",
             "500",
+            "--retention-ms",
+            "60000",
         ],
     );
     assert_eq!(r["secondary"], "dal-db1", "{r}");
     assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");
+    assert_eq!(r["config"]["retention_ms"], 60000, "{r}");
     assert!(r["applied_lsn"].as_u64() >= r["lsn"].as_u64(), "{r}");
     let more = posts(&d, &token, "after reconfigure", 10);
     d.wait_applied(more.last().unwrap().lsn);
+    // Configured again with no option (as a failback does): the options stay.
+    let r = json(
+        &d.dir,
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "dal-db1",
+        ],
+    );
+    assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");
+    assert_eq!(r["config"]["retention_ms"], 60000, "{r}");
+    let human = ok(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);
+    assert!(
+        human.contains("log backups every 0.5 s")
+            && human.contains("any moment of the last 60.0 s needs is kept"),
+        "{human}"
+    );
 
     // The share goes missing (unmounted, say): no node makes a new one (a new log chain in a
     // local directory the other site never sees); the monitor and the primary's status say

@@ -32,6 +32,7 @@ pub(crate) struct Configure {
     pub(super) backup_interval_ms: Option<u64>,
     pub(super) copy_interval_ms: Option<u64>,
     pub(super) full_backup_interval_ms: Option<u64>,
+    pub(super) retention_ms: Option<u64>,
     pub(super) backup_alert_ms: Option<u64>,
     pub(super) restore_alert_ms: Option<u64>,
 }
@@ -77,6 +78,12 @@ pub(crate) async fn configure(
         )));
     }
     let mut config = Config::new(&database, &me.site, Some(secondary.name.clone()));
+    // What is not asked for stays as configured before (a failback configures log shipping
+    // again with no option: the operator's intervals and window stay).
+    let before = read_config(&share_dir(&node.topology, &database))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| config.clone());
     let bounded = |v: Option<u64>, default: u64, min: u64, max: u64, what: &str| match v {
         None => Ok(default),
         Some(v) if (min..=max).contains(&v) => Ok(v),
@@ -86,35 +93,46 @@ pub(crate) async fn configure(
     };
     config.backup_interval_ms = bounded(
         req.backup_interval_ms,
-        BACKUP_INTERVAL_MS_DEFAULT,
+        before.backup_interval_ms,
         BACKUP_INTERVAL_MS_MIN,
         BACKUP_INTERVAL_MS_MAX,
         "backup_interval_ms",
     )?;
     config.copy_interval_ms = bounded(
         req.copy_interval_ms,
-        COPY_INTERVAL_MS_DEFAULT,
+        before.copy_interval_ms,
         BACKUP_INTERVAL_MS_MIN,
         BACKUP_INTERVAL_MS_MAX,
         "copy_interval_ms",
     )?;
     config.full_backup_interval_ms = bounded(
         req.full_backup_interval_ms,
-        FULL_BACKUP_INTERVAL_MS_DEFAULT,
+        before.full_backup_interval_ms,
         FULL_BACKUP_INTERVAL_MS_MIN,
         u64::MAX / 2,
         "full_backup_interval_ms",
     )?;
+    config.retention_ms = bounded(
+        req.retention_ms,
+        before.retention_ms,
+        0,
+        RETENTION_MS_MAX,
+        "retention_ms",
+    )?;
     config.backup_alert_ms = bounded(
         req.backup_alert_ms,
-        BACKUP_ALERT_INTERVALS * config.backup_interval_ms,
+        if before.backup_interval_ms == config.backup_interval_ms {
+            before.backup_alert_ms
+        } else {
+            BACKUP_ALERT_INTERVALS * config.backup_interval_ms
+        },
         config.backup_interval_ms,
         u64::MAX / 2,
         "backup_alert_ms",
     )?;
     config.restore_alert_ms = bounded(
         req.restore_alert_ms,
-        RESTORE_ALERT_MS_DEFAULT,
+        before.restore_alert_ms.max(config.backup_interval_ms),
         config.backup_interval_ms,
         u64::MAX / 2,
         "restore_alert_ms",

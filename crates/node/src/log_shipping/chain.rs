@@ -105,6 +105,12 @@ pub(super) fn ensure_chain(
         let (from, to) = (dir.join(name), superseded.join(name));
         std::fs::rename(&from, &to).map_err(|e| format!("{}: {e}", from.display()))?;
     }
+    // The old chain's archive goes with it: it is of the old history too.
+    let archive = dir.join(ARCHIVE_DIR);
+    if archive.exists() {
+        let to = superseded.join(ARCHIVE_DIR);
+        std::fs::rename(&archive, &to).map_err(|e| format!("{}: {e}", archive.display()))?;
+    }
     if consumer_lsn(db)?.is_some() {
         db.remove_consumer(LOG_BACKUP_CONSUMER)
             .map_err(|e| e.to_string())?;
@@ -237,11 +243,14 @@ pub(crate) fn refresh_progress(node: &NodeState, database: &str) {
     }
 }
 
-/// Removes from the share what no restore needs any more: files before the newest full backup
-/// (the newest restorable chain is that backup and every log after it) that the secondary has
-/// applied, and, once the secondary has applied that backup, the chains set aside in
-/// `superseded-MS` before it was taken. Without a secondary nothing is removed. Leftover
-/// temporary files go too.
+/// Takes out of the chain's directory what neither the secondary nor the chain needs: files
+/// before the newest full backup (the newest restorable chain is that backup and every log
+/// after it) that the secondary has applied. They go to `archive/` while a restore to a moment
+/// of the retention window (`retention_ms`) may need them, and are removed from there once it
+/// cannot (`prune_archive`); with no window they are removed at once. Once the secondary has
+/// applied the newest full backup, the chains set aside in `superseded-MS` before it was taken,
+/// and before the window began, are removed. Without a secondary nothing is taken out.
+/// Leftover temporary files go too.
 pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, String> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -284,11 +293,13 @@ pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, St
         FileName::Full { created_ms, .. } if n == newest => Some(*created_ms),
         _ => None,
     });
+    let window_start = now_ms().saturating_sub(config.retention_ms as i64);
     if let Some(created) = newest_created
         && applied >= newest_lsn
     {
-        removed.extend(remove_superseded_before(dir, created)?);
+        removed.extend(remove_superseded_before(dir, created.min(window_start))?);
     }
+    let archive = dir.join(ARCHIVE_DIR);
     for (name, f) in &listing.files {
         let unneeded = match f {
             FileName::Log { last_lsn, .. } => *last_lsn <= keep_upto && name != newest_log,
@@ -296,8 +307,58 @@ pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, St
         };
         if unneeded {
             let path = dir.join(name);
-            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let gone = if config.retention_ms == 0 {
+                std::fs::remove_file(&path)
+            } else {
+                std::fs::create_dir_all(&archive)
+                    .and_then(|()| std::fs::rename(&path, archive.join(name)))
+            };
+            gone.map_err(|e| format!("{}: {e}", path.display()))?;
             removed.push(name.clone());
+        }
+    }
+    removed.extend(prune_archive(dir, window_start)?);
+    Ok(removed)
+}
+
+/// Removes from `archive/` what no restore to a moment at or after `window_start` needs: a
+/// restore to such a moment starts from the newest full backup taken by then (in the archive
+/// or in the chain's directory), so whatever that backup holds already goes. With no full
+/// backup taken by then, everything stays. Names are returned as `archive/NAME`.
+pub(super) fn prune_archive(dir: &FsPath, window_start: i64) -> Result<Vec<String>, String> {
+    let archive = dir.join(ARCHIVE_DIR);
+    let archived = Listing::read(&archive)?;
+    if archived.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let live = Listing::read(dir)?;
+    let full = |f: &FileName| match f {
+        FileName::Full {
+            lsn, created_ms, ..
+        } => Some((*lsn, *created_ms)),
+        _ => None,
+    };
+    // The restore point of the window's start: the newest full backup taken by then.
+    let Some(base) = archived
+        .files
+        .iter()
+        .chain(&live.files)
+        .filter_map(|(_, f)| full(f))
+        .filter(|(_, created)| *created <= window_start)
+        .max()
+    else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for (name, f) in &archived.files {
+        let unneeded = match f {
+            FileName::Log { last_lsn, .. } => *last_lsn <= base.0,
+            FileName::Full { .. } => full(f).is_some_and(|b| b < base),
+        };
+        if unneeded {
+            let path = archive.join(name);
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            removed.push(format!("{ARCHIVE_DIR}/{name}"));
         }
     }
     Ok(removed)

@@ -167,7 +167,7 @@ pub(super) fn record_backup(node: &NodeState, database: &str, r: &Result<BackupR
         tracing::debug!(
             database,
             files = round.removed.len(),
-            "retention removed files from the share"
+            "retention took files out of the chain on the share"
         );
     }
     if let Err(e) = r {

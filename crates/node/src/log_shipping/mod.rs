@@ -72,6 +72,19 @@ fn copy_interval_default() -> u64 {
 /// and the listings every job reads each round, to a few thousand files.
 pub const FULL_BACKUP_INTERVAL_MS_DEFAULT: u64 = 3_600_000;
 const FULL_BACKUP_INTERVAL_MS_MIN: u64 = 10_000;
+/// Default window of point-in-time restore: the backups that a restore to any moment of the
+/// last day needs are kept — those the chain no longer needs in `archive/` beside it, where
+/// the jobs' listings do not read them (SQL Server's log shipping deletes its files after three
+/// days by default). 0 keeps only the chain the secondary needs, as before session 30.
+pub const RETENTION_MS_DEFAULT: u64 = 86_400_000;
+const RETENTION_MS_MAX: u64 = 366 * 86_400_000;
+/// Where the retention keeps the backups of the window that the chain no longer needs.
+pub const ARCHIVE_DIR: &str = "archive";
+
+fn retention_default() -> u64 {
+    RETENTION_MS_DEFAULT
+}
+
 /// The backup alert fires when the backup job has not run for this many intervals.
 const BACKUP_ALERT_INTERVALS: u64 = 5;
 /// Default restore alert: the secondary lags the primary by more than this (records' times).
@@ -102,6 +115,9 @@ pub struct Config {
     #[serde(default = "copy_interval_default")]
     pub copy_interval_ms: u64,
     pub full_backup_interval_ms: u64,
+    /// Keep what a restore to any moment of this window needs (`RETENTION_MS_DEFAULT`).
+    #[serde(default = "retention_default")]
+    pub retention_ms: u64,
     /// Alert when the backup job has not run for this long.
     pub backup_alert_ms: u64,
     /// Alert when the secondary lags the primary by more than this (records' commit times),
@@ -120,6 +136,7 @@ impl Config {
             backup_interval_ms: BACKUP_INTERVAL_MS_DEFAULT,
             copy_interval_ms: COPY_INTERVAL_MS_DEFAULT,
             full_backup_interval_ms: FULL_BACKUP_INTERVAL_MS_DEFAULT,
+            retention_ms: RETENTION_MS_DEFAULT,
             backup_alert_ms: BACKUP_ALERT_INTERVALS * BACKUP_INTERVAL_MS_DEFAULT,
             restore_alert_ms: RESTORE_ALERT_MS_DEFAULT,
             updated_ms: now_ms(),
@@ -530,6 +547,8 @@ mod tests {
         let l2 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
         let mut config = Config::new("mgc", "atl", Some("dal-db1".into()));
         config.seed = Some(f1.name());
+        // No window: what the chain no longer needs is removed at once.
+        config.retention_ms = 0;
         let progress = |lsn: Lsn, seed: &str| {
             let p = SecondaryProgress {
                 node: "dal-db1".into(),
@@ -581,6 +600,77 @@ mod tests {
         assert!(retention(&share, &config).unwrap().is_empty());
         config.secondary = None;
         assert!(retention(&share, &config).unwrap().is_empty());
+    }
+
+    /// With a retention window, what the chain no longer needs goes to `archive/`, where it
+    /// stays while a restore to a moment of the window needs it: such a restore reads the
+    /// chain's directory and the archive together.
+    #[test]
+    fn the_retention_window_keeps_in_the_archive_what_a_restore_to_a_moment_of_it_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let archive = share.join(ARCHIVE_DIR);
+        let a = create(&tmp.path().join("a"));
+        write(&a, 0, 5);
+        let f1 = tandem_store::full_backup(&a, &share).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        write(&a, 5, 5);
+        let l1 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let between = a.identity().last_time_ms;
+        std::thread::sleep(Duration::from_millis(5));
+        write(&a, 10, 5);
+        let l2 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        std::thread::sleep(Duration::from_millis(5));
+        let f2 = tandem_store::full_backup(&a, &share).unwrap();
+        write(&a, 15, 3);
+        let l3 = tandem_store::log_backup(&a, &share).unwrap().remove(0);
+        let mut config = Config::new("mgc", "atl", Some("dal-db1".into()));
+        assert_eq!(config.retention_ms, RETENTION_MS_DEFAULT);
+        config.seed = Some(f1.name());
+        let p = SecondaryProgress {
+            node: "dal-db1".into(),
+            seed: Some(f1.name()),
+            lsn: l3.lsn(),
+            ..Default::default()
+        };
+        write_json(&share.join(secondary_file("dal-db1")), &p, false).unwrap();
+        // The secondary has it all: the chain keeps its newest full backup and what follows;
+        // the rest is archived, all of it inside the window.
+        let moved = retention(&share, &config).unwrap();
+        assert_eq!(moved, vec![f1.name(), l1.name(), l2.name()]);
+        assert_eq!(names(&share), vec![f2.name(), l3.name()]);
+        assert_eq!(names(&archive), vec![f1.name(), l1.name(), l2.name()]);
+        // A moment before f2 is restored from the archive and the chain's directory together.
+        let stop = RestoreOptions {
+            stop_at: Some(tandem_store::StopAt::TimeMs(between)),
+            ..Default::default()
+        };
+        let from = [share.clone(), archive.clone()];
+        let r = tandem_store::restore_new(&tmp.path().join("r"), &from, &stop, false).unwrap();
+        assert_eq!(r.lsn, l1.lsn());
+        // Pruned as the window moves: with its start before f1 was taken, nothing goes; once
+        // f1 is the newest full backup taken by its start, the rest stays; once f2 is, the
+        // archive holds nothing a restore needs any more.
+        let created = |f: &BackupFile| match tandem_store::parse_file_name(&f.name()) {
+            Some(FileName::Full { created_ms, .. }) => created_ms,
+            other => panic!("{other:?}"),
+        };
+        assert!(prune_archive(&share, created(&f1) - 1).unwrap().is_empty());
+        assert!(prune_archive(&share, created(&f1)).unwrap().is_empty());
+        let pruned = prune_archive(&share, created(&f2)).unwrap();
+        let archived = |f: &BackupFile| format!("{ARCHIVE_DIR}/{}", f.name());
+        assert_eq!(pruned, vec![archived(&f1), archived(&l1), archived(&l2)]);
+        assert!(names(&archive).is_empty());
+        // A chain that restarts takes its archive along with it.
+        std::fs::create_dir_all(&archive).unwrap();
+        std::fs::write(archive.join("log-old.tlb"), b"old chain").unwrap();
+        let b = create(&tmp.path().join("b"));
+        write(&b, 0, 2);
+        let (state, _) = ensure_chain(&b, &share, true).unwrap();
+        let ChainState::Restarted { superseded } = state else {
+            panic!("{state:?}");
+        };
+        assert!(!archive.exists() && superseded.join(ARCHIVE_DIR).join("log-old.tlb").exists());
     }
 
     #[test]
