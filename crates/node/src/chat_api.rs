@@ -528,7 +528,7 @@ async fn session(
                         code: close_code::AWAY,
                         reason: "no answer to pings".into(),
                     };
-                    send_within(&mut socket, Message::Close(Some(gone)), bound).await;
+                    send_within(&mut socket, Message::Close(Some(gone)), CLOSE_WAIT).await;
                     return;
                 }
                 unanswered += 1;
@@ -557,7 +557,7 @@ async fn session(
                         if !matches!(still, Ok(v) if v["can_read"] == true) {
                             rooms.remove(&e.room);
                             if rooms.is_empty() {
-                                send_within(&mut socket, Message::Close(None), bound).await;
+                                send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
                                 return;
                             }
                         }
@@ -574,7 +574,7 @@ async fn session(
                         code: close_code::AWAY,
                         reason: "the node is stopping".into(),
                     };
-                    send_within(&mut socket, Message::Close(Some(away)), bound).await;
+                    send_within(&mut socket, Message::Close(Some(away)), CLOSE_WAIT).await;
                     return;
                 }
             },
@@ -588,6 +588,10 @@ async fn session(
         }
     }
 }
+
+/// How long the frame that ends a session may wait for its client: the session ends anyway,
+/// and a node that stops must not wait on a client that reads nothing.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Hands one frame to the client's connection: false once the client is gone — or has taken in
 /// nothing for `bound`. A client that stops reading (stalled, or reading nothing on purpose)
