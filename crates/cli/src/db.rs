@@ -358,7 +358,28 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             }
             std::fs::remove_dir(&path)?;
         }
-        tandem_store::restore_new(&path, &a.from, &options, a.replace)?
+        tandem_store::restore_new(&path, &a.from, &options, a.replace).map_err(|e| {
+            // A log-shipping directory keeps its older backups in `archive/`, which a
+            // directory given alone does not include.
+            let left_out: Vec<String> = a
+                .from
+                .iter()
+                .map(|d| d.join(tandem_node::log_shipping::ARCHIVE_DIR))
+                .filter(|arch| arch.is_dir() && !a.from.contains(arch))
+                .map(|arch| arch.display().to_string())
+                .collect();
+            match e {
+                tandem_store::StoreError::Invalid(m)
+                    if m.starts_with("no full backup at or before") && !left_out.is_empty() =>
+                {
+                    anyhow::anyhow!(
+                        "{m}; older backups of the retention window are in {}: add it to --from",
+                        left_out.join(", ")
+                    )
+                }
+                e => e.into(),
+            }
+        })?
     };
     out.emit(&report, || {
         let mut s = String::new();

@@ -284,6 +284,53 @@ fn restore_in_steps_norecovery_then_standby_then_recover() {
     let r = ok_json(&[&args[..], &["--norecovery", "--json"]].concat());
     assert_eq!(r["stop_not_reached"].as_bool(), Some(true));
     assert_eq!(r["role"].as_str(), Some("restoring"));
+    // A log-shipping directory with its older backups in `archive/`: a stop point before its
+    // newest full backup, with the directory given alone, is refused with the archive named.
+    let shipped = t.path().join("shipped");
+    let archive = shipped.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    for f in std::fs::read_dir(&backups).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, archive.join(f.file_name().unwrap())).unwrap();
+    }
+    ok_json(&[
+        "db",
+        "backup",
+        "--path",
+        s(&d.join("db")),
+        "--to",
+        s(&shipped),
+        "--json",
+    ]);
+    let early = t.path().join("early");
+    let err = fails(&[
+        "db",
+        "restore",
+        "--path",
+        s(&early),
+        "--from",
+        s(&shipped),
+        "--stop-at-lsn",
+        &stop,
+    ]);
+    assert!(
+        err.contains("no full backup at or before the stop point")
+            && err.contains(&format!("{}: add it to --from", s(&archive))),
+        "{err}"
+    );
+    let r = ok_json(&[
+        "db",
+        "restore",
+        "--path",
+        s(&early),
+        "--from",
+        s(&shipped),
+        s(&archive),
+        "--stop-at-lsn",
+        &stop,
+        "--json",
+    ]);
+    assert_eq!(r["lsn"].as_u64(), Some(lsn - 50));
     // Paths that are files where a directory belongs: named, and left as they were.
     let file = t.path().join("a-file");
     std::fs::write(&file, b"keep").unwrap();
