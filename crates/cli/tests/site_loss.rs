@@ -444,6 +444,17 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
     }
     // Log shipping runs again, atl → dal.
     d.wait_shipped(after.last().unwrap().1, "log shipping not running again");
+    // The backup site's mirror, its mirroring removed, is left restoring with nothing applying
+    // to it: its status says so rather than pass for a copy kept current.
+    let left = d.mgc_copy("dal-db2");
+    assert_eq!(left["role"], "restoring", "{left}");
+    assert!(
+        left["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("restoring, and nothing applies to it")),
+        "{left}"
+    );
+    assert_eq!(d.mgc_copy("dal-db1")["warnings"], serde_json::json!([]));
     let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
     assert!(
         audit.contains("\"procedure\":\"chat-failover\"")

@@ -169,6 +169,24 @@ impl NodeState {
                         d.replicas = self.standby.replicas(&d.database);
                     }
                     d.log_shipping = self.log_shipping.status(&d.database);
+                    // A secondary's jobs say something from their first round on; before it,
+                    // the topology's backup copy is taken for the secondary it is by default.
+                    let applying = d.mirroring.is_some()
+                        || d.placement == tandem_topology::PlacementRole::Backup.as_str()
+                        || d.log_shipping.as_ref().is_some_and(|l| {
+                            l.copy.is_some() || l.restore.is_some() || l.state.is_some()
+                        });
+                    if d.role.as_deref() == Some("restoring") && !applying {
+                        // As a mirror's copy is left once its mirroring is removed (a failback
+                        // leaves the backup site's mirror so): it looks like a copy kept
+                        // current, and is not.
+                        d.warnings.push(
+                            "restoring, and nothing applies to it: no mirroring, no log-shipping restore job; \
+                             it falls behind. `tandem db mirror install` (or a chat failover) makes \
+                             it a mirror again; `tandem db restore` applies log backups to it by hand"
+                                .into(),
+                        );
+                    }
                     d
                 })
                 .collect(),
