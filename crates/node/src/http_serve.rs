@@ -22,6 +22,60 @@ use tokio::sync::watch;
 /// closing.
 pub(crate) const HTTP_IDLE: Duration = Duration::from_secs(120);
 
+/// How long a request's body may take to arrive, from its head on. Every body the node takes
+/// is small (at most `server::REQUEST_BYTES_MAX`, 1 MiB); without a bound, a client sending a
+/// byte now and then holds its connection and its handler for good.
+pub(crate) const REQUEST_BODY_WAIT: Duration = Duration::from_secs(30);
+
+/// A request's body that ends in an error once its wait (`REQUEST_BODY_WAIT` in a node) has
+/// passed since its head arrived. The timer is set only once a read of the body has to wait: a handler that reads
+/// none, or a body already there, costs none.
+struct BodyDeadline<B> {
+    inner: B,
+    deadline: tokio::time::Instant,
+    wait: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> http_body::Body for BodyDeadline<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::BoxError>>> {
+        let this = self.get_mut();
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(format!(
+                "the request's body did not arrive within {} ms of its head",
+                this.wait.as_millis()
+            )
+            .into()))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves `app` on `listener` until `stopping` turns true: then accepts nothing more and
 /// returns once every connection has finished its request under way. A connection that sends
 /// no request head for `idle` is closed; a request's handler (a long poll, a streamed full
@@ -31,6 +85,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     idle: Duration,
+    body_wait: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
     // HTTP/1.1 only (every client of a node speaks it): hyper's automatic version detection
@@ -55,7 +110,16 @@ pub(crate) async fn serve(
         let app = app.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            tower::ServiceExt::oneshot(app.clone(), req.map(Body::new))
+            let deadline = tokio::time::Instant::now() + body_wait;
+            let req = req.map(|inner| {
+                Body::new(BodyDeadline {
+                    inner,
+                    deadline,
+                    wait: body_wait,
+                    sleep: None,
+                })
+            });
+            tower::ServiceExt::oneshot(app.clone(), req)
         });
         let builder = builder.clone();
         let (mut stopping, open) = (stopping.clone(), open_rx.clone());
@@ -126,7 +190,13 @@ mod tests {
                 ),
             );
         let (stop, stopping) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, app, idle, stopping));
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            idle,
+            Duration::from_millis(300),
+            stopping,
+        ));
         (addr, stop, server)
     }
 
@@ -159,6 +229,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_whose_body_does_not_arrive_in_time_is_refused_and_its_connection_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        );
+        let (_stop, stopping) = watch::channel(false);
+        let wait = Duration::from_millis(300);
+        tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(60),
+            wait,
+            stopping,
+        ));
+        // A body sent whole is answered.
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut conn).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
+            "{answer}"
+        );
+        // Three bytes of five, then nothing: refused once the wait has passed, and closed.
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhel")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut slow).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+    }
+
+    #[tokio::test]
     async fn an_operation_runs_to_its_end_when_its_client_goes_away() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,7 +283,13 @@ mod tests {
             )
             .route_layer(axum::middleware::from_fn(to_completion));
         let (_stop, stopping) = watch::channel(false);
-        tokio::spawn(serve(listener, app, Duration::from_secs(60), stopping));
+        tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(60),
+            REQUEST_BODY_WAIT,
+            stopping,
+        ));
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         conn.write_all(b"POST /op HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
             .await

@@ -674,6 +674,7 @@ pub async fn serve(
         listener,
         app,
         crate::http_serve::HTTP_IDLE,
+        crate::http_serve::REQUEST_BODY_WAIT,
         stopping.clone(),
     );
     tokio::select! {
