@@ -27,6 +27,118 @@ pub(crate) const HTTP_IDLE: Duration = Duration::from_secs(120);
 /// byte now and then holds its connection and its handler for good.
 pub(crate) const REQUEST_BODY_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a connection's writes may make no progress — its client taking in nothing — before
+/// the node closes it. A client that asks for an answer larger than the kernel buffers for it
+/// (a seed streamed to a mirror whose process froze) and reads none of it would otherwise hold
+/// the connection, the answer's handler and what it had queued for good. (An answer the kernel
+/// takes whole is done for the node: its connection is then closed as an idle one.)
+pub(crate) const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
+
+/// The bounds a connection is served within.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// No request head for this long: closed.
+    pub(crate) idle: Duration,
+    /// A request's body not all there this long after its head: refused, and closed.
+    pub(crate) body: Duration,
+    /// Writes that make no progress for this long: closed.
+    pub(crate) write_stall: Duration,
+}
+
+/// A node's bounds.
+pub(crate) const NODE_BOUNDS: Bounds = Bounds {
+    idle: HTTP_IDLE,
+    body: REQUEST_BODY_WAIT,
+    write_stall: WRITE_STALL_MAX,
+};
+
+/// A connection whose writes fail once they have made no progress for `bound`: hyper sets no
+/// bound on writing an answer (nor a WebSocket on its frames), and a client that reads nothing
+/// would hold the connection, and what is queued on it, for as long as it keeps it.
+struct StallBound<T> {
+    io: T,
+    bound: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallBound<T> {
+    /// What a write, a vectored write or a flush gave: done resets the wait; a wait that has
+    /// lasted `bound` becomes an error.
+    fn after<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let bound = self.bound;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing in for {} ms", bound.as_millis()),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallBound<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallBound<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.after(cx, polled)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// A request's body that ends in an error once its wait (`REQUEST_BODY_WAIT` in a node) has
 /// passed since its head arrived. The timer is set only once a read of the body has to wait: a handler that reads
 /// none, or a body already there, costs none.
@@ -84,14 +196,15 @@ where
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
-    idle: Duration,
-    body_wait: Duration,
+    bounds: Bounds,
     mut stopping: watch::Receiver<bool>,
 ) {
     // HTTP/1.1 only (every client of a node speaks it): hyper's automatic version detection
     // would wait for a silent connection's first bytes with no bound at all.
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(idle);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.idle);
     // Each connection's task holds a receiver: all have ended once `closed` resolves.
     let (open_tx, open_rx) = watch::channel(());
     loop {
@@ -110,12 +223,12 @@ pub(crate) async fn serve(
         let app = app.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let deadline = tokio::time::Instant::now() + body_wait;
+            let deadline = tokio::time::Instant::now() + bounds.body;
             let req = req.map(|inner| {
                 Body::new(BodyDeadline {
                     inner,
                     deadline,
-                    wait: body_wait,
+                    wait: bounds.body,
                     sleep: None,
                 })
             });
@@ -125,7 +238,14 @@ pub(crate) async fn serve(
         let (mut stopping, open) = (stopping.clone(), open_rx.clone());
         tokio::spawn(async move {
             let conn = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(
+                    TokioIo::new(StallBound {
+                        io: stream,
+                        bound: bounds.write_stall,
+                        stalled: None,
+                    }),
+                    TowerToHyperService::new(service),
+                )
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -190,13 +310,11 @@ mod tests {
                 ),
             );
         let (stop, stopping) = watch::channel(false);
-        let server = tokio::spawn(serve(
-            listener,
-            app,
+        let bounds = Bounds {
             idle,
-            Duration::from_millis(300),
-            stopping,
-        ));
+            ..NODE_BOUNDS
+        };
+        let server = tokio::spawn(serve(listener, app, bounds, stopping));
         (addr, stop, server)
     }
 
@@ -237,14 +355,11 @@ mod tests {
             axum::routing::post(|body: String| async move { body }),
         );
         let (_stop, stopping) = watch::channel(false);
-        let wait = Duration::from_millis(300);
-        tokio::spawn(serve(
-            listener,
-            app,
-            Duration::from_secs(60),
-            wait,
-            stopping,
-        ));
+        let bounds = Bounds {
+            body: Duration::from_millis(300),
+            ..NODE_BOUNDS
+        };
+        tokio::spawn(serve(listener, app, bounds, stopping));
         // A body sent whole is answered.
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         conn.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
@@ -266,6 +381,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_whose_client_takes_in_nothing_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // An answer far larger than the connection's buffers.
+        let app = Router::new().route("/big", get(|| async { "x".repeat(64 << 20) }));
+        let (_stop, stopping) = watch::channel(false);
+        let bounds = Bounds {
+            write_stall: Duration::from_millis(300),
+            ..NODE_BOUNDS
+        };
+        tokio::spawn(serve(listener, app, bounds, stopping));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(addr.parse().unwrap()).await.unwrap();
+        conn.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Nothing read for a while: the node gives up on the connection.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await
+        .is_ok();
+        assert!(closed, "the connection is still open");
+        assert!(got < 64 << 20, "the whole answer came: {got} bytes");
+    }
+
+    #[tokio::test]
     async fn an_operation_runs_to_its_end_when_its_client_goes_away() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -283,13 +434,7 @@ mod tests {
             )
             .route_layer(axum::middleware::from_fn(to_completion));
         let (_stop, stopping) = watch::channel(false);
-        tokio::spawn(serve(
-            listener,
-            app,
-            Duration::from_secs(60),
-            REQUEST_BODY_WAIT,
-            stopping,
-        ));
+        tokio::spawn(serve(listener, app, NODE_BOUNDS, stopping));
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         conn.write_all(b"POST /op HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
             .await

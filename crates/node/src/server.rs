@@ -673,8 +673,7 @@ pub async fn serve(
     let server = crate::http_serve::serve(
         listener,
         app,
-        crate::http_serve::HTTP_IDLE,
-        crate::http_serve::REQUEST_BODY_WAIT,
+        crate::http_serve::NODE_BOUNDS,
         stopping.clone(),
     );
     tokio::select! {
