@@ -173,17 +173,7 @@ pub fn is_node_process(pid: i32, node: &str) -> bool {
 
 /// True when the process exists and has not exited (a zombie has exited).
 pub fn alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    u32::try_from(pid).is_ok_and(tandem_store::process_running)
 }
 
 /// Raises this process's soft limit on open files to its hard limit (as servers do: the soft

@@ -217,6 +217,20 @@ fn range(p: &Path) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
+/// `db log-shipping configure` of `mgc` to `dal-db1` with `options`: its JSON report.
+fn configure_mgc(d: &Deployment, options: &[&str]) -> Value {
+    let base = [
+        "db",
+        "log-shipping",
+        "configure",
+        "--db",
+        "mgc",
+        "--secondary",
+        "dal-db1",
+    ];
+    json(&d.dir, &[&base[..], options].concat())
+}
+
 #[test]
 fn after_up_posts_reach_the_secondary_within_seconds() {
     let d = Deployment::up();
@@ -248,21 +262,9 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
         assert!(human.contains(word), "{word}: {human}");
     }
     // Reconfigured (a shorter interval): the secondary is seeded again and applies.
-    let r = json(
-        &d.dir,
-        &[
-            "db",
-            "log-shipping",
-            "configure",
-            "--db",
-            "mgc",
-            "--secondary",
-            "dal-db1",
-            "--backup-interval-ms",
-            "500",
-            "--retention-ms",
-            "60000",
-        ],
+    let r = configure_mgc(
+        &d,
+        &["--backup-interval-ms", "500", "--retention-ms", "60000"],
     );
     assert_eq!(r["secondary"], "dal-db1", "{r}");
     assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");
@@ -271,18 +273,7 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
     let more = posts(&d, &token, "after reconfigure", 10);
     d.wait_applied(more.last().unwrap().lsn);
     // Configured again with no option (as a failback does): the options stay.
-    let r = json(
-        &d.dir,
-        &[
-            "db",
-            "log-shipping",
-            "configure",
-            "--db",
-            "mgc",
-            "--secondary",
-            "dal-db1",
-        ],
-    );
+    let r = configure_mgc(&d, &[]);
     assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");
     assert_eq!(r["config"]["retention_ms"], 60000, "{r}");
     let human = ok(&d.dir, &["db", "log-shipping", "status", "--db", "mgc"]);

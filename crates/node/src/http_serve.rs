@@ -52,6 +52,20 @@ pub(crate) const NODE_BOUNDS: Bounds = Bounds {
     write_stall: WRITE_STALL_MAX,
 };
 
+/// A timer set only when first asked about (most requests and writes never wait): true once
+/// `at` has passed; `at` is read when the timer is set.
+fn passed(
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    at: impl FnOnce() -> tokio::time::Instant,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    timer
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at())))
+        .as_mut()
+        .poll(cx)
+        .is_ready()
+}
+
 /// A connection whose writes fail once they have made no progress for `bound`: hyper sets no
 /// bound on writing an answer (nor a WebSocket on its frames), and a client that reads nothing
 /// would hold the connection, and what is queued on it, for as long as it keeps it.
@@ -74,16 +88,17 @@ impl<T> StallBound<T> {
             return polled;
         }
         let bound = self.bound;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
-        match stalled.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client took nothing in for {} ms", bound.as_millis()),
-            ))),
-            std::task::Poll::Pending => std::task::Poll::Pending,
+        if !passed(
+            &mut self.stalled,
+            || tokio::time::Instant::now() + bound,
+            cx,
+        ) {
+            return std::task::Poll::Pending;
         }
+        std::task::Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client took nothing in for {} ms", bound.as_millis()),
+        )))
     }
 }
 
@@ -140,11 +155,11 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallBound<T> {
 }
 
 /// A request's body that ends in an error once its wait (`REQUEST_BODY_WAIT` in a node) has
-/// passed since its head arrived. The timer is set only once a read of the body has to wait: a handler that reads
-/// none, or a body already there, costs none.
+/// passed since its head arrived. The timer is set only once a read of the body has to wait:
+/// a handler that reads none, or a body already there, costs none.
 struct BodyDeadline<B> {
     inner: B,
-    deadline: tokio::time::Instant,
+    head: tokio::time::Instant,
     wait: Duration,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
@@ -165,18 +180,15 @@ where
         if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = this.deadline;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match sleep.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(format!(
-                "the request's body did not arrive within {} ms of its head",
-                this.wait.as_millis()
-            )
-            .into()))),
-            std::task::Poll::Pending => std::task::Poll::Pending,
+        let deadline = this.head + this.wait;
+        if !passed(&mut this.sleep, || deadline, cx) {
+            return std::task::Poll::Pending;
         }
+        std::task::Poll::Ready(Some(Err(format!(
+            "the request's body did not arrive within {} ms of its head",
+            this.wait.as_millis()
+        )
+        .into())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -223,11 +235,11 @@ pub(crate) async fn serve(
         let app = app.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let deadline = tokio::time::Instant::now() + bounds.body;
+            let head = tokio::time::Instant::now();
             let req = req.map(|inner| {
                 Body::new(BodyDeadline {
                     inner,
-                    deadline,
+                    head,
                     wait: bounds.body,
                     sleep: None,
                 })
@@ -273,7 +285,8 @@ pub(crate) async fn serve(
 /// in, its work in `spawn_blocking` going on without it — and the copy's operations lock, held
 /// by the dropped future, free for a second operation on the same copy while the first still
 /// ran (a procedure's CLI killed mid-step, then run again, did exactly that). The layer of every
-/// route that changes a copy or a role (`server::router`).
+/// route that changes a copy, a role, a configuration or the witness's records
+/// (`server::router`).
 pub(crate) async fn to_completion(
     req: axum::extract::Request,
     next: axum::middleware::Next,

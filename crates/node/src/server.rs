@@ -181,9 +181,10 @@ impl NodeState {
                         // leaves the backup site's mirror so): it looks like a copy kept
                         // current, and is not.
                         d.warnings.push(
-                            "restoring, and nothing applies to it: no mirroring, no log-shipping restore job; \
-                             it falls behind. `tandem db mirror install` (or a chat failover) makes \
-                             it a mirror again; `tandem db restore` applies log backups to it by hand"
+                            "restoring, and nothing applies to it: no mirroring, no log-shipping \
+                             restore job; it falls behind. `tandem db mirror install` (or a chat \
+                             failover) makes it a mirror again; `tandem db restore` applies log \
+                             backups to it by hand"
                                 .into(),
                         );
                     }
@@ -399,8 +400,8 @@ async fn method_not_allowed(
 
 fn router(node: Shared) -> Router {
     // What changes a copy, a role, a configuration or the witness's records runs to its end
-    // even when its caller goes away (`http_serve::to_completion`): an operator's CLI killed mid-step leaves no operation
-    // half-done behind a lock it no longer holds.
+    // even when its caller goes away (`http_serve::to_completion`): an operator's CLI killed
+    // mid-step leaves no operation half-done behind a lock it no longer holds.
     let operations = Router::new()
         // The witness decides one request at a time: a decision's write that outlived its
         // request would be unseen by the next decision, taken under the lock it released.

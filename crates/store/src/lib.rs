@@ -45,7 +45,7 @@ pub use journal::{Consumer, JournalStats, RecordBatch, UPSTREAM_CONSUMER};
 pub use record::{Chain, Epoch, Lsn, Op, RECORD_BYTES_MAX, Record, RecordHeader, peek_header};
 pub use restore::{
     ChainReport, Recovery, RestoreOptions, RestoreReport, clear_interrupted_restores, collect,
-    restore_logs, restore_new, verify_chain,
+    process_running, restore_logs, restore_new, verify_chain,
 };
 pub use rusqlite;
 pub use rusqlite::types::Value;

@@ -440,7 +440,7 @@ pub fn restore_new(
     // Unique per process and call: two restores of one target at once must not share it.
     static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = RESTORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let work = parent.join(format!(".{leaf}.restoring-{}-{n}", std::process::id()));
+    let work = beside(&parent, &leaf, WORK, n);
     let _ = std::fs::remove_dir_all(&work);
     let result = (|| -> Result<RestoreReport> {
         extract_full(&full_path, &full_header, &work)?;
@@ -469,7 +469,7 @@ pub fn restore_new(
             }
             // Where the file system cannot exchange: two renames, and the old copy set aside
             // between them is put back by `clear_interrupted_restores` after a crash.
-            let old = parent.join(format!(".{leaf}.replaced-{}-{n}", std::process::id()));
+            let old = beside(&parent, &leaf, REPLACED, n);
             std::fs::rename(target, &old).map_err(|e| StoreError::io(target, e))?;
             if let Err(e) = std::fs::rename(&work, target) {
                 let _ = std::fs::rename(&old, target);
@@ -485,6 +485,16 @@ pub fn restore_new(
         let _ = std::fs::remove_dir_all(&work);
     }
     swapped
+}
+
+/// The kinds of directory a restore of `NAME` keeps beside it, as `.NAME.KIND-PID-N`: the copy
+/// it restores, and the old copy it sets aside where directories cannot be exchanged.
+const WORK: &str = "restoring";
+const REPLACED: &str = "replaced";
+
+/// `.LEAF.KIND-PID-N` in `parent`, for this process's `n`th restore.
+fn beside(parent: &Path, leaf: &str, kind: &str, n: u64) -> PathBuf {
+    parent.join(format!(".{leaf}.{kind}-{}-{n}", std::process::id()))
 }
 
 /// Swaps `work` and `target` in one step (Linux's `renameat2` with `RENAME_EXCHANGE`): a crash
@@ -517,11 +527,10 @@ fn exchange(work: &Path, target: &Path) -> Result<bool> {
     }
 }
 
-/// Clears what restores of `target` left beside it when their process died: their work
-/// directories (`.NAME.restoring-PID-N`, a copy half restored) and old copies set aside by a
-/// swap (`.NAME.replaced-PID-N`). Should `target` be missing while an old copy is set aside — a
-/// crash between the two renames of a swap where the file system cannot exchange — that copy is
-/// put back first. What belongs to a running process is left alone. Returns what it removed or
+/// Clears what restores of `target` left beside it when their process died (`beside`): their
+/// work directories (a copy half restored) and old copies set aside by a swap. Should `target`
+/// be missing while an old copy is set aside — a crash between the two renames of a swap where
+/// the file system cannot exchange — that copy is put back first. What belongs to a running process is left alone. Returns what it removed or
 /// put back; best effort (what cannot be removed stays, to be tried again next time).
 pub fn clear_interrupted_restores(target: &Path) -> Vec<PathBuf> {
     let (Some(parent), Some(leaf)) = (target.parent(), target.file_name()) else {
@@ -542,8 +551,8 @@ pub fn clear_interrupted_restores(target: &Path) -> Vec<PathBuf> {
             let name = e.file_name().to_string_lossy().into_owned();
             let rest = name.strip_prefix(&prefix)?;
             let (replaced, ids) = match rest.split_once('-')? {
-                ("restoring", ids) => (false, ids),
-                ("replaced", ids) => (true, ids),
+                (WORK, ids) => (false, ids),
+                (REPLACED, ids) => (true, ids),
                 _ => return None,
             };
             let pid: u32 = ids.split_once('-')?.0.parse().ok()?;
@@ -570,7 +579,7 @@ pub fn clear_interrupted_restores(target: &Path) -> Vec<PathBuf> {
 
 /// Whether process `pid` runs: it exists and is not a zombie (a process killed a moment ago
 /// stays one until its parent reaps it).
-fn process_running(pid: u32) -> bool {
+pub fn process_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // The state follows the command's name, which is in parentheses and may hold any.
         let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());

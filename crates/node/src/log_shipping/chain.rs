@@ -317,21 +317,26 @@ pub(super) fn retention(dir: &FsPath, config: &Config) -> Result<Vec<String>, St
             removed.push(name.clone());
         }
     }
-    removed.extend(prune_archive(dir, window_start)?);
+    removed.extend(prune_archive(dir, window_start, &listing)?);
     Ok(removed)
 }
 
 /// Removes from `archive/` what no restore to a moment at or after `window_start` needs: a
 /// restore to such a moment starts from the newest full backup taken by then (in the archive
-/// or in the chain's directory), so whatever that backup holds already goes. With no full
-/// backup taken by then, everything stays. Names are returned as `archive/NAME`.
-pub(super) fn prune_archive(dir: &FsPath, window_start: i64) -> Result<Vec<String>, String> {
+/// or in the chain's directory, whose listing is `live` — read before the retention moved
+/// files out of it, which it then names twice, harmlessly), so whatever that backup holds
+/// already goes. With no full backup taken by then, everything stays. Names are returned as
+/// `archive/NAME`.
+pub(super) fn prune_archive(
+    dir: &FsPath,
+    window_start: i64,
+    live: &Listing,
+) -> Result<Vec<String>, String> {
     let archive = dir.join(ARCHIVE_DIR);
     let archived = Listing::read(&archive)?;
     if archived.files.is_empty() {
         return Ok(Vec::new());
     }
-    let live = Listing::read(dir)?;
     let full = |f: &FileName| match f {
         FileName::Full {
             lsn, created_ms, ..

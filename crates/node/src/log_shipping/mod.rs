@@ -655,9 +655,18 @@ mod tests {
             Some(FileName::Full { created_ms, .. }) => created_ms,
             other => panic!("{other:?}"),
         };
-        assert!(prune_archive(&share, created(&f1) - 1).unwrap().is_empty());
-        assert!(prune_archive(&share, created(&f1)).unwrap().is_empty());
-        let pruned = prune_archive(&share, created(&f2)).unwrap();
+        let live = Listing::read(&share).unwrap();
+        assert!(
+            prune_archive(&share, created(&f1) - 1, &live)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            prune_archive(&share, created(&f1), &live)
+                .unwrap()
+                .is_empty()
+        );
+        let pruned = prune_archive(&share, created(&f2), &live).unwrap();
         let archived = |f: &BackupFile| format!("{ARCHIVE_DIR}/{}", f.name());
         assert_eq!(pruned, vec![archived(&f1), archived(&l1), archived(&l2)]);
         assert!(names(&archive).is_empty());
