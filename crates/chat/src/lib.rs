@@ -33,7 +33,7 @@ pub use access::can_read;
 pub use categories::{Category, add_category, categories};
 pub use error::ChatError;
 pub use events::{Event, EventKind};
-pub use members::{Member, add_member, members, remove_member};
+pub use members::{Member, add_member, forget_user, members, remove_member};
 pub use messages::{
     FEED_LIMIT_MAX, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, HistoryQuery, NewPost,
     POST_KEY_BYTES_MAX, POST_KEY_KEPT_MS, POST_KEYS_EXPIRED_MAX, Page, TEXT_BYTES_MAX,

@@ -183,6 +183,55 @@ pub fn remove_member(db: &Database, user: &str, room: &str, member: &str) -> Res
     Ok(())
 }
 
+/// Who a change made by the deployment's operator (not a user) is recorded as.
+const OPERATOR: &str = "operator";
+
+/// Takes `member` — a user removed from the deployment — out of every room, with a
+/// `MemberRemoved` event in each (its live sessions lose the rooms), and drops its read
+/// positions: a user later added under the same name starts with no membership. A room it was
+/// the last manager of keeps no manager. Returns the rooms it left.
+pub fn forget_user(db: &Database, member: &str) -> Result<Vec<String>, ChatError> {
+    check_name(NameOf::User, member)?;
+    let member = member.to_string();
+    let done = db.write(move |tx: &mut Tx<'_>| {
+        let rooms = tx.query(
+            "SELECT room FROM members WHERE user = ?1 ORDER BY room",
+            [&member],
+            |r| r.get::<_, String>(0),
+        )?;
+        for room in &rooms {
+            tx.delete(
+                "members",
+                vec![Value::Text(room.clone()), Value::Text(member.clone())],
+            )?;
+            append(
+                tx,
+                NewEvent {
+                    room,
+                    kind: EventKind::MemberRemoved,
+                    sender: OPERATOR,
+                    text: format!("{member} was removed from the deployment"),
+                    subject: Some(&member),
+                    reply_to: None,
+                },
+            )?;
+        }
+        let read = tx.query(
+            "SELECT room FROM read_positions WHERE user = ?1",
+            [&member],
+            |r| r.get::<_, String>(0),
+        )?;
+        for room in read {
+            tx.delete(
+                "read_positions",
+                vec![Value::Text(member.clone()), Value::Text(room)],
+            )?;
+        }
+        Ok::<_, ChatError>(rooms)
+    })?;
+    Ok(done.value)
+}
+
 /// `Some(manager)` when `user` is a member of `room`.
 pub(crate) fn membership(
     q: &impl Query,

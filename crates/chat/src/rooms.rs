@@ -249,25 +249,37 @@ pub fn update_room(
     let done = db.write(move |tx: &mut Tx<'_>| {
         let mut room = managed(tx, &user, &name)?;
         let mut changes = Vec::new();
+        // Only what differs is changed and told: an update that changes nothing writes
+        // nothing (no event for every member to receive).
         if let Some(c) = &update.category {
-            if c.is_empty() {
-                room.category = None;
-                changes.push("no category".to_string());
-            } else {
-                if !category_exists(tx, c)? {
+            let to = (!c.is_empty()).then(|| c.clone());
+            if to != room.category {
+                if let Some(c) = &to
+                    && !category_exists(tx, c)?
+                {
                     return Err(no_such_category(c));
                 }
-                room.category = Some(c.clone());
-                changes.push(format!("category {c}"));
+                changes.push(match &to {
+                    Some(c) => format!("category {c}"),
+                    None => "no category".to_string(),
+                });
+                room.category = to;
             }
         }
-        if let Some(p) = update.privacy {
+        if let Some(p) = update.privacy
+            && p != room.privacy
+        {
             room.privacy = p;
             changes.push(format!("privacy {}", p.as_str()));
         }
-        if let Some(d) = &update.description {
+        if let Some(d) = &update.description
+            && *d != room.description
+        {
             room.description = d.clone();
             changes.push("new description".to_string());
+        }
+        if changes.is_empty() {
+            return Ok(room);
         }
         tx.update("rooms", room_values(&room))?;
         append(

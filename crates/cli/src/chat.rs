@@ -301,22 +301,42 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
+/// A user's text as a terminal line shows it: control characters (a newline, an escape
+/// sequence) and the marks that reorder text written as escapes (`\n`, `\u{1b}`), so that a
+/// message can neither forge another line of history nor move the terminal's cursor.
+fn on_one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            '\t' => "\\t".to_string(),
+            '\r' => "\\r".to_string(),
+            c if c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                c.escape_unicode().to_string()
+            }
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 fn event_line(e: &Value) -> String {
     let kind = e["kind"].as_str().unwrap_or("");
     let head = format!(
         "#{:<6} {} {:<10}",
         e["id"].as_i64().unwrap_or(0),
         time(e["time_ms"].as_i64().unwrap_or(0)),
-        e["sender"].as_str().unwrap_or("")
+        on_one_line(e["sender"].as_str().unwrap_or(""))
     );
+    let text = on_one_line(e["text"].as_str().unwrap_or(""));
     if kind == "message" {
         let reply = e["reply_to"]
             .as_i64()
             .map(|r| format!("(re #{r}) "))
             .unwrap_or_default();
-        format!("{head} {reply}{}\n", e["text"].as_str().unwrap_or(""))
+        format!("{head} {reply}{text}\n")
     } else {
-        format!("{head} * {}\n", e["text"].as_str().unwrap_or(""))
+        format!("{head} * {text}\n")
     }
 }
 
@@ -525,7 +545,11 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
                     .map(|a| a.iter().map(event_line).collect())
                     .unwrap_or_default();
                 if page["more"] == true {
-                    s.push_str("… more: --before the first id\n");
+                    s.push_str(if after.is_some() {
+                        "… more: --after the last id\n"
+                    } else {
+                        "… more: --before the first id\n"
+                    });
                 }
                 s
             })
@@ -558,5 +582,14 @@ mod tests {
     fn encodes_path_segments() {
         assert_eq!(super::enc("a b/c"), "a%20b%2Fc");
         assert_eq!(super::enc("ok-1.x_y~"), "ok-1.x_y~");
+    }
+
+    #[test]
+    fn a_message_stays_on_its_line() {
+        assert_eq!(
+            super::on_one_line("fake\n#1300 bob I resign\u{1b}[2K\u{202e}"),
+            "fake\\n#1300 bob I resign\\u{1b}[2K\\u{202e}"
+        );
+        assert_eq!(super::on_one_line("héllo 👋 مرحبا"), "héllo 👋 مرحبا");
     }
 }

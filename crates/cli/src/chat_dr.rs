@@ -52,6 +52,24 @@ fn room_for_two_full_backups(
     Ok(())
 }
 
+/// Refuses when the primary site's copy of mgc (its primary or its mirror) is a writable
+/// primary: a failover then loses what log shipping has not carried yet.
+fn healthy_primary_site(d: &Deployment, p: &Places) -> anyhow::Result<()> {
+    let healthy = [Some(p.primary.clone()), p.mirror.clone()]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| role(d, &n).map(|r| (n, r)))
+        .find(|(_, r)| r.role == "primary" && r.writable);
+    if let Some((n, r)) = healthy {
+        bail!(
+            "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway",
+            p.primary_site,
+            r.epoch
+        );
+    }
+    Ok(())
+}
+
 fn places(t: &Topology) -> anyhow::Result<Places> {
     let chat = t.chat.as_ref().context("the topology has no chat pool")?;
     let backup = chat
@@ -418,7 +436,16 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         steps,
     };
     let p = places(&d.topology)?;
-    let preconditions = || -> anyhow::Result<()> {
+    let preconditions = |resuming: bool| -> anyhow::Result<()> {
+        if resuming {
+            // Half-way, until the secondary is recovered: a run started with --force (or while
+            // the site was lost) is not finished without either once the site is back.
+            let recovered = role(d, &p.backup).is_some_and(|r| r.role == "primary");
+            return match (recovered, force) {
+                (false, false) => healthy_primary_site(d, &p),
+                _ => Ok(()),
+            };
+        }
         cms_reachable(d)?;
         let (state, _) = chat_state(d)?;
         if state == "failed-over" {
@@ -438,18 +465,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             ),
         }
         if !force {
-            let healthy = [Some(p.primary.clone()), p.mirror.clone()]
-                .into_iter()
-                .flatten()
-                .filter_map(|n| role(d, &n).map(|r| (n, r)))
-                .find(|(_, r)| r.role == "primary" && r.writable);
-            if let Some((n, r)) = healthy {
-                bail!(
-                    "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway",
-                    p.primary_site,
-                    r.epoch
-                );
-            }
+            healthy_primary_site(d, &p)?;
         }
         Ok(())
     };
@@ -745,7 +761,32 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 p.primary_site
             );
         }
+        // ... and that mirror synchronizes only with its site's witness: one that does not
+        // answer would hold the failback at step 6 for minutes, the chat down.
+        if p.mirror.is_some()
+            && let Some(w) = d.topology.witnesses.get(&p.primary_site)
+            && let Some(node) = d.topology.node(w)
+        {
+            let rt = crate::deployment::runtime()?;
+            if rt
+                .block_on(d.client().status(&node.address, TIMEOUT))
+                .is_err()
+            {
+                bail!(
+                    "{w}, the witness of the primary site {}, does not answer: the mirror \
+                     installed there needs it; start it (`tandem up --detach --nodes {w}`) and \
+                     run the failback again",
+                    p.primary_site
+                );
+            }
+        }
         Ok(())
+    };
+    let preconditions = |resuming: bool| match resuming {
+        // Half-way, the pool is no longer as a fresh run finds it (its active servers cleared,
+        // mirroring removed): each step checks what it needs.
+        true => Ok(()),
+        false => preconditions(),
     };
     if dry_run {
         return dry_run_report(&book, preconditions, out);
@@ -802,10 +843,10 @@ fn find_path(v: &Value) -> Option<String> {
 /// `--dry-run`: the preconditions' verdict and each step with its command and state.
 fn dry_run_report(
     book: &Runbook,
-    preconditions: impl FnOnce() -> anyhow::Result<()>,
+    preconditions: impl FnOnce(bool) -> anyhow::Result<()>,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let checks = match preconditions() {
+    let checks = match preconditions(book.in_progress().is_some()) {
         Ok(()) => json!("every precondition holds"),
         Err(e) => json!(format!("refused: {e}")),
     };

@@ -3,7 +3,7 @@
 //! shipping in `log_shipping.rs`.
 
 use crate::output::{Output, bytes, time};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -278,10 +278,11 @@ fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
     let db = Database::open(&path, Options::default())
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     let files = if a.log {
-        tandem_store::log_backup(&db, &to)?
+        tandem_store::log_backup(&db, &to)
     } else {
-        vec![tandem_store::full_backup(&db, &to)?]
-    };
+        tandem_store::full_backup(&db, &to).map(|f| vec![f])
+    }
+    .with_context(|| format!("backup of {} into {}", path.display(), to.display()))?;
     drop(db);
     out.emit(&files, || {
         if files.is_empty() {
@@ -309,10 +310,40 @@ pub(crate) fn parse_time(s: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
-        format!("--stop-at-time {s:?} is neither RFC 3339 (2026-11-23T10:00:00Z) nor milliseconds")
-    })?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
+    let bad = || {
+        format!(
+            "--stop-at-time {s:?} is neither RFC 3339 (2026-11-23T10:00:00Z, \
+             2026-11-23T11:00:00+01:00) nor milliseconds"
+        )
+    };
+    // humantime reads a time in UTC (`Z` or no zone) and would pass over a `+hh:mm` after a
+    // fraction of a second: the offset is taken off here.
+    let (local, offset_ms) = split_offset(s).with_context(bad)?;
+    let t = humantime::parse_rfc3339_weak(local).with_context(bad)?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64 - offset_ms)
+}
+
+/// Splits an RFC 3339 time's numeric offset (`+01:00`, `-05:30`) from it: the time without
+/// it, and the offset in milliseconds (0 for `Z` or none). None for an offset out of range.
+fn split_offset(s: &str) -> Option<(&str, i64)> {
+    // The offset follows the time of day, which follows the date's `T` (or a space).
+    let time_at = s.find(['T', 't', ' ']).unwrap_or(s.len());
+    let Some(at) = s[time_at..].rfind(['+', '-']).map(|i| time_at + i) else {
+        return Some((s, 0));
+    };
+    let (sign, hh_mm) = (&s[at..at + 1], &s[at + 1..]);
+    let (h, m) = hh_mm.split_once(':')?;
+    let two_digits = |d: &str| {
+        (d.len() == 2 && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.parse::<i64>().ok())
+            .flatten()
+    };
+    let (h, m) = (two_digits(h)?, two_digits(m)?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    let ms = (h * 60 + m) * 60_000;
+    Some((&s[..at], if sign == "-" { -ms } else { ms }))
 }
 
 fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
@@ -336,28 +367,15 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         replace_wait: std::time::Duration::ZERO,
         ..Default::default()
     };
-    if path.exists() && !path.is_dir() {
-        bail!(
-            "{} exists and is not a directory: a database is a directory; choose a new one",
-            path.display()
-        );
-    }
-    let holds_database = path.join(tandem_store::DB_FILE).exists();
+    // A directory holding a database takes log backups; anything else gets a new copy, which
+    // `restore_new` puts only where no other data is.
+    let holds_database = path.is_dir() && path.join(tandem_store::DB_FILE).exists();
     let report: RestoreReport = if holds_database && !a.replace {
         let db = Database::open(&path, Options::default())
             .with_context(|| format!("cannot open the database {}", path.display()))?;
-        tandem_store::restore_logs(&db, &a.from, &options)?
+        tandem_store::restore_logs(&db, &a.from, &options)
+            .with_context(|| format!("restore into {}", path.display()))?
     } else {
-        if path.exists() && !holds_database && !a.replace {
-            let empty = std::fs::read_dir(&path)?.next().is_none();
-            if !empty {
-                bail!(
-                    "{} exists and is not a database: choose a new directory",
-                    path.display()
-                );
-            }
-            std::fs::remove_dir(&path)?;
-        }
         tandem_store::restore_new(&path, &a.from, &options, a.replace).map_err(|e| {
             // A log-shipping directory keeps its older backups in `archive/`, which a
             // directory given alone does not include.
@@ -379,7 +397,8 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
                 }
                 e => e.into(),
             }
-        })?
+        })
+        .with_context(|| format!("restore into {}", path.display()))?
     };
     out.emit(&report, || {
         let mut s = String::new();
@@ -415,5 +434,23 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
         let e = parse_time("yesterday").unwrap_err().to_string();
         assert!(e.contains("RFC 3339"), "{e}");
+        // One instant, in any zone, with or without a fraction.
+        let utc = parse_time("2026-12-07T15:35:37.297Z").unwrap();
+        for same in [
+            "2026-12-07T16:35:37.297+01:00",
+            "2026-12-07T10:05:37.297-05:30",
+            "2026-12-07T15:35:37.297+00:00",
+            "2026-12-07T15:35:37.297",
+        ] {
+            assert_eq!(parse_time(same).unwrap(), utc, "{same}");
+        }
+        assert_eq!(parse_time("2026-12-07T16:35:37+01:00").unwrap(), utc - 297);
+        for bad in [
+            "2026-12-07T15:35:37+1:00",
+            "2026-12-07T15:35:37+24:00",
+            "2026-12-07T15:35:37+01",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -76,8 +76,40 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// Parses the command line; a usage error is one line on stderr (DESIGN.md §5), exit 2 as
+/// clap's own. Help and version print as clap prints them.
+fn parse() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // clap's first paragraph (the error, and the arguments it names), on one line.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("tandem: {first} (--help lists the arguments)");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     let out = output::Output { json: cli.json };
     let topology = cli.topology;
     let deployment = || deployment::Deployment::load(&topology);

@@ -161,18 +161,49 @@ impl<'a> Runbook<'a> {
             .collect()
     }
 
-    /// Runs (or resumes) the procedure. `preconditions` run only for a fresh run; `summary`
+    /// A run in progress that this plan cannot resume: one recorded for other steps (the
+    /// topology changed since: a step's number now names another step, and skipping it by its
+    /// number would skip what never ran).
+    fn foreign_run(&self, state: &RunState) -> Option<String> {
+        let differs = state.steps.iter().find(|r| {
+            self.steps
+                .get(r.step.wrapping_sub(1))
+                .is_none_or(|s| s.title != r.title)
+        })?;
+        let now = self
+            .steps
+            .get(differs.step.wrapping_sub(1))
+            .map_or("no such step".to_string(), |s| format!("\"{}\"", s.title));
+        Some(format!(
+            "run {} of {} was made for another plan: its step {} was \"{}\", the plan's is now {now} \
+             (the topology changed since it stopped). Resume it with the topology it was made \
+             with, or, once the deployment is checked by hand (`tandem status`), remove {} to \
+             start a new run",
+            state.run_id,
+            self.procedure,
+            differs.step,
+            differs.title,
+            self.state_file().display()
+        ))
+    }
+
+    /// Runs (or resumes) the procedure. `preconditions` are told whether a run is resumed: a
+    /// fresh run checks them all, a resumed one those that still apply half-way. `summary`
     /// turns the final state into the report's extra fields (the data loss, say).
     pub fn run(
         &self,
         out: &Output,
-        preconditions: impl FnOnce() -> anyhow::Result<()>,
+        preconditions: impl FnOnce(bool) -> anyhow::Result<()>,
         summary: impl Fn(&RunState) -> Value,
     ) -> anyhow::Result<(Outcome, Value)> {
         let started = Instant::now();
         let _lock = procedure_lock(self.deployment, self.procedure)?;
         let (mut state, resumed) = match self.in_progress() {
             Some(mut s) => {
+                if let Some(why) = self.foreign_run(&s) {
+                    bail!(why);
+                }
+                preconditions(true)?;
                 s.resumed += 1;
                 out.progress(&format!(
                     "resuming {} run {} after step {}",
@@ -180,10 +211,27 @@ impl<'a> Runbook<'a> {
                     s.run_id,
                     s.steps.len()
                 ));
+                // The last step recorded was the last to run: its effect holds unless something
+                // changed since the run stopped (a node restarted, an operator's command). Then
+                // it is done again, not skipped on the record's word.
+                if let Some(last) = s.steps.last()
+                    && !last.outcome.starts_with("skipped")
+                {
+                    let step = &self.steps[last.step - 1];
+                    if !matches!((step.check)(&s), Ok(Some(_))) {
+                        out.progress(&format!(
+                            "[{}/{}] {}: no longer holds since the run stopped; done again",
+                            last.step,
+                            self.steps.len(),
+                            last.title
+                        ));
+                        s.steps.pop();
+                    }
+                }
                 (s, true)
             }
             None => {
-                preconditions()?;
+                preconditions(false)?;
                 let started_ms = now_ms();
                 (
                     RunState {
@@ -320,41 +368,26 @@ pub struct ProcedureLock {
 
 /// Takes the deployment's procedure lock for `procedure`, or says which run holds it.
 pub fn procedure_lock(d: &Deployment, procedure: &str) -> anyhow::Result<ProcedureLock> {
-    let dir = d.dir().join(".tandem").join("runs");
-    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-    let path = dir.join("procedure.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| path.display().to_string())?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default())
-                .unwrap_or(Value::Null);
-            let who = match holder["procedure"].as_str() {
-                Some(p) => format!(
-                    "`tandem {}` (pid {}, run by {}, since {})",
-                    p.replace('-', " "),
-                    holder["pid"],
-                    holder["user"].as_str().unwrap_or("?"),
-                    crate::output::time(holder["started_ms"].as_i64().unwrap_or(0))
-                ),
-                None => "another procedure".into(),
-            };
-            bail!(
-                "{who} is running on this deployment ({}): wait until it ends, or stop it (a \
-                 stopped run resumes where it stopped when run again), then run this one",
-                d.dir().display()
-            );
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", path.display()));
-        }
-    }
+    let path = d.dir().join(".tandem").join("runs").join("procedure.lock");
+    let Some(mut file) = crate::deployment::try_lock(&path)? else {
+        let holder: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default())
+            .unwrap_or(Value::Null);
+        let who = match holder["procedure"].as_str() {
+            Some(p) => format!(
+                "`tandem {}` (pid {}, run by {}, since {})",
+                p.replace('-', " "),
+                holder["pid"],
+                holder["user"].as_str().unwrap_or("?"),
+                crate::output::time(holder["started_ms"].as_i64().unwrap_or(0))
+            ),
+            None => "another procedure".into(),
+        };
+        bail!(
+            "{who} is running on this deployment ({}): wait until it ends, or stop it (a \
+             stopped run resumes where it stopped when run again), then run this one",
+            d.dir().display()
+        );
+    };
     let holder = json!({
         "procedure": procedure,
         "pid": std::process::id(),
@@ -425,5 +458,113 @@ pub fn dies_with_this_process(cmd: &mut std::process::Command) {
                 Ok(())
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A deployment of the example topology in a temporary directory (nothing started).
+    fn deployment() -> (tempfile::TempDir, Deployment) {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("topology.toml");
+        std::fs::write(&file, tandem_topology::example(41000, &"ab".repeat(32))).unwrap();
+        std::fs::create_dir_all(t.path().join("share")).unwrap();
+        let d = Deployment::load(&file).unwrap();
+        (t, d)
+    }
+
+    /// Steps named `names`, each done once its name is in `done` (which running it does);
+    /// running one whose name is in `fail` fails.
+    fn steps<'a>(
+        names: &[&str],
+        done: &'a RefCell<Vec<String>>,
+        ran: &'a RefCell<Vec<String>>,
+        fail: &'a RefCell<Vec<String>>,
+    ) -> Vec<Step<'a>> {
+        names
+            .iter()
+            .map(|n| {
+                let n = n.to_string();
+                let (c, r) = (n.clone(), n.clone());
+                Step {
+                    title: n.clone(),
+                    command: format!("tandem {n}"),
+                    check: Box::new(move |_| {
+                        Ok(done.borrow().contains(&c).then(|| json!({ "done": c })))
+                    }),
+                    run: Box::new(move |_| {
+                        if fail.borrow().contains(&r) {
+                            bail!("{r} cannot be done now");
+                        }
+                        ran.borrow_mut().push(r.clone());
+                        done.borrow_mut().push(r.clone());
+                        Ok(Value::Null)
+                    }),
+                    verify: true,
+                }
+            })
+            .collect()
+    }
+
+    /// A resumed run does again the last step it recorded when that step's effect no longer
+    /// holds (something changed while the run was stopped), and refuses a record made for
+    /// other steps (the topology changed): a step is never skipped on a record's word alone.
+    #[test]
+    fn a_resumed_run_checks_its_last_step_and_its_plan() {
+        let (_t, d) = deployment();
+        let out = Output { json: true };
+        let names = || RefCell::new(Vec::<String>::new());
+        let (done, ran, fail) = (names(), names(), names());
+        fail.borrow_mut().push("third".to_string());
+        let book = Runbook {
+            procedure: "test-procedure",
+            deployment: &d,
+            steps: steps(&["first", "second", "third"], &done, &ran, &fail),
+        };
+        let e = book
+            .run(&out, |_| Ok(()), |_| Value::Null)
+            .err()
+            .expect("the third step fails");
+        assert!(e.to_string().contains("step 3/3 (third) failed"), "{e}");
+        assert_eq!(*ran.borrow(), ["first", "second"]);
+        // While the run is stopped, the second step's effect is undone by hand.
+        done.borrow_mut().retain(|s| s != "second");
+        fail.borrow_mut().clear();
+        ran.borrow_mut().clear();
+        let resumed_with = RefCell::new(None);
+        book.run(
+            &out,
+            |resuming| {
+                *resumed_with.borrow_mut() = Some(resuming);
+                Ok(())
+            },
+            |_| Value::Null,
+        )
+        .unwrap();
+        assert_eq!(*resumed_with.borrow(), Some(true));
+        assert_eq!(*ran.borrow(), ["second", "third"], "the second done again");
+
+        // A run recorded for other steps is not resumed by this plan.
+        fail.borrow_mut().push("third".to_string());
+        done.borrow_mut().clear();
+        assert!(book.run(&out, |_| Ok(()), |_| Value::Null).is_err());
+        let other = Runbook {
+            procedure: "test-procedure",
+            deployment: &d,
+            steps: steps(&["first", "another", "third"], &done, &ran, &fail),
+        };
+        let e = other
+            .run(&out, |_| Ok(()), |_| Value::Null)
+            .err()
+            .expect("refused");
+        let e = e.to_string();
+        assert!(
+            e.contains("made for another plan") && e.contains("\"second\""),
+            "{e}"
+        );
+        assert!(book.in_progress().is_some(), "the run is kept");
     }
 }

@@ -50,6 +50,10 @@ fn last_lines(path: &std::path::Path, n: usize) -> String {
 }
 
 pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
+    // Held until the nodes are ready: two `up`s at once would each start the nodes the other
+    // had not written a pid file for yet, the second set failing on the first's ports and
+    // left without a pid file that `down` would find.
+    let starting = starting_lock(d)?;
     let mut names = d.select(&a.nodes)?;
     // Without `--nodes`, `up` brings up whatever is down (a node named on purpose that runs
     // already is refused, in `spawn`).
@@ -74,6 +78,7 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         stop_all(d, &names);
         return Err(e);
     }
+    drop(starting);
     let report: Vec<Started> = children
         .iter()
         .map(|(n, c)| {
@@ -122,6 +127,20 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         return Ok(());
     }
     supervise(d, children, out)
+}
+
+/// This deployment's lock for starting nodes (`DIR/.tandem/starting.lock`); refused while
+/// another `tandem up` holds it.
+fn starting_lock(d: &Deployment) -> anyhow::Result<std::fs::File> {
+    let path = d.dir().join(".tandem").join("starting.lock");
+    match crate::deployment::try_lock(&path)? {
+        Some(file) => Ok(file),
+        None => bail!(
+            "another `tandem up` is starting nodes of this deployment ({}): wait until it \
+             ends, then run `tandem status`",
+            d.dir().display()
+        ),
+    }
 }
 
 /// Starts each of `names` as a `tandem serve` child process in its own process group, with

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::json;
 use tandem_pool::users::{NewUser, UserInfo};
-use tandem_topology::DATABASE_CMS;
+use tandem_topology::{DATABASE_CMS, DATABASE_MGC};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -106,6 +106,36 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             let Some(pool) = home.result["pool"].as_str().map(str::to_string) else {
                 bail!("no user named {name}");
             };
+            // First out of every chat room (a name given again later must not find the old
+            // user's rooms, secret ones included): a chat database that does not answer stops
+            // the removal here, with nothing removed.
+            let rooms = match &d.topology.chat {
+                None => Vec::new(),
+                Some(_) => {
+                    let (mgc_node, mgc) = d.primary_address(DATABASE_MGC)?;
+                    let r = rt
+                        .block_on(client.call::<serde_json::Value, _>(
+                            &mgc,
+                            DATABASE_MGC,
+                            "chat.forget_user",
+                            &json!({ "member": name }),
+                        ))
+                        .with_context(|| {
+                            format!(
+                                "cannot take {name} out of its chat rooms (mgc on {mgc_node}); \
+                                 nothing removed"
+                            )
+                        })?;
+                    r.result["rooms"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
+            };
             let db = format!("users-{pool}");
             let (_, addr) = d.primary_address(&db)?;
             rt.block_on(async {
@@ -128,9 +158,13 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                 Ok::<_, anyhow::Error>(())
             })?;
             d.save_token(&name, None)?;
-            out.emit(&json!({ "removed": name, "pool": pool }), || {
-                format!("removed {name} from {pool}\n")
-            })
+            out.emit(
+                &json!({ "removed": name, "pool": pool, "rooms_left": rooms }),
+                || match rooms.len() {
+                    0 => format!("removed {name} from {pool}\n"),
+                    n => format!("removed {name} from {pool} and from {n} chat room(s)\n"),
+                },
+            )
         }
     }
 }

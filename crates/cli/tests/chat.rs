@@ -1008,6 +1008,129 @@ fn a_session_whose_client_reads_nothing_is_ended() {
     });
 }
 
+/// A session on an open room that a manager makes secret is told of the change and then
+/// loses the room (and, with no room left, ends): the room's later posts do not reach a user who
+/// may no longer read it. A resume point that is negative, or past the newest event, is refused.
+#[test]
+fn a_session_loses_a_room_its_user_may_no_longer_read() {
+    let (c, alice, rt) = pinged_lobby();
+    let bob = user(&c, "bob");
+    rt.block_on(async {
+        let mut watcher = subscribe(&c.fe1, &bob, "lobby", None).await;
+        api(
+            &c.fe1,
+            "PATCH",
+            "/api/v1/rooms/lobby",
+            &alice,
+            json!({ "privacy": "secret" }),
+        );
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            &alice,
+            json!({ "text": "for members only" }),
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut told = false;
+        loop {
+            match tokio::time::timeout_at(deadline, watcher.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert_ne!(
+                        v["event"]["kind"], "message",
+                        "a secret post reached bob: {v}"
+                    );
+                    told |= v["event"]["kind"] == "room_updated";
+                }
+                Ok(Some(Ok(Message::Ping(_)))) => {}
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) => break,
+                other => panic!("bob's session got {other:?}"),
+            }
+        }
+        assert!(
+            told,
+            "bob was told of the change before the room left his session"
+        );
+    });
+    // A resume point that names no event.
+    for (after, says) in [("-1", "0 or more"), ("999999", "past the newest event")] {
+        let (code, text) = http(
+            &c.fe1,
+            "GET",
+            &format!("/api/v1/events?rooms=lobby&after={after}"),
+            Some(&alice),
+            b"",
+        );
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+}
+
+/// A user removed from the deployment leaves every room: a user added later under the same
+/// name finds none of them, secret ones included. A member's name that no user can have is
+/// refused as such; an update that changes nothing writes no event.
+#[test]
+fn a_removed_user_leaves_its_rooms_and_its_name_starts_afresh() {
+    let c = start();
+    let alice = user(&c, "alice");
+    user(&c, "bob");
+    let create = json!({ "name": "vault", "privacy": "secret" });
+    api(&c.fe1, "POST", "/api/v1/rooms", &alice, create);
+    api(
+        &c.fe1,
+        "POST",
+        "/api/v1/rooms/vault/members",
+        &alice,
+        json!({ "user": "bob" }),
+    );
+    let out = ok(&c.dir, &["user", "remove", "bob"]);
+    assert!(out.contains("1 chat room"), "{out}");
+    let bob = user(&c, "bob");
+    let (code, text) = http(&c.fe1, "GET", "/api/v1/rooms/vault", Some(&bob), b"");
+    assert_eq!(
+        code, 404,
+        "the new bob sees the old bob's secret room: {text}"
+    );
+    let members = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/vault/members",
+        &alice,
+        Value::Null,
+    );
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+    let history = |c: &Chat| {
+        api(
+            &c.fe1,
+            "GET",
+            "/api/v1/rooms/vault/messages",
+            &alice,
+            Value::Null,
+        )["events"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = history(&c);
+    let same = json!({ "privacy": "secret", "category": "" });
+    api(&c.fe1, "PATCH", "/api/v1/rooms/vault", &alice, same);
+    assert_eq!(
+        history(&c),
+        before,
+        "an update that changes nothing writes nothing"
+    );
+    let (code, text) = http(
+        &c.fe1,
+        "POST",
+        "/api/v1/rooms/vault/members",
+        Some(&alice),
+        json!({ "user": "a b" }).to_string().as_bytes(),
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("is not valid"), "{text}");
+}
+
 /// A value for a schema, from the document itself: required properties only.
 fn example(doc: &Value, schema: &Value) -> Value {
     if let Some(r) = schema["$ref"].as_str() {

@@ -385,6 +385,44 @@ fn bad_arguments_get_one_clear_line() {
     );
     let err = restore(&["--stop-at-time", "yesterday"]);
     assert!(err.contains("RFC 3339"), "{err}");
+    // A usage error is one line too (clap's own would be a paragraph), with clap's exit code.
+    let out = tandem(&[
+        "db",
+        "restore",
+        "--path",
+        "y",
+        "--from",
+        "z",
+        "--norecovery",
+        "--standby",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("'--norecovery' cannot be used with '--standby'"),
+        "{err}"
+    );
+    let err = fails(&["db", "verify", "--no-such-flag"]);
+    assert!(err.contains("--no-such-flag"), "{err}");
+    // `--replace` never removes a directory that holds no database.
+    let docs = t.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("notes.txt"), "precious").unwrap();
+    let err = fails(&[
+        "db",
+        "restore",
+        "--path",
+        s(&docs),
+        "--from",
+        s(t.path()),
+        "--replace",
+    ]);
+    assert!(err.contains("holds no tandem database"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(docs.join("notes.txt")).unwrap(),
+        "precious"
+    );
     // init: into a file, or over a deployment.
     let err = fails(&["init", s(&text)]);
     assert!(err.contains("notes.txt is a file"), "{err}");

@@ -93,13 +93,23 @@ async fn user(
     token_param: Option<&str>,
 ) -> Result<String, ApiError> {
     active(node)?;
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token = header.or(token_param).ok_or_else(|| {
+    let token = bearer(headers, token_param).ok_or_else(|| {
         ApiError::unauthorized("a bearer token is needed: sign in with POST /api/v1/login")
     })?;
+    user_of_token(node, token).await
+}
+
+/// The request's token: its `Authorization: Bearer` header, or else the query's `token`.
+fn bearer<'a>(headers: &'a HeaderMap, token_param: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(token_param)
+}
+
+/// The user a token signs in, remembered for `TOKEN_CACHE_TTL_MS`.
+async fn user_of_token(node: &Shared, token: &str) -> Result<String, ApiError> {
     let chat = node
         .chat
         .as_ref()
@@ -274,6 +284,8 @@ async fn add_member(
 ) -> Result<Response, ApiError> {
     let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
+    // A name no user can have is said so first (and not echoed whole).
+    tandem_pool::users::validate_name(&m.user)?;
     // A member is a user of the deployment: one that some pool homes.
     if crate::frontend::home_if_any(&node, &m.user)
         .await?
@@ -467,6 +479,26 @@ async fn events(
             )));
         }
     }
+    let rx = node.chat.as_ref().expect("chat role").events.subscribe();
+    let newest = read_feed(&node, -1, 0).await?.last_id.unwrap_or(0);
+    let after = match q.after {
+        Some(a) if a < 0 => {
+            return Err(ApiError::bad_request(format!(
+                "after {a}: an event id is 0 or more (0: every event of the rooms)"
+            )));
+        }
+        // Events past the newest do not exist — or were lost with a site, their ids to be
+        // given again: a session resuming there would skip those.
+        Some(a) if a > newest => {
+            return Err(ApiError::bad_request(format!(
+                "after {a} is past the newest event, {newest}: the events after it were lost \
+                 in a failover or never existed; read the rooms' history again and resume from \
+                 its last event"
+            )));
+        }
+        Some(a) => a,
+        None => newest,
+    };
     // Checked after the query: a client learns first what is wrong in what it asked.
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!(
@@ -474,24 +506,60 @@ async fn events(
             e.body_text()
         ))
     })?;
-    let rx = node.chat.as_ref().expect("chat role").events.subscribe();
-    let after = match q.after {
-        Some(a) => a,
-        None => read_feed(&node, -1, 0).await?.last_id.unwrap_or(0),
-    };
+    let token = bearer(&headers, q.token.as_deref())
+        .unwrap_or_default()
+        .to_string();
     Ok(ws
         .read_buffer_size(SESSION_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(SESSION_MESSAGE_MAX)
         .max_frame_size(SESSION_MESSAGE_MAX)
-        .on_upgrade(move |socket| session(node, u, rooms, after, rx, socket)))
+        .on_upgrade(move |socket| {
+            let who = Who { user: u, token };
+            session(node, who, rooms, after, rx, socket)
+        }))
+}
+
+/// Whose session it is: the user, and the token it signed in with (looked at again now and
+/// then: a user removed, its tokens gone, is not sent a room's events for good).
+struct Who {
+    user: String,
+    token: String,
+}
+
+/// After an event that may end the user's right to read its room — the user removed from
+/// it, or the room's privacy changed — the room leaves the session unless the user still may
+/// read it (asked again; unknown counts as no).
+async fn recheck_access(
+    node: &Shared,
+    user: &str,
+    rooms: &mut HashSet<String>,
+    e: &tandem_chat::Event,
+) {
+    let may_change = match e.kind {
+        EventKind::MemberRemoved => e.subject.as_deref() == Some(user),
+        EventKind::RoomUpdated => true,
+        _ => false,
+    };
+    if !may_change || !rooms.contains(&e.room) {
+        return;
+    }
+    let still = mgc::<Value>(
+        node,
+        "chat.can_read",
+        json!({ "user": user, "room": e.room }),
+    )
+    .await;
+    if !matches!(still, Ok(v) if v["can_read"] == true) {
+        rooms.remove(&e.room);
+    }
 }
 
 /// Sends the backlog after `after` read from the feed, then the live broadcast, skipping what
 /// was already sent; a session that falls behind the broadcast re-reads from the feed.
 async fn session(
     node: Shared,
-    user: String,
+    who: Who,
     mut rooms: HashSet<String>,
     mut last: i64,
     mut rx: broadcast::Receiver<crate::chat_feed::FeedItem>,
@@ -508,7 +576,11 @@ async fn session(
     );
     // A client that takes in nothing for as long as a silent one may stay is gone too.
     let bound = every * tandem_topology::CHAT_SESSION_SILENT_PINGS;
-    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
+    if !catch_up(&node, &who.user, &mut rooms, &mut last, &mut socket, bound).await {
+        return;
+    }
+    if rooms.is_empty() {
+        send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
         return;
     }
     let ready = json!({ "type": "ready", "last_id": last }).to_string();
@@ -535,10 +607,22 @@ async fn session(
                 if !send_within(&mut socket, Message::Ping(Default::default()), bound).await {
                     return;
                 }
+                // A token that signs in no one any more (its user removed) ends the session;
+                // one that cannot be checked now (the users' database failing over) does not.
+                if let Err(e) = user_of_token(&node, &who.token).await
+                    && e.status == axum::http::StatusCode::UNAUTHORIZED
+                {
+                    let revoked = CloseFrame {
+                        code: close_code::POLICY,
+                        reason: "the token signs in no user any more".into(),
+                    };
+                    send_within(&mut socket, Message::Close(Some(revoked)), CLOSE_WAIT).await;
+                    return;
+                }
             }
             got = rx.recv() => match got {
                 Ok(crate::chat_feed::FeedItem::Resumed) => {
-                    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
+                    if !catch_up(&node, &who.user, &mut rooms, &mut last, &mut socket, bound).await {
                         return;
                     }
                 }
@@ -548,23 +632,13 @@ async fn session(
                         continue;
                     }
                     last = e.id;
-                    let leaving = e.kind == EventKind::MemberRemoved && e.subject.as_deref() == Some(user.as_str());
                     if !send_within(&mut socket, Message::Text(live.frame()), bound).await {
                         return;
                     }
-                    if leaving {
-                        let still = mgc::<Value>(&node, "chat.can_read", json!({ "user": user, "room": e.room })).await;
-                        if !matches!(still, Ok(v) if v["can_read"] == true) {
-                            rooms.remove(&e.room);
-                            if rooms.is_empty() {
-                                send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
-                                return;
-                            }
-                        }
-                    }
+                    recheck_access(&node, &who.user, &mut rooms, e).await;
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !catch_up(&node, &rooms, &mut last, &mut socket, bound).await {
+                    if !catch_up(&node, &who.user, &mut rooms, &mut last, &mut socket, bound).await {
                         return;
                     }
                 }
@@ -585,6 +659,11 @@ async fn session(
                 // Anything heard (a pong above all) says the client is there.
                 unanswered = 0;
             }
+        }
+        if rooms.is_empty() {
+            // No room left that the user may read.
+            send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
+            return;
         }
     }
 }
@@ -621,7 +700,8 @@ enum Stopped {
 /// one try, which the first failure stops.
 async fn catch_up_once(
     node: &Shared,
-    rooms: &HashSet<String>,
+    user: &str,
+    rooms: &mut HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
     bound: Duration,
@@ -641,6 +721,7 @@ async fn catch_up_once(
                 if !send_within(socket, m, bound).await {
                     return Err(Stopped::Socket);
                 }
+                recheck_access(node, user, rooms, &e).await;
             }
         }
     }
@@ -652,13 +733,14 @@ async fn catch_up_once(
 /// long as the client stays. False once the client is gone.
 async fn catch_up(
     node: &Shared,
-    rooms: &HashSet<String>,
+    user: &str,
+    rooms: &mut HashSet<String>,
     last: &mut i64,
     socket: &mut WebSocket,
     bound: Duration,
 ) -> bool {
     loop {
-        match catch_up_once(node, rooms, last, socket, bound).await {
+        match catch_up_once(node, user, rooms, last, socket, bound).await {
             Ok(()) => return true,
             Err(Stopped::Socket) => return false,
             Err(Stopped::Feed(e)) => {

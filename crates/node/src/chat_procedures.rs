@@ -65,6 +65,12 @@ struct RemoveMember {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ForgetUser {
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PostBatch {
     posts: Vec<Post>,
 }
@@ -222,6 +228,10 @@ pub(crate) fn run(db: &Database, p: &str, a: &Args) -> Result<Value, ApiError> {
             to(chat::add_member(
                 db, &a.user, &a.room, &a.member, a.manager,
             )?)
+        }
+        "chat.forget_user" => {
+            let a: ForgetUser = args(p, a)?;
+            Ok(json!({ "rooms": chat::forget_user(db, &a.member)? }))
         }
         "chat.remove_member" => {
             let a: RemoveMember = args(p, a)?;

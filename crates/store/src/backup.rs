@@ -181,9 +181,25 @@ fn parse_header(reader: &FileReader) -> Result<BackupFile> {
     let bad = |e: serde_json::Error| {
         StoreError::Corrupt(format!("{}: unreadable header: {e}", path.display()))
     };
+    let actual = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let file = if reader.magic == FULL_MAGIC {
+        let header: FullHeader = serde_json::from_slice(&reader.header_json).map_err(bad)?;
+        // Log shipping picks the newest full backup by its name: a name must tell the truth.
+        let expected = full_file_name(&header);
+        if actual != expected && actual.starts_with("full-") {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the name says one LSN, epoch or time but the header holds LSN {}, epoch {} \
+                 (expected name {expected})",
+                path.display(),
+                header.lsn,
+                header.epoch
+            )));
+        }
         BackupFile::Full {
-            header: serde_json::from_slice(&reader.header_json).map_err(bad)?,
+            header,
             path: path.clone(),
         }
     } else {
@@ -202,10 +218,6 @@ fn parse_header(reader: &FileReader) -> Result<BackupFile> {
         }
         // A file renamed or swapped with another is caught here, before anything is applied.
         let expected = log_file_name(header.first_lsn, header.last_lsn);
-        let actual = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         if actual != expected && actual.starts_with("log-") {
             return Err(StoreError::Corrupt(format!(
                 "{}: the name says one LSN range but the header holds LSN {}..={} (expected name {expected})",
@@ -342,6 +354,7 @@ pub fn full_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
 /// A full backup that starts no log chain: to seed a mirror or a replica.
 pub fn seed_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    crate::backup_file::clear_interrupted_backups(dir);
     // Unique per process, time and call: backups of several databases may share a directory.
     static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -45,9 +45,34 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io(dir, e))
 }
 
+/// Removes what backups into `dir` left when their process died: files being written
+/// (`.partial-PID-N`) and database snapshots (`.snapshot-PID-…`), which may be as large as the
+/// database. A running process's are left alone. Best effort.
+pub(crate) fn clear_interrupted_backups(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix(".partial-")
+            .or_else(|| name.strip_prefix(".snapshot-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !crate::restore::process_running(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl FileWriter {
     pub(crate) fn create(dir: &Path, magic: [u8; 8]) -> Result<FileWriter> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        clear_interrupted_backups(dir);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".partial-{}-{n}", std::process::id()));

@@ -502,6 +502,26 @@ fn lock_dir(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
+/// Refuses a directory whose database file is not a tandem database (another program's SQLite
+/// file, or no SQLite file at all), reading it only: nothing in `dir` changes.
+pub(crate) fn check_tandem_file(dir: &Path) -> Result<()> {
+    // SQLite's own errors keep their kind: a damaged file is damage (`is_page_damage`).
+    let conn = Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_tandem_state'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Err(StoreError::Invalid(format!(
+            "{} is not a tandem database: its {DB_FILE} is another program's SQLite file (no \
+             _tandem_state table)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Takes `dir`'s lock once no handle holds it, waiting up to `wait` for an open one to close:
 /// what replaces a copy's directory must not do so under a handle still open on it (SQLite
 /// opens a connection's WAL and shared memory by path, the first time it reads).
@@ -855,6 +875,9 @@ impl Database {
                 dir.display()
             )));
         }
+        // Before anything writes to the directory: a foreign SQLite file is left as it was
+        // (the writer's connection would switch it to WAL mode and add its files).
+        check_tandem_file(dir)?;
         let lock = lock_dir(dir)?;
         Self::open_locked(dir, lock, options)
     }
@@ -1468,7 +1491,11 @@ pub fn inspect(path: &Path) -> Result<(Identity, JournalStats, Vec<Consumer>)> {
         )));
     }
     let conn = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let state = read_state(&conn)?;
+    let state = read_state(&conn).map_err(|e| match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", path.display())),
+        StoreError::Invalid(m) => StoreError::Invalid(format!("{}: {m}", path.display())),
+        e => e,
+    })?;
     let consumers = journal::consumers(&conn)?;
     let stats = journal::stats(&conn)?;
     let _: Option<i64> = conn.query_row("SELECT 1", [], |r| r.get(0)).optional()?;

@@ -233,6 +233,27 @@ fn plan(
             )));
         }
     }
+    // Files wholly behind the start are not applied; one that ends at it must agree with it.
+    for f in files {
+        if let BackupFile::Log { path, header } = f
+            && header.last_lsn == start.lsn
+            && header.chain_after != start.chain
+        {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} ends at LSN {} with chain {}, but the {} has chain {} there: it \
+                 belongs to another history (or was altered)",
+                name(path),
+                header.last_lsn,
+                header.chain_after,
+                if existing.is_some() {
+                    "copy"
+                } else {
+                    "full backup"
+                },
+                start.chain
+            )));
+        }
+    }
     let mut logs: Vec<(&PathBuf, &LogHeader)> = files
         .iter()
         .filter_map(|f| match f {
@@ -247,7 +268,13 @@ fn plan(
     // True once a file holds a record past the stop point.
     let mut reached = false;
     for (path, h) in logs {
-        if past(h.first_lsn, h.first_time_ms) {
+        // The stop point lies before this file. It is reached only if nothing is missing
+        // before it: records of a missing log may lie before the stop point (the gap below).
+        let next_past = match stop {
+            Some(StopAt::Lsn(n)) => lsn >= n,
+            _ => h.first_lsn <= lsn + 1,
+        };
+        if past(h.first_lsn, h.first_time_ms) && next_past {
             reached = true;
             break;
         }
@@ -410,13 +437,7 @@ pub fn restore_new(
     options: &RestoreOptions,
     replace: bool,
 ) -> Result<RestoreReport> {
-    if target.exists() && !replace {
-        return Err(StoreError::Invalid(format!(
-            "{} exists: pass --replace to overwrite it (or restore only log backups into a \
-             restoring copy)",
-            target.display()
-        )));
-    }
+    check_target(target, inputs, replace)?;
     let files = collect(inputs)?;
     if files.is_empty() {
         return Err(none_found(inputs));
@@ -431,7 +452,8 @@ pub fn restore_new(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| StoreError::io(&parent, e))?;
+    // The directories made for the target's parent go again should the restore fail.
+    let made = Made::dirs(&parent)?;
     let leaf = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -481,10 +503,117 @@ pub fn restore_new(
         }
         Ok(r)
     });
-    if swapped.is_err() {
-        let _ = std::fs::remove_dir_all(&work);
+    match swapped {
+        Ok(r) => {
+            made.keep();
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            Err(e)
+        }
     }
-    swapped
+}
+
+/// What a new copy may be restored into: a path that does not exist, an empty directory, or
+/// — with `replace` — a directory holding a tandem database, none of whose backup files is
+/// inside it. Anything else is refused before a file is read: a restore never removes a
+/// directory that is not a database.
+fn check_target(target: &Path, inputs: &[PathBuf], replace: bool) -> Result<()> {
+    // `components` drops a trailing `.`: the text is looked at too.
+    let text = target.to_string_lossy();
+    let dots = [".", ".."]
+        .iter()
+        .any(|d| text == *d || text.ends_with(&format!("/{d}")));
+    if dots
+        || !matches!(
+            target.components().next_back(),
+            Some(std::path::Component::Normal(_))
+        )
+    {
+        return Err(StoreError::Invalid(format!(
+            "{}: name the directory to restore into by its own name (not ., .. or /)",
+            target.display()
+        )));
+    }
+    if !target.exists() {
+        return Ok(());
+    }
+    if !target.is_dir() {
+        return Err(StoreError::Invalid(format!(
+            "{} exists and is not a directory: a database is a directory; choose a new one",
+            target.display()
+        )));
+    }
+    let empty = std::fs::read_dir(target)
+        .map_err(|e| StoreError::io(target, e))?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(());
+    }
+    if !target.join(crate::database::DB_FILE).exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} exists and holds no tandem database: a restore replaces only a database; \
+             choose a new or an empty directory",
+            target.display()
+        )));
+    }
+    match crate::database::check_tandem_file(target) {
+        // A damaged copy is what a restore replaces.
+        Err(e) if !e.is_page_damage() => return Err(e),
+        _ => {}
+    }
+    if !replace {
+        return Err(StoreError::Invalid(format!(
+            "{} holds a database: pass --replace to overwrite it (or restore only log backups \
+             into a restoring copy)",
+            target.display()
+        )));
+    }
+    let inside = target
+        .canonicalize()
+        .map_err(|e| StoreError::io(target, e))?;
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|p| p.starts_with(&inside)) {
+            return Err(StoreError::Invalid(format!(
+                "{} is inside {}, which the restore would replace: move the backup files out \
+                 first",
+                input.display(),
+                target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Directories created for a path, removed again (if still empty) unless kept.
+struct Made(Vec<PathBuf>);
+
+impl Made {
+    /// Creates `dir` and its missing ancestors.
+    fn dirs(dir: &Path) -> Result<Made> {
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        Ok(Made(missing))
+    }
+
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        // Deepest first; one that something else filled meanwhile stays.
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// The kinds of directory a restore of `NAME` keeps beside it, as `.NAME.KIND-PID-N`: the copy
@@ -710,6 +839,21 @@ pub fn verify_chain(inputs: &[PathBuf]) -> Result<ChainReport> {
                 name(first_log),
                 fh.first_lsn,
                 fh.first_lsn - header.lsn - 1
+            )));
+        }
+        if let Some((log, lh)) = logs
+            .iter()
+            .find(|(_, h)| h.last_lsn > header.lsn && h.epoch < header.epoch)
+        {
+            return Err(StoreError::Sequence(format!(
+                "log backup {} is of epoch {} but full backup {} is at epoch {} (LSN {}): its \
+                 records past LSN {} belong to a history the full backup left",
+                name(log),
+                lh.epoch,
+                name(path),
+                header.epoch,
+                header.lsn,
+                header.lsn
             )));
         }
         if let Some(chain) = chain_in_logs(&logs, header.lsn)?

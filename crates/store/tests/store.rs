@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{SCHEMA, create, dump, post, post_concurrently};
+use common::{SCHEMA, backup_dir_with_writes, create, dump, logs_in, post, post_concurrently};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -488,22 +488,6 @@ fn a_copy_keeps_what_its_primary_keeps_and_forgets_its_own_old_cursors() {
     copy.integrity_check().unwrap();
 }
 
-fn backup_dir_with_writes(t: &tempfile::TempDir) -> (Database, PathBuf) {
-    let db = create(&t.path().join("p"));
-    for i in 0..40 {
-        post(&db, 1, &format!("before full {i}")).unwrap();
-    }
-    let backups = t.path().join("backups");
-    full_backup(&db, &backups).unwrap();
-    for round in 0..3 {
-        for i in 0..25 {
-            post(&db, 2, &format!("round {round} {i}")).unwrap();
-        }
-        assert_eq!(log_backup(&db, &backups).unwrap().len(), 1);
-    }
-    (db, backups)
-}
-
 #[test]
 fn full_and_log_backups_restore_to_the_same_lsn_and_chain() {
     let t = tempfile::tempdir().unwrap();
@@ -771,16 +755,6 @@ fn a_copy_past_the_stop_point_is_refused_and_left_as_it_was() {
         (after.lsn, after.role, after.epoch),
         (before.lsn, before.role, before.epoch)
     );
-}
-
-fn logs_in(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tlb"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tandem_store::{Database, Migration, Options, StoreError, Tx, Value};
 
 /// A schema like chat's: a table with an integer key, one with a composite key, and an FTS5
@@ -120,4 +120,34 @@ pub fn dump_conn(conn: &Connection) -> Vec<String> {
         out.extend(rows);
     }
     out
+}
+
+/// A primary in `t/p` with 40 posts, a full backup in `t/backups`, then three rounds of 25 posts
+/// each followed by a log backup.
+pub fn backup_dir_with_writes(t: &tempfile::TempDir) -> (Database, PathBuf) {
+    use tandem_store::{full_backup, log_backup};
+    let db = create(&t.path().join("p"));
+    for i in 0..40 {
+        post(&db, 1, &format!("before full {i}")).unwrap();
+    }
+    let backups = t.path().join("backups");
+    full_backup(&db, &backups).unwrap();
+    for round in 0..3 {
+        for i in 0..25 {
+            post(&db, 2, &format!("round {round} {i}")).unwrap();
+        }
+        assert_eq!(log_backup(&db, &backups).unwrap().len(), 1);
+    }
+    (db, backups)
+}
+
+/// The log backups in `dir`, in LSN order.
+pub fn logs_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tlb"))
+        .collect();
+    v.sort();
+    v
 }
