@@ -165,14 +165,13 @@ impl<'a> Runbook<'a> {
     /// topology changed since: a step's number now names another step, and skipping it by its
     /// number would skip what never ran).
     fn foreign_run(&self, state: &RunState) -> Option<String> {
-        let differs = state.steps.iter().find(|r| {
-            self.steps
-                .get(r.step.wrapping_sub(1))
-                .is_none_or(|s| s.title != r.title)
-        })?;
-        let now = self
+        // Steps are numbered from 1.
+        let planned = |n: usize| n.checked_sub(1).and_then(|i| self.steps.get(i));
+        let differs = state
             .steps
-            .get(differs.step.wrapping_sub(1))
+            .iter()
+            .find(|r| planned(r.step).is_none_or(|s| s.title != r.title))?;
+        let now = planned(differs.step)
             .map_or("no such step".to_string(), |s| format!("\"{}\"", s.title));
         Some(format!(
             "run {} of {} was made for another plan: its step {} was \"{}\", the plan's is now {now} \

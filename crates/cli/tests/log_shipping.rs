@@ -217,18 +217,20 @@ fn range(p: &Path) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-/// `db log-shipping configure` of `mgc` to `dal-db1` with `options`: its JSON report.
+/// `db log-shipping configure` of `mgc` to `dal-db1`.
+const CONFIGURE_MGC: [&str; 7] = [
+    "db",
+    "log-shipping",
+    "configure",
+    "--db",
+    "mgc",
+    "--secondary",
+    "dal-db1",
+];
+
+/// `CONFIGURE_MGC` with `options`: its JSON report.
 fn configure_mgc(d: &Deployment, options: &[&str]) -> Value {
-    let base = [
-        "db",
-        "log-shipping",
-        "configure",
-        "--db",
-        "mgc",
-        "--secondary",
-        "dal-db1",
-    ];
-    json(&d.dir, &[&base[..], options].concat())
+    json(&d.dir, &[&CONFIGURE_MGC[..], options].concat())
 }
 
 #[test]
@@ -896,18 +898,7 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     // Asked of atl-db1, still primary of epoch 1 until it sees dal-db1's epoch 2 (it checks
     // twice a second) and steps down: either it refuses a secondary not older than itself, or
     // it already stepped down and refuses any configuration.
-    d.refused_with(
-        &[
-            "db",
-            "log-shipping",
-            "configure",
-            "--db",
-            "mgc",
-            "--secondary",
-            "dal-db1",
-        ],
-        &["not older than", "ask its primary"],
-    );
+    d.refused_with(&CONFIGURE_MGC, &["not older than", "ask its primary"]);
     let h = d.history_on("dal-db1");
     assert!(h.iter().any(|(_, t, _)| t == "kept 4"), "{h:?}");
     assert!(!h.iter().any(|(_, t, _)| t.starts_with("after the restore")));

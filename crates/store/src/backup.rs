@@ -354,7 +354,6 @@ pub fn full_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
 /// A full backup that starts no log chain: to seed a mirror or a replica.
 pub fn seed_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    crate::backup_file::clear_interrupted_backups(dir);
     // Unique per process, time and call: backups of several databases may share a directory.
     static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

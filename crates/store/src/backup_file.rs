@@ -47,8 +47,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Removes what backups into `dir` left when their process died: files being written
 /// (`.partial-PID-N`) and database snapshots (`.snapshot-PID-…`), which may be as large as the
-/// database. A running process's are left alone. Best effort.
+/// database. A running process's are left alone. Once per directory and process: a log
+/// shipping job backs up into its share every second, and what a process finds dead at its
+/// first backup there stays dead. Best effort.
 pub(crate) fn clear_interrupted_backups(dir: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut swept = SWEPT.lock().expect("swept directories");
+        if swept.iter().any(|d| d == dir) {
+            return;
+        }
+        swept.push(dir.to_path_buf());
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

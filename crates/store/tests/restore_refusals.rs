@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{backup_dir_with_writes, create, dump, logs_in, post};
+use common::{backup_dir_with_writes, create, dump, files_in, logs_in, post};
 use std::path::{Path, PathBuf};
 use tandem_store::*;
 
@@ -146,11 +146,7 @@ fn a_stop_point_beyond_a_missing_log_is_a_gap_not_a_recovery() {
     let logs = logs_in(&backups);
     let missing = log_header(&logs[1]);
     std::fs::remove_file(&logs[1]).unwrap();
-    let full: Vec<PathBuf> = std::fs::read_dir(&backups)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tfb"))
-        .collect();
+    let full = files_in(&backups, "tfb");
     let from: Vec<PathBuf> = full
         .iter()
         .chain(&[logs[0].clone(), logs[2].clone()])
@@ -281,11 +277,7 @@ fn a_log_ending_where_the_copy_is_must_agree_with_it() {
 fn a_full_backup_under_another_name_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let (_db, backups) = backup_dir_with_writes(&t);
-    let full = std::fs::read_dir(&backups)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "tfb"))
-        .unwrap();
+    let full = files_in(&backups, "tfb").remove(0);
     let renamed = t.path().join("full-00000000000003e8-e1-1796658133380.tfb");
     std::fs::copy(&full, &renamed).unwrap();
     let e = verify_chain(std::slice::from_ref(&renamed))

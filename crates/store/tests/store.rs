@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{SCHEMA, backup_dir_with_writes, create, dump, logs_in, post, post_concurrently};
+use common::{
+    SCHEMA, backup_dir_with_writes, create, dump, files_in, logs_in, post, post_concurrently,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -820,13 +822,7 @@ fn restore_refuses_files_of_another_database() {
     post(&other, 1, "y").unwrap();
     let foreign = log_backup(&other, &other_dir).unwrap().remove(0);
     let mut inputs = logs_in(&backups);
-    inputs.push(
-        std::fs::read_dir(&backups)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().unwrap() == "tfb")
-            .unwrap(),
-    );
+    inputs.push(files_in(&backups, "tfb").remove(0));
     inputs.push(foreign.path().to_path_buf());
     let e = restore_new(
         &t.path().join("r"),

@@ -141,13 +141,18 @@ pub fn backup_dir_with_writes(t: &tempfile::TempDir) -> (Database, PathBuf) {
     (db, backups)
 }
 
-/// The log backups in `dir`, in LSN order.
-pub fn logs_in(dir: &std::path::Path) -> Vec<PathBuf> {
+/// The backup files in `dir` with extension `ext` (`tlb`, `tfb`), sorted by name: in LSN order.
+pub fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tlb"))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
     v.sort();
     v
+}
+
+/// The log backups in `dir`, in LSN order.
+pub fn logs_in(dir: &Path) -> Vec<PathBuf> {
+    files_in(dir, "tlb")
 }
