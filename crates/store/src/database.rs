@@ -505,13 +505,19 @@ fn lock_dir(dir: &Path) -> Result<File> {
 /// Refuses a directory whose database file is not a tandem database (another program's SQLite
 /// file, or no SQLite file at all), reading it only: nothing in `dir` changes.
 pub(crate) fn check_tandem_file(dir: &Path) -> Result<()> {
-    // SQLite's own errors keep their kind: a damaged file is damage (`is_page_damage`).
-    let conn = Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let tables: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_tandem_state'",
-        [],
-        |r| r.get(0),
-    )?;
+    // A damaged file is damage (`is_damage`), whatever SQLite's error says.
+    let tables: i64 = Connection::open_with_flags(
+        dir.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|conn| {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_tandem_state'",
+            [],
+            |r| r.get(0),
+        )
+    })
+    .map_err(|e| damage_behind(dir, e.into()))?;
     if tables == 0 {
         return Err(StoreError::Invalid(format!(
             "{} is not a tandem database: its {DB_FILE} is another program's SQLite file (no \
@@ -520,6 +526,50 @@ pub(crate) fn check_tandem_file(dir: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What an open's failure `e` is: damage when SQLite's own check of the file finds any. A
+/// damaged page does not always read as damage: a length field flipped reads as a value too
+/// big (`SQLITE_TOOBIG`), a page number as out of range. The check runs on a failed open
+/// alone, read-only.
+fn damage_behind(dir: &Path, e: StoreError) -> StoreError {
+    let StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = &e else {
+        return e;
+    };
+    if e.is_page_damage()
+        || matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy
+                | rusqlite::ErrorCode::DatabaseLocked
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::PermissionDenied
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::OutOfMemory
+        )
+    {
+        return e;
+    }
+    match first_problem(&dir.join(DB_FILE)) {
+        Some(problem) => StoreError::Corrupt(format!(
+            "{} is damaged: {problem} (opening it: {e})",
+            dir.display()
+        )),
+        None => e,
+    }
+}
+
+/// The first problem SQLite's `quick_check` finds in `file`, read-only; `None` when it finds
+/// none or cannot run.
+fn first_problem(file: &Path) -> Option<String> {
+    let conn = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    match conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0)) {
+        Ok(first) if first == "ok" => None,
+        Ok(first) => Some(first),
+        // The check itself met the damage.
+        Err(e) => Some(StoreError::from(e).to_string()),
+    }
 }
 
 /// Takes `dir`'s lock once no handle holds it, waiting up to `wait` for an open one to close:
@@ -877,9 +927,10 @@ impl Database {
         }
         // Before anything writes to the directory: a foreign SQLite file is left as it was
         // (the writer's connection would switch it to WAL mode and add its files).
-        check_tandem_file(dir)?;
-        let lock = lock_dir(dir)?;
-        Self::open_locked(dir, lock, options)
+        let opened = check_tandem_file(dir)
+            .and_then(|()| lock_dir(dir))
+            .and_then(|lock| Self::open_locked(dir, lock, options));
+        opened.map_err(|e| damage_behind(dir, e))
     }
 
     fn open_locked(dir: &Path, lock: File, options: Options) -> Result<Database> {
@@ -1575,5 +1626,50 @@ mod tests {
             )
             .unwrap();
         assert_eq!(version, FORMAT_VERSION);
+    }
+
+    /// A failed open whose error does not say "damage" (a flipped length field reads as a value
+    /// too big) is damage when SQLite's check of the file finds some; on a sound file, or for a
+    /// failing system, the error stays what it was.
+    #[test]
+    fn an_open_failing_on_a_damaged_file_says_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("db");
+        let db = Database::create(&dir, "d", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        for i in 0..400i64 {
+            let v = format!("row {i} {}", "v".repeat(200));
+            db.write(move |tx| tx.insert("t", vec![Value::Integer(i), Value::Text(v.clone())]))
+                .unwrap();
+        }
+        drop(db);
+        let failure = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some("string or blob too big".into()),
+            ))
+        };
+        let e = damage_behind(&dir, failure(rusqlite::ffi::SQLITE_TOOBIG));
+        assert!(!e.is_damage(), "a sound file: {e}");
+        let file = dir.join(DB_FILE);
+        let c = Connection::open(&file).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(c);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2 / 4096 * 4096;
+        for b in &mut bytes[middle + 8..middle + 4096] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let e = damage_behind(&dir, failure(rusqlite::ffi::SQLITE_TOOBIG));
+        assert!(e.is_damage(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("is damaged: ") && text.contains("too big"),
+            "{text}"
+        );
+        let e = damage_behind(&dir, failure(rusqlite::ffi::SQLITE_IOERR));
+        assert!(!e.is_damage(), "a failing system is not damage: {e}");
     }
 }

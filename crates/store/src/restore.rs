@@ -561,7 +561,7 @@ fn check_target(target: &Path, inputs: &[PathBuf], replace: bool) -> Result<()> 
     }
     match crate::database::check_tandem_file(target) {
         // A damaged copy is what a restore replaces.
-        Err(e) if !e.is_page_damage() => return Err(e),
+        Err(e) if !e.is_damage() => return Err(e),
         _ => {}
     }
     if !replace {
