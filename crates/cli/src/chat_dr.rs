@@ -55,12 +55,7 @@ fn room_for_two_full_backups(
 /// Refuses when the primary site's copy of mgc (its primary or its mirror) is a writable
 /// primary: a failover then loses what log shipping has not carried yet.
 fn healthy_primary_site(d: &Deployment, p: &Places) -> anyhow::Result<()> {
-    let healthy = [Some(p.primary.clone()), p.mirror.clone()]
-        .into_iter()
-        .flatten()
-        .filter_map(|n| role(d, &n).map(|r| (n, r)))
-        .find(|(_, r)| r.role == "primary" && r.writable);
-    if let Some((n, r)) = healthy {
+    if let Some((n, r)) = writable_primary_site(d, p) {
         bail!(
             "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway",
             p.primary_site,
@@ -68,6 +63,51 @@ fn healthy_primary_site(d: &Deployment, p: &Places) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The primary site's copy of mgc (its primary or its mirror) that answers as a writable
+/// primary, if one does.
+fn writable_primary_site(d: &Deployment, p: &Places) -> Option<(String, tandem_node::CopyRole)> {
+    [Some(p.primary.clone()), p.mirror.clone()]
+        .into_iter()
+        .flatten()
+        .filter_map(|n| role(d, &n).map(|r| (n, r)))
+        .find(|(_, r)| r.role == "primary" && r.writable)
+}
+
+/// A drill (the primary site answers; the failover forced): the primary there stops taking
+/// writes and what it acknowledged goes to the share, before log shipping stops — else every
+/// post acknowledged there during the run would be lost. Null when no copy there answers as a
+/// writable primary (the site is lost: what log shipping carried is what the failover
+/// recovers).
+fn last_log_backup(d: &Deployment, p: &Places) -> anyhow::Result<Value> {
+    let Some((node, _)) = writable_primary_site(d, p) else {
+        return Ok(Value::Null);
+    };
+    let paused = pause(
+        d,
+        &node,
+        Some(&format!(
+            "the chat pool is failing over to {}: post through its chat servers",
+            p.backup
+        )),
+    )?;
+    if paused["settled"] != json!(true) {
+        bail!(
+            "{node} is paused at LSN {}, but its records up to it are not all acknowledged yet \
+             (acknowledged: LSN {}; its mirror slow?): run the failover again",
+            paused["lsn"],
+            paused["durable_lsn"]
+        );
+    }
+    let mut report = json!({ "paused": node, "lsn": paused["lsn"] });
+    if share_present(&d.topology.share).is_ok() {
+        report["backup"] = command(
+            d,
+            &["db", "backup", "--db", "mgc", "--instance", &node, "--log"],
+        )?;
+    }
+    Ok(report)
 }
 
 fn places(t: &Topology) -> anyhow::Result<Places> {
@@ -295,23 +335,29 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
     let mut steps: Vec<Step> = Vec::new();
     let recovered = |d: &Deployment| role(d, &p.backup).filter(|r| r.role == "primary");
     steps.push(Step {
-        title: format!("stop log shipping to {backup}"),
+        title: format!(
+            "stop log shipping to {backup} (the primary site's primary, if one answers, paused \
+             and its last log backup taken first)"
+        ),
         command: "tandem db log-shipping remove-secondary --db mgc".into(),
         check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
         // The share may be lost with the primary site: the configuration on it cannot change,
         // and the secondary's jobs, which read it there, do nothing meanwhile.
         run: Box::new(|_| {
+            let last = last_log_backup(d, &p)?;
             if let Err(why) = share_present(&d.topology.share) {
                 return Ok(json!({
+                    "last_log_backup": last,
                     "skipped": format!(
                         "{why}: its configuration cannot change, and {backup}'s jobs wait for it"
                     ),
                 }));
             }
-            command(
+            let removed = command(
                 d,
                 &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
-            )
+            )?;
+            Ok(json!({ "last_log_backup": last, "removed": removed }))
         }),
         verify: false,
     });

@@ -664,9 +664,31 @@ fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
         dry["plan"][3]["command"], "tandem db recover --db mgc --instance dal-db1 --force",
         "{dry}"
     );
+    // Posts go on through atl-fe during the drill: atl-db1 is paused and its last log backup
+    // shipped first, so every one it acknowledged is in dal (until session 32 those
+    // acknowledged after step 1 were lost).
+    let load = common::Load::start(&d.address("atl-fe"), &token, 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.count() < 100 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let r = json(&d.dir, &["chat", "failover", "--force"]);
+    let acked = load.stop();
     assert_eq!(r["new_primary"], "dal-db1", "{r}");
     assert_eq!(d.mgc_copy("dal-db1")["role"], "primary");
+    let first = &r["run"]["steps"][0]["report"]["last_log_backup"];
+    assert_eq!(first["paused"], "atl-db1", "{r}");
+    let h = history(&d.address("dal-fe"), &token);
+    for (a, _) in &acked {
+        assert!(
+            h.contains(&(a.id, a.text.clone())),
+            "{} ({}, LSN {}) acknowledged through atl-fe, lost in the drill; {r}",
+            a.text,
+            a.id,
+            a.lsn
+        );
+    }
     // atl-db1 sees the newer epoch and steps down: one primary.
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.mgc_copy("atl-db1")["role"] == "primary" {

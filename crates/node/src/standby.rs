@@ -523,7 +523,12 @@ pub(crate) struct Pause {
     reason: Option<String>,
 }
 
+/// How long a pause waits for what was committed before it to be acknowledged.
+const PAUSE_SETTLE: Duration = Duration::from_secs(10);
+
 /// `POST /internal/v1/db/{db}/pause`: new writes refused with the reason (or accepted again).
+/// A pause answers once no write taken before it can still commit, and what was committed is
+/// acknowledged (`settled`): a backup taken then holds every write ever acknowledged here.
 pub(crate) async fn pause(
     State(node): State<Shared>,
     Path(database): Path<String>,
@@ -532,11 +537,32 @@ pub(crate) async fn pause(
     let Json(p) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     db.gate().pause_writes(p.reason.as_deref());
+    let settled = match p.reason {
+        Some(_) if db.identity().role == Role::Primary => settle(&db).await,
+        _ => true,
+    };
     let id = db.identity();
     Ok(Json(json!({
         "node": node.name, "database": database, "paused": p.reason.is_some(),
         "role": id.role, "epoch": id.epoch, "lsn": id.lsn, "last_time_ms": id.last_time_ms,
+        "durable_lsn": db.durable_lsn(), "settled": settled,
     })))
+}
+
+/// Waits, on a primary just paused, until the writer has finished every transaction it took
+/// before the pause (a write queued after them is refused: the one writer takes them in
+/// order) and every record committed is acknowledged (on disk, and on a synchronous mirror),
+/// up to `PAUSE_SETTLE`. False when the records are not all acknowledged by then: some may
+/// still be, later.
+async fn settle(db: &Database) -> bool {
+    let _ = db
+        .write_async(|_| Err::<(), _>(tandem_store::StoreError::Invalid("a barrier".into())))
+        .await;
+    let lsn = db.identity().lsn;
+    let mut acked = db.subscribe();
+    tokio::time::timeout(PAUSE_SETTLE, acked.wait_for(|&a| a >= lsn))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 #[derive(Deserialize)]

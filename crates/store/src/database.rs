@@ -506,18 +506,16 @@ fn lock_dir(dir: &Path) -> Result<File> {
 /// file, or no SQLite file at all), reading it only: nothing in `dir` changes.
 pub(crate) fn check_tandem_file(dir: &Path) -> Result<()> {
     // A damaged file is damage (`is_damage`), whatever SQLite's error says.
-    let tables: i64 = Connection::open_with_flags(
-        dir.join(DB_FILE),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .and_then(|conn| {
-        conn.query_row(
+    let tables: i64 =
+        Connection::open_with_flags(dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|conn| {
+                conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_tandem_state'",
             [],
             |r| r.get(0),
         )
-    })
-    .map_err(|e| damage_behind(dir, e.into()))?;
+            })
+            .map_err(|e| damage_behind(dir, e.into()))?;
     if tables == 0 {
         return Err(StoreError::Invalid(format!(
             "{} is not a tandem database: its {DB_FILE} is another program's SQLite file (no \
