@@ -750,16 +750,28 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             ),
             None if mirror_primary() => bail!(
                 "{} does not answer, and the failed-over data is on its mirror {}, primary now: \
-                 start {} (`tandem up --detach`), which rejoins as its mirror, and run the \
-                 failback again",
+                 {} (it rejoins as its mirror), and run the failback again",
                 p.backup,
                 p.backup_mirror.as_deref().unwrap_or("-"),
-                p.backup
+                d.revive_advice(&p.backup)
             ),
             None => bail!(
-                "{} does not answer: its mgc holds the failed-over data",
-                p.backup
+                "{} does not answer: its mgc holds the failed-over data; {}",
+                p.backup,
+                d.revive_advice(&p.backup)
             ),
+        }
+        // Step 3 removes mirroring on the backup site's copies: a mirror node that accepts
+        // connections and does not answer (stopped, hung) would hold it there, the active
+        // servers cleared. One that is gone is done without (the step says what is left).
+        if let Some(bm) = &p.backup_mirror
+            && matches!(role_or_why(d, bm), Err(NoRole::Silent { lost: false }))
+        {
+            bail!(
+                "{bm}, the backup site's mirror of mgc, accepts connections but does not \
+                 answer: {}, and run the failback again",
+                d.revive_advice(bm)
+            );
         }
         // A copy being reseeded from the backup site (a restarted site's copies are) is closed
         // for a moment: it is waited for, up to `COPY_BACK_WAIT`, but not by a dry run.
@@ -802,9 +814,10 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             && let Err(NoRole::Silent { .. }) = role_or_why(d, m)
         {
             bail!(
-                "{m}, the mirror in the primary site {}, does not answer: start it (`tandem up \
-                 --detach --nodes {m}`) and run the failback again",
-                p.primary_site
+                "{m}, the mirror in the primary site {}, does not answer: {}, and run the \
+                 failback again",
+                p.primary_site,
+                d.revive_advice(m)
             );
         }
         // ... and that mirror synchronizes only with its site's witness: one that does not
@@ -820,9 +833,9 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             {
                 bail!(
                     "{w}, the witness of the primary site {}, does not answer: the mirror \
-                     installed there needs it; start it (`tandem up --detach --nodes {w}`) and \
-                     run the failback again",
-                    p.primary_site
+                     installed there needs it; {}, and run the failback again",
+                    p.primary_site,
+                    d.revive_advice(w)
                 );
             }
         }

@@ -118,6 +118,22 @@ impl Deployment {
         is_node_process(pid, node).then_some(pid)
     }
 
+    /// What brings back `node`, which does not answer: started when its process is gone;
+    /// continued when it is stopped (SIGSTOP, a debugger); restarted when it runs but does not
+    /// answer (`tandem up` refuses a node already running).
+    pub fn revive_advice(&self, node: &str) -> String {
+        match self.running_pid(node) {
+            None => format!("start it (`tandem up --detach --nodes {node}`)"),
+            Some(pid) if process_stopped(pid) => {
+                format!("its process (pid {pid}) is stopped: continue it (`kill -CONT {pid}`)")
+            }
+            Some(pid) => format!(
+                "its process (pid {pid}) runs but does not answer: restart it (`tandem down \
+                 --nodes {node}`, then `tandem up --detach --nodes {node}`)"
+            ),
+        }
+    }
+
     fn tokens_file(&self) -> PathBuf {
         self.dir().join(".tandem").join("tokens.json")
     }
@@ -169,6 +185,17 @@ pub fn is_node_process(pid: i32, node: &str) -> bool {
         && args
             .windows(2)
             .any(|w| w[0] == b"--node" && w[1] == node.as_bytes())
+}
+
+/// True when the process is stopped by a signal (SIGSTOP) or traced (its state in
+/// `/proc/PID/stat`: `T` or `t`).
+pub fn process_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }
 
 /// True when the process exists and has not exited (a zombie has exited).
@@ -250,5 +277,34 @@ pub fn try_lock(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_process_is_told_from_a_running_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let state_is = |stopped: bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while process_stopped(pid) != stopped {
+                assert!(std::time::Instant::now() < deadline, "stopped: {stopped}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        state_is(false);
+        signal(pid, libc::SIGSTOP);
+        state_is(true);
+        signal(pid, libc::SIGCONT);
+        state_is(false);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!process_stopped(pid));
     }
 }

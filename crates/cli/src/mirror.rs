@@ -141,11 +141,10 @@ fn install(
         // primary alone leaves it serving unprotected, with a mirror that never comes.
         if !client.healthy(&m.address, STATUS_TIMEOUT).await {
             bail!(
-                "{} does not answer at {}: start it (`tandem up --detach --nodes {}`) and run \
-                 the install again; nothing was changed",
+                "{} does not answer at {}: {}, and run the install again; nothing was changed",
                 m.name,
                 m.address,
-                m.name
+                d.revive_advice(&m.name)
             );
         }
         for (node, partner) in [(&p, &m), (&m, &p)] {

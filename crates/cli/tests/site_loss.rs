@@ -573,6 +573,20 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
         (&serde_json::json!(false), &serde_json::json!(true)),
         "{line}"
     );
+    // Run again while it is still stopped: step 6 fails, and says what brings the node back
+    // (until session 32 it said `tandem up`, which refuses a node already running).
+    let out = tandem(&d.dir, &["chat", "failover"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "dal-db2 does not answer at {}: its process (pid {dal_db2}) is stopped: continue it \
+             (`kill -CONT {dal_db2}`)",
+            d.address("dal-db2")
+        )),
+        "{err}"
+    );
+    // SAFETY: a node this test started.
     unsafe { libc::kill(dal_db2, libc::SIGCONT) };
     assert!(
         d.dir.join(".tandem/runs/chat-failover.json").exists(),
@@ -594,7 +608,7 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
     let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
     let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(last["result"], "ok", "{last}");
-    assert_eq!(last["resumed"], 1, "{last}");
+    assert_eq!(last["resumed"], 2, "{last}");
     let h = history(&d.address("dal-fe"), &token);
     for (id, _, text) in &before {
         assert!(h.contains(&(*id, text.clone())), "{text} lost");
