@@ -68,8 +68,8 @@ pub enum ChatCommand {
         /// Print the plan and the preconditions; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Fail over even though the primary site answers (what log shipping has not carried
-        /// yet is lost).
+        /// Fail over even though the primary site answers (a drill): its primary is paused
+        /// and its last log backup shipped first, so nothing it acknowledged is lost.
         #[arg(long)]
         force: bool,
     },
@@ -100,6 +100,10 @@ pub enum StateAction {
     Set {
         #[arg(value_parser = ["normal", "failed-over"])]
         state: String,
+        /// Set it even though no copy of mgc in that state's site answers as a writable
+        /// primary (its chat servers then refuse every post until one does).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -392,7 +396,10 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
         ChatCommand::State { action } => {
             let change = match action {
                 StateAction::Show => None,
-                StateAction::Set { state } => {
+                StateAction::Set { state, force } => {
+                    if !force {
+                        crate::chat_dr::state_has_a_primary(d, &state)?;
+                    }
                     Some(("cms.set_chat_state", json!({ "state": state })))
                 }
             };

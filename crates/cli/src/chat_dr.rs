@@ -57,7 +57,7 @@ fn room_for_two_full_backups(
 fn healthy_primary_site(d: &Deployment, p: &Places) -> anyhow::Result<()> {
     if let Some((n, r)) = writable_primary_site(d, p) {
         bail!(
-            "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway",
+            "the primary site {} is healthy ({n} is primary of mgc, epoch {}): a failover would lose what log shipping has not carried yet; pass --force to fail over anyway (a drill: its primary is paused and its last writes shipped first)",
             p.primary_site,
             r.epoch
         );
@@ -108,6 +108,49 @@ fn last_log_backup(d: &Deployment, p: &Places) -> anyhow::Result<Value> {
         )?;
     }
     Ok(report)
+}
+
+/// Refuses to set the chat pool `state` (`normal`, `failed-over`) when no copy of mgc in its
+/// site (the primary and its mirror, or the backup and its mirror) answers as a writable
+/// primary: its chat servers would refuse every post. The procedures set it once one does.
+pub fn state_has_a_primary(d: &Deployment, state: &str) -> anyhow::Result<()> {
+    let p = places(&d.topology)?;
+    let (copies, site) = match state {
+        "failed-over" => (
+            [Some(p.backup.clone()), p.backup_mirror.clone()],
+            d.topology
+                .site_of(&p.backup)
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ => (
+            [Some(p.primary.clone()), p.mirror.clone()],
+            p.primary_site.clone(),
+        ),
+    };
+    let seen: Vec<String> = copies
+        .iter()
+        .flatten()
+        .map(|n| match role(d, n) {
+            Some(r) if r.role == "primary" && r.writable => None,
+            Some(r) => Some(format!("{n}: {}", r.role)),
+            None => Some(format!("{n}: no answer")),
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    if seen.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "no copy of mgc in {site} is a writable primary ({}): the chat pool {state} would refuse \
+         every post; `tandem chat {}` does every step, or pass --force",
+        seen.join("; "),
+        if state == "failed-over" {
+            "failover"
+        } else {
+            "failback"
+        }
+    )
 }
 
 fn places(t: &Topology) -> anyhow::Result<Places> {

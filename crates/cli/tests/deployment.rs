@@ -448,15 +448,22 @@ fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_s
         state(&json(&d.dir, &["chat", "state", "show"])),
         ("normal".into(), serde_json::json!(["atl-fe"]))
     );
-    // Failing over while atl-fe is active would leave it outside the backup's site.
+    // dal-db1 is not up: failed over, the pool would have no copy of mgc to write to.
     let err = fails(&["chat", "state", "set", "failed-over"]);
+    assert!(
+        err.contains("no copy of mgc in dal is a writable primary (dal-db1: no answer")
+            && err.contains("tandem chat failover"),
+        "{err}"
+    );
+    // Forced, it is still refused while atl-fe is active: it would be outside the backup's site.
+    let err = fails(&["chat", "state", "set", "failed-over", "--force"]);
     assert!(
         err.contains("atl-fe") && err.contains("active-servers clear"),
         "{err}"
     );
     // The seed's order: clear, set the state, then the servers of the new site.
     ok(&d.dir, &["chat", "active-servers", "clear"]);
-    ok(&d.dir, &["chat", "state", "set", "failed-over"]);
+    ok(&d.dir, &["chat", "state", "set", "failed-over", "--force"]);
     let err = fails(&["chat", "active-servers", "set", "atl-fe"]);
     assert!(err.contains("site"), "{err}");
     let s = json(&d.dir, &["chat", "active-servers", "set", "dal-fe"]);
