@@ -709,9 +709,24 @@ fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
         assert!(Instant::now() < deadline, "atl-db1 is still primary");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Failed over, mgc has no copy in another site: dal-db1's status says so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = d.mgc_copy("dal-db1");
+        if c["warnings"].as_array().unwrap().iter().any(|w| {
+            w.as_str()
+                .unwrap()
+                .starts_with("log shipping has no secondary")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning: {c}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dal_fe = d.address("dal-fe");
     let during = post_n(&dal_fe, &token, "during", 3);
     ok(&d.dir, &["chat", "failback"]);
+    assert_eq!(d.mgc_copy("atl-db1")["warnings"], serde_json::json!([]));
     let h = history(&d.address("atl-fe"), &token);
     for (id, _, text) in before.iter().chain(&during) {
         assert!(h.contains(&(*id, text.clone())), "{text} lost");

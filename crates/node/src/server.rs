@@ -169,6 +169,11 @@ impl NodeState {
                         d.replicas = self.standby.replicas(&d.database);
                     }
                     d.log_shipping = self.log_shipping.status(&d.database);
+                    if d.role.as_deref() == Some("primary")
+                        && let Some(w) = d.log_shipping.as_ref().and_then(|l| l.unshipped.clone())
+                    {
+                        d.warnings.push(w);
+                    }
                     // A secondary's jobs say something from their first round on; before it,
                     // the topology's backup copy is taken for the secondary it is by default.
                     let applying = d.mirroring.is_some()

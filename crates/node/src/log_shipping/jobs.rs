@@ -116,6 +116,13 @@ pub(super) async fn backup_tick(node: &Shared, database: &str, config: Option<&C
     let Some(db) = node.local_primary(database) else {
         return;
     };
+    let unshipped = config.filter(|c| c.secondary.is_none()).map(|_| {
+        format!(
+            "log shipping has no secondary: no copy of {database} in another site follows this \
+             primary, and losing its site loses the database (`tandem db log-shipping \
+             configure --db {database} --secondary NODE`; `tandem chat failback` does it for mgc)"
+        )
+    });
     if config.is_some_and(|c| c.primary_site != node.me().site) {
         node.log_shipping.update(database, |s| {
             // A recovered secondary's copy and restore jobs ended with its recovery.
@@ -126,9 +133,12 @@ pub(super) async fn backup_tick(node: &Shared, database: &str, config: Option<&C
                     c.primary_site
                 )
             });
+            s.unshipped = unshipped;
         });
         return;
     }
+    node.log_shipping
+        .update(database, |s| s.unshipped = unshipped.clone());
     let jobs = node.log_shipping.jobs(database);
     let retention = {
         let mut j = jobs.lock().expect("jobs lock");

@@ -212,6 +212,9 @@ pub struct CopyJobs {
     pub restore: Option<JobStatus>,
     /// A condition of the jobs: stale primary, seeding, not the secondary, …
     pub state: Option<String>,
+    /// On a primary: log shipping has no secondary, so no copy in another site follows it.
+    #[serde(default)]
+    pub unshipped: Option<String>,
 }
 
 #[derive(Default)]
@@ -251,8 +254,12 @@ impl LogShipping {
             .get(database)
             .cloned()?;
         let s = jobs.lock().expect("jobs lock").status.clone();
-        (s.backup.is_some() || s.copy.is_some() || s.restore.is_some() || s.state.is_some())
-            .then_some(s)
+        (s.backup.is_some()
+            || s.copy.is_some()
+            || s.restore.is_some()
+            || s.state.is_some()
+            || s.unshipped.is_some())
+        .then_some(s)
     }
 }
 
