@@ -278,6 +278,41 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
 }
 
 #[test]
+fn a_recover_is_refused_while_a_copy_of_its_site_is_stopped_and_goes_through_once_it_is_gone() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    // Unmirrored, atl-db1 serves alone; stopped (SIGSTOP), it does not answer, and would
+    // acknowledge posts again once continued: a copy made primary meanwhile would drop them
+    // (until session 32 the recover went through, exit 0).
+    ok(&d.dir, &remove_mgc_mirroring("atl-db2"));
+    let atl_db1 = common::pid(&d.dir, "atl-db1");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(atl_db1, libc::SIGSTOP) };
+    let out = tandem(
+        &d.dir,
+        &["db", "recover", "--db", "mgc", "--instance", "atl-db2"],
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(atl_db1, libc::SIGCONT) };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("atl-db1 accepts connections and does not answer")
+            && err.contains("`tandem down --nodes atl-db1`"),
+        "{err}"
+    );
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "restoring");
+    assert!(post(&d.address("atl-fe"), &token, "still served").is_some());
+    // Gone (its process killed), it is no obstacle: the recover goes through.
+    d.kill("atl-db1");
+    ok(
+        &d.dir,
+        &["db", "recover", "--db", "mgc", "--instance", "atl-db2"],
+    );
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "primary");
+}
+
+#[test]
 fn a_primary_restarted_without_its_mirror_tells_the_witness_before_it_answers() {
     let d = Deployment::up(|t| t);
     let token = user_and_room(&d);

@@ -87,7 +87,7 @@ async fn no_other_writable_primary(
         .iter()
         .find(|r| r.role == "primary" && r.writable && r.paused.is_none())
     else {
-        return Ok(());
+        return no_silent_copy_in_this_site(node, database).await;
     };
     Err(ApiError::conflict(format!(
         "{database} has a writable primary on {} (epoch {}, LSN {}): {} the copy on {} would \
@@ -108,6 +108,75 @@ async fn no_other_writable_primary(
             MakesPrimary::Recover => "",
         }
     )))
+}
+
+/// Refuses while a node of this node's site whose copy of `database` may be a primary accepts
+/// connections and does not answer: a stopped or hung process, which may acknowledge writes
+/// again when it resumes — writes the newer epoch then drops. The copy that may be primary is
+/// the one the site's witness names; without its word (no mirroring, or the witness silent),
+/// the copies the topology places as primary or mirror. A node that refuses connections (its
+/// process is gone) is no obstacle, nor one of another site (a lost site: its chat servers are
+/// no longer active, DESIGN.md §4).
+async fn no_silent_copy_in_this_site(node: &NodeState, database: &str) -> Result<(), ApiError> {
+    use tandem_topology::PlacementRole;
+    let site = &node.me().site;
+    let witness = node
+        .topology
+        .witnesses
+        .get(site)
+        .and_then(|w| node.topology.node(w));
+    let named = match witness {
+        Some(w) => node
+            .client
+            .status(&w.address, ROLE_TIMEOUT)
+            .await
+            .ok()
+            .and_then(|s| s.witness)
+            .and_then(|records| records.into_iter().find(|r| r.database == database))
+            .map(|r| r.primary),
+        None => None,
+    };
+    let peers: Vec<&tandem_topology::Node> = node
+        .topology
+        .nodes
+        .iter()
+        .filter(|n| n.name != node.name && n.site == *site)
+        .filter(|n| match &named {
+            Some(primary) => n.name == *primary,
+            None => node.topology.databases_on(&n.name).iter().any(|p| {
+                p.database == database
+                    && matches!(p.role, PlacementRole::Primary | PlacementRole::Mirror)
+            }),
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        peers
+            .iter()
+            .map(|n| node.client.copy_role(&n.address, database, ROLE_TIMEOUT)),
+    )
+    .await;
+    let silent: Vec<&str> = peers
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| {
+            matches!(
+                a,
+                Err(crate::client::ClientError::Unreachable { sent: true, .. })
+            )
+        })
+        .map(|(n, _)| n.name.as_str())
+        .collect();
+    match silent.as_slice() {
+        [] => Ok(()),
+        nodes => Err(ApiError::conflict(format!(
+            "{} accepts connections and does not answer (a stopped or hung process): its copy \
+             of {database} may be a primary that acknowledges writes again when it resumes, \
+             which the new epoch would then drop; stop it first (`tandem down --nodes {}`) and \
+             run this again, or pass --force",
+            nodes.join(", "),
+            nodes.join(",")
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
