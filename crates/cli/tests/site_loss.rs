@@ -264,6 +264,31 @@ fn a_forced_cms_failover_after_the_site_is_lost_and_the_old_master_never_writes(
     );
 }
 
+#[test]
+fn a_forced_cms_failover_right_after_a_planned_one_takes_a_newer_epoch() {
+    let d = Deployment::up();
+    d.wait_cms("a current standby", |s| {
+        copy(s, "dal-db1")["lag_records"] == 0
+    });
+    // Planned to dal, its new master lost at once, forced back to atl: within a second, and
+    // before atl-db1 heard of the planned one's epoch (until session 32 both took the same
+    // epoch, and dal-db1, restarted, stayed a second master).
+    let planned = json(&d.dir, &["cms", "failover"]);
+    assert_eq!(planned["to"], "dal-db1", "{planned}");
+    common::kill(&d.dir, "dal-db1");
+    let forced = json(&d.dir, &["cms", "failover", "--force"]);
+    assert_eq!(forced["to"], "atl-db1", "{forced}");
+    assert!(
+        forced["epoch"].as_u64() > planned["epoch"].as_u64(),
+        "{planned} {forced}"
+    );
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
+    let s = d.wait_cms("dal-db1 a standby of atl-db1", |s| {
+        s["master"] == "atl-db1" && copy(s, "dal-db1")["role"] == "standby"
+    });
+    assert_eq!(copy(&s, "atl-db1")["role"], "primary", "{s}");
+}
+
 /// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
 fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
     let mut acked = Vec::new();

@@ -495,11 +495,14 @@ fn cursor_moves(
 }
 
 /// An epoch for a promotion in another site: above anything the old site could have reached by
-/// counting (mirror failovers add one each), because the old site cannot be asked.
+/// counting (mirror failovers add one each), because the old site cannot be asked. The clock in
+/// milliseconds: two promotions the same second (a planned CMS failover, then a forced one back
+/// before the standby heard of the first's epoch) took the same epoch until session 32, and
+/// left two masters that each took the other for no newer.
 pub fn cross_site_epoch(current: u64) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     (current + 1).max(now)
 }
