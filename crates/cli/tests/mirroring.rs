@@ -167,6 +167,40 @@ fn the_primary_killed_under_load_again_and_again_loses_no_acknowledged_post() {
 }
 
 #[test]
+fn a_stopped_primary_is_taken_over_from_and_posts_go_on_while_it_stays_stopped() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    d.wait_mirror("mgc", "atl-db2");
+    let load = Load::start(&fe, &token, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let atl_db1 = common::pid(&d.dir, "atl-db1");
+    let stopped = Instant::now();
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(atl_db1, libc::SIGSTOP) };
+    // The mirror takes over while atl-db1 stays stopped, and the chat node follows it (until
+    // session 32 it kept sending to the stopped node: no post until it was continued).
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.wait_copy("mgc", "atl-db2", "primary", |c| c["role"] == "primary");
+        let took_over = Instant::now();
+        load.wait_acked_since(took_over, "while atl-db1 is stopped");
+        took_over.duration_since(stopped)
+    }));
+    // SAFETY: as above.
+    unsafe { libc::kill(atl_db1, libc::SIGCONT) };
+    let took_over = match waited {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    eprintln!("atl-db2 primary {took_over:?} after atl-db1 was stopped");
+    // Continued, it finds the newer epoch and follows as the mirror; nothing acknowledged is
+    // lost.
+    d.wait_mirror("mgc", "atl-db1");
+    let acked = ids_and_texts(load.stop());
+    check_history(&acked, &history(&fe, &token));
+}
+
+#[test]
 fn a_primary_cut_off_from_mirror_and_witness_stops_writing_and_rejoins() {
     let d = Deployment::up(|t| t);
     let token = user_and_room(&d);

@@ -150,6 +150,13 @@ impl Locator {
                     }),
                 }
             }
+            // Sent, and no answer (a hung or stopped primary): the request may have been
+            // done, so it is not sent again, but the next one goes where the primary is now —
+            // its mirror once it took over — rather than to the silent copy again and again.
+            Err(e @ ClientError::Unreachable { sent: true, .. }) => {
+                let _ = self.probe(client, database, backup, candidates).await;
+                Err(e)
+            }
             r => r,
         }
     }
