@@ -115,7 +115,7 @@ impl Deployment {
             .trim()
             .parse()
             .ok()?;
-        is_node_process(pid, node).then_some(pid)
+        (is_node_process(pid, node) && serves_topology(pid, &self.file)).then_some(pid)
     }
 
     /// What brings back `node`, which does not answer: started when its process is gone;
@@ -196,6 +196,44 @@ pub fn process_stopped(pid: i32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state == "T" || state == "t")
     })
+}
+
+/// True when the `tandem serve` process `pid` runs with the topology `file` (canonical): its
+/// `--topology` argument, else its `TANDEM_TOPOLOGY`, else `topology.toml`, from its working
+/// directory. Every deployment has nodes of the same names: a pid file copied with a
+/// deployment, or a pid reused by another deployment's node, is not this one's.
+pub fn serves_topology(pid: i32, file: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let from_args = args.windows(2).find_map(|w| {
+        if w[0] == b"--topology" {
+            return Some(w[1].to_vec());
+        }
+        w[0].strip_prefix(b"--topology=").map(<[u8]>::to_vec)
+    });
+    let from_env = || {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"TANDEM_TOPOLOGY=").map(<[u8]>::to_vec))
+            .filter(|v| !v.is_empty())
+    };
+    let named = from_args
+        .or_else(from_env)
+        .unwrap_or_else(|| b"topology.toml".to_vec());
+    let named =
+        PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(named));
+    let path = if named.is_absolute() {
+        named
+    } else {
+        match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            Ok(cwd) => cwd.join(named),
+            Err(_) => return false,
+        }
+    };
+    path.canonicalize().is_ok_and(|p| p == file)
 }
 
 /// True when the process exists and has not exited (a zombie has exited).

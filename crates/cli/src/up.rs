@@ -68,6 +68,11 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         });
     }
     let started = Instant::now();
+    let interrupted = if a.detach {
+        None
+    } else {
+        Some(stop_signals()?)
+    };
     let mut children = spawn(d, &names)?;
     let ready = runtime()?.block_on(wait_ready(
         d,
@@ -123,10 +128,10 @@ pub fn up(d: &Deployment, a: UpArgs, out: &Output) -> anyhow::Result<()> {
         ));
         s
     })?;
-    if a.detach || report.is_empty() {
-        return Ok(());
+    match interrupted {
+        Some(interrupted) if !report.is_empty() => supervise(d, children, interrupted, out),
+        _ => Ok(()),
     }
-    supervise(d, children, out)
 }
 
 /// This deployment's lock for starting nodes (`DIR/.tandem/starting.lock`); refused while
@@ -252,23 +257,51 @@ pub(crate) async fn wait_ready(
 }
 
 /// Waits for Ctrl-C (then stops every node) or for every node to exit, reporting each exit.
-fn supervise(
-    d: &Deployment,
-    mut children: Vec<(String, std::process::Child)>,
-    out: &Output,
-) -> anyhow::Result<()> {
-    let names: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
+/// Set once `up` is asked to stop: Ctrl-C, and what a service manager, `timeout` or a closed
+/// terminal sends (SIGTERM, SIGHUP) — every node then stops with `up` (until session 32 only
+/// Ctrl-C stopped them; the others left the nodes running unsupervised). The handlers are in
+/// place when this returns.
+fn stop_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut signals = {
+        let _in = rt.enter();
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .map(signal)
+        .into_iter()
+        .collect::<std::io::Result<Vec<_>>>()?
+    };
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = interrupted.clone();
     std::thread::spawn(move || {
         rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
+            let [int, term, hup] = &mut signals[..] else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
         });
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    Ok(interrupted)
+}
+
+fn supervise(
+    d: &Deployment,
+    mut children: Vec<(String, std::process::Child)>,
+    interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = children.iter().map(|(n, _)| n.clone()).collect();
     loop {
         if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             out.progress("stopping every node…");

@@ -542,3 +542,53 @@ fn up_in_the_foreground_reports_a_dead_node_and_stops_them_all_on_ctrl_c() {
     up_stderr.read_to_string(&mut err).unwrap();
     assert!(err.contains("atl-db2 exited"), "{err}");
 }
+
+#[test]
+fn up_in_the_foreground_stops_its_nodes_on_sigterm_and_sighup() {
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let d = Deployment::init();
+        let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["up", "--nodes", "atl-db1"])
+            .current_dir(&d.dir)
+            .env_remove("TANDEM_TOPOLOGY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = up.id() as i32;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap()));
+        loop {
+            let line = lines.next().expect("up reports the node ready").unwrap();
+            if line.contains("node ready") {
+                break;
+            }
+        }
+        let node = d.pid("atl-db1");
+        // SAFETY: the `tandem up` process this test started.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = up.kill();
+                panic!("up did not stop on signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!alive(node), "signal {signal}: the node outlived up");
+    }
+}
+
+#[test]
+fn a_copied_deployment_does_not_take_the_others_nodes_for_its_own() {
+    let d = Deployment::init();
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let node = d.pid("atl-db1");
+    // A copy of the directory, its pid files with it (`cp -a` of a running deployment).
+    let copy = d.dir.with_file_name("copy");
+    std::fs::create_dir_all(copy.join("run")).unwrap();
+    std::fs::copy(d.dir.join("topology.toml"), copy.join("topology.toml")).unwrap();
+    std::fs::copy(d.dir.join("run/atl-db1.pid"), copy.join("run/atl-db1.pid")).unwrap();
+    let out = ok(&copy, &["down"]);
+    assert!(!out.contains("stopped"), "{out}");
+    assert!(alive(node), "down in the copy stopped the original's node");
+}
