@@ -348,13 +348,17 @@ fn copy(d: &Deployment, db: &str, instance: Option<&str>, out: &Output) -> anyho
         ))
         .with_context(|| s.name.clone())?;
     out.emit(&report, || {
-        format!(
+        let mut s = format!(
             "{db} on {}: {} log backups copied; copied up to LSN {} (the share holds up to LSN {})\n",
             report.node,
             report.files_copied.len(),
             report.copied_lsn,
             report.share_lsn
-        )
+        );
+        for refused in &report.files_refused {
+            s.push_str(&format!("  {refused}\n"));
+        }
+        s
     })
 }
 

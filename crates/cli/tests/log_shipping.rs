@@ -462,6 +462,22 @@ fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() 
 
 #[test]
 fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full_backup() {
+    seeded_again_after(|lost| std::fs::remove_file(lost).unwrap());
+}
+
+#[test]
+fn a_secondary_that_meets_a_damaged_log_backup_is_seeded_again_from_a_newer_full_backup() {
+    // Until session 32 a missing log backup made it seed itself again, a damaged one did not.
+    seeded_again_after(|damaged| {
+        let f = std::fs::OpenOptions::new().write(true).open(damaged).unwrap();
+        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    });
+}
+
+/// The secondary stopped while log backups are written, one of those it needs `spoil`ed on the
+/// share, and a full backup taken past it: once back, the secondary seeds itself again from
+/// that full backup and goes on.
+fn seeded_again_after(spoil: fn(&Path)) {
     let d = Deployment::up();
     let token = user_and_room(&d);
     let first = posts(&d, &token, "shipped", 5);
@@ -477,7 +493,7 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
         .into_iter()
         .find(|p| range(p).0 > at)
         .expect("a log backup past the secondary");
-    std::fs::remove_file(&lost).unwrap();
+    spoil(&lost);
     ok(
         &d.dir,
         &["db", "backup", "--db", "mgc", "--instance", "atl-db1"],
@@ -498,6 +514,44 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
         "{}",
         d.log("dal-db1")
     );
+}
+
+#[test]
+fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_shipping_goes_on() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    // Not a backup, named like one past every LSN: the end of the share's chain.
+    let stray = d.share().join("log-0000000000100000-0000000000100010.tlb");
+    std::fs::write(&stray, vec![7u8; 3000]).unwrap();
+    let during = posts(&d, &token, "during", 20);
+    let last = during.last().unwrap().lsn;
+    // The backup job names the file and what to do; the monitor shows the primary where it is,
+    // and the lag it makes (until session 32 it showed the last round that went through: a
+    // lag of a few records); the secondary copies nothing of it.
+    let m = d.wait_status("the lag of the posts since", |m| {
+        m["primary"]["lsn"].as_u64() >= Some(last)
+            && m["lag_records"].as_u64() >= Some(20)
+            && m["alerts"].as_array().is_some_and(|a| {
+                a.iter().any(|a| {
+                    a.as_str().unwrap().contains(&format!(
+                        "move it out of {}",
+                        d.share().display()
+                    ))
+                })
+            })
+    });
+    let local = d.dir.join("data/dal-db1/log-shipping/mgc");
+    assert!(
+        !local.join(stray.file_name().unwrap()).exists(),
+        "copied: {m:#}"
+    );
+    // Moved away, shipping goes on.
+    std::fs::rename(&stray, d.dir.join("stray.tlb")).unwrap();
+    let m = d.wait_applied(last);
+    let after = d.wait_status("no alert", |m| m["alerts"] == json!([]));
+    assert_eq!(after["lag_records"], json!(0), "{m:#}");
 }
 
 #[test]

@@ -264,6 +264,9 @@ pub struct Copied {
     /// The last LSN of the copied files (what the restore step can reach), and of the share.
     pub copied_lsn: Lsn,
     pub share_lsn: Lsn,
+    /// Files left on the share: they do not read as the log backups their names say.
+    #[serde(default)]
+    pub files_refused: Vec<String>,
 }
 
 /// `POST /internal/v1/log-shipping/{db}/copy` on the secondary: copy now every log backup of
@@ -298,7 +301,8 @@ pub(crate) async fn copy_route(
     Ok(Json(Copied {
         database,
         node: node.name.clone(),
-        files_copied: round.copied.into_iter().map(|(n, _)| n).collect(),
+        files_copied: round.copied.files.into_iter().map(|(n, _)| n).collect(),
+        files_refused: round.copied.refused,
         copied_lsn,
         share_lsn,
     }))

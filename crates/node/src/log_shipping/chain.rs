@@ -53,7 +53,14 @@ pub(super) fn ensure_chain(
         return Ok((ChainState::Empty, listing));
     };
     let header = |name: &str| {
-        let file = tandem_store::read_header(&dir.join(name)).map_err(|e| e.to_string())?;
+        let file = tandem_store::read_header(&dir.join(name)).map_err(|e| {
+            format!(
+                "{e}: the backup job reads the newest files of the chain, and cannot read this \
+                 one; move it out of {} (log shipping goes on from the files before it, or \
+                 starts a new chain)",
+                dir.display()
+            )
+        })?;
         let (epoch, chain) = match &file {
             BackupFile::Full { header, .. } => (header.epoch, header.chain),
             BackupFile::Log { header, .. } => (header.epoch, header.chain_after),
@@ -126,6 +133,8 @@ pub(crate) struct BackupRound {
     pub(crate) logs: Vec<BackupFile>,
     pub(crate) removed: Vec<String>,
     pub(crate) config: Option<Config>,
+    /// A full backup that was due and failed (the log backups went on).
+    pub(crate) full_failed: Option<String>,
 }
 
 /// What a round of the backup job is asked to do.
@@ -151,11 +160,18 @@ pub(super) fn backup_round(
     let _lock = ShareLock::acquire(dir)?;
     let r = backup_round_locked(db, dir, &ask);
     if let Err(e) = &r {
-        // The monitor shows the failure, unless another node backs up now.
+        // The monitor shows the failure, and the primary's position: the lag it shows grows
+        // while nothing is backed up (until session 32 it showed the position of the last
+        // round that went through: a lag of a few records while the secondary fell behind by
+        // hundreds of thousands). Unless another node backs up now.
         let path = dir.join(PRIMARY_FILE);
         if let Ok(Some(mut p)) = read_json::<PrimaryProgress>(&path)
             && p.node == ask.node
         {
+            let id = db.identity();
+            p.epoch = id.epoch;
+            p.lsn = id.lsn;
+            p.last_time_ms = id.last_time_ms;
             p.backup.ran(Err(e.clone()));
             p.updated_ms = now_ms();
             let _ = write_json(&path, &p, false);
@@ -189,13 +205,32 @@ pub(super) fn backup_round_locked(
         now_ms() - created >= config.full_backup_interval_ms as i64
     });
     let starts_chain = state != ChainState::Continues;
-    if starts_chain || ask.full || full_due || ask.configure.is_some() {
-        let full = tandem_store::full_backup(db, dir).map_err(|e| e.to_string())?;
-        tracing::info!(database = %config.database, file = %full.name(), lsn = full.lsn(), "full backup on the share");
-        if starts_chain || ask.configure.is_some() {
-            config.seed = Some(full.name());
+    let needed = starts_chain || ask.full || ask.configure.is_some();
+    let mut full_failed = None;
+    if needed || full_due {
+        match tandem_store::full_backup(db, dir) {
+            Ok(full) => {
+                tracing::info!(database = %config.database, file = %full.name(), lsn = full.lsn(), "full backup on the share");
+                if starts_chain || ask.configure.is_some() {
+                    config.seed = Some(full.name());
+                }
+                round.full = Some(full);
+            }
+            Err(e) => {
+                let e = format!(
+                    "full backup into {}: {e} (it needs room for about twice the database's \
+                     file: a snapshot, then the backup)",
+                    dir.display()
+                );
+                if needed {
+                    return Err(e);
+                }
+                // Only due: the log backups go on meanwhile (until session 32 a full backup
+                // that did not fit stopped them too), and the next round tries it again.
+                tracing::warn!(database = %config.database, error = %e, "full backup failed; log backups go on");
+                full_failed = Some(e);
+            }
         }
-        round.full = Some(full);
     }
     round.logs = tandem_store::log_backup(db, dir).map_err(|e| e.to_string())?;
     if existing.as_ref() != Some(&config) {
@@ -217,6 +252,8 @@ pub(super) fn backup_round_locked(
     progress
         .backup
         .ran(Ok(round.logs.last().map(|f| (f.name(), f.lsn()))));
+    progress.backup.error = full_failed.clone();
+    round.full_failed = full_failed;
     if let Some(f) = &round.full {
         progress.full = Some(f.name());
     }

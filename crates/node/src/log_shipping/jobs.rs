@@ -188,6 +188,7 @@ pub(super) fn record_backup(node: &NodeState, database: &str, r: &Result<BackupR
         match r {
             Ok(round) => {
                 job.ran(Ok(round.logs.last().map(|f| (f.name(), f.lsn()))));
+                job.error = round.full_failed.clone();
                 s.state = None;
             }
             Err(e) => job.ran(Err(e.clone())),

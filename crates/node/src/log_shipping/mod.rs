@@ -703,10 +703,10 @@ mod tests {
             tandem_store::log_backup(&a, &share).unwrap();
         }
         let lsn = r.identity().lsn;
-        let copied = copy_new(&share, &local, lsn, 2).unwrap();
+        let copied = copy_new(&share, &local, lsn, 2).unwrap().files;
         assert_eq!(copied.len(), 2, "bounded per round");
-        assert_eq!(copy_new(&share, &local, lsn, 10).unwrap().len(), 1);
-        assert!(copy_new(&share, &local, lsn, 10).unwrap().is_empty());
+        assert_eq!(copy_new(&share, &local, lsn, 10).unwrap().files.len(), 1);
+        assert!(copy_new(&share, &local, lsn, 10).unwrap().files.is_empty());
         let second = local.join(&copied[1].0);
         let mut bytes = std::fs::read(&second).unwrap();
         let at = bytes.len() - 60;

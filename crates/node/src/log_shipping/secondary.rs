@@ -7,15 +7,26 @@ pub(super) struct LocalState {
     pub(super) seed: Option<String>,
 }
 
+/// What a copy step did: the files copied (name, last LSN), and those it left on the share
+/// because they do not read as the log backups their names say.
+#[derive(Debug, Default)]
+pub(super) struct CopyStep {
+    pub(super) files: Vec<(String, Lsn)>,
+    pub(super) refused: Vec<String>,
+}
+
 /// Copies every log backup of the share after `after` that is not in `local` yet, at most
-/// `files_max`, each under a temporary name renamed once durable. The files copied: name,
-/// last LSN.
+/// `files_max`, each under a temporary name renamed once durable. A file that does not read
+/// as the log backup its name says is left where it is and named (until session 32 a stray
+/// file named like one was copied, and the restore then refused the local copy even once the
+/// share's was gone): the restore, which checks every record before it applies any, meets a
+/// gap there instead — and seeds the copy again from a newer full backup, if there is one.
 pub(super) fn copy_new(
     share: &FsPath,
     local: &FsPath,
     after: Lsn,
     files_max: usize,
-) -> Result<Vec<(String, Lsn)>, String> {
+) -> Result<CopyStep, String> {
     std::fs::create_dir_all(local).map_err(|e| format!("{}: {e}", local.display()))?;
     let have = Listing::read(local)?;
     let from = have
@@ -26,7 +37,8 @@ pub(super) fn copy_new(
         .max(after);
     let listing = Listing::read(share)?;
     let mut copied = Vec::new();
-    for (name, _, last) in listing.logs() {
+    let mut refused = Vec::new();
+    for (name, first, last) in listing.logs() {
         if last <= from || local.join(name).exists() {
             continue;
         }
@@ -38,9 +50,31 @@ pub(super) fn copy_new(
         let r = (|| {
             std::fs::copy(&src, &tmp)?;
             std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &dst)
+            Ok::<_, std::io::Error>(())
         })();
         if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("copying {}: {e}", src.display()));
+        }
+        let header = match tandem_store::read_header(&tmp) {
+            Ok(BackupFile::Log { header, .. })
+                if header.first_lsn == first && header.last_lsn == last =>
+            {
+                Ok(())
+            }
+            Ok(_) => Err("its header is not the log backup its name says".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = header {
+            let _ = std::fs::remove_file(&tmp);
+            refused.push(format!(
+                "{}: not copied: {why}; move it out of {}",
+                src.display(),
+                share.display()
+            ));
+            continue;
+        }
+        if let Err(e) = std::fs::rename(&tmp, &dst) {
             let _ = std::fs::remove_file(&tmp);
             return Err(format!("copying {}: {e}", src.display()));
         }
@@ -51,7 +85,10 @@ pub(super) fn copy_new(
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("{}: {e}", local.display()))?;
     }
-    Ok(copied)
+    Ok(CopyStep {
+        files: copied,
+        refused,
+    })
 }
 
 /// The copied log backups a copy at `lsn` has not applied, in LSN order.
@@ -218,7 +255,7 @@ pub(super) enum Steps {
 
 #[derive(Default)]
 pub(super) struct SecondaryRound {
-    pub(super) copied: Vec<(String, Lsn)>,
+    pub(super) copied: CopyStep,
     pub(super) restored: Option<Result<Restored, tandem_store::StoreError>>,
     pub(super) state: Option<String>,
 }
@@ -315,11 +352,13 @@ pub(super) fn secondary_round(
     }
     // A chain that cannot go on from the copy — a log backup gone from the share (its retention
     // keeps the newest full backup's chain: a secondary stopped longer than a full backup's
-    // interval finds a gap) or a chain that diverged — while the share holds a full backup past
+    // interval finds a gap), a damaged one, or a chain that diverged — while the share holds a full backup past
     // the copy: the jobs seed the copy again from it, as `configure` would, with no operator
     // (the failover's own steps apply what there is and name the gap instead).
     if steps == Steps::Jobs
-        && let Some(Err(tandem_store::StoreError::Sequence(why))) = &round.restored
+        && let Some(Err(
+            tandem_store::StoreError::Sequence(why) | tandem_store::StoreError::Corrupt(why),
+        )) = &round.restored
     {
         let at = node.host.get(database).map_or(0, |d| d.identity().lsn);
         let past = Listing::read(&share)
@@ -368,7 +407,10 @@ pub(super) fn record_secondary(
     match round {
         Ok(r) => {
             if steps != Steps::Restore {
-                copy.ran(Ok(r.copied.last().cloned()));
+                copy.ran(Ok(r.copied.files.last().cloned()));
+                if !r.copied.refused.is_empty() {
+                    copy.error = Some(r.copied.refused.join("; "));
+                }
             }
             match &r.restored {
                 Some(Ok(x)) => restore.ran(Ok(x.files_applied.last().map(|f| (f.clone(), x.lsn)))),
