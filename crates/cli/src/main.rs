@@ -116,7 +116,10 @@ fn main() {
     let result = match cli.command {
         Command::Init(a) => init::run(a, &out),
         Command::Up(a) => deployment().and_then(|d| up::up(&d, a, &out)),
-        Command::Down(a) => deployment().and_then(|d| up::down(&d, a, &out)),
+        Command::Down(a) => match deployment() {
+            Ok(d) => up::down(&d, a, &out),
+            Err(e) => up::down_without_topology(&topology, e, a, &out),
+        },
         Command::Serve(a) => deployment().and_then(|d| serve::run(d, a)),
         Command::Status => deployment().and_then(|d| status::run(&d, &out)),
         Command::Demo(a) => demo::run(a, &out),

@@ -1,5 +1,5 @@
 //! `tandem serve --node NAME`: one node in the foreground, logging one line per event on
-//! stdout, until SIGTERM or Ctrl-C.
+//! stderr (stdout is for reports, `--json` ones too), until SIGTERM or Ctrl-C.
 
 use crate::deployment::Deployment;
 use anyhow::bail;
@@ -30,7 +30,21 @@ fn sqlite_log(code: i32, message: &str) {
 }
 
 pub fn run(d: Deployment, a: ServeArgs) -> anyhow::Result<()> {
+    // The node's name first: a wrong one is refused before anything starts or logs.
+    if d.topology.node(&a.node).is_none() {
+        bail!(
+            "the topology has no node named {} (nodes: {})",
+            a.node,
+            d.topology
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -374,11 +374,84 @@ struct Stopped {
 }
 
 pub fn down(d: &Deployment, a: DownArgs, out: &Output) -> anyhow::Result<()> {
-    let names = d.select(&a.nodes)?;
+    let mut names = d.select(&a.nodes)?;
+    if a.nodes.is_empty() {
+        // A node renamed in the topology while it runs is still stopped: its pid file (of the
+        // old name) says so (until session 32 it was left running, "not running" said).
+        for n in pid_file_nodes(&d.dir().join("run")) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    stop_named(&d.dir().join("run"), &d.file, &names, out)
+}
+
+/// `down` when the topology does not load (a typo made while the nodes run): the nodes its
+/// directory's pid files name that serve this topology file are stopped all the same — they
+/// could not be stopped by tandem at all until session 32. `why`: the topology's error.
+pub fn down_without_topology(
+    file: &std::path::Path,
+    why: anyhow::Error,
+    a: DownArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let Ok(file) = file.canonicalize() else {
+        return Err(why);
+    };
+    let run = file
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .join("run");
+    let mut names = pid_file_nodes(&run);
+    if !a.nodes.is_empty() {
+        names.retain(|n| a.nodes.contains(n));
+    }
+    if names.is_empty() {
+        return Err(why);
+    }
+    out.progress(&format!(
+        "the topology does not load ({why:#}): stopping the nodes {} lists",
+        run.display()
+    ));
+    stop_named(&run, &file, &names, out)
+}
+
+/// The node names of the pid files in `run`.
+fn pid_file_nodes(run: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(run)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pid"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Stops each of `names` whose pid file in `run` names a live `tandem serve` of that node
+/// serving the topology `file`, and removes the pid files.
+fn stop_named(
+    run: &std::path::Path,
+    file: &std::path::Path,
+    names: &[String],
+    out: &Output,
+) -> anyhow::Result<()> {
     let handles: Vec<_> = names
         .iter()
         .map(|n| {
-            let pid = d.running_pid(n);
+            let pid = std::fs::read_to_string(run.join(format!("{n}.pid")))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .filter(|&p| {
+                    crate::deployment::is_node_process(p, n)
+                        && crate::deployment::serves_topology(p, file)
+                });
             let n = n.clone();
             std::thread::spawn(move || {
                 let how = match pid {
@@ -396,7 +469,7 @@ pub fn down(d: &Deployment, a: DownArgs, out: &Output) -> anyhow::Result<()> {
         .map(|h| h.join().expect("stopper"))
         .collect();
     for r in &report {
-        let _ = std::fs::remove_file(d.pid_file(&r.node));
+        let _ = std::fs::remove_file(run.join(format!("{}.pid", r.node)));
     }
     out.emit(&report, || {
         report

@@ -592,3 +592,29 @@ fn a_copied_deployment_does_not_take_the_others_nodes_for_its_own() {
     assert!(!out.contains("stopped"), "{out}");
     assert!(alive(node), "down in the copy stopped the original's node");
 }
+
+#[test]
+fn down_stops_the_nodes_of_a_topology_broken_or_renamed_while_they_run() {
+    let d = Deployment::init();
+    let file = d.dir.join("topology.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Renamed while it runs: its pid file (of the old name) says it runs.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    let renamed = d.pid("atl-db2");
+    std::fs::write(&file, text.replace("atl-db2", "atl-db9")).unwrap();
+    let out = ok(&d.dir, &["down"]);
+    assert!(out.contains("atl-db2    stopped"), "{out}");
+    assert!(!alive(renamed));
+    // Broken while it runs: the pid files name the nodes to stop.
+    std::fs::write(&file, &text).unwrap();
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let node = d.pid("atl-db1");
+    std::fs::write(&file, format!("{text}\nbogus = 1\n")).unwrap();
+    assert!(!tandem(&d.dir, &["status"]).status.success());
+    let out = tandem(&d.dir, &["down"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the topology does not load"), "{err}");
+    assert!(!alive(node), "down left the node running");
+    std::fs::write(&file, &text).unwrap();
+}

@@ -469,7 +469,10 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
 fn a_secondary_that_meets_a_damaged_log_backup_is_seeded_again_from_a_newer_full_backup() {
     // Until session 32 a missing log backup made it seed itself again, a damaged one did not.
     seeded_again_after(|damaged| {
-        let f = std::fs::OpenOptions::new().write(true).open(damaged).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(damaged)
+            .unwrap();
         f.set_len(f.metadata().unwrap().len() / 2).unwrap();
     });
 }
@@ -535,10 +538,9 @@ fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_sh
             && m["lag_records"].as_u64() >= Some(20)
             && m["alerts"].as_array().is_some_and(|a| {
                 a.iter().any(|a| {
-                    a.as_str().unwrap().contains(&format!(
-                        "move it out of {}",
-                        d.share().display()
-                    ))
+                    a.as_str()
+                        .unwrap()
+                        .contains(&format!("move it out of {}", d.share().display()))
                 })
             })
     });

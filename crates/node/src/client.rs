@@ -413,14 +413,31 @@ async fn answer(addr: &str, resp: reqwest::Response) -> Result<axum::body::Bytes
         .unwrap_or_else(|_| ErrorBody {
             code: "upstream".into(),
             message: format!(
-                "{addr} answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
+                "{addr} answered {status}: {} (not a tandem node's error: another program on \
+                 its address?)",
+                one_line(&String::from_utf8_lossy(&bytes), 120)
             ),
         });
     Err(ClientError::Api {
         status: status.as_u16(),
         body,
     })
+}
+
+/// `text` on one line (whitespace runs, newlines among them, as one space; control
+/// characters dropped) and cut at `max` characters: what another program answered goes into a
+/// status table's cell or an error's line, not a page of HTML.
+fn one_line(text: &str, max: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let joined: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match joined.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &joined[..cut]),
+        None => joined,
+    }
 }
 
 /// The innermost cause of an HTTP client error: "connection refused", not "error sending request".
@@ -481,5 +498,18 @@ impl UserApi {
             addr: self.addr.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn another_programs_page_is_one_short_line() {
+        let page = "<!DOCTYPE HTML>\n<html>\n  <head>\t<title>Error</title>\n".repeat(20);
+        let line = super::one_line(&page, 40);
+        assert!(!line.contains('\n') && !line.contains('\t'), "{line}");
+        assert_eq!(line.chars().count(), 41, "{line}");
+        assert!(line.ends_with('…'));
+        assert_eq!(super::one_line(" a \r\n b ", 40), "a b");
     }
 }
