@@ -299,21 +299,61 @@ async fn find_primary(d: &Deployment, db: &str) -> anyhow::Result<tandem_topolog
     if let Some(p) = primary {
         return Ok(p.clone());
     }
-    // A planned failover needs the primary. With it lost, the mirror takes over by itself once
-    // the witness grants it; with the witness lost too, the operator forces service on the
-    // mirror — what the refusal says, with the mirror's position.
-    match roles.iter().find(|r| r.role == "mirror") {
-        Some(m) => bail!(
+    // A planned failover needs the primary. Without it, what to do depends on why the mirror
+    // has not taken over by itself — what it was last told (until session 32 the advice was
+    // the same in every case, and wrong in most).
+    let Some(m) = roles.iter().find(|r| r.role == "mirror") else {
+        bail!("no node answers as primary of {db}");
+    };
+    let link = match d.topology.node(&m.node) {
+        Some(n) => d
+            .client()
+            .status(&n.address, STATUS_TIMEOUT)
+            .await
+            .ok()
+            .and_then(|s| s.databases.into_iter().find(|c| c.database == db))
+            .and_then(|c| c.mirroring),
+        None => None,
+    };
+    let partner = link.as_ref().map(|l| l.partner.clone());
+    let told = link
+        .as_ref()
+        .and_then(|l| l.last_error.clone())
+        .unwrap_or_default();
+    let (node, lsn) = (&m.node, m.lsn);
+    let forced = format!(
+        "`tandem db mirror remove --db {db} --instance {node}` then `tandem db recover --db {db} \
+         --instance {node}` bring it online (forced service: whatever the primary acknowledged \
+         past LSN {lsn}, if it ran unmirrored, is lost)"
+    );
+    let back = |p: &str| format!("bring {p} back ({})", d.revive_advice(p));
+    if told.contains("not synchronized") {
+        let primary = partner.as_deref().unwrap_or("the primary");
+        bail!(
             "no node answers as primary of {db}: a planned failover needs it. Its mirror on \
-             {node} (LSN {lsn}) takes over by itself once the witness answers; with the witness \
-             lost too, `tandem db mirror remove --db {db} --instance {node}` then `tandem db \
-             recover --db {db} --instance {node}` bring it online (forced service: whatever the \
-             primary acknowledged past LSN {lsn}, if it ran unmirrored, is lost)",
-            node = m.node,
-            lsn = m.lsn
-        ),
-        None => bail!("no node answers as primary of {db}"),
+             {node} (LSN {lsn}) is not synchronized — it may lack records the primary \
+             acknowledged alone — so it does not take over by itself: {}, and it serves again \
+             with everything; only if it is lost for good, {forced}",
+            back(primary)
+        );
     }
+    if told.starts_with("witness:") {
+        bail!(
+            "no node answers as primary of {db}: a planned failover needs it. Its mirror on \
+             {node} (LSN {lsn}) cannot reach its witness ({told}), which must agree before it \
+             takes over: bring the witness back; with the witness lost too, {forced}"
+        );
+    }
+    bail!(
+        "no node answers as primary of {db}: a planned failover needs it. Its mirror on {node} \
+         (LSN {lsn}) takes over by itself once the witness finds the primary silent too{}; \
+         run `tandem status` in a moment",
+        if told.is_empty() {
+            String::new()
+        } else {
+            format!(" (last told: {told})")
+        }
+    )
 }
 
 fn failover(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()> {

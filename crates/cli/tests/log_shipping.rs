@@ -557,6 +557,32 @@ fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_sh
 }
 
 #[test]
+fn a_configuration_lost_from_the_share_is_written_again_and_said() {
+    let d = Deployment::up();
+    configure_mgc(&d, &["--backup-interval-ms", "2000"]);
+    std::fs::remove_file(d.share().join("log-shipping.json")).unwrap();
+    // Written again from the defaults (the option given lost): said until the next configure,
+    // and the secondary is not taken for one still to seed (until session 32: silently, and
+    // "not seeded from - yet").
+    let m = d.wait_status("the configuration written again", |m| {
+        m["config"]["recreated_ms"].is_i64()
+    });
+    assert_eq!(m["config"]["backup_interval_ms"], json!(1000), "{m:#}");
+    let alerts = m["alerts"].as_array().unwrap();
+    assert!(
+        alerts.len() == 1
+            && alerts[0]
+                .as_str()
+                .unwrap()
+                .starts_with("the configuration was missing from the share"),
+        "{m:#}"
+    );
+    configure_mgc(&d, &["--backup-interval-ms", "2000"]);
+    let m = d.wait_status("no alert once configured", |m| m["alerts"] == json!([]));
+    assert!(m["config"]["recreated_ms"].is_null(), "{m:#}");
+}
+
+#[test]
 fn a_damaged_secondary_is_seeded_again_from_the_newest_full_backup_and_goes_on() {
     let d = Deployment::up();
     let token = user_and_room(&d);
@@ -685,7 +711,11 @@ fn online_backup_restore_and_recover_and_their_refusals() {
             "atl-db2",
             "--log",
         ],
-        "taken on the primary",
+        "backups on the share are the primary's (log backups continue its chain)",
+    );
+    d.refused(
+        &["db", "backup", "--db", "mgc", "--instance", "atl-db2"],
+        "a full backup of this copy goes elsewhere: `--to DIR`",
     );
     // Online and offline forms do not mix (clap's usage error).
     for (args, expect) in [

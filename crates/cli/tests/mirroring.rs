@@ -343,7 +343,53 @@ fn a_recover_is_refused_while_a_copy_of_its_site_is_stopped_and_goes_through_onc
         &d.dir,
         &["db", "recover", "--db", "mgc", "--instance", "atl-db2"],
     );
-    assert_eq!(d.copy("mgc", "atl-db2")["role"], "primary");
+    let c = d.copy("mgc", "atl-db2");
+    assert_eq!(c["role"], "primary");
+    // It serves alone, and says so.
+    assert!(
+        c["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("not mirrored: the topology places a copy on atl-db1")),
+        "{c}"
+    );
+}
+
+#[test]
+fn with_the_primary_lost_after_it_served_alone_the_advice_is_to_bring_it_back() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    // The mirror lost, the primary acknowledges alone; then the primary is lost and the mirror
+    // comes back: it lacks those posts, so it does not take over, and the advice says to bring
+    // the primary back (until session 32: "takes over by itself once the witness answers").
+    d.kill("atl-db2");
+    d.wait_copy("mgc", "atl-db1", "serving unprotected", |c| {
+        c["mirroring"]["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("unprotected"))
+    });
+    assert!(post(&d.address("atl-fe"), &token, "alone").is_some());
+    d.kill("atl-db1");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    d.wait_copy("mgc", "atl-db2", "told it may not take over", |c| {
+        c["mirroring"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not synchronized"))
+    });
+    let out = tandem(&d.dir, &["db", "mirror", "failover", "--db", "mgc"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("is not synchronized")
+            && err.contains("bring atl-db1 back (start it (`tandem up --detach --nodes atl-db1`))"),
+        "{err}"
+    );
+    // Followed, the advice works: atl-db1 is primary again, with the post.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    d.wait_copy("mgc", "atl-db1", "primary again", |c| {
+        c["role"] == "primary"
+    });
+    let h = history(&d.address("atl-fe"), &token);
+    assert!(h.iter().any(|(_, t)| t == "alone"), "{h:?}");
 }
 
 #[test]

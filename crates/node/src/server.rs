@@ -74,6 +74,23 @@ impl NodeState {
         self.topology.node(&self.name).expect("checked at start")
     }
 
+    /// Another node of this node's site on which the topology places a copy of `database`: the
+    /// mirror a primary here would have (a mirror, or the backup site's mirror).
+    fn mirror_placed(&self, database: &str) -> Option<String> {
+        let site = &self.me().site;
+        self.topology
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.name && n.site == *site)
+            .find(|n| {
+                self.topology
+                    .databases_on(&n.name)
+                    .iter()
+                    .any(|p| p.database == database)
+            })
+            .map(|n| n.name.clone())
+    }
+
     /// The local copy of `database`, open; 404 naming this node when it holds none.
     pub(crate) fn open_copy(&self, database: &str) -> Result<tandem_store::Database, ApiError> {
         self.host.get(database).ok_or_else(|| {
@@ -169,6 +186,19 @@ impl NodeState {
                         d.replicas = self.standby.replicas(&d.database);
                     }
                     d.log_shipping = self.log_shipping.status(&d.database);
+                    if d.role.as_deref() == Some("primary")
+                        && d.mirroring.is_none()
+                        && let Some(other) = self.mirror_placed(&d.database)
+                    {
+                        // Mirroring removed (or never installed by a failover): it serves
+                        // alone, and its status looked like any healthy primary's.
+                        d.warnings.push(format!(
+                            "not mirrored: the topology places a copy on {other}, in this site; \
+                             losing this node loses what it acknowledged since (`tandem db \
+                             mirror install --db {} --primary {} --mirror {other}`)",
+                            d.database, self.name
+                        ));
+                    }
                     if d.role.as_deref() == Some("primary")
                         && let Some(w) = d.log_shipping.as_ref().and_then(|l| l.unshipped.clone())
                     {

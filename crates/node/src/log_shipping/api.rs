@@ -96,28 +96,28 @@ pub(crate) async fn configure(
         before.backup_interval_ms,
         BACKUP_INTERVAL_MS_MIN,
         BACKUP_INTERVAL_MS_MAX,
-        "backup_interval_ms",
+        "--backup-interval-ms",
     )?;
     config.copy_interval_ms = bounded(
         req.copy_interval_ms,
         before.copy_interval_ms,
         BACKUP_INTERVAL_MS_MIN,
         BACKUP_INTERVAL_MS_MAX,
-        "copy_interval_ms",
+        "--copy-interval-ms",
     )?;
     config.full_backup_interval_ms = bounded(
         req.full_backup_interval_ms,
         before.full_backup_interval_ms,
         FULL_BACKUP_INTERVAL_MS_MIN,
         u64::MAX / 2,
-        "full_backup_interval_ms",
+        "--full-backup-interval-ms",
     )?;
     config.retention_ms = bounded(
         req.retention_ms,
         before.retention_ms,
         0,
         RETENTION_MS_MAX,
-        "retention_ms",
+        "--retention-ms",
     )?;
     config.backup_alert_ms = bounded(
         req.backup_alert_ms,
@@ -128,14 +128,14 @@ pub(crate) async fn configure(
         },
         config.backup_interval_ms,
         u64::MAX / 2,
-        "backup_alert_ms",
+        "--backup-alert-ms",
     )?;
     config.restore_alert_ms = bounded(
         req.restore_alert_ms,
         before.restore_alert_ms.max(config.backup_interval_ms),
         config.backup_interval_ms,
         u64::MAX / 2,
-        "restore_alert_ms",
+        "--restore-alert-ms",
     )?;
     // The secondary's copy must be one a secondary may replace.
     let epoch = db.identity().epoch;
@@ -371,17 +371,20 @@ pub(crate) async fn backup_now(
     let dir = share_dir(&node.topology, database);
     let id = db.identity();
     if id.role != Role::Primary {
-        if log {
-            return Err(ApiError::conflict(format!(
-                "{database} on {} is {}: log backups are taken on the primary",
-                node.name, id.role
-            )));
-        }
-        let file =
-            blocking(move || tandem_store::seed_backup(&db, &dir).map_err(|e| e.to_string()))
-                .await
-                .map_err(ApiError::unavailable)?;
-        return Ok(vec![file]);
+        // The share holds the primary's chain: another copy's full backup there became the
+        // newest one, which secondaries seed from and retention keeps (until session 32 it was
+        // written, and the retention removed the configured seed).
+        return Err(ApiError::conflict(format!(
+            "{database} on {} is {}: backups on the share are the primary's ({}); a full \
+             backup of this copy goes elsewhere: `--to DIR` (a copy-only backup)",
+            node.name,
+            id.role,
+            if log {
+                "log backups continue its chain"
+            } else {
+                "its chain starts at its full backups"
+            }
+        )));
     }
     let site = node.me().site.clone();
     let name = node.name.clone();

@@ -189,7 +189,7 @@ pub(super) fn backup_round_locked(
     let mut config = match (&ask.configure, existing.clone(), &ask.initial) {
         (Some(c), _, _) => c.clone(),
         (None, Some(c), _) => c,
-        (None, None, Some(c)) => c.clone(),
+        (None, None, Some(c)) => recreated(dir, c.clone())?,
         (None, None, None) => return Ok(BackupRound::default()),
     };
     if config.primary_site != ask.site {
@@ -261,6 +261,25 @@ pub(super) fn backup_round_locked(
     write_json(&dir.join(PRIMARY_FILE), &progress, false)?;
     round.config = Some(config);
     Ok(round)
+}
+
+/// The topology's default configuration `c`, for a share without one. On a share that holds
+/// backups already, that is not a first start: the configuration was lost (deleted, or the
+/// share replaced), and with it the options an operator gave — said in the log and,
+/// until the next `configure`, in the monitor's alerts (until session 32 it was rebuilt
+/// silently). The secondary keeps the seed it has, so it is not taken for one still to seed.
+fn recreated(dir: &FsPath, mut c: Config) -> Result<Config, String> {
+    if Listing::read(dir)?.files.is_empty() && !dir.join(PRIMARY_FILE).exists() {
+        return Ok(c);
+    }
+    tracing::warn!(database = %c.database, share = %dir.display(), "the share holds backups but no log-shipping configuration: written again from the topology's defaults");
+    c.recreated_ms = Some(now_ms());
+    if let Some(s) = &c.secondary
+        && let Ok(Some(p)) = read_json::<SecondaryProgress>(&dir.join(secondary_file(s)))
+    {
+        c.seed = p.seed;
+    }
+    Ok(c)
 }
 
 /// Rewrites this node's progress on the share after its copy changed outside the jobs (it was

@@ -124,6 +124,11 @@ pub struct Config {
     /// or its jobs have not run for this long.
     pub restore_alert_ms: u64,
     pub updated_ms: i64,
+    /// When the backup job wrote this configuration again, from the topology's defaults,
+    /// because the share had backups but no configuration (deleted, or a share replaced): an
+    /// operator's options may be lost. Cleared by `configure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated_ms: Option<i64>,
 }
 
 impl Config {
@@ -140,6 +145,7 @@ impl Config {
             backup_alert_ms: BACKUP_ALERT_INTERVALS * BACKUP_INTERVAL_MS_DEFAULT,
             restore_alert_ms: RESTORE_ALERT_MS_DEFAULT,
             updated_ms: now_ms(),
+            recreated_ms: None,
         }
     }
 }

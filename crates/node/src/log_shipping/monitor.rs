@@ -121,6 +121,14 @@ pub(crate) fn monitor(topology: &Topology, database: &str) -> Result<Monitor, St
         _ => (None, None),
     };
     let mut alerts = Vec::new();
+    if let Some(t) = config.as_ref().and_then(|c| c.recreated_ms) {
+        alerts.push(format!(
+            "the configuration was missing from the share and was written again from the \
+             topology's defaults {:.0} s ago: options given before (intervals, retention) may \
+             be lost; `tandem db log-shipping configure` sets them (and clears this)",
+            age(t, now) as f64 / 1000.0
+        ));
+    }
     if let Some(c) = &config {
         match &primary {
             None => alerts.push("backup job: no progress on the share yet".to_string()),
