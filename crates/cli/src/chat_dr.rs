@@ -567,6 +567,8 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             "last_lsn": r["last_lsn"],
             "last_write": r["last_write"],
             "last_time_ms": r["last_time_ms"],
+            // A gap or a damaged log backup on the share ended the restore short of it.
+            "stopped": r["restore"]["stopped"],
         })
     })?;
     let report = json!({ "run": outcome, "data_loss": loss, "new_primary": p.backup });
@@ -580,7 +582,12 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
                 Some(t) => format!("last message written {t}"),
                 None => "recovered before this run".to_string(),
             }
-        )
+        ) + &match loss["stopped"].as_str() {
+            Some(why) => format!(
+                "the restore stopped there, short of the share's end: {why}\n"
+            ),
+            None => String::new(),
+        }
     })
 }
 

@@ -389,6 +389,12 @@ fn restore(d: &Deployment, db: &str, instance: Option<&str>, out: &Output) -> an
                 report.files_left
             ));
         }
+        if let Some(why) = &report.stopped {
+            line.push_str(&format!(
+                "stopped at LSN {}: {why}; what comes after it cannot be applied\n",
+                report.lsn
+            ));
+        }
         line
     })
 }

@@ -416,7 +416,7 @@ fn after_the_loss_of_atl_the_steps_recover_every_post_up_to_the_reported_lsn() {
 }
 
 #[test]
-fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() {
+fn a_damaged_or_missing_log_backup_stops_the_restore_step_there_with_the_file_named() {
     let d = Deployment::up();
     let token = user_and_room(&d);
     let first = posts(&d, &token, "shipped", 5);
@@ -443,17 +443,27 @@ fn a_damaged_or_missing_log_backup_stops_the_restore_step_with_the_file_named() 
         c["files_copied"].as_array().unwrap().len() >= pending.len(),
         "{c}"
     );
+    // The step applies what comes before it (nothing here), and says where and why it
+    // stops: what comes after it is what a failover loses.
     let name = damaged.file_name().unwrap().to_str().unwrap();
-    let err = d.refused(&["db", "log-shipping", "restore", "--db", "mgc"], name);
-    assert!(err.contains("corrupt") || err.contains("checksum"), "{err}");
+    let r = json(&d.dir, &["db", "log-shipping", "restore", "--db", "mgc"]);
+    let stopped = r["stopped"].as_str().unwrap_or("");
+    assert!(
+        stopped.contains(name) && (stopped.contains("corrupt") || stopped.contains("checksum")),
+        "{r}"
+    );
+    assert_eq!(r["lsn"], at, "{r}");
     assert_eq!(d.copy("mgc", "dal-db1")["lsn"], at, "the copy moved");
     // Missing instead: the next file does not follow the copy's LSN.
     let local = d.dir.join("data/dal-db1/log-shipping/mgc");
     std::fs::remove_file(local.join(name)).unwrap();
     std::fs::remove_file(damaged).unwrap();
     let next = pending[1].file_name().unwrap().to_str().unwrap();
-    let err = d.refused(&["db", "log-shipping", "restore", "--db", "mgc"], next);
-    assert!(err.contains("gap") && err.contains("missing"), "{err}");
+    let out = ok(&d.dir, &["db", "log-shipping", "restore", "--db", "mgc"]);
+    assert!(
+        out.contains(&format!("stopped at LSN {at}: a gap")) && out.contains(next),
+        "{out}"
+    );
     assert_eq!(d.copy("mgc", "dal-db1")["lsn"], at, "the copy moved");
     let m = d.status();
     let e = m["secondary"]["restore"]["error"].as_str().unwrap_or("");
@@ -554,6 +564,55 @@ fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_sh
     let m = d.wait_applied(last);
     let after = d.wait_status("no alert", |m| m["alerts"] == json!([]));
     assert_eq!(after["lag_records"], json!(0), "{m:#}");
+}
+
+#[test]
+fn a_failovers_restore_step_recovers_up_to_a_damaged_log_backup_and_says_so() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
+    // The secondary frozen while three rounds of log backups are written; the second of them
+    // damaged on the share; then the primary site lost.
+    let pid = common::pid(&d.dir, "dal-db1");
+    // SAFETY: a node this test started; continued below (and killed with the deployment).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    posts_in_log_backups(&d, &token, 3);
+    let files: Vec<PathBuf> = log_files(&d.share())
+        .into_iter()
+        .filter(|p| range(p).0 > at)
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    for node in ["atl-fe", "atl-db1", "atl-db2"] {
+        d.kill(node);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    ok(
+        &d.dir,
+        &["db", "log-shipping", "remove-secondary", "--db", "mgc"],
+    );
+    // The secondary's jobs, continued, may have copied what they could first: the damaged
+    // file is never copied.
+    ok(&d.dir, &["db", "log-shipping", "copy", "--db", "mgc"]);
+    let local = d.dir.join("data/dal-db1/log-shipping/mgc");
+    assert!(!local.join(files[1].file_name().unwrap()).exists());
+    // Everything before the damaged file is applied, and the step says where and why it
+    // stops (until session 32 it applied nothing and refused: the failover could not go on).
+    let r = json(&d.dir, &["db", "log-shipping", "restore", "--db", "mgc"]);
+    assert_eq!(r["lsn"].as_u64(), Some(range(&files[0]).1), "{r}");
+    assert!(
+        r["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("no log backup holds LSN {}", range(&files[1]).0))),
+        "{r}"
+    );
 }
 
 #[test]

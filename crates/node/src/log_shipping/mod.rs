@@ -718,7 +718,25 @@ mod tests {
         let at = bytes.len() - 60;
         bytes[at] ^= 1;
         std::fs::write(&second, &bytes).unwrap();
-        let err = restore_copied(&r, &local, 100).unwrap_err();
+        // The files before the damaged one are applied, and the step says where it stopped.
+        let first = restore_copied(&r, &local, 100, false).unwrap();
+        assert_eq!(first.files_applied, vec![copied[0].0.clone()]);
+        assert_eq!(first.lsn, copied[0].1);
+        assert!(
+            first
+                .stopped
+                .as_deref()
+                .is_some_and(|s| s.contains(&copied[1].0)),
+            "{:?}",
+            first.stopped
+        );
+        let lsn = first.lsn;
+        // A failover's step meeting it first says so, and applies nothing.
+        let step = restore_copied(&r, &local, 100, true).unwrap();
+        assert!(step.files_applied.is_empty() && step.lsn == lsn);
+        assert!(step.stopped.is_some_and(|s| s.contains(&copied[1].0)));
+        // The jobs' round meeting it first is refused, the file named.
+        let err = restore_copied(&r, &local, 100, false).unwrap_err();
         let e = err.to_string();
         assert!(e.contains(&copied[1].0), "{e}");
         // The monitor's line says how to go on: the secondary seeded again.
@@ -732,9 +750,9 @@ mod tests {
         assert_eq!(r.identity().lsn, lsn, "nothing applied");
         // The file copied again from the share: everything applies, the copies go.
         std::fs::copy(share.join(&copied[1].0), &second).unwrap();
-        let done = restore_copied(&r, &local, 100).unwrap();
+        let done = restore_copied(&r, &local, 100, false).unwrap();
         assert_eq!(done.lsn, a.identity().lsn);
-        assert_eq!(done.files_applied.len(), 3);
+        assert_eq!(done.files_applied.len(), 2);
         assert!(unapplied(&local, done.lsn).unwrap().is_empty());
         assert!(Listing::read(&local).unwrap().files.is_empty());
     }

@@ -125,14 +125,21 @@ pub struct Restored {
     pub role: String,
     /// Copied log backups left to apply (more than one step takes).
     pub files_left: usize,
+    /// Why the files after `lsn` were not applied, when the step applied those before a gap
+    /// or a damaged file and stopped there: what a failover recovers stops at `lsn`.
+    #[serde(default)]
+    pub stopped: Option<String>,
 }
 
-/// Applies copied log backups to `db`, at most `files_max`, checked as one chain first: on any
-/// refusal (a gap, a damaged file — named) nothing is applied.
+/// Applies copied log backups to `db`, at most `files_max`, checked as one chain first: those
+/// before the first gap or damaged file, or, when that is the first one, none — refused, the
+/// problem named, or with `ended_ok` (a failover's restore step: nothing more can be had)
+/// answered with the copy as it is and why it stops there.
 pub(super) fn restore_copied(
     db: &Database,
     local: &FsPath,
     files_max: usize,
+    ended_ok: bool,
 ) -> Result<Restored, tandem_store::StoreError> {
     let id = db.identity();
     let mut files = unapplied(local, id.lsn).map_err(tandem_store::StoreError::Invalid)?;
@@ -150,6 +157,48 @@ pub(super) fn restore_copied(
     if files.is_empty() {
         return Ok(out);
     }
+    // The files that follow the copy with no gap and read whole: applied, up to the first that
+    // does not (until session 32 a damaged or missing log backup made the step apply nothing,
+    // and a failover could not recover what came before it). With none such, the whole list
+    // goes to the restore, whose refusal names the problem.
+    let mut next = id.lsn + 1;
+    let mut usable = 0;
+    let mut stopped = None;
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(tandem_store::FileName::Log {
+            first_lsn,
+            last_lsn,
+        }) = tandem_store::parse_file_name(name)
+        else {
+            break;
+        };
+        if first_lsn > next {
+            stopped = Some(format!(
+                "a gap: no log backup holds LSN {next} (the next one, {name}, starts at LSN \
+                 {first_lsn})"
+            ));
+            break;
+        }
+        if let Err(e) = tandem_store::verify_file(f) {
+            stopped = Some(e.to_string());
+            break;
+        }
+        usable += 1;
+        next = next.max(last_lsn + 1);
+    }
+    match (usable, &stopped) {
+        (0, Some(_)) if ended_ok => {
+            out.stopped = stopped;
+            return Ok(out);
+        }
+        (0, _) | (_, None) => stopped = None,
+        (n, Some(_)) => {
+            files.truncate(n);
+            out.files_left = 0;
+        }
+    }
+    out.stopped = stopped;
     let recovery = if id.role == Role::Standby {
         Recovery::Standby
     } else {
@@ -336,7 +385,7 @@ pub(super) fn secondary_round(
         } else {
             LOG_FILES_PER_ROUND_MAX
         };
-        let mut r = restore_copied(&db, &local, max);
+        let mut r = restore_copied(&db, &local, max, steps == Steps::Restore);
         if let Ok(r) = &mut r {
             r.node = node.name.clone();
             // The share holds the log backups: the copy's own journal keeps no more records
@@ -413,7 +462,13 @@ pub(super) fn record_secondary(
                 }
             }
             match &r.restored {
-                Some(Ok(x)) => restore.ran(Ok(x.files_applied.last().map(|f| (f.clone(), x.lsn)))),
+                Some(Ok(x)) => {
+                    restore.ran(Ok(x.files_applied.last().map(|f| (f.clone(), x.lsn))));
+                    // Stopped short of what was copied: the monitor says where and why.
+                    if let Some(why) = &x.stopped {
+                        restore.error = Some(format!("stopped at LSN {}: {why}", x.lsn));
+                    }
+                }
                 Some(Err(e)) => restore.ran(Err(with_remedy(e, database, &node.name))),
                 None => {}
             }
