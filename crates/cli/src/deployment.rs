@@ -14,7 +14,10 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn load(file: &Path) -> anyhow::Result<Deployment> {
-        if !file.exists() {
+        // Only when nothing at all is there: `exists` is false too for a symbolic link that loops
+        // or leads nowhere, which `Topology::load` names as what it is.
+        if matches!(std::fs::symlink_metadata(file), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
             bail!(
                 "no topology at {}: run `tandem init DIR` and work from DIR, or pass --topology FILE",
                 file.display()

@@ -12,13 +12,25 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     /// The file could not be read.
-    #[error("{}: cannot read the topology: {source}", path.display())]
+    #[error("{}: cannot read the topology: {error}", path.display())]
     Read {
         /// The topology file.
         path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system said. Not a `source`: the message already holds it, and a
+        /// caller that prints the chain of causes would print it twice.
+        error: std::io::Error,
+    },
+    /// The path names something that is not a regular file (a directory, a FIFO, a device, a
+    /// socket): nothing is opened, since opening a FIFO for reading waits for a writer.
+    #[error(
+        "{}: the topology is {what}, not a regular file: pass the path of the topology.toml file",
+        path.display()
+    )]
+    NotAFile {
+        /// The topology path.
+        path: PathBuf,
+        /// What it is instead, e.g. `a directory`.
+        what: String,
     },
     /// The file is larger than any topology should be (`TOPOLOGY_BYTES_MAX`).
     #[error(
@@ -32,6 +44,19 @@ pub enum TopologyError {
         bytes: u64,
         /// The limit.
         max: u64,
+    },
+    /// The file is not UTF-8 text.
+    #[error(
+        "{}:{line}: byte {offset} is not UTF-8; a topology is UTF-8 text: is this the right file?",
+        path.display()
+    )]
+    NotUtf8 {
+        /// The topology file.
+        path: PathBuf,
+        /// 1-based line of the first byte that is not UTF-8.
+        line: usize,
+        /// 1-based offset of that byte in the file.
+        offset: usize,
     },
     /// TOML itself refused the text: a syntax error, an unknown key, a value of the wrong type, a
     /// missing required key.
@@ -64,8 +89,12 @@ impl TopologyError {
     /// The 1-based line the error points at, when the text was read.
     pub fn line(&self) -> Option<usize> {
         match self {
-            TopologyError::Read { .. } | TopologyError::TooLarge { .. } => None,
-            TopologyError::Toml { line, .. } | TopologyError::Rule { line, .. } => Some(*line),
+            TopologyError::Read { .. }
+            | TopologyError::NotAFile { .. }
+            | TopologyError::TooLarge { .. } => None,
+            TopologyError::NotUtf8 { line, .. }
+            | TopologyError::Toml { line, .. }
+            | TopologyError::Rule { line, .. } => Some(*line),
         }
     }
 }
@@ -129,8 +158,13 @@ impl Source<'_> {
         }
     }
 
-    /// An error the TOML parser reported.
-    pub(crate) fn toml(&self, error: &toml::de::Error) -> TopologyError {
+    /// An error the TOML parser reported; `path` is where in the document serde was when it
+    /// failed (`None` for a syntax error, found before any key is read).
+    pub(crate) fn toml(
+        &self,
+        error: &toml::de::Error,
+        path: Option<&serde_path_to_error::Path>,
+    ) -> TopologyError {
         let line = error.span().map_or(1, |span| self.line_at(span.start));
         let mut message = error
             .message()
@@ -139,10 +173,17 @@ impl Source<'_> {
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join("; ");
+        // serde says `i64` where the operator wrote a number too large or not whole.
+        message = message.replace("expected i64", "expected a whole number (64-bit)");
+        message = cut_quoted(&message);
         if let Some(snippet) = error.span().and_then(|span| self.snippet(span))
             && !message.contains(&snippet)
         {
             message = format!("{message} (at `{snippet}`)");
+        }
+        let key = path.and_then(|path| self.key_of(path, error.span()));
+        if let Some(key) = key {
+            message = format!("{}: {message}", cut(&key));
         }
         TopologyError::Toml {
             path: self.path.to_path_buf(),
@@ -150,6 +191,82 @@ impl Source<'_> {
             message,
         }
     }
+
+    /// The dotted key serde's `path` names, as the operator would write it (`node.address`,
+    /// `mirroring.journal_records_max`): the indices of arrays of tables and the private names
+    /// `toml::Spanned` reads its value under are left out, and a map key serde could not name (a
+    /// `[witness]` key, which is itself spanned) is taken from the text at `span`.
+    fn key_of(
+        &self,
+        path: &serde_path_to_error::Path,
+        span: Option<Range<usize>>,
+    ) -> Option<String> {
+        use serde_path_to_error::Segment;
+        let mut parts = Vec::new();
+        for segment in path.iter() {
+            match segment {
+                Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+                Segment::Map { key } => parts.push(key.clone()),
+                Segment::Enum { variant } => parts.push(variant.clone()),
+                Segment::Seq { .. } => {}
+                Segment::Unknown => {
+                    if let Some(key) = span.clone().and_then(|span| self.key_on_line(span.start)) {
+                        parts.push(key);
+                    }
+                }
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("."))
+    }
+
+    /// The bare key of a `key = value` line holding byte `offset`, if the line is one.
+    fn key_on_line(&self, offset: usize) -> Option<String> {
+        let start = offset.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[line_start..].lines().next()?;
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        bare.then(|| key.to_string())
+    }
+}
+
+/// Values quoted in messages are cut to this many characters: a name of 5,000 characters written
+/// by mistake would otherwise fill the operator's screen and hide what is wrong with it.
+pub(crate) const QUOTED_CHARS_MAX: usize = 64;
+
+/// `text` itself when it is short, else its first `QUOTED_CHARS_MAX` characters and `…`.
+pub(crate) fn cut(text: &str) -> String {
+    if text.chars().count() <= QUOTED_CHARS_MAX {
+        return text.to_string();
+    }
+    let mut short: String = text.chars().take(QUOTED_CHARS_MAX).collect();
+    short.push('…');
+    short
+}
+
+/// `message` with every run between two backticks or two double quotes cut as `cut` does: TOML's
+/// and serde's messages quote the offending value or key in full.
+fn cut_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().expect("found above");
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push_str(&cut(after));
+            return out;
+        };
+        out.push_str(&cut(&after[..close]));
+        out.push(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -181,5 +298,19 @@ mod tests {
             "topology.toml:2: chat.active: atl-fe2 is elsewhere; keep it home"
         );
         assert_eq!(error.line(), Some(2));
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let long = "x".repeat(5000);
+        assert_eq!(cut("short"), "short");
+        assert_eq!(cut(&long).chars().count(), QUOTED_CHARS_MAX + 1);
+        assert!(cut(&long).ends_with('…'));
+        let message = cut_quoted(&format!(
+            "unknown field `{long}`, expected \"{long}\" or `a`"
+        ));
+        assert!(message.len() < 200, "{message}");
+        assert!(message.starts_with("unknown field `xxx"), "{message}");
+        assert!(message.ends_with("…\" or `a`"), "{message}");
     }
 }

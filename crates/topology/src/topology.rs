@@ -22,7 +22,10 @@ pub const TOPOLOGY_BYTES_MAX: u64 = 1024 * 1024;
 /// and pools are unique; every name it holds refers to a declared site or node of the right role
 /// and site (pool primaries in the pool's site, mirrors beside their primary, backups and standbys
 /// in another site, active chat servers in the chat primary's site, pairs symmetric and across
-/// sites); node addresses are unique; paths are resolved against the topology file's directory.
+/// sites); every site holding a mirrored database has a witness, a node of that site with the
+/// witness role; no two nodes listen on one address (a wildcard `0.0.0.0`/`[::]` or two loopback
+/// names on one port count as one); no node's data directory is inside another's or overlaps the
+/// share; paths are resolved against the topology file's directory.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Topology {
@@ -47,7 +50,8 @@ pub struct Topology {
     pub chat: Option<ChatPool>,
     /// Where the Central Management Store lives.
     pub cms: Cms,
-    /// Site name → the witness node that serves the mirroring of that site.
+    /// Site name → the witness node that serves the mirroring of that site: a node of that site,
+    /// present for every site that holds a mirrored database.
     pub witnesses: BTreeMap<String, String>,
     /// Settings of mirroring.
     pub mirroring: MirroringSettings,
@@ -163,6 +167,62 @@ impl FromStr for Role {
     }
 }
 
+/// Refuses `metadata` unless it is a regular file's, saying what it is instead.
+fn regular_file(path: &Path, metadata: &std::fs::Metadata) -> Result<(), TopologyError> {
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else {
+        special_file(&kind)
+    };
+    Err(TopologyError::NotAFile {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    })
+}
+
+#[cfg(unix)]
+fn special_file(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file(_kind: &std::fs::FileType) -> &'static str {
+    "not a file"
+}
+
+/// `error` from following `path`, said more plainly when `path` is a symbolic link to nothing
+/// (the operating system only says that nothing was found).
+fn explain_dangling_link(path: &Path, error: std::io::Error) -> std::io::Error {
+    if error.kind() != std::io::ErrorKind::NotFound {
+        return error;
+    }
+    match std::fs::read_link(path) {
+        Ok(target) => std::io::Error::new(
+            error.kind(),
+            format!(
+                "it is a symbolic link to {}, which does not exist",
+                target.display()
+            ),
+        ),
+        Err(_) => error,
+    }
+}
+
 /// A front-end pool: the front ends of one site and the db node(s) holding its users' database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -246,25 +306,43 @@ impl Topology {
     /// Reads and validates the topology at `path`.
     ///
     /// `path` is made absolute first (against the current directory), so `dir`, `share` and every
-    /// node's `data_dir` in the result are absolute. Refuses files over [`TOPOLOGY_BYTES_MAX`].
+    /// node's `data_dir` in the result are absolute. Refuses anything but a regular file (before
+    /// opening it), files over [`TOPOLOGY_BYTES_MAX`] and text that is not UTF-8.
     pub fn load(path: &Path) -> Result<Topology, TopologyError> {
-        let read_error = |source| TopologyError::Read {
+        let read_error = |error| TopologyError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let absolute = std::path::absolute(path).map_err(read_error)?;
+        // Look before opening: opening a FIFO for reading waits for a writer that may never come,
+        // and a device such as /dev/zero reads without end.
+        let metadata = std::fs::metadata(&absolute)
+            .map_err(|error| read_error(explain_dangling_link(&absolute, error)))?;
+        regular_file(path, &metadata)?;
         let file = std::fs::File::open(&absolute).map_err(read_error)?;
-        let mut text = String::new();
+        // The path may have been replaced between the look and the open: check what was opened.
+        let opened = file.metadata().map_err(read_error)?;
+        regular_file(path, &opened)?;
+        let mut bytes = Vec::new();
         file.take(TOPOLOGY_BYTES_MAX + 1)
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(read_error)?;
-        if text.len() as u64 > TOPOLOGY_BYTES_MAX {
+        if bytes.len() as u64 > TOPOLOGY_BYTES_MAX {
             return Err(TopologyError::TooLarge {
                 path: path.to_path_buf(),
-                bytes: std::fs::metadata(&absolute).map_or(text.len() as u64, |m| m.len()),
+                bytes: opened.len().max(bytes.len() as u64),
                 max: TOPOLOGY_BYTES_MAX,
             });
         }
+        let text = String::from_utf8(bytes).map_err(|error| {
+            let valid = error.utf8_error().valid_up_to();
+            let before = &error.as_bytes()[..valid];
+            TopologyError::NotUtf8 {
+                path: path.to_path_buf(),
+                line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+                offset: valid + 1,
+            }
+        })?;
         Topology::parse(&text, &absolute)
     }
 
@@ -275,7 +353,11 @@ impl Topology {
     /// in file order of sections, is the error returned.
     pub fn parse(text: &str, path: &Path) -> Result<Topology, TopologyError> {
         let source = Source { text, path };
-        let file: file::File = toml::from_str(text).map_err(|e| source.toml(&e))?;
+        let document = toml::Deserializer::parse(text).map_err(|e| source.toml(&e, None))?;
+        // Through serde_path_to_error, so that a value of the wrong type is reported with its key:
+        // TOML's own error names only the value.
+        let file: file::File = serde_path_to_error::deserialize(document)
+            .map_err(|e| source.toml(e.inner(), Some(e.path())))?;
         validate(file, &source)
     }
 
@@ -302,5 +384,105 @@ impl Topology {
     /// The nodes that have `role`, in file order.
     pub fn nodes_with(&self, role: Role) -> Vec<&Node> {
         self.nodes.iter().filter(|node| node.has(role)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// `Topology::load(path)`'s message, failing the test (not hanging it) if it does not answer.
+    fn load_error(path: &Path) -> String {
+        let (tx, rx) = mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(Topology::load(&path).map(|_| ()));
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => panic!("accepted"),
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                // One line, and no cause that a caller printing the chain would repeat.
+                assert!(!message.contains('\n'), "{message}");
+                assert!(std::error::Error::source(&error).is_none(), "{message}");
+                message
+            }
+            Err(_) => panic!("Topology::load did not answer in 10 s"),
+        }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn load_refuses_what_is_not_a_regular_file_without_opening_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let message = load_error(temp.path());
+        assert!(
+            message.ends_with("the topology is a directory, not a regular file: pass the path of the topology.toml file"),
+            "{message}"
+        );
+        let message = load_error(Path::new("/dev/zero"));
+        assert!(
+            message
+                .starts_with("/dev/zero: the topology is a character device, not a regular file"),
+            "{message}"
+        );
+        let fifo = temp.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let message = load_error(&fifo);
+        assert!(
+            message.contains("the topology is a FIFO (named pipe), not a regular file"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn load_says_what_a_broken_symbolic_link_is() {
+        let temp = tempfile::tempdir().unwrap();
+        let (loop1, loop2) = (temp.path().join("loop1"), temp.path().join("loop2"));
+        std::os::unix::fs::symlink(&loop2, &loop1).unwrap();
+        std::os::unix::fs::symlink(&loop1, &loop2).unwrap();
+        let message = load_error(&loop1);
+        assert!(
+            message.contains("loop1: cannot read the topology: Too many levels of symbolic links"),
+            "{message}"
+        );
+        let dangling = temp.path().join("dangling.toml");
+        std::os::unix::fs::symlink(temp.path().join("gone.toml"), &dangling).unwrap();
+        let message = load_error(&dangling);
+        assert!(
+            message.contains("cannot read the topology: it is a symbolic link to ")
+                && message.ends_with("gone.toml, which does not exist"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn load_names_the_line_of_the_first_byte_that_is_not_utf8() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("topology.toml");
+        let mut bytes = crate::example(7100, SECRET).into_bytes();
+        let at = bytes.windows(4).position(|w| w == b"atl\"").unwrap();
+        bytes[at] = 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        let message = load_error(&path);
+        assert!(
+            message.ends_with(&format!(
+                "topology.toml:{line}: byte {} is not UTF-8; a topology is UTF-8 text: is this the right file?",
+                at + 1
+            )),
+            "{message}"
+        );
     }
 }

@@ -5,10 +5,11 @@
 //! witnesses); a reference is checked where it is written, so its line is the one reported.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Bound;
+use std::path::{Component, Path, PathBuf};
 
-use crate::error::{Source, TopologyError};
+use crate::error::{Source, TopologyError, cut};
 use crate::file::{self, Text};
 use crate::topology::{
     CHAT_ACTIVE_MAX, CHAT_SERVERS_MAX, CHAT_SESSION_PING_MS_DEFAULT, CHAT_SESSION_PING_MS_MAX,
@@ -45,7 +46,7 @@ pub(crate) fn validate(file: file::File, source: &Source) -> Result<Topology> {
     check_secret(source, &deployment.secret)?;
     let share = check_share(source, &deployment.share, &dir)?;
     let sites = check_sites(source, &file.site)?;
-    let nodes = check_nodes(source, &file.node, &sites, &dir)?;
+    let nodes = check_nodes(source, &file.node, &sites, &dir, &share)?;
     let refs = Refs {
         source,
         nodes: &nodes,
@@ -68,6 +69,13 @@ pub(crate) fn validate(file: file::File, source: &Source) -> Result<Topology> {
     };
     let cms = check_cms(&refs, cms)?;
     let witnesses = check_witnesses(&refs, &file.witness, &sites)?;
+    check_witnessed(
+        &refs,
+        &file.pool,
+        file.chat.as_ref(),
+        file.cms.as_ref(),
+        &witnesses,
+    )?;
     let mut mirroring = crate::topology::MirroringSettings::default();
     if let Some(n) = file
         .mirroring
@@ -129,10 +137,15 @@ fn check_name(source: &Source, name: &Text, key: &str) -> Result<()> {
     if valid {
         return Ok(());
     }
+    let problem = if text.len() > NAME_BYTES_MAX {
+        format!("{:?} is {} bytes long", cut(text), text.len())
+    } else {
+        format!("{:?} is not a valid name", cut(text))
+    };
     Err(source.rule(
         name.span(),
         key,
-        format!("{text:?} is not a valid name"),
+        problem,
         format!(
             "a name is 1 to {NAME_BYTES_MAX} ASCII letters, digits, '-' or '_', starting with a letter or digit"
         ),
@@ -152,7 +165,10 @@ fn check_unique<'a>(
         return Err(source.rule(
             name.span(),
             key,
-            format!("{what} {name} is declared twice (first at line {first})"),
+            format!(
+                "{what} {} is declared twice (first at line {first})",
+                cut(name.get_ref())
+            ),
             format!("{what} names are unique: rename one of them"),
         ));
     }
@@ -206,13 +222,16 @@ fn check_share(source: &Source, share: &Text, dir: &Path) -> Result<PathBuf> {
         let rest = rest.strip_prefix("localhost").unwrap_or(rest);
         if !rest.starts_with('/') {
             return refuse(
-                format!("{text:?} does not name an absolute path on this machine"),
+                format!(
+                    "{:?} does not name an absolute path on this machine",
+                    cut(text)
+                ),
                 "a file:// URL names an absolute local path, e.g. file:///srv/tandem/share",
             );
         }
         let Some(decoded) = percent_decode(rest) else {
             return refuse(
-                format!("{text:?} holds a malformed %-escape"),
+                format!("{:?} holds a malformed %-escape", cut(text)),
                 "a file:// URL escapes a byte as % and two hex digits, e.g. %20 for a space",
             );
         };
@@ -220,7 +239,10 @@ fn check_share(source: &Source, share: &Text, dir: &Path) -> Result<PathBuf> {
     }
     if text.contains("://") {
         return refuse(
-            format!("{text:?} is a URL of a kind tandem does not support yet"),
+            format!(
+                "{:?} is a URL of a kind tandem does not support yet",
+                cut(text)
+            ),
             "the share is a directory path or a file:// URL",
         );
     }
@@ -269,10 +291,15 @@ fn check_nodes(
     nodes: &[file::Node],
     sites: &[String],
     dir: &Path,
+    share: &Path,
 ) -> Result<Vec<Node>> {
     let mut names = HashMap::new();
-    let mut addresses: HashMap<String, (usize, &str)> = HashMap::new();
-    let mut data_dirs: HashMap<PathBuf, &str> = HashMap::new();
+    // Port -> the addresses of the nodes checked so far on that port, with their lines.
+    let mut ports: HashMap<u16, Vec<(Listen, usize, &str)>> = HashMap::new();
+    // Lexical data directory -> (as resolved, node), ordered by components so that the
+    // directories under one are next to it.
+    let mut data_dirs: BTreeMap<PathBuf, (PathBuf, &str)> = BTreeMap::new();
+    let share_lexical = lexical(share);
     let mut checked = Vec::with_capacity(nodes.len());
     for node in nodes {
         let name = node.name.get_ref();
@@ -286,7 +313,7 @@ fn check_nodes(
             sites,
         )?;
 
-        let address_key = parse_address(node.address.get_ref()).map_err(|problem| {
+        let listen = parse_address(node.address.get_ref()).map_err(|problem| {
             source.rule(
                 node.address.span(),
                 "node.address",
@@ -295,17 +322,30 @@ fn check_nodes(
             )
         })?;
         let line = source.line_at(node.address.span().start);
-        if let Some((first_line, first)) = addresses.insert(address_key, (line, name)) {
+        let on_port = ports.entry(listen.port).or_default();
+        for (first, first_line, first_name) in on_port.iter() {
+            let Some(why) = listen.clashes_with(first) else {
+                continue;
+            };
+            let address = cut(node.address.get_ref());
+            let problem = if first.key == listen.key {
+                format!(
+                    "node {name} listens on {address}, as node {first_name} does (line {first_line})"
+                )
+            } else {
+                format!(
+                    "node {name} listens on {address} and node {first_name} on {} (line {first_line}): {why}",
+                    first.written
+                )
+            };
             return Err(source.rule(
                 node.address.span(),
                 "node.address",
-                format!(
-                    "node {name} listens on {}, as node {first} does (line {first_line})",
-                    node.address
-                ),
+                problem,
                 "each node listens on its own address: give one of them another port",
             ));
         }
+        on_port.push((listen, line, name));
 
         let mut roles = std::collections::BTreeSet::new();
         if node.roles.get_ref().is_empty() {
@@ -321,7 +361,7 @@ fn check_nodes(
                 source.rule(
                     role.span(),
                     "node.roles",
-                    format!("node {name}: {role:?} is not a role", role = role.get_ref()),
+                    format!("node {name}: {:?} is not a role", cut(role.get_ref())),
                     "a role is one of db, frontend, chat, witness",
                 )
             })?;
@@ -349,18 +389,75 @@ fn check_nodes(
             }
             Some(data) => resolve(dir, Path::new(data.get_ref())),
         };
-        if let Some(first) = data_dirs.insert(data_dir.clone(), name) {
-            let span = node.data.as_ref().map_or(node.name.span(), |d| d.span());
-            return Err(source.rule(
-                span,
-                "node.data",
+        let span = node.data.as_ref().map_or(node.name.span(), |d| d.span());
+        let refuse = |problem: String, rule: &str| {
+            Err(source.rule(span.clone(), "node.data", problem, rule))
+        };
+        let shown = |path: &Path| cut(&path.display().to_string());
+        let apart = "each node has its own data directory, and none is inside another's: \
+                     a node's files would mix with another's";
+        // Compared lexically, as written and resolved against the topology's directory: the
+        // directories need not exist yet, and a check that followed links would pass or fail
+        // with the state of the disk. `a/../b` is taken as `b`.
+        let lexical_dir = lexical(&data_dir);
+        if let Some((_, first)) = data_dirs.get(&lexical_dir) {
+            return refuse(
                 format!(
                     "node {name} keeps its data in {}, as node {first} does",
-                    data_dir.display()
+                    shown(&data_dir)
                 ),
-                "each node has its own data directory",
-            ));
+                apart,
+            );
         }
+        // A directory that holds this one is one of its ancestors.
+        if let Some((outer, first)) = lexical_dir
+            .ancestors()
+            .skip(1)
+            .find_map(|ancestor| data_dirs.get(ancestor))
+        {
+            return refuse(
+                format!(
+                    "node {name} keeps its data in {}, inside node {first}'s data directory {}",
+                    shown(&data_dir),
+                    shown(outer)
+                ),
+                apart,
+            );
+        }
+        // A directory this one holds comes right after it in the order of components.
+        if let Some((_, (inner, first))) = data_dirs
+            .range::<Path, _>((Bound::Excluded(lexical_dir.as_path()), Bound::Unbounded))
+            .next()
+            .filter(|(other, _)| other.starts_with(&lexical_dir))
+        {
+            return refuse(
+                format!(
+                    "node {name} keeps its data in {}, which holds node {first}'s data directory {}",
+                    shown(&data_dir),
+                    shown(inner)
+                ),
+                apart,
+            );
+        }
+        let overlap = if lexical_dir.starts_with(&share_lexical) {
+            Some("inside the share")
+        } else if share_lexical.starts_with(&lexical_dir) {
+            Some("which holds the share")
+        } else {
+            None
+        };
+        if let Some(overlap) = overlap {
+            return refuse(
+                format!(
+                    "node {name} keeps its data in {}, {overlap} {}",
+                    shown(&data_dir),
+                    shown(share)
+                ),
+                "a data directory and the share (deployment.share) are apart: every site's nodes \
+                 write backups into the share and move its files, a node's data directory is its own",
+            );
+        }
+        data_dirs.insert(lexical_dir, (data_dir.clone(), name));
 
         checked.push(Node {
             name: name.clone(),
@@ -386,7 +483,10 @@ fn check_site(
     Err(source.rule(
         site.span(),
         key,
-        format!("{whose} is in site {site}, which no [[site]] declares"),
+        format!(
+            "{whose} is in site {}, which no [[site]] declares",
+            cut(site.get_ref())
+        ),
         format!(
             "a site must be one of the declared sites ({}): declare it or fix the name",
             sites.join(", ")
@@ -394,15 +494,75 @@ fn check_site(
     ))
 }
 
-/// Checks `host:port` and returns a key that is equal for two spellings of one address.
-fn parse_address(text: &str) -> std::result::Result<String, String> {
-    if let Ok(address) = text.parse::<SocketAddr>() {
+/// Where a node listens, as far as it can be told from the text, without resolving names.
+struct Listen {
+    /// The address as written, for messages.
+    written: String,
+    /// The address spelled one way, equal for two spellings of one address (`LOCALHOST:9` and
+    /// `localhost:9`, `[::1]:9` and `[0:0:0:0:0:0:0:1]:9`).
+    key: String,
+    host: Host,
+    port: u16,
+}
+
+#[derive(PartialEq, Eq)]
+enum Host {
+    /// `0.0.0.0` or `[::]`: every address of the machine.
+    Any,
+    /// `localhost`, `127.0.0.1` or `[::1]`.
+    Loopback,
+    /// Any other IP address or host name.
+    Other,
+}
+
+impl Listen {
+    /// Why `self` and `other` cannot both listen, if they cannot.
+    ///
+    /// Kept simple, without resolving names or asking the kernel: a wildcard takes its port on
+    /// every address, so it clashes with any address on that port; and the loopback names are
+    /// taken as one address, since `localhost` resolves to `127.0.0.1` or `::1` and a client of
+    /// either finds whichever node bound it first. Two other hosts may still be one machine
+    /// (a name and its IP address): that is left to the operator.
+    fn clashes_with(&self, other: &Listen) -> Option<&'static str> {
+        if self.port != other.port {
+            return None;
+        }
+        if self.key == other.key {
+            return Some("the same address");
+        }
+        if self.host == Host::Any || other.host == Host::Any {
+            return Some("0.0.0.0 and [::] take their port on every address of the machine");
+        }
+        if self.host == Host::Loopback && other.host == Host::Loopback {
+            return Some("localhost, 127.0.0.1 and [::1] are all this machine's loopback");
+        }
+        None
+    }
+}
+
+/// Checks `host:port`.
+fn parse_address(written: &str) -> std::result::Result<Listen, String> {
+    let text = cut(written);
+    if let Ok(address) = written.parse::<SocketAddr>() {
         if address.port() == 0 {
             return Err(format!("{text:?} has port 0"));
         }
-        return Ok(address.to_string());
+        let ip = address.ip();
+        let host = if ip.is_unspecified() {
+            Host::Any
+        } else if ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST) {
+            Host::Loopback
+        } else {
+            Host::Other
+        };
+        return Ok(Listen {
+            written: written.to_string(),
+            key: address.to_string(),
+            host,
+            port: address.port(),
+        });
     }
-    let Some((host, port)) = text.rsplit_once(':') else {
+    let Some((host, port)) = written.rsplit_once(':') else {
         return Err(format!("{text:?} has no :port"));
     };
     let port: u16 = match port.parse() {
@@ -423,7 +583,39 @@ fn parse_address(text: &str) -> std::result::Result<String, String> {
     if host.is_empty() || host.len() > 253 || looks_like_ipv4 || !host.split('.').all(label_valid) {
         return Err(format!("{text:?} has no valid host before ':{port}'"));
     }
-    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+    let host = host.to_ascii_lowercase();
+    Ok(Listen {
+        written: written.to_string(),
+        key: format!("{host}:{port}"),
+        host: if host == "localhost" {
+            Host::Loopback
+        } else {
+            Host::Other
+        },
+        port,
+    })
+}
+
+/// `path` with `.` left out and each `..` taking the component before it away, without looking
+/// at the disk (a `..` at the start of a relative path, or after the root, stays or goes as the
+/// operating system would take it: kept, or dropped after the root).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(component),
+            },
+            _ => out.push(component),
+        }
+    }
+    // An empty path for the current directory itself, so that every relative path starts with it.
+    out.iter().collect()
 }
 
 /// Looks up the nodes that sections name.
@@ -449,7 +641,7 @@ impl<'a> Refs<'a> {
             return Err(self.rule(
                 name,
                 key,
-                format!("node {name} is not declared"),
+                format!("node {} is not declared", cut(name.get_ref())),
                 "every node named in the topology needs a [[node]] with that name: add it or fix the name",
             ));
         };
@@ -639,7 +831,10 @@ fn check_pairs(refs: &Refs, pools: &[file::Pool]) -> Result<()> {
             return Err(refs.rule(
                 pair,
                 "pool.pair",
-                format!("pool {name} is paired with pool {pair}, which is not declared"),
+                format!(
+                    "pool {name} is paired with pool {}, which is not declared",
+                    cut(pair.get_ref())
+                ),
                 "a pool is paired with another declared [[pool]]: add it or fix the name",
             ));
         };
@@ -781,7 +976,7 @@ fn check_chat(refs: &Refs, chat: &file::Chat) -> Result<ChatPool> {
             return Err(refs.rule(
                 server,
                 "chat.active",
-                format!("{server} is not one of chat.servers"),
+                format!("{} is not one of chat.servers", cut(server.get_ref())),
                 "the active servers are chosen among chat.servers",
             ));
         }
@@ -887,17 +1082,102 @@ fn check_witnesses(
             return Err(refs.rule(
                 site,
                 &key,
-                format!("{site} is not a declared site"),
+                format!("{} is not a declared site", cut(site.get_ref())),
                 format!(
                     "the keys of [witness] are declared sites ({})",
                     sites.join(", ")
                 ),
             ));
         }
-        refs.node(node, &key, Role::Witness, "a witness")?;
+        let witness = refs.node(node, &key, Role::Witness, "a witness")?;
+        if witness.site != *site.get_ref() {
+            return Err(refs.rule(
+                node,
+                &key,
+                format!("{node} is in site {}, not in site {site}", witness.site),
+                format!(
+                    "the witness of a site is one of its nodes: name a node of site {site} that has the witness role"
+                ),
+            ));
+        }
     }
     Ok(witnesses
         .iter()
         .map(|(site, node)| (site.get_ref().clone(), node.get_ref().clone()))
         .collect())
+}
+
+/// Every site that holds a mirrored database has a witness: a mirror takes over from a lost
+/// primary only when the witness of its site grants it, so without one nothing fails over, and
+/// nothing would say why. Checked in file order, at the line of the mirror that needs it.
+fn check_witnessed(
+    refs: &Refs,
+    pools: &[file::Pool],
+    chat: Option<&file::Chat>,
+    cms: Option<&file::Cms>,
+    witnesses: &BTreeMap<String, String>,
+) -> Result<()> {
+    // (key of the mirror, the mirror, the database, the primary it mirrors)
+    let mut mirrored: Vec<(&str, &Text, String, &Text)> = Vec::new();
+    for pool in pools {
+        if let Some(mirror) = &pool.mirror {
+            let database = crate::topology::users_database(pool.name.get_ref());
+            mirrored.push(("pool.mirror", mirror, database, &pool.primary));
+        }
+    }
+    if let Some(chat) = chat {
+        if let Some(mirror) = &chat.mirror {
+            mirrored.push((
+                "chat.mirror",
+                mirror,
+                "mgc and mgccomp".into(),
+                &chat.primary,
+            ));
+        }
+        if let (Some(mirror), Some(backup)) = (&chat.backup_mirror, &chat.backup) {
+            mirrored.push(("chat.backup_mirror", mirror, "mgc".into(), backup));
+        }
+    }
+    if let Some(cms) = cms
+        && let Some(mirror) = &cms.mirror
+    {
+        mirrored.push(("cms.mirror", mirror, "cms".into(), &cms.primary));
+    }
+    for (key, mirror, database, primary) in mirrored {
+        // Every name here passed its own section's checks: the nodes exist, beside each other.
+        let Some(site) = refs
+            .nodes
+            .iter()
+            .find(|n| n.name == *primary.get_ref())
+            .map(|n| n.site.as_str())
+        else {
+            continue;
+        };
+        if witnesses.contains_key(site) {
+            continue;
+        }
+        let candidates: Vec<&str> = refs
+            .nodes
+            .iter()
+            .filter(|n| n.site == site && n.has(Role::Witness))
+            .map(|n| n.name.as_str())
+            .collect();
+        let fix = match candidates.first() {
+            Some(node) => format!("add {site} = \"{node}\" under [witness]"),
+            None => format!(
+                "give a node of site {site} the witness role and name it under [witness] as {site} = \"<node>\""
+            ),
+        };
+        return Err(refs.rule(
+            mirror,
+            key,
+            format!(
+                "site {site} holds {database} mirrored ({primary} to {mirror}) and has no witness"
+            ),
+            format!(
+                "a mirror takes over from a lost primary only when the witness of its site grants it: {fix}"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -326,6 +326,42 @@ fn addresses_are_unique() {
 }
 
 #[test]
+fn a_wildcard_or_a_loopback_alias_on_a_taken_port_clashes() {
+    let first = line_of(&example_text(), "127.0.0.1:7104");
+    for (address, why) in [
+        ("localhost:7104", "all this machine's loopback"),
+        ("[::1]:7104", "all this machine's loopback"),
+        ("0.0.0.0:7104", "every address of the machine"),
+        ("[::]:7104", "every address of the machine"),
+    ] {
+        let text = broken("127.0.0.1:7105", address);
+        refused_at(
+            &text,
+            address,
+            &[
+                "node.address",
+                &format!(
+                    "node dal-db2 listens on {address} and node dal-db1 on 127.0.0.1:7104 (line {first}): "
+                ),
+                why,
+                "another port",
+            ],
+        );
+    }
+    // The wildcard first, a loopback address after it.
+    let text = broken("127.0.0.1:7100", "0.0.0.0:7104");
+    refused_at(
+        &text,
+        "127.0.0.1:7104",
+        &["node dal-db1 listens on 127.0.0.1:7104 and node atl-fe on 0.0.0.0:7104"],
+    );
+    // Other addresses on one port may be other machines, or other addresses of this one.
+    for address in ["127.0.0.2:7104", "10.0.0.5:7104", "dal-db2.example:7104"] {
+        parse(&broken("127.0.0.1:7105", address)).unwrap();
+    }
+}
+
+#[test]
 fn roles_are_known_non_empty_and_listed_once() {
     let text = broken(
         "address = \"127.0.0.1:7105\"\nroles = [\"db\"]",
@@ -399,6 +435,101 @@ fn data_directories_default_resolve_and_are_not_shared() {
         "roles = [\"db\"]\ndata = \"\"\n\n[[node]]\nname = \"dal-db2\"",
     );
     refused_at(&text, "data = \"\"", &["node.data", "empty"]);
+}
+
+/// The example with `data = "{data}"` given to dal-db2.
+fn dal_db2_data(data: &str) -> String {
+    broken(
+        "roles = [\"db\"]\n\n[[node]]\nname = \"dal-db2\"",
+        &format!("roles = [\"db\"]\n\n[[node]]\nname = \"dal-db2\"\ndata = \"{data}\""),
+    )
+}
+
+#[test]
+fn data_directories_are_not_inside_one_another() {
+    // The parent of every other node's directory.
+    let text = dal_db2_data("data");
+    refused_at(
+        &text,
+        "data = \"data\"",
+        &[
+            "node.data",
+            // The first in the order of paths is named.
+            "node dal-db2 keeps its data in ./data, which holds node atl-db1's data directory ./data/atl-db1",
+            "none is inside another's",
+        ],
+    );
+    // Inside another node's.
+    let text = dal_db2_data("data/atl-db1/more");
+    refused_at(
+        &text,
+        "data = \"data/atl-db1/more\"",
+        &["inside node atl-db1's data directory ./data/atl-db1"],
+    );
+    // The same directory, spelled another way: compared after `.` and `..` are taken away.
+    let text = dal_db2_data("elsewhere/.././data/./atl-db1");
+    refused_at(
+        &text,
+        "data = \"elsewhere",
+        &["keeps its data in ./elsewhere/.././data/./atl-db1, as node atl-db1 does"],
+    );
+    // A later node's default directory inside an earlier node's chosen one.
+    let text = broken(
+        "roles = [\"frontend\", \"chat\", \"witness\"]\n\n[[node]]\nname = \"atl-db1\"",
+        "roles = [\"frontend\", \"chat\", \"witness\"]\ndata = \"data\"\n\n[[node]]\nname = \"atl-db1\"",
+    );
+    refused_at(
+        &text,
+        "name = \"atl-db1\"",
+        &[
+            "node atl-db1 keeps its data in ./data/atl-db1, inside node atl-fe's data directory ./data",
+        ],
+    );
+    // Names that only begin alike are apart.
+    parse(&dal_db2_data("data/atl-db1-old")).unwrap();
+    parse(&dal_db2_data("/var/lib/tandem/dal-db2")).unwrap();
+}
+
+#[test]
+fn data_directories_and_the_share_are_apart() {
+    let text = dal_db2_data("share/dal-db2");
+    refused_at(
+        &text,
+        "data = \"share/dal-db2\"",
+        &[
+            "node.data",
+            "node dal-db2 keeps its data in ./share/dal-db2, inside the share ./share",
+            "the share (deployment.share) are apart",
+        ],
+    );
+    let text = edit(
+        &dal_db2_data("shares"),
+        "share = \"share\"",
+        "share = \"shares/main\"",
+    );
+    refused_at(
+        &text,
+        "data = \"shares\"",
+        &["keeps its data in ./shares, which holds the share ./shares/main"],
+    );
+    // The share inside a node's default directory: named at that node.
+    let text = broken("share = \"share\"", "share = \"data/atl-fe/share\"");
+    refused_at(
+        &text,
+        "name = \"atl-fe\"",
+        &["node atl-fe keeps its data in ./data/atl-fe, which holds the share ./data/atl-fe/share"],
+    );
+    let text = broken("share = \"share\"", "share = \"file:///srv/share\"");
+    let text = edit(
+        &text,
+        "roles = [\"db\"]\n\n[[node]]\nname = \"dal-db2\"",
+        "roles = [\"db\"]\n\n[[node]]\nname = \"dal-db2\"\ndata = \"/srv/share/db\"",
+    );
+    refused_at(
+        &text,
+        "data = \"/srv/share/db\"",
+        &["inside the share /srv/share"],
+    );
 }
 
 // --- references ------------------------------------------------------------------------------
@@ -1099,9 +1230,119 @@ fn witnesses_serve_declared_sites_and_have_the_role() {
             "a witness must be a node with the witness role",
         ],
     );
-    let example = example_text();
-    let text = &example[..example.find("# Witnesses").unwrap()];
-    assert!(parse(text).unwrap().witnesses.is_empty());
+}
+
+/// The line of the first `needle` after the first `after`, in `text`.
+fn line_after(text: &str, after: &str, needle: &str) -> usize {
+    let from = text.find(after).unwrap();
+    let at = from + text[from..].find(needle).unwrap();
+    1 + text[..at].matches('\n').count()
+}
+
+/// The example without its `[witness]` section (the comment before it included).
+fn without_witnesses(text: &str) -> String {
+    let start = text.find("# Witnesses").unwrap();
+    let end = text.find("# Mirroring").unwrap();
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+#[test]
+fn a_site_holding_a_mirrored_database_has_a_witness() {
+    // dal's witness removed: pool-dal's user database is mirrored there (and mgc's backup).
+    let text = broken("dal = \"dal-fe\"\n", "");
+    refused(
+        &text,
+        line_after(&text, "name = \"pool-dal\"", "mirror = "),
+        &[
+            "pool.mirror",
+            "site dal holds users-pool-dal mirrored (dal-db1 to dal-db2) and has no witness",
+            "the witness of its site grants it",
+            "add dal = \"dal-fe\" under [witness]",
+        ],
+    );
+    // No [witness] at all: the first mirror in the file is named.
+    let text = without_witnesses(&example_text());
+    refused(
+        &text,
+        line_after(&text, "name = \"pool-atl\"", "mirror = "),
+        &[
+            "pool.mirror",
+            "site atl",
+            "add atl = \"atl-fe\" under [witness]",
+        ],
+    );
+    // Each kind of mirrored database needs it, alone too.
+    let no_mirrors = [
+        ("mirror = \"atl-db2\"\n\n[[pool]]", "\n[[pool]]"),
+        (
+            "mirror = \"dal-db2\"\n\n# The persistent",
+            "\n# The persistent",
+        ),
+        ("mirror = \"atl-db2\"\nbackup =", "backup ="),
+        ("backup_mirror = \"dal-db2\"\n", ""),
+        ("mirror = \"atl-db2\"\nstandby", "standby"),
+    ];
+    let all_removed = no_mirrors
+        .iter()
+        .fold(without_witnesses(&example_text()), |text, (from, to)| {
+            edit(&text, from, to)
+        });
+    // With no mirror anywhere, no witness is needed.
+    assert!(parse(&all_removed).unwrap().witnesses.is_empty());
+    let kept = [
+        ("pool.mirror", "site atl holds users-pool-atl mirrored"),
+        ("pool.mirror", "site dal holds users-pool-dal mirrored"),
+        ("chat.mirror", "site atl holds mgc and mgccomp mirrored"),
+        (
+            "chat.backup_mirror",
+            "site dal holds mgc mirrored (dal-db1 to dal-db2)",
+        ),
+        (
+            "cms.mirror",
+            "site atl holds cms mirrored (atl-db1 to atl-db2)",
+        ),
+    ];
+    for (i, (key, problem)) in kept.into_iter().enumerate() {
+        let text = no_mirrors.iter().enumerate().filter(|(j, _)| *j != i).fold(
+            without_witnesses(&example_text()),
+            |text, (_, (from, to))| edit(&text, from, to),
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains(&format!(": {key}: {problem}")), "{error}");
+        // And a witness in that site is enough.
+        let site = if problem.contains("site atl") {
+            "atl"
+        } else {
+            "dal"
+        };
+        let text = format!("{text}\n[witness]\n{site} = \"{site}-fe\"\n");
+        parse(&text).unwrap();
+    }
+    // A site with no node that could be its witness is told to give one the role.
+    let text = broken("dal = \"dal-fe\"\n", "").replacen(
+        "roles = [\"frontend\", \"chat\", \"witness\"]\n\n[[node]]\nname = \"dal-db1\"",
+        "roles = [\"frontend\", \"chat\"]\n\n[[node]]\nname = \"dal-db1\"",
+        1,
+    );
+    let error = parse(&text).unwrap_err().to_string();
+    assert!(
+        error.contains("give a node of site dal the witness role"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_witness_is_a_node_of_the_site_it_serves() {
+    let text = broken("atl = \"atl-fe\"", "atl = \"dal-fe\"");
+    refused_at(
+        &text,
+        "atl = \"dal-fe\"",
+        &[
+            "witness.atl",
+            "dal-fe is in site dal, not in site atl",
+            "a node of site atl that has the witness role",
+        ],
+    );
 }
 
 #[test]
@@ -1170,6 +1411,78 @@ fn errors_name_the_given_path() {
             .starts_with("/etc/tandem/topology.toml:1: "),
         "{error}"
     );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_key() {
+    for (from, to, key) in [
+        (
+            "journal_records_max = 1000000",
+            "journal_records_max = 99999999999999999999",
+            "mirroring.journal_records_max: invalid type: integer",
+        ),
+        (
+            "journal_records_max = 1000000",
+            "journal_records_max = \"many\"",
+            "mirroring.journal_records_max: invalid type: string \"many\", expected a whole number",
+        ),
+        (
+            "session_ping_ms = 30000",
+            "session_ping_ms = 1.5",
+            "chat.session_ping_ms: invalid type: floating point `1.5`",
+        ),
+        (
+            "address = \"127.0.0.1:7104\"",
+            "address = 7104",
+            "node.address: invalid type: integer `7104`",
+        ),
+        (
+            "dal = \"dal-fe\"",
+            "dal = 5",
+            "witness.dal: invalid type: integer `5`",
+        ),
+        (
+            "roles = [\"db\"]\n\n[[node]]\nname = \"dal-db2\"",
+            "roles = [\"db\", 3]\n\n[[node]]\nname = \"dal-db2\"",
+            "node.roles: invalid type: integer `3`",
+        ),
+    ] {
+        let text = broken(from, to);
+        let line = to.lines().next().unwrap();
+        refused_at(&text, line, &[key]);
+    }
+}
+
+#[test]
+fn long_values_are_cut_in_messages() {
+    let long = "n".repeat(5000);
+    for (from, to) in [
+        ("name = \"dal-db2\"", format!("name = \"{long}\"")),
+        (
+            "primary = \"dal-db1\"\nmirror",
+            format!("primary = \"{long}\"\nmirror"),
+        ),
+        (
+            "address = \"127.0.0.1:7105\"",
+            format!("address = \"{long}\""),
+        ),
+        (
+            "standby = \"dal-db1\"",
+            format!("standby = \"dal-db1\"\n{long} = 1"),
+        ),
+        (
+            "journal_records_max = 1000000",
+            format!("journal_records_max = \"{long}\""),
+        ),
+    ] {
+        let error = parse(&broken(from, &to)).unwrap_err().to_string();
+        assert!(error.len() < 500, "{} bytes: {error}", error.len());
+        assert!(error.contains("nnnn…"), "{error}");
+    }
+    let error = parse(&broken("name = \"dal-db2\"", &format!("name = \"{long}\"")))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is 5000 bytes long"), "{error}");
 }
 
 #[test]
