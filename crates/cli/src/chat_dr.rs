@@ -955,13 +955,20 @@ fn dry_run_report(
     preconditions: impl FnOnce(bool) -> anyhow::Result<()>,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let checks = match preconditions(book.in_progress().is_some()) {
-        Ok(()) => json!("every precondition holds"),
-        Err(e) => json!(format!("refused: {e}")),
+    let refused = preconditions(book.in_progress().is_some()).err();
+    let checks = match &refused {
+        None => json!("every precondition holds"),
+        Some(e) => json!(format!("refused: {e}")),
     };
     let report =
         json!({ "procedure": book.procedure, "preconditions": checks, "plan": book.plan() });
-    out.emit(&report, || plan_text(&report))
+    out.emit(&report, || plan_text(&report))?;
+    // The plan is printed either way; the exit status says whether the run would start
+    // (until session 32 a refused dry run exited 0, as if it would).
+    match refused {
+        None => Ok(()),
+        Some(e) => Err(e.context(format!("{} would be refused", book.procedure))),
+    }
 }
 
 fn plan_text(r: &Value) -> String {

@@ -339,8 +339,15 @@ fn the_primary_site_is_lost_the_chat_pool_fails_over_and_back_and_nothing_acknow
 
     refused(&["chat", "failover"], "healthy");
     refused(&["chat", "failback"], "not failed over");
-    let dry = json(&d.dir, &["chat", "failover", "--dry-run"]);
+    // The dry run prints the plan and exits 1: the run would be refused.
+    let out = tandem(&d.dir, &["chat", "failover", "--dry-run", "--json"]);
+    assert!(!out.status.success());
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(dry["plan"].as_array().unwrap().len(), 7, "{dry}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chat-failover would be refused"),
+        "{out:?}"
+    );
 
     // The whole primary site is lost, under a load of posts.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
