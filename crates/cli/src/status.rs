@@ -147,7 +147,20 @@ pub fn run(d: &Deployment, out: &Output) -> anyhow::Result<()> {
                         Some(p) => format!("{e}; its process, pid {p}, is alive"),
                         None => e.to_string(),
                     }),
-                    warnings: Vec::new(),
+                    // The site's witness silent: nothing there fails over by itself, and
+                    // nothing else in the table says so.
+                    warnings: d
+                        .topology
+                        .witnesses
+                        .iter()
+                        .filter(|(_, w)| **w == n.name)
+                        .map(|(site, _)| {
+                            format!(
+                                "the witness of site {site} does not answer: no mirror in {site} \
+                                 takes over from a lost primary by itself meanwhile"
+                            )
+                        })
+                        .collect(),
                 });
                 for p in d.topology.databases_on(&n.name) {
                     databases.push(CopyLine {

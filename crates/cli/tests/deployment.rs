@@ -433,6 +433,15 @@ fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_s
     let d = Deployment::init();
     // The CMS primary and its witness: without mirror or witness a primary writes nothing.
     ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1,atl-fe"]);
+    // dal's witness is down: status says what that means.
+    let s = json(&d.dir, &["status"]);
+    assert!(
+        node(&s, "dal-fe")["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("the witness of site dal does not answer")),
+        "{s}"
+    );
+    assert_eq!(node(&s, "atl-fe")["warnings"], serde_json::json!([]), "{s}");
     let fails = |args: &[&str]| {
         let out = tandem(&d.dir, args);
         assert!(!out.status.success(), "{args:?} should be refused");
