@@ -97,6 +97,20 @@ pub(crate) fn write(dir: &Path, base_port: Option<u16>) -> anyhow::Result<Report
             dir.display()
         );
     }
+    // What an earlier deployment leaves beside its topology: the new one would take its
+    // databases, pid files and share for its own (until session 32 it did, silently).
+    let left: Vec<&str> = ["data", "run", "logs", "share", ".tandem", "audit.log"]
+        .into_iter()
+        .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+        .collect();
+    if !left.is_empty() {
+        bail!(
+            "{} holds {} of an earlier deployment: init writes a new deployment into an empty \
+             place; choose another directory, or remove them",
+            dir.display(),
+            left.join(", ")
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
     let topology = tandem_topology::Topology::load(&file)?;

@@ -430,6 +430,14 @@ fn bad_arguments_get_one_clear_line() {
     assert!(tandem(&["init", s(&dir)]).status.success());
     let err = fails(&["init", s(&dir)]);
     assert!(err.contains("topology.toml exists"), "{err}");
+    // Its topology gone, what it left is not taken for a new deployment's.
+    std::fs::remove_file(dir.join("topology.toml")).unwrap();
+    let err = fails(&["init", s(&dir)]);
+    assert!(
+        err.contains("holds share of an earlier deployment"),
+        "{err}"
+    );
+    assert!(!dir.join("topology.toml").exists());
 }
 
 /// `db restore --replace` over a copy another process has open (a node serving it) refuses at
