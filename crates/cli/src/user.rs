@@ -64,13 +64,27 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                 None => d.topology.pools.clone(),
             };
             let mut all: Vec<UserInfo> = Vec::new();
+            // A pool that does not answer does not hide the others' users (it did: nothing was
+            // listed); it is named, and the command fails once the rest is printed.
+            let mut unlisted = Vec::new();
             for p in pools {
                 let db = p.users_database();
-                let (node, addr) = d.primary_address(&db)?;
-                let r = rt
-                    .block_on(client.call::<Vec<UserInfo>, _>(&addr, &db, "users.list", &json!({})))
-                    .with_context(|| format!("pool {} (database {db} on {node})", p.name))?;
-                all.extend(r.result);
+                let listed = d.primary_address(&db).and_then(|(node, addr)| {
+                    rt.block_on(client.call::<Vec<UserInfo>, _>(
+                        &addr,
+                        &db,
+                        "users.list",
+                        &json!({}),
+                    ))
+                    .with_context(|| format!("pool {} (database {db} on {node})", p.name))
+                });
+                match listed {
+                    Ok(r) => all.extend(r.result),
+                    Err(e) => unlisted.push(format!("{e:#}")),
+                }
+            }
+            if !unlisted.is_empty() && all.is_empty() && pool.is_some() {
+                bail!("{}", unlisted.join("; "));
             }
             out.emit(&all, || {
                 if all.is_empty() {
@@ -93,7 +107,14 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                         )
                     })
                     .collect()
-            })
+            })?;
+            if !unlisted.is_empty() {
+                bail!(
+                    "the users of these pools are not listed: {}",
+                    unlisted.join("; ")
+                );
+            }
+            Ok(())
         }
         UserCommand::Remove { name } => {
             let (_, cms) = d.primary_address(DATABASE_CMS)?;

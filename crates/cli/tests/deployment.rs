@@ -442,6 +442,14 @@ fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_s
         "{s}"
     );
     assert_eq!(node(&s, "atl-fe")["warnings"], serde_json::json!([]), "{s}");
+    // pool-dal's users database does not answer: pool-atl's users are listed all the same,
+    // and the command says which pool is missing.
+    let out = tandem(&d.dir, &["user", "list", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not listed: pool pool-dal"), "{err}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
     let fails = |args: &[&str]| {
         let out = tandem(&d.dir, args);
         assert!(!out.status.success(), "{args:?} should be refused");
