@@ -236,7 +236,15 @@ fn configure(
         let (line, done, applied) = match &m {
             Ok(m) => match &m.secondary {
                 Some(p) if p.node == s.name => {
-                    let seeded = p.seed.as_deref() == Some(configured.seed.as_str());
+                    // Another configure since this one (two at once) put its own seed on the
+                    // share: the secondary seeds from that one, and this one waits for it
+                    // (it waited for its own, which never came, until its deadline).
+                    let seed = m
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.seed.as_deref())
+                        .unwrap_or(configured.seed.as_str());
+                    let seeded = p.seed.as_deref() == Some(seed);
                     let error = p.restore.error.clone().or(p.copy.error.clone());
                     let line = match (&error, seeded) {
                         (Some(e), _) => format!("{}: {e}", s.name),

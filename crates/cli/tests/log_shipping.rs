@@ -616,6 +616,27 @@ fn a_failovers_restore_step_recovers_up_to_a_damaged_log_backup_and_says_so() {
 }
 
 #[test]
+fn two_configures_at_once_keep_each_others_options() {
+    let d = Deployment::up();
+    // Whichever runs second keeps the option the other gave (until session 32 the one without
+    // it could write back the value read before the other wrote).
+    let spawn = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([&CONFIGURE_MGC[..], extra].concat())
+            .current_dir(&d.dir)
+            .env_remove("TANDEM_TOPOLOGY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn(&[]);
+    let mut b = spawn(&["--backup-interval-ms", "500"]);
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    assert_eq!(d.status()["config"]["backup_interval_ms"], json!(500));
+}
+
+#[test]
 fn a_configuration_lost_from_the_share_is_written_again_and_said() {
     let d = Deployment::up();
     configure_mgc(&d, &["--backup-interval-ms", "2000"]);

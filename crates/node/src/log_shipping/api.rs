@@ -77,6 +77,12 @@ pub(crate) async fn configure(
             secondary.name, me.site
         )));
     }
+    // One configure at a time, from reading what is configured to writing it: two at once
+    // each kept the options they were not given as read before the other wrote (until session
+    // 32 one's options were lost, both answering as if they held). Only the primary
+    // configures, so its lock on the database's operations is enough.
+    let ops = node.host.operations(&database);
+    let _guard = ops.lock().await;
     let mut config = Config::new(&database, &me.site, Some(secondary.name.clone()));
     // What is not asked for stays as configured before (a failback configures log shipping
     // again with no option: the operator's intervals and window stay).
@@ -166,8 +172,6 @@ pub(crate) async fn configure(
             )));
         }
     }
-    let ops = node.host.operations(&database);
-    let _guard = ops.lock().await;
     let dir = share_dir(&node.topology, &database);
     let ask = BackupAsk {
         node: node.name.clone(),
