@@ -148,19 +148,33 @@ impl Deployment {
             .unwrap_or_default()
     }
 
-    /// Keeps (or, with None, forgets) a user's token beside the topology, readable by its owner only.
+    /// Keeps (or, with None, forgets) a user's token beside the topology, readable by its owner
+    /// only. Commands run at once (a script adding users in parallel) each read the file, change
+    /// it and put it back: under the deployment's tokens lock, so none puts back a file without
+    /// another's token, and through a temporary file of this process's own, renamed into place,
+    /// so none renames away the half-written file of another.
     pub fn save_token(&self, user: &str, token: Option<&str>) -> anyhow::Result<()> {
+        use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut all = self.tokens();
+        let _lock = self.lock_tokens()?;
+        let file = self.tokens_file();
+        let mut all: BTreeMap<String, String> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} does not read as the users' tokens (a JSON object of user to token): \
+                     move it aside, and the next `tandem user add` starts a new one",
+                    file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
         match token {
             Some(t) => all.insert(user.to_string(), t.to_string()),
             None => all.remove(user),
         };
-        let file = self.tokens_file();
-        std::fs::create_dir_all(file.parent().expect("has a parent"))?;
-        let tmp = file.with_extension("json.tmp");
-        {
-            use std::io::Write;
+        let tmp = file.with_file_name(format!("tokens.json.{}.tmp", std::process::id()));
+        let written = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -169,11 +183,45 @@ impl Deployment {
                 .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(&all)?)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+            Ok::<_, anyhow::Error>(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", file.display()));
         }
-        std::fs::rename(&tmp, &file)?;
         Ok(())
     }
+
+    /// Takes the deployment's tokens lock (`.tandem/tokens.lock`), waiting up to
+    /// `TOKENS_LOCK_WAIT_MS` for the command that holds it: a holder changes one small file and
+    /// lets go at once, and the kernel lets go for a holder that dies.
+    fn lock_tokens(&self) -> anyhow::Result<std::fs::File> {
+        let path = self.dir().join(".tandem").join("tokens.lock");
+        let deadline = Instant::now() + Duration::from_millis(TOKENS_LOCK_WAIT_MS);
+        loop {
+            if let Some(file) = try_lock(&path)? {
+                return Ok(file);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} is still held after {} s by another tandem command keeping a user's \
+                     token: find it (`fuser {}`), let it end or stop it, then run this again",
+                    path.display(),
+                    TOKENS_LOCK_WAIT_MS / 1000,
+                    path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(TOKENS_LOCK_POLL_MS));
+        }
+    }
 }
+
+/// Longest wait for the tokens lock: many times what a holder needs (read, change and write
+/// back one small file), short enough that a stuck holder is reported.
+const TOKENS_LOCK_WAIT_MS: u64 = 10_000;
+/// How often a command waiting for the tokens lock tries it again.
+const TOKENS_LOCK_POLL_MS: u64 = 5;
 
 /// True when `pid` is alive (not a zombie) and its command line is `tandem serve --node NODE`.
 pub fn is_node_process(pid: i32, node: &str) -> bool {
@@ -324,6 +372,69 @@ pub fn try_lock(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example deployment in `dir`, nothing of it started.
+    fn example_in(dir: &Path) -> Deployment {
+        let file = dir.join("topology.toml");
+        let text = tandem_topology::example(20000, &"ab".repeat(32));
+        Deployment {
+            topology: Topology::parse(&text, &file).unwrap(),
+            file,
+        }
+    }
+
+    #[test]
+    fn tokens_saved_at_once_are_all_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = std::sync::Arc::new(example_in(tmp.path()));
+        d.save_token("gone", Some("gone.0")).unwrap();
+        // Each thread opens the lock file itself: the kernel's file locks are held by an open
+        // file, so threads exclude each other as the processes of parallel commands do.
+        let threads = 16;
+        let start = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+        let savers: Vec<_> = (0..threads)
+            .map(|i| {
+                let (d, start) = (d.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    d.save_token(&format!("tok{i}"), Some(&format!("tok{i}.{i}")))
+                })
+            })
+            .collect();
+        start.wait();
+        d.save_token("gone", None).unwrap();
+        for (i, saver) in savers.into_iter().enumerate() {
+            saver
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("tok{i}: {e:#}"));
+        }
+        let expected: BTreeMap<String, String> = (0..threads)
+            .map(|i| (format!("tok{i}"), format!("tok{i}.{i}")))
+            .collect();
+        assert_eq!(d.tokens(), expected);
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join(".tandem"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[test]
+    fn a_tokens_file_that_does_not_read_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = example_in(tmp.path());
+        let file = tmp.path().join(".tandem").join("tokens.json");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"{\"alice\": \"alice.1\"").unwrap();
+        let e = d.save_token("bob", Some("bob.1")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not read as the users' tokens"),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"{\"alice\": \"alice.1\"");
+    }
 
     #[test]
     fn a_stopped_process_is_told_from_a_running_one() {

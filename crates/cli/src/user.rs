@@ -6,8 +6,10 @@ use crate::deployment::{Deployment, runtime};
 use crate::output::Output;
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tandem_node::ClientError;
+use tandem_pool::cms::Claim;
 use tandem_pool::users::{NewUser, UserInfo};
 use tandem_topology::{DATABASE_CMS, DATABASE_MGC};
 
@@ -44,6 +46,10 @@ pub(crate) struct Added {
     pub(crate) user: String,
     pub(crate) pool: String,
     pub(crate) token: String,
+    /// Why the token could not be kept beside the topology (the user exists all the same);
+    /// absent when it was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) token_not_kept: Option<String>,
 }
 
 pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()> {
@@ -56,7 +62,15 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             password,
         } => {
             let report = rt.block_on(add(d, &name, &pool, password.as_deref()))?;
-            out.emit(&report, || format!("{}\n", report.token))
+            out.emit(&report, || format!("{}\n", report.token))?;
+            match &report.token_not_kept {
+                None => Ok(()),
+                Some(why) => bail!(
+                    "user {name} was created on {pool} and its token printed, but the token \
+                     could not be kept beside the topology ({why}): keep the printed token \
+                     yourself, or `tandem user remove {name}` and add it again once that is fixed"
+                ),
+            }
         }
         UserCommand::List { pool } => {
             let pools: Vec<_> = match &pool {
@@ -158,29 +172,58 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
                 }
             };
             let db = format!("users-{pool}");
-            let (_, addr) = d.primary_address(&db)?;
-            rt.block_on(async {
-                client
-                    .call::<serde_json::Value, _>(
-                        &addr,
-                        &db,
-                        "users.remove",
-                        &json!({ "name": name }),
-                    )
-                    .await?;
-                client
-                    .call::<serde_json::Value, _>(
-                        &cms,
-                        DATABASE_CMS,
-                        "cms.remove_home",
-                        &json!({ "user": name }),
-                    )
-                    .await?;
-                Ok::<_, anyhow::Error>(())
+            let (node, addr) = d.primary_address(&db)?;
+            let removed = rt.block_on(client.call::<serde_json::Value, _>(
+                &addr,
+                &db,
+                "users.remove",
+                &json!({ "name": name }),
+            ));
+            // A home without its user is what a `user add` leaves when its pool did not say
+            // whether it created the user: the removal goes on to the home, so that the name
+            // can be given again.
+            let was_in_pool = match removed {
+                Ok(_) => true,
+                Err(ClientError::Api { body, .. }) if body.code == "not_found" => false,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot remove {name} from {pool} (database {db} on {node}); it is \
+                             out of its chat rooms and still a user of {pool}: run `tandem user \
+                             remove {name}` again once that database answers"
+                        )
+                    });
+                }
+            };
+            // Only the home on this pool: never one that another command gave the name since.
+            rt.block_on(client.call::<serde_json::Value, _>(
+                &cms,
+                DATABASE_CMS,
+                "cms.release_home",
+                &json!({ "user": name, "pool": pool }),
+            ))
+            .with_context(|| {
+                format!(
+                    "{name} is removed from {pool} but its home there is still in the CMS: run \
+                     `tandem user remove {name}` again"
+                )
             })?;
             d.save_token(&name, None)?;
+            if !was_in_pool {
+                return out.emit(
+                    &json!({ "removed": name, "pool": pool, "rooms_left": rooms,
+                             "was_in_pool": false }),
+                    || {
+                        format!(
+                            "removed the home of {name} on {pool}; {pool} held no such user (a \
+                             `user add` that did not finish)\n"
+                        )
+                    },
+                );
+            }
             out.emit(
-                &json!({ "removed": name, "pool": pool, "rooms_left": rooms }),
+                &json!({ "removed": name, "pool": pool, "rooms_left": rooms,
+                         "was_in_pool": true }),
                 || match rooms.len() {
                     0 => format!("removed {name} from {pool}\n"),
                     n => format!("removed {name} from {pool} and from {n} chat room(s)\n"),
@@ -198,8 +241,21 @@ fn pool_named<'a>(d: &'a Deployment, pool: &str) -> anyhow::Result<&'a tandem_to
     })
 }
 
-/// Creates `name` homed on `pool` (recording the home in the CMS first, undone when the pool
-/// refuses the user) and keeps its token beside the topology.
+/// The CMS's answer to `cms.claim_home`.
+#[derive(Deserialize)]
+struct Claimed {
+    claim: Claim,
+}
+
+/// Creates `name` homed on `pool` and keeps its token beside the topology (`token_not_kept`
+/// says why not, the user created all the same).
+///
+/// The home is claimed in the CMS first, in one transaction that refuses a name homed on
+/// another pool: of two commands adding one name to two pools at once, one claims it and the
+/// other stops there with nothing written. (Reading the home, then setting it, let both
+/// through: each pool held the user, and the token of the one not homed signed in nobody.)
+/// A claim this command made is taken back when the pool surely did not create the user; of
+/// two commands adding one name to the same pool, the pool's user database refuses the second.
 pub(crate) async fn add(
     d: &Deployment,
     name: &str,
@@ -208,28 +264,32 @@ pub(crate) async fn add(
 ) -> anyhow::Result<Added> {
     let p = pool_named(d, pool)?;
     tandem_pool::users::validate_name(name)?;
+    // The pool checks the password too, but only after the home is claimed: checked here, a
+    // password it would refuse never gives the name a home, not even for a moment.
+    if let Some(password) = password {
+        tandem_pool::users::validate_password(password)?;
+    }
     let client = d.client();
     let (cms_node, cms) = d.find_primary(DATABASE_CMS).await?;
     let users_db = p.users_database();
-    let (_, users) = d.find_primary(&users_db).await?;
-    let home = client
-        .call::<serde_json::Value, _>(&cms, DATABASE_CMS, "cms.home_of", &json!({ "user": name }))
-        .await
-        .with_context(|| format!("the CMS on {cms_node}"))?;
-    if let Some(other) = home.result["pool"].as_str()
-        && other != pool
-    {
-        bail!("{name} is already homed on {other}");
-    }
-    client
-        .call::<serde_json::Value, _>(
+    let (users_node, users) = d.find_primary(&users_db).await?;
+    let claim = client
+        .call::<Claimed, _>(
             &cms,
             DATABASE_CMS,
-            "cms.set_home",
+            "cms.claim_home",
             &json!({ "user": name, "pool": pool }),
         )
-        .await
-        .with_context(|| format!("the CMS on {cms_node}"))?;
+        .await;
+    let claimed = match claim {
+        Ok(answer) => answer.result.claim == Claim::Claimed,
+        Err(ClientError::Api { body, .. }) if body.code == "conflict" => bail!(
+            "{}: choose another name, or remove that user first (`tandem user remove {name}`); \
+             nothing changed",
+            body.message
+        ),
+        Err(e) => return Err(e).with_context(|| format!("the CMS on {cms_node}")),
+    };
     let added = client
         .call::<NewUser, _>(
             &users,
@@ -240,26 +300,56 @@ pub(crate) async fn add(
         .await;
     let added = match added {
         Ok(r) => r.result,
-        Err(e) => {
-            // No user, no home: undo the home this command just recorded.
-            if home.result["pool"].as_str().is_none() {
-                let _ = client
-                    .call::<serde_json::Value, _>(
-                        &cms,
-                        DATABASE_CMS,
-                        "cms.remove_home",
-                        &json!({ "user": name }),
-                    )
-                    .await;
-            }
-            return Err(e.into());
+        // The user is there already (another command added it first): the home is its.
+        Err(ClientError::Api { body, .. }) if body.code == "conflict" => {
+            bail!("{} on {pool}: nothing changed", body.message)
         }
+        Err(e) if surely_not_done(&e) => {
+            let refused = format!("{users_db} on {users_node} did not create {name}: {e}");
+            if !claimed {
+                bail!("{refused}; nothing changed");
+            }
+            let released = client
+                .call::<serde_json::Value, _>(
+                    &cms,
+                    DATABASE_CMS,
+                    "cms.release_home",
+                    &json!({ "user": name, "pool": pool }),
+                )
+                .await;
+            match released {
+                Ok(_) => bail!("{refused}; its home in the CMS was taken back: nothing changed"),
+                Err(r) => bail!(
+                    "{refused}; the home this command gave it in the CMS could not be taken \
+                     back (the CMS on {cms_node}: {r}): `tandem user remove {name}` removes it"
+                ),
+            }
+        }
+        Err(e) => bail!(
+            "{users_db} on {users_node} did not answer whether it created {name} ({e}); {name} \
+             stays homed on {pool} in the CMS: run this `tandem user add` again (it finishes, \
+             or says the user exists), or `tandem user remove {name}`"
+        ),
     };
     let token = tandem_node::user_token(&added.name, &added.token);
-    d.save_token(&added.name, Some(&token))?;
+    let token_not_kept = d
+        .save_token(&added.name, Some(&token))
+        .err()
+        .map(|e| format!("{e:#}"));
     Ok(Added {
         user: added.name,
         pool: added.pool,
         token,
+        token_not_kept,
     })
+}
+
+/// True when a call that failed surely changed nothing: the node answered with a refusal, or
+/// the request never reached it. A request sent without an answer may have been carried out.
+fn surely_not_done(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api { .. } => true,
+        ClientError::Unreachable { sent, .. } => !sent,
+        ClientError::Decode { .. } => false,
+    }
 }

@@ -5,7 +5,9 @@ mod common;
 use common::{http, json, ok, tandem};
 use serde_json::Value;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// A deployment in a temporary directory; every node it started is stopped when it goes,
@@ -224,6 +226,176 @@ fn up_status_users_kill_and_down() {
         assert!(!alive(pid), "pid {pid} survived `tandem down`");
     }
     assert!(d.pids().is_empty(), "down removes the pid files");
+}
+
+/// Runs `tandem ARGS` in `dir` for every one of `runs` at once, as a shell's `&` does; their
+/// outputs, in the order given.
+fn at_once(dir: &Path, runs: &[Vec<String>]) -> Vec<Output> {
+    let start = Arc::new(Barrier::new(runs.len()));
+    let threads: Vec<_> = runs
+        .iter()
+        .map(|args| {
+            let (dir, args, start) = (dir.to_path_buf(), args.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+                cmd.args(&args)
+                    .current_dir(&dir)
+                    .env_remove("TANDEM_TOPOLOGY");
+                start.wait();
+                common::output_within_deadline(&mut cmd)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `tandem user add` run many times at once: every user created keeps its token (the tokens
+/// file was read, changed and written back unlocked, through one temporary name: commands
+/// failed with "No such file or directory" and tokens were lost), and of two commands adding
+/// one name to two pools exactly one wins, the other refused with nothing left behind (both
+/// used to succeed, each pool holding the user and one printed token signing in nobody).
+#[test]
+fn users_added_at_once_keep_every_token_and_each_name_one_home() {
+    let d = Deployment::init();
+    ok(&d.dir, &["up", "--detach"]);
+    let tokens = || -> Value {
+        serde_json::from_slice(&std::fs::read(d.dir.join(".tandem/tokens.json")).unwrap()).unwrap()
+    };
+
+    let runs: Vec<_> = (0..8)
+        .map(|i| args(&["user", "add", &format!("tok{i}"), "--pool", "pool-atl"]))
+        .collect();
+    let outs = at_once(&d.dir, &runs);
+    let kept = tokens();
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "tok{i}: {}", stderr(out));
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            kept[format!("tok{i}")].as_str(),
+            Some(printed.as_str()),
+            "{kept}"
+        );
+    }
+    let temporary: Vec<_> = std::fs::read_dir(d.dir.join(".tandem"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(temporary.is_empty(), "{temporary:?}");
+
+    // Four names, each added to both pools at once: eight commands racing.
+    let names = 4;
+    let pools = ["pool-atl", "pool-dal"];
+    let runs: Vec<_> = (0..names)
+        .flat_map(|i| {
+            pools.map(|pool| {
+                args(&[
+                    "user",
+                    "add",
+                    &format!("zed{i}"),
+                    "--pool",
+                    pool,
+                    "--password",
+                    &format!("pw-{pool}"),
+                ])
+            })
+        })
+        .collect();
+    let outs = at_once(&d.dir, &runs);
+    let homes = d.status()["cms"]["snapshot"]["homes"].clone();
+    let users = json(&d.dir, &["user", "list"]);
+    let kept = tokens();
+    let fe = d.address("dal-fe");
+    for i in 0..names {
+        let name = format!("zed{i}");
+        let pair = &outs[2 * i..2 * i + 2];
+        let won: Vec<usize> = (0..2).filter(|&k| pair[k].status.success()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "{name}: exactly one add succeeds: {} | {}",
+            stderr(&pair[0]),
+            stderr(&pair[1])
+        );
+        let (pool, other) = (pools[won[0]], pools[1 - won[0]]);
+        let lost = stderr(&pair[1 - won[0]]);
+        assert!(
+            lost.contains(&format!("user {name} is already homed on {pool}"))
+                && lost.contains("nothing changed"),
+            "{name}: {lost}"
+        );
+        assert_eq!(homes[&name].as_str(), Some(pool), "{homes}");
+        let rows: Vec<&str> = users
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["name"] == name.as_str())
+            .map(|u| u["pool"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [pool],
+            "{name} is a user of its home pool only, not of {other}"
+        );
+        let token = String::from_utf8_lossy(&pair[won[0]].stdout)
+            .trim()
+            .to_string();
+        assert_eq!(kept[&name].as_str(), Some(token.as_str()), "{kept}");
+        let bearer = format!("Bearer {token}");
+        let (code, body) = http(&fe, "GET", "/api/v1/me", &[("authorization", &bearer)], "");
+        assert_eq!((code, body.contains(pool)), (200, true), "{name}: {body}");
+    }
+
+    // Removed, a name leaves no row in either pool and may be given to the other pool.
+    for i in 0..names {
+        ok(&d.dir, &["user", "remove", &format!("zed{i}")]);
+    }
+    let users = json(&d.dir, &["user", "list"]);
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| !u["name"].as_str().unwrap().starts_with("zed")),
+        "{users}"
+    );
+    let homes = d.status()["cms"]["snapshot"]["homes"].clone();
+    assert!(
+        (0..names).all(|i| homes.get(format!("zed{i}")).is_none()),
+        "{homes}"
+    );
+    let kept = tokens();
+    assert!(
+        (0..names).all(|i| kept.get(format!("zed{i}")).is_none()),
+        "{kept}"
+    );
+    ok(&d.dir, &["user", "add", "zed0", "--pool", "pool-dal"]);
+
+    // A home whose user the pool never created (what an add leaves when its pool does not say
+    // whether it created the user) is removed by `user remove`, and the name is free again.
+    let secret = common::secret(&d.dir);
+    let (code, body) = http(
+        &d.address("atl-db1"),
+        "POST",
+        "/internal/v1/db/cms/call",
+        &[
+            ("x-tandem-secret", secret.as_str()),
+            ("content-type", "application/json"),
+        ],
+        r#"{"procedure":"cms.claim_home","args":{"user":"half","pool":"pool-atl"}}"#,
+    );
+    assert_eq!((code, body.contains("\"claimed\"")), (200, true), "{body}");
+    let removed = ok(&d.dir, &["user", "remove", "half"]);
+    assert!(removed.contains("pool-atl held no such user"), "{removed}");
+    ok(&d.dir, &["user", "add", "half", "--pool", "pool-dal"]);
 }
 
 /// A node raises its soft limit on open files to the hard one: every session and connection is

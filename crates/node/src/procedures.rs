@@ -146,6 +146,14 @@ pub(crate) fn run(
             cms::set_home(db, &a.user, &a.pool)?;
             Ok(json!({}))
         }
+        (Kind::Cms, "cms.claim_home") => {
+            let a: Home = args(p, &call.args)?;
+            Ok(json!({ "claim": cms::claim_home(db, &a.user, &a.pool)? }))
+        }
+        (Kind::Cms, "cms.release_home") => {
+            let a: Home = args(p, &call.args)?;
+            Ok(json!({ "released": cms::release_home(db, &a.user, &a.pool)? }))
+        }
         (Kind::Cms, "cms.remove_home") => {
             let a: User = args(p, &call.args)?;
             Ok(json!({ "removed": cms::remove_home(db, &a.user)? }))

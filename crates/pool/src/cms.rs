@@ -285,40 +285,103 @@ fn pairs(conn: &Connection, sql: &str) -> Result<BTreeMap<String, String>, Store
 }
 
 /// Homes `user` on `pool` (creating or replacing its home). Invalid for a bad user name or a
-/// pool the CMS does not know.
+/// pool the CMS does not know. `user add` claims a home with [`claim_home`] instead, which never
+/// replaces one.
 pub fn set_home(db: &Database, user: &str, pool: &str) -> Result<(), PoolError> {
     crate::users::validate_name(user)?;
     let (user, pool) = (user.to_string(), pool.to_string());
     db.write(move |tx: &mut Tx<'_>| {
-        let known = tx
-            .query_row("SELECT 1 FROM pools WHERE name = ?1", [&pool], |_| Ok(()))?
-            .is_some();
-        if !known {
-            let pools = tx.query("SELECT name FROM pools ORDER BY name", [], |r| {
-                r.get::<_, String>(0)
-            })?;
-            return Err(PoolError::Invalid(format!(
-                "pool {pool:?} is not in the CMS (pools: {})",
-                if pools.is_empty() {
-                    "none; seed the CMS first".to_string()
-                } else {
-                    pools.join(", ")
-                }
-            )));
-        }
-        let current: Option<String> =
-            tx.query_row("SELECT pool FROM homes WHERE user = ?1", [&user], |r| {
-                r.get(0)
-            })?;
+        check_pool_known(tx, &pool)?;
+        let current = home_in(tx, &user)?;
         let row = vec![Value::Text(user.clone()), Value::Text(pool.clone())];
         match current {
             Some(p) if p == pool => {}
             Some(_) => tx.update("homes", row)?,
             None => tx.insert("homes", row)?,
         }
-        Ok(())
+        Ok::<_, PoolError>(())
     })?;
     Ok(())
+}
+
+/// What [`claim_home`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Claim {
+    /// The user had no home: this call homed it on the pool.
+    Claimed,
+    /// The user was already homed on this pool; nothing was written.
+    AlreadyHere,
+}
+
+/// Homes `user` on `pool` unless it is homed on another pool, in one write transaction, so of
+/// two claims of the same name for different pools exactly one succeeds. Conflict when `user`
+/// is homed on another pool (the message names it); Invalid for a bad user name or a pool the
+/// CMS does not know.
+pub fn claim_home(db: &Database, user: &str, pool: &str) -> Result<Claim, PoolError> {
+    crate::users::validate_name(user)?;
+    let (user, pool) = (user.to_string(), pool.to_string());
+    let done = db.write(move |tx: &mut Tx<'_>| {
+        check_pool_known(tx, &pool)?;
+        match home_in(tx, &user)? {
+            Some(p) if p == pool => Ok(Claim::AlreadyHere),
+            Some(other) => Err(PoolError::Conflict(format!(
+                "user {user} is already homed on {other}"
+            ))),
+            None => {
+                tx.insert(
+                    "homes",
+                    vec![Value::Text(user.clone()), Value::Text(pool.clone())],
+                )?;
+                Ok(Claim::Claimed)
+            }
+        }
+    })?;
+    Ok(done.value)
+}
+
+/// Removes the home of `user` only if it is `pool`: undoes a [`claim_home`] without touching a
+/// home another command gave the name since. Returns whether it removed one.
+pub fn release_home(db: &Database, user: &str, pool: &str) -> Result<bool, PoolError> {
+    let (user, pool) = (user.to_string(), pool.to_string());
+    let done = db.write(move |tx: &mut Tx<'_>| {
+        let here = home_in(tx, &user)?.is_some_and(|p| p == pool);
+        if here {
+            tx.delete("homes", vec![Value::Text(user.clone())])?;
+        }
+        Ok::<_, PoolError>(here)
+    })?;
+    Ok(done.value)
+}
+
+/// Invalid unless the CMS knows `pool`; the message lists the pools it knows.
+fn check_pool_known(tx: &Tx<'_>, pool: &str) -> Result<(), PoolError> {
+    let known = tx
+        .query_row("SELECT 1 FROM pools WHERE name = ?1", [pool], |_| Ok(()))?
+        .is_some();
+    if known {
+        return Ok(());
+    }
+    let pools = tx.query("SELECT name FROM pools ORDER BY name", [], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Err(PoolError::Invalid(format!(
+        "pool {pool:?} is not in the CMS (pools: {})",
+        if pools.is_empty() {
+            "none; seed the CMS first".to_string()
+        } else {
+            pools.join(", ")
+        }
+    )))
+}
+
+/// The pool `user` is homed on, read inside a write transaction.
+fn home_in(tx: &Tx<'_>, user: &str) -> Result<Option<String>, PoolError> {
+    Ok(
+        tx.query_row("SELECT pool FROM homes WHERE user = ?1", [user], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Checks an active server list against the topology (DESIGN §6 invariant 5): chat servers
@@ -677,6 +740,92 @@ mod tests {
         let e = set_home(&db, "Alice", "pool-atl").unwrap_err();
         assert!(e.to_string().contains("user name"), "{e}");
         assert!(snapshot(&db).unwrap().homes.is_empty());
+    }
+
+    #[test]
+    fn a_claim_homes_a_new_name_and_never_takes_one_homed_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = cms_db(dir.path());
+        seed(&db, &topology()).unwrap();
+        assert_eq!(claim_home(&db, "zed", "pool-atl").unwrap(), Claim::Claimed);
+        let lsn = snapshot(&db).unwrap().lsn;
+        // The same pool again (a `user add` run again after its pool did not answer) is no
+        // conflict and writes nothing.
+        assert_eq!(
+            claim_home(&db, "zed", "pool-atl").unwrap(),
+            Claim::AlreadyHere
+        );
+        let e = claim_home(&db, "zed", "pool-dal").unwrap_err();
+        assert_eq!(e.code(), "conflict");
+        assert_eq!(e.to_string(), "user zed is already homed on pool-atl");
+        let s = snapshot(&db).unwrap();
+        assert_eq!(s.lsn, lsn, "a refused or repeated claim writes nothing");
+        assert_eq!(s.homes.get("zed").map(String::as_str), Some("pool-atl"));
+
+        let e = claim_home(&db, "amy", "pool-xyz").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pool \"pool-xyz\" is not in the CMS (pools: pool-atl, pool-dal)"
+        );
+        let e = claim_home(&db, "Amy", "pool-atl").unwrap_err();
+        assert!(e.to_string().contains("user name"), "{e}");
+        assert_eq!(home_of(&db, "amy").unwrap(), None);
+    }
+
+    #[test]
+    fn of_concurrent_claims_of_one_name_for_two_pools_one_pool_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(cms_db(dir.path()));
+        seed(&db, &topology()).unwrap();
+        for round in 0..20 {
+            let name = format!("zed{round}");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let (db, start, name) = (db.clone(), start.clone(), name.clone());
+                    let pool = if i % 2 == 0 { "pool-atl" } else { "pool-dal" };
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (pool, claim_home(&db, &name, pool))
+                    })
+                })
+                .collect();
+            let claims: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let home = home_of(&db, &name).unwrap().expect("one claim won");
+            let mut claimed = 0;
+            for (pool, result) in claims {
+                match result {
+                    Ok(Claim::Claimed) => {
+                        assert_eq!(pool, home);
+                        claimed += 1;
+                    }
+                    Ok(Claim::AlreadyHere) => assert_eq!(pool, home),
+                    Err(e) => {
+                        assert_ne!(pool, home);
+                        assert_eq!(
+                            e.to_string(),
+                            format!("user {name} is already homed on {home}")
+                        );
+                    }
+                }
+            }
+            assert_eq!(claimed, 1, "{name}: exactly one claim writes the home");
+        }
+    }
+
+    #[test]
+    fn a_release_removes_the_home_only_from_the_pool_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = cms_db(dir.path());
+        seed(&db, &topology()).unwrap();
+        claim_home(&db, "zed", "pool-atl").unwrap();
+        assert!(!release_home(&db, "zed", "pool-dal").unwrap());
+        assert_eq!(home_of(&db, "zed").unwrap().as_deref(), Some("pool-atl"));
+        assert!(release_home(&db, "zed", "pool-atl").unwrap());
+        assert_eq!(home_of(&db, "zed").unwrap(), None);
+        assert!(!release_home(&db, "zed", "pool-atl").unwrap());
+        // Released, the name may be claimed for the other pool.
+        assert_eq!(claim_home(&db, "zed", "pool-dal").unwrap(), Claim::Claimed);
     }
 
     #[test]

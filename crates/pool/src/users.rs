@@ -326,7 +326,8 @@ fn validate_pool(pool: &str) -> Result<(), PoolError> {
     )))
 }
 
-fn validate_password(password: &str) -> Result<(), PoolError> {
+/// Checks a password: 1 to `PASSWORD_BYTES_MAX` bytes. The error states the rule.
+pub fn validate_password(password: &str) -> Result<(), PoolError> {
     if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
         return Err(PoolError::Invalid(format!(
             "a password is 1 to {PASSWORD_BYTES_MAX} bytes; this one has {}",
