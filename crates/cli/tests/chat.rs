@@ -1084,6 +1084,28 @@ fn a_removed_user_leaves_its_rooms_and_its_name_starts_afresh() {
         &alice,
         json!({ "user": "bob" }),
     );
+    // A token used (so cached by the chat node) stops working once its user is removed: as
+    // soon as the node hears from the CMS, not when its cache entry ages out (30 s, until
+    // session 32).
+    let carol = user(&c, "carol");
+    assert_eq!(
+        http(&c.fe1, "GET", "/api/v1/rooms", Some(&carol), b"").0,
+        200
+    );
+    let out = ok(&c.dir, &["user", "remove", "carol"]);
+    assert!(out.contains("removed carol"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (code, _) = http(&c.fe1, "GET", "/api/v1/rooms", Some(&carol), b"");
+        if code == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a removed user's token still works: {code}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = ok(&c.dir, &["user", "remove", "bob"]);
     assert!(out.contains("1 chat room"), "{out}");
     let bob = user(&c, "bob");
