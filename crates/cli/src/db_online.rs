@@ -84,7 +84,20 @@ fn post(
             Some(&body),
             OPERATION_TIMEOUT,
         ))
-        .with_context(|| node.name.clone())
+        .map_err(|e| {
+            // Sent and then no answer (the node died or hung mid-way): whether it was done is
+            // not known — said, with what to do (it said only "connection closed").
+            let unknown = matches!(e, tandem_node::ClientError::Unreachable { sent: true, .. });
+            let e = anyhow::Error::new(e).context(node.name.clone());
+            if unknown {
+                e.context(format!(
+                    "{} did not answer: whether the operation was done is not known; see                      `tandem status` (where the database's primary is now) and run it again",
+                    node.name
+                ))
+            } else {
+                e
+            }
+        })
 }
 
 fn backup(d: &Deployment, a: BackupArgs, out: &Output) -> anyhow::Result<()> {

@@ -384,7 +384,7 @@ fn restore(d: &Deployment, db: &str, instance: Option<&str>, out: &Output) -> an
         .with_context(|| s.name.clone())?;
     out.emit(&report, || {
         let mut line = format!(
-            "{db} on {}: {} log backups applied ({} records); last LSN {}, committed {} — the data-loss point\n",
+            "{db} on {}: {} log backups applied ({} records); last LSN {}, committed {} — what a failover now recovers up to\n",
             report.node,
             report.files_applied.len(),
             count(report.records_applied as f64),
