@@ -297,6 +297,18 @@ fn backup(a: BackupArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 /// What a restore's report says of its stop point, after the copy's role.
+/// ", N more skipped: already in the copy" for log backups given that end where the restore
+/// started or before (a restore said only "0 applied" for them).
+pub(crate) fn skipped_words(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(
+            "; {n} skipped: they end at or before where the restore started (already in the \
+             copy, or of an epoch it has passed)"
+        ),
+    }
+}
+
 pub(crate) fn stop_words(stopped: bool, not_reached: bool) -> &'static str {
     match (stopped, not_reached) {
         (true, _) => ", stopped at the stop point",
@@ -406,9 +418,10 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             s.push_str(&format!("full backup  {}\n", f.display()));
         }
         s.push_str(&format!(
-            "log backups  {} applied, {} records\n",
+            "log backups  {} applied, {} records{}\n",
             report.logs_applied.len(),
-            report.records_applied
+            report.records_applied,
+            skipped_words(report.logs_skipped.len())
         ));
         s.push_str(&format!(
             "restored     {} at LSN {} (chain {}), epoch {}, role {}{}\nlast commit  {}\n",

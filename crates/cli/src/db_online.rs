@@ -170,9 +170,10 @@ fn restore(d: &Deployment, a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             s.push_str(&format!("full backup  {f}\n"));
         }
         s.push_str(&format!(
-            "log backups  {} applied, {} records\nrestored     {db} on {} at LSN {}, epoch {}, role {}{}\nlast commit  {}\n",
+            "log backups  {} applied, {} records{}\nrestored     {db} on {} at LSN {}, epoch {}, role {}{}\nlast commit  {}\n",
             report["logs_applied"].as_array().map(|a| a.len()).unwrap_or(0),
             report["records_applied"],
+            crate::db::skipped_words(report["logs_skipped"].as_array().map_or(0, Vec::len)),
             node.name,
             report["lsn"],
             report["epoch"],

@@ -52,6 +52,9 @@ pub struct RestoreReport {
     pub database_id: String,
     pub full_backup: Option<PathBuf>,
     pub logs_applied: Vec<PathBuf>,
+    /// Log backups given that end at or before where the restore started: their records are
+    /// in the copy already (or in the full backup), so they were not applied.
+    pub logs_skipped: Vec<PathBuf>,
     pub records_applied: u64,
     pub lsn: Lsn,
     pub chain: Chain,
@@ -128,6 +131,8 @@ struct Start {
 struct Plan {
     full: Option<(PathBuf, FullHeader)>,
     logs: Vec<(PathBuf, LogHeader)>,
+    /// The log backups wholly behind the start (`RestoreReport::logs_skipped`).
+    skipped: Vec<PathBuf>,
     /// When the stop point lies past every record of the files: where they end, in words.
     stop_not_reached: Option<String>,
 }
@@ -339,9 +344,18 @@ fn plan(
              stop point to recover everything the files hold"
         )));
     }
+    let mut skipped: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| match f {
+            BackupFile::Log { path, header } if header.last_lsn <= start.lsn => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    skipped.sort();
     Ok(Plan {
         full,
         logs: chosen,
+        skipped,
         stop_not_reached,
     })
 }
@@ -414,6 +428,7 @@ fn report(
         database_id: id.database_id.to_hex(),
         full_backup: full,
         logs_applied: applied.0,
+        logs_skipped: plan.skipped.clone(),
         records_applied: applied.1,
         lsn: id.lsn,
         chain: id.chain,

@@ -603,9 +603,18 @@ fn norecovery_then_more_logs_then_standby_then_recover() {
         recovery: Recovery::Standby,
         ..Default::default()
     };
-    // Already-applied files in the directory are skipped; the new one is applied.
+    // Already-applied files in the directory are skipped, and named; the new one is applied.
+    let before = logs_in(&backups);
     let r = restore_logs(&copy, std::slice::from_ref(&backups), &opts).unwrap();
     assert_eq!(r.records_applied, 10);
+    assert_eq!(r.logs_applied.len(), 1);
+    assert_eq!(
+        r.logs_skipped.len(),
+        before.len() - 1,
+        "{:?}",
+        r.logs_skipped
+    );
+    assert!(!r.logs_skipped.contains(&r.logs_applied[0]));
     assert_eq!(copy.identity().role, Role::Standby);
     assert_eq!(copy.identity().chain, db.identity().chain);
     copy.recover(None).unwrap();
