@@ -141,7 +141,7 @@ pub fn run(d: &Deployment, cmd: CmsCommand, out: &Output) -> anyhow::Result<()> 
 
 fn human(s: &CmsStatus) -> String {
     let mut t = format!(
-        "CMS master: {}\n\nNODE       SITE  PLACEMENT  ROLE       EPOCH       LSN       LAST WRITE                LAG\n",
+        "CMS master: {}\n\nNODE       SITE  PLACEMENT  ROLE        EPOCH         LSN       LAST WRITE                LAG\n",
         s.master.as_deref().unwrap_or("none reachable")
     );
     for c in &s.copies {
@@ -150,7 +150,8 @@ fn human(s: &CmsStatus) -> String {
             _ => String::new(),
         };
         t.push_str(&format!(
-            "{:<10} {:<5} {:<10} {:<10} {:<11} {:<9} {:<25} {}{}\n",
+            // Room for "unreachable" and for an epoch of the clock in ms (13 digits).
+            "{:<10} {:<5} {:<10} {:<11} {:<13} {:<9} {:<25} {}{}\n",
             c.node,
             c.site,
             c.placement,

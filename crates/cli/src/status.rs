@@ -286,7 +286,7 @@ fn human(r: &Report) -> String {
         }
     }
     s.push_str(
-        "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH       LSN       MIRRORING\n",
+        "\nDATABASE        NODE       PLACEMENT      STATE      ROLE       EPOCH         LSN       MIRRORING\n",
     );
     for c in &r.databases {
         let mirroring = c
@@ -310,7 +310,7 @@ fn human(r: &Report) -> String {
             })
             .unwrap_or_default();
         s.push_str(&format!(
-            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<11} {:<9} {}\n",
+            "{:<15} {:<10} {:<14} {:<10} {:<10} {:<13} {:<9} {}\n",
             c.database,
             c.node,
             c.placement,
