@@ -244,6 +244,7 @@ fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Res
     let partner = db_node(d, &link.partner)?;
     let mut removed = Vec::new();
     let mut errors = Vec::new();
+    let mut missed = Vec::new();
     for node in [&n, &partner] {
         let role = if node.name == n.name {
             role_of(&status, db)
@@ -261,12 +262,21 @@ fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Res
                 "node": node.name,
                 "role": v["role"].as_str().map(str::to_string).or(role),
             })),
-            Err(e) => errors.push(format!("{}: {e}", node.name)),
+            Err(e) => {
+                errors.push(format!("{}: {e}", node.name));
+                missed.push(node.name.clone());
+            }
         }
     }
     if !errors.is_empty() {
+        // Asked again of the same node, the command would find no link there any more: the
+        // node still to do is the one to name (the advice said "run the command again").
+        let again: Vec<String> = missed
+            .iter()
+            .map(|m| format!("`tandem db mirror remove --db {db} --instance {m}`"))
+            .collect();
         bail!(
-            "mirroring of {db} removed on {} but not on: {} (run the command again once it answers)",
+            "mirroring of {db} removed on {} but not on: {} (run {} once it answers)",
             if removed.is_empty() {
                 "no node".to_string()
             } else {
@@ -276,7 +286,8 @@ fn remove(d: &Deployment, db: &str, instance: &str, out: &Output) -> anyhow::Res
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            errors.join("; ")
+            errors.join("; "),
+            again.join(" and ")
         );
     }
     let report = json!({ "database": db, "removed": removed });

@@ -296,7 +296,10 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
     let out = tandem(&d.dir, &remove_mgc_mirroring("atl-db2"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("removed on atl-db2 but not on: atl-db1"),
+        err.contains("removed on atl-db2 but not on: atl-db1")
+            && err.contains(
+                "(run `tandem db mirror remove --db mgc --instance atl-db1` once it answers)"
+            ),
         "{err}"
     );
     ok(
@@ -309,6 +312,15 @@ fn with_the_primary_and_the_witness_lost_the_operator_forces_service_on_the_mirr
         (&serde_json::json!("primary"), &lsn),
         "{c}"
     );
+    // atl-db1 back, the command the refusal named finishes the removal (until session 32 it
+    // said "run the command again", which found no link on atl-db2 any more).
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    ok(&d.dir, &remove_mgc_mirroring("atl-db1"));
+    // It finds the newer epoch and steps down: one primary.
+    d.wait_copy("mgc", "atl-db1", "stepped down", |c| {
+        c["role"] == "restoring"
+    });
+    assert_eq!(d.copy("mgc", "atl-db2")["role"], "primary");
 }
 
 #[test]
