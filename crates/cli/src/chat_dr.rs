@@ -68,11 +68,23 @@ fn healthy_primary_site(d: &Deployment, p: &Places) -> anyhow::Result<()> {
 /// The primary site's copy of mgc (its primary or its mirror) that answers as a writable
 /// primary, if one does.
 fn writable_primary_site(d: &Deployment, p: &Places) -> Option<(String, tandem_node::CopyRole)> {
-    [Some(p.primary.clone()), p.mirror.clone()]
-        .into_iter()
-        .flatten()
-        .filter_map(|n| role(d, &n).map(|r| (n, r)))
-        .find(|(_, r)| r.role == "primary" && r.writable)
+    writable_among(d, [Some(&p.primary), p.mirror.as_ref()]).ok()
+}
+
+/// The first of `copies` whose mgc answers as a writable primary, or what each one is.
+fn writable_among<'a>(
+    d: &Deployment,
+    copies: impl IntoIterator<Item = Option<&'a String>>,
+) -> Result<(String, tandem_node::CopyRole), Vec<String>> {
+    let mut seen = Vec::new();
+    for n in copies.into_iter().flatten() {
+        match role(d, n) {
+            Some(r) if r.role == "primary" && r.writable => return Ok((n.clone(), r)),
+            Some(r) => seen.push(format!("{n}: {}", r.role)),
+            None => seen.push(format!("{n}: no answer")),
+        }
+    }
+    Err(seen)
 }
 
 /// A drill (the primary site answers; the failover forced): the primary there stops taking
@@ -117,30 +129,17 @@ pub fn state_has_a_primary(d: &Deployment, state: &str) -> anyhow::Result<()> {
     let p = places(&d.topology)?;
     let (copies, site) = match state {
         "failed-over" => (
-            [Some(p.backup.clone()), p.backup_mirror.clone()],
-            d.topology
-                .site_of(&p.backup)
-                .unwrap_or_default()
-                .to_string(),
+            [Some(&p.backup), p.backup_mirror.as_ref()],
+            d.topology.site_of(&p.backup).unwrap_or_default(),
         ),
         _ => (
-            [Some(p.primary.clone()), p.mirror.clone()],
-            p.primary_site.clone(),
+            [Some(&p.primary), p.mirror.as_ref()],
+            p.primary_site.as_str(),
         ),
     };
-    let seen: Vec<String> = copies
-        .iter()
-        .flatten()
-        .map(|n| match role(d, n) {
-            Some(r) if r.role == "primary" && r.writable => None,
-            Some(r) => Some(format!("{n}: {}", r.role)),
-            None => Some(format!("{n}: no answer")),
-        })
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
-    if seen.is_empty() {
+    let Err(seen) = writable_among(d, copies) else {
         return Ok(());
-    }
+    };
     bail!(
         "no copy of mgc in {site} is a writable primary ({}): the chat pool {state} would refuse \
          every post; `tandem chat {}` does every step, or pass --force",

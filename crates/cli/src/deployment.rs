@@ -113,12 +113,7 @@ impl Deployment {
 
     /// The pid recorded for `node`, if its process is alive and is that node's `tandem serve`.
     pub fn running_pid(&self, node: &str) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file(node))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        (is_node_process(pid, node) && serves_topology(pid, &self.file)).then_some(pid)
+        running_pid_in(&self.dir().join("run"), &self.file, node)
     }
 
     /// What brings back `node`, which does not answer: started when its process is gone;
@@ -247,6 +242,17 @@ pub fn process_stopped(pid: i32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state == "T" || state == "t")
     })
+}
+
+/// The pid `run/NODE.pid` records, if its process is alive and is `node`'s `tandem serve` for
+/// the topology `file` (canonical); also when that topology no longer loads (`down`).
+pub fn running_pid_in(run: &Path, file: &Path, node: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(run.join(format!("{node}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (is_node_process(pid, node) && serves_topology(pid, file)).then_some(pid)
 }
 
 /// True when the `tandem serve` process `pid` runs with the topology `file` (canonical): its

@@ -445,13 +445,7 @@ fn stop_named(
     let handles: Vec<_> = names
         .iter()
         .map(|n| {
-            let pid = std::fs::read_to_string(run.join(format!("{n}.pid")))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-                .filter(|&p| {
-                    crate::deployment::is_node_process(p, n)
-                        && crate::deployment::serves_topology(p, file)
-                });
+            let pid = crate::deployment::running_pid_in(run, file, n);
             let n = n.clone();
             std::thread::spawn(move || {
                 let how = match pid {

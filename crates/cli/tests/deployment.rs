@@ -669,36 +669,46 @@ fn chat_pool_state_and_active_servers_keep_every_active_server_in_the_database_s
     assert_eq!(state(&s), ("normal".into(), serde_json::json!(["atl-fe"])));
 }
 
-#[test]
-fn up_in_the_foreground_reports_a_dead_node_and_stops_them_all_on_ctrl_c() {
-    let d = Deployment::init();
+/// A `tandem up` in the foreground, killed when this goes (also when a test fails).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tandem up --nodes NODES` in the foreground, once past its start (where a node that dies
+/// makes `up` stop them all) and supervising: the process, its pid and its stderr.
+fn up_in_the_foreground(d: &Deployment, nodes: &str) -> (Reap, i32, std::process::ChildStderr) {
     let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["up", "--nodes", "atl-db1,atl-db2"])
+        .args(["up", "--nodes", nodes])
         .current_dir(&d.dir)
         .env_remove("TANDEM_TOPOLOGY")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let pid = up.id() as i32;
-    let mut up_stderr = up.stderr.take().unwrap();
-    let up_stdout = up.stdout.take().unwrap();
-    let mut up = Reap(up);
-    // Past its start (where a node that dies makes `up` stop them all), `up` supervises.
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up_stdout));
+    let stderr = up.stderr.take().unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let up = Reap(up);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     loop {
         let line = lines.next().expect("up reports the nodes ready").unwrap();
-        if line.contains("nodes ready") {
+        // "1 node ready", "2 nodes ready".
+        if line.contains(" ready in ") {
             break;
         }
     }
+    (up, pid, stderr)
+}
+
+#[test]
+fn up_in_the_foreground_reports_a_dead_node_and_stops_them_all_on_ctrl_c() {
+    let d = Deployment::init();
+    let (mut up, pid, mut up_stderr) = up_in_the_foreground(&d, "atl-db1,atl-db2");
     // A node dies: up reports it and keeps supervising the other.
     let victim = d.pid("atl-db2");
     // SAFETY: a node process this test started.
@@ -736,29 +746,15 @@ fn up_in_the_foreground_reports_a_dead_node_and_stops_them_all_on_ctrl_c() {
 fn up_in_the_foreground_stops_its_nodes_on_sigterm_and_sighup() {
     for signal in [libc::SIGTERM, libc::SIGHUP] {
         let d = Deployment::init();
-        let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["up", "--nodes", "atl-db1"])
-            .current_dir(&d.dir)
-            .env_remove("TANDEM_TOPOLOGY")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = up.id() as i32;
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap()));
-        loop {
-            let line = lines.next().expect("up reports the node ready").unwrap();
-            if line.contains("node ready") {
-                break;
-            }
-        }
+        // Its stderr kept open: `up` says what it does there as it stops.
+        let (mut up, pid, _stderr) = up_in_the_foreground(&d, "atl-db1");
         let node = d.pid("atl-db1");
         // SAFETY: the `tandem up` process this test started.
         unsafe { libc::kill(pid, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while up.try_wait().unwrap().is_none() {
+        while up.0.try_wait().unwrap().is_none() {
             if Instant::now() > deadline {
-                let _ = up.kill();
+                let _ = up.0.kill();
                 panic!("up did not stop on signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -478,35 +478,45 @@ fn a_secondary_that_cannot_go_on_from_its_copy_is_seeded_again_from_a_newer_full
 #[test]
 fn a_secondary_that_meets_a_damaged_log_backup_is_seeded_again_from_a_newer_full_backup() {
     // Until session 32 a missing log backup made it seed itself again, a damaged one did not.
-    seeded_again_after(|damaged| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(damaged)
-            .unwrap();
-        f.set_len(f.metadata().unwrap().len() / 2).unwrap();
-    });
+    seeded_again_after(truncate_half);
+}
+
+/// Cuts `file` to half its length: a damaged backup file.
+fn truncate_half(file: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+}
+
+/// The example deployment with posts shipped and applied, then its secondary (dal-db1) frozen
+/// (SIGSTOP; the caller continues it, or the deployment kills it) while `rounds` rounds of posts
+/// each reach a log backup of their own on the share: the token, dal-db1's pid, and the log
+/// backups on the share past the LSN it applied.
+fn secondary_frozen_behind(rounds: usize) -> (Deployment, String, i32, Vec<PathBuf>) {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
+    let pid = common::pid(&d.dir, "dal-db1");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    posts_in_log_backups(&d, &token, rounds);
+    let behind = log_files(&d.share())
+        .into_iter()
+        .filter(|p| range(p).0 > at)
+        .collect();
+    (d, token, pid, behind)
 }
 
 /// The secondary stopped while log backups are written, one of those it needs `spoil`ed on the
 /// share, and a full backup taken past it: once back, the secondary seeds itself again from
 /// that full backup and goes on.
 fn seeded_again_after(spoil: fn(&Path)) {
-    let d = Deployment::up();
-    let token = user_and_room(&d);
-    let first = posts(&d, &token, "shipped", 5);
-    d.wait_applied(first.last().unwrap().lsn);
-    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
     // The secondary stopped (its node frozen) while the primary writes log backups; one it
-    // needs is lost from the share, and a full backup is taken past it.
-    let pid = common::pid(&d.dir, "dal-db1");
-    // SAFETY: a node this test started; resumed below (and killed with the deployment).
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    posts_in_log_backups(&d, &token, 2);
-    let lost = log_files(&d.share())
-        .into_iter()
-        .find(|p| range(p).0 > at)
-        .expect("a log backup past the secondary");
-    spoil(&lost);
+    // needs is spoiled on the share, and a full backup is taken past it.
+    let (d, token, pid, behind) = secondary_frozen_behind(2);
+    let lost = behind.first().expect("a log backup past the secondary");
+    spoil(lost);
     ok(
         &d.dir,
         &["db", "backup", "--db", "mgc", "--instance", "atl-db1"],
@@ -568,27 +578,11 @@ fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_sh
 
 #[test]
 fn a_failovers_restore_step_recovers_up_to_a_damaged_log_backup_and_says_so() {
-    let d = Deployment::up();
-    let token = user_and_room(&d);
-    let first = posts(&d, &token, "shipped", 5);
-    d.wait_applied(first.last().unwrap().lsn);
-    let at = d.status()["secondary"]["lsn"].as_u64().unwrap();
     // The secondary frozen while three rounds of log backups are written; the second of them
     // damaged on the share; then the primary site lost.
-    let pid = common::pid(&d.dir, "dal-db1");
-    // SAFETY: a node this test started; continued below (and killed with the deployment).
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    posts_in_log_backups(&d, &token, 3);
-    let files: Vec<PathBuf> = log_files(&d.share())
-        .into_iter()
-        .filter(|p| range(p).0 > at)
-        .collect();
+    let (d, _, pid, files) = secondary_frozen_behind(3);
     assert!(files.len() >= 3, "{files:?}");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&files[1])
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len() / 2).unwrap();
+    truncate_half(&files[1]);
     for node in ["atl-fe", "atl-db1", "atl-db2"] {
         d.kill(node);
     }

@@ -260,17 +260,38 @@ impl Client {
         except: Option<&str>,
         timeout: Duration,
     ) -> Vec<CopyRole> {
-        let nodes = topology.nodes_with(tandem_topology::Role::Db);
-        futures_util::future::join_all(
+        self.copy_role_answers(topology, db, except, timeout)
+            .await
+            .into_iter()
+            .filter_map(|(_, a)| a.ok())
+            .collect()
+    }
+
+    /// What every db node but `except` answers for its copy of `db`, each with its node's
+    /// name: the roles, and why the others gave none (silent, or without a copy).
+    pub async fn copy_role_answers(
+        &self,
+        topology: &tandem_topology::Topology,
+        db: &str,
+        except: Option<&str>,
+        timeout: Duration,
+    ) -> Vec<(String, Result<CopyRole, ClientError>)> {
+        let nodes: Vec<_> = topology
+            .nodes_with(tandem_topology::Role::Db)
+            .into_iter()
+            .filter(|n| Some(n.name.as_str()) != except)
+            .collect();
+        let answers = futures_util::future::join_all(
             nodes
                 .iter()
-                .filter(|n| Some(n.name.as_str()) != except)
                 .map(|n| self.copy_role(&n.address, db, timeout)),
         )
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+        .await;
+        nodes
+            .into_iter()
+            .map(|n| n.name.clone())
+            .zip(answers)
+            .collect()
     }
 
     /// Asks the witness at `addr`.

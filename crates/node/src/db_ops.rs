@@ -79,15 +79,26 @@ async fn no_other_writable_primary(
     database: &str,
     how: MakesPrimary,
 ) -> Result<(), ApiError> {
-    let copies = node
+    let answers = node
         .client
-        .copy_roles(&node.topology, database, Some(&node.name), ROLE_TIMEOUT)
+        .copy_role_answers(&node.topology, database, Some(&node.name), ROLE_TIMEOUT)
         .await;
-    let Some(p) = copies
+    let Some(p) = answers
         .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
         .find(|r| r.role == "primary" && r.writable && r.paused.is_none())
     else {
-        return no_silent_copy_in_this_site(node, database).await;
+        let silent: Vec<&str> = answers
+            .iter()
+            .filter(|(_, a)| {
+                matches!(
+                    a,
+                    Err(crate::client::ClientError::Unreachable { sent: true, .. })
+                )
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return no_silent_copy_in_this_site(node, database, &silent).await;
     };
     Err(ApiError::conflict(format!(
         "{database} has a writable primary on {} (epoch {}, LSN {}): {} the copy on {} would \
@@ -116,10 +127,23 @@ async fn no_other_writable_primary(
 /// the one the site's witness names; without its word (no mirroring, or the witness silent),
 /// the copies the topology places as primary or mirror. A node that refuses connections (its
 /// process is gone) is no obstacle, nor one of another site (a lost site: its chat servers are
-/// no longer active, DESIGN.md §4).
-async fn no_silent_copy_in_this_site(node: &NodeState, database: &str) -> Result<(), ApiError> {
+/// no longer active, DESIGN.md §4). `silent`: the nodes that took the role question and gave
+/// no answer.
+async fn no_silent_copy_in_this_site(
+    node: &NodeState,
+    database: &str,
+    silent: &[&str],
+) -> Result<(), ApiError> {
     use tandem_topology::PlacementRole;
     let site = &node.me().site;
+    let in_site: Vec<&str> = silent
+        .iter()
+        .copied()
+        .filter(|n| node.topology.node(n).is_some_and(|n| n.site == *site))
+        .collect();
+    if in_site.is_empty() {
+        return Ok(());
+    }
     let witness = node
         .topology
         .witnesses
@@ -136,35 +160,15 @@ async fn no_silent_copy_in_this_site(node: &NodeState, database: &str) -> Result
             .map(|r| r.primary),
         None => None,
     };
-    let peers: Vec<&tandem_topology::Node> = node
-        .topology
-        .nodes
-        .iter()
-        .filter(|n| n.name != node.name && n.site == *site)
+    let silent: Vec<&str> = in_site
+        .into_iter()
         .filter(|n| match &named {
-            Some(primary) => n.name == *primary,
-            None => node.topology.databases_on(&n.name).iter().any(|p| {
+            Some(primary) => n == primary,
+            None => node.topology.databases_on(n).iter().any(|p| {
                 p.database == database
                     && matches!(p.role, PlacementRole::Primary | PlacementRole::Mirror)
             }),
         })
-        .collect();
-    let answers = futures_util::future::join_all(
-        peers
-            .iter()
-            .map(|n| node.client.copy_role(&n.address, database, ROLE_TIMEOUT)),
-    )
-    .await;
-    let silent: Vec<&str> = peers
-        .iter()
-        .zip(answers)
-        .filter(|(_, a)| {
-            matches!(
-                a,
-                Err(crate::client::ClientError::Unreachable { sent: true, .. })
-            )
-        })
-        .map(|(n, _)| n.name.as_str())
         .collect();
     match silent.as_slice() {
         [] => Ok(()),

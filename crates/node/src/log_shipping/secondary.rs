@@ -157,48 +157,13 @@ pub(super) fn restore_copied(
     if files.is_empty() {
         return Ok(out);
     }
-    // The files that follow the copy with no gap and read whole: applied, up to the first that
-    // does not (until session 32 a damaged or missing log backup made the step apply nothing,
-    // and a failover could not recover what came before it). With none such, the whole list
-    // goes to the restore, whose refusal names the problem.
-    let mut next = id.lsn + 1;
-    let mut usable = 0;
-    let mut stopped = None;
-    for f in &files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let Some(tandem_store::FileName::Log {
-            first_lsn,
-            last_lsn,
-        }) = tandem_store::parse_file_name(name)
-        else {
-            break;
-        };
-        if first_lsn > next {
-            stopped = Some(format!(
-                "a gap: no log backup holds LSN {next} (the next one, {name}, starts at LSN \
-                 {first_lsn})"
-            ));
-            break;
-        }
-        if let Err(e) = tandem_store::verify_file(f) {
-            stopped = Some(e.to_string());
-            break;
-        }
-        usable += 1;
-        next = next.max(last_lsn + 1);
-    }
-    match (usable, &stopped) {
-        (0, Some(_)) if ended_ok => {
-            out.stopped = stopped;
-            return Ok(out);
-        }
-        (0, _) | (_, None) => stopped = None,
-        (n, Some(_)) => {
-            files.truncate(n);
-            out.files_left = 0;
-        }
-    }
-    out.stopped = stopped;
+    // The files that follow the copy with no gap, by their names, then whole: applied up to the
+    // first that does not (until session 32 a damaged or missing log backup made the step apply
+    // nothing, and a failover could not recover what came before it). The restore reads every
+    // file end to end before it applies any; only when it finds one damaged is each read alone,
+    // to apply those before it. With none to apply, the whole list goes to the restore, whose
+    // refusal names the problem.
+    let (usable, mut stopped) = following(&files, id.lsn);
     let recovery = if id.role == Role::Standby {
         Recovery::Standby
     } else {
@@ -208,7 +173,43 @@ pub(super) fn restore_copied(
         recovery,
         ..Default::default()
     };
-    let report = tandem_store::restore_logs(db, &files, &options)?;
+    let mut restored = None;
+    if usable > 0 {
+        let first = tandem_store::restore_logs(db, &files[..usable], &options);
+        match first {
+            Err(e) if e.is_damage() => {
+                let damaged = files[..usable]
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, f)| tandem_store::verify_file(f).err().map(|why| (i, why)));
+                match damaged {
+                    Some((good, why)) => {
+                        stopped = Some(why.to_string());
+                        if good > 0 {
+                            restored =
+                                Some(tandem_store::restore_logs(db, &files[..good], &options)?);
+                        }
+                    }
+                    // Every file reads whole: the refusal is the copy's own.
+                    None => return Err(e),
+                }
+            }
+            r => restored = Some(r?),
+        }
+    }
+    let report = match (restored, &stopped) {
+        (Some(report), Some(_)) => {
+            out.files_left = 0;
+            report
+        }
+        (Some(report), None) => report,
+        (None, Some(_)) if ended_ok => {
+            out.stopped = stopped;
+            return Ok(out);
+        }
+        (None, _) => tandem_store::restore_logs(db, &files, &options)?,
+    };
+    out.stopped = stopped;
     out.files_applied = report
         .logs_applied
         .iter()
@@ -221,6 +222,33 @@ pub(super) fn restore_copied(
     out.role = report.role.to_string();
     drop_applied(local, report.lsn);
     Ok(out)
+}
+
+/// How many of `files` (in LSN order) follow a copy at `lsn` with no gap, by their names, and
+/// the gap after them, if one stops them.
+fn following(files: &[PathBuf], lsn: Lsn) -> (usize, Option<String>) {
+    let mut next = lsn + 1;
+    for (i, f) in files.iter().enumerate() {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(tandem_store::FileName::Log {
+            first_lsn,
+            last_lsn,
+        }) = tandem_store::parse_file_name(name)
+        else {
+            return (i, None);
+        };
+        if first_lsn > next {
+            return (
+                i,
+                Some(format!(
+                    "a gap: no log backup holds LSN {next} (the next one, {name}, starts at LSN \
+                     {first_lsn})"
+                )),
+            );
+        }
+        next = next.max(last_lsn + 1);
+    }
+    (files.len(), None)
 }
 
 /// Seeds the secondary's copy from the newest full backup on the share (the copy it replaces
