@@ -5,6 +5,7 @@ mod common;
 use common::{ok, tandem};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -575,6 +576,14 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
             br#"{"text":"x"}"#.to_vec(),
             401,
         ),
+        // Without a valid token, nothing else of the request is looked at (its JSON here).
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some("alice.0000"),
+            br#"{"text": "#.to_vec(),
+            401,
+        ),
         (
             "GET",
             "/api/v1/rooms/vault/messages?limit=banana".into(),
@@ -627,6 +636,25 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
             // The bound is named.
             assert!(message.contains("at most 1048576 bytes"), "{text}");
         }
+    }
+    // Nor its body: a request without a token that announces a body and sends none is
+    // answered at once (it waited for the body until `REQUEST_BODY_WAIT`, 30 s, then 408).
+    {
+        let mut s = std::net::TcpStream::connect(&c.fe1).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /api/v1/rooms/vault/messages HTTP/1.1\r\nhost: x\r\n\
+             content-type: application/json\r\ncontent-length: 1000000\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        let got = s.read_exact(&mut head);
+        assert!(
+            got.is_ok() && head.ends_with(b"401"),
+            "{got:?} {}",
+            String::from_utf8_lossy(&head)
+        );
     }
     assert_eq!(count(&c), before_bad, "bad input writes nothing");
 

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::server::{NodeState, Shared};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -84,6 +84,33 @@ fn path<T>(r: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
 fn query<T>(r: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     r.map(|Query(v)| v)
         .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// The user a chat request is signed in as, found by [`signed_in`] before anything else of the
+/// request is looked at.
+#[derive(Clone)]
+struct SignedIn(String);
+
+/// A `?token=` in a request's query (WebSockets: browsers open them without headers).
+#[derive(Deserialize)]
+struct TokenParam {
+    token: Option<String>,
+}
+
+/// Every chat route's first step: the node must be an active chat server and the request
+/// signed in, checked before its body is read — a client without a valid token is answered
+/// at once and never makes the node take in a body (up to `REQUEST_BYTES_MAX`) or parse it.
+async fn signed_in(
+    State(node): State<Shared>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let token_param = Query::<TokenParam>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|Query(t)| t.token);
+    let u = user(&node, request.headers(), token_param.as_deref()).await?;
+    request.extensions_mut().insert(SignedIn(u));
+    Ok(next.run(request).await)
 }
 
 /// The user behind the request's bearer token (also accepted as `?token=` for WebSockets,
@@ -189,17 +216,18 @@ struct NewCategory {
     description: Option<String>,
 }
 
-async fn categories(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Raw>, ApiError> {
-    user(&node, &headers, None).await?;
+async fn categories(
+    State(node): State<Shared>,
+    _: Extension<SignedIn>,
+) -> Result<Json<Raw>, ApiError> {
     Ok(Json(mgc(&node, "chat.categories", json!({})).await?))
 }
 
 async fn add_category(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     b: Result<Json<NewCategory>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let c = body(b)?;
     let r: Raw = mgc(
         &node,
@@ -210,17 +238,18 @@ async fn add_category(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn rooms(State(node): State<Shared>, headers: HeaderMap) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
+async fn rooms(
+    State(node): State<Shared>,
+    Extension(SignedIn(u)): Extension<SignedIn>,
+) -> Result<Json<Raw>, ApiError> {
     Ok(Json(mgc(&node, "chat.rooms", json!({ "user": u })).await?))
 }
 
 async fn create_room(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     b: Result<Json<NewRoom>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let room = body(b)?;
     let r: Raw = mgc(
         &node,
@@ -233,10 +262,9 @@ async fn create_room(
 
 async fn get_room(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
         mgc(&node, "chat.room", json!({ "user": u, "room": room })).await?,
@@ -245,11 +273,10 @@ async fn get_room(
 
 async fn update_room(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
     b: Result<Json<RoomUpdate>, JsonRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, update) = (path(p)?, body(b)?);
     Ok(Json(
         mgc(
@@ -263,10 +290,9 @@ async fn update_room(
 
 async fn members(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
         mgc(&node, "chat.members", json!({ "user": u, "room": room })).await?,
@@ -283,11 +309,10 @@ struct NewMember {
 
 async fn add_member(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
     b: Result<Json<NewMember>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
     // A name no user can have is said so first (and not echoed whole).
     tandem_pool::users::validate_name(&m.user)?;
@@ -312,10 +337,9 @@ async fn add_member(
 
 async fn remove_member(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, member) = path(p)?;
     mgc::<Raw>(
         &node,
@@ -336,10 +360,10 @@ struct NewMessage {
 async fn post_message(
     State(node): State<Shared>,
     headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
     b: Result<Json<NewMessage>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
     // The client's key for the post: a retry with the same key is answered with the message
     // the first attempt made (IETF's Idempotency-Key header; the post checks its form).
@@ -370,11 +394,10 @@ async fn post_message(
 
 async fn history(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, q) = (path(p)?, query(q)?);
     Ok(Json(
         mgc(
@@ -395,10 +418,9 @@ struct SearchQuery {
 
 async fn search(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let q = query(q)?;
     Ok(Json(
         mgc(
@@ -418,11 +440,10 @@ struct ReadMark {
 
 async fn mark_read(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
     b: Result<Json<ReadMark>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let (room, m) = (path(p)?, body(b)?);
     mgc::<Raw>(
         &node,
@@ -435,10 +456,9 @@ async fn mark_read(
 
 async fn unread(
     State(node): State<Shared>,
-    headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Raw>, ApiError> {
-    let u = user(&node, &headers, None).await?;
     let room = path(p)?;
     Ok(Json(
         mgc(&node, "chat.unread", json!({ "user": u, "room": room })).await?,
@@ -460,11 +480,11 @@ struct EventsQuery {
 async fn events(
     State(node): State<Shared>,
     headers: HeaderMap,
+    Extension(SignedIn(u)): Extension<SignedIn>,
     q: Result<Query<EventsQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let u = user(&node, &headers, q.token.as_deref()).await?;
     let rooms: HashSet<String> = q
         .rooms
         .split(',')
@@ -763,7 +783,8 @@ async fn catch_up(
     }
 }
 
-pub(crate) fn routes() -> Router<Shared> {
+/// The chat API's routes, each behind [`signed_in`].
+pub(crate) fn routes(node: &Shared) -> Router<Shared> {
     Router::new()
         .route("/api/v1/categories", get(categories).post(add_category))
         .route("/api/v1/rooms", get(rooms).post(create_room))
@@ -781,4 +802,8 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/api/v1/rooms/{room}/unread", get(unread))
         .route("/api/v1/search", get(search))
         .route("/api/v1/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            signed_in,
+        ))
 }

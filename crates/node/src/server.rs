@@ -529,7 +529,7 @@ fn router(node: Shared) -> Router {
         app = app.merge(crate::frontend::routes());
     }
     if node.chat.is_some() {
-        app = app.merge(crate::chat_api::routes());
+        app = app.merge(crate::chat_api::routes(&node));
     }
     app = app
         .route("/openapi.json", get(crate::openapi::document))
