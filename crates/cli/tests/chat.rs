@@ -1036,6 +1036,101 @@ fn a_session_whose_client_reads_nothing_is_ended() {
     });
 }
 
+/// A member removed from a secret room while a session of its opens — at any moment of the
+/// opening — gets none of the room's later posts: the removal is either seen by the opening's
+/// checks (404) or after the session's start (the room then leaves it). Until session 33 the
+/// start was fixed after the checks, and a removal between the two went unseen for good.
+#[test]
+fn a_member_removed_while_a_session_opens_gets_none_of_the_rooms_later_posts() {
+    let c = start();
+    let alice = user(&c, "alice");
+    let bob = user(&c, "bob");
+    let new_room = |name: &str, privacy: &str| {
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms",
+            &alice,
+            json!({ "name": name, "privacy": privacy }),
+        );
+    };
+    new_room("vault", "secret");
+    let mut rooms = vec!["vault".to_string()];
+    for i in 1..256 {
+        new_room(&format!("o{i}"), "open");
+        rooms.push(format!("o{i}"));
+    }
+    let url = format!(
+        "ws://{}/api/v1/events?rooms={}&token={bob}",
+        c.fe1,
+        rooms.join(",")
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for attempt in 0..64u64 {
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/vault/members",
+            &alice,
+            json!({ "user": "bob" }),
+        );
+        // The removal, at a different moment of the opening each time.
+        let remover = {
+            let (fe, alice) = (c.fe1.clone(), alice.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(attempt % 32 * 500));
+                let (code, text) = http(
+                    &fe,
+                    "DELETE",
+                    "/api/v1/rooms/vault/members/bob",
+                    Some(&alice),
+                    b"",
+                );
+                assert_eq!(code, 204, "{text}");
+            })
+        };
+        let opened = rt.block_on(tokio_tungstenite::connect_async(url.as_str()));
+        remover.join().unwrap();
+        let Ok((mut ws, _)) = opened else {
+            continue; // the opening saw the removal: refused
+        };
+        let text = format!("after bob's removal {attempt}");
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/vault/messages",
+            &alice,
+            json!({ "text": text }),
+        );
+        // A post to an open room after it: once it arrives, the vault's would have too.
+        api(
+            &c.fe1,
+            "POST",
+            "/api/v1/rooms/o1/messages",
+            &alice,
+            json!({ "text": format!("marker {attempt}") }),
+        );
+        rt.block_on(async {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                    .await
+                    .expect("the marker arrives in time");
+                let Some(Ok(Message::Text(t))) = m else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert!(
+                    !(v["event"]["room"] == "vault" && v["event"]["kind"] == "message"),
+                    "attempt {attempt}: a post to vault reached bob after his removal: {v}"
+                );
+                if v["event"]["text"] == format!("marker {attempt}") {
+                    break;
+                }
+            }
+        });
+    }
+}
+
 /// A session on an open room that a manager makes secret is told of the change and then
 /// loses the room (and, with no room left, ends): the room's later posts do not reach a user who
 /// may no longer read it. A resume point that is negative, or past the newest event, is refused.

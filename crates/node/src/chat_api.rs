@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -29,6 +30,8 @@ const TOKEN_CACHE_TTL_MS: u64 = 30_000;
 const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
 /// Rooms one WebSocket may follow.
 const SESSION_ROOMS_MAX: usize = 256;
+/// Rooms whose reading right a session's opening asks about at once.
+const SESSION_CHECKS_AT_ONCE: usize = 16;
 /// A session's read buffer. A client only closes and pings, so a few KiB do: WebSocket's
 /// default (128 KiB, allocated as the session opens) made 10,000 sessions take 1.3 GB
 /// (`bench chat`).
@@ -496,16 +499,30 @@ async fn events(
             "rooms: name 1 to {SESSION_ROOMS_MAX} rooms, comma-separated"
         )));
     }
-    for r in &rooms {
-        let ok: Value = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
-        if ok["can_read"] != true {
-            return Err(ApiError::not_found(format!(
-                "no room named {r} that you may read"
-            )));
-        }
-    }
+    // The session's start is fixed before the user's right to read each room is asked: an
+    // event that ends that right (a removal, a privacy change) is then either seen by the
+    // checks or after the start, where the session looks at the right again. (Asked first, a
+    // removal committed between the checks and the start went unseen, and the session went on
+    // sending the room's events to a user no longer in it.)
     let rx = node.chat.as_ref().expect("chat role").events.subscribe();
     let newest = read_feed(&node, -1, 0).await?.last_id.unwrap_or(0);
+    let checks = rooms.iter().cloned().map(|r| {
+        let (node, u) = (node.clone(), u.clone());
+        async move {
+            let ok: Value = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
+            if ok["can_read"] != true {
+                return Err(ApiError::not_found(format!(
+                    "no room named {r} that you may read"
+                )));
+            }
+            Ok(())
+        }
+    });
+    let mut checks = futures_util::stream::iter(checks).buffer_unordered(SESSION_CHECKS_AT_ONCE);
+    while let Some(checked) = checks.next().await {
+        checked?;
+    }
+    drop(checks);
     let after = match q.after {
         Some(a) if a < 0 => {
             return Err(ApiError::bad_request(format!(
