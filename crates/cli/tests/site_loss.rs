@@ -699,6 +699,73 @@ fn a_primary_that_comes_back_after_its_database_failed_over_to_the_other_site_ac
     }
 }
 
+/// The lost site comes back cut off from the other one (its nodes stopped: nothing of `dal`
+/// answers): its old primaries of mgc and of the CMS learn from the share's epoch marks that
+/// newer ones were made meanwhile, and step down before they serve — no post through `atl-fe`
+/// is acknowledged. Until session 33 they served on under their old epochs (a pool-atl user's
+/// posts were acknowledged in atl, then dropped once atl heard of dal again).
+#[test]
+fn a_site_that_comes_back_cut_off_from_the_other_after_a_failover_acknowledges_nothing() {
+    let d = Deployment::up();
+    let token = common::user_and_room(&d);
+    let last = post(&d.address("atl-fe"), &token, "before the loss").expect("acknowledged");
+    d.wait_shipped(last.lsn, "log shipping does not follow");
+    d.kill_site("atl");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    ok(&d.dir, &["chat", "failover"]);
+    let dal: Vec<i32> = ["dal-fe", "dal-db1", "dal-db2"]
+        .iter()
+        .map(|n| common::pid(&d.dir, n))
+        .collect();
+    /// Continues the stopped nodes when the test ends, also when it fails.
+    struct Continue(Vec<i32>);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                // SAFETY: processes the test started.
+                unsafe { libc::kill(*pid, libc::SIGCONT) };
+            }
+        }
+    }
+    let _continue = Continue(dal.clone());
+    for pid in &dal {
+        // SAFETY: processes the test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    ok(
+        &d.dir,
+        &["up", "--detach", "--nodes", "atl-fe,atl-db1,atl-db2"],
+    );
+    let until = Instant::now() + Duration::from_millis(1_500);
+    let mut i = 0;
+    while Instant::now() < until {
+        i += 1;
+        let (code, answer) =
+            common::post_answer(&d.address("atl-fe"), &token, &format!("cut off {i}"));
+        assert!(
+            !(200..300).contains(&code),
+            "a post through the site cut off was acknowledged: {code} {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secret = d.secret();
+    for database in ["mgc", "cms"] {
+        let (code, answer) = http(
+            &d.address("atl-db1"),
+            "GET",
+            &format!("/internal/v1/db/{database}/role"),
+            &[("x-tandem-secret", secret.as_str())],
+            "",
+        );
+        assert_eq!(code, 200, "{answer}");
+        let role: Value = serde_json::from_str(&answer).unwrap();
+        assert_ne!(
+            role["role"], "primary",
+            "atl-db1's {database} still primary: {role}"
+        );
+    }
+}
+
 #[test]
 fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
     let d = Deployment::up();

@@ -411,8 +411,15 @@ pub(crate) async fn restore(
     .await?;
     tracing::warn!(database, lsn = report.lsn, epoch = report.epoch, role = %report.role, "copy restored");
     let (n, d) = (node.clone(), database.clone());
-    let _ =
-        tokio::task::spawn_blocking(move || crate::log_shipping::refresh_progress(&n, &d)).await;
+    let made_primary = report.role == Role::Primary;
+    let epoch = report.epoch;
+    let _ = tokio::task::spawn_blocking(move || {
+        if made_primary {
+            crate::epoch_mark::record_or_warn(&n.topology, &d, &n.name, epoch);
+        }
+        crate::log_shipping::refresh_progress(&n, &d)
+    })
+    .await;
     let mut v = serde_json::to_value(&report).expect("serializes");
     v["database"] = json!(database);
     v["node"] = json!(node.name);
@@ -495,6 +502,7 @@ pub(crate) async fn recover(
         }
         let prepared = crate::db_host::prepare(&db, &d, &n.topology);
         let id = db.identity();
+        crate::epoch_mark::record_or_warn(&n.topology, &d, &n.name, id.epoch);
         n.host.replace(&d, Some(db));
         prepared.map_err(ApiError::unavailable)?;
         Ok((before, id))

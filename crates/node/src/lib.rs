@@ -11,6 +11,7 @@ mod client;
 mod cms_follower;
 mod db_host;
 mod db_ops;
+mod epoch_mark;
 mod error;
 mod expiry;
 mod frontend;

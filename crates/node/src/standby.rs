@@ -366,27 +366,62 @@ pub(crate) async fn fence_once(node: &NodeState) {
                 .copy_role(&n.address, &database, FENCE_PROBE_TIMEOUT)
         }))
         .await;
+        let silent = answers.iter().any(|a| a.is_err());
         let newer = peers
             .iter()
             .zip(answers)
             .filter_map(|(n, a)| a.ok().map(|r| (n, r)))
             .filter(|(_, r)| r.role == "primary" && r.epoch > epoch)
-            .max_by_key(|(_, r)| r.epoch);
-        if let Some((n, r)) = newer {
-            let reason = format!(
-                "{} is primary of {database} at epoch {}, newer than this copy's {epoch}",
-                n.name, r.epoch
-            );
+            .max_by_key(|(_, r)| r.epoch)
+            .map(|(n, r)| {
+                let reason = format!(
+                    "{} is primary of {database} at epoch {}, newer than this copy's {epoch}",
+                    n.name, r.epoch
+                );
+                (n.name.clone(), reason)
+            });
+        // A copy that does not answer may be the newer primary: the share says whether one was
+        // made primary at a newer epoch meanwhile.
+        let newer = match newer {
+            Some(newer) => Some(newer),
+            None if silent => marked_newer(node, &database, epoch).await,
+            None => None,
+        };
+        if let Some((newer_node, reason)) = newer {
             let partner = node
                 .mirroring
                 .link(&database)
                 .map(|l| l.partner().to_string());
-            let role = if partner.as_deref() == Some(n.name.as_str()) {
+            let role = if partner.as_deref() == Some(newer_node.as_str()) {
                 Role::Mirror
             } else {
                 Role::Standby
             };
             step_down_to(node, &database, &db, &reason, role).await;
+        }
+    }
+}
+
+/// Why this primary of `epoch` must step down, when the share marks another copy of
+/// `database` primary at a newer epoch (`epoch_mark`); a share that cannot be read says nothing.
+async fn marked_newer(node: &NodeState, database: &str, epoch: u64) -> Option<(String, String)> {
+    let (topology, d) = (node.topology.clone(), database.to_string());
+    let mark = tokio::task::spawn_blocking(move || crate::epoch_mark::read(&topology, &d))
+        .await
+        .ok()?;
+    match mark {
+        Ok(Some(m)) if m.epoch > epoch && m.node != node.name => {
+            let reason = format!(
+                "{} was made primary of {database} at epoch {}, newer than this copy's {epoch} \
+                 (the share's mark; it does not answer from here)",
+                m.node, m.epoch
+            );
+            Some((m.node, reason))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(database, error = %e, "the share's epoch mark cannot be read");
+            None
         }
     }
 }
@@ -601,8 +636,10 @@ pub(crate) async fn promote(
         )));
     }
     let (d, name, topology) = (db.clone(), database.clone(), node.topology.clone());
+    let me = node.name.clone();
     blocking(move || {
         d.recover(Some(p.epoch)).map_err(|e| e.to_string())?;
+        crate::epoch_mark::record_or_warn(&topology, &name, &me, p.epoch);
         crate::db_host::prepare(&d, &name, &topology)
     })
     .await

@@ -6,7 +6,7 @@ use super::*;
 /// new document, never a part. `durable` also fsyncs the file and the directory. The file's
 /// directory is made if its own parent is there (a database's directory on the share, never
 /// the share itself: see `share_present`).
-pub(super) fn write_json<T: Serialize>(
+pub(crate) fn write_json<T: Serialize>(
     path: &FsPath,
     value: &T,
     durable: bool,
@@ -35,7 +35,7 @@ pub(super) fn write_json<T: Serialize>(
     r.map_err(|e| format!("{}: {e}", path.display()))
 }
 
-pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &FsPath) -> Result<Option<T>, String> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &FsPath) -> Result<Option<T>, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
