@@ -186,10 +186,33 @@ pub fn remove_member(db: &Database, user: &str, room: &str, member: &str) -> Res
 /// Who a change made by the deployment's operator (not a user) is recorded as.
 const OPERATOR: &str = "operator";
 
+/// Deletes every row of `table` (primary key `(user_column, other_column)`) of `user`, one
+/// journaled delete each.
+fn delete_all_of(
+    tx: &mut Tx<'_>,
+    user: &str,
+    table: &str,
+    user_column: &str,
+    other_column: &str,
+) -> Result<(), ChatError> {
+    let others = tx.query(
+        &format!("SELECT {other_column} FROM {table} WHERE {user_column} = ?1"),
+        [user],
+        |r| r.get::<_, String>(0),
+    )?;
+    for other in others {
+        tx.delete(
+            table,
+            vec![Value::Text(user.to_string()), Value::Text(other)],
+        )?;
+    }
+    Ok(())
+}
+
 /// Takes `member` — a user removed from the deployment — out of every room, with a
 /// `MemberRemoved` event in each (its live sessions lose the rooms), and drops its read
-/// positions: a user later added under the same name starts with no membership. A room it was
-/// the last manager of keeps no manager. Returns the rooms it left.
+/// positions and post keys: a user later added under the same name starts with none of them.
+/// A room it was the last manager of keeps no manager. Returns the rooms it left.
 pub fn forget_user(db: &Database, member: &str) -> Result<Vec<String>, ChatError> {
     check_name(NameOf::User, member)?;
     let member = member.to_string();
@@ -216,17 +239,11 @@ pub fn forget_user(db: &Database, member: &str) -> Result<Vec<String>, ChatError
                 },
             )?;
         }
-        let read = tx.query(
-            "SELECT room FROM read_positions WHERE user = ?1",
-            [&member],
-            |r| r.get::<_, String>(0),
-        )?;
-        for room in read {
-            tx.delete(
-                "read_positions",
-                vec![Value::Text(member.clone()), Value::Text(room)],
-            )?;
-        }
+        delete_all_of(tx, &member, "read_positions", "user", "room")?;
+        // The user's post keys too: a name given again starts with none (a key kept answered
+        // the new user's post with the old one's message, naming a room the new user may not
+        // see).
+        delete_all_of(tx, &member, "post_keys", "sender", "key")?;
         Ok::<_, ChatError>(rooms)
     })?;
     Ok(done.value)
@@ -435,6 +452,33 @@ mod tests {
             who(&db, "bob", "team"),
             [("bob".into(), false), ("carol".into(), true)]
         );
+    }
+
+    #[test]
+    fn a_forgotten_user_leaves_no_post_key_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        create_room(&db, "alice", &new_room("vault", Privacy::Secret)).unwrap();
+        add_member(&db, "alice", "vault", "bob", false).unwrap();
+        create_room(&db, "alice", &new_room("lobby", Privacy::Open)).unwrap();
+        let keyed = |room: &str, text: &str| {
+            crate::post_with(
+                &db,
+                "bob",
+                crate::NewPost {
+                    room,
+                    text,
+                    reply_to: None,
+                    key: Some("k1"),
+                },
+            )
+        };
+        keyed("vault", "confidential").unwrap();
+        forget_user(&db, "bob").unwrap();
+        // A new bob, with the name given again: his key k1 is his own.
+        add_member(&db, "bob", "lobby", "bob", false).unwrap();
+        let e = keyed("lobby", "hello").unwrap();
+        assert_eq!((e.room.as_str(), e.text.as_str()), ("lobby", "hello"));
     }
 
     #[test]

@@ -146,30 +146,9 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             // the removal here, with nothing removed.
             let rooms = match &d.topology.chat {
                 None => Vec::new(),
-                Some(_) => {
-                    let (mgc_node, mgc) = d.primary_address(DATABASE_MGC)?;
-                    let r = rt
-                        .block_on(client.call::<serde_json::Value, _>(
-                            &mgc,
-                            DATABASE_MGC,
-                            "chat.forget_user",
-                            &json!({ "member": name }),
-                        ))
-                        .with_context(|| {
-                            format!(
-                                "cannot take {name} out of its chat rooms (mgc on {mgc_node}); \
-                                 nothing removed"
-                            )
-                        })?;
-                    r.result["rooms"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|v| v.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                }
+                Some(_) => rt.block_on(forget_in_chat(d, &name)).with_context(|| {
+                    format!("cannot take {name} out of its chat rooms; nothing removed")
+                })?,
             };
             let db = format!("users-{pool}");
             let (node, addr) = d.primary_address(&db)?;
@@ -290,6 +269,17 @@ pub(crate) async fn add(
         ),
         Err(e) => return Err(e).with_context(|| format!("the CMS on {cms_node}")),
     };
+    // A name given again starts with nothing of the user that had it before — also what the
+    // removal could not take back: a room that a chat node, still following a CMS that homed
+    // the removed user, added it to just after. Taken before the new user exists.
+    if claimed
+        && d.topology.chat.is_some()
+        && let Err(e) = forget_in_chat(d, name).await
+    {
+        let refused =
+            format!("cannot make sure no earlier user named {name} is left in a chat room: {e:#}");
+        return Err(take_back(d, (&cms_node, &cms), name, pool, refused).await);
+    }
     let added = client
         .call::<NewUser, _>(
             &users,
@@ -309,21 +299,7 @@ pub(crate) async fn add(
             if !claimed {
                 bail!("{refused}; nothing changed");
             }
-            let released = client
-                .call::<serde_json::Value, _>(
-                    &cms,
-                    DATABASE_CMS,
-                    "cms.release_home",
-                    &json!({ "user": name, "pool": pool }),
-                )
-                .await;
-            match released {
-                Ok(_) => bail!("{refused}; its home in the CMS was taken back: nothing changed"),
-                Err(r) => bail!(
-                    "{refused}; the home this command gave it in the CMS could not be taken \
-                     back (the CMS on {cms_node}: {r}): `tandem user remove {name}` removes it"
-                ),
-            }
+            return Err(take_back(d, (&cms_node, &cms), name, pool, refused).await);
         }
         Err(e) => bail!(
             "{users_db} on {users_node} did not answer whether it created {name} ({e}); {name} \
@@ -342,6 +318,56 @@ pub(crate) async fn add(
         token,
         token_not_kept,
     })
+}
+
+/// Takes `name` out of every chat room (`chat.forget_user`); the rooms it was in.
+async fn forget_in_chat(d: &Deployment, name: &str) -> anyhow::Result<Vec<String>> {
+    let (mgc_node, mgc) = d.find_primary(DATABASE_MGC).await?;
+    let r = d
+        .client()
+        .call::<serde_json::Value, _>(
+            &mgc,
+            DATABASE_MGC,
+            "chat.forget_user",
+            &json!({ "member": name }),
+        )
+        .await
+        .with_context(|| format!("mgc on {mgc_node}"))?;
+    Ok(r.result["rooms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The error of an add refused after its home was claimed, once the home is taken back (or
+/// saying how to take it back).
+async fn take_back(
+    d: &Deployment,
+    (cms_node, cms): (&str, &str),
+    name: &str,
+    pool: &str,
+    refused: String,
+) -> anyhow::Error {
+    let released = d
+        .client()
+        .call::<serde_json::Value, _>(
+            cms,
+            DATABASE_CMS,
+            "cms.release_home",
+            &json!({ "user": name, "pool": pool }),
+        )
+        .await;
+    match released {
+        Ok(_) => anyhow::anyhow!("{refused}; its home in the CMS was taken back: nothing changed"),
+        Err(r) => anyhow::anyhow!(
+            "{refused}; the home this command gave it in the CMS could not be taken back (the \
+             CMS on {cms_node}: {r}): `tandem user remove {name}` removes it"
+        ),
+    }
 }
 
 /// True when a call that failed surely changed nothing: the node answered with a refusal, or

@@ -44,8 +44,8 @@ const FEED_RETRY_MS: u64 = 200;
 
 /// Chat-node state: the token cache and the broadcast of the chat database's feed.
 pub(crate) struct ChatRole {
-    /// Token → its user, the pool that homed the user, when checked.
-    tokens: Mutex<HashMap<String, (String, String, Instant)>>,
+    /// Token → its user, the CMS's changes as this node had heard them, when checked.
+    tokens: Mutex<HashMap<String, (String, u64, Instant)>>,
     pub(crate) events: broadcast::Sender<crate::chat_feed::FeedItem>,
     /// Set once the node is built (the senders hold a weak reference to it).
     pub(crate) posts: std::sync::OnceLock<crate::post_batcher::PostBatcher>,
@@ -139,27 +139,30 @@ fn bearer<'a>(headers: &'a HeaderMap, token_param: Option<&'a str>) -> Option<&'
         .or(token_param)
 }
 
-/// The user a token signs in, remembered for `TOKEN_CACHE_TTL_MS` while the CMS (as this node
-/// follows it, within about `CMS_FOLLOW_INTERVAL_MS`) still homes the user where it did: a user
-/// removed — or removed and added again elsewhere — is asked of its pool again at once (until
-/// session 32 a removed user's token went on working here for up to 30 s).
+/// The user a token signs in, remembered for `TOKEN_CACHE_TTL_MS` while the CMS, as this node
+/// follows it (within about `CMS_FOLLOW_INTERVAL_MS`), has not changed: a user removed — or
+/// removed and added again, even to the same pool — is asked of its pool again at once. (Until
+/// session 32 a removed user's token went on working here for up to 30 s; until session 33, one
+/// whose name was given again to the same pool, as the new user.) The CMS changes only by an
+/// operator's hand, so the cache lasts between them.
 async fn user_of_token(node: &Shared, token: &str) -> Result<String, ApiError> {
     let chat = node
         .chat
         .as_ref()
         .expect("chat routes exist only with the chat role");
-    if let Some((user, pool, at)) = chat.tokens.lock().expect("token cache").get(token)
+    let changes = node.cms.changes();
+    if let Some((user, seen, at)) = chat.tokens.lock().expect("token cache").get(token)
         && at.elapsed() < Duration::from_millis(TOKEN_CACHE_TTL_MS)
-        && node.cms.home_of(user).as_ref() == Some(pool)
+        && *seen == changes
     {
         return Ok(user.clone());
     }
-    let (user, pool) = crate::frontend::authenticate_token(node, token).await?;
+    let (user, _pool) = crate::frontend::authenticate_token(node, token).await?;
     let mut cache = chat.tokens.lock().expect("token cache");
     if cache.len() >= TOKEN_CACHE_ENTRIES_MAX {
         cache.clear();
     }
-    cache.insert(token.to_string(), (user.clone(), pool, Instant::now()));
+    cache.insert(token.to_string(), (user.clone(), changes, Instant::now()));
     Ok(user)
 }
 

@@ -5,6 +5,7 @@
 use crate::status::CmsView;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tandem_pool::cms::CmsSnapshot;
 
@@ -23,6 +24,9 @@ struct State {
 pub(crate) struct CmsFollower {
     file: PathBuf,
     state: RwLock<State>,
+    /// Counts the newer snapshots heard: what was checked against the CMS (a token's user and
+    /// home) holds while it has not moved.
+    changes: AtomicU64,
 }
 
 impl CmsFollower {
@@ -52,6 +56,7 @@ impl CmsFollower {
                 live: false,
                 last_heard: None,
             }),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -75,6 +80,12 @@ impl CmsFollower {
             .and_then(|s| s.homes.get(user).cloned())
     }
 
+    /// How many newer snapshots this node has heard: it moves with every change of the CMS
+    /// (an operator's: users added or removed, the chat pool's state or active servers).
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn has_snapshot(&self) -> bool {
         self.state.read().expect("cms state").snapshot.is_some()
     }
@@ -94,6 +105,7 @@ impl CmsFollower {
             };
             if newer {
                 st.snapshot = Some(s.clone());
+                self.changes.fetch_add(1, Ordering::SeqCst);
             }
             newer
         };
