@@ -79,6 +79,12 @@ pub enum ChatCommand {
         /// Print the plan and the preconditions; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Abandon a failback stopped half-way (a node lost during it): the backup site's
+        /// copy of mgc takes writes again and its chat servers are made active; the pool
+        /// stays failed-over. Refused once the primary site's copy is the chat's primary
+        /// (from there the failback only goes forward).
+        #[arg(long)]
+        abort: bool,
     },
     /// Search the messages you may read.
     Search {
@@ -352,8 +358,16 @@ fn chat_pool(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
     let client = d.client();
-    let (cms_node, cms) = d.primary_address(tandem_topology::DATABASE_CMS)?;
     let cms_db = tandem_topology::DATABASE_CMS;
+    // No copy answering as master (its node lost): said so, with the copies and the failover
+    // that makes the standby master — not what the topology's first copy, a standby now, says.
+    let (cms_node, cms) = match rt.block_on(d.locate(cms_db)) {
+        Ok(n) => (n.name, n.address),
+        Err(_) => {
+            crate::chat_dr::cms_reachable(d)?;
+            d.primary_address(cms_db)?
+        }
+    };
     if let Some((procedure, args)) = change {
         rt.block_on(client.call::<Value, _>(&cms, cms_db, procedure, &args))
             .with_context(|| format!("the CMS on {cms_node}"))?;
@@ -392,7 +406,9 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
         ChatCommand::Failover { dry_run, force } => {
             crate::chat_dr::failover(d, dry_run, force, out)
         }
-        ChatCommand::Failback { dry_run } => crate::chat_dr::failback(d, dry_run, out),
+        ChatCommand::Failback { dry_run, abort } => {
+            crate::chat_dr::failback(d, dry_run, abort, out)
+        }
         ChatCommand::State { action } => {
             let change = match action {
                 StateAction::Show => None,

@@ -247,6 +247,7 @@ fn set_active_servers<'a>(d: &'a Deployment, servers: String, state: &'static st
         }),
         run: Box::new(move |_| command(d, &["chat", "active-servers", "set", &servers])),
         verify: true,
+        recheck: false,
     }
 }
 
@@ -318,7 +319,9 @@ fn wait_for(cond: impl Fn() -> bool) -> bool {
     }
 }
 
-fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
+/// Refuses, naming each copy and `tandem cms failover --force`, when no copy of the CMS
+/// answers as its master.
+pub(crate) fn cms_reachable(d: &Deployment) -> anyhow::Result<()> {
     // Asked three times: a master slow to answer on a busy machine is not a lost one.
     let mut seen = Value::Null;
     for attempt in 0..3 {
@@ -402,6 +405,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             Ok(json!({ "last_log_backup": last, "removed": removed }))
         }),
         verify: false,
+        recheck: false,
     });
     steps.push(Step {
         title: format!("copy every log backup {backup} lacks from the share"),
@@ -419,6 +423,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             command(d, &["db", "log-shipping", "copy", "--db", "mgc"])
         }),
         verify: false,
+        recheck: false,
     });
     steps.push(Step {
         title: "apply every unapplied log backup in LSN order".into(),
@@ -445,6 +450,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             }))
         }),
         verify: false,
+        recheck: false,
     });
     steps.push(Step {
         title: format!("end every connection to {backup} and recover it (new epoch, writable)"),
@@ -463,6 +469,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             command(d, &args)
         }),
         verify: true,
+        recheck: false,
     });
     steps.push(Step {
         title: "set the chat pool state failed-over (the active list cleared first)".into(),
@@ -476,6 +483,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             command(d, &["chat", "state", "set", "failed-over"])
         }),
         verify: true,
+        recheck: false,
     });
     if let Some(bm) = p.backup_mirror.clone() {
         let (bm2, bm3) = (bm.clone(), bm.clone());
@@ -487,19 +495,23 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
                 Ok((link_state(d, &b1).as_deref() == Some("synchronized"))
                     .then(|| json!({ "mirror": bm2 })))
             }),
-            // The backup site's mirror node lost too: the new primary serves alone rather
-            // than the chat pool staying down until that node is back.
+            // The backup site's mirror node lost too, before the install or during it: the
+            // new primary serves alone rather than the chat pool staying down until that node
+            // is back (the install gives up within seconds once its mirror is lost).
             run: Box::new(move |_| {
-                if lost(d, &bm3) {
-                    return Ok(json!({
+                let skipped = |when: &str| {
+                    json!({
                         "skipped": format!(
-                            "{bm3} is unreachable; mgc on {b3} serves without a mirror: run \
-                             `tandem db mirror install --db mgc --primary {b3} --mirror {bm3}` \
-                             once {bm3} is back"
+                            "{bm3} is unreachable{when}; mgc on {b3} serves without a mirror: \
+                             run `tandem db mirror install --db mgc --primary {b3} --mirror \
+                             {bm3}` once {bm3} is back"
                         ),
-                    }));
+                    })
+                };
+                if lost(d, &bm3) {
+                    return Ok(skipped(""));
                 }
-                command(
+                let installed = command(
                     d,
                     &[
                         "db",
@@ -512,27 +524,57 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
                         "--mirror",
                         &bm,
                     ],
-                )
+                );
+                match installed {
+                    Err(_) if lost(d, &bm3) => Ok(skipped(" (lost during the install)")),
+                    other => other,
+                }
             }),
             verify: true,
+            recheck: false,
         });
     }
     steps.push(set_active_servers(d, backup_servers, "failed-over"));
+    let failed_over_step = 5;
+    let servers_step = steps.len();
     let book = Runbook {
         procedure: "chat-failover",
         deployment: d,
         steps,
+        // Between step 5 (the active servers cleared) and the last one, nothing serves.
+        stopped: Box::new(|s: &RunState| {
+            let done = |n: usize| s.steps.iter().any(|r| r.step == n);
+            (done(failed_over_step) && !done(servers_step)).then(|| {
+                format!(
+                    "the chat pool serves nobody meanwhile (failed-over, no active servers): \
+                     once the cause is fixed, `tandem chat failover` finishes it; `tandem chat \
+                     active-servers set {}` serves from {} at once, without the steps left",
+                    p.backup_servers.join(","),
+                    p.backup
+                )
+            })
+        }),
     };
     let p = places(&d.topology)?;
-    let preconditions = |resuming: bool| -> anyhow::Result<()> {
-        if resuming {
+    let preconditions = |resuming: Option<&RunState>| -> anyhow::Result<()> {
+        if resuming.is_some() {
             // Half-way, until the secondary is recovered: a run started with --force (or while
             // the site was lost) is not finished without either once the site is back.
             let recovered = role(d, &p.backup).is_some_and(|r| r.role == "primary");
-            return match (recovered, force) {
-                (false, false) => healthy_primary_site(d, &p),
-                _ => Ok(()),
-            };
+            if !recovered && !force {
+                healthy_primary_site(d, &p)?;
+            }
+            // Every step acts on the secondary (or what it recovered); steps 5 and 7 on the
+            // CMS.
+            if role(d, &p.backup).is_none() {
+                bail!(
+                    "the secondary {} does not answer: the failover's steps left act on its \
+                     copy of mgc; {}, and run the failover again",
+                    p.backup,
+                    d.revive_advice(&p.backup)
+                );
+            }
+            return cms_reachable(d);
         }
         cms_reachable(d)?;
         let (state, _) = chat_state(d)?;
@@ -570,40 +612,60 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             "stopped": r["restore"]["stopped"],
         })
     })?;
+    // A drill: the primary site's primary was paused and its last writes shipped before log
+    // shipping stopped, so nothing it acknowledged is lost (unless the restore stopped short).
+    let drained = outcome
+        .steps
+        .first()
+        .and_then(|s| s.report["last_log_backup"]["paused"].as_str())
+        .map(str::to_string);
     let report = json!({ "run": outcome, "data_loss": loss, "new_primary": p.backup });
     out.emit(&report, || {
         format!(
-            "chat pool failed over to {} in {:.1} s; data recovered up to LSN {} ({}): anything acknowledged after it in the lost site is lost\n",
+            "chat pool failed over to {} in {:.1} s; data recovered up to LSN {} ({}): {}\n",
             p.backup,
             report["run"]["seconds"].as_f64().unwrap_or(0.0),
             loss["last_lsn"],
             match loss["last_write"].as_str() {
                 Some(t) => format!("last message written {t}"),
                 None => "recovered before this run".to_string(),
+            },
+            match (&drained, loss["stopped"].is_null()) {
+                (Some(node), true) => format!(
+                    "nothing acknowledged is lost ({node} was paused and its last writes \
+                     shipped first)"
+                ),
+                _ => "anything acknowledged after it in the lost site is lost".to_string(),
             }
         ) + &match loss["stopped"].as_str() {
-            Some(why) => format!(
-                "the restore stopped there, short of the share's end: {why}\n"
-            ),
+            Some(why) => format!("the restore stopped there, short of the share's end: {why}\n"),
             None => String::new(),
         }
     })
 }
 
-pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<()> {
+/// Whether `primary`'s copy of mgc is the chat's primary again (the failback restored it and
+/// brought it online): a primary of a newer epoch than the backup site's copy, which began
+/// after every record that copy holds. Checked that way, a copy brought online by a failback
+/// that was then abandoned (`--abort`) is not taken for home once the backup site wrote more.
+fn home_copy(d: &Deployment, p: &Places) -> Option<tandem_node::CopyRole> {
+    let b = role(d, &p.backup);
+    role(d, &p.primary).filter(|r| {
+        r.role == "primary"
+            && b.as_ref().is_none_or(|b| {
+                b.role != "primary"
+                    || (r.epoch > b.epoch && r.epoch_first_lsn.is_none_or(|f| f > b.lsn))
+            })
+    })
+}
+
+pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> anyhow::Result<()> {
     let p = places(&d.topology)?;
     let primary = p.primary.clone();
     let backup = p.backup.clone();
     let servers = p.primary_servers.join(",");
     let mut steps: Vec<Step> = Vec::new();
-    let home = |d: &Deployment| {
-        let b = role(d, &p.backup);
-        role(d, &p.primary).filter(|r| {
-            r.role == "primary"
-                && b.as_ref()
-                    .is_none_or(|b| b.role != "primary" || r.epoch > b.epoch)
-        })
-    };
+    let home = |d: &Deployment| home_copy(d, &p);
     if let Some(bm) = p.backup_mirror.clone() {
         // While failed over, the backup site's primary may have moved to its mirror (an
         // automatic failover). The failback starts from the copy the topology names: a
@@ -618,8 +680,10 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             }),
             run: Box::new(|_| command(d, &["db", "mirror", "failover", "--db", "mgc"])),
             verify: true,
+            recheck: false,
         });
     }
+    let clear_step = steps.len() + 1;
     steps.push(Step {
         title: "clear the active server list".into(),
         command: "tandem chat active-servers clear".into(),
@@ -631,9 +695,13 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         }),
         run: Box::new(|_| command(d, &["chat", "active-servers", "clear"])),
         verify: true,
+        // An operator may set them again while the run is stopped (to serve meanwhile).
+        recheck: true,
     });
+    let mut unmirror_step = None;
     if let Some(bm) = p.backup_mirror.clone() {
         let b = backup.clone();
+        unmirror_step = Some(steps.len() + 1);
         steps.push(Step {
             title: format!("remove mirroring on the {} copies", backup),
             command: format!("tandem db mirror remove --db mgc --instance {bm}"),
@@ -663,6 +731,8 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 }))
             }),
             verify: true,
+            // An operator may mirror the copy again while the run is stopped.
+            recheck: true,
         });
     }
     let backup_step = steps.len() + 1;
@@ -677,7 +747,11 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             Ok(json!({ "backup": r, "lsn": c.lsn }))
         }),
         verify: false,
+        // The pause is lost when its node restarts, and the backup is stale once writes
+        // resumed: until the restore is done, both are done again.
+        recheck: true,
     });
+    let restore_step = steps.len() + 1;
     steps.push(Step {
         title: format!("restore it over {primary}, replacing it, and bring it online"),
         command: format!(
@@ -715,7 +789,9 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             )
         }),
         verify: true,
+        recheck: false,
     });
+    let ship_step = steps.len() + 1;
     steps.push(Step {
         title: format!(
             "log shipping {primary} → {backup} again, and the mirror in the primary site"
@@ -723,18 +799,35 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         command: format!("tandem db log-shipping configure --db mgc --secondary {backup}"),
         check: Box::new(|_| Ok(None)),
         run: Box::new(|_| {
-            let ls = command(
-                d,
-                &[
-                    "db",
-                    "log-shipping",
-                    "configure",
-                    "--db",
-                    "mgc",
-                    "--secondary",
-                    &p.backup,
-                ],
-            )?;
+            // The secondary lost (its node gone) once mgc is home: the pool serves from the
+            // primary site without a copy in the other one, rather than stay down until that
+            // node is back; the command that configures it then is said.
+            let later = format!(
+                "{} is unreachable: mgc on {} has no log-shipping secondary (no copy in another \
+                 site) until `tandem db log-shipping configure --db mgc --secondary {}` is run \
+                 once {} is back",
+                p.backup, p.primary, p.backup, p.backup
+            );
+            let ls = if lost(d, &p.backup) {
+                json!({ "skipped": later })
+            } else {
+                match command(
+                    d,
+                    &[
+                        "db",
+                        "log-shipping",
+                        "configure",
+                        "--db",
+                        "mgc",
+                        "--secondary",
+                        &p.backup,
+                    ],
+                ) {
+                    Ok(ls) => ls,
+                    Err(_) if lost(d, &p.backup) => json!({ "skipped": later }),
+                    Err(e) => return Err(e),
+                }
+            };
             let mirror = match &p.mirror {
                 Some(m) => command(
                     d,
@@ -752,10 +845,16 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 )?,
                 None => Value::Null,
             };
-            Ok(json!({ "log_shipping": ls, "mirror": mirror }))
+            let mut report = json!({ "log_shipping": ls, "mirror": mirror });
+            if ls["skipped"].is_string() {
+                report["note"] = json!(later);
+            }
+            Ok(report)
         }),
         verify: false,
+        recheck: false,
     });
+    let normal_step = steps.len() + 1;
     steps.push(Step {
         title: "set the chat pool state normal".into(),
         command: "tandem chat state set normal".into(),
@@ -765,22 +864,67 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         }),
         run: Box::new(|_| command(d, &["chat", "state", "set", "normal"])),
         verify: true,
+        recheck: false,
     });
     steps.push(set_active_servers(d, servers, "normal"));
+    let servers_step = steps.len();
     let book = Runbook {
         procedure: "chat-failback",
         deployment: d,
         steps,
+        // From the active servers cleared to the last step, nothing serves: what brings the
+        // chat back depends on whether mgc is home yet.
+        stopped: Box::new(|s: &RunState| {
+            let done = |n: usize| s.steps.iter().any(|r| r.step == n);
+            if !done(clear_step) || done(servers_step) {
+                return None;
+            }
+            Some(match home(d) {
+                None => format!(
+                    "the chat pool serves nobody meanwhile (failed-over, no active servers{}): \
+                     `tandem chat failback --abort` serves again from {} at once (the failback \
+                     abandoned, nothing lost); or, once the cause is fixed, `tandem chat \
+                     failback` goes on",
+                    if done(backup_step) {
+                        format!(", {}'s writes paused", p.backup)
+                    } else {
+                        String::new()
+                    },
+                    p.backup
+                ),
+                Some(r) => format!(
+                    "the chat pool serves nobody meanwhile (no active servers); mgc is primary \
+                     on {} now (epoch {}), so the failback only goes forward: once the cause is \
+                     fixed, `tandem chat failback` finishes it",
+                    p.primary, r.epoch
+                ),
+            })
+        }),
     };
+    if abort {
+        return abort_failback(d, &book, &p, dry_run, out);
+    }
     let p = places(&d.topology)?;
-    let preconditions = || -> anyhow::Result<()> {
+    // What the steps still to do need: all of them for a fresh run; for a resumed one those
+    // not recorded, and the last recorded (checked again, and done again if it did not hold).
+    let preconditions = |resuming: Option<&RunState>| -> anyhow::Result<()> {
+        let todo = |n: usize| {
+            resuming.is_none_or(|s| {
+                !s.steps.iter().any(|r| r.step == n) || s.steps.last().map(|r| r.step) == Some(n)
+            })
+        };
         cms_reachable(d)?;
-        // The failback's full backup goes through the share (step 4 to step 5).
-        share_present(&d.topology.share)
-            .map_err(|why| anyhow::anyhow!("{why}: the failback moves mgc through it"))?;
-        let (state, _) = chat_state(d)?;
-        if state != "failed-over" {
-            bail!("the chat pool is {state}, not failed over: nothing to fail back");
+        // The failback's full backup goes through the share (step 4 to step 5), and so does
+        // the secondary's seed.
+        if todo(backup_step) || todo(restore_step) || todo(ship_step) {
+            share_present(&d.topology.share)
+                .map_err(|why| anyhow::anyhow!("{why}: the failback moves mgc through it"))?;
+        }
+        if resuming.is_none() {
+            let (state, _) = chat_state(d)?;
+            if state != "failed-over" {
+                bail!("the chat pool is {state}, not failed over: nothing to fail back");
+            }
         }
         // The copy the pool failed over to, or its mirror once primary (step 1 moves it back).
         let mirror_primary = || {
@@ -789,31 +933,34 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
                 .and_then(|m| role(d, m))
                 .is_some_and(|r| r.role == "primary")
         };
-        match role(d, &p.backup) {
-            Some(r) if r.role == "primary" => {}
-            Some(r) if r.role == "mirror" && mirror_primary() => {}
-            Some(r) => bail!(
-                "mgc on {} is {}, not the primary the pool failed over to",
-                p.backup,
-                r.role
-            ),
-            None if mirror_primary() => bail!(
-                "{} does not answer, and the failed-over data is on its mirror {}, primary now: \
-                 {} (it rejoins as its mirror), and run the failback again",
-                p.backup,
-                p.backup_mirror.as_deref().unwrap_or("-"),
-                d.revive_advice(&p.backup)
-            ),
-            None => bail!(
-                "{} does not answer: its mgc holds the failed-over data; {}",
-                p.backup,
-                d.revive_advice(&p.backup)
-            ),
+        if todo(backup_step) {
+            match role(d, &p.backup) {
+                Some(r) if r.role == "primary" => {}
+                Some(r) if r.role == "mirror" && mirror_primary() => {}
+                Some(r) => bail!(
+                    "mgc on {} is {}, not the primary the pool failed over to",
+                    p.backup,
+                    r.role
+                ),
+                None if mirror_primary() => bail!(
+                    "{} does not answer, and the failed-over data is on its mirror {}, primary \
+                     now: {} (it rejoins as its mirror), and run the failback again",
+                    p.backup,
+                    p.backup_mirror.as_deref().unwrap_or("-"),
+                    d.revive_advice(&p.backup)
+                ),
+                None => bail!(
+                    "{} does not answer: its mgc holds the failed-over data; {}",
+                    p.backup,
+                    d.revive_advice(&p.backup)
+                ),
+            }
         }
         // Step 3 removes mirroring on the backup site's copies: a mirror node that accepts
         // connections and does not answer (stopped, hung) would hold it there, the active
         // servers cleared. One that is gone is done without (the step says what is left).
         if let Some(bm) = &p.backup_mirror
+            && unmirror_step.is_some_and(todo)
             && matches!(role_or_why(d, bm), Err(NoRole::Silent { lost: false }))
         {
             bail!(
@@ -824,42 +971,49 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         }
         // A copy being reseeded from the backup site (a restarted site's copies are) is closed
         // for a moment: it is waited for, up to `COPY_BACK_WAIT`, but not by a dry run.
-        let deadline = std::time::Instant::now() + COPY_BACK_WAIT;
-        loop {
-            match role_or_why(d, &p.primary) {
-                Ok(_) => break,
-                Err(NoRole::Silent { .. }) => bail!(
-                    "{} does not answer: the primary site {} must be rebuilt and up before a \
-                     failback",
-                    p.primary,
-                    p.primary_site
-                ),
-                Err(NoRole::Said(_)) if !dry_run && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(250));
+        if todo(restore_step) || todo(ship_step) || todo(normal_step) {
+            let deadline = std::time::Instant::now() + COPY_BACK_WAIT;
+            loop {
+                match role_or_why(d, &p.primary) {
+                    Ok(_) => break,
+                    Err(NoRole::Silent { .. }) => bail!(
+                        "{} does not answer: the primary site {} must be rebuilt and up before \
+                         a failback ({})",
+                        p.primary,
+                        p.primary_site,
+                        d.revive_advice(&p.primary)
+                    ),
+                    Err(NoRole::Said(_)) if !dry_run && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(NoRole::Said(why)) => bail!(
+                        "{} answers but shows no copy of mgc ({why}){}: a copy being reseeded \
+                         from {} comes back by itself; run the failback again once `tandem \
+                         status` shows it",
+                        p.primary,
+                        if dry_run {
+                            String::new()
+                        } else {
+                            format!(" after {} s", COPY_BACK_WAIT.as_secs())
+                        },
+                        p.backup
+                    ),
                 }
-                Err(NoRole::Said(why)) => bail!(
-                    "{} answers but shows no copy of mgc ({why}){}: a copy being reseeded from \
-                     {} comes back by itself; run the failback again once `tandem status` shows it",
-                    p.primary,
-                    if dry_run {
-                        String::new()
-                    } else {
-                        format!(" after {} s", COPY_BACK_WAIT.as_secs())
-                    },
-                    p.backup
-                ),
             }
         }
         // Steps 4 and 6 each write a full backup of mgc on the share (the copy moved back,
         // then the secondary's seed): a share without room for them would stop the failback at
         // step 4, the active servers cleared.
-        if let Some(r) = role(d, &p.backup) {
+        if todo(backup_step)
+            && let Some(r) = role(d, &p.backup)
+        {
             let room = share_room(&d.topology.share).map_err(|e| anyhow::anyhow!(e))?;
             room_for_two_full_backups(&d.topology.share, room, r.file_bytes, &p.backup)?;
         }
         // The failback installs the primary site's mirror once the primary is restored: a
         // mirror node that does not answer would stop it there, the active servers cleared.
-        if let Some(m) = &p.mirror
+        if todo(ship_step)
+            && let Some(m) = &p.mirror
             && let Err(NoRole::Silent { .. }) = role_or_why(d, m)
         {
             bail!(
@@ -871,7 +1025,8 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
         }
         // ... and that mirror synchronizes only with its site's witness: one that does not
         // answer would hold the failback at step 6 for minutes, the chat down.
-        if p.mirror.is_some()
+        if todo(ship_step)
+            && p.mirror.is_some()
             && let Some(w) = d.topology.witnesses.get(&p.primary_site)
             && let Some(node) = d.topology.node(w)
         {
@@ -889,12 +1044,6 @@ pub fn failback(d: &Deployment, dry_run: bool, out: &Output) -> anyhow::Result<(
             }
         }
         Ok(())
-    };
-    let preconditions = |resuming: bool| match resuming {
-        // Half-way, the pool is no longer as a fresh run finds it (its active servers cleared,
-        // mirroring removed): each step checks what it needs.
-        true => Ok(()),
-        false => preconditions(),
     };
     if dry_run {
         return dry_run_report(&book, preconditions, out);
@@ -948,19 +1097,24 @@ fn find_path(v: &Value) -> Option<String> {
     }
 }
 
-/// `--dry-run`: the preconditions' verdict and each step with its command and state.
+/// `--dry-run`: the preconditions' verdict (those of the steps still to do, when a run is in
+/// progress) and each step with its command and state.
 fn dry_run_report(
     book: &Runbook,
-    preconditions: impl FnOnce(bool) -> anyhow::Result<()>,
+    preconditions: impl FnOnce(Option<&RunState>) -> anyhow::Result<()>,
     out: &Output,
 ) -> anyhow::Result<()> {
-    let refused = preconditions(book.in_progress().is_some()).err();
+    let run = book.in_progress();
+    let refused = preconditions(run.as_ref()).err();
     let checks = match &refused {
         None => json!("every precondition holds"),
-        Some(e) => json!(format!("refused: {e}")),
+        Some(e) => json!(format!("refused: {e:#}")),
     };
-    let report =
-        json!({ "procedure": book.procedure, "preconditions": checks, "plan": book.plan() });
+    let report = json!({
+        "procedure": book.procedure,
+        "preconditions": checks,
+        "plan": book.plan(refused.is_some()),
+    });
     out.emit(&report, || plan_text(&report))?;
     // The plan is printed either way; the exit status says whether the run would start
     // (until session 32 a refused dry run exited 0, as if it would).
@@ -968,6 +1122,131 @@ fn dry_run_report(
         None => Ok(()),
         Some(e) => Err(e.context(format!("{} would be refused", book.procedure))),
     }
+}
+
+/// `tandem chat failback --abort`: a failback stopped half-way (the primary site's node lost
+/// during it, say) is abandoned and the chat pool serves again from the backup site — its
+/// copy's pause lifted, its chat servers active, the pool left failed-over. Refused once the
+/// primary site's copy is the chat's primary (the restore brought it online): from there a
+/// failback only goes forward, and two writable primaries are never made.
+fn abort_failback(
+    d: &Deployment,
+    book: &Runbook,
+    p: &Places,
+    dry_run: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(crate::runbook::procedure_lock(d, "chat-failback")?)
+    };
+    let servers = p.backup_servers.join(",");
+    let serving = (|| -> anyhow::Result<(String, tandem_node::CopyRole)> {
+        cms_reachable(d)?;
+        let (state, _) = chat_state(d)?;
+        if state != "failed-over" {
+            bail!(
+                "the chat pool is {state}: no failback is half-way (it finished, or none \
+                 started); nothing to abort"
+            );
+        }
+        if let Some(r) = home_copy(d, p) {
+            bail!(
+                "mgc on {} is the chat's primary already (epoch {}, brought online by the \
+                 failback's restore): from there a failback goes only forward; `tandem chat \
+                 failback` finishes it",
+                p.primary,
+                r.epoch
+            );
+        }
+        let mut seen = Vec::new();
+        for n in [Some(&p.backup), p.backup_mirror.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            match role(d, n) {
+                Some(r) if r.role == "primary" => return Ok((n.clone(), r)),
+                Some(r) => seen.push(format!("{n}: {}", r.role)),
+                None => seen.push(format!("{n}: no answer")),
+            }
+        }
+        bail!(
+            "no copy of mgc in the backup site answers as primary ({}): {}, and run the abort \
+             again",
+            seen.join("; "),
+            d.revive_advice(&p.backup)
+        )
+    })();
+    let plan = json!([
+        format!("lift the pause on the backup site's primary of mgc"),
+        format!("tandem chat active-servers set {servers}"),
+    ]);
+    if dry_run {
+        let checks = match &serving {
+            Ok((n, _)) => format!("every precondition holds: the pool would serve from {n}"),
+            Err(e) => format!("refused: {e:#}"),
+        };
+        let report =
+            json!({ "procedure": "chat-failback --abort", "preconditions": checks, "plan": plan });
+        out.emit(&report, || {
+            format!(
+                "chat-failback --abort: {checks}\n  1. lift the pause on the backup site's \
+                 primary of mgc\n  2. tandem chat active-servers set {servers}\n"
+            )
+        })?;
+        return serving
+            .map(|_| ())
+            .map_err(|e| e.context("chat-failback --abort would be refused"));
+    }
+    let (node, r) = serving?;
+    let resumed = match &r.paused {
+        Some(_) => Some(pause(d, &node, None)?),
+        None => None,
+    };
+    command(d, &["chat", "active-servers", "set", &servers])?;
+    let following = wait_for(|| servers_follow(d, &servers, "failed-over"));
+    let mut notes = Vec::new();
+    if !following {
+        notes.push(format!(
+            "the chat servers {servers} have not all heard of it yet: `tandem chat state show` \
+             and `tandem status` show where they are"
+        ));
+    }
+    if let Some(bm) = &p.backup_mirror
+        && bm != &node
+        && link_state(d, &node).is_none()
+    {
+        notes.push(format!(
+            "mgc on {node} serves without a mirror (the failback removed it): `tandem db mirror \
+             install --db mgc --primary {node} --mirror {bm}` mirrors it again"
+        ));
+    }
+    if role(d, &p.primary).is_none() {
+        notes.push(format!(
+            "{} does not answer: once it is back, `tandem chat failback` starts the failback \
+             again (its copy is replaced; no chat server uses it meanwhile)",
+            p.primary
+        ));
+    }
+    let report = json!({
+        "aborted": book.in_progress().map(|s| s.run_id),
+        "serving": node,
+        "unpaused": resumed.is_some(),
+        "active": servers,
+        "notes": notes,
+    });
+    book.abandon(&report);
+    out.emit(&report, || {
+        let mut text = format!(
+            "failback abandoned: the chat pool serves from {node} again (failed-over; active \
+             servers {servers})\n"
+        );
+        for n in &notes {
+            text.push_str(&format!("{n}\n"));
+        }
+        text
+    })
 }
 
 fn plan_text(r: &Value) -> String {

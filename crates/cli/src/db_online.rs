@@ -91,7 +91,8 @@ fn post(
             let e = anyhow::Error::new(e).context(node.name.clone());
             if unknown {
                 e.context(format!(
-                    "{} did not answer: whether the operation was done is not known; see                      `tandem status` (where the database's primary is now) and run it again",
+                    "{} did not answer: whether the operation was done is not known; see \
+                     `tandem status` (where the database's primary is now) and run it again",
                     node.name
                 ))
             } else {

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use tandem_node::{Method, NodeStatus};
 
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// How long an install waits on a mirror node that nothing answers at any more (its process or
+/// host gone: connections refused) before it gives up, rather than wait out its --timeout.
+const MIRROR_LOST_MS_MAX: u64 = 3_000;
 
 #[derive(Subcommand)]
 pub enum MirrorCommand {
@@ -172,6 +175,7 @@ fn install(
     };
     let mut last = String::new();
     let deadline = started + Duration::from_secs(timeout);
+    let mut mirror_lost_since: Option<Instant> = None;
     loop {
         let (ps, ms) = rt.block_on(async {
             tokio::join!(
@@ -225,6 +229,29 @@ fn install(
                     report.seconds
                 )
             });
+        }
+        // A mirror whose node is gone will not synchronize: said within seconds (the chat
+        // failover, which waits on this, serves without it then), not after --timeout.
+        let lost = matches!(
+            ms,
+            Err(tandem_node::ClientError::Unreachable { sent: false, .. })
+        );
+        let since = match (lost, mirror_lost_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
+        mirror_lost_since = since;
+        if since.is_some_and(|t| t.elapsed() >= Duration::from_millis(MIRROR_LOST_MS_MAX)) {
+            bail!(
+                "{} is unreachable (nothing accepts connections at {} for {} s): the mirror of \
+                 {db} is lost, {} serves without it ({last}); {}, and run the install again",
+                m.name,
+                m.address,
+                MIRROR_LOST_MS_MAX / 1000,
+                p.name,
+                d.revive_advice(&m.name)
+            );
         }
         if Instant::now() > deadline {
             bail!("the mirror of {db} is not synchronized after {timeout} s: {last}");

@@ -33,6 +33,10 @@ pub struct Step<'a> {
     /// Whether `check` must hold after `run` (false for steps whose command verifies itself,
     /// such as a copy that is done when nothing is left to copy).
     pub verify: bool,
+    /// Whether its effect can be undone between two runs (an operator's command, a node
+    /// restarted): a resumed run checks it again, and does it again when it no longer holds,
+    /// rather than skip it on the record's word.
+    pub recheck: bool,
 }
 
 /// What a run keeps between steps (and across a crash of the CLI).
@@ -79,7 +83,14 @@ pub struct Runbook<'a> {
     pub procedure: &'static str,
     pub deployment: &'a Deployment,
     pub steps: Vec<Step<'a>>,
+    /// What a run stopped half-way (a step failed, or its resume was refused) leaves for the
+    /// users, and the commands that bring service back (the chat pool serving nobody, say):
+    /// added to the error. None when there is nothing to add.
+    pub stopped: Stopped<'a>,
 }
+
+/// What a run stopped half-way leaves, from its record: see `Runbook::stopped`.
+pub type Stopped<'a> = Box<dyn Fn(&RunState) -> Option<String> + 'a>;
 
 /// How a run ended.
 #[derive(Serialize)]
@@ -134,23 +145,43 @@ impl<'a> Runbook<'a> {
         );
     }
 
-    /// The plan: each step, its command, and whether its check already holds.
-    pub fn plan(&self) -> Vec<Value> {
+    /// Abandons the run in progress, if any: recorded in the audit log as `aborted`, with
+    /// `report`, and its state removed, so the next run starts afresh.
+    pub fn abandon(&self, report: &Value) {
+        let state = self.in_progress().unwrap_or_else(|| {
+            let started_ms = now_ms();
+            RunState {
+                run_id: format!("{}-{started_ms}", self.procedure),
+                procedure: self.procedure.to_string(),
+                user: operator(),
+                started_ms,
+                ..RunState::default()
+            }
+        });
+        self.audit(&state, "aborted", None, report);
+        let _ = std::fs::remove_file(self.state_file());
+    }
+
+    /// The plan: each step, its command, and whether its check already holds. `refused`: the
+    /// run would not start, so no step is checked (what a check says of a deployment the
+    /// procedure does not apply to means nothing).
+    pub fn plan(&self, refused: bool) -> Vec<Value> {
         let state = self.in_progress().unwrap_or_default();
         self.steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let recorded = state.steps.iter().any(|r| r.step == i + 1);
-                let check = (s.check)(&state);
                 json!({
                     "step": i + 1,
                     "title": s.title,
                     "command": s.command,
                     "state": if recorded {
                         "done (this run)".to_string()
+                    } else if refused {
+                        "not checked: the run would be refused".to_string()
                     } else {
-                        match check {
+                        match (s.check)(&state) {
                             Ok(Some(_)) => "already done".to_string(),
                             Ok(None) => "to do".to_string(),
                             Err(e) => format!("cannot check: {e}"),
@@ -186,23 +217,32 @@ impl<'a> Runbook<'a> {
         ))
     }
 
-    /// Runs (or resumes) the procedure. `preconditions` are told whether a run is resumed: a
-    /// fresh run checks them all, a resumed one those that still apply half-way. `summary`
+    /// Runs (or resumes) the procedure. `preconditions` are told the run in progress when one
+    /// is resumed (None for a fresh run): they check what the steps still to do need. `summary`
     /// turns the final state into the report's extra fields (the data loss, say).
     pub fn run(
         &self,
         out: &Output,
-        preconditions: impl FnOnce(bool) -> anyhow::Result<()>,
+        preconditions: impl FnOnce(Option<&RunState>) -> anyhow::Result<()>,
         summary: impl Fn(&RunState) -> Value,
     ) -> anyhow::Result<(Outcome, Value)> {
         let started = Instant::now();
         let _lock = procedure_lock(self.deployment, self.procedure)?;
+        watch_interrupt();
         let (mut state, resumed) = match self.in_progress() {
             Some(mut s) => {
                 if let Some(why) = self.foreign_run(&s) {
                     bail!(why);
                 }
-                preconditions(true)?;
+                if let Err(e) = preconditions(Some(&s)) {
+                    return Err(match (self.stopped)(&s) {
+                        Some(left) => e.context(format!(
+                            "run {} of {} cannot resume: {left}",
+                            s.run_id, self.procedure
+                        )),
+                        None => e,
+                    });
+                }
                 s.resumed += 1;
                 out.progress(&format!(
                     "resuming {} run {} after step {}",
@@ -210,27 +250,32 @@ impl<'a> Runbook<'a> {
                     s.run_id,
                     s.steps.len()
                 ));
-                // The last step recorded was the last to run: its effect holds unless something
-                // changed since the run stopped (a node restarted, an operator's command). Then
-                // it is done again, not skipped on the record's word.
-                if let Some(last) = s.steps.last()
-                    && !last.outcome.starts_with("skipped")
-                {
-                    let step = &self.steps[last.step - 1];
+                // The last step recorded was the last to run, and a step whose effect can be
+                // undone may have been since (a node restarted, an operator's command): each
+                // is done again when its effect no longer holds, not skipped on the record's
+                // word.
+                let last = s.steps.last().map(|r| r.step);
+                let mut again = Vec::new();
+                for r in &s.steps {
+                    let step = &self.steps[r.step - 1];
+                    if r.outcome.starts_with("skipped") || !(step.recheck || Some(r.step) == last) {
+                        continue;
+                    }
                     if !matches!((step.check)(&s), Ok(Some(_))) {
                         out.progress(&format!(
                             "[{}/{}] {}: no longer holds since the run stopped; done again",
-                            last.step,
+                            r.step,
                             self.steps.len(),
-                            last.title
+                            r.title
                         ));
-                        s.steps.pop();
+                        again.push(r.step);
                     }
                 }
+                s.steps.retain(|r| !again.contains(&r.step));
                 (s, true)
             }
             None => {
-                preconditions(false)?;
+                preconditions(None)?;
                 let started_ms = now_ms();
                 (
                     RunState {
@@ -256,6 +301,14 @@ impl<'a> Runbook<'a> {
                 ));
                 continue;
             }
+            say_when_interrupted(Some(format!(
+                "{} interrupted during step {n}/{total} ({}); the steps before it are recorded: \
+                 run `tandem {}` again to resume (step {n} is checked first and done again if \
+                 it did not take effect)",
+                self.procedure,
+                step.title,
+                self.procedure.replace('-', " ")
+            )));
             let t = Instant::now();
             let result = (|| -> anyhow::Result<(String, Value)> {
                 if let Some(report) = (step.check)(&state)? {
@@ -297,15 +350,19 @@ impl<'a> Runbook<'a> {
                     self.save(&state)?;
                 }
                 Err(e) => {
-                    let msg = format!(
+                    let mut msg = format!(
                         "step {n}/{total} ({}) failed: {e:#}; run `{}` to see why, then run the procedure again: it resumes at this step",
                         step.title, step.command
                     );
+                    if let Some(left) = (self.stopped)(&state) {
+                        msg.push_str(&format!("; {left}"));
+                    }
                     self.audit(&state, "failed", Some(&msg), &summary(&state));
                     bail!(msg);
                 }
             }
         }
+        say_when_interrupted(None);
         let extra = summary(&state);
         self.audit(&state, "ok", None, &extra);
         let _ = std::fs::remove_file(self.state_file());
@@ -321,6 +378,45 @@ impl<'a> Runbook<'a> {
             extra,
         ))
     }
+}
+
+/// What a Ctrl-C says while a run is at a step (None: only that it was interrupted).
+static INTERRUPTED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn say_when_interrupted(note: Option<String>) {
+    if let Ok(mut n) = INTERRUPTED.lock() {
+        *n = note;
+    }
+}
+
+/// From the first call on, a SIGINT (Ctrl-C) ends this process with status 130 after saying
+/// where the run stopped and how to resume it (it ended silently). The steps' commands run in
+/// process groups of their own, so the terminal's Ctrl-C reaches only this process; they die
+/// with it (`dies_with_this_process`).
+fn watch_interrupt() {
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(|| {
+        let (ready, registered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(rt) = crate::deployment::runtime() else {
+                let _ = ready.send(());
+                return;
+            };
+            rt.block_on(async move {
+                let sigint =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+                let _ = ready.send(());
+                let Ok(mut sigint) = sigint else {
+                    return;
+                };
+                sigint.recv().await;
+                let note = INTERRUPTED.lock().ok().and_then(|n| n.clone());
+                eprintln!("tandem: {}", note.as_deref().unwrap_or("interrupted"));
+                std::process::exit(130);
+            });
+        });
+        let _ = registered.recv();
+    });
 }
 
 /// One procedure run in the audit log: who, when, its steps (the runbooks' step records; a
@@ -415,6 +511,9 @@ pub fn command(d: &Deployment, args: &[&str]) -> anyhow::Result<Value> {
     let exe = std::env::current_exe().context("the tandem executable")?;
     let mut step = std::process::Command::new(exe);
     dies_with_this_process(&mut step);
+    // A group of its own: a Ctrl-C at the terminal reaches the procedure, which says where it
+    // stopped (see `watch_interrupt`), and not its step's command first.
+    std::os::unix::process::CommandExt::process_group(&mut step, 0);
     let out = step
         .args(args)
         .arg("--json")
@@ -476,7 +575,8 @@ mod tests {
     }
 
     /// Steps named `names`, each done once its name is in `done` (which running it does);
-    /// running one whose name is in `fail` fails.
+    /// running one whose name is in `fail` fails. One whose name ends with "(undoable)" is
+    /// checked again when a run resumes.
     fn steps<'a>(
         names: &[&str],
         done: &'a RefCell<Vec<String>>,
@@ -503,6 +603,7 @@ mod tests {
                         Ok(Value::Null)
                     }),
                     verify: true,
+                    recheck: n.ends_with("(undoable)"),
                 }
             })
             .collect()
@@ -522,6 +623,7 @@ mod tests {
             procedure: "test-procedure",
             deployment: &d,
             steps: steps(&["first", "second", "third"], &done, &ran, &fail),
+            stopped: Box::new(|_| None),
         };
         let e = book
             .run(&out, |_| Ok(()), |_| Value::Null)
@@ -536,8 +638,8 @@ mod tests {
         let resumed_with = RefCell::new(None);
         book.run(
             &out,
-            |resuming| {
-                *resumed_with.borrow_mut() = Some(resuming);
+            |resuming: Option<&RunState>| {
+                *resumed_with.borrow_mut() = Some(resuming.is_some());
                 Ok(())
             },
             |_| Value::Null,
@@ -554,6 +656,7 @@ mod tests {
             procedure: "test-procedure",
             deployment: &d,
             steps: steps(&["first", "another", "third"], &done, &ran, &fail),
+            stopped: Box::new(|_| None),
         };
         let e = other
             .run(&out, |_| Ok(()), |_| Value::Null)
@@ -565,5 +668,44 @@ mod tests {
             "{e}"
         );
         assert!(book.in_progress().is_some(), "the run is kept");
+    }
+
+    /// A resumed run checks again every step whose effect can be undone between runs, not only
+    /// the last one it recorded: one undone is done again, before the steps after it (a
+    /// failback's cleared active servers set again by hand went unseen, and the restore ran
+    /// with a chat server using the database). One that cannot be undone is not checked.
+    #[test]
+    fn a_resumed_run_does_again_an_undoable_step_undone_since() {
+        let (_t, d) = deployment();
+        let out = Output { json: true };
+        let names = || RefCell::new(Vec::<String>::new());
+        let (done, ran, fail) = (names(), names(), names());
+        fail.borrow_mut().push("fourth".to_string());
+        let book = Runbook {
+            procedure: "test-procedure",
+            deployment: &d,
+            steps: steps(
+                &["first", "second (undoable)", "third", "fourth"],
+                &done,
+                &ran,
+                &fail,
+            ),
+            stopped: Box::new(|s| Some(format!("{} steps done, nothing serves", s.steps.len()))),
+        };
+        let e = book
+            .run(&out, |_| Ok(()), |_| Value::Null)
+            .err()
+            .expect("the fourth step fails");
+        assert!(
+            e.to_string().ends_with("; 3 steps done, nothing serves"),
+            "what the stop leaves is said: {e}"
+        );
+        // Between the runs, the first two steps' effects are undone.
+        done.borrow_mut()
+            .retain(|s| s != "first" && s != "second (undoable)");
+        fail.borrow_mut().clear();
+        ran.borrow_mut().clear();
+        book.run(&out, |_| Ok(()), |_| Value::Null).unwrap();
+        assert_eq!(*ran.borrow(), ["second (undoable)", "fourth"]);
     }
 }

@@ -938,3 +938,260 @@ fn with_the_share_lost_too_the_chat_pool_fails_over_from_what_the_secondary_copi
         assert!(h.contains(&(*id, text.clone())), "{text} lost");
     }
 }
+
+/// `tandem chat ARGS` started in `d`, its progress lines read until one starts with `marker`
+/// (each line seen is kept); the running CLI and the lines.
+fn procedure_until(
+    d: &Deployment,
+    args: &[&str],
+    marker: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    Vec<String>,
+) {
+    use std::io::BufRead;
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .current_dir(&d.dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(cli.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with(marker) {
+            return (cli, lines, seen);
+        }
+    }
+    let _ = cli.kill();
+    let _ = cli.wait();
+    panic!("{args:?} ended before {marker}: {seen:?}");
+}
+
+/// Waits (`within`) for a CLI started by `procedure_until` to end: its status and every line
+/// it wrote on stderr after those already `seen`. Killed, and the test failed, past it.
+fn procedure_end(
+    mut cli: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    mut seen: Vec<String>,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = cli.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = cli.kill();
+            let _ = cli.wait();
+            panic!("the procedure still ran after {within:?} (killed): {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    seen.extend(rest.join().unwrap());
+    (status, seen.join("\n"))
+}
+
+/// The mirroring state of `node`'s mgc copy, from its status (null without a link).
+fn mgc_link(d: &Deployment, node: &str) -> Value {
+    let (code, body) = http(
+        &d.address(node),
+        "GET",
+        "/internal/v1/status",
+        &[("x-tandem-secret", d.secret().as_str())],
+        "",
+    );
+    if code != 200 {
+        return Value::Null;
+    }
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["database"] == "mgc")
+        .map(|c| c["mirroring"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_mirror_node_lost_during_the_failovers_install_is_done_without_within_seconds() {
+    let d = Deployment::up();
+    let (token, before) = d.bob_posts_shipped(5);
+    d.kill_site("atl");
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    // dal's witness stopped from step 4 on: the mirror step 6 installs cannot synchronize, so
+    // the install is still waiting when its mirror node is lost.
+    let dal_fe = common::pid(&d.dir, "dal-fe");
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failover"], "[4/7]");
+    // SAFETY: a node this test started.
+    unsafe { libc::kill(dal_fe, libc::SIGSTOP) };
+    // Installed on both nodes: the install waits for them to synchronize.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mgc_link(&d, "dal-db1").is_null() || mgc_link(&d, "dal-db2").is_null() {
+        assert!(Instant::now() < deadline, "step 6 installed no mirror");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let link = mgc_link(&d, "dal-db1");
+    assert_ne!(link["state"], "synchronized", "{link}");
+    common::kill(&d.dir, "dal-db2");
+    // SAFETY: as above.
+    unsafe { libc::kill(dal_fe, libc::SIGCONT) };
+    // Until session 33 the install waited out its 300 s, the chat pool serving nobody.
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains(
+            "[6/7] install a mirror of the new primary on dal-db2: skipped: dal-db2 is \
+             unreachable (lost during the install)"
+        ) && err.contains("tandem db mirror install --db mgc --primary dal-db1 --mirror dal-db2"),
+        "{err}"
+    );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    let during = post_n(&d.address("dal-fe"), &token, "during", 3);
+    let h = history(&d.address("dal-fe"), &token);
+    for (id, _, text) in before.iter().chain(&during) {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
+
+/// A drill: the chat pool failed over from a healthy atl with --force, posts made in dal
+/// meanwhile; bob's token, the posts before and during.
+fn drilled(d: &Deployment) -> (String, Vec<(i64, u64, String)>) {
+    let (token, mut posts) = d.bob_posts_shipped(3);
+    ok(&d.dir, &["chat", "failover", "--force"]);
+    posts.extend(post_n(&d.address("dal-fe"), &token, "during", 3));
+    (token, posts)
+}
+
+#[test]
+fn a_failback_stopped_by_the_loss_of_the_primary_sites_node_is_abandoned_and_serves_again() {
+    let d = Deployment::up();
+    let (token, mut posts) = drilled(&d);
+    // The CMS in dal, as after the loss of atl: atl-db1's loss leaves it.
+    ok(&d.dir, &["cms", "failover"]);
+    // atl-db1 lost as step 5 starts (restoring over it): the failback stops, the chat pool
+    // serving nobody, and the error says so and what brings the chat back.
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[4/8]");
+    common::kill(&d.dir, "atl-db1");
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(120));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("step 5/8")
+            && err.contains("the chat pool serves nobody meanwhile")
+            && err.contains("`tandem chat failback --abort` serves again from dal-db1"),
+        "{err}"
+    );
+    // The dry run of the resume says what the real run needs and lacks (it said every
+    // precondition held).
+    let out = tandem(&d.dir, &["chat", "failback", "--dry-run"]);
+    let dry = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{dry}");
+    assert!(dry.contains("refused: atl-db1 does not answer"), "{dry}");
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("atl-db1 does not answer") && err.contains("--abort"),
+        "{err}"
+    );
+    // Abandoned: dal-db1 takes writes again, dal-fe serves, the pool failed-over.
+    let r = json(&d.dir, &["chat", "failback", "--abort"]);
+    assert_eq!(r["serving"], "dal-db1", "{r}");
+    assert_eq!(r["unpaused"], true, "{r}");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "failed-over", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
+    posts.extend(post_n(&d.address("dal-fe"), &token, "after the abort", 3));
+    assert!(!d.dir.join(".tandem/runs/chat-failback.json").exists());
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (&last["procedure"], &last["result"]),
+        (
+            &serde_json::json!("chat-failback"),
+            &serde_json::json!("aborted")
+        ),
+        "{last}"
+    );
+
+    // atl-db1 back, a new failback is interrupted (Ctrl-C) after step 3: it says where it
+    // stopped and how to resume.
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[3/8]");
+    // SAFETY: the CLI this test started.
+    unsafe { libc::kill(cli.id() as i32, libc::SIGINT) };
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("chat-failback interrupted during step")
+            && err.contains("run `tandem chat failback` again to resume"),
+        "{err}"
+    );
+    // Meanwhile the operator serves from dal again: the resumed run clears the active servers
+    // again before it moves mgc (it skipped step 2 on its record's word).
+    ok(&d.dir, &["chat", "active-servers", "set", "dal-fe"]);
+    posts.extend(post_n(&d.address("dal-fe"), &token, "while stopped", 2));
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "[2/8] clear the active server list: no longer holds since the run stopped; done again"
+        ),
+        "{err}"
+    );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in &posts {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
+
+#[test]
+fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_site() {
+    let d = Deployment::up();
+    let (token, mut posts) = drilled(&d);
+    // dal-db1 lost once mgc is home (step 5 done): step 6 cannot make it the secondary; the
+    // failback finishes without it and names the command for later (it failed at step 6 on
+    // every run, the chat pool serving nobody).
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[5/8]");
+    common::kill(&d.dir, "dal-db1");
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(120));
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("dal-db1 is unreachable: mgc on atl-db1 has no log-shipping secondary")
+            && err.contains("tandem db log-shipping configure --db mgc --secondary dal-db1"),
+        "{err}"
+    );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["state"], "normal", "{state}");
+    assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
+    let atl_fe = d.address("atl-fe");
+    posts.extend(post_n(&atl_fe, &token, "home", 3));
+    let h = history(&atl_fe, &token);
+    for (id, _, text) in &posts {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+    // dal-db1 back: the command named makes it the secondary again.
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
+    ok(
+        &d.dir,
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "dal-db1",
+        ],
+    );
+    d.wait_shipped(posts.last().unwrap().1, "log shipping to dal-db1 again");
+}
