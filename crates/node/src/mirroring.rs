@@ -36,6 +36,12 @@ const MIRROR_TIMEOUT_MS: u64 = 1_000;
 const MIRROR_STALL_MS: u64 = 2_000;
 /// A mirror this close to the primary starts gating acknowledgments (synchronizing).
 const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
+/// Room a primary keeps free on its disk when it serves a seed (a copy's snapshot takes room
+/// there while it streams): the WAL, the journal and the checkpoints of its own commits need
+/// it, and a seed that took it failed every commit of the node (its WAL could not restart).
+const SEED_KEEP_FREE_BYTES: u64 = 256 << 20;
+/// Pieces (about 1 MiB each) a seed is read ahead of the connection that sends it.
+const SEED_CHUNKS_AHEAD: usize = 4;
 /// The journal consumer that keeps records for the mirror.
 const MIRROR_CONSUMER: &str = "mirror";
 /// How often the primary moves the mirror's journal cursor (a durable write), and a copy that
@@ -106,8 +112,10 @@ pub struct LinkStatus {
     /// `unprotected: mirror stalled` (the mirror pulls and hardens nothing), `isolated: accepts
     /// no writes` (its lease ran out: neither mirror nor witness heard from),
     /// `fenced: stepping down` (a primary that learned of a newer epoch, until it is a mirror),
-    /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: no primary`,
-    /// `mirror: cannot apply` (its last batch failed: a full disk, say); `last_error` says why.
+    /// `mirror: synchronized`, `mirror: catching up`, `mirror: reseeding …`, `mirror: reseed
+    /// failing (…)` (the last reseeds failed: how many in a row, when the next, why), `mirror:
+    /// no primary`, `mirror: cannot apply` (its last batch failed: a full disk, say);
+    /// `last_error` says why.
     pub state: String,
     /// Primary: the mirror's hardened LSN. Mirror: its own LSN.
     pub mirror_lsn: Lsn,
@@ -119,6 +127,38 @@ pub struct LinkStatus {
     pub witness_heard_ms: Option<u64>,
     pub gate: Option<GateStatus>,
     pub last_error: Option<String>,
+}
+
+/// A mirror's reseeds that failed in a row: what the last one said, and when the next may
+/// start. The wait doubles from `RESEED_RETRY_FIRST_MS` up to `RESEED_RETRY_MAX_MS`: a reseed
+/// that cannot succeed (the primary's disk has no room for its snapshot, say) is not asked for
+/// ten times a second.
+#[derive(Clone, Debug, PartialEq)]
+struct ReseedRetry {
+    error: String,
+    failures: u32,
+    next: Instant,
+}
+
+const RESEED_RETRY_FIRST_MS: u64 = 500;
+const RESEED_RETRY_MAX_MS: u64 = 30_000;
+
+impl ReseedRetry {
+    /// After `last` (none: the first failure), a reseed failed with `error` at `now`: when the
+    /// next may start, and whether the error is news (the log tells each new one once).
+    fn after(last: Option<&ReseedRetry>, error: String, now: Instant) -> (ReseedRetry, bool) {
+        let failures = last.map_or(1, |r| r.failures.saturating_add(1));
+        let wait = RESEED_RETRY_FIRST_MS
+            .saturating_mul(1u64 << (failures - 1).min(16))
+            .min(RESEED_RETRY_MAX_MS);
+        let news = last.is_none_or(|r| r.error != error);
+        let retry = ReseedRetry {
+            error,
+            failures,
+            next: now + Duration::from_millis(wait),
+        };
+        (retry, news)
+    }
 }
 
 #[derive(Default)]
@@ -147,6 +187,8 @@ struct LinkState {
     /// The last pull left this copy with every record the primary had.
     caught_up: bool,
     reseeding: Option<String>,
+    /// The last reseeds failed: the next is not tried before its time.
+    reseed_failed: Option<ReseedRetry>,
     /// Why the last batch could not be applied (cleared by one that is).
     apply_failed: Option<String>,
     /// When its journal's retention last followed the primary's.
@@ -355,6 +397,15 @@ impl Mirroring {
             let stuck = db.as_ref().and_then(|d| d.disk_not_answering());
             let state = if let Some(r) = &st.reseeding {
                 format!("mirror: reseeding ({r})")
+            } else if let Some(f) = &st.reseed_failed {
+                format!(
+                    "mirror: reseed failing ({} in a row; next try in {:.0} s): {}",
+                    f.failures,
+                    f.next
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64(),
+                    f.error
+                )
             } else if stuck.is_some() {
                 "mirror: cannot apply (its disk does not answer)".to_string()
             } else if st
@@ -903,6 +954,7 @@ async fn mirror_step(node: &NodeState, link: &Link, db: Option<Database>) -> boo
                 st.primary_lsn = lsn;
                 st.primary_epoch = epoch;
                 st.reseeding = None;
+                st.reseed_failed = None;
                 retention_due(&mut st.retained)
             };
             let Some(db) = db else { return true };
@@ -1015,7 +1067,7 @@ async fn maybe_take_over(node: &NodeState, link: &Link, db: Option<&Database>) {
     link.st().witness_heard = Some(Instant::now());
     match (answer.verdict, answer.record) {
         (Verdict::Ok, Some(r)) if r.primary == node.name && r.epoch > id.epoch => {
-            promote(node, link, db, r.epoch).await;
+            promote(node, link, db, r.epoch, false).await;
         }
         (_, _) => {
             if let Some(reason) = answer.reason {
@@ -1025,12 +1077,20 @@ async fn maybe_take_over(node: &NodeState, link: &Link, db: Option<&Database>) {
     }
 }
 
-/// Makes this copy the primary of `epoch` (the witness recorded it first).
-async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
+/// Makes this copy the primary of `epoch` (the witness recorded it first). With
+/// `old_primary_follows` (a planned failover) answers wait for the old primary from the first
+/// write (`expect_old_primary`).
+async fn promote(
+    node: &NodeState,
+    link: &Link,
+    db: &Database,
+    epoch: u64,
+    old_primary_follows: bool,
+) {
     let (d, topology, name) = (db.clone(), node.topology.clone(), link.database.clone());
     let r = blocking(move || {
         if d.identity().role != Role::Primary {
-            d.recover(Some(epoch)).map_err(|e| e.to_string())?;
+            take_over(&d, epoch, old_primary_follows)?;
         }
         crate::db_host::prepare(&d, &name, &topology)
     })
@@ -1041,10 +1101,62 @@ async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
             db.gate().require_lease(true);
             db.gate()
                 .renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
-            *link.st() = LinkState::default();
+            // The former primary had every record up to the takeover (more, diverged, when
+            // some were never acknowledged): its cursor keeps the journal from there.
+            *link.st() = LinkState {
+                hardened: takeover_lsn(db),
+                ..LinkState::default()
+            };
+            if old_primary_follows {
+                expect_old_primary(link, db);
+            }
         }
         Err(e) => link.error(format!("recover: {e}")),
     }
+}
+
+/// The LSN this primary took over at: the last record of the epochs before its own, the last
+/// one the copy it took over from surely has too.
+fn takeover_lsn(db: &Database) -> Lsn {
+    let id = db.identity();
+    id.position()
+        .history
+        .0
+        .last()
+        .map_or(id.lsn, |e| e.first_lsn.saturating_sub(1))
+        .min(id.lsn)
+}
+
+/// The store's part of a takeover: this copy becomes primary of `epoch`, and — before a write
+/// can follow — its journal keeps every record after the takeover for the former primary
+/// (the mirror's cursor at the takeover LSN), which then catches up from it when it comes back
+/// rather than being reseeded; and with `old_primary_follows` answers wait for it. The cursor
+/// moves on as any mirror's (`move_consumer`): with what the former primary hardens, and past
+/// `journal_records_max` records kept for it should it not come back.
+fn take_over(db: &Database, epoch: u64, old_primary_follows: bool) -> Result<(), String> {
+    let at = db.identity().lsn;
+    db.recover(Some(epoch)).map_err(|e| e.to_string())?;
+    if old_primary_follows {
+        db.gate().set_sync(true, at);
+    }
+    debug_assert_eq!(takeover_lsn(db), at);
+    // A copy that followed a primary has no cursor but its upstream's (gone with the
+    // recover): any other consumer registered from now on, a standby's or log shipping's,
+    // would otherwise be alone to say what the journal keeps. Should this fail, the takeover
+    // stands: the primary's round registers the cursor (where the bound allows).
+    let kept = db
+        .consumers()
+        .and_then(|c| match c.iter().find(|c| c.name == MIRROR_CONSUMER) {
+            Some(c) if c.lsn <= at => Ok(()),
+            Some(_) => db
+                .remove_consumer(MIRROR_CONSUMER)
+                .and_then(|_| db.register_consumer(MIRROR_CONSUMER, at)),
+            None => db.register_consumer(MIRROR_CONSUMER, at),
+        });
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, at, "the journal is not kept from the takeover for the former primary");
+    }
+    Ok(())
 }
 
 /// A primary promoted by a planned failover: the old primary, with every record up to this
@@ -1053,26 +1165,52 @@ async fn promote(node: &NodeState, link: &Link, db: &Database, epoch: u64) {
 /// across the failover too (else the new primary answered alone until the old one's first pull
 /// and its round's "synchronizing"). Counted as just heard from: should it not pull within
 /// `MIRROR_TIMEOUT_MS`, the round tells the witness and serves without it, as for a lost mirror.
+/// What the old primary holds is what this copy held when it took over: the writes answered
+/// since (before this ran) are not counted as its (until session 33 they were, so they were
+/// answered alone and the journal let go of what the old primary lacked).
 fn expect_old_primary(link: &Link, db: &Database) {
-    let lsn = db.identity().lsn;
+    let at = takeover_lsn(db);
     let mut st = link.st();
     st.last_pull = Some(Instant::now());
-    st.hardened = st.hardened.max(lsn);
-    db.gate().set_sync(true, lsn);
+    st.hardened = st.hardened.max(at);
+    db.gate().set_sync(true, at);
 }
 
-/// Replaces this node's copy by one restored from a full backup streamed by the primary.
-/// `reseed`, whose failure is noted and retried by the link's next step.
+/// Replaces this node's copy by one restored from a full backup streamed by the primary:
+/// `reseed`, once the wait after the last failed one is over (`ReseedRetry`). A failure is
+/// noted (the status says it and why) and logged when it says something new.
 async fn reseed_or_retry(
     node: &NodeState,
     link: &Link,
     partner: &tandem_topology::Node,
     reason: &str,
 ) {
-    if let Err(e) = reseed(node, link, partner, reason).await {
-        tracing::warn!(database = %link.database, error = %e, "reseed failed; retrying");
-        link.error(format!("reseed: {e}"));
-        link.st().reseeding = None;
+    let last = link.st().reseed_failed.clone();
+    if last.as_ref().is_some_and(|r| Instant::now() < r.next) {
+        return;
+    }
+    if last.is_none() {
+        tracing::warn!(database = %link.database, from = %partner.name, reason, "reseeding the copy");
+    }
+    match reseed(node, link, partner, reason).await {
+        Ok(()) => link.st().reseed_failed = None,
+        Err(e) => {
+            let mut st = link.st();
+            let (retry, news) = ReseedRetry::after(last.as_ref(), e.clone(), Instant::now());
+            if news {
+                tracing::warn!(
+                    database = %link.database,
+                    error = %e,
+                    failures = retry.failures,
+                    "reseed failed; retrying, less and less often (up to every {} s)",
+                    RESEED_RETRY_MAX_MS / 1000
+                );
+            }
+            st.reseed_failed = Some(retry);
+            st.reseeding = None;
+            st.last_error = Some(format!("reseed: {e}"));
+            st.errors += 1;
+        }
     }
 }
 
@@ -1119,7 +1257,7 @@ pub(crate) async fn seed_copy(
     role: Role,
     reason: &str,
 ) -> Result<(), String> {
-    tracing::warn!(database, from = %source.name, reason, role = %role, "reseeding the copy");
+    tracing::debug!(database, from = %source.name, reason, role = %role, "seeding the copy");
     let dir = node.host.dir().join(".seed");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = dir.join(format!("{database}.tfb"));
@@ -1234,8 +1372,17 @@ pub(crate) async fn serve_pull_route(
         committed.borrow_and_update();
         let mut stopping = node.stopping.clone();
         let wait = Duration::from_millis(q.wait_ms.min(PULL_WAIT_MS * 4));
-        // Tell the gate what the mirror hardened before waiting for more.
-        seen(&db);
+        // Tell the gate what the mirror hardened before waiting for more — a copy with this
+        // primary's records only: a former primary with records it never had (diverged, to be
+        // reseeded) hardened none of this primary's, and its cursor must not move past them.
+        let id = db.identity();
+        if req
+            .copy
+            .as_ref()
+            .is_some_and(|c| c.position.lsn == id.lsn && c.position.chain == id.chain)
+        {
+            seen(&db);
+        }
         tokio::select! {
             _ = committed.changed() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -1355,9 +1502,13 @@ pub(crate) async fn serve_seed(
             format!("{database} on {} is not primary", node.name),
         ));
     }
+    // The snapshot the seed is read from takes room here while it streams (never a backup
+    // file beside it): refused when that would leave less than `SEED_KEEP_FREE_BYTES`.
     let dir = node.host.dir().join(".seed-out").join(&database);
     let d = db.clone();
-    let file = blocking(move || {
+    let name = node.name.clone();
+    let db_name = database.clone();
+    let mut stream = blocking(move || {
         // The journal keeps, for the new copy, what follows the backup (a cursor registered
         // before is at or before the snapshot: it keeps that too).
         if !has_consumer(&d, &consumer)
@@ -1366,36 +1517,44 @@ pub(crate) async fn serve_seed(
         {
             return Err(e.to_string());
         }
-        tandem_store::seed_backup(&d, &dir).map_err(|e| e.to_string())
+        tandem_store::seed_stream(&d, &dir, SEED_KEEP_FREE_BYTES).map_err(|e| match e {
+            tandem_store::StoreError::NoSpace { .. } => format!(
+                "{name} has no room for a seed of {db_name}: {e}; not seeded (a seed never \
+                 takes the room the primary's commits need) — free space on {name}'s disk"
+            ),
+            e => format!("a seed of {db_name} on {name}: {e}"),
+        })
     })
     .await
-    .map_err(ApiError::unavailable)?;
-    let path = file.path().to_path_buf();
-    let f = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("{}: {e}", path.display())))?;
-    // Open, the file lives on until the stream ends; its name can go now.
-    let _ = std::fs::remove_file(&path);
+    .map_err(|e| ApiError::new(axum::http::StatusCode::INSUFFICIENT_STORAGE, "no_space", e))?;
     tracing::info!(
         database,
-        lsn = file.lsn(),
-        "streaming a seed backup to the mirror"
+        lsn = stream.header().lsn,
+        bytes = stream.header().payload_bytes,
+        "streaming a seed backup"
     );
-    let stream = futures_util::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(buf), f))
+    // Read by a blocking thread, a few pieces ahead of the connection; it stops once the
+    // receiver goes (the peer hung up), and the snapshot's room is freed with the stream.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(SEED_CHUNKS_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let piece = match stream.next_chunk() {
+                Ok(Some(piece)) => Ok(piece),
+                Ok(None) => return,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let failed = piece.is_err();
+            if tx.blocking_send(piece).is_err() || failed {
+                return;
             }
-            Err(e) => Some((Err(e), f)),
         }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
     });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        Body::from_stream(stream),
+        Body::from_stream(body),
     )
         .into_response())
 }
@@ -1748,15 +1907,12 @@ pub(crate) async fn promote_route(
     while link.st().primary_lsn > db.identity().lsn && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    promote(&node, &link, &db, req.epoch).await;
+    promote(&node, &link, &db, req.epoch, req.mirror_follows).await;
     let id = db.identity();
     if id.role != Role::Primary {
         return Err(ApiError::unavailable(
             link.st().last_error.clone().unwrap_or_default(),
         ));
-    }
-    if req.mirror_follows {
-        expect_old_primary(&link, &db);
     }
     Ok(Json(
         serde_json::json!({ "epoch": id.epoch, "lsn": id.lsn }),
@@ -1802,45 +1958,168 @@ mod tests {
         writer.join().unwrap().unwrap();
     }
 
-    #[test]
-    fn after_a_planned_failover_the_new_primary_answers_once_the_old_one_has_the_write() {
-        static SCHEMA: &[tandem_store::Migration] = &[tandem_store::Migration {
-            version: 1,
-            name: "t",
-            sql: "CREATE TABLE t (id INTEGER PRIMARY KEY)",
-        }];
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(&dir.path().join("db"), "db", Options::default()).unwrap();
+    static SCHEMA: &[tandem_store::Migration] = &[tandem_store::Migration {
+        version: 1,
+        name: "t",
+        sql: "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+    }];
+
+    fn put(db: &Database, id: i64) -> Lsn {
+        db.write(move |tx: &mut Tx<'_>| tx.insert("t", [tandem_store::Value::Integer(id)]))
+            .unwrap()
+            .lsn
+    }
+
+    /// A copy with ten records that followed a primary (the mirror, before a takeover).
+    fn mirror_with_records(dir: &std::path::Path) -> Database {
+        let db = Database::create(&dir.join("db"), "db", Options::default()).unwrap();
         db.migrate(SCHEMA).unwrap();
-        let link = new_link(
+        for i in 0..10 {
+            put(&db, i);
+        }
+        db.set_role(Role::Mirror).unwrap();
+        db
+    }
+
+    fn old_primary_link() -> Arc<Link> {
+        new_link(
             "db".into(),
             Partnership {
                 partner: "old-primary".into(),
                 mode: Mode::Sync,
             },
-        );
-        expect_old_primary(&link, &db);
+        )
+    }
+
+    /// A standby's cursor at the head, as its pulls put it: alone, it would let every record
+    /// before go.
+    fn standby_at_head(db: &Database) {
+        db.register_consumer("standby-x", db.identity().lsn)
+            .unwrap();
+        db.prune_journal().unwrap();
+    }
+
+    #[test]
+    fn after_a_planned_failover_the_new_primary_answers_once_the_old_one_has_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mirror_with_records(dir.path());
         let at = db.identity().lsn;
+        db.recover(Some(2)).unwrap();
+        // Answered before the takeover's last step ran (the chat found the new primary at
+        // once): the old primary does not have it.
+        let early = put(&db, 100);
+        assert_eq!(early, at + 1);
+        let link = old_primary_link();
+        expect_old_primary(&link, &db);
         assert!(
             link.st()
                 .last_pull
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(MIRROR_TIMEOUT_MS)),
             "the old primary counts as just heard from"
         );
+        // It holds what this copy held at the takeover, no more: the gate and the cursor that
+        // keeps the journal for it say so.
+        assert_eq!(link.st().hardened, at);
+        assert_eq!(db.gate().status().hardened_lsn, at);
+        move_consumer(&db, link.st().hardened, 1_000_000).unwrap();
+        standby_at_head(&db);
+        let kept = db.read_journal(at + 1, 10, 1 << 20).unwrap();
+        assert_eq!(
+            kept.records.len(),
+            1,
+            "the journal let go of what the old primary lacks"
+        );
+
         let (tx, rx) = std::sync::mpsc::channel();
         let d = db.clone();
         std::thread::spawn(move || {
-            let r = d.write(|tx: &mut Tx<'_>| tx.insert("t", [tandem_store::Value::Integer(1)]));
-            let _ = tx.send(r.map(|c| c.lsn));
+            let _ = tx.send(put(&d, 101));
         });
         // Committed here, but not answered before the old primary hardened it.
         assert!(
             rx.recv_timeout(Duration::from_millis(300)).is_err(),
             "answered alone"
         );
-        assert_eq!(db.identity().lsn, at + 1);
+        assert_eq!(db.identity().lsn, at + 2);
         db.gate().hardened(at + 1);
-        let lsn = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
-        assert_eq!(lsn, at + 1);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "answered before the old primary had it"
+        );
+        db.gate().hardened(at + 2);
+        let lsn = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(lsn, at + 2);
+    }
+
+    /// A takeover keeps the journal from its LSN for the former primary before any write, so
+    /// that another consumer (a standby's, log shipping's) moving first lets nothing after it
+    /// go; the cursor then moves as any mirror's: with what the former primary hardens, and
+    /// on past `journal_records_max` records should it not come back.
+    #[test]
+    fn a_takeover_keeps_the_journal_for_the_former_primary_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mirror_with_records(dir.path());
+        let at = db.identity().lsn;
+        take_over(&db, 2, false).unwrap();
+        assert_eq!(takeover_lsn(&db), at);
+        assert!(!db.gate().status().sync, "no mirror to wait for");
+        for i in 100..120 {
+            put(&db, i);
+        }
+        standby_at_head(&db);
+        let kept = db.read_journal(at + 1, 100, 1 << 20).unwrap();
+        assert_eq!(kept.records.len(), 20);
+        // The former primary stays away past the bound: the journal is not kept for it.
+        let keep = 5;
+        move_consumer(&db, at, keep).unwrap();
+        db.prune_journal().unwrap();
+        let gone = db.read_journal(at + 1, 100, 1 << 20);
+        assert!(
+            !gone.is_ok_and(|b| !b.records.is_empty()),
+            "kept past the bound"
+        );
+        let lsn = db.identity().lsn;
+        let kept = db.read_journal(lsn - keep + 1, 100, 1 << 20).unwrap();
+        assert_eq!(kept.records.len() as u64, keep);
+
+        // A planned failover: answers wait for the old primary from the first write.
+        let dir = tempfile::tempdir().unwrap();
+        let db = mirror_with_records(dir.path());
+        let at = db.identity().lsn;
+        take_over(&db, 2, true).unwrap();
+        let status = db.gate().status();
+        assert!(status.sync && status.hardened_lsn == at, "{status:?}");
+    }
+
+    #[test]
+    fn a_failing_reseed_is_tried_less_and_less_often_and_logged_once_per_error() {
+        let now = Instant::now();
+        let mut last: Option<ReseedRetry> = None;
+        let mut waits = Vec::new();
+        let mut news = Vec::new();
+        for i in 0..10 {
+            let error = if i < 7 {
+                "no room on atl-db1"
+            } else {
+                "atl-db1 unreachable"
+            };
+            let (r, n) = ReseedRetry::after(last.as_ref(), error.to_string(), now);
+            waits.push(r.next.duration_since(now).as_millis() as u64);
+            news.push(n);
+            last = Some(r);
+        }
+        assert_eq!(
+            waits,
+            [
+                500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000, 30_000
+            ]
+        );
+        assert_eq!(
+            news,
+            [
+                true, false, false, false, false, false, false, true, false, false
+            ]
+        );
+        assert_eq!(last.unwrap().failures, 10);
     }
 }

@@ -264,6 +264,7 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                     node.standby.update(&database, |f| {
                         f.state = format!("standby: reseeding ({reason})");
                     });
+                    tracing::warn!(database = %database, from = %primary.name, reason, "reseeding the copy");
                     if let Err(e) = crate::mirroring::seed_copy(
                         &node,
                         &database,

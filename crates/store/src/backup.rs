@@ -368,7 +368,9 @@ pub fn seed_backup(db: &Database, dir: &Path) -> Result<BackupFile> {
     result
 }
 
-fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupFile> {
+/// A snapshot of `db` at one LSN into the file `snapshot` (a self-contained database file,
+/// not fsynced: scratch), and the header a full backup of it carries.
+fn take_snapshot(db: &Database, snapshot: &Path) -> Result<FullHeader> {
     {
         let src = db.open_reader()?;
         let mut dst = Connection::open(snapshot)?;
@@ -395,7 +397,7 @@ fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupF
     let payload_bytes = std::fs::metadata(snapshot)
         .map_err(|e| StoreError::io(snapshot, e))?
         .len();
-    let header = FullHeader {
+    Ok(FullHeader {
         database_id: state.database_id.to_hex(),
         name: state.name.clone(),
         epoch: state.epoch,
@@ -405,7 +407,12 @@ fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupF
         last_time_ms: state.last_time_ms,
         created_ms: now_ms(),
         payload_bytes,
-    };
+    })
+}
+
+fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupFile> {
+    let header = take_snapshot(db, snapshot)?;
+    let payload_bytes = header.payload_bytes;
     let mut out = FileWriter::create(dir, FULL_MAGIC)?;
     let mut input = std::fs::File::open(snapshot).map_err(|e| StoreError::io(snapshot, e))?;
     let mut buf = vec![0u8; FULL_CHUNK_BYTES];
@@ -428,6 +435,118 @@ fn full_backup_via(db: &Database, dir: &Path, snapshot: &Path) -> Result<BackupF
         &path,
     )?;
     Ok(BackupFile::Full { path, header })
+}
+
+/// Bytes free for an unprivileged writer on the file system of `dir` (`statvfs`).
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| StoreError::Invalid(format!("{}: a NUL in the path", dir.display())))?;
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers), which the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct of the type the call writes.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(StoreError::io(dir, std::io::Error::last_os_error()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// A full backup of a database as a stream of bytes (`SeedStream::next_chunk`), for a seed
+/// sent over the network: the bytes of the file `seed_backup` writes, none of it written.
+/// Only the snapshot it is read from takes room, in `dir`, and only as long as the stream
+/// lives: its name is removed at once (a process that dies frees it with its descriptor).
+pub struct SeedStream {
+    snapshot: std::fs::File,
+    /// The snapshot's path, for errors (the name itself is gone).
+    path: PathBuf,
+    header: FullHeader,
+    framer: Option<crate::backup_file::StreamFramer>,
+    prefix: Option<Vec<u8>>,
+    copied: u64,
+}
+
+impl SeedStream {
+    /// What the backup's header says (its LSN, its epoch, the payload's size).
+    pub fn header(&self) -> &FullHeader {
+        &self.header
+    }
+
+    /// The next piece of the backup (the header first, then about 1 MiB of frames each), or
+    /// `None` once its checksum was given. A read error ends it: the bytes given so far are
+    /// not a backup (the receiver's check of the checksum says so too).
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Ok(Some(prefix));
+        }
+        let Some(framer) = self.framer.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; FULL_CHUNK_BYTES];
+        let n =
+            read_full(&mut self.snapshot, &mut buf).map_err(|e| StoreError::io(&self.path, e))?;
+        let mut out = Vec::with_capacity(n + 64);
+        if n > 0 {
+            framer.frame(&buf[..n], &mut out);
+            self.copied += n as u64;
+        }
+        if n < buf.len() {
+            assert_eq!(
+                self.copied, self.header.payload_bytes,
+                "the snapshot changed while being streamed"
+            );
+            self.framer.take().expect("framer").end(&mut out);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Starts a seed streamed from `db` (`SeedStream`): takes its snapshot into `dir`, once the
+/// file system there has room for it with `keep_free_bytes` left over — so that a seed never
+/// takes the room the database's own commits need. Refused otherwise (`StoreError::NoSpace`),
+/// before anything is written.
+pub fn seed_stream(db: &Database, dir: &Path, keep_free_bytes: u64) -> Result<SeedStream> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    crate::backup_file::clear_interrupted_backups(dir);
+    // The snapshot holds every page of the database (free pages too).
+    let snapshot_bytes: u64 = db.read(|c| {
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages.max(0) as u64) * (size.max(0) as u64))
+    })?;
+    let needed = snapshot_bytes + keep_free_bytes;
+    let free = free_bytes(dir)?;
+    if free < needed {
+        return Err(StoreError::NoSpace {
+            path: dir.to_path_buf(),
+            needed,
+            free,
+            kept_free: keep_free_bytes,
+        });
+    }
+    static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(
+        ".snapshot-{}-{}-s{n}.db",
+        std::process::id(),
+        now_ms()
+    ));
+    let opened = take_snapshot(db, &path).and_then(|header| {
+        let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        Ok((header, file))
+    });
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path.with_extension("db-journal"));
+    let (header, snapshot) = opened?;
+    let json = serde_json::to_vec(&header).expect("header serializes");
+    let (framer, prefix) = crate::backup_file::StreamFramer::start(FULL_MAGIC, &json)?;
+    Ok(SeedStream {
+        snapshot,
+        path,
+        header,
+        framer: Some(framer),
+        prefix: Some(prefix),
+        copied: 0,
+    })
 }
 
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -653,6 +772,83 @@ pub(crate) fn extract_full(path: &Path, header: &FullHeader, dir: &Path) -> Resu
 #[cfg(test)]
 mod tests {
     use super::{FileName, full_file_name, log_file_name, parse_file_name};
+    use crate::{Database, Options, StoreError};
+
+    /// A streamed seed is the file `seed_backup` writes, byte for byte but its creation time;
+    /// while it streams its directory holds no file (the snapshot's name went at once); a
+    /// seed the file system has no room for, with what must stay free, is refused before
+    /// anything is written, naming the room needed and the room there is.
+    #[test]
+    fn a_seed_streams_a_full_backup_and_is_refused_where_it_does_not_fit() {
+        static SCHEMA: &[crate::Migration] = &[crate::Migration {
+            version: 1,
+            name: "t",
+            sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(&dir.path().join("db"), "db", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        // More than one frame of pages.
+        for i in 0..40 {
+            db.write(move |tx| {
+                tx.insert(
+                    "t",
+                    vec![
+                        rusqlite::types::Value::Integer(i),
+                        rusqlite::types::Value::Blob(vec![i as u8; 100_000]),
+                    ],
+                )
+            })
+            .unwrap();
+        }
+        let scratch = dir.path().join("seed-out");
+        let mut stream = super::seed_stream(&db, &scratch, 0).unwrap();
+        assert_eq!(stream.header().lsn, db.identity().lsn);
+        assert!(stream.header().payload_bytes > 2 << 20);
+        assert_eq!(
+            std::fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "a file staged"
+        );
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next_chunk().unwrap() {
+            bytes.extend_from_slice(&chunk);
+        }
+        assert!(stream.next_chunk().unwrap().is_none());
+        let header = stream.header().clone();
+        drop(stream);
+        let file = dir.path().join("streamed.tfb");
+        std::fs::write(&file, &bytes).unwrap();
+        match super::verify_file(&file).unwrap() {
+            super::BackupFile::Full { header: h, .. } => assert_eq!(h, header),
+            other => panic!("not a full backup: {other:?}"),
+        }
+        let written = super::seed_backup(&db, &dir.path().join("written")).unwrap();
+        let on_disk = std::fs::read(written.path()).unwrap();
+        assert_eq!(on_disk.len(), bytes.len());
+        // The same frames and checksum: the header slot differs in its creation time only.
+        assert_eq!(on_disk[4108..], bytes[4108..]);
+        let copy = dir.path().join("copy");
+        crate::restore::restore_new(&copy, &[file], &Default::default(), false).unwrap();
+        let restored = Database::open(&copy, Options::default()).unwrap();
+        assert_eq!(restored.identity().chain, db.identity().chain);
+
+        let free = super::free_bytes(&scratch).unwrap();
+        let kept = free + (1 << 40);
+        match super::seed_stream(&db, &scratch, kept) {
+            Err(e @ StoreError::NoSpace { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("seed-out")
+                        && text.contains(" MiB free, ")
+                        && text.contains("MiB kept free for the database's own commits"),
+                    "{text}"
+                );
+            }
+            other => panic!("not refused: {:?}", other.map(|s| s.header().clone())),
+        }
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    }
 
     #[test]
     fn names_parse_back_to_what_they_were_made_of() {

@@ -133,13 +133,7 @@ impl FileWriter {
     /// Ends the frames, writes the header into its slot and the checksum, makes the file durable
     /// and gives it its final name. Returns the file's size.
     pub(crate) fn finish(mut self, header_json: &[u8], path: &Path) -> Result<u64> {
-        if header_json.len() > HEADER_SLOT_BYTES - 8 {
-            return Err(StoreError::Invalid(format!(
-                "backup header of {} bytes exceeds its {}-byte slot",
-                header_json.len(),
-                HEADER_SLOT_BYTES - 8
-            )));
-        }
+        let slot = header_slot(header_json)?;
         self.put(&[0u8; 8])?;
         self.put(&END_MAGIC)?;
         let digest = self.sha.clone().finalize();
@@ -149,11 +143,6 @@ impl FileWriter {
         let file = out
             .into_inner()
             .map_err(|e| StoreError::io(&self.tmp, e.into_error()))?;
-        let mut slot = vec![0u8; HEADER_SLOT_BYTES];
-        slot[..4].copy_from_slice(&(header_json.len() as u32).to_le_bytes());
-        slot[4..4 + header_json.len()].copy_from_slice(header_json);
-        let crc = crc32c::crc32c(&slot[..HEADER_SLOT_BYTES - 4]);
-        slot[HEADER_SLOT_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(self.magic.len(), 8);
         file.write_all_at(&slot, 12)
             .map_err(|e| StoreError::io(&self.tmp, e))?;
@@ -164,6 +153,64 @@ impl FileWriter {
             sync_dir(dir)?;
         }
         Ok(self.bytes + 32)
+    }
+}
+
+/// The header slot holding `header_json`: its length, the JSON, zeros, its checksum.
+fn header_slot(header_json: &[u8]) -> Result<Vec<u8>> {
+    if header_json.len() > HEADER_SLOT_BYTES - 8 {
+        return Err(StoreError::Invalid(format!(
+            "backup header of {} bytes exceeds its {}-byte slot",
+            header_json.len(),
+            HEADER_SLOT_BYTES - 8
+        )));
+    }
+    let mut slot = vec![0u8; HEADER_SLOT_BYTES];
+    slot[..4].copy_from_slice(&(header_json.len() as u32).to_le_bytes());
+    slot[4..4 + header_json.len()].copy_from_slice(header_json);
+    let crc = crc32c::crc32c(&slot[..HEADER_SLOT_BYTES - 4]);
+    slot[HEADER_SLOT_BYTES - 4..].copy_from_slice(&crc.to_le_bytes());
+    Ok(slot)
+}
+
+/// A backup file made as a stream of bytes rather than a file: its header is known before its
+/// first frame (so it goes first, in its slot), and nothing is written anywhere — the caller
+/// sends each piece on. The bytes are those `FileWriter` would have put in the file.
+pub(crate) struct StreamFramer {
+    sha: Sha256,
+}
+
+impl StreamFramer {
+    /// The framer, and the file's first bytes: magic, format version, the header slot.
+    pub(crate) fn start(magic: [u8; 8], header_json: &[u8]) -> Result<(StreamFramer, Vec<u8>)> {
+        let mut prefix = Vec::with_capacity(FRAMES_OFFSET as usize);
+        prefix.extend_from_slice(&magic);
+        prefix.extend_from_slice(&BACKUP_FORMAT_VERSION.to_le_bytes());
+        prefix.extend_from_slice(&header_slot(header_json)?);
+        debug_assert_eq!(prefix.len() as u64, FRAMES_OFFSET);
+        Ok((StreamFramer { sha: Sha256::new() }, prefix))
+    }
+
+    /// One frame of `bytes`, appended to `out`.
+    pub(crate) fn frame(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        assert!(
+            !bytes.is_empty() && bytes.len() <= FRAME_BYTES_MAX,
+            "frame size"
+        );
+        let from = out.len();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        out.extend_from_slice(bytes);
+        self.sha.update(&out[from..]);
+    }
+
+    /// The end frame, the end magic and the checksum, appended to `out`.
+    pub(crate) fn end(mut self, out: &mut Vec<u8>) {
+        let from = out.len();
+        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&END_MAGIC);
+        self.sha.update(&out[from..]);
+        out.extend_from_slice(&self.sha.finalize());
     }
 }
 

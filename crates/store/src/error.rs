@@ -51,7 +51,26 @@ pub enum StoreError {
     /// of it written; the next may go through.
     #[error("commit failed, rolled back: {0}")]
     CommitFailed(String),
+    /// Not started: what it would write does not fit on the file system while leaving the
+    /// room asked to stay free (`needed` counts both).
+    #[error(
+        "{}: {} MiB free, {} MiB needed (a copy of {} MiB, and {} MiB kept free for the \
+         database's own commits)",
+        path.display(),
+        free / MIB,
+        needed.div_ceil(MIB),
+        (needed - kept_free).div_ceil(MIB),
+        kept_free / MIB
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+        kept_free: u64,
+    },
 }
+
+const MIB: u64 = 1 << 20;
 
 fn sqlite_text(e: &rusqlite::Error) -> String {
     match e {
