@@ -176,12 +176,49 @@ async fn monitor(d: &Deployment, db: &str) -> anyhow::Result<(String, Monitor)> 
     let mut errors = Vec::new();
     for (n, a) in nodes.iter().zip(answers) {
         match a {
-            Ok(m) => return Ok((n.name.clone(), m)),
+            Ok(mut m) => {
+                live_primary(d, db, &mut m).await;
+                return Ok((n.name.clone(), m));
+            }
             Err(tandem_node::ClientError::Api { body, .. }) => bail!("{}", body.message),
             Err(e) => errors.push(format!("{}: {e}", n.name)),
         }
     }
     bail!("no db node answers: {}", errors.join("; "))
+}
+
+/// The monitor is read from the share, where the backup job writes the primary's position
+/// after each round: a round that cannot write there (a full share) leaves an old position, and
+/// the lag showed 0 while the secondary fell behind by tens of thousands of records. The
+/// primary, when it answers, says where it is: the lag is counted from that, with an alert.
+async fn live_primary(d: &Deployment, db: &str, m: &mut Monitor) {
+    let Some(p) = m.primary.as_mut() else { return };
+    let Some(node) = d.topology.node(&p.node) else {
+        return;
+    };
+    let Ok(live) = d
+        .client()
+        .copy_role(&node.address, db, STATUS_TIMEOUT)
+        .await
+    else {
+        return;
+    };
+    if live.role != "primary" || live.epoch != p.epoch || live.lsn <= p.lsn {
+        return;
+    }
+    m.alerts.push(format!(
+        "the share holds {}'s position at LSN {} (written {:.1} s ago); it is at LSN {} now: \
+         the backup job cannot write to the share",
+        p.node,
+        p.lsn,
+        m.now_ms.saturating_sub(p.updated_ms).max(0) as f64 / 1000.0,
+        live.lsn
+    ));
+    (p.lsn, p.last_time_ms) = (live.lsn, live.last_time_ms);
+    if let (Some(records), Some(s)) = (m.lag_records.as_mut(), m.secondary.as_ref()) {
+        *records = live.lsn.saturating_sub(s.lsn);
+        m.lag_ms = Some((live.last_time_ms - s.last_time_ms).max(0) as u64);
+    }
 }
 
 #[derive(Serialize)]

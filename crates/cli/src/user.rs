@@ -50,6 +50,10 @@ pub(crate) struct Added {
     /// absent when it was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) token_not_kept: Option<String>,
+    /// Why the chat rooms could not be cleared of an earlier user of the name (the chat
+    /// database did not answer: a lost site before the chat failover); absent when they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rooms_not_checked: Option<String>,
 }
 
 pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()> {
@@ -63,6 +67,9 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
         } => {
             let report = rt.block_on(add(d, &name, &pool, password.as_deref()))?;
             out.emit(&report, || format!("{}\n", report.token))?;
+            if let Some(why) = &report.rooms_not_checked {
+                out.progress(&format!("tandem: warning: {why}"));
+            }
             match &report.token_not_kept {
                 None => Ok(()),
                 Some(why) => bail!(
@@ -272,14 +279,18 @@ pub(crate) async fn add(
     // A name given again starts with nothing of the user that had it before — also what the
     // removal could not take back: a room that a chat node, still following a CMS that homed
     // the removed user, added it to just after. Taken before the new user exists.
-    if claimed
-        && d.topology.chat.is_some()
-        && let Err(e) = forget_in_chat(d, name).await
-    {
-        let refused =
-            format!("cannot make sure no earlier user named {name} is left in a chat room: {e:#}");
-        return Err(take_back(d, (&cms_node, &cms), name, pool, refused).await);
-    }
+    // A chat database that does not answer (its site lost, the chat not failed over yet) does
+    // not stop the add: the user is created, and the report says what was not checked.
+    let rooms_not_checked = match d.topology.chat {
+        Some(_) if claimed => forget_in_chat(d, name).await.err().map(|e| {
+            format!(
+                "the chat rooms were not cleared of any earlier user named {name} ({e:#}): if \
+                 one was removed in the last seconds, `tandem user remove {name}` and add it \
+                 again once the chat database answers"
+            )
+        }),
+        _ => None,
+    };
     let added = client
         .call::<NewUser, _>(
             &users,
@@ -317,6 +328,7 @@ pub(crate) async fn add(
         pool: added.pool,
         token,
         token_not_kept,
+        rooms_not_checked,
     })
 }
 

@@ -576,6 +576,42 @@ fn a_stray_file_named_like_a_log_backup_is_named_the_lag_grows_and_once_moved_sh
     assert_eq!(after["lag_records"], json!(0), "{m:#}");
 }
 
+/// A backup job that cannot write the primary's position to the share (full, say) leaves an
+/// old one there: the monitor counts the lag from the primary's own answer, and says why
+/// (until session 33 it showed a lag of 0 while the secondary fell behind).
+#[test]
+fn the_lag_is_counted_from_the_primary_when_the_share_holds_an_old_position() {
+    let d = Deployment::up();
+    let token = user_and_room(&d);
+    let first = posts(&d, &token, "shipped", 5);
+    d.wait_applied(first.last().unwrap().lsn);
+    // The job writes the position under a temporary name first: a directory there makes
+    // every write of it fail, the old position left in place.
+    let tmp = d.share().join(format!(
+        ".primary.json.tmp-{}",
+        common::pid(&d.dir, "atl-db1")
+    ));
+    std::fs::create_dir(&tmp).unwrap();
+    let pid = common::pid(&d.dir, "dal-db1");
+    // SAFETY: a node this test started; the deployment kills it at the end.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let during = posts(&d, &token, "during", 20);
+    let last = during.last().unwrap().lsn;
+    let m = d.wait_status("the lag from the primary's own position", |m| {
+        m["primary"]["lsn"].as_u64() >= Some(last)
+            && m["lag_records"].as_u64() >= Some(20)
+            && m["alerts"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|a| a.as_str().unwrap().contains("cannot write to the share"))
+            })
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::fs::remove_dir(&tmp).unwrap();
+    d.wait_applied(last);
+    drop(m);
+}
+
 #[test]
 fn a_failovers_restore_step_recovers_up_to_a_damaged_log_backup_and_says_so() {
     // The secondary frozen while three rounds of log backups are written; the second of them

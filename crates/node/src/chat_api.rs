@@ -132,11 +132,7 @@ async fn user(
 
 /// The request's token: its `Authorization: Bearer` header, or else the query's `token`.
 fn bearer<'a>(headers: &'a HeaderMap, token_param: Option<&'a str>) -> Option<&'a str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(token_param)
+    crate::frontend::bearer_token(headers).or(token_param)
 }
 
 /// The user a token signs in, remembered for `TOKEN_CACHE_TTL_MS` while the CMS, as this node

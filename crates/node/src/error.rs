@@ -169,6 +169,8 @@ impl ApiError {
                 "not_active" => "not_active",
                 "catching_up" => "catching_up",
                 "too_large" => "too_large",
+                "commit_failed" => "commit_failed",
+                "unavailable" => "unavailable",
                 _ => "upstream",
             },
             message: body.message,
@@ -201,5 +203,32 @@ mod tests {
         });
         assert_eq!(passed.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(passed.code, "catching_up");
+    }
+
+    /// A commit that failed on the db node (its disk full) reaches users with the code README
+    /// documents, not `upstream` (until session 33).
+    #[test]
+    fn a_failed_commit_and_an_unavailable_node_keep_their_codes_through_a_chat_node() {
+        for code in ["commit_failed", "unavailable"] {
+            let passed = ApiError::relayed(
+                503,
+                ErrorBody {
+                    code: code.into(),
+                    message: "commit failed, rolled back: database or disk is full".into(),
+                },
+            );
+            assert_eq!(
+                (passed.status, passed.code),
+                (StatusCode::SERVICE_UNAVAILABLE, code)
+            );
+        }
+        let foreign = ApiError::relayed(
+            500,
+            ErrorBody {
+                code: "weird".into(),
+                message: "x".into(),
+            },
+        );
+        assert_eq!(foreign.code, "upstream");
     }
 }

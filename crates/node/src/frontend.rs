@@ -61,7 +61,14 @@ async fn login(
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(l) = body.map_err(ApiError::json)?;
-    let pool = home(&node, &l.user).await?;
+    let Some(pool) = home_if_any(&node, &l.user).await? else {
+        let password = l.password.clone();
+        let refused =
+            tokio::task::spawn_blocking(move || tandem_pool::users::refuse_unknown_user(&password))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        return Err(refused.into());
+    };
     let r = node
         .call_db(
             &format!("users-{pool}"),
@@ -82,13 +89,21 @@ pub(crate) async fn authenticate(
     node: &Shared,
     headers: &HeaderMap,
 ) -> Result<(String, String), ApiError> {
-    let bad = bad_token;
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(bad)?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(bad)?;
+    let token = bearer_token(headers).ok_or_else(bad_token)?;
     authenticate_token(node, token).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme's name is matched without
+/// regard to case and may be followed by more than one space (RFC 9110 §11.1): `bearer TOKEN`
+/// was refused as "a bearer token is needed".
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn bad_token() -> ApiError {
@@ -125,4 +140,31 @@ pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/api/v1/login", post(login))
         .route("/api/v1/me", get(me))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bearer_scheme_is_matched_without_regard_to_case() {
+        let token_of = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            bearer_token(&h).map(str::to_string)
+        };
+        for value in ["Bearer bob.abc", "bearer bob.abc", "BEARER  bob.abc"] {
+            assert_eq!(token_of(value).as_deref(), Some("bob.abc"), "{value}");
+        }
+        for value in [
+            "Basic Ym9i",
+            "Bearer",
+            "Bearer ",
+            "Bearerbob.abc",
+            "bob.abc",
+        ] {
+            assert_eq!(token_of(value), None, "{value}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
 }

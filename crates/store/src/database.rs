@@ -1383,7 +1383,11 @@ impl Database {
                 s.what
             ));
         }
-        if let Some(f) = self.commit_failure() {
+        // A primary's: a copy that handed over (or never took writes) reports what it cannot
+        // apply through its own state; the failure of its last days as a primary is history.
+        if let Some(f) = self.commit_failure()
+            && self.identity().role == Role::Primary
+        {
             warnings.push(format!(
                 "commits fail, rolled back, for {} s ({} transactions refused): {}; they go \
                  through again once the cause is mended (a full disk: give it room)",
