@@ -39,7 +39,7 @@ const SYNC_CATCH_UP_RECORDS: u64 = 2_000;
 /// Room a primary keeps free on its disk when it serves a seed (a copy's snapshot takes room
 /// there while it streams): the WAL, the journal and the checkpoints of its own commits need
 /// it, and a seed that took it failed every commit of the node (its WAL could not restart).
-const SEED_KEEP_FREE_BYTES: u64 = 256 << 20;
+pub(crate) const SEED_KEEP_FREE_BYTES: u64 = 256 << 20;
 /// Pieces (about 1 MiB each) a seed is read ahead of the connection that sends it.
 const SEED_CHUNKS_AHEAD: usize = 4;
 /// The journal consumer that keeps records for the mirror.

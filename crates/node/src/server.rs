@@ -164,6 +164,29 @@ impl NodeState {
         Ok(answer.result)
     }
 
+    /// The data directory's disk, when it has less room than its largest copy takes plus what a
+    /// primary keeps free when it serves a seed (`room_short`).
+    fn room_warning(&self) -> Option<String> {
+        let copies: Vec<(String, u64)> = self
+            .host
+            .names()
+            .into_iter()
+            .map(|d| {
+                let dir = self.host.path_of(&d);
+                let bytes = ["", "-wal"]
+                    .iter()
+                    .filter_map(|suffix| {
+                        let file = format!("{}{suffix}", tandem_store::DB_FILE);
+                        std::fs::metadata(dir.join(file)).ok().map(|m| m.len())
+                    })
+                    .sum();
+                (d, bytes)
+            })
+            .collect();
+        let free = tandem_store::free_bytes(self.host.dir()).ok()?;
+        room_short(free, &copies)
+    }
+
     fn status(&self) -> NodeStatus {
         let me = self.me();
         NodeStatus {
@@ -232,6 +255,7 @@ impl NodeState {
                 .iter()
                 .cloned()
                 .chain(self.witness.iter().flat_map(|w| w.health()))
+                .chain(self.room_warning())
                 .collect(),
             cms: self.cms.view(),
         }
@@ -738,4 +762,43 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || drop(state)).await.ok();
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// Says so when `free` bytes on a data directory's disk are fewer than its largest copy (file
+/// and WAL) plus `SEED_KEEP_FREE_BYTES`: a reseed needs a copy's room on either side (a primary
+/// refuses to serve one that would leave it less than that bound), a WAL grows while a mirror
+/// catches up, and once the disk is full every commit fails. Until session 33 nothing said so
+/// before commits failed.
+fn room_short(free: u64, copies: &[(String, u64)]) -> Option<String> {
+    let (name, largest) = copies.iter().max_by_key(|(_, b)| *b)?;
+    let need = largest + crate::mirroring::SEED_KEEP_FREE_BYTES;
+    (free < need).then(|| {
+        format!(
+            "the data directory's disk has {} MiB free, less than its largest copy ({name}, {} \
+             MiB with its WAL) and {} MiB more: a reseed from or to this node needs that room, \
+             and commits fail once the disk is full — give it room",
+            free >> 20,
+            largest >> 20,
+            crate::mirroring::SEED_KEEP_FREE_BYTES >> 20
+        )
+    })
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_short_of_a_copy_and_the_seed_bound_is_said() {
+        let mib = |n: u64| n << 20;
+        let copies = vec![("cms".to_string(), mib(1)), ("mgc".to_string(), mib(161))];
+        let w = room_short(mib(104), &copies).unwrap();
+        assert!(
+            w.contains("104 MiB free") && w.contains("mgc, 161 MiB"),
+            "{w}"
+        );
+        assert_eq!(room_short(mib(161 + 256), &copies), None);
+        assert!(room_short(mib(161 + 255), &copies).is_some());
+        assert_eq!(room_short(mib(1), &[]), None, "no copy here");
+    }
 }

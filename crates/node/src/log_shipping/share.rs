@@ -74,16 +74,7 @@ pub fn share_present(root: &FsPath) -> Result<(), String> {
 
 /// Bytes that may still be written on the share (what `df` calls available).
 pub fn share_room(root: &FsPath) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(root.as_os_str().as_bytes())
-        .map_err(|e| format!("{}: {e}", root.display()))?;
-    // SAFETY: all zeros is a valid `statvfs`, which the call fills; the path is NUL-terminated.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("{}: {e}", root.display()));
-    }
-    Ok(s.f_bavail as u64 * s.f_frsize as u64)
+    tandem_store::free_bytes(root).map_err(|e| e.to_string())
 }
 
 impl ShareLock {
