@@ -193,12 +193,34 @@ pub fn pid(dir: &Path, node: &str) -> i32 {
         .unwrap()
 }
 
-/// SIGKILL to `node`.
+/// SIGKILL to `node`, and back once it is gone: a signal is delivered after `kill` returns,
+/// and a node still dying accepts connections it never answers (a command run right after
+/// took it for a stopped node, now and then).
 pub fn kill(dir: &Path, node: &str) {
+    let pid = pid(dir, node);
     // SAFETY: a node the test started.
     unsafe {
-        libc::kill(pid(dir, node), libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node} (pid {pid}) still alive 10 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether `pid` runs (exists, and is not a zombie: a zombie's files are closed).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
 }
 
 /// The pids in `dir/run/*.pid`.
