@@ -349,9 +349,11 @@ fn check_text(text: &str) -> Result<(), ChatError> {
             text.len()
         )));
     }
-    if text.trim().is_empty() {
+    if text.chars().all(invisible) {
         return Err(ChatError::Invalid(
-            "a message needs text: it is empty or only white space".into(),
+            "a message needs text: it is empty or only white space (or characters that show \
+             nothing, such as zero-width spaces)"
+                .into(),
         ));
     }
     if text.contains('\0') {
@@ -360,6 +362,23 @@ fn check_text(text: &str) -> Result<(), ChatError> {
         ));
     }
     Ok(())
+}
+
+/// White space, and the characters that show nothing: zero-width spaces and joiners, the
+/// byte-order mark, soft hyphens, direction marks and embeddings (a message of only these was
+/// accepted, and showed as an empty line).
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }
 
 /// A page size: `default` when none, else 1 to `max`.
@@ -562,7 +581,15 @@ mod tests {
         assert_eq!(code(post(&db, "bob", "secret", "hi", None)), "not_found");
         assert_eq!(code(post(&db, "bob", "nowhere", "hi", None)), "not_found");
         let long = "x".repeat(TEXT_BYTES_MAX + 1);
-        for bad in ["", " ", "\n\t \u{3000}", "a\0b", long.as_str()] {
+        for bad in [
+            "",
+            " ",
+            "\n\t \u{3000}",
+            "\u{200B}",
+            "\u{FEFF}\u{200D} \u{202E}",
+            "a\0b",
+            long.as_str(),
+        ] {
             assert_eq!(
                 code(post(&db, "alice", "open", bad, None)),
                 "invalid",
@@ -571,6 +598,8 @@ mod tests {
         }
         assert_eq!(db.identity().lsn, lsn, "refused posts write nothing");
         post(&db, "alice", "open", &long[1..], None).unwrap();
+        // Invisible characters beside visible ones are the sender's to send.
+        post(&db, "alice", "open", "a\u{200B}b", None).unwrap();
         // Multi-byte text is bounded in bytes, not characters.
         let wide = "é".repeat(TEXT_BYTES_MAX / 2 + 1);
         assert_eq!(code(post(&db, "alice", "open", &wide, None)), "invalid");

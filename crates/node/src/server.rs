@@ -238,13 +238,22 @@ impl NodeState {
                         // As a mirror's copy is left once its mirroring is removed (a failback
                         // leaves the backup site's mirror so): it looks like a copy kept
                         // current, and is not.
-                        d.warnings.push(
+                        // The backup site's mirror is left so by every failback, by design:
+                        // the advice for it is to do nothing (it was told to install a mirror
+                        // whose primary, a log-shipping secondary, cannot have one).
+                        let advice = if d.placement
+                            == tandem_topology::PlacementRole::BackupMirror.as_str()
+                        {
+                            "as a failback leaves the backup site's mirror; nothing to do now: \
+                             the next chat failover makes it the mirror of the new primary"
+                        } else {
+                            "`tandem db mirror install` (or a chat failover) makes it a mirror \
+                             again; `tandem db restore` applies log backups to it by hand"
+                        };
+                        d.warnings.push(format!(
                             "restoring, and nothing applies to it: no mirroring, no log-shipping \
-                             restore job; it falls behind. `tandem db mirror install` (or a chat \
-                             failover) makes it a mirror again; `tandem db restore` applies log \
-                             backups to it by hand"
-                                .into(),
-                        );
+                             restore job; it falls behind, {advice}"
+                        ));
                     }
                     d
                 })
