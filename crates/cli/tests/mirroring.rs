@@ -1217,6 +1217,80 @@ fn a_reseed_that_keeps_failing_is_tried_less_and_less_often_and_status_says_why(
     d.wait_mirror("mgc", "atl-db2");
 }
 
+/// The same for a standby (the CMS's, in the other site): a reseed that keeps failing is tried
+/// less and less often and logged once (until session 33 a standby tried again every 200 ms,
+/// logging each time).
+#[test]
+fn a_standbys_reseed_that_keeps_failing_is_tried_less_and_less_often() {
+    let d =
+        Deployment::up(|t| t.replace("journal_records_max = 1000000", "journal_records_max = 100"));
+    // The standby's state, as `cms status` shows it; waited for until `cond` holds.
+    let wait_standby = |what: &str, cond: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = json(&d.dir, &["cms", "status"]);
+            let state = s["copies"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["node"] == "dal-db1"))
+                .and_then(|c| c["state"].as_str())
+                .unwrap_or("")
+                .to_string();
+            if cond(&state) {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let current = |s: &str| s == "standby: current";
+    wait_standby("the CMS standby current", &current);
+    d.kill("dal-db1");
+    // More CMS records than its cursor keeps for it: the active servers cleared and set.
+    let (cms, secret) = (d.address("atl-db1"), d.secret());
+    for i in 0..150 {
+        let nodes = if i % 2 == 0 {
+            serde_json::json!([])
+        } else {
+            serde_json::json!(["atl-fe"])
+        };
+        let (code, body) = http(
+            &cms,
+            "POST",
+            "/internal/v1/db/cms/call",
+            &[
+                ("x-tandem-secret", secret.as_str()),
+                ("content-type", "application/json"),
+            ],
+            serde_json::json!({ "procedure": "cms.set_chat_active", "args": { "nodes": nodes } })
+                .to_string(),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    // The primary moves the standby's journal cursor once a second.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let scratch = d.dir.join("data/dal-db1/databases/.seed");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::write(&scratch, "in the way").unwrap();
+    let from = log_len(&d, "dal-db1");
+    ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
+    let failing = |s: &str| s.starts_with("standby: reseed failing");
+    wait_standby("its reseed failing", &failing);
+    // About 6 s: tries at 0, 0.5, 1.5, 3.5 s (then 7.5 s): not 30.
+    std::thread::sleep(Duration::from_secs(6));
+    let state = wait_standby("its reseed failing", &failing);
+    let in_a_row: u64 = state
+        .split_once('(')
+        .and_then(|(_, r)| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{state}"));
+    assert!((3..=6).contains(&in_a_row), "{state}");
+    let log = log_since(&d, "dal-db1", from);
+    assert_eq!(log.matches("reseed failed").count(), 1, "{log}");
+    // The cause gone, the next try reseeds it.
+    std::fs::remove_file(&scratch).unwrap();
+    wait_standby("the CMS standby current again", &current);
+}
+
 #[test]
 fn a_planned_failover_to_a_mirror_that_is_gone_is_refused_and_the_primary_serves_on() {
     let d = Deployment::up(|t| t);

@@ -134,10 +134,10 @@ pub struct LinkStatus {
 /// that cannot succeed (the primary's disk has no room for its snapshot, say) is not asked for
 /// ten times a second.
 #[derive(Clone, Debug, PartialEq)]
-struct ReseedRetry {
-    error: String,
-    failures: u32,
-    next: Instant,
+pub(crate) struct ReseedRetry {
+    pub(crate) error: String,
+    pub(crate) failures: u32,
+    pub(crate) next: Instant,
 }
 
 const RESEED_RETRY_FIRST_MS: u64 = 500;
@@ -146,7 +146,11 @@ const RESEED_RETRY_MAX_MS: u64 = 30_000;
 impl ReseedRetry {
     /// After `last` (none: the first failure), a reseed failed with `error` at `now`: when the
     /// next may start, and whether the error is news (the log tells each new one once).
-    fn after(last: Option<&ReseedRetry>, error: String, now: Instant) -> (ReseedRetry, bool) {
+    pub(crate) fn after(
+        last: Option<&ReseedRetry>,
+        error: String,
+        now: Instant,
+    ) -> (ReseedRetry, bool) {
         let failures = last.map_or(1, |r| r.failures.saturating_add(1));
         let wait = RESEED_RETRY_FIRST_MS
             .saturating_mul(1u64 << (failures - 1).min(16))

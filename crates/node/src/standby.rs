@@ -165,6 +165,8 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
     let mut target: Option<Node> = None;
     // When this copy's journal retention last followed the primary's.
     let mut retained: Option<Instant> = None;
+    // The reseeds that failed in a row: the next waits (as a mirror's do).
+    let mut reseed_failed: Option<crate::mirroring::ReseedRetry> = None;
     loop {
         let Some(node) = node.upgrade() else { return };
         if *node.stopping.borrow() {
@@ -260,12 +262,17 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                 // came first has made it something else than a standby to keep current.
                 let ops = node.host.operations(&database);
                 let _one = ops.lock().await;
-                if should_follow(&node, &database) {
+                let due = reseed_failed
+                    .as_ref()
+                    .is_none_or(|r| Instant::now() >= r.next);
+                if due && should_follow(&node, &database) {
                     node.standby.update(&database, |f| {
                         f.state = format!("standby: reseeding ({reason})");
                     });
-                    tracing::warn!(database = %database, from = %primary.name, reason, "reseeding the copy");
-                    if let Err(e) = crate::mirroring::seed_copy(
+                    if reseed_failed.is_none() {
+                        tracing::warn!(database = %database, from = %primary.name, reason, "reseeding the copy");
+                    }
+                    match crate::mirroring::seed_copy(
                         &node,
                         &database,
                         &primary,
@@ -274,7 +281,25 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                     )
                     .await
                     {
-                        node.standby.update(&database, |f| f.last_error = Some(e));
+                        Ok(()) => reseed_failed = None,
+                        Err(e) => {
+                            let (retry, news) = crate::mirroring::ReseedRetry::after(
+                                reseed_failed.as_ref(),
+                                e.clone(),
+                                Instant::now(),
+                            );
+                            if news {
+                                tracing::warn!(database = %database, from = %primary.name, error = %e, failures = retry.failures, "reseed failed; retrying, less and less often");
+                            }
+                            node.standby.update(&database, |f| {
+                                f.state = format!(
+                                    "standby: reseed failing ({} in a row): {e}",
+                                    retry.failures
+                                );
+                                f.last_error = Some(e);
+                            });
+                            reseed_failed = Some(retry);
+                        }
                     }
                 }
                 true
