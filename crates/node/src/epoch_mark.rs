@@ -67,6 +67,35 @@ pub(crate) fn record_or_warn(topology: &Topology, database: &str, node: &str, ep
     }
 }
 
+/// Why a copy of `database` at `epoch` on `node` may not be primary, when the share marks
+/// another copy primary at a newer epoch: the node that copy is on, and the reason. A share
+/// that cannot be read says nothing.
+pub(crate) async fn newer_elsewhere(
+    node: &crate::server::NodeState,
+    database: &str,
+    epoch: u64,
+) -> Option<(String, String)> {
+    let (topology, d) = (node.topology.clone(), database.to_string());
+    let mark = tokio::task::spawn_blocking(move || crate::epoch_mark::read(&topology, &d))
+        .await
+        .ok()?;
+    match mark {
+        Ok(Some(m)) if m.epoch > epoch && m.node != node.name => {
+            let reason = format!(
+                "{} was made primary of {database} at epoch {}, newer than this copy's {epoch} \
+                 (marked on the share)",
+                m.node, m.epoch
+            );
+            Some((m.node, reason))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(database, error = %e, "the share's epoch mark cannot be read");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

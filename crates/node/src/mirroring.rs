@@ -1055,6 +1055,15 @@ async fn maybe_take_over(node: &NodeState, link: &Link, db: Option<&Database>) {
             id.epoch
         }
     };
+    // A copy of another site was made primary while this site was away (a chat failover, a
+    // forced CMS failover): this site's history is the older one, and a takeover here would
+    // make a second primary — whose writes the failback drops (a restarted site took writes so
+    // for a second, until its fence read the same mark).
+    if let Some((_, reason)) = crate::epoch_mark::newer_elsewhere(node, &link.database, epoch).await
+    {
+        link.st().last_error = Some(format!("no failover: {reason}"));
+        return;
+    }
     let req = WitnessRequest::Failover {
         database: link.database.clone(),
         node: node.name.clone(),

@@ -410,7 +410,7 @@ pub(crate) async fn fence_once(node: &NodeState) {
         // made primary at a newer epoch meanwhile.
         let newer = match newer {
             Some(newer) => Some(newer),
-            None if silent => marked_newer(node, &database, epoch).await,
+            None if silent => crate::epoch_mark::newer_elsewhere(node, &database, epoch).await,
             None => None,
         };
         if let Some((newer_node, reason)) = newer {
@@ -424,30 +424,6 @@ pub(crate) async fn fence_once(node: &NodeState) {
                 Role::Standby
             };
             step_down_to(node, &database, &db, &reason, role).await;
-        }
-    }
-}
-
-/// Why this primary of `epoch` must step down, when the share marks another copy of
-/// `database` primary at a newer epoch (`epoch_mark`); a share that cannot be read says nothing.
-async fn marked_newer(node: &NodeState, database: &str, epoch: u64) -> Option<(String, String)> {
-    let (topology, d) = (node.topology.clone(), database.to_string());
-    let mark = tokio::task::spawn_blocking(move || crate::epoch_mark::read(&topology, &d))
-        .await
-        .ok()?;
-    match mark {
-        Ok(Some(m)) if m.epoch > epoch && m.node != node.name => {
-            let reason = format!(
-                "{} was made primary of {database} at epoch {}, newer than this copy's {epoch} \
-                 (the share's mark; it does not answer from here)",
-                m.node, m.epoch
-            );
-            Some((m.node, reason))
-        }
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!(database, error = %e, "the share's epoch mark cannot be read");
-            None
         }
     }
 }
