@@ -203,7 +203,15 @@ async fn live_primary(d: &Deployment, db: &str, m: &mut Monitor) {
     else {
         return;
     };
-    if live.role != "primary" || live.epoch != p.epoch || live.lsn <= p.lsn {
+    // Written once a round: behind the primary between two rounds is the normal case (it
+    // raised a false alert under any load), an old position is not.
+    let age_ms = m.now_ms.saturating_sub(p.updated_ms).max(0) as u64;
+    let stale_ms = m
+        .config
+        .as_ref()
+        .map_or(0, |c| 3 * c.backup_interval_ms)
+        .max(3_000);
+    if live.role != "primary" || live.epoch != p.epoch || live.lsn <= p.lsn || age_ms < stale_ms {
         return;
     }
     m.alerts.push(format!(
@@ -211,7 +219,7 @@ async fn live_primary(d: &Deployment, db: &str, m: &mut Monitor) {
          the backup job cannot write to the share",
         p.node,
         p.lsn,
-        m.now_ms.saturating_sub(p.updated_ms).max(0) as f64 / 1000.0,
+        age_ms as f64 / 1000.0,
         live.lsn
     ));
     (p.lsn, p.last_time_ms) = (live.lsn, live.last_time_ms);
