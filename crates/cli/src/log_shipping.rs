@@ -381,11 +381,15 @@ fn remove_secondary(d: &Deployment, db: &str, out: &Output) -> anyhow::Result<()
                     None => format!("log shipping of {db}: no secondary configured (nothing to remove)\n"),
                 });
             }
+            // Busy (its jobs' round holds the database): another node may do it.
+            Err(tandem_node::ClientError::Api { status: 503, body }) => {
+                errors.push(format!("{}: {}", n.name, body.message));
+            }
             Err(tandem_node::ClientError::Api { body, .. }) => bail!("{}", body.message),
             Err(e) => errors.push(format!("{}: {e}", n.name)),
         }
     }
-    bail!("no db node answers: {}", errors.join("; "))
+    bail!("no db node could remove it: {}", errors.join("; "))
 }
 
 fn copy(d: &Deployment, db: &str, instance: Option<&str>, out: &Output) -> anyhow::Result<()> {

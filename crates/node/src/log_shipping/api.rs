@@ -206,12 +206,22 @@ pub(crate) async fn remove_secondary(
     Path(database): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     shipped_or_refuse(&node, &database)?;
-    // A round of this node's jobs in progress ends first.
+    // A round of this node's jobs in progress ends first — within a bound, as the share's lock
+    // is waited for: a round stuck on that lock would hold this for as long.
     let ops = node.host.operations(&database);
-    let _guard = ops.lock().await;
+    let _guard = tokio::time::timeout(std::time::Duration::from_secs(10), ops.lock())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "a round of {}'s log-shipping jobs for {database} has held its operations for \
+                 over 10 s (waiting for the share's lock?): try another node, or again",
+                node.name
+            ))
+        })?;
     let dir = share_dir(&node.topology, &database);
+    let holder = node.name.clone();
     let removed = blocking(move || {
-        let _lock = ShareLock::acquire(&dir)?;
+        let _lock = ShareLock::acquire(&dir, &holder)?;
         let Some(mut config) = read_config(&dir)? else {
             return Err(format!(
                 "log shipping of {} is not configured ({} has no {CONFIG_FILE})",
@@ -393,7 +403,7 @@ pub(crate) async fn backup_now(
     let site = node.me().site.clone();
     let name = node.name.clone();
     let r = blocking(move || {
-        let _lock = ShareLock::acquire(&dir)?;
+        let _lock = ShareLock::acquire(&dir, &name)?;
         let (state, _) = ensure_chain(&db, &dir, !log)?;
         if log {
             if state == ChainState::Empty {

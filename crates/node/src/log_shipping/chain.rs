@@ -157,7 +157,7 @@ pub(super) fn backup_round(
     dir: &FsPath,
     ask: BackupAsk,
 ) -> Result<BackupRound, String> {
-    let _lock = ShareLock::acquire(dir)?;
+    let _lock = ShareLock::acquire(dir, &ask.node)?;
     let r = backup_round_locked(db, dir, &ask);
     if let Err(e) = &r {
         // The monitor shows the failure, and the primary's position: the lag it shows grows

@@ -77,19 +77,62 @@ pub fn share_room(root: &FsPath) -> Result<u64, String> {
     tandem_store::free_bytes(root).map_err(|e| e.to_string())
 }
 
+/// How long a job or an operation waits for the share's lock of a database. A node stopped
+/// (SIGSTOP, a hung host) in the middle of a round holds it until it is continued or killed:
+/// without a bound, a failover's first step waited on it for good — and, once the node was
+/// continued, acted long after its caller had given up.
+const SHARE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ShareLock {
-    /// Locks a database's directory on the share, made if needed (not the share itself).
-    pub(super) fn acquire(dir: &FsPath) -> Result<ShareLock, String> {
+    /// Locks a database's directory on the share, made if needed (not the share itself), for
+    /// `holder` (a node's name: written in the lock file, so that a wait that times out names
+    /// who holds it).
+    pub(super) fn acquire(dir: &FsPath, holder: &str) -> Result<ShareLock, String> {
+        ShareLock::acquire_within(dir, holder, SHARE_LOCK_WAIT)
+    }
+
+    fn acquire_within(
+        dir: &FsPath,
+        holder: &str,
+        wait: std::time::Duration,
+    ) -> Result<ShareLock, String> {
         share_present(dir.parent().expect("a database's directory on the share"))?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
-        let f = std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        f.lock().map_err(|e| format!("{}: {e}", path.display()))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match f.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let held = std::fs::read_to_string(&path).unwrap_or_default();
+                    let held = held.trim();
+                    return Err(format!(
+                        "{}: held by {} for over {:.1} s; a node stopped in the middle of a round \
+                         holds it until it is continued or killed",
+                        path.display(),
+                        if held.is_empty() { "another job" } else { held },
+                        wait.as_secs_f64()
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(format!("{}: {e}", path.display()));
+                }
+            }
+        }
+        use std::io::Write;
+        let _ = f
+            .set_len(0)
+            .and_then(|()| write!(f, "{holder} (pid {})", std::process::id()));
         Ok(ShareLock(f))
     }
 }
@@ -179,5 +222,27 @@ pub(super) fn order(f: &FileName) -> (Lsn, u8, i64) {
             lsn, created_ms, ..
         } => (*lsn, 0, *created_ms),
         FileName::Log { last_lsn, .. } => (*last_lsn, 1, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_held_too_long_is_refused_naming_its_holder() {
+        let share = tempfile::tempdir().unwrap();
+        let dir = share.path().join("mgc");
+        let held = ShareLock::acquire(&dir, "atl-db1").unwrap();
+        let wait = std::time::Duration::from_millis(200);
+        let e = ShareLock::acquire_within(&dir, "dal-db1", wait)
+            .err()
+            .expect("refused while held");
+        assert!(
+            e.contains("held by atl-db1 (pid") && e.contains("for over 0.2 s"),
+            "{e}"
+        );
+        drop(held);
+        ShareLock::acquire_within(&dir, "dal-db1", wait).expect("free once let go");
     }
 }
