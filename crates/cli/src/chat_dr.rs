@@ -933,7 +933,10 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
                 .and_then(|m| role(d, m))
                 .is_some_and(|r| r.role == "primary")
         };
-        if todo(backup_step) {
+        // Once the restore took effect (a run stopped right after it), the backup site's copy
+        // has stepped down to the restored one: steps 4 and 5 hold, and are not asked of it
+        // (a resume was refused, the chat down, until session 33).
+        if todo(backup_step) && home(d).is_none() {
             match role(d, &p.backup) {
                 Some(r) if r.role == "primary" => {}
                 Some(r) if r.role == "mirror" && mirror_primary() => {}

@@ -1167,6 +1167,31 @@ fn a_failback_stopped_by_the_loss_of_the_primary_sites_node_is_abandoned_and_ser
     }
 }
 
+/// A failback interrupted (Ctrl-C) as its restore starts, run again: it resumes and finishes.
+/// (The restore may take effect on the node all the same — atl-db1 primary of a new epoch,
+/// dal-db1 stepped down — before the run records it: until session 33 the resume was then
+/// refused, "mgc on dal-db1 is standby, not the primary the pool failed over to", the chat
+/// down. This test does not hit that window reliably on a small database: a tester did, twice.)
+#[test]
+fn a_failback_interrupted_as_its_restore_starts_resumes_and_finishes() {
+    let d = Deployment::up();
+    let (token, posts) = drilled(&d);
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[4/8]");
+    // SAFETY: the CLI this test started.
+    unsafe { libc::kill(cli.id() as i32, libc::SIGINT) };
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in &posts {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
+
 #[test]
 fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_site() {
     let d = Deployment::up();
