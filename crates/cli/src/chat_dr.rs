@@ -1147,11 +1147,24 @@ fn abort_failback(
     let servers = p.backup_servers.join(",");
     let serving = (|| -> anyhow::Result<(String, tandem_node::CopyRole)> {
         cms_reachable(d)?;
-        let (state, _) = chat_state(d)?;
+        let (state, active) = chat_state(d)?;
         if state != "failed-over" {
             bail!(
                 "the chat pool is {state}: no failback is half-way (it finished, or none \
                  started); nothing to abort"
+            );
+        }
+        // No run to abandon, and nothing a run would have left: the chat already served as
+        // the failover left it (an abort said "failback abandoned" and logged a run).
+        if book.in_progress().is_none()
+            && active == p.backup_servers
+            && role(d, &p.backup).is_some_and(|r| r.role == "primary" && r.paused.is_none())
+        {
+            bail!(
+                "no failback in progress, and the chat pool serves from {} with {} active: \
+                 nothing to abort",
+                p.backup,
+                p.backup_servers.join(",")
             );
         }
         if let Some(r) = home_copy(d, p) {

@@ -1176,6 +1176,16 @@ fn a_failback_stopped_by_the_loss_of_the_primary_sites_node_is_abandoned_and_ser
 fn a_failback_interrupted_as_its_restore_starts_resumes_and_finishes() {
     let d = Deployment::up();
     let (token, posts) = drilled(&d);
+    // No failback yet: an abort has nothing to abandon, and records no run (it said "failback
+    // abandoned" and logged one, until session 33).
+    let out = tandem(&d.dir, &["chat", "failback", "--abort"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no failback in progress"),
+        "{err}"
+    );
+    let audit = std::fs::read_to_string(d.dir.join("audit.log")).unwrap();
+    assert!(!audit.contains("\"aborted\""), "{audit}");
     let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[4/8]");
     // SAFETY: the CLI this test started.
     unsafe { libc::kill(cli.id() as i32, libc::SIGINT) };
