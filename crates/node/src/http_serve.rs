@@ -22,6 +22,11 @@ use tokio::sync::watch;
 /// closing.
 pub(crate) const HTTP_IDLE: Duration = Duration::from_secs(120);
 
+/// How long a new connection may stay silent before its first byte: a client that connects
+/// and sends nothing is let go long before `HTTP_IDLE` (one client holding idle connections
+/// used up every open file of a node — its witness too — for two minutes at a time).
+pub(crate) const FIRST_BYTE_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a request's body may take to arrive, from its head on. Every body the node takes
 /// is small (at most `server::REQUEST_BYTES_MAX`, 1 MiB); without a bound, a client sending a
 /// byte now and then holds its connection and its handler for good.
@@ -43,6 +48,8 @@ pub(crate) struct Bounds {
     pub(crate) body: Duration,
     /// Writes that make no progress for this long: closed.
     pub(crate) write_stall: Duration,
+    /// A new connection whose first byte has not come this long after it opened: closed.
+    pub(crate) first_byte: Duration,
 }
 
 /// A node's bounds.
@@ -50,6 +57,7 @@ pub(crate) const NODE_BOUNDS: Bounds = Bounds {
     idle: HTTP_IDLE,
     body: REQUEST_BODY_WAIT,
     write_stall: WRITE_STALL_MAX,
+    first_byte: FIRST_BYTE_WAIT,
 };
 
 /// A timer set only when first asked about (most requests and writes never wait): true once
@@ -219,19 +227,29 @@ pub(crate) async fn serve(
         .header_read_timeout(bounds.idle);
     // Each connection's task holds a receiver: all have ended once `closed` resolves.
     let (open_tx, open_rx) = watch::channel(());
+    // Accepts refused in a row (out of open files, most often): logged once, then once more
+    // when accepting again, with how many (it logged each, twenty a second).
+    let mut refused = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of open files, most often: wait a little rather than spin.
-                    tracing::warn!("cannot accept a connection: {e}");
+                    if refused == 0 {
+                        tracing::warn!("cannot accept a connection: {e}; trying again every 50 ms");
+                    }
+                    refused += 1;
+                    // Wait a little rather than spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = stopped(&mut stopping) => break,
         };
+        if refused > 0 {
+            tracing::warn!("accepting connections again, after {refused} refused tries");
+            refused = 0;
+        }
         let app = app.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -249,6 +267,16 @@ pub(crate) async fn serve(
         let builder = builder.clone();
         let (mut stopping, open) = (stopping.clone(), open_rx.clone());
         tokio::spawn(async move {
+            // A connection that says nothing at first is let go (`FIRST_BYTE_WAIT`).
+            let mut first = [0u8; 1];
+            tokio::select! {
+                peeked = tokio::time::timeout(bounds.first_byte.min(bounds.idle), stream.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                }
+                () = stopped(&mut stopping) => return,
+            }
             let conn = builder
                 .serve_connection(
                     TokioIo::new(StallBound {
@@ -357,6 +385,31 @@ mod tests {
         let answer = until_closed(&mut conn).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with(&me), "the peer is {me}: {answer}");
+    }
+
+    /// A new connection that sends nothing is let go after `first_byte`, well before the idle
+    /// bound of a kept-alive one; one that sends a request late within it is served.
+    #[tokio::test]
+    async fn a_new_connection_silent_past_its_first_byte_bound_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = Router::new().route("/peer", get(|| async { "ok" }));
+        let (_stop, stopping) = watch::channel(false);
+        let bounds = Bounds {
+            first_byte: Duration::from_millis(300),
+            ..NODE_BOUNDS
+        };
+        let _server = tokio::spawn(serve(listener, app, bounds, stopping));
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // `until_closed` gives up after 10 s; the idle bound is 120 s.
+        assert_eq!(until_closed(&mut silent).await, "");
+        let mut late = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        late.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut late).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]
