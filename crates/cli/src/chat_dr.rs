@@ -879,7 +879,17 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
             if !done(clear_step) || done(servers_step) {
                 return None;
             }
+            let stepped_down = role(d, &p.backup).is_some_and(|r| r.role == "standby");
             Some(match home(d) {
+                // The restore took effect and its copy then went silent: only forward.
+                None if stepped_down => format!(
+                    "the chat pool serves nobody meanwhile (no active servers); mgc on {} \
+                     stepped down to the copy the restore brought online on {}, which does not \
+                     answer: {}, then `tandem chat failback` finishes it",
+                    p.backup,
+                    p.primary,
+                    d.revive_advice(&p.primary)
+                ),
                 None => format!(
                     "the chat pool serves nobody meanwhile (failed-over, no active servers{}): \
                      `tandem chat failback --abort` serves again from {} at once (the failback \
@@ -1186,6 +1196,18 @@ fn abort_failback(
                 Some(r) => seen.push(format!("{n}: {}", r.role)),
                 None => seen.push(format!("{n}: no answer")),
             }
+        }
+        // Stepped down: a newer primary exists — the primary site's copy the failback's
+        // restore brought online, which does not answer now. The failback goes only forward.
+        if role(d, &p.backup).is_some_and(|r| r.role == "standby") {
+            bail!(
+                "mgc on {} stepped down to a newer primary: the copy the failback's restore \
+                 brought online on {}, which does not answer now; the failback goes only \
+                 forward: {}, then `tandem chat failback` finishes it",
+                p.backup,
+                p.primary,
+                d.revive_advice(&p.primary)
+            );
         }
         bail!(
             "no copy of mgc in the backup site answers as primary ({}): {}, and run the abort \

@@ -1202,6 +1202,49 @@ fn a_failback_interrupted_as_its_restore_starts_resumes_and_finishes() {
     }
 }
 
+/// The primary site's node lost right after the failback's restore brought its copy online:
+/// the backup site's copy steps down to it (the share marks its newer epoch), so an abort is
+/// refused with the way that works — bring that node back, and the failback finishes (it said
+/// to restart the backup site's node, which answered, and that `--abort` would serve again).
+#[test]
+fn a_failback_whose_restored_copy_is_lost_goes_only_forward_and_says_so() {
+    let d = Deployment::up();
+    let (token, posts) = drilled(&d);
+    // The CMS in dal, as after the loss of atl: atl-db1's loss leaves it.
+    ok(&d.dir, &["cms", "failover"]);
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[5/8]");
+    common::kill(&d.dir, "atl-db1");
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(120));
+    if status.success() {
+        // The run finished before the kill took effect: nothing to check past it.
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.mgc_copy("dal-db1")["role"] != "standby" {
+        assert!(
+            Instant::now() < deadline,
+            "dal-db1 did not step down: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tandem(&d.dir, &["chat", "failback", "--abort"]);
+    let abort = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && abort.contains("stepped down to a newer primary")
+            && abort.contains("`tandem chat failback` finishes it"),
+        "{abort}"
+    );
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let h = history(&d.address("atl-fe"), &token);
+    for (id, _, text) in &posts {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
+
 #[test]
 fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_site() {
     let d = Deployment::up();
