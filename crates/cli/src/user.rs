@@ -388,6 +388,6 @@ fn surely_not_done(e: &ClientError) -> bool {
     match e {
         ClientError::Api { .. } => true,
         ClientError::Unreachable { sent, .. } => !sent,
-        ClientError::Decode { .. } => false,
+        ClientError::Decode { .. } | ClientError::Local { .. } => false,
     }
 }

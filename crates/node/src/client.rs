@@ -36,6 +36,10 @@ pub enum ClientError {
     /// The node answered something this client cannot read.
     #[error("{addr} answered an unreadable document: {message}")]
     Decode { addr: String, message: String },
+    /// This side failed to keep what the node sent (a seed written to a full disk, say): the
+    /// node is not at fault.
+    #[error("{message}")]
+    Local { message: String },
 }
 
 /// Where a node's copy of a database stands: `GET /internal/v1/db/{db}/role`.
@@ -89,7 +93,7 @@ impl ClientError {
                     "not_primary" | "stale_epoch" | "partitioned"
                 )
             }
-            ClientError::Decode { .. } => false,
+            ClientError::Decode { .. } | ClientError::Local { .. } => false,
         }
     }
 }
@@ -374,9 +378,8 @@ impl Client {
                     message: "the seed request failed".into(),
                 }));
         }
-        let io = |e: std::io::Error| ClientError::Decode {
-            addr: addr.to_string(),
-            message: format!("{}: {e}", file.display()),
+        let io = |e: std::io::Error| ClientError::Local {
+            message: format!("writing the seed from {addr} to {}: {e}", file.display()),
         };
         let mut out = tokio::fs::File::create(file).await.map_err(io)?;
         let mut total = 0u64;
