@@ -879,10 +879,9 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
             if !done(clear_step) || done(servers_step) {
                 return None;
             }
-            let stepped_down = role(d, &p.backup).is_some_and(|r| r.role == "standby");
             Some(match home(d) {
                 // The restore took effect and its copy then went silent: only forward.
-                None if stepped_down => format!(
+                None if role(d, &p.backup).is_some_and(|r| r.role == "standby") => format!(
                     "the chat pool serves nobody meanwhile (no active servers); mgc on {} \
                      stepped down to the copy the restore brought online on {}, which does not \
                      answer: {}, then `tandem chat failback` finishes it",
@@ -1164,11 +1163,15 @@ fn abort_failback(
                  started); nothing to abort"
             );
         }
+        // The backup site's copy, asked once.
+        let backup = role(d, &p.backup);
         // No run to abandon, and nothing a run would have left: the chat already served as
         // the failover left it (an abort said "failback abandoned" and logged a run).
         if book.in_progress().is_none()
             && active == p.backup_servers
-            && role(d, &p.backup).is_some_and(|r| r.role == "primary" && r.paused.is_none())
+            && backup
+                .as_ref()
+                .is_some_and(|r| r.role == "primary" && r.paused.is_none())
         {
             bail!(
                 "no failback in progress, and the chat pool serves from {} with {} active: \
@@ -1187,11 +1190,11 @@ fn abort_failback(
             );
         }
         let mut seen = Vec::new();
-        for n in [Some(&p.backup), p.backup_mirror.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            match role(d, n) {
+        // Its mirror is asked only when the copy itself is not primary.
+        let copies = std::iter::once((&p.backup, backup.clone()))
+            .chain(p.backup_mirror.iter().map(|m| (m, role(d, m))));
+        for (n, r) in copies {
+            match r {
                 Some(r) if r.role == "primary" => return Ok((n.clone(), r)),
                 Some(r) => seen.push(format!("{n}: {}", r.role)),
                 None => seen.push(format!("{n}: no answer")),
@@ -1199,7 +1202,7 @@ fn abort_failback(
         }
         // Stepped down: a newer primary exists — the primary site's copy the failback's
         // restore brought online, which does not answer now. The failback goes only forward.
-        if role(d, &p.backup).is_some_and(|r| r.role == "standby") {
+        if backup.as_ref().is_some_and(|r| r.role == "standby") {
             bail!(
                 "mgc on {} stepped down to a newer primary: the copy the failback's restore \
                  brought online on {}, which does not answer now; the failback goes only \

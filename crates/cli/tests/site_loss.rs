@@ -289,6 +289,18 @@ fn a_forced_cms_failover_right_after_a_planned_one_takes_a_newer_epoch() {
     assert_eq!(copy(&s, "atl-db1")["role"], "primary", "{s}");
 }
 
+/// Every post of `posts` is in `lobby`'s history read through `addr`.
+fn assert_kept<'a>(
+    addr: &str,
+    token: &str,
+    posts: impl IntoIterator<Item = &'a (i64, u64, String)>,
+) {
+    let h = history(addr, token);
+    for (id, _, text) in posts {
+        assert!(h.contains(&(*id, text.clone())), "{text} lost");
+    }
+}
+
 /// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
 fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
     let mut acked = Vec::new();
@@ -642,10 +654,7 @@ fn a_failover_whose_cli_is_killed_mid_way_resumes_where_it_stopped() {
     let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(last["result"], "ok", "{last}");
     assert_eq!(last["resumed"], 2, "{last}");
-    let h = history(&d.address("dal-fe"), &token);
-    for (id, _, text) in &before {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("dal-fe"), &token, &before);
 }
 
 #[test]
@@ -839,10 +848,7 @@ fn a_drill_fails_the_chat_pool_over_from_a_healthy_site_with_force_and_back() {
     let during = post_n(&dal_fe, &token, "during", 3);
     ok(&d.dir, &["chat", "failback"]);
     assert_eq!(d.mgc_copy("atl-db1")["warnings"], serde_json::json!([]));
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in before.iter().chain(&during) {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, before.iter().chain(&during));
 }
 
 #[test]
@@ -901,10 +907,7 @@ fn with_the_backup_sites_mirror_node_lost_too_the_chat_pool_fails_over_and_back_
             && err.contains("tandem db mirror remove --db mgc --instance dal-db2"),
         "{err}"
     );
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in before.iter().chain(&during) {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, before.iter().chain(&during));
 }
 
 #[test]
@@ -946,10 +949,7 @@ fn with_the_share_lost_too_the_chat_pool_fails_over_from_what_the_secondary_copi
     assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
     std::fs::rename(&lost, &share).unwrap();
     ok(&d.dir, &["chat", "failback"]);
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in before.iter().chain(&during) {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, before.iter().chain(&during));
 }
 
 /// `tandem chat ARGS` started in `d`, its progress lines read until one starts with `marker`
@@ -1068,10 +1068,7 @@ fn a_mirror_node_lost_during_the_failovers_install_is_done_without_within_second
     let state = json(&d.dir, &["chat", "state", "show"]);
     assert_eq!(state["active"], serde_json::json!(["dal-fe"]), "{state}");
     let during = post_n(&d.address("dal-fe"), &token, "during", 3);
-    let h = history(&d.address("dal-fe"), &token);
-    for (id, _, text) in before.iter().chain(&during) {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("dal-fe"), &token, before.iter().chain(&during));
 }
 
 /// A drill: the chat pool failed over from a healthy atl with --force, posts made in dal
@@ -1161,10 +1158,7 @@ fn a_failback_stopped_by_the_loss_of_the_primary_sites_node_is_abandoned_and_ser
     );
     let state = json(&d.dir, &["chat", "state", "show"]);
     assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in &posts {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, &posts);
 }
 
 /// A failback interrupted (Ctrl-C) as its restore starts, run again: it resumes and finishes.
@@ -1196,10 +1190,7 @@ fn a_failback_interrupted_as_its_restore_starts_resumes_and_finishes() {
     assert!(out.status.success(), "{err}");
     let state = json(&d.dir, &["chat", "state", "show"]);
     assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in &posts {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, &posts);
 }
 
 /// The primary site's node lost right after the failback's restore brought its copy online:
@@ -1239,10 +1230,7 @@ fn a_failback_whose_restored_copy_is_lost_goes_only_forward_and_says_so() {
     let out = tandem(&d.dir, &["chat", "failback"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let h = history(&d.address("atl-fe"), &token);
-    for (id, _, text) in &posts {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&d.address("atl-fe"), &token, &posts);
 }
 
 #[test]
@@ -1266,10 +1254,7 @@ fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_
     assert_eq!(state["active"], serde_json::json!(["atl-fe"]), "{state}");
     let atl_fe = d.address("atl-fe");
     posts.extend(post_n(&atl_fe, &token, "home", 3));
-    let h = history(&atl_fe, &token);
-    for (id, _, text) in &posts {
-        assert!(h.contains(&(*id, text.clone())), "{text} lost");
-    }
+    assert_kept(&atl_fe, &token, &posts);
     // dal-db1 back: the command named makes it the secondary again.
     ok(&d.dir, &["up", "--detach", "--nodes", "dal-db1"]);
     ok(

@@ -144,6 +144,27 @@ const RESEED_RETRY_FIRST_MS: u64 = 500;
 const RESEED_RETRY_MAX_MS: u64 = 30_000;
 
 impl ReseedRetry {
+    /// Whether a reseed may start now, after the failures `last`.
+    pub(crate) fn due(last: Option<&ReseedRetry>) -> bool {
+        last.is_none_or(|r| Instant::now() >= r.next)
+    }
+
+    /// After the failures `last`, a reseed of `database` failed with `error` now: when the
+    /// next may start. The error is logged when it is news.
+    pub(crate) fn failed(last: Option<&ReseedRetry>, error: &str, database: &str) -> ReseedRetry {
+        let (retry, news) = ReseedRetry::after(last, error.to_string(), Instant::now());
+        if news {
+            tracing::warn!(
+                database,
+                error,
+                failures = retry.failures,
+                "reseed failed; retrying, less and less often (up to every {} s)",
+                RESEED_RETRY_MAX_MS / 1000
+            );
+        }
+        retry
+    }
+
     /// After `last` (none: the first failure), a reseed failed with `error` at `now`: when the
     /// next may start, and whether the error is news (the log tells each new one once).
     pub(crate) fn after(
@@ -1199,7 +1220,7 @@ async fn reseed_or_retry(
     reason: &str,
 ) {
     let last = link.st().reseed_failed.clone();
-    if last.as_ref().is_some_and(|r| Instant::now() < r.next) {
+    if !ReseedRetry::due(last.as_ref()) {
         return;
     }
     if last.is_none() {
@@ -1208,17 +1229,8 @@ async fn reseed_or_retry(
     match reseed(node, link, partner, reason).await {
         Ok(()) => link.st().reseed_failed = None,
         Err(e) => {
+            let retry = ReseedRetry::failed(last.as_ref(), &e, &link.database);
             let mut st = link.st();
-            let (retry, news) = ReseedRetry::after(last.as_ref(), e.clone(), Instant::now());
-            if news {
-                tracing::warn!(
-                    database = %link.database,
-                    error = %e,
-                    failures = retry.failures,
-                    "reseed failed; retrying, less and less often (up to every {} s)",
-                    RESEED_RETRY_MAX_MS / 1000
-                );
-            }
             st.reseed_failed = Some(retry);
             st.reseeding = None;
             st.last_error = Some(format!("reseed: {e}"));

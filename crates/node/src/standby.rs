@@ -262,10 +262,9 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                 // came first has made it something else than a standby to keep current.
                 let ops = node.host.operations(&database);
                 let _one = ops.lock().await;
-                let due = reseed_failed
-                    .as_ref()
-                    .is_none_or(|r| Instant::now() >= r.next);
-                if due && should_follow(&node, &database) {
+                if crate::mirroring::ReseedRetry::due(reseed_failed.as_ref())
+                    && should_follow(&node, &database)
+                {
                     node.standby.update(&database, |f| {
                         f.state = format!("standby: reseeding ({reason})");
                     });
@@ -283,14 +282,11 @@ async fn follow(node: std::sync::Weak<NodeState>, database: String) {
                     {
                         Ok(()) => reseed_failed = None,
                         Err(e) => {
-                            let (retry, news) = crate::mirroring::ReseedRetry::after(
+                            let retry = crate::mirroring::ReseedRetry::failed(
                                 reseed_failed.as_ref(),
-                                e.clone(),
-                                Instant::now(),
+                                &e,
+                                &database,
                             );
-                            if news {
-                                tracing::warn!(database = %database, from = %primary.name, error = %e, failures = retry.failures, "reseed failed; retrying, less and less often");
-                            }
                             node.standby.update(&database, |f| {
                                 f.state = format!(
                                     "standby: reseed failing ({} in a row): {e}",

@@ -39,6 +39,40 @@ pub(crate) struct FileWriter {
     written_back: u64,
 }
 
+/// A file's first bytes, before its frames: magic, format version, and the header slot
+/// (`slot`, or zeros where the slot is written once the header is known).
+fn file_prefix(magic: [u8; 8], slot: Option<&[u8]>) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(FRAMES_OFFSET as usize);
+    prefix.extend_from_slice(&magic);
+    prefix.extend_from_slice(&BACKUP_FORMAT_VERSION.to_le_bytes());
+    match slot {
+        Some(slot) => prefix.extend_from_slice(slot),
+        None => prefix.resize(FRAMES_OFFSET as usize, 0),
+    }
+    debug_assert_eq!(prefix.len() as u64, FRAMES_OFFSET);
+    prefix
+}
+
+/// A frame's head: its length and the CRC32C of `bytes`.
+fn frame_head(bytes: &[u8]) -> [u8; 8] {
+    assert!(
+        !bytes.is_empty() && bytes.len() <= FRAME_BYTES_MAX,
+        "frame size"
+    );
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    head[4..].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+    head
+}
+
+/// What ends the frames: an empty frame's head (zeros), then the end magic. The SHA-256 of
+/// every byte from the first frame through these follows.
+fn frames_end() -> [u8; 16] {
+    let mut end = [0u8; 16];
+    end[8..].copy_from_slice(&END_MAGIC);
+    end
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -88,11 +122,7 @@ impl FileWriter {
         let tmp = dir.join(format!(".partial-{}-{n}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let mut prefix = Vec::with_capacity(FRAMES_OFFSET as usize);
-        prefix.extend_from_slice(&magic);
-        prefix.extend_from_slice(&BACKUP_FORMAT_VERSION.to_le_bytes());
-        prefix.resize(FRAMES_OFFSET as usize, 0);
-        out.write_all(&prefix)
+        out.write_all(&file_prefix(magic, None))
             .map_err(|e| StoreError::io(&tmp, e))?;
         Ok(FileWriter {
             out: Some(out),
@@ -105,14 +135,7 @@ impl FileWriter {
     }
 
     pub(crate) fn frame(&mut self, bytes: &[u8]) -> Result<()> {
-        assert!(
-            !bytes.is_empty() && bytes.len() <= FRAME_BYTES_MAX,
-            "frame size"
-        );
-        let mut head = [0u8; 8];
-        head[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-        head[4..].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
-        self.put(&head)?;
+        self.put(&frame_head(bytes))?;
         self.put(bytes)
     }
 
@@ -134,8 +157,7 @@ impl FileWriter {
     /// and gives it its final name. Returns the file's size.
     pub(crate) fn finish(mut self, header_json: &[u8], path: &Path) -> Result<u64> {
         let slot = header_slot(header_json)?;
-        self.put(&[0u8; 8])?;
-        self.put(&END_MAGIC)?;
+        self.put(&frames_end())?;
         let digest = self.sha.clone().finalize();
         let mut out = self.out.take().expect("open until finish");
         out.write_all(&digest)
@@ -183,33 +205,23 @@ pub(crate) struct StreamFramer {
 impl StreamFramer {
     /// The framer, and the file's first bytes: magic, format version, the header slot.
     pub(crate) fn start(magic: [u8; 8], header_json: &[u8]) -> Result<(StreamFramer, Vec<u8>)> {
-        let mut prefix = Vec::with_capacity(FRAMES_OFFSET as usize);
-        prefix.extend_from_slice(&magic);
-        prefix.extend_from_slice(&BACKUP_FORMAT_VERSION.to_le_bytes());
-        prefix.extend_from_slice(&header_slot(header_json)?);
-        debug_assert_eq!(prefix.len() as u64, FRAMES_OFFSET);
+        let prefix = file_prefix(magic, Some(&header_slot(header_json)?));
         Ok((StreamFramer { sha: Sha256::new() }, prefix))
     }
 
     /// One frame of `bytes`, appended to `out`.
     pub(crate) fn frame(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        assert!(
-            !bytes.is_empty() && bytes.len() <= FRAME_BYTES_MAX,
-            "frame size"
-        );
         let from = out.len();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
+        out.extend_from_slice(&frame_head(bytes));
         out.extend_from_slice(bytes);
         self.sha.update(&out[from..]);
     }
 
     /// The end frame, the end magic and the checksum, appended to `out`.
     pub(crate) fn end(mut self, out: &mut Vec<u8>) {
-        let from = out.len();
-        out.extend_from_slice(&[0u8; 8]);
-        out.extend_from_slice(&END_MAGIC);
-        self.sha.update(&out[from..]);
+        let end = frames_end();
+        self.sha.update(end);
+        out.extend_from_slice(&end);
         out.extend_from_slice(&self.sha.finalize());
     }
 }
