@@ -602,6 +602,15 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
             br#"{"descripton":"x"}"#.to_vec(),
             422,
         ),
+        // A body that is not an object: refused, not read field by field (until session 34
+        // `["x", null]` posted a message "x").
+        (
+            "POST",
+            "/api/v1/rooms/vault/messages".into(),
+            Some(&alice),
+            br#"["x", null]"#.to_vec(),
+            422,
+        ),
         // A parameter misspelt: refused, not read as another page.
         (
             "GET",

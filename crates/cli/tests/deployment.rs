@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{http, json, ok, tandem};
-use serde_json::Value;
+use common::{http, http_with_head, json, ok, tandem};
+use serde_json::{Value, json};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -178,6 +178,34 @@ fn up_status_users_kill_and_down() {
         r#"{"user":"alice","password":"wrong"}"#,
     );
     assert_eq!(code, 401);
+    // Guessing is slowed: after 5 failures for alice from this address, the next try waits,
+    // even with the right password; other names go on, and so does the other frontend.
+    let login = |fe: &str, user: &str, password: &str| {
+        let body = json!({ "user": user, "password": password }).to_string();
+        http_with_head(
+            fe,
+            "POST",
+            "/api/v1/login",
+            &[("content-type", "application/json")],
+            body,
+        )
+    };
+    for _ in 0..4 {
+        assert_eq!(login(&fe, "alice", "wrong").0, 401);
+    }
+    let (code, head, body) = login(&fe, "alice", "pw-alice");
+    assert_eq!(code, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1\r\n")
+            && body.contains("too_many_attempts")
+            && body.contains("try again in 1 s"),
+        "{head}\n{body}"
+    );
+    assert_eq!(login(&fe, "nobody", "wrong").0, 401);
+    assert_eq!(login(&d.address("atl-fe"), "alice", "pw-alice").0, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, _, body) = login(&fe, "alice", "pw-alice");
+    assert_eq!(code, 200, "{body}");
 
     // kill -9 of atl-db2: seen as down within 5 s, the others unaffected.
     let victim = d.pid("atl-db2");

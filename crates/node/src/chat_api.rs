@@ -5,8 +5,9 @@
 
 use crate::chat_feed::{BROADCAST_EVENTS_MAX, chat_uses_backup, read_feed};
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::server::{NodeState, Shared};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -61,8 +62,8 @@ impl ChatRole {
     }
 }
 
-fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    r.map(|Json(v)| v).map_err(|e| {
+fn body<T>(r: Result<Object<T>, BodyRejection>) -> Result<T, ApiError> {
+    r.map(|Object(v)| v).map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return ApiError::too_large();
@@ -228,7 +229,7 @@ async fn categories(
 async fn add_category(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
-    b: Result<Json<NewCategory>, JsonRejection>,
+    b: Result<Object<NewCategory>, BodyRejection>,
 ) -> Result<Response, ApiError> {
     let c = body(b)?;
     let r: Raw = mgc(
@@ -250,7 +251,7 @@ async fn rooms(
 async fn create_room(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
-    b: Result<Json<NewRoom>, JsonRejection>,
+    b: Result<Object<NewRoom>, BodyRejection>,
 ) -> Result<Response, ApiError> {
     let room = body(b)?;
     let r: Raw = mgc(
@@ -277,7 +278,7 @@ async fn update_room(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
-    b: Result<Json<RoomUpdate>, JsonRejection>,
+    b: Result<Object<RoomUpdate>, BodyRejection>,
 ) -> Result<Json<Raw>, ApiError> {
     let (room, update) = (path(p)?, body(b)?);
     Ok(Json(
@@ -313,7 +314,7 @@ async fn add_member(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
-    b: Result<Json<NewMember>, JsonRejection>,
+    b: Result<Object<NewMember>, BodyRejection>,
 ) -> Result<Response, ApiError> {
     let (room, m) = (path(p)?, body(b)?);
     // A name no user can have is said so first (and not echoed whole).
@@ -364,7 +365,7 @@ async fn post_message(
     headers: HeaderMap,
     Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
-    b: Result<Json<NewMessage>, JsonRejection>,
+    b: Result<Object<NewMessage>, BodyRejection>,
 ) -> Result<Response, ApiError> {
     let (room, m) = (path(p)?, body(b)?);
     // The client's key for the post: a retry with the same key is answered with the message
@@ -444,7 +445,7 @@ async fn mark_read(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
     p: Result<Path<String>, PathRejection>,
-    b: Result<Json<ReadMark>, JsonRejection>,
+    b: Result<Object<ReadMark>, BodyRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (room, m) = (path(p)?, body(b)?);
     mgc::<Raw>(

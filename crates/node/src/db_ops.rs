@@ -6,9 +6,9 @@
 //! was when it fails.
 
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::server::{NodeState, Shared};
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -208,9 +208,9 @@ struct BackedUp {
 pub(crate) async fn backup(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<BackupAsk>, JsonRejection>,
+    body: Result<Object<BackupAsk>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     let files = match req.to {
         None => crate::log_shipping::backup_now(&node, &database, req.log).await?,
         Some(to) => vec![copy_only_backup(&node, &database, req.log, to).await?],
@@ -288,9 +288,9 @@ pub(crate) struct RestoreAsk {
 pub(crate) async fn restore(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<RestoreAsk>, JsonRejection>,
+    body: Result<Object<RestoreAsk>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     check_copy(&node, &database, "restoring over")?;
     if req.from.is_empty() {
         return Err(ApiError::bad_request("no backup file to restore from"));
@@ -448,9 +448,9 @@ pub(crate) struct RecoverAsk {
 pub(crate) async fn recover(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<RecoverAsk>, JsonRejection>,
+    body: Result<Object<RecoverAsk>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     if let Some(db) = node.host.get(&database) {
         let id = db.identity();
         if id.role == Role::Primary {

@@ -22,6 +22,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -34,7 +36,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, asking the client to wait `after` before it tries again.
+    pub(crate) fn retry_after(mut self, after: std::time::Duration) -> ApiError {
+        self.retry_after = Some(after.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
@@ -59,7 +68,7 @@ impl ApiError {
 
     /// A JSON body that could not be read: over the size bound (named), or not the JSON asked
     /// for (400, with what was wrong in it).
-    pub(crate) fn json(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    pub(crate) fn json(e: crate::json_body::BodyRejection) -> ApiError {
         match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
             _ => ApiError::bad_request(e.body_text()),
@@ -86,7 +95,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -174,6 +189,7 @@ impl ApiError {
                 _ => "upstream",
             },
             message: body.message,
+            retry_after: None,
         }
     }
 }

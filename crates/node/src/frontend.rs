@@ -2,14 +2,17 @@
 //! token names its user so any frontend can check it against the user's home pool.
 
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::server::Shared;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
-use axum::http::HeaderMap;
+use crate::sign_in;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,12 +59,50 @@ pub(crate) async fn home_if_any(node: &Shared, user: &str) -> Result<Option<Stri
     Ok(asked["pool"].as_str().map(str::to_string))
 }
 
+/// A sign-in: refused at once (429) while its address waits after failed ones, then checked
+/// in its turn (at most `sign_in::AT_ONCE` at a time on this node; 503 after
+/// `sign_in::QUEUE_WAIT` without one).
 async fn login(
     State(node): State<Shared>,
-    body: Result<Json<Login>, JsonRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Object<Login>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(l) = body.map_err(ApiError::json)?;
-    let Some(pool) = home_if_any(&node, &l.user).await? else {
+    let Object(l) = body.map_err(ApiError::json)?;
+    let from = peer.ip();
+    node.sign_ins
+        .check(from, &l.user, Instant::now())
+        .map_err(|refusal| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                refusal.message(&l.user, from),
+            )
+            .retry_after(refusal.wait())
+        })?;
+    let _turn = tokio::time::timeout(sign_in::QUEUE_WAIT, node.sign_ins.turns.acquire())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "this node is checking {} sign-ins already: try again",
+                sign_in::AT_ONCE
+            ))
+            .retry_after(Duration::from_secs(1))
+        })?
+        .map_err(|_| ApiError::unavailable("this node is stopping"))?;
+    let answer = check_password(&node, &l).await;
+    match &answer {
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            node.sign_ins.failed(from, &l.user, Instant::now())
+        }
+        Ok(_) => node.sign_ins.succeeded(from, &l.user),
+        Err(_) => {}
+    }
+    answer.map(Json)
+}
+
+/// A new token for `l.user` if `l.password` is theirs.
+async fn check_password(node: &Shared, l: &Login) -> Result<Value, ApiError> {
+    let Some(pool) = home_if_any(node, &l.user).await? else {
         let password = l.password.clone();
         let refused =
             tokio::task::spawn_blocking(move || tandem_pool::users::refuse_unknown_user(&password))
@@ -79,9 +120,7 @@ async fn login(
     let secret = r["token"]
         .as_str()
         .ok_or_else(|| ApiError::unavailable("the user database answered no token"))?;
-    Ok(Json(
-        json!({ "user": l.user, "pool": pool, "token": user_token(&l.user, secret) }),
-    ))
+    Ok(json!({ "user": l.user, "pool": pool, "token": user_token(&l.user, secret) }))
 }
 
 /// The signed-in user, from the `Authorization: Bearer` header.

@@ -7,6 +7,7 @@
 //! epoch), so after a failover the same link runs the other way.
 
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::server::{NodeState, Shared};
 use crate::witness::{FAILOVER_MS, LEASE_MS, Verdict, WitnessRequest};
 use axum::Json;
@@ -1369,9 +1370,9 @@ pub(crate) async fn serve_pull_route(
     Path(database): Path<String>,
     Query(q): Query<PullQuery>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<PullRequest>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     let from = peer(&headers);
     // The mirror (its link), or a standby: a node the topology places a copy of `database` on.
     let link = match (node.mirroring.link(&database), from.as_deref()) {
@@ -1450,9 +1451,9 @@ pub(crate) async fn hardened_route(
     State(node): State<Shared>,
     Path(database): Path<String>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<HardenedReport>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<HardenedReport>, BodyRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(report) = body.map_err(ApiError::json)?;
+    let Object(report) = body.map_err(ApiError::json)?;
     let from = peer(&headers);
     let link = linked(&node, &database, from.as_deref())?;
     let db = node.host.get(&database).ok_or_else(|| {
@@ -1600,9 +1601,9 @@ fn default_mode() -> Mode {
 pub(crate) async fn install(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<Install>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<Install>, BodyRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     let partner = node.topology.node(&req.partner).ok_or_else(|| {
         ApiError::bad_request(format!("the topology has no node named {}", req.partner))
     })?;
@@ -1889,9 +1890,9 @@ pub(crate) struct Promote {
 pub(crate) async fn promote_route(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<Promote>, BodyRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     let link = linked(&node, &database, None)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))

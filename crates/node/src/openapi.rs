@@ -14,6 +14,9 @@ fn error_responses(codes: &[&str]) -> Value {
             "404" => "no such room, category or member (secret rooms are not found by non-members)",
             "409" => "already exists",
             "413" => "request body over 1 MiB",
+            "429" => {
+                "too many failed sign-ins from this address, for this name or for any: wait the Retry-After seconds"
+            }
             "503" => "this node is not an active chat server, or the chat database is unreachable",
             _ => "error",
         };
@@ -92,7 +95,7 @@ pub fn document_value() -> Value {
             "/api/v1/login": { "post": {
                 "summary": "Sign in with a password for a bearer token",
                 "requestBody": body("Login"),
-                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"] }
+                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"], "429": error_responses(&["429"])["429"], "503": { "description": "this node is checking as many sign-ins as it may at once (wait the Retry-After seconds), or the user database is unreachable", "content": { "application/json": { "schema": schema("Error") } } } }
             } },
             "/api/v1/me": { "get": op("The signed-in user", ("200", "the user", schema("Me")), &["401"], json!({})) },
             "/api/v1/categories": {

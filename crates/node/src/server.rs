@@ -5,10 +5,10 @@ use crate::client::Client;
 use crate::cms_follower::{CMS_FOLLOW_INTERVAL_MS, CMS_REQUEST_TIMEOUT_MS, CmsFollower};
 use crate::db_host::DbHost;
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::procedures;
 use crate::status::NodeStatus;
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -65,6 +65,8 @@ pub(crate) struct NodeState {
     pub(crate) standby: crate::standby::Standby,
     /// Turns true when the node is asked to stop: long polls answer at once.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// Sign-ins at once and failed ones per client address (frontends).
+    pub(crate) sign_ins: crate::sign_in::SignIns,
 }
 
 pub(crate) type Shared = Arc<NodeState>;
@@ -299,9 +301,9 @@ async fn status(State(node): State<Shared>) -> Json<NodeStatus> {
 async fn call(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<procedures::Call>, JsonRejection>,
+    body: Result<Object<procedures::Call>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(call) = body.map_err(ApiError::json)?;
+    let Object(call) = body.map_err(ApiError::json)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!(
             "node {} holds no open copy of database {database}",
@@ -416,9 +418,9 @@ struct Fault {
 /// fail, theirs to it are refused) or heals the cut — a network partition for tests and demos.
 async fn fault(
     State(node): State<Shared>,
-    body: Result<Json<Fault>, JsonRejection>,
+    body: Result<Object<Fault>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(f) = body.map_err(ApiError::json)?;
+    let Object(f) = body.map_err(ApiError::json)?;
     node.client.set_isolated(f.isolated);
     tracing::warn!(
         isolated = f.isolated,
@@ -698,6 +700,7 @@ pub async fn serve(
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(NodeState {
         stopping: stopping.clone(),
+        sign_ins: Default::default(),
         chat: me.has(Role::Chat).then(crate::chat_api::ChatRole::new),
         client: Client::for_node(&topology.secret, name),
         mirroring,

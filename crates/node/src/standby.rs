@@ -543,6 +543,7 @@ pub fn cross_site_epoch(current: u64) -> u64 {
 // ---- the internal API ----
 
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
@@ -568,9 +569,9 @@ const PAUSE_SETTLE: Duration = Duration::from_secs(10);
 pub(crate) async fn pause(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<Pause>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<Pause>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(p) = body.map_err(ApiError::json)?;
+    let Object(p) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     db.gate().pause_writes(p.reason.as_deref());
     let settled = match p.reason {
@@ -611,9 +612,9 @@ pub(crate) struct Promote {
 pub(crate) async fn promote(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<Promote>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<Promote>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(p) = body.map_err(ApiError::json)?;
+    let Object(p) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     let id = db.identity();
     if id.role == Role::Primary {
@@ -664,9 +665,9 @@ pub(crate) struct StepDown {
 pub(crate) async fn step_down_route(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<StepDown>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<StepDown>, BodyRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(s) = body.map_err(ApiError::json)?;
+    let Object(s) = body.map_err(ApiError::json)?;
     let db = hosted(&node, &database)?;
     if db.identity().role == Role::Primary {
         step_down(&node, &database, &db, &s.reason).await;

@@ -5,6 +5,7 @@
 //! stopped acknowledging first. Its records live in a store database of its own.
 
 use crate::error::ApiError;
+use crate::json_body::{BodyRejection, Object};
 use crate::server::Shared;
 use axum::Json;
 use axum::extract::State;
@@ -454,9 +455,9 @@ fn row_to_record(
 /// `POST /internal/v1/witness`
 pub(crate) async fn serve(
     State(node): State<Shared>,
-    body: Result<Json<WitnessRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Object<WitnessRequest>, BodyRejection>,
 ) -> Result<Json<WitnessAnswer>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     let witness = node
         .witness
         .as_ref()

@@ -134,10 +134,22 @@ pub fn http(
     headers: &[(&str, &str)],
     body: impl AsRef<[u8]>,
 ) -> (u16, String) {
+    let (code, _, body) = http_with_head(addr, method, path, headers, body);
+    (code, body)
+}
+
+/// `http`, with the answer's status line and headers (as sent) in the middle.
+pub fn http_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl AsRef<[u8]>,
+) -> (u16, String, String) {
     let body = body.as_ref();
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         // Nothing listens (a node killed by the test): no status.
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
@@ -159,11 +171,8 @@ pub fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (code, head.to_string(), body.to_string())
 }
 
 /// The address of `node` in `dir/topology.toml`.

@@ -1,6 +1,7 @@
 //! The internal API: configure, remove the secondary, the failover steps, status.
 
 use super::*;
+use crate::json_body::{BodyRejection, Object};
 
 pub(super) fn shipped_or_refuse(node: &NodeState, database: &str) -> Result<(), ApiError> {
     if shipped(&node.topology).iter().any(|d| d == database) {
@@ -53,9 +54,9 @@ pub struct Configured {
 pub(crate) async fn configure(
     State(node): State<Shared>,
     Path(database): Path<String>,
-    body: Result<Json<Configure>, JsonRejection>,
+    body: Result<Object<Configure>, BodyRejection>,
 ) -> Result<Json<Configured>, ApiError> {
-    let Json(req) = body.map_err(ApiError::json)?;
+    let Object(req) = body.map_err(ApiError::json)?;
     shipped_or_refuse(&node, &database)?;
     let db = node.host.get(&database).ok_or_else(|| {
         ApiError::not_found(format!("node {} holds no copy of {database}", node.name))

@@ -19,7 +19,6 @@
 use crate::error::ApiError;
 use crate::server::{NodeState, Shared};
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
