@@ -412,6 +412,11 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         })
         .with_context(|| format!("restore into {}", path.display()))?
     };
+    let marked = report.role == tandem_store::Role::Primary;
+    if marked {
+        tandem_node::offline_recovery::mark(&path, report.epoch)
+            .map_err(|e| anyhow::anyhow!("restore into {}: {e}", path.display()))?;
+    }
     out.emit(&report, || {
         let mut s = String::new();
         if let Some(f) = &report.full_backup {
@@ -433,6 +438,14 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
             stop_words(report.stopped, report.stop_not_reached),
             time(report.last_time_ms)
         ));
+        if marked {
+            s.push_str(
+                "made primary offline: a node that starts with this copy serves it only if no \
+                 other copy of its database answers as primary (otherwise the copy is set aside \
+                 and made again from that primary); to put a backup in place of a serving \
+                 database, use tandem db restore --db DB --instance NODE --from FILE --replace\n",
+            );
+        }
         s
     })
 }

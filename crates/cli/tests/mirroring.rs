@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Deployment, Load, history, http, json, ok, post, tandem, user_and_room};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -1520,4 +1520,93 @@ fn a_session_opened_while_posts_go_on_gets_every_later_message_once() {
         "posts went on during the session's start"
     );
     assert_eq!(seen, expected, "every message after {from}, in order, once");
+}
+
+/// An offline restore recovers the copy it makes: primary of the backup's epoch plus one. Put
+/// in a mirror's directory while the primary served, it outranked that primary, which stepped
+/// down and was reseeded from it: every post acknowledged after the backup was gone (until
+/// session 34). Such a copy is now set aside; with no other primary, it is served.
+#[test]
+fn a_copy_restored_offline_as_primary_is_served_only_when_no_other_copy_is_primary() {
+    let d = Deployment::up(|t| t);
+    let token = user_and_room(&d);
+    let fe = d.address("atl-fe");
+    let mut acked = Vec::new();
+    let post_some = |what: &str, acked: &mut Vec<(i64, String)>| {
+        for i in 0..20 {
+            let text = format!("{what} {i}");
+            acked.push((post(&fe, &token, &text).expect("a post").id, text));
+        }
+    };
+    post_some("before the backup", &mut acked);
+    let backups = d.dir.join("backups");
+    let backups = backups.to_str().unwrap();
+    ok(
+        &d.dir,
+        &[
+            "db",
+            "backup",
+            "--db",
+            "mgc",
+            "--instance",
+            "atl-db1",
+            "--to",
+            backups,
+        ],
+    );
+    let in_backup = acked.clone();
+    post_some("after the backup", &mut acked);
+    d.wait_mirror("mgc", "atl-db2");
+    let restore_into = |node: &str| {
+        let copy = d.dir.join(format!("data/{node}/databases/mgc"));
+        ok(
+            &d.dir,
+            &[
+                "db",
+                "restore",
+                "--path",
+                copy.to_str().unwrap(),
+                "--from",
+                backups,
+                "--replace",
+            ],
+        )
+    };
+
+    // Into the mirror's directory, the primary serving: set aside, the mirror made again.
+    ok(&d.dir, &["down", "--nodes", "atl-db2"]);
+    let said = restore_into("atl-db2");
+    assert!(said.contains("made primary offline"), "{said}");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2"]);
+    d.wait_mirror("mgc", "atl-db2");
+    assert_eq!(d.copy("mgc", "atl-db1")["role"], "primary");
+    let log = std::fs::read_to_string(d.dir.join("logs/atl-db2.log")).unwrap();
+    assert!(
+        log.contains("a copy restored offline as primary was set aside, not served"),
+        "{log}"
+    );
+    let aside = d.dir.join("data/atl-db2/databases/.offline-restored");
+    assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 1, "kept");
+    post_some("after the set-aside", &mut acked);
+    check_history(&acked, &history(&fe, &token));
+
+    // Into the primary's directory with every copy stopped (a database rebuilt from its
+    // backups): served, its epoch marked on the share, the mirror made again from it.
+    ok(&d.dir, &["down", "--nodes", "atl-db1,atl-db2"]);
+    let said = restore_into("atl-db1");
+    assert!(said.contains("made primary offline"), "{said}");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1,atl-db2"]);
+    let c = d.wait_copy("mgc", "atl-db1", "the restored primary", |c| {
+        c["role"] == "primary"
+    });
+    let mark: Value =
+        serde_json::from_slice(&std::fs::read(d.dir.join("share/mgc/epoch.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&mark["node"], &mark["epoch"]),
+        (&json!("atl-db1"), &c["epoch"])
+    );
+    d.wait_mirror("mgc", "atl-db2");
+    // The room's creation, then the posts the backup holds, and none after them.
+    assert_eq!(history(&fe, &token)[1..], in_backup[..]);
 }

@@ -61,7 +61,7 @@ pub(crate) struct Hosted {
     db: RwLock<Option<Database>>,
     /// The copy was too damaged to open when the node started: why, and where its files are
     /// kept. Shown while the copy is absent (until it is made again).
-    set_aside: Option<String>,
+    set_aside: RwLock<Option<String>>,
 }
 
 impl Hosted {
@@ -163,7 +163,7 @@ impl DbHost {
                 Arc::new(Hosted {
                     placement: Some(role),
                     db: RwLock::new(db),
-                    set_aside,
+                    set_aside: RwLock::new(set_aside),
                 }),
             );
         }
@@ -211,7 +211,7 @@ impl DbHost {
                     Arc::new(Hosted {
                         placement: None,
                         db: RwLock::new(None),
-                        set_aside: None,
+                        set_aside: RwLock::new(None),
                     })
                 })
                 .clone()
@@ -220,6 +220,38 @@ impl DbHost {
         // Closed (when it was the last handle) after the lock is let go: closing stops the
         // copy's followers and writer, which may take a while, and `status` reads this lock.
         drop(old);
+    }
+
+    /// Closes the copy of `database` and moves its files to `<databases>/<kind>/<database>-<ms>`,
+    /// with `why` (given where the files are) shown in `status` until the copy is made again
+    /// (from its partner or source, as a missing one is). Blocking. Where the files went, or
+    /// why they could not be moved (the copy is closed either way).
+    pub(crate) fn set_aside(
+        &self,
+        database: &str,
+        kind: &str,
+        why: impl FnOnce(&Path) -> String,
+    ) -> Result<PathBuf, String> {
+        let Some(hosted) = self.hosted(database) else {
+            return Err(format!("no copy of {database} here"));
+        };
+        let path = self.path_of(database);
+        let aside = self
+            .dir
+            .join(kind)
+            .join(format!("{database}-{}", crate::log_shipping::now_ms()));
+        let db = hosted.db.write().expect("copy lock").take();
+        // Closed (its last handle, before the node serves) before its files move.
+        drop(db);
+        let moved = std::fs::create_dir_all(self.dir.join(kind))
+            .and_then(|()| std::fs::rename(&path, &aside))
+            .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), aside.display()));
+        let shown = match &moved {
+            Ok(()) => why(&aside),
+            Err(e) => format!("{}; and it could not be moved aside: {e}", why(&path)),
+        };
+        *hosted.set_aside.write().expect("set-aside lock") = Some(shown);
+        moved.map(|()| aside)
     }
 
     /// The lock that serializes the operations that replace, restore or back up `database`.
@@ -293,7 +325,13 @@ impl DbHost {
                         .unwrap_or_default(),
                     warnings: match &db {
                         Some(d) => d.health().unwrap_or_default(),
-                        None => h.set_aside.iter().cloned().collect(),
+                        None => h
+                            .set_aside
+                            .read()
+                            .expect("set-aside lock")
+                            .iter()
+                            .cloned()
+                            .collect(),
                     },
                     // Only a primary takes writes to pause (a master that stepped down keeps
                     // its gate's pause, moot once it is a standby).

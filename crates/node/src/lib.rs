@@ -21,6 +21,7 @@ pub mod locator;
 pub mod log_shipping;
 mod metrics;
 pub mod mirroring;
+pub mod offline_recovery;
 mod openapi;
 mod post_batcher;
 mod procedures;

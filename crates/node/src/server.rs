@@ -717,6 +717,7 @@ pub async fn serve(
     });
     // A primary copy outranked by a copy of a newer epoch (its database failed over to another
     // site while this node was down) steps down before the node serves or replicates anything.
+    crate::offline_recovery::settle(&state).await;
     crate::standby::fence_once(&state).await;
     tracing::info!(node = name, address = %me.address, databases = ?state.host.names(), data = %state.host.dir().display(), "serving");
     crate::mirroring::start(&state);
