@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tandem_node::Method;
-use tandem_node::log_shipping::{share_present, share_room};
+use tandem_node::log_shipping::{share_ours, share_room};
 use tandem_topology::{DATABASE_MGC, Topology};
 
 const TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -113,7 +113,7 @@ fn last_log_backup(d: &Deployment, p: &Places) -> anyhow::Result<Value> {
         );
     }
     let mut report = json!({ "paused": node, "lsn": paused["lsn"] });
-    if share_present(&d.topology.share).is_ok() {
+    if share_ours(&d.topology).is_ok() {
         report["backup"] = command(
             d,
             &["db", "backup", "--db", "mgc", "--instance", &node, "--log"],
@@ -390,7 +390,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         // and the secondary's jobs, which read it there, do nothing meanwhile.
         run: Box::new(|_| {
             let last = last_log_backup(d, &p)?;
-            if let Err(why) = share_present(&d.topology.share) {
+            if let Err(why) = share_ours(&d.topology) {
                 return Ok(json!({
                     "last_log_backup": last,
                     "skipped": format!(
@@ -412,7 +412,7 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         command: "tandem db log-shipping copy --db mgc".into(),
         check: Box::new(|_| Ok(recovered(d).map(|r| json!({ "epoch": r.epoch })))),
         run: Box::new(|_| {
-            if let Err(why) = share_present(&d.topology.share) {
+            if let Err(why) = share_ours(&d.topology) {
                 return Ok(json!({
                     "skipped": format!(
                         "{why}: nothing more to copy; the next step applies what {backup} \
@@ -926,7 +926,7 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
         // The failback's full backup goes through the share (step 4 to step 5), and so does
         // the secondary's seed.
         if todo(backup_step) || todo(restore_step) || todo(ship_step) {
-            share_present(&d.topology.share)
+            share_ours(&d.topology)
                 .map_err(|why| anyhow::anyhow!("{why}: the failback moves mgc through it"))?;
         }
         if resuming.is_none() {

@@ -94,6 +94,22 @@ impl Deployment {
             .unwrap_or(Value::Null)
     }
 
+    /// Waits, with a deadline, until the log-shipping state of `mgc` on `node` says `what`.
+    fn wait_jobs_state(&self, node: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.copy("mgc", node);
+            if c["log_shipping"]["state"]
+                .as_str()
+                .is_some_and(|s| s.contains(what))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{node} never said {what:?}: {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A command that must fail; its one line on stderr.
     fn refused(&self, args: &[&str], expect: &str) -> String {
         self.refused_with(args, &[expect])
@@ -292,21 +308,7 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
     let away = d.dir.join("share-unmounted");
     std::fs::rename(&share_root, &away).unwrap();
     let missing = posts(&d, &token, "while the share is missing", 3);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let c = d.copy("mgc", "atl-db1");
-        if c["log_shipping"]["state"]
-            .as_str()
-            .is_some_and(|s| s.contains("is missing (not mounted?"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no word of the missing share: {c}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_jobs_state("atl-db1", "is missing (not mounted?");
     d.refused(
         &["db", "log-shipping", "status", "--db", "mgc"],
         "is missing (not mounted?",
@@ -1098,4 +1100,40 @@ fn online_backup_restore_and_recover_and_their_refusals() {
     let h = d.history_on("dal-db1");
     assert!(h.iter().any(|(_, t, _)| t == "kept 4"), "{h:?}");
     assert!(!h.iter().any(|(_, t, _)| t.starts_with("after the restore")));
+}
+
+/// Two deployments given one share (a copied topology, a mistyped path) each took the other's
+/// backups for a stale chain and set them aside, again and again, and a secondary was seeded
+/// with the other deployment's database (until session 34). The share is its first user's.
+#[test]
+fn a_second_deployment_given_the_same_share_is_refused_and_the_first_ships_on() {
+    let a = Deployment::up();
+    let token = user_and_room(&a);
+    let first = posts(&a, &token, "before b", 5);
+    a.wait_applied(first.last().unwrap().lsn);
+    let share = a.dir.join("share");
+    let b = Deployment::start(|t| {
+        t.replace(
+            "share = \"share\"",
+            &format!("share = \"{}\"", share.display()),
+        )
+    });
+    b.wait_jobs_state("atl-db1", "belongs to another deployment");
+    b.refused(
+        &["db", "log-shipping", "status", "--db", "mgc"],
+        "belongs to another deployment",
+    );
+    // The first deployment ships on, its chain untouched.
+    let more = posts(&a, &token, "after b", 5);
+    a.wait_applied(more.last().unwrap().lsn);
+    let superseded = std::fs::read_dir(a.share())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("superseded"))
+        .count();
+    assert_eq!(superseded, 0, "a chain set aside");
+    let m = a.wait_status("no alert", |m| {
+        m["alerts"].as_array().is_some_and(|a| a.is_empty())
+    });
+    assert_eq!(m["primary"]["node"], "atl-db1", "{m:#}");
 }

@@ -31,6 +31,7 @@ fn path(topology: &Topology, database: &str) -> PathBuf {
 
 /// The mark of `database`, if the share holds one.
 pub(crate) fn read(topology: &Topology, database: &str) -> Result<Option<Mark>, String> {
+    crate::log_shipping::share_ours(topology)?;
     crate::log_shipping::read_json(&path(topology, database))
 }
 
@@ -44,6 +45,7 @@ pub(crate) fn record(
     node: &str,
     epoch: u64,
 ) -> Result<(), String> {
+    crate::log_shipping::share_ours(topology)?;
     if read(topology, database)
         .ok()
         .flatten()

@@ -176,6 +176,7 @@ pub(crate) async fn configure(
     let dir = share_dir(&node.topology, &database);
     let ask = BackupAsk {
         node: node.name.clone(),
+        deployment: deployment_of(&node.topology),
         site: me.site.clone(),
         initial: None,
         configure: Some(config),
@@ -220,9 +221,9 @@ pub(crate) async fn remove_secondary(
             ))
         })?;
     let dir = share_dir(&node.topology, &database);
-    let holder = node.name.clone();
+    let (holder, deployment) = (node.name.clone(), deployment_of(&node.topology));
     let removed = blocking(move || {
-        let _lock = ShareLock::acquire(&dir, &holder)?;
+        let _lock = ShareLock::acquire(&dir, &holder, &deployment)?;
         let Some(mut config) = read_config(&dir)? else {
             return Err(format!(
                 "log shipping of {} is not configured ({} has no {CONFIG_FILE})",
@@ -402,9 +403,9 @@ pub(crate) async fn backup_now(
         )));
     }
     let site = node.me().site.clone();
-    let name = node.name.clone();
+    let (name, deployment) = (node.name.clone(), deployment_of(&node.topology));
     let r = blocking(move || {
-        let _lock = ShareLock::acquire(&dir, &name)?;
+        let _lock = ShareLock::acquire(&dir, &name, &deployment)?;
         let (state, _) = ensure_chain(&db, &dir, !log)?;
         if log {
             if state == ChainState::Empty {

@@ -140,6 +140,8 @@ pub(crate) struct BackupRound {
 /// What a round of the backup job is asked to do.
 pub(super) struct BackupAsk {
     pub(super) node: String,
+    /// The deployment the share must belong to (`deployment_of`).
+    pub(super) deployment: String,
     pub(super) site: String,
     /// The configuration to write when the share has none (a deployment's first start).
     pub(super) initial: Option<Config>,
@@ -157,7 +159,7 @@ pub(super) fn backup_round(
     dir: &FsPath,
     ask: BackupAsk,
 ) -> Result<BackupRound, String> {
-    let _lock = ShareLock::acquire(dir, &ask.node)?;
+    let _lock = ShareLock::acquire(dir, &ask.node, &ask.deployment)?;
     let r = backup_round_locked(db, dir, &ask);
     if let Err(e) = &r {
         // The monitor shows the failure, and the primary's position: the lag it shows grows

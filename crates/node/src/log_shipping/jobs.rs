@@ -47,9 +47,9 @@ pub(super) async fn run(node: std::sync::Weak<NodeState>, database: String) {
 pub(super) async fn tick(node: &Shared, database: &str) -> u64 {
     let share = share_dir(&node.topology, database);
     let config = {
-        let (s, root) = (share.clone(), node.topology.share.clone());
+        let (s, topology) = (share.clone(), node.topology.clone());
         blocking(move || {
-            share_present(&root)?;
+            share_ours(&topology)?;
             read_config(&s)
         })
         .await
@@ -152,6 +152,7 @@ pub(super) async fn backup_tick(node: &Shared, database: &str, config: Option<&C
     };
     let ask = BackupAsk {
         node: node.name.clone(),
+        deployment: deployment_of(&node.topology),
         site: node.me().site.clone(),
         initial: if config.is_none() {
             initial_config(node, database)

@@ -43,7 +43,7 @@ pub(crate) use jobs::*;
 pub use monitor::*;
 pub use secondary::*;
 pub(crate) use share::*;
-pub use share::{share_present, share_room};
+pub use share::{OWNER_FILE, deployment_of, share_ours, share_present, share_room};
 
 /// The configuration file in `SHARE/<db>/`.
 pub const CONFIG_FILE: &str = "log-shipping.json";

@@ -64,7 +64,7 @@ pub(super) fn oldest_missing_time(dir: &FsPath, listing: &Listing, next: Lsn) ->
 
 /// Builds the monitor from the share.
 pub(crate) fn monitor(topology: &Topology, database: &str) -> Result<Monitor, String> {
-    share_present(&topology.share)?;
+    share_ours(topology)?;
     let dir = share_dir(topology, database);
     let now = now_ms();
     let config = read_config(&dir)?;

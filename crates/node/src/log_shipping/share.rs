@@ -63,12 +63,100 @@ pub(super) struct ShareLock(#[allow(dead_code)] std::fs::File);
 pub fn share_present(root: &FsPath) -> Result<(), String> {
     if root.is_dir() {
         Ok(())
+    } else if root.exists() {
+        Err(format!(
+            "the share {} is not a directory: the topology's `share` names a directory both \
+             sites reach",
+            root.display()
+        ))
     } else {
         Err(format!(
             "the share {} is missing (not mounted?; nodes do not create it, `mkdir` it for a \
              new deployment)",
             root.display()
         ))
+    }
+}
+
+/// The file at the share's root naming the deployment that uses it.
+pub const OWNER_FILE: &str = "tandem-share.json";
+
+#[derive(Serialize, Deserialize)]
+struct Owner {
+    deployment: String,
+    since_ms: i64,
+}
+
+/// The deployment a topology describes, as its share's owner file names it: derived from the
+/// cluster secret, which every node of one deployment holds and no other does.
+pub fn deployment_of(topology: &Topology) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("tandem share\0{}", topology.secret).as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The share of `topology` is there and is this deployment's: claimed on first use. Two
+/// deployments given one share (a copied topology, a mistyped path) each took the other's
+/// backups for a stale chain, set them aside and began their own, and a secondary was seeded
+/// with the other deployment's database — refused now, naming the file.
+pub fn share_ours(topology: &Topology) -> Result<(), String> {
+    share_claimed(&topology.share, &deployment_of(topology))
+}
+
+pub(crate) fn share_claimed(root: &FsPath, deployment: &str) -> Result<(), String> {
+    share_present(root)?;
+    let path = root.join(OWNER_FILE);
+    let mut tries = 0;
+    loop {
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Owner>(&bytes) {
+                Ok(o) if o.deployment == deployment => return Ok(()),
+                Ok(o) => {
+                    return Err(format!(
+                        "the share {} belongs to another deployment: its {OWNER_FILE} names \
+                         deployment {}, and this topology's cluster secret makes {deployment}. \
+                         Give each deployment a share of its own (if this deployment's secret \
+                         was changed, remove {} to claim the share again)",
+                        root.display(),
+                        o.deployment,
+                        path.display()
+                    ));
+                }
+                // Being written by the node that claims it: read again.
+                Err(_) if tries < 20 => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let owner = Owner {
+                    deployment: deployment.to_string(),
+                    since_ms: now_ms(),
+                };
+                let bytes = serde_json::to_vec_pretty(&owner).expect("serializes");
+                let made = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .and_then(|mut f| {
+                        use std::io::Write;
+                        f.write_all(&bytes)?;
+                        f.sync_all()
+                    });
+                match made {
+                    Ok(()) => {
+                        if let Ok(d) = std::fs::File::open(root) {
+                            let _ = d.sync_all();
+                        }
+                        return Ok(());
+                    }
+                    // Claimed by another node meanwhile: read what it wrote.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
 
@@ -87,16 +175,24 @@ impl ShareLock {
     /// Locks a database's directory on the share, made if needed (not the share itself), for
     /// `holder` (a node's name: written in the lock file, so that a wait that times out names
     /// who holds it).
-    pub(super) fn acquire(dir: &FsPath, holder: &str) -> Result<ShareLock, String> {
-        ShareLock::acquire_within(dir, holder, SHARE_LOCK_WAIT)
+    pub(super) fn acquire(
+        dir: &FsPath,
+        holder: &str,
+        deployment: &str,
+    ) -> Result<ShareLock, String> {
+        ShareLock::acquire_within(dir, holder, deployment, SHARE_LOCK_WAIT)
     }
 
     fn acquire_within(
         dir: &FsPath,
         holder: &str,
+        deployment: &str,
         wait: std::time::Duration,
     ) -> Result<ShareLock, String> {
-        share_present(dir.parent().expect("a database's directory on the share"))?;
+        share_claimed(
+            dir.parent().expect("a database's directory on the share"),
+            deployment,
+        )?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
         let mut f = std::fs::OpenOptions::new()
@@ -233,9 +329,9 @@ mod tests {
     fn a_lock_held_too_long_is_refused_naming_its_holder() {
         let share = tempfile::tempdir().unwrap();
         let dir = share.path().join("mgc");
-        let held = ShareLock::acquire(&dir, "atl-db1").unwrap();
+        let held = ShareLock::acquire(&dir, "atl-db1", "d1").unwrap();
         let wait = std::time::Duration::from_millis(200);
-        let e = ShareLock::acquire_within(&dir, "dal-db1", wait)
+        let e = ShareLock::acquire_within(&dir, "dal-db1", "d1", wait)
             .err()
             .expect("refused while held");
         assert!(
@@ -243,6 +339,53 @@ mod tests {
             "{e}"
         );
         drop(held);
-        ShareLock::acquire_within(&dir, "dal-db1", wait).expect("free once let go");
+        ShareLock::acquire_within(&dir, "dal-db1", "d1", wait).expect("free once let go");
+    }
+
+    #[test]
+    fn a_share_is_claimed_by_the_first_deployment_and_refused_to_another() {
+        let share = tempfile::tempdir().unwrap();
+        let root = share.path();
+        share_claimed(root, "d1").expect("claimed on first use");
+        share_claimed(root, "d1").expect("its own");
+        let e = share_claimed(root, "d2").unwrap_err();
+        assert!(
+            e.contains("belongs to another deployment")
+                && e.contains("names deployment d1")
+                && e.contains(OWNER_FILE),
+            "{e}"
+        );
+        let e = ShareLock::acquire(&root.join("mgc"), "atl-db1", "d2")
+            .err()
+            .expect("no lock on another deployment's share");
+        assert!(e.contains("belongs to another deployment"), "{e}");
+        assert!(!root.join("mgc").exists(), "nothing made on it");
+        // A share that is not there is not claimed (nor made).
+        let gone = root.join("gone");
+        assert!(share_claimed(&gone, "d1").unwrap_err().contains("missing"));
+        assert!(!gone.exists());
+        // A file is not a share, nor said to be missing.
+        let file = root.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(
+            share_claimed(&file, "d1")
+                .unwrap_err()
+                .contains("is not a directory")
+        );
+        // Damage is named.
+        std::fs::write(root.join(OWNER_FILE), b"{").unwrap();
+        assert!(share_claimed(root, "d1").unwrap_err().contains(OWNER_FILE));
+    }
+
+    #[test]
+    fn a_deployment_is_named_by_its_secret() {
+        let topology = |secret: &str| {
+            let text = tandem_topology::example(41000, secret);
+            Topology::parse(&text, FsPath::new("/tmp/topology.toml")).unwrap()
+        };
+        let a = deployment_of(&topology(&"ab".repeat(32)));
+        assert_eq!(a, deployment_of(&topology(&"ab".repeat(32))));
+        assert_ne!(a, deployment_of(&topology(&"cd".repeat(32))));
+        assert_eq!(a.len(), 32);
     }
 }
