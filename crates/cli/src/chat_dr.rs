@@ -929,11 +929,28 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
             share_ours(&d.topology)
                 .map_err(|why| anyhow::anyhow!("{why}: the failback moves mgc through it"))?;
         }
-        if resuming.is_none() {
-            let (state, _) = chat_state(d)?;
-            if state != "failed-over" {
-                bail!("the chat pool is {state}, not failed over: nothing to fail back");
+        let (state, _) = chat_state(d)?;
+        match resuming {
+            None if state != "failed-over" => {
+                bail!("the chat pool is {state}, not failed over: nothing to fail back")
             }
+            // A run that stopped before its restore, with the pool normal since: another run
+            // finished the failback, and resuming this one would clear the active servers of a
+            // serving pool and move mgc again.
+            Some(run)
+                if state == "normal" && run.steps.last().map_or(0, |r| r.step) < restore_step =>
+            {
+                bail!(
+                    "the chat pool is normal already, and run {} stopped after step {}, before \
+                     its restore: the failback was finished by other means (another operator's \
+                     run?). Check the deployment (`tandem status`), then remove {} — nothing is \
+                     left to resume",
+                    run.run_id,
+                    run.steps.last().map_or(0, |r| r.step),
+                    book.state_file().display()
+                )
+            }
+            _ => {}
         }
         // The copy the pool failed over to, or its mirror once primary (step 1 moves it back).
         let mirror_primary = || {

@@ -104,7 +104,7 @@ pub struct Outcome {
 }
 
 impl<'a> Runbook<'a> {
-    fn state_file(&self) -> PathBuf {
+    pub fn state_file(&self) -> PathBuf {
         self.deployment
             .dir()
             .join(".tandem")
@@ -452,21 +452,58 @@ pub fn append_audit<S: Serialize>(d: &Deployment, line: &AuditLine<'_, S>) {
     }
 }
 
-/// Held while a procedure changes the deployment: one at a time per deployment directory. Two
-/// operators (or one who thought a run had hung) running the chat failback twice at once would
-/// each take a full backup and restore it over the primary — the later restore dropping what
-/// was written after the earlier one. The kernel lets go of the lock when its holder ends,
-/// killed or not, so an interrupted run is resumed without anything to clean up.
+/// Held while a procedure changes the deployment: one at a time per deployment. Two operators
+/// (or one who thought a run had hung) running the chat failback twice at once would each take
+/// a full backup and restore it over the primary — the later restore dropping what was written
+/// after the earlier one. The lock is taken in the deployment directory and, when the share is
+/// there, on the share too: two operators each with a copy of the topology (one per site, say)
+/// took a lock each and raced (until session 34), the loser stopping with a false "the chat pool
+/// serves nobody" and a run record that a later resume acted on. The kernel lets go of a lock
+/// when its holder ends, killed or not, so an interrupted run is resumed without anything to
+/// clean up.
 pub struct ProcedureLock {
     _file: std::fs::File,
+    _shared: Option<std::fs::File>,
 }
+
+/// The procedure lock's file on the share.
+const SHARED_LOCK: &str = "procedure.lock";
 
 /// Takes the deployment's procedure lock for `procedure`, or says which run holds it.
 pub fn procedure_lock(d: &Deployment, procedure: &str) -> anyhow::Result<ProcedureLock> {
-    let path = d.dir().join(".tandem").join("runs").join("procedure.lock");
-    let Some(mut file) = crate::deployment::try_lock(&path)? else {
-        let holder: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_default())
-            .unwrap_or(Value::Null);
+    let local = d.dir().join(".tandem").join("runs").join("procedure.lock");
+    let file = take_lock(
+        &local,
+        procedure,
+        &format!("this deployment ({})", d.dir().display()),
+    )?;
+    let shared = match tandem_node::log_shipping::share_ours(&d.topology) {
+        Ok(()) => Some(take_lock(
+            &d.topology.share.join(SHARED_LOCK),
+            procedure,
+            &format!(
+                "this deployment, from another directory (its share {} holds the lock: another \
+                 operator's copy of the topology?)",
+                d.topology.share.display()
+            ),
+        )?),
+        // Lost with a site, or refused: the procedures say so where they need it.
+        Err(_) => None,
+    };
+    Ok(ProcedureLock {
+        _file: file,
+        _shared: shared,
+    })
+}
+
+fn take_lock(
+    path: &std::path::Path,
+    procedure: &str,
+    place: &str,
+) -> anyhow::Result<std::fs::File> {
+    let Some(mut file) = crate::deployment::try_lock(path)? else {
+        let holder: Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap_or_default()).unwrap_or(Value::Null);
         let who = match holder["procedure"].as_str() {
             Some(p) => format!(
                 "`tandem {}` (pid {}, run by {}, since {})",
@@ -478,9 +515,8 @@ pub fn procedure_lock(d: &Deployment, procedure: &str) -> anyhow::Result<Procedu
             None => "another procedure".into(),
         };
         bail!(
-            "{who} is running on this deployment ({}): wait until it ends, or stop it (a \
-             stopped run resumes where it stopped when run again), then run this one",
-            d.dir().display()
+            "{who} is running on {place}: wait until it ends, or stop it (a stopped run \
+             resumes where it stopped when run again), then run this one"
         );
     };
     let holder = json!({
@@ -492,7 +528,7 @@ pub fn procedure_lock(d: &Deployment, procedure: &str) -> anyhow::Result<Procedu
     // Who holds it, for the refusal above; the lock itself is the kernel's.
     file.set_len(0)?;
     file.write_all(holder.to_string().as_bytes())?;
-    Ok(ProcedureLock { _file: file })
+    Ok(file)
 }
 
 /// The operator running a procedure, for the audit log.

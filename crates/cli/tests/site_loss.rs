@@ -115,6 +115,26 @@ fn a_planned_cms_failover_and_back_loses_nothing_and_nodes_follow() {
         }
         assert_eq!(json(&d.dir, &["cms", "status"])["master"], "atl-db1");
     }
+    // Held from another copy of the topology (a second operator's directory): on the share.
+    {
+        let path = d.dir.join("share").join("procedure.lock");
+        let held = std::fs::File::create(&path).unwrap();
+        held.try_lock().unwrap();
+        std::fs::write(
+            &path,
+            r#"{"procedure":"chat-failover","pid":4343,"user":"frank","started_ms":0}"#,
+        )
+        .unwrap();
+        let out = tandem(&d.dir, &["cms", "failover"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("`tandem chat failover` (pid 4343, run by frank")
+                && err.contains("from another directory"),
+            "{err}"
+        );
+        assert_eq!(json(&d.dir, &["cms", "status"])["master"], "atl-db1");
+    }
     // A failover whose CLI died after pausing the master left it refusing writes: both status
     // commands say so, and a new run finishes the failover.
     let (code, body) = http(
@@ -1270,4 +1290,47 @@ fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_
         ],
     );
     d.wait_shipped(posts.last().unwrap().1, "log shipping to dal-db1 again");
+}
+
+/// A failback stopped early, then finished by a second operator from a copy of the topology
+/// in another directory: the first directory's run record is not resumed over the serving
+/// pool (it cleared the active servers and moved mgc again, until session 34).
+#[test]
+fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_pool() {
+    let d = Deployment::up();
+    let (token, mut posts) = drilled(&d);
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[2/8]");
+    // SAFETY: the CLI this test started.
+    unsafe { libc::kill(cli.id() as i32, libc::SIGINT) };
+    let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{err}");
+    let other = d.dir.with_file_name("other-operator");
+    std::fs::create_dir_all(&other).unwrap();
+    let text = std::fs::read_to_string(d.dir.join("topology.toml")).unwrap();
+    let share = d.dir.join("share");
+    std::fs::write(
+        other.join("topology.toml"),
+        text.replace(
+            "share = \"share\"",
+            &format!("share = \"{}\"", share.display()),
+        ),
+    )
+    .unwrap();
+    ok(&other, &["chat", "failback"]);
+    let out = tandem(&d.dir, &["chat", "failback"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the chat pool is normal already")
+            && err.contains("chat-failback.json"),
+        "{err}"
+    );
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(
+        (&state["state"], &state["active"]),
+        (&serde_json::json!("normal"), &serde_json::json!(["atl-fe"])),
+        "{state}"
+    );
+    posts.extend(post_n(&d.address("atl-fe"), &token, "after", 2));
+    assert_kept(&d.address("atl-fe"), &token, &posts);
 }
