@@ -41,7 +41,7 @@ pub enum ChatCommand {
         /// The room's name.
         room: String,
         /// Events per page.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
         limit: usize,
         /// The page before this event id (the first id of the page shown last).
         #[arg(long, conflicts_with = "after")]
@@ -91,7 +91,7 @@ pub enum ChatCommand {
         /// Words that every message found contains.
         query: String,
         /// The most messages to show, newest first (1 to 100; 20 when not given).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit: Option<usize>,
         #[command(flatten)]
         who: As,
@@ -276,7 +276,7 @@ fn operator_call(
 }
 
 fn as_user(d: &Deployment, who: &As, rt: &tokio::runtime::Runtime) -> anyhow::Result<UserApi> {
-    let tokens = d.tokens();
+    let tokens = d.tokens()?;
     let token = tokens.get(&who.user).with_context(|| {
         format!(
             "no token for {0} beside this topology: `tandem user add {0} --pool POOL` keeps one",

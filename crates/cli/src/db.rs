@@ -102,7 +102,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub(crate) standby: bool,
     /// Stop after this LSN.
-    #[arg(long, conflicts_with = "stop_at_time")]
+    #[arg(long, conflicts_with = "stop_at_time", allow_negative_numbers = true)]
     pub(crate) stop_at_lsn: Option<u64>,
     /// Stop after the last record committed at or before this time (RFC 3339, e.g.
     /// 2026-11-23T10:00:00Z, or milliseconds since the Unix epoch).

@@ -136,11 +136,22 @@ impl Deployment {
         self.dir().join(".tandem").join("tokens.json")
     }
 
-    pub fn tokens(&self) -> BTreeMap<String, String> {
-        std::fs::read(self.tokens_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    /// The users' tokens kept beside the topology (none yet: empty). A file that does not read
+    /// is an error naming it (chat commands said "no token for USER", and the advice they gave,
+    /// `tandem user add`, was refused: the user exists).
+    pub fn tokens(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let file = self.tokens_file();
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} does not read as the users' tokens (a JSON object of user to token): \
+                     move it aside, and the next `tandem user add` starts a new one",
+                    file.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
     }
 
     /// Keeps (or, with None, forgets) a user's token beside the topology, readable by its owner
@@ -153,17 +164,7 @@ impl Deployment {
         use std::os::unix::fs::OpenOptionsExt;
         let _lock = self.lock_tokens()?;
         let file = self.tokens_file();
-        let mut all: BTreeMap<String, String> = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} does not read as the users' tokens (a JSON object of user to token): \
-                     move it aside, and the next `tandem user add` starts a new one",
-                    file.display()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-        };
+        let mut all = self.tokens()?;
         match token {
             Some(t) => all.insert(user.to_string(), t.to_string()),
             None => all.remove(user),
@@ -418,7 +419,7 @@ mod tests {
         let expected: BTreeMap<String, String> = (0..threads)
             .map(|i| (format!("tok{i}"), format!("tok{i}.{i}")))
             .collect();
-        assert_eq!(d.tokens(), expected);
+        assert_eq!(d.tokens().unwrap(), expected);
         let left: Vec<_> = std::fs::read_dir(tmp.path().join(".tandem"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -440,6 +441,12 @@ mod tests {
             "{e:#}"
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"{\"alice\": \"alice.1\"");
+        // Nor read as holding no token (a chat command said "no token for alice").
+        let e = d.tokens().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("tokens.json does not read"),
+            "{e:#}"
+        );
     }
 
     #[test]

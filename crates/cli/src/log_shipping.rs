@@ -52,8 +52,8 @@ pub enum LogShippingCommand {
         /// Alert when the secondary lags the primary by more than this (records' times).
         #[arg(long)]
         restore_alert_ms: Option<u64>,
-        /// Give up waiting for the secondary after this many seconds.
-        #[arg(long, default_value_t = 300)]
+        /// Give up waiting for the secondary after this many seconds (at least 1).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
     },
     /// Remove the secondary from the configuration: its copy and restore jobs stop; its copy

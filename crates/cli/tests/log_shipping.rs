@@ -290,6 +290,24 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
     assert!(r["applied_lsn"].as_u64() >= r["lsn"].as_u64(), "{r}");
     let more = posts(&d, &token, "after reconfigure", 10);
     d.wait_applied(more.last().unwrap().lsn);
+    // A timeout of 0 is refused before anything changes (the configuration was rewritten and a
+    // full backup taken, then the command failed).
+    let before = d.status()["config"].clone();
+    d.refused(
+        &[
+            "db",
+            "log-shipping",
+            "configure",
+            "--db",
+            "mgc",
+            "--secondary",
+            "dal-db1",
+            "--timeout",
+            "0",
+        ],
+        "invalid value '0' for '--timeout <TIMEOUT>'",
+    );
+    assert_eq!(d.status()["config"], before);
     // Configured again with no option (as a failback does): the options stay.
     let r = configure_mgc(&d, &[]);
     assert_eq!(r["config"]["backup_interval_ms"], 500, "{r}");

@@ -184,6 +184,27 @@ fn bench_store_writers_sets_the_last_run() {
             "{err}"
         );
     }
+    // A negative number is a wrong value, not an unknown flag ("unexpected argument '-1'").
+    for args in [
+        &["chat", "history", "lobby", "--limit", "-1", "--as", "alice"][..],
+        &[
+            "db",
+            "restore",
+            "--path",
+            "x",
+            "--from",
+            "y",
+            "--stop-at-lsn",
+            "-1",
+        ][..],
+    ] {
+        let out = tandem(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("invalid value '-1' for '--"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]
