@@ -115,6 +115,14 @@ pub fn can_read(db: &Database, user: &str, room: &str) -> Result<bool, ChatError
     })
 }
 
+/// Ok when `user` may read `room`; otherwise the refusal a read of it gets (NotFound as
+/// `visible`, Forbidden for a closed room), so that every route refuses alike.
+pub fn check_readable(db: &Database, user: &str, room: &str) -> Result<(), ChatError> {
+    check_name(NameOf::User, user)?;
+    check_name(NameOf::Room, room)?;
+    read(db, |c| readable(c, user, room).map(|_| ()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

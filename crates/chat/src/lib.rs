@@ -29,7 +29,7 @@ mod unread;
 #[cfg(test)]
 mod test_support;
 
-pub use access::can_read;
+pub use access::{can_read, check_readable};
 pub use categories::{Category, add_category, categories};
 pub use error::ChatError;
 pub use events::{Event, EventKind};

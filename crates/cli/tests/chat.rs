@@ -1176,7 +1176,12 @@ fn a_session_loses_a_room_its_user_may_no_longer_read() {
                     told |= v["event"]["kind"] == "room_updated";
                 }
                 Ok(Some(Ok(Message::Ping(_)))) => {}
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) => break,
+                // Closed saying why (it closed with no code).
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    assert_eq!(u16::from(f.code), 1008, "{f:?}");
+                    assert!(f.reason.contains("may be read by you any more"), "{f:?}");
+                    break;
+                }
                 other => panic!("bob's session got {other:?}"),
             }
         }
@@ -1185,6 +1190,21 @@ fn a_session_loses_a_room_its_user_may_no_longer_read() {
             "bob was told of the change before the room left his session"
         );
     });
+    // A session on a closed room bob is not in is refused as its history is: 403, not 404.
+    api(
+        &c.fe1,
+        "PATCH",
+        "/api/v1/rooms/lobby",
+        &alice,
+        json!({ "privacy": "closed" }),
+    );
+    let url = format!("ws://{}/api/v1/events?rooms=lobby&token={bob}", c.fe1);
+    match rt.block_on(tokio_tungstenite::connect_async(url.as_str())) {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 403, "{r:?}")
+        }
+        other => panic!("bob's session on a closed room: {other:?}"),
+    }
     // A resume point that names no event.
     for (after, says) in [("-1", "0 or more"), ("999999", "past the newest event")] {
         let (code, text) = http(

@@ -509,13 +509,10 @@ async fn events(
     let checks = rooms.iter().cloned().map(|r| {
         let (node, u) = (node.clone(), u.clone());
         async move {
-            let ok: Value = mgc(&node, "chat.can_read", json!({ "user": u, "room": r })).await?;
-            if ok["can_read"] != true {
-                return Err(ApiError::not_found(format!(
-                    "no room named {r} that you may read"
-                )));
-            }
-            Ok(())
+            // Refused as a read of the room's history is: 404 when the user may not see it,
+            // 403 for a closed room they are not in (it was 404 for both).
+            let _: Value = mgc(&node, "chat.check_read", json!({ "user": u, "room": r })).await?;
+            Ok::<(), ApiError>(())
         }
     });
     let mut checks = futures_util::stream::iter(checks).buffer_unordered(SESSION_CHECKS_AT_ONCE);
@@ -622,7 +619,12 @@ async fn session(
         return;
     }
     if rooms.is_empty() {
-        send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
+        send_within(
+            &mut socket,
+            Message::Close(Some(no_room_left())),
+            CLOSE_WAIT,
+        )
+        .await;
         return;
     }
     let ready = json!({ "type": "ready", "last_id": last }).to_string();
@@ -703,10 +705,23 @@ async fn session(
             }
         }
         if rooms.is_empty() {
-            // No room left that the user may read.
-            send_within(&mut socket, Message::Close(None), CLOSE_WAIT).await;
+            send_within(
+                &mut socket,
+                Message::Close(Some(no_room_left())),
+                CLOSE_WAIT,
+            )
+            .await;
             return;
         }
+    }
+}
+
+/// The close of a session none of whose rooms the user may read any more (removed from them,
+/// or they were made closed or secret): a policy close that says so (it closed with no code).
+fn no_room_left() -> CloseFrame {
+    CloseFrame {
+        code: close_code::POLICY,
+        reason: "none of this session's rooms may be read by you any more".into(),
     }
 }
 

@@ -254,6 +254,11 @@ pub(crate) fn run(db: &Database, p: &str, a: &Args) -> Result<Value, ApiError> {
             let a: UserRoom = args(p, a)?;
             Ok(json!({ "can_read": chat::can_read(db, &a.user, &a.room)? }))
         }
+        "chat.check_read" => {
+            let a: UserRoom = args(p, a)?;
+            chat::check_readable(db, &a.user, &a.room)?;
+            Ok(json!({}))
+        }
         "chat.mark_read" => {
             let a: MarkRead = args(p, a)?;
             chat::mark_read(db, &a.user, &a.room, a.event_id)?;

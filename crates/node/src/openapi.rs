@@ -137,7 +137,7 @@ pub fn document_value() -> Value {
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 100, "default": 20 } }] }))
             },
             "/api/v1/events": {
-                "get": op("WebSocket of live room events (see the description above)", ("101", "switching to WebSocket", Value::Null), &["400", "401", "404", "503"], json!({ "parameters": [
+                "get": op("WebSocket of live room events (see the description above)", ("101", "switching to WebSocket", Value::Null), &["400", "401", "403", "404", "503"], json!({ "parameters": [
                     { "name": "rooms", "in": "query", "required": true, "schema": { "type": "string" }, "description": "comma-separated room names" },
                     { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "resume after this event id" },
                     { "name": "token", "in": "query", "schema": { "type": "string" }, "description": "the bearer token, for clients that cannot set headers" }] }))
