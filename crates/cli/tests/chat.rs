@@ -611,6 +611,14 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
             br#"["x", null]"#.to_vec(),
             422,
         ),
+        // Sign-in refuses a body of the wrong shape as the chat routes do (it said 400).
+        (
+            "POST",
+            "/api/v1/login".into(),
+            None,
+            br#"{"user":"alice","password":"x","zzz":1}"#.to_vec(),
+            422,
+        ),
         // A parameter misspelt: refused, not read as another page.
         (
             "GET",

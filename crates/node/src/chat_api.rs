@@ -63,21 +63,7 @@ impl ChatRole {
 }
 
 fn body<T>(r: Result<Object<T>, BodyRejection>) -> Result<T, ApiError> {
-    r.map(|Object(v)| v).map_err(|e| {
-        let status = e.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::too_large();
-        }
-        ApiError::new(
-            if status.is_client_error() {
-                status
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            "invalid",
-            e.body_text(),
-        )
-    })
+    r.map(|Object(v)| v).map_err(ApiError::json)
 }
 
 fn path<T>(r: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {

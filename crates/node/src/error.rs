@@ -66,11 +66,15 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    /// A JSON body that could not be read: over the size bound (named), or not the JSON asked
-    /// for (400, with what was wrong in it).
+    /// A JSON body that could not be read, with what was wrong in it: over the size bound (413,
+    /// named), without the JSON content type (415), not JSON (400), JSON of another shape —
+    /// fields unknown, missing or of the wrong type, not an object (422). Every route answers
+    /// alike (sign-in answered 400 where the chat routes answered 415 or 422).
     pub(crate) fn json(e: crate::json_body::BodyRejection) -> ApiError {
-        match e.status() {
+        let status = e.status();
+        match status {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
+            s if s.is_client_error() => ApiError::new(s, "invalid", e.body_text()),
             _ => ApiError::bad_request(e.body_text()),
         }
     }

@@ -14,6 +14,10 @@ fn error_responses(codes: &[&str]) -> Value {
             "404" => "no such room, category or member (secret rooms are not found by non-members)",
             "409" => "already exists",
             "413" => "request body over 1 MiB",
+            "415" => "a body without `content-type: application/json`",
+            "422" => {
+                "a JSON body of the wrong shape: not an object, a field unknown, missing or of the wrong type"
+            }
             "429" => {
                 "too many failed sign-ins from this address, for this name or for any: wait the Retry-After seconds"
             }
@@ -26,7 +30,16 @@ fn error_responses(codes: &[&str]) -> Value {
 }
 
 fn op(summary: &str, ok: (&str, &str, Value), errors: &[&str], extra: Value) -> Value {
-    let mut responses = error_responses(errors);
+    // Every route that reads a JSON body answers what a body can be refused with.
+    let mut errors = errors.to_vec();
+    if extra.get("requestBody").is_some() {
+        for code in ["400", "413", "415", "422"] {
+            if !errors.contains(&code) {
+                errors.push(code);
+            }
+        }
+    }
+    let mut responses = error_responses(&errors);
     let body = if ok.2.is_null() {
         json!({ "description": ok.1 })
     } else {
@@ -78,24 +91,24 @@ pub fn document_value() -> Value {
                 "Me": { "type": "object", "properties": { "user": { "type": "string" }, "pool": { "type": "string" } } },
                 "Privacy": { "type": "string", "enum": ["open", "closed", "secret"], "description": "open: anyone reads and may join; closed: listed to all, members read and post; secret: invisible to non-members" },
                 "Category": { "type": "object", "properties": { "name": { "type": "string" }, "description": { "type": "string" }, "created_by": { "type": "string" }, "created_ms": { "type": "integer" } } },
-                "NewCategory": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64 }, "description": { "type": "string" } } },
+                "NewCategory": { "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64 }, "description": { "type": "string", "description": "at most 1024 bytes of UTF-8" } } },
                 "Room": { "type": "object", "properties": { "name": { "type": "string" }, "category": { "type": ["string", "null"] }, "description": { "type": "string" }, "privacy": schema("Privacy"), "created_by": { "type": "string" }, "created_ms": { "type": "integer" }, "members": { "type": "integer" }, "member": { "type": "boolean" }, "manager": { "type": "boolean" } } },
-                "NewRoom": { "type": "object", "required": ["name", "privacy"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" }, "category": { "type": ["string", "null"] }, "description": { "type": ["string", "null"] }, "privacy": schema("Privacy") } },
-                "RoomUpdate": { "type": "object", "additionalProperties": false, "properties": { "description": { "type": ["string", "null"] }, "privacy": schema("Privacy"), "category": { "type": ["string", "null"] } } },
+                "NewRoom": { "type": "object", "required": ["name", "privacy"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" }, "category": { "type": ["string", "null"], "description": "an existing category; null or absent: none" }, "description": { "type": ["string", "null"], "description": "at most 1024 bytes of UTF-8; null or absent: empty" }, "privacy": schema("Privacy") } },
+                "RoomUpdate": { "type": "object", "additionalProperties": false, "description": "Each field given changes the room; a field absent or null leaves it as it is; at least one must change", "properties": { "description": { "type": ["string", "null"], "description": "at most 1024 bytes of UTF-8; \"\" empties it" }, "privacy": schema("Privacy"), "category": { "type": ["string", "null"], "description": "an existing category; \"\" takes the room out of its category" } } },
                 "Member": { "type": "object", "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" }, "joined_ms": { "type": "integer" } } },
                 "NewMember": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" } } },
-                "NewMessage": { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string", "maxLength": 8192 }, "reply_to": { "type": ["integer", "null"] } } },
+                "NewMessage": { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string", "minLength": 1, "description": "1 to 8192 bytes of UTF-8 (not characters: 8192 ASCII letters, 4096 two-byte ones); not only white space or invisible characters; no NUL" }, "reply_to": { "type": ["integer", "null"] } } },
                 "Event": { "type": "object", "description": "A message or a room change; ids grow across all rooms.", "properties": { "id": { "type": "integer" }, "room": { "type": "string" }, "kind": { "type": "string", "enum": ["message", "room_created", "room_updated", "member_added", "member_removed"] }, "sender": { "type": "string" }, "time_ms": { "type": "integer" }, "text": { "type": "string" }, "subject": { "type": ["string", "null"] }, "reply_to": { "type": ["integer", "null"] }, "lsn": { "type": "integer" } } },
                 "Page": { "type": "object", "properties": { "events": array("Event"), "more": { "type": "boolean" } } },
                 "ReadMark": { "type": "object", "required": ["event_id"], "additionalProperties": false, "properties": { "event_id": { "type": "integer" } } },
-                "Unread": { "type": "object", "properties": { "unread": { "type": "integer" } } }
+                "Unread": { "type": "object", "properties": { "unread": { "type": "integer", "maximum": 10000, "description": "messages after the read position, counted up to 10000: 10000 means 10000 or more" } } }
             }
         },
         "paths": {
             "/api/v1/login": { "post": {
                 "summary": "Sign in with a password for a bearer token",
                 "requestBody": body("Login"),
-                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"], "429": error_responses(&["429"])["429"], "503": { "description": "this node is checking as many sign-ins as it may at once (wait the Retry-After seconds), or the user database is unreachable", "content": { "application/json": { "schema": schema("Error") } } } }
+                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"], "415": error_responses(&["415"])["415"], "422": error_responses(&["422"])["422"], "429": error_responses(&["429"])["429"], "503": { "description": "this node is checking as many sign-ins as it may at once (wait the Retry-After seconds), or the user database is unreachable", "content": { "application/json": { "schema": schema("Error") } } } }
             } },
             "/api/v1/me": { "get": op("The signed-in user", ("200", "the user", schema("Me")), &["401"], json!({})) },
             "/api/v1/categories": {
