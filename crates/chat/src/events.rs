@@ -16,7 +16,9 @@ pub enum EventKind {
     Message,
     /// The room was created (its creator is the sender, and its first manager).
     RoomCreated,
-    /// A manager changed the room's description, privacy or category.
+    /// A manager changed the room's description, privacy or category (`subject` is `None`), or
+    /// made a member a manager or a member only (`subject` is that member; the sender is
+    /// `operator` when a removed user's rooms passed to a new manager, or the operator acted).
     RoomUpdated,
     /// A member was added, or joined (`subject` is the member).
     MemberAdded,
@@ -69,7 +71,8 @@ pub struct Event {
     pub time_ms: i64,
     /// The message text; for room and member events a human sentence ("alice added bob").
     pub text: String,
-    /// The member added or removed; `None` for other kinds.
+    /// The member added or removed, or whose manager flag a `RoomUpdated` event changed; `None`
+    /// for other events.
     pub subject: Option<String>,
     /// The message (of the same room) this message answers.
     pub reply_to: Option<i64>,

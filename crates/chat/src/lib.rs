@@ -33,7 +33,10 @@ pub use access::{can_read, check_readable};
 pub use categories::{Category, add_category, categories};
 pub use error::ChatError;
 pub use events::{Event, EventKind};
-pub use members::{Member, add_member, forget_user, members, remove_member};
+pub use members::{
+    Forgotten, Handover, Member, add_member, add_member_as_operator, forget_user, members,
+    remove_member, set_manager, set_manager_as_operator,
+};
 pub use messages::{
     FEED_LIMIT_MAX, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, HistoryQuery, NewPost,
     POST_KEY_BYTES_MAX, POST_KEY_KEPT_MS, POST_KEYS_EXPIRED_MAX, Page, TEXT_BYTES_MAX,

@@ -16,6 +16,26 @@ pub struct As {
     user: String,
 }
 
+/// A change to a room's members made as a user (`--as USER`, under the room's rules) or as the
+/// deployment's operator (`--as-operator`: through the internal API of the chat database's
+/// primary, with the cluster secret; any room, recorded as done by `operator`).
+#[derive(Args)]
+pub struct AsUserOrOperator {
+    /// The user to act as (a user added with `tandem user add` on this deployment).
+    #[arg(
+        long = "as",
+        value_name = "USER",
+        id = "as_user",
+        required_unless_present = "as_operator"
+    )]
+    user: Option<String>,
+    /// Act as the deployment's operator, with the cluster secret instead of a user's token:
+    /// the way back for a room left without a manager or without members (a secret room whose
+    /// every member was removed is seen by nobody). Recorded as done by `operator`.
+    #[arg(long, conflicts_with = "as_user")]
+    as_operator: bool,
+}
+
 #[derive(Subcommand)]
 pub enum ChatCommand {
     /// Categories of rooms.
@@ -166,7 +186,7 @@ pub enum RoomCommand {
         #[command(flatten)]
         who: As,
     },
-    /// Add a member (managers; in an open room you may add yourself).
+    /// Add a member (managers; in an open room you may add yourself; the operator, any room).
     AddMember {
         /// The room's name.
         room: String,
@@ -176,7 +196,20 @@ pub enum RoomCommand {
         #[arg(long)]
         manager: bool,
         #[command(flatten)]
-        who: As,
+        who: AsUserOrOperator,
+    },
+    /// Make a member a manager of the room (true) or a member only (false): managers, or the
+    /// operator. The room's last manager stays one.
+    SetManager {
+        /// The room's name.
+        room: String,
+        /// The member.
+        user: String,
+        /// Whether the member manages the room.
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::value_parser!(bool))]
+        manager: bool,
+        #[command(flatten)]
+        who: AsUserOrOperator,
     },
     /// The rooms you may see.
     List {
@@ -273,6 +306,31 @@ fn operator_call(
             .await?;
         Ok(answer.result)
     })
+}
+
+/// Refuses, naming the fix, a user name that no pool homes (the operator's changes are checked
+/// here: the chat database knows no users).
+fn user_exists(d: &Deployment, rt: &tokio::runtime::Runtime, user: &str) -> anyhow::Result<()> {
+    tandem_pool::users::validate_name(user)?;
+    let client = d.client();
+    let home = rt.block_on(async {
+        let (node, cms) = d.find_primary(tandem_topology::DATABASE_CMS).await?;
+        client
+            .call::<Value, _>(
+                &cms,
+                tandem_topology::DATABASE_CMS,
+                "cms.home_of",
+                &json!({ "user": user }),
+            )
+            .await
+            .with_context(|| format!("the CMS on {node}"))
+    })?;
+    if home.result["pool"].as_str().is_none() {
+        bail!(
+            "no user named {user}: `tandem user add {user} --pool POOL` adds one; nothing changed"
+        );
+    }
+    Ok(())
 }
 
 fn as_user(d: &Deployment, who: &As, rt: &tokio::runtime::Runtime) -> anyhow::Result<UserApi> {
@@ -483,18 +541,65 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             manager,
             who,
         }) => {
-            let r = request(
-                d,
-                &who,
-                &rt,
-                Method::POST,
-                &format!("/api/v1/rooms/{}/members", enc(&room)),
-                Some(json!({ "user": user, "manager": manager })),
-            )?;
+            let r = match who.user {
+                Some(u) => request(
+                    d,
+                    &As { user: u },
+                    &rt,
+                    Method::POST,
+                    &format!("/api/v1/rooms/{}/members", enc(&room)),
+                    Some(json!({ "user": user, "manager": manager })),
+                )?,
+                None => {
+                    user_exists(d, &rt, &user)?;
+                    operator_call(
+                        d,
+                        &rt,
+                        "chat.operator_add_member",
+                        json!({ "room": room, "member": user, "manager": manager }),
+                    )?
+                }
+            };
             out.emit(&r, || {
                 format!(
                     "{user} is a {} of {room}\n",
                     if manager { "manager" } else { "member" }
+                )
+            })
+        }
+        ChatCommand::Room(RoomCommand::SetManager {
+            room,
+            user,
+            manager,
+            who,
+        }) => {
+            let r = match who.user {
+                Some(u) => request(
+                    d,
+                    &As { user: u },
+                    &rt,
+                    Method::PATCH,
+                    &format!("/api/v1/rooms/{}/members/{}", enc(&room), enc(&user)),
+                    Some(json!({ "manager": manager })),
+                )?,
+                None => {
+                    user_exists(d, &rt, &user)?;
+                    operator_call(
+                        d,
+                        &rt,
+                        "chat.operator_set_manager",
+                        json!({ "room": room, "member": user, "manager": manager }),
+                    )?
+                }
+            };
+            out.emit(&r, || {
+                format!(
+                    "{user} is a {} of {room}\n",
+                    if manager {
+                        "manager"
+                    } else {
+                        "member, not a manager,"
+                    }
                 )
             })
         }

@@ -151,8 +151,8 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             // First out of every chat room (a name given again later must not find the old
             // user's rooms, secret ones included): a chat database that does not answer stops
             // the removal here, with nothing removed.
-            let rooms = match &d.topology.chat {
-                None => Vec::new(),
+            let chat = match &d.topology.chat {
+                None => Forgotten::default(),
                 Some(_) => rt.block_on(forget_in_chat(d, &name)).with_context(|| {
                     format!("cannot take {name} out of its chat rooms; nothing removed")
                 })?,
@@ -197,22 +197,30 @@ pub fn run(d: &Deployment, cmd: UserCommand, out: &Output) -> anyhow::Result<()>
             d.save_token(&name, None)?;
             if !was_in_pool {
                 return out.emit(
-                    &json!({ "removed": name, "pool": pool, "rooms_left": rooms,
+                    &json!({ "removed": name, "pool": pool, "rooms_left": chat.rooms,
+                             "rooms_handed_over": chat.handed_over,
+                             "rooms_without_members": chat.without_members,
                              "was_in_pool": false }),
                     || {
                         format!(
                             "removed the home of {name} on {pool}; {pool} held no such user (a \
-                             `user add` that did not finish)\n"
+                             `user add` that did not finish)\n{}",
+                            chat.lines(&name)
                         )
                     },
                 );
             }
             out.emit(
-                &json!({ "removed": name, "pool": pool, "rooms_left": rooms,
+                &json!({ "removed": name, "pool": pool, "rooms_left": chat.rooms,
+                         "rooms_handed_over": chat.handed_over,
+                         "rooms_without_members": chat.without_members,
                          "was_in_pool": true }),
-                || match rooms.len() {
-                    0 => format!("removed {name} from {pool}\n"),
-                    n => format!("removed {name} from {pool} and from {n} chat room(s)\n"),
+                || {
+                    let head = match chat.rooms.len() {
+                        0 => format!("removed {name} from {pool}\n"),
+                        n => format!("removed {name} from {pool} and from {n} chat room(s)\n"),
+                    };
+                    head + &chat.lines(&name)
                 },
             )
         }
@@ -332,12 +340,51 @@ pub(crate) async fn add(
     })
 }
 
-/// Takes `name` out of every chat room (`chat.forget_user`); the rooms it was in.
-async fn forget_in_chat(d: &Deployment, name: &str) -> anyhow::Result<Vec<String>> {
+/// What `chat.forget_user` did: the rooms left, those whose management passed to another
+/// member (the user was their last manager), those left without any member. A node of an
+/// older build answers `rooms` only.
+#[derive(Default, Deserialize, Serialize)]
+struct Forgotten {
+    rooms: Vec<String>,
+    #[serde(default)]
+    handed_over: Vec<Handover>,
+    #[serde(default)]
+    without_members: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Handover {
+    room: String,
+    manager: String,
+}
+
+impl Forgotten {
+    /// A line per room whose management changed hands or that no one is left in.
+    fn lines(&self, name: &str) -> String {
+        let mut s = String::new();
+        for h in &self.handed_over {
+            s.push_str(&format!(
+                "room {}: {} manages it now ({name} was its last manager)\n",
+                h.room, h.manager
+            ));
+        }
+        for room in &self.without_members {
+            s.push_str(&format!(
+                "room {room}: no member left ({name} was the last); `tandem chat room add-member \
+                 {room} USER --manager --as-operator` gives it a manager\n"
+            ));
+        }
+        s
+    }
+}
+
+/// Takes `name` out of every chat room (`chat.forget_user`), handing the rooms it was the last
+/// manager of to another member.
+async fn forget_in_chat(d: &Deployment, name: &str) -> anyhow::Result<Forgotten> {
     let (mgc_node, mgc) = d.find_primary(DATABASE_MGC).await?;
     let r = d
         .client()
-        .call::<serde_json::Value, _>(
+        .call::<Forgotten, _>(
             &mgc,
             DATABASE_MGC,
             "chat.forget_user",
@@ -345,14 +392,7 @@ async fn forget_in_chat(d: &Deployment, name: &str) -> anyhow::Result<Vec<String
         )
         .await
         .with_context(|| format!("mgc on {mgc_node}"))?;
-    Ok(r.result["rooms"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(r.result)
 }
 
 /// The error of an add refused after its home was claimed, once the home is taken back (or

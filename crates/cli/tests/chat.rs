@@ -1349,6 +1349,239 @@ fn a_removed_user_leaves_its_rooms_and_its_name_starts_afresh() {
     assert!(text.contains("is not valid"), "{text}");
 }
 
+/// A user removed while the last manager of rooms leaves them manageable: a closed room passes
+/// to the member who joined first, who edits it, adds members and makes managers
+/// (`PATCH …/members/{user}`, `chat room set-manager`); a secret room left without members is
+/// named by `user remove` and given a manager again by the operator (`--as-operator`), which
+/// refuses a user that does not exist.
+#[test]
+fn rooms_of_a_removed_last_manager_stay_manageable() {
+    let c = start();
+    let alice = user(&c, "alice");
+    let bob = user(&c, "bob");
+    let carol = user(&c, "carol");
+    for (room, privacy) in [("team", "closed"), ("vault", "secret")] {
+        ok(
+            &c.dir,
+            &[
+                "chat",
+                "room",
+                "create",
+                room,
+                "--privacy",
+                privacy,
+                "--as",
+                "alice",
+            ],
+        );
+    }
+    ok(
+        &c.dir,
+        &["chat", "room", "add-member", "team", "bob", "--as", "alice"],
+    );
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "team",
+            "carol",
+            "--as",
+            "alice",
+        ],
+    );
+    // Leaving as the last manager is refused, through the API as before.
+    let (code, text) = http(
+        &c.fe1,
+        "DELETE",
+        "/api/v1/rooms/team/members/alice",
+        Some(&alice),
+        b"",
+    );
+    assert_eq!(code, 409, "{text}");
+    // A closed room's live session of bob's stays open through the handover.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut ws = rt.block_on(subscribe(&c.fe2, &bob, "team", None));
+
+    let report = common::json(&c.dir, &["user", "remove", "alice"]);
+    assert_eq!(report["rooms_left"], json!(["team", "vault"]), "{report}");
+    assert_eq!(
+        report["rooms_handed_over"],
+        json!([{ "room": "team", "manager": "bob" }]),
+        "{report}"
+    );
+    assert_eq!(
+        report["rooms_without_members"],
+        json!(["vault"]),
+        "{report}"
+    );
+
+    let events = rt.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("the removal and the handover arrive")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                got.push((
+                    v["event"]["kind"].as_str().unwrap().to_string(),
+                    v["event"]["subject"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        got
+    });
+    assert_eq!(
+        events,
+        [
+            ("member_removed".to_string(), "alice".to_string()),
+            ("room_updated".to_string(), "bob".to_string())
+        ]
+    );
+
+    // bob manages team: edits it, makes carol a manager (through the API), who steps bob down.
+    api(
+        &c.fe1,
+        "PATCH",
+        "/api/v1/rooms/team",
+        &bob,
+        json!({ "description": "bob's now" }),
+    );
+    let (code, text) = http(
+        &c.fe1,
+        "PATCH",
+        "/api/v1/rooms/team/members/carol",
+        Some(&carol),
+        json!({ "manager": true }).to_string().as_bytes(),
+    );
+    assert_eq!(code, 403, "carol is not a manager yet: {text}");
+    let carol_now = api(
+        &c.fe1,
+        "PATCH",
+        "/api/v1/rooms/team/members/carol",
+        &bob,
+        json!({ "manager": true }),
+    );
+    assert_eq!(carol_now["manager"], true, "{carol_now}");
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "set-manager",
+            "team",
+            "bob",
+            "false",
+            "--as",
+            "carol",
+        ],
+    );
+    let out = common::tandem(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "set-manager",
+            "team",
+            "carol",
+            "false",
+            "--as",
+            "carol",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("last manager"), "{err}");
+    let members = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/team/members",
+        &bob,
+        Value::Null,
+    );
+    assert_eq!(
+        members,
+        json!([
+            { "user": "bob", "manager": false, "joined_ms": members[0]["joined_ms"] },
+            { "user": "carol", "manager": true, "joined_ms": members[1]["joined_ms"] }
+        ])
+    );
+
+    // vault: nobody sees it, and its name is taken, until the operator gives it a manager.
+    let (code, _) = http(&c.fe1, "GET", "/api/v1/rooms/vault", Some(&bob), b"");
+    assert_eq!(code, 404);
+    let out = common::tandem(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "vault",
+            "nobody",
+            "--manager",
+            "--as-operator",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no user named nobody"), "{err}");
+    let out = common::tandem(
+        &c.dir,
+        &["chat", "room", "add-member", "vault", "bob", "--manager"],
+    );
+    assert!(!out.status.success(), "--as or --as-operator is needed");
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "vault",
+            "bob",
+            "--manager",
+            "--as-operator",
+        ],
+    );
+    ok(
+        &c.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "vault",
+            "carol",
+            "--as",
+            "bob",
+        ],
+    );
+    let history = api(
+        &c.fe1,
+        "GET",
+        "/api/v1/rooms/vault/messages",
+        &carol,
+        Value::Null,
+    );
+    let last: Vec<(&str, &str)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|e| (e["sender"].as_str().unwrap(), e["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("bob", "bob added carol"),
+            ("operator", "operator added bob as a manager")
+        ]
+    );
+}
+
 /// A value for a schema, from the document itself: required properties only.
 fn example(doc: &Value, schema: &Value) -> Value {
     if let Some(r) = schema["$ref"].as_str() {

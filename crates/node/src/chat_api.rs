@@ -324,6 +324,29 @@ async fn add_member(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberChange {
+    manager: bool,
+}
+
+async fn set_manager(
+    State(node): State<Shared>,
+    Extension(SignedIn(u)): Extension<SignedIn>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    b: Result<Object<MemberChange>, BodyRejection>,
+) -> Result<Json<Raw>, ApiError> {
+    let ((room, member), change) = (path(p)?, body(b)?);
+    Ok(Json(
+        mgc(
+            &node,
+            "chat.set_manager",
+            json!({ "user": u, "room": room, "member": member, "manager": change.manager }),
+        )
+        .await?,
+    ))
+}
+
 async fn remove_member(
     State(node): State<Shared>,
     Extension(SignedIn(u)): Extension<SignedIn>,
@@ -554,7 +577,8 @@ struct Who {
 
 /// After an event that may end the user's right to read its room — the user removed from
 /// it, or the room's privacy changed — the room leaves the session unless the user still may
-/// read it (asked again; unknown counts as no).
+/// read it (asked again; unknown counts as no). A member made a manager or a member only
+/// (`RoomUpdated` with a subject) reads as before: not asked.
 async fn recheck_access(
     node: &Shared,
     user: &str,
@@ -563,7 +587,7 @@ async fn recheck_access(
 ) {
     let may_change = match e.kind {
         EventKind::MemberRemoved => e.subject.as_deref() == Some(user),
-        EventKind::RoomUpdated => true,
+        EventKind::RoomUpdated => e.subject.is_none(),
         _ => false,
     };
     if !may_change || !rooms.contains(&e.room) {
@@ -811,7 +835,10 @@ pub(crate) fn routes(node: &Shared) -> Router<Shared> {
             "/api/v1/rooms/{room}/members",
             get(members).post(add_member),
         )
-        .route("/api/v1/rooms/{room}/members/{user}", delete(remove_member))
+        .route(
+            "/api/v1/rooms/{room}/members/{user}",
+            delete(remove_member).patch(set_manager),
+        )
         .route(
             "/api/v1/rooms/{room}/messages",
             get(history).post(post_message),

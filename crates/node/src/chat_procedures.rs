@@ -65,6 +65,25 @@ struct RemoveMember {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetManager {
+    user: String,
+    room: String,
+    member: String,
+    manager: bool,
+}
+
+/// A change the deployment's operator makes to a room's members (`chat.operator_add_member`,
+/// `chat.operator_set_manager`): recorded as sent by `operator`, in any room that exists.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorMember {
+    room: String,
+    member: String,
+    manager: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ForgetUser {
     member: String,
 }
@@ -229,9 +248,29 @@ pub(crate) fn run(db: &Database, p: &str, a: &Args) -> Result<Value, ApiError> {
                 db, &a.user, &a.room, &a.member, a.manager,
             )?)
         }
+        "chat.set_manager" => {
+            let a: SetManager = args(p, a)?;
+            to(chat::set_manager(
+                db, &a.user, &a.room, &a.member, a.manager,
+            )?)
+        }
+        "chat.operator_add_member" => {
+            let a: OperatorMember = args(p, a)?;
+            to(chat::add_member_as_operator(
+                db, &a.room, &a.member, a.manager,
+            )?)
+        }
+        "chat.operator_set_manager" => {
+            let a: OperatorMember = args(p, a)?;
+            to(chat::set_manager_as_operator(
+                db, &a.room, &a.member, a.manager,
+            )?)
+        }
+        // `{rooms, handed_over, without_members}`: the rooms left, those whose management
+        // passed to another member, those left without members.
         "chat.forget_user" => {
             let a: ForgetUser = args(p, a)?;
-            Ok(json!({ "rooms": chat::forget_user(db, &a.member)? }))
+            to(chat::forget_user(db, &a.member)?)
         }
         "chat.remove_member" => {
             let a: RemoveMember = args(p, a)?;

@@ -12,7 +12,7 @@ fn error_responses(codes: &[&str]) -> Value {
             "401" => "no valid bearer token",
             "403" => "not allowed: not a member, not a manager",
             "404" => "no such room, category or member (secret rooms are not found by non-members)",
-            "409" => "already exists",
+            "409" => "already exists, or the change would leave the room without a manager",
             "413" => "request body over 1 MiB",
             "415" => "a body without `content-type: application/json`",
             "422" => {
@@ -72,6 +72,10 @@ fn room_param() -> Value {
     json!({ "name": "room", "in": "path", "required": true, "schema": { "type": "string" } })
 }
 
+fn user_param() -> Value {
+    json!({ "name": "user", "in": "path", "required": true, "schema": { "type": "string" } })
+}
+
 /// The document.
 pub fn document_value() -> Value {
     let std_errors = ["400", "401", "403", "404", "503"];
@@ -96,9 +100,10 @@ pub fn document_value() -> Value {
                 "NewRoom": { "type": "object", "required": ["name", "privacy"], "additionalProperties": false, "properties": { "name": { "type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$" }, "category": { "type": ["string", "null"], "description": "an existing category; null or absent: none" }, "description": { "type": ["string", "null"], "description": "at most 1024 bytes of UTF-8; null or absent: empty" }, "privacy": schema("Privacy") } },
                 "RoomUpdate": { "type": "object", "additionalProperties": false, "description": "Each field given changes the room; a field absent or null leaves it as it is; at least one must change", "properties": { "description": { "type": ["string", "null"], "description": "at most 1024 bytes of UTF-8; \"\" empties it" }, "privacy": schema("Privacy"), "category": { "type": ["string", "null"], "description": "an existing category; \"\" takes the room out of its category" } } },
                 "Member": { "type": "object", "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" }, "joined_ms": { "type": "integer" } } },
+                "MemberChange": { "type": "object", "required": ["manager"], "additionalProperties": false, "properties": { "manager": { "type": "boolean", "description": "true: the member manages the room; false: a member only" } } },
                 "NewMember": { "type": "object", "required": ["user"], "additionalProperties": false, "properties": { "user": { "type": "string" }, "manager": { "type": "boolean" } } },
                 "NewMessage": { "type": "object", "required": ["text"], "additionalProperties": false, "properties": { "text": { "type": "string", "minLength": 1, "description": "1 to 8192 bytes of UTF-8 (not characters: 8192 ASCII letters, 4096 two-byte ones); not only white space or invisible characters; no NUL" }, "reply_to": { "type": ["integer", "null"] } } },
-                "Event": { "type": "object", "description": "A message or a room change; ids grow across all rooms.", "properties": { "id": { "type": "integer" }, "room": { "type": "string" }, "kind": { "type": "string", "enum": ["message", "room_created", "room_updated", "member_added", "member_removed"] }, "sender": { "type": "string" }, "time_ms": { "type": "integer" }, "text": { "type": "string" }, "subject": { "type": ["string", "null"] }, "reply_to": { "type": ["integer", "null"] }, "lsn": { "type": "integer" } } },
+                "Event": { "type": "object", "description": "A message or a room change; ids grow across all rooms. subject: the member added or removed (member_added, member_removed), or the member made a manager or a member only (room_updated; null when the room itself changed).", "properties": { "id": { "type": "integer" }, "room": { "type": "string" }, "kind": { "type": "string", "enum": ["message", "room_created", "room_updated", "member_added", "member_removed"] }, "sender": { "type": "string" }, "time_ms": { "type": "integer" }, "text": { "type": "string" }, "subject": { "type": ["string", "null"] }, "reply_to": { "type": ["integer", "null"] }, "lsn": { "type": "integer" } } },
                 "Page": { "type": "object", "properties": { "events": array("Event"), "more": { "type": "boolean" } } },
                 "ReadMark": { "type": "object", "required": ["event_id"], "additionalProperties": false, "properties": { "event_id": { "type": "integer" } } },
                 "Unread": { "type": "object", "properties": { "unread": { "type": "integer", "maximum": 10000, "description": "messages after the read position, counted up to 10000: 10000 means 10000 or more" } } }
@@ -128,7 +133,8 @@ pub fn document_value() -> Value {
                 "post": op("Add a member (managers; anyone may join an open room)", ("201", "added", schema("Member")), &["400", "401", "403", "404", "409", "503"], json!({ "parameters": [room_param()], "requestBody": body("NewMember") }))
             },
             "/api/v1/rooms/{room}/members/{user}": {
-                "delete": op("Remove a member (managers) or leave", ("204", "removed", Value::Null), &std_errors, json!({ "parameters": [room_param(), { "name": "user", "in": "path", "required": true, "schema": { "type": "string" } }] }))
+                "delete": op("Remove a member (managers) or leave; the last manager may not (409: make another member a manager first)", ("204", "removed", Value::Null), &["400", "401", "403", "404", "409", "503"], json!({ "parameters": [room_param(), user_param()] })),
+                "patch": op("Make a member a manager, or a member only (managers). Recorded as a room_updated event whose subject is the member; a member already so is answered as it is, nothing recorded. Taking the room's last manager away is refused (409), as leaving is", ("200", "the member", schema("Member")), &["400", "401", "403", "404", "409", "413", "415", "422", "503"], json!({ "parameters": [room_param(), user_param()], "requestBody": body("MemberChange") }))
             },
             "/api/v1/rooms/{room}/messages": {
                 "get": op("History, oldest first within the page", ("200", "a page of events", schema("Page")), &std_errors, json!({ "parameters": [room_param(),
