@@ -24,6 +24,7 @@ mod names;
 mod rooms;
 mod schema;
 mod search;
+mod search_words;
 mod unread;
 
 #[cfg(test)]

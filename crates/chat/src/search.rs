@@ -5,14 +5,17 @@
 //! its post is answered, on the primary as on a mirror, a standby or a restored copy.
 //!
 //! The user's words are searched as words, never parsed as FTS5 syntax: each white-space
-//! separated piece becomes a quoted FTS5 string, and the pieces must all occur. Any input is a
-//! valid query.
+//! separated piece becomes a quoted FTS5 string of its words (`search_words`: NFKC, each CJK
+//! character a word, punctuation and symbols between words), and the pieces must all occur.
+//! Any input is a valid query or refused as invalid, naming the piece that holds no word; never
+//! an FTS5 syntax error.
 
 use crate::ChatError;
 use crate::events::{EVENT_COLUMNS, Event, event_row};
 use crate::messages::check_limit;
 use crate::names::{NameOf, check_name};
 use crate::schema::{Query, lsn_param, read};
+use crate::search_words::{indexed, phrase};
 use tandem_store::rusqlite::{Connection, types::Value};
 use tandem_store::{Database, Follow, Follower, Op, StoreError};
 
@@ -31,7 +34,8 @@ pub const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The search index, run on every copy of `mgc` by [`crate::prepare`].
 pub static SEARCH: Follow = Follow {
     name: "search",
-    version: 1,
+    // 2: text indexed as `search_words` makes it (NFKC, CJK characters one by one).
+    version: 2,
     make: || Box::new(SearchIndex),
 };
 
@@ -40,15 +44,27 @@ const EVENT_ID: usize = 0;
 const EVENT_KIND: usize = 2;
 const EVENT_TEXT: usize = 5;
 
-/// Keeps `events_fts`: contentless (the text is in `events`), with deletes.
+/// Keeps `events_fts`: contentless (the text is in `events`; the index holds its words as
+/// `search_words::indexed` writes them), with deletes.
 struct SearchIndex;
 
 impl SearchIndex {
     fn index(conn: &Connection, row: &[Value]) -> Result<(), StoreError> {
         if matches!(&row[EVENT_KIND], Value::Text(k) if k == "message") {
-            conn.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?
-                .execute((&row[EVENT_ID], &row[EVENT_TEXT]))?;
+            let Value::Text(text) = &row[EVENT_TEXT] else {
+                return Err(StoreError::Invalid(format!(
+                    "message {:?}'s text is not text: {:?}",
+                    row[EVENT_ID], row[EVENT_TEXT]
+                )));
+            };
+            Self::insert(conn, &row[EVENT_ID], text)?;
         }
+        Ok(())
+    }
+
+    fn insert(conn: &Connection, id: &Value, text: &str) -> Result<(), StoreError> {
+        conn.prepare_cached("INSERT INTO events_fts (rowid, text) VALUES (?1, ?2)")?
+            .execute((id, indexed(text).as_ref()))?;
         Ok(())
     }
 
@@ -86,26 +102,37 @@ impl Follower for SearchIndex {
             |r| r.get(0),
         )?;
         if has_events {
-            conn.execute_batch(
-                "INSERT INTO events_fts (rowid, text) \
-                 SELECT id, text FROM source.events WHERE kind = 'message'",
-            )?;
+            let mut messages =
+                conn.prepare("SELECT id, text FROM source.events WHERE kind = 'message'")?;
+            let mut rows = messages.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: Value = row.get(0)?;
+                let text = row.get_ref(1)?.as_str().map_err(|e| {
+                    StoreError::Invalid(format!("message {id:?}'s text is not text: {e}"))
+                })?;
+                Self::insert(conn, &id, text)?;
+            }
         }
         Ok(())
     }
 }
 
-/// Messages that contain every word of `query`, in rooms `user` may read (open rooms, and the
-/// rooms `user` is a member of), newest first, at most `limit` (1 to `SEARCH_LIMIT_MAX`;
-/// `SEARCH_LIMIT_DEFAULT` when none). Invalid for an empty query or one over
-/// `SEARCH_QUERY_BYTES_MAX` bytes. Whatever the query holds — quotes, operators, parentheses —
-/// it is searched as words, never refused as syntax. Refused as catching up
-/// (`StoreError::CatchingUp`) when the index does not hold every acknowledged message within
-/// `SEARCH_WAIT`.
+/// Messages that contain every piece of `query` (its white-space separated pieces, each a word
+/// or the words a piece holds, adjacent: see `search_words`), in rooms `user` may read (open
+/// rooms, and the rooms `user` is a member of), newest first, with an id below `before` when
+/// given, at most `limit` (1 to `SEARCH_LIMIT_MAX`; `SEARCH_LIMIT_DEFAULT` when none): taking
+/// the last id of each page as `before` for the next visits every match exactly once, and a
+/// page shorter than `limit` is the last. Invalid for a query with no piece, one over
+/// `SEARCH_QUERY_BYTES_MAX` bytes, or one with a piece that holds no word (only punctuation,
+/// symbols or emoji, which are not indexed: searched, they would match anything). Whatever
+/// else the query holds — quotes, operators, parentheses — it is searched as words, never
+/// refused as syntax. Refused as catching up (`StoreError::CatchingUp`) when the index does
+/// not hold every acknowledged message within `SEARCH_WAIT`.
 pub fn search(
     db: &Database,
     user: &str,
     query: &str,
+    before: Option<i64>,
     limit: Option<usize>,
 ) -> Result<Vec<Event>, ChatError> {
     check_name(NameOf::User, user)?;
@@ -116,11 +143,8 @@ pub fn search(
             query.len()
         )));
     }
-    let Some(fts) = fts_query(query) else {
-        return Err(ChatError::Invalid(
-            "a search query needs at least one word".into(),
-        ));
-    };
+    let fts = fts_query(query)?;
+    let before = before.unwrap_or(i64::MAX);
     let durable = db.durable_lsn();
     db.wait_followed(SEARCH.name, durable, SEARCH_WAIT)?;
     let columns = EVENT_COLUMNS
@@ -134,32 +158,44 @@ pub fn search(
                 "SELECT {columns} FROM search.events_fts f \
                  JOIN events e ON e.id = f.rowid \
                  JOIN rooms r ON r.name = e.room \
-                 WHERE events_fts MATCH ?1 AND e.kind = 'message' AND e.lsn <= ?2 \
+                 WHERE events_fts MATCH ?1 AND f.rowid < ?5 \
+                 AND e.kind = 'message' AND e.lsn <= ?2 \
                  AND (r.privacy = 'open' OR EXISTS \
                       (SELECT 1 FROM members m WHERE m.room = e.room AND m.user = ?3)) \
                  ORDER BY f.rowid DESC LIMIT ?4"
             ),
-            (fts.as_str(), lsn_param(durable), user, limit as i64),
+            (fts.as_str(), lsn_param(durable), user, limit as i64, before),
             event_row,
         )
     })?;
     debug_assert!(events.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    debug_assert!(events.iter().all(|e| e.id < before), "below the cursor");
     Ok(events)
 }
 
-/// The FTS5 query for the user's words: each piece separated by white space (or NUL, which
-/// would end FTS5's parsing) as an FTS5 string (double quotes, inner quotes doubled), all
-/// required. `None` when there is no piece.
-fn fts_query(query: &str) -> Option<String> {
-    let pieces: Vec<String> = query
+/// The FTS5 query for the user's words: each piece separated by white space (or NUL) as the
+/// FTS5 string of its words (`search_words::phrase`), all required. Invalid when there is no
+/// piece, or a piece holds no word: FTS5 would drop it from the query and find messages
+/// without it.
+fn fts_query(query: &str) -> Result<String, ChatError> {
+    let pieces = query
         .split(|c: char| c.is_whitespace() || c == '\0')
         .filter(|w| !w.is_empty())
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect();
+        .map(|w| {
+            phrase(w).ok_or_else(|| {
+                ChatError::Invalid(format!(
+                    "search finds words (letters and digits); {w:?} holds none: punctuation, \
+                     symbols and emoji are not indexed"
+                ))
+            })
+        })
+        .collect::<Result<Vec<String>, ChatError>>()?;
     if pieces.is_empty() {
-        return None;
+        return Err(ChatError::Invalid(
+            "a search query needs at least one word".into(),
+        ));
     }
-    Some(pieces.join(" "))
+    Ok(pieces.join(" "))
 }
 
 #[cfg(test)]
@@ -168,6 +204,7 @@ mod tests {
     use crate::Privacy;
     use crate::test_support::{mgc, new_room};
     use crate::{add_member, create_room, post};
+    use tandem_store::rusqlite::Connection;
 
     fn texts(events: &[Event]) -> Vec<&str> {
         events.iter().map(|e| e.text.as_str()).collect()
@@ -199,7 +236,7 @@ mod tests {
         .unwrap();
         post(&db, "alice", "open", "Deploy again tomorrow", None).unwrap();
 
-        let all = search(&db, "alice", "deploy", None).unwrap();
+        let all = search(&db, "alice", "deploy", None, None).unwrap();
         assert_eq!(
             texts(&all),
             [
@@ -209,22 +246,33 @@ mod tests {
                 "the deploy went fine",
             ]
         );
-        let bob = search(&db, "bob", "deploy", None).unwrap();
+        let bob = search(&db, "bob", "deploy", None, None).unwrap();
         assert_eq!(
             texts(&bob),
             ["Deploy again tomorrow", "the deploy went fine"]
         );
-        assert!(search(&db, "bob", "business", None).unwrap().is_empty());
+        assert!(
+            search(&db, "bob", "business", None, None)
+                .unwrap()
+                .is_empty()
+        );
         // Every word must occur; room events ("alice created …") are not messages.
         assert_eq!(
-            texts(&search(&db, "alice", "deploy business secret", None).unwrap()),
+            texts(&search(&db, "alice", "deploy business secret", None, None).unwrap()),
             ["the deploy is secret business"]
         );
-        assert!(search(&db, "alice", "created", None).unwrap().is_empty());
-        assert_eq!(search(&db, "alice", "deploy", Some(1)).unwrap().len(), 1);
+        assert!(
+            search(&db, "alice", "created", None, None)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            search(&db, "alice", "deploy", None, Some(1)).unwrap().len(),
+            1
+        );
 
         add_member(&db, "alice", "closed", "bob", false).unwrap();
-        assert_eq!(search(&db, "bob", "business", None).unwrap().len(), 1);
+        assert_eq!(search(&db, "bob", "business", None, None).unwrap().len(), 1);
     }
 
     #[test]
@@ -265,16 +313,24 @@ mod tests {
         for q in nasty.iter().filter(|q| !q.contains('\0')) {
             post(&db, "alice", "r", &format!("note {q} end"), None).unwrap();
         }
+        // Pieces that hold no word are refused, named; every other query is searched.
+        let wordless = ["\"", "\"\"", "(", "*", "^", "+", "(", ")", "'", "🦀"];
         for q in nasty {
-            match search(&db, "alice", q, None) {
+            match search(&db, "alice", q, None, None) {
                 Ok(_) => {}
                 // NUL separates words like white space: alone, it is an empty query.
                 Err(ChatError::Invalid(_)) if q == "\0" => {}
+                Err(ChatError::Invalid(m))
+                    if q.split_whitespace().any(|p| wordless.contains(&p)) =>
+                {
+                    let piece = q.split_whitespace().find(|p| wordless.contains(p));
+                    assert!(m.contains(&format!("{:?}", piece.unwrap())), "{q:?}: {m}");
+                }
                 Err(e) => panic!("{q:?}: {e} ({})", e.code()),
             }
         }
         assert_eq!(
-            texts(&search(&db, "alice", "a\0b", None).unwrap()),
+            texts(&search(&db, "alice", "a\0b", None, None).unwrap()),
             [
                 "note a\"b end",
                 "note {a b}:c end",
@@ -284,27 +340,27 @@ mod tests {
         );
         // Operators are words: "AND" finds the message that holds the word.
         assert_eq!(
-            texts(&search(&db, "alice", "AND", None).unwrap()),
+            texts(&search(&db, "alice", "AND", None, None).unwrap()),
             ["note AND end", "note AND OR NOT ( end"]
         );
-        assert_eq!(search(&db, "alice", "NEAR(", None).unwrap().len(), 3);
+        assert_eq!(search(&db, "alice", "NEAR(", None, None).unwrap().len(), 3);
         for empty in ["", " ", "\n\t"] {
             assert_eq!(
-                search(&db, "alice", empty, None).unwrap_err().code(),
+                search(&db, "alice", empty, None, None).unwrap_err().code(),
                 "invalid"
             );
         }
         let long = "a ".repeat(SEARCH_QUERY_BYTES_MAX);
         assert_eq!(
-            search(&db, "alice", &long, None).unwrap_err().code(),
+            search(&db, "alice", &long, None, None).unwrap_err().code(),
             "invalid"
         );
         assert_eq!(
-            search(&db, "alice", "a", Some(0)).unwrap_err().code(),
+            search(&db, "alice", "a", None, Some(0)).unwrap_err().code(),
             "invalid"
         );
         assert_eq!(
-            search(&db, "alice", "a", Some(SEARCH_LIMIT_MAX + 1))
+            search(&db, "alice", "a", None, Some(SEARCH_LIMIT_MAX + 1))
                 .unwrap_err()
                 .code(),
             "invalid"
@@ -365,13 +421,13 @@ mod tests {
         for i in 0..60 {
             let e = post(&db, "alice", "r", &format!("needle {i}"), None).unwrap();
             // No wait but the search's own.
-            let found = search(&db, "alice", &format!("needle {i}"), Some(1)).unwrap();
+            let found = search(&db, "alice", &format!("needle {i}"), None, Some(1)).unwrap();
             assert_eq!(found.first().map(|f| f.id), Some(e.id), "post {i}");
         }
         // Edits and deletes come through the journal like any write (chat makes none yet).
         let (edited, deleted) = (5, 6);
         let ids = |q: &str| -> Vec<i64> {
-            search(&db, "alice", q, Some(SEARCH_LIMIT_MAX))
+            search(&db, "alice", q, None, Some(SEARCH_LIMIT_MAX))
                 .unwrap()
                 .iter()
                 .map(|e| e.id)
@@ -451,14 +507,14 @@ mod tests {
             "build",
             "secret build",
             "\"quoted\"",
-            "AND (",
+            "AND (parens)",
             "bob",
             "nothing",
         ];
         for user in ["alice", "bob", "carol", "dave"] {
             for q in queries {
-                let on_primary = search(&db, user, q, Some(SEARCH_LIMIT_MAX)).unwrap();
-                let on_copy = search(&copy, user, q, Some(SEARCH_LIMIT_MAX)).unwrap();
+                let on_primary = search(&db, user, q, None, Some(SEARCH_LIMIT_MAX)).unwrap();
+                let on_copy = search(&copy, user, q, None, Some(SEARCH_LIMIT_MAX)).unwrap();
                 assert_eq!(on_copy, on_primary, "{user} searching {q:?}");
             }
             assert_eq!(
@@ -471,13 +527,13 @@ mod tests {
             );
         }
         assert_eq!(
-            search(&copy, "alice", "release", Some(SEARCH_LIMIT_MAX))
+            search(&copy, "alice", "release", None, Some(SEARCH_LIMIT_MAX))
                 .unwrap()
                 .len(),
             60
         );
         assert_eq!(
-            search(&copy, "dave", "release", Some(SEARCH_LIMIT_MAX))
+            search(&copy, "dave", "release", None, Some(SEARCH_LIMIT_MAX))
                 .unwrap()
                 .len(),
             45,
@@ -493,11 +549,210 @@ mod tests {
 
     #[test]
     fn the_query_quotes_every_piece() {
-        assert_eq!(fts_query("  "), None);
-        assert_eq!(fts_query("a b").as_deref(), Some("\"a\" \"b\""));
+        assert_eq!(fts_query("  ").unwrap_err().code(), "invalid");
+        assert_eq!(fts_query("a b").unwrap(), "\"a\" \"b\"");
+        assert_eq!(fts_query("say \"hi\"").unwrap(), "\"say\" \"hi\"");
+        assert_eq!(fts_query("東京 a-b").unwrap(), "\"東 京\" \"a b\"");
+        let e = fts_query("party 🎉").unwrap_err();
+        assert!(e.to_string().contains("\"🎉\""), "{e}");
+    }
+
+    /// Posts `texts` to an open room `r` and returns the ids of the messages, by text.
+    fn post_all(db: &Database, texts: &[&str]) -> std::collections::HashMap<String, i64> {
+        create_room(db, "alice", &new_room("r", Privacy::Open)).unwrap();
+        texts
+            .iter()
+            .map(|t| (t.to_string(), post(db, "alice", "r", t, None).unwrap().id))
+            .collect()
+    }
+
+    /// The texts found for `q`, newest first.
+    fn found(db: &Database, q: &str) -> Vec<String> {
+        search(db, "bob", q, None, Some(SEARCH_LIMIT_MAX))
+            .unwrap_or_else(|e| panic!("{q:?}: {e}"))
+            .into_iter()
+            .map(|e| e.text)
+            .collect()
+    }
+
+    const CJK_TEXTS: [&str; 7] = [
+        "東京タワーに行きました",
+        "我爱北京天安门",
+        "北方的京城",
+        "한국어 문장입니다",
+        "Tokyoタワー is tall",
+        "京都の寺",
+        "the tower of Tokyo",
+    ];
+
+    /// What the CJK texts above answer, on any copy.
+    fn check_cjk(db: &Database) {
+        let cases: [(&str, &[&str]); 12] = [
+            ("東京タワー", &["東京タワーに行きました"]),
+            ("北京", &["我爱北京天安门"]),
+            ("天安门 我爱", &["我爱北京天安门"]),
+            ("北京天安门广场", &[]),
+            (
+                "京",
+                &[
+                    "京都の寺",
+                    "北方的京城",
+                    "我爱北京天安门",
+                    "東京タワーに行きました",
+                ],
+            ),
+            ("문장", &["한국어 문장입니다"]),
+            ("문장입니다", &["한국어 문장입니다"]),
+            ("タワー", &["Tokyoタワー is tall", "東京タワーに行きました"]),
+            ("Tokyoタワー", &["Tokyoタワー is tall"]),
+            ("tokyo", &["the tower of Tokyo", "Tokyoタワー is tall"]),
+            // Halfwidth katakana is NFKC's fullwidth.
+            ("ﾀﾜｰ", &["Tokyoタワー is tall", "東京タワーに行きました"]),
+            ("行き。", &["東京タワーに行きました"]),
+        ];
+        for (q, want) in cases {
+            assert_eq!(found(db, q), want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn cjk_text_is_found_by_any_run_of_its_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        post_all(&db, &CJK_TEXTS);
+        check_cjk(&db);
+        let copy = crate::test_support::replayed(&db, dir.path(), 3);
+        check_cjk(&copy);
+        fts_integrity(&db);
+    }
+
+    #[test]
+    fn an_index_of_an_earlier_version_is_rebuilt_from_the_rows_as_this_one_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        post_all(&db, &CJK_TEXTS);
+        post(&db, "alice", "r", "ﬁle ＡＢＣ", None).unwrap();
+        db.wait_followed(SEARCH.name, db.durable_lsn(), SEARCH_WAIT)
+            .unwrap();
+        let path = db.dir().to_path_buf();
+        drop(db);
+        // The file as version 1 left it: its words as unicode61 made them from the text.
+        {
+            let conn = Connection::open(path.join("follow-search.db")).unwrap();
+            conn.execute_batch("DELETE FROM events_fts; UPDATE _tandem_follow SET version = 1")
+                .unwrap();
+        }
+        let db = Database::open(&path, tandem_store::Options::default()).unwrap();
+        crate::prepare(&db).unwrap();
+        check_cjk(&db);
+        assert_eq!(found(&db, "file abc"), ["ﬁle ＡＢＣ"]);
+        fts_integrity(&db);
+    }
+
+    #[test]
+    fn compatibility_forms_and_case_are_searched_as_their_plain_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        post_all(
+            &db,
+            &[
+                "the ﬁle is ready",
+                "ＡＢＣ Corp",
+                "a plain file",
+                "cafe\u{301} au lait",
+                "Ⅻ chapters",
+                "nothing here",
+            ],
+        );
+        assert_eq!(found(&db, "file"), ["a plain file", "the ﬁle is ready"]);
+        assert_eq!(found(&db, "ﬁle"), ["a plain file", "the ﬁle is ready"]);
+        assert_eq!(found(&db, "FILE ready"), ["the ﬁle is ready"]);
+        assert_eq!(found(&db, "abc"), ["ＡＢＣ Corp"]);
+        assert_eq!(found(&db, "ａｂｃ corp"), ["ＡＢＣ Corp"]);
+        // Decomposed or composed, with its accent or without (unicode61 drops diacritics).
+        assert_eq!(found(&db, "café"), ["cafe\u{301} au lait"]);
+        assert_eq!(found(&db, "cafe"), ["cafe\u{301} au lait"]);
+        assert_eq!(found(&db, "xii"), ["Ⅻ chapters"]);
+    }
+
+    #[test]
+    fn a_piece_with_no_word_is_refused_and_named_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        post_all(
+            &db,
+            &["party 🎉 tonight", "party later", "C++ and C#", "🦀 rust"],
+        );
+        for (q, piece) in [
+            ("🎉", "🎉"),
+            ("party 🎉", "🎉"),
+            ("🦀", "🦀"),
+            ("party ✅", "✅"),
+            ("c ++", "++"),
+            ("what ?", "?"),
+            ("👍🏽", "👍🏽"),
+        ] {
+            let e = search(&db, "bob", q, None, None).unwrap_err();
+            assert_eq!(e.code(), "invalid", "{q:?}");
+            assert!(e.to_string().contains(&format!("{piece:?}")), "{q:?}: {e}");
+        }
+        // Symbols and punctuation inside a piece separate its words, as in the text.
+        assert_eq!(found(&db, "party🎉"), ["party later", "party 🎉 tonight"]);
+        assert_eq!(found(&db, "C++"), ["C++ and C#"]);
+        assert_eq!(found(&db, "rust"), ["🦀 rust"]);
+    }
+
+    #[test]
+    fn search_pages_before_an_id_visit_every_match_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = mgc(dir.path());
+        create_room(&db, "alice", &new_room("open", Privacy::Open)).unwrap();
+        create_room(&db, "alice", &new_room("secret", Privacy::Secret)).unwrap();
+        let mut want = Vec::new();
+        for i in 0..250 {
+            let e = post(&db, "alice", "open", &format!("needle {i}"), None).unwrap();
+            want.push(e.id);
+            if i % 7 == 0 {
+                post(&db, "alice", "open", "haystack", None).unwrap();
+                post(&db, "alice", "secret", "needle secret", None).unwrap();
+            }
+        }
+        want.reverse();
+        for limit in [SEARCH_LIMIT_MAX, 7, 1] {
+            let mut seen = Vec::new();
+            let mut before = None;
+            loop {
+                let page = search(&db, "bob", "needle", before, Some(limit)).unwrap();
+                assert!(page.len() <= limit);
+                seen.extend(page.iter().map(|e| e.id));
+                if page.len() < limit {
+                    break;
+                }
+                before = page.last().map(|e| e.id);
+            }
+            assert_eq!(seen, want, "limit {limit}: every match once, newest first");
+        }
         assert_eq!(
-            fts_query("say \"hi\"").as_deref(),
-            Some("\"say\" \"\"\"hi\"\"\"")
+            search(&db, "bob", "needle", Some(want[0]), Some(2))
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>(),
+            want[1..3]
+        );
+        for before in [want[want.len() - 1], 0, -5, i64::MIN] {
+            assert!(
+                search(&db, "bob", "needle", Some(before), None)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        // The secret room's matches stay out of every page: bob reads none of it.
+        assert_eq!(
+            search(&db, "alice", "needle secret", Some(i64::MAX), None)
+                .unwrap()
+                .len(),
+            20
         );
     }
 }

@@ -110,6 +110,9 @@ pub enum ChatCommand {
     Search {
         /// Words that every message found contains.
         query: String,
+        /// Only messages with an id below this one (the last id of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
         /// The most messages to show, newest first (1 to 100; 20 when not given).
         #[arg(long, allow_negative_numbers = true)]
         limit: Option<usize>,
@@ -682,8 +685,16 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
                 s
             })
         }
-        ChatCommand::Search { query, limit, who } => {
+        ChatCommand::Search {
+            query,
+            before,
+            limit,
+            who,
+        } => {
             let mut q = format!("q={}", enc(&query));
+            if let Some(b) = before {
+                q.push_str(&format!("&before={b}"));
+            }
             if let Some(l) = limit {
                 q.push_str(&format!("&limit={l}"));
             }
@@ -696,9 +707,15 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
                 None,
             )?;
             out.emit(&r, || {
-                lines_or(&r, "no message that you may read matches", |e| {
+                let mut s = lines_or(&r, "no message that you may read matches", |e| {
                     format!("{:<12} {}", e["room"].as_str().unwrap_or(""), event_line(e))
-                })
+                });
+                // A full page may have older matches after it.
+                let shown = r.as_array().map_or(0, Vec::len);
+                if shown > 0 && shown == limit.unwrap_or(tandem_chat::SEARCH_LIMIT_DEFAULT) {
+                    s.push_str("… more: --before the last id\n");
+                }
+                s
             })
         }
     }

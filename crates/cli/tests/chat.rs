@@ -402,14 +402,16 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     });
 
     // History paging returns every message exactly once.
+    let mut bulk = Vec::new();
     for i in 0..230 {
-        api(
+        let e = api(
             &c.fe2,
             "POST",
             "/api/v1/rooms/lobby/messages",
             &alice,
             json!({ "text": format!("bulk {i}") }),
         );
+        bulk.push(e["id"].as_i64().unwrap());
     }
     let mut seen = Vec::new();
     let mut before: Option<i64> = None;
@@ -434,6 +436,55 @@ fn chat_through_two_nodes_with_live_events_history_search_and_bad_input() {
     assert_eq!(sorted.len(), seen.len(), "no event twice");
     let messages: Vec<i64> = seen.iter().copied().filter(|_| true).collect();
     assert!(messages.len() >= 230 + 10 + 3, "{}", messages.len());
+
+    // Search pages, each before the last id of the one before, find every match once, newest
+    // first: through the other chat node than the posts.
+    let mut found: Vec<i64> = Vec::new();
+    let mut before = String::new();
+    loop {
+        let path = format!("/api/v1/search?q=bulk&limit=100{before}");
+        let page = api(&c.fe1, "GET", &path, &carol, Value::Null);
+        let ids: Vec<i64> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        found.extend(&ids);
+        if ids.len() < 100 {
+            break;
+        }
+        before = format!("&before={}", ids[99]);
+    }
+    bulk.reverse();
+    assert_eq!(found, bulk, "every match once, newest first");
+    let out = ok(
+        &c.dir,
+        &[
+            "chat",
+            "search",
+            "bulk",
+            "--before",
+            &bulk[1].to_string(),
+            "--limit",
+            "1",
+            "--as",
+            "carol",
+        ],
+    );
+    assert!(
+        out.contains("bulk 227") && out.contains("… more: --before the last id"),
+        "{out}"
+    );
+    let (status, body) = http(
+        &c.fe1,
+        "GET",
+        "/api/v1/search?q=bulk%20%F0%9F%8E%89",
+        Some(&carol),
+        &[],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("🎉"), "{body}");
 
     // Search finds only what the user may read; the secret room stays invisible to carol.
     let hits = api(&c.fe1, "GET", "/api/v1/search?q=zebra", &bob, Value::Null);

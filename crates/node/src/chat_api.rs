@@ -425,6 +425,7 @@ async fn history(
 #[serde(deny_unknown_fields)]
 struct SearchQuery {
     q: String,
+    before: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -434,14 +435,12 @@ async fn search(
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<Raw>, ApiError> {
     let q = query(q)?;
-    Ok(Json(
-        mgc(
-            &node,
-            "chat.search",
-            json!({ "user": u, "query": q.q, "limit": q.limit }),
-        )
-        .await?,
-    ))
+    let mut args = json!({ "user": u, "query": q.q, "limit": q.limit });
+    // Only when given: a db node of an earlier version refuses a field it does not know.
+    if let Some(before) = q.before {
+        args["before"] = json!(before);
+    }
+    Ok(Json(mgc(&node, "chat.search", args).await?))
 }
 
 #[derive(Deserialize)]

@@ -122,6 +122,9 @@ struct History {
 struct Search {
     user: String,
     query: String,
+    /// Sent only when given: a db node of an earlier version refuses the field.
+    #[serde(default)]
+    before: Option<i64>,
     limit: Option<usize>,
 }
 
@@ -287,7 +290,7 @@ pub(crate) fn run(db: &Database, p: &str, a: &Args) -> Result<Value, ApiError> {
         }
         "chat.search" => {
             let a: Search = args(p, a)?;
-            to(chat::search(db, &a.user, &a.query, a.limit)?)
+            to(chat::search(db, &a.user, &a.query, a.before, a.limit)?)
         }
         "chat.can_read" => {
             let a: UserRoom = args(p, a)?;

@@ -151,8 +151,11 @@ pub fn document_value() -> Value {
                 "get": op("Messages after my read position", ("200", "count", schema("Unread")), &std_errors, json!({ "parameters": [room_param()] }))
             },
             "/api/v1/search": {
-                "get": op("Full-text search over the messages I may read, newest first", ("200", "events", array("Event")), &["400", "401", "503"], json!({ "parameters": [
-                    { "name": "q", "in": "query", "required": true, "schema": { "type": "string" } },
+                "get": op("Full-text search over the messages I may read, newest first", ("200", "events", array("Event")), &["400", "401", "503"], json!({
+                    "description": "Finds the messages that hold every white-space separated piece of q. There is no query syntax: quotes, AND/OR/NOT, NEAR, * and parentheses are read as text, so a quoted \"two words\" is not phrase search but two words, each required anywhere in the message. Words are letters and digits, matched whole, in any case, Latin accents ignored, after Unicode NFKC normalization of both the messages and q (ﬁle is file, fullwidth ＡＢＣ is abc); punctuation, symbols and emoji separate words and are not indexed. Chinese, Japanese and Korean characters are each a word of their own, and a piece is the phrase of its words, adjacent and in order: 北京 finds 我爱北京天安门, 東京タワー finds 東京タワーに行きました, 문장 finds 한국어 문장입니다; likewise e-mail finds e and mail adjacent. A piece that holds no letter or digit (🎉, ?, ++) is refused with a 400 naming it. Paging: pass the last (oldest) id of a page as before for the next one; a page shorter than limit is the last. A 503 catching_up while a new copy builds its index.",
+                    "parameters": [
+                    { "name": "q", "in": "query", "required": true, "schema": { "type": "string", "maxLength": 1024 }, "description": "the words, separated by white space; at most 1024 bytes of UTF-8" },
+                    { "name": "before", "in": "query", "schema": { "type": "integer" }, "description": "only messages with an id below this one: the last id of the previous page" },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 100, "default": 20 } }] }))
             },
             "/api/v1/events": {
