@@ -21,7 +21,7 @@ pub struct Category {
 }
 
 /// Creates category `name`. Invalid for a bad name or a description over
-/// `DESCRIPTION_BYTES_MAX` bytes; Conflict if the category exists.
+/// `DESCRIPTION_BYTES_MAX` bytes; Conflict if the category exists, in any case.
 pub fn add_category(
     db: &Database,
     user: &str,
@@ -34,10 +34,17 @@ pub fn add_category(
     check_description(description)?;
     let (user, name, description) = (user.to_string(), name.to_string(), description.to_string());
     let done = db.write(move |tx: &mut Tx<'_>| {
-        if category_exists(tx, &name)? {
-            return Err(ChatError::Conflict(format!(
-                "category {name} already exists"
-            )));
+        // Unique whatever their case, as room names are.
+        if let Some(taken) = tx.row(
+            "SELECT name FROM categories WHERE name = ?1 COLLATE NOCASE",
+            [&name],
+            |r| r.get::<_, String>(0),
+        )? {
+            return Err(ChatError::Conflict(if taken == name {
+                format!("category {name} already exists")
+            } else {
+                format!("category {name} already exists as {taken}: category names are unique whatever their case")
+            }));
         }
         let category = Category {
             name: name.clone(),
@@ -107,6 +114,12 @@ mod tests {
         let e = add_category(&db, "bob", "engineering", None).unwrap_err();
         assert_eq!(e.code(), "conflict");
         assert_eq!(e.to_string(), "category engineering already exists");
+        let e = add_category(&db, "bob", "ENGINEERING", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "category ENGINEERING already exists as engineering: category names are unique \
+             whatever their case"
+        );
         assert_eq!(db.identity().lsn, lsn, "a refused add writes nothing");
         let all = categories(&db).unwrap();
         let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();

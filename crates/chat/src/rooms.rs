@@ -150,8 +150,8 @@ pub(crate) fn check_description(description: &str) -> Result<(), ChatError> {
 
 /// Creates a room. Its creator becomes its first member and manager, and a `RoomCreated` event
 /// opens its history. Invalid for a bad name or description; NotFound for a category that does
-/// not exist; Conflict if a room of that name exists (room names are one namespace, secret rooms
-/// included).
+/// not exist; Conflict if a room of that name exists, in any case (room names are one
+/// namespace, secret rooms included).
 pub fn create_room(db: &Database, user: &str, room: &NewRoom) -> Result<Room, ChatError> {
     check_name(NameOf::User, user)?;
     check_name(NameOf::Room, &room.name)?;
@@ -162,16 +162,21 @@ pub fn create_room(db: &Database, user: &str, room: &NewRoom) -> Result<Room, Ch
     check_description(&description)?;
     let (user, new) = (user.to_string(), room.clone());
     let done = db.write(move |tx: &mut Tx<'_>| {
-        if tx
-            .row("SELECT 1 FROM rooms WHERE name = ?1", [&new.name], |_| {
-                Ok(())
-            })?
-            .is_some()
-        {
-            return Err(ChatError::Conflict(format!(
-                "room {} already exists",
-                new.name
-            )));
+        // Unique whatever their case (`lobby` and `LOBBY` were two rooms: anyone could make a
+        // look-alike of another's room); names are ASCII, which NOCASE folds.
+        if let Some(taken) = tx.row(
+            "SELECT name FROM rooms WHERE name = ?1 COLLATE NOCASE",
+            [&new.name],
+            |r| r.get::<_, String>(0),
+        )? {
+            return Err(ChatError::Conflict(if taken == new.name {
+                format!("room {} already exists", new.name)
+            } else {
+                format!(
+                    "room {} already exists: room names are unique whatever their case",
+                    new.name
+                )
+            }));
         }
         if let Some(c) = &new.category
             && !category_exists(tx, c)?
@@ -387,6 +392,16 @@ mod tests {
             (e.code(), e.to_string().as_str()),
             ("conflict", "room builds already exists")
         );
+        // Whatever the case (a look-alike of another's room was a room of its own).
+        let e = create_room(&db, "bob", &new_room("Builds", Privacy::Open)).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string().as_str()),
+            (
+                "conflict",
+                "room Builds already exists: room names are unique whatever their case"
+            )
+        );
+        assert_eq!(db.identity().lsn, lsn, "a refused create writes nothing");
         let mut orphan = new_room("orphan", Privacy::Open);
         orphan.category = Some("nope".into());
         assert_eq!(
