@@ -11,7 +11,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -50,7 +53,16 @@ pub(crate) struct Bounds {
     pub(crate) write_stall: Duration,
     /// A new connection whose first byte has not come this long after it opened: closed.
     pub(crate) first_byte: Duration,
+    /// Connections open at once from one client address (IPv6: its /64), beyond which a new
+    /// one is closed as it comes; addresses the node exempts (its deployment's nodes) are not
+    /// counted.
+    pub(crate) per_client: usize,
 }
+
+/// At most this many connections at once from one client address: one client opening
+/// connections faster than they are let go held every open file of a node (and of the witness
+/// it hosts). Generous for a client behind an address shared by many (a NAT).
+pub(crate) const CONNECTIONS_PER_CLIENT: usize = 1024;
 
 /// A node's bounds.
 pub(crate) const NODE_BOUNDS: Bounds = Bounds {
@@ -58,7 +70,67 @@ pub(crate) const NODE_BOUNDS: Bounds = Bounds {
     body: REQUEST_BODY_WAIT,
     write_stall: WRITE_STALL_MAX,
     first_byte: FIRST_BYTE_WAIT,
+    per_client: CONNECTIONS_PER_CLIENT,
 };
+
+/// The connections open per client address, for `Bounds::per_client`.
+struct Clients {
+    max: usize,
+    exempt: HashSet<IpAddr>,
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// When a refusal was last logged, per address: once a minute at most.
+    logged: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// One connection counted against its client's address, until it is dropped.
+struct Counted {
+    clients: Arc<Clients>,
+    client: IpAddr,
+}
+
+impl Clients {
+    /// Counts a new connection from `peer`, or None when its address has `max` open already.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Option<Counted>> {
+        if self.exempt.contains(&peer) || self.exempt.contains(&crate::sign_in::counted(peer)) {
+            return Some(None);
+        }
+        let client = crate::sign_in::counted(peer);
+        let mut open = self.open.lock().expect("connections per client");
+        let n = open.entry(client).or_insert(0);
+        if *n >= self.max {
+            let n = *n;
+            drop(open);
+            let mut logged = self.logged.lock().expect("refusals logged");
+            let now = Instant::now();
+            if logged
+                .get(&client)
+                .is_none_or(|at| now.duration_since(*at) >= Duration::from_secs(60))
+            {
+                logged.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+                logged.insert(client, now);
+                tracing::warn!(%client, open = n, max = self.max, "a client holds as many connections as it may: its new ones are closed (logged once a minute)");
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Some(Counted {
+            clients: self.clone(),
+            client,
+        }))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().expect("connections per client");
+        if let Some(n) = open.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
 
 /// A timer set only when first asked about (most requests and writes never wait): true once
 /// `at` has passed; `at` is read when the timer is set.
@@ -213,12 +285,30 @@ where
 /// no request head for `idle` is closed; a request's handler (a long poll, a streamed full
 /// copy) and an upgraded WebSocket are not bounded by it. Handlers see the peer's address as
 /// `ConnectInfo<SocketAddr>`.
+#[cfg(test)]
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     bounds: Bounds,
+    stopping: watch::Receiver<bool>,
+) {
+    serve_exempting(listener, app, bounds, HashSet::new(), stopping).await
+}
+
+/// `serve`, with the addresses whose connections are not counted against `Bounds::per_client`.
+pub(crate) async fn serve_exempting(
+    listener: TcpListener,
+    app: Router,
+    bounds: Bounds,
+    exempt: HashSet<IpAddr>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let clients = Arc::new(Clients {
+        max: bounds.per_client,
+        exempt,
+        open: Mutex::new(HashMap::new()),
+        logged: Mutex::new(HashMap::new()),
+    });
     // HTTP/1.1 only (every client of a node speaks it): hyper's automatic version detection
     // would wait for a silent connection's first bytes with no bound at all.
     let mut builder = http1::Builder::new();
@@ -250,6 +340,10 @@ pub(crate) async fn serve(
             tracing::warn!("accepting connections again, after {refused} refused tries");
             refused = 0;
         }
+        let Some(counted) = clients.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -300,6 +394,7 @@ pub(crate) async fn serve(
                 }
             }
             drop(open);
+            drop(counted);
         });
     }
     drop(listener);
@@ -410,6 +505,64 @@ mod tests {
             .unwrap();
         let answer = until_closed(&mut late).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    /// One client address holds at most `per_client` connections: a new one past it is closed
+    /// as it comes (one client held every open file of a node), an exempt address is not
+    /// counted, and a connection let go makes room again.
+    #[tokio::test]
+    async fn a_client_holds_at_most_its_share_of_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let app = Router::new().route("/peer", get(|| async { "ok" }));
+        let (_stop, stopping) = watch::channel(false);
+        let bounds = Bounds {
+            per_client: 2,
+            ..NODE_BOUNDS
+        };
+        tokio::spawn(serve(listener, app.clone(), bounds, stopping.clone()));
+        let ask = |mut conn: tokio::net::TcpStream| async move {
+            // A connection closed as it came may refuse the request itself.
+            let sent = conn
+                .write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut got = Vec::new();
+            if sent.is_ok() {
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got));
+                // Reset, for one closed as it came with the request unread.
+                let _ = read.await.expect("closed within 10 s");
+            }
+            String::from_utf8_lossy(&got).to_string()
+        };
+        let held: Vec<_> =
+            futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(&addr)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        // Both counted once accepted.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(ask(third).await, "", "closed as it came");
+        let mut held = held.into_iter();
+        let first = held.next().unwrap();
+        assert!(ask(first).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert!(ask(again).await.starts_with("HTTP/1.1 200"), "room again");
+        // An exempt address is not counted.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let exempt_addr = listener.local_addr().unwrap().to_string();
+        let exempt = [std::net::IpAddr::from([127, 0, 0, 1])].into();
+        tokio::spawn(serve_exempting(listener, app, bounds, exempt, stopping));
+        let mut many = Vec::new();
+        for _ in 0..4 {
+            many.push(tokio::net::TcpStream::connect(&exempt_addr).await.unwrap());
+        }
+        for conn in many {
+            assert!(ask(conn).await.starts_with("HTTP/1.1 200"));
+        }
     }
 
     #[tokio::test]

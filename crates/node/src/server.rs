@@ -71,6 +71,27 @@ pub(crate) struct NodeState {
 
 pub(crate) type Shared = Arc<NodeState>;
 
+/// The addresses the deployment's nodes (and operators on them) connect from, which the
+/// per-client connection bound leaves out: the loopback and every node's host, as the topology
+/// names it (a name that does not resolve at start is left out of the exemption).
+fn node_addresses(topology: &Topology) -> std::collections::HashSet<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+    let mut exempt: std::collections::HashSet<IpAddr> = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]
+    .into();
+    for n in &topology.nodes {
+        match n.address.to_socket_addrs() {
+            Ok(addrs) => exempt.extend(addrs.map(|a| a.ip())),
+            Err(e) => {
+                tracing::warn!(node = n.name, address = n.address, error = %e, "a node's address does not resolve: its connections are counted as a client's")
+            }
+        }
+    }
+    exempt
+}
+
 impl NodeState {
     pub(crate) fn me(&self) -> &tandem_topology::Node {
         self.topology.node(&self.name).expect("checked at start")
@@ -743,10 +764,11 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut hard = stopping.clone();
-    let server = crate::http_serve::serve(
+    let server = crate::http_serve::serve_exempting(
         listener,
         app,
         crate::http_serve::NODE_BOUNDS,
+        node_addresses(&state.topology),
         stopping.clone(),
     );
     tokio::select! {

@@ -85,7 +85,7 @@ impl Default for SignIns {
 }
 
 /// IPv6 clients are counted by their /64: one host commonly holds a whole one.
-fn counted(from: IpAddr) -> IpAddr {
+pub(crate) fn counted(from: IpAddr) -> IpAddr {
     match from {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
