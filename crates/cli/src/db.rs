@@ -377,6 +377,9 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         stop_at,
         // A copy another process has open (a node serving it) is not replaced from here.
         replace_wait: std::time::Duration::ZERO,
+        // Above any epoch a copy of the database used since the backup, as the online
+        // recoveries' (the backup's plus one was a mirror's takeover epoch, two histories).
+        recover_epoch_floor: Some(tandem_node::standby::cross_site_epoch(0)),
         ..Default::default()
     };
     // A directory holding a database takes log backups; anything else gets a new copy, which
@@ -441,9 +444,12 @@ fn restore(a: RestoreArgs, out: &Output) -> anyhow::Result<()> {
         if marked {
             s.push_str(
                 "made primary offline: a node that starts with this copy serves it only if no \
-                 other copy of its database answers as primary (otherwise the copy is set aside \
-                 and made again from that primary); to put a backup in place of a serving \
-                 database, use tandem db restore --db DB --instance NODE --from FILE --replace\n",
+                 other copy of its database is primary, holds records past it, or takes \
+                 connections without answering (otherwise the copy is set aside and made again \
+                 from its partner). To rebuild a database from its backups, stop the nodes of its \
+                 other copies, start this one first, then the others (they follow it); to put a \
+                 backup in place of a serving database, use tandem db restore --db DB --instance \
+                 NODE --from FILE --replace\n",
             );
         }
         s

@@ -1525,7 +1525,8 @@ fn a_session_opened_while_posts_go_on_gets_every_later_message_once() {
 /// An offline restore recovers the copy it makes: primary of the backup's epoch plus one. Put
 /// in a mirror's directory while the primary served, it outranked that primary, which stepped
 /// down and was reseeded from it: every post acknowledged after the backup was gone (until
-/// session 34). Such a copy is now set aside; with no other primary, it is served.
+/// session 34). Such a copy is now set aside — beside a primary, or a copy holding records past
+/// it — and served only when no other copy is primary or ahead of it.
 #[test]
 fn a_copy_restored_offline_as_primary_is_served_only_when_no_other_copy_is_primary() {
     let d = Deployment::up(|t| t);
@@ -1590,15 +1591,35 @@ fn a_copy_restored_offline_as_primary_is_served_only_when_no_other_copy_is_prima
     post_some("after the set-aside", &mut acked);
     check_history(&acked, &history(&fe, &token));
 
-    // Into the primary's directory with every copy stopped (a database rebuilt from its
-    // backups): served, its epoch marked on the share, the mirror made again from it.
-    ok(&d.dir, &["down", "--nodes", "atl-db1,atl-db2"]);
+    // Into the primary's directory while its mirror, its primary and witness stopped, holds
+    // what was acknowledged after the backup: set aside too (it was served, and the mirror
+    // reseeded from it).
+    ok(&d.dir, &["down", "--nodes", "atl-fe,atl-db1"]);
     let said = restore_into("atl-db1");
     assert!(said.contains("made primary offline"), "{said}");
-    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1,atl-db2"]);
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
+    let c = d.wait_copy("mgc", "atl-db1", "the restored copy set aside", |c| {
+        c["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("records acknowledged after the backup"))
+    });
+    assert_eq!(c["state"], "absent", "{c}");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-fe"]);
+    d.wait_mirror("mgc", "atl-db1");
+    post_some("after the second set-aside", &mut acked);
+    check_history(&acked, &history(&fe, &token));
+
+    // A database rebuilt from its backups: every node of its copies stopped, the restored one
+    // started first — served, its epoch marked on the share — then the others, which follow
+    // it (the mirror made again from it).
+    ok(&d.dir, &["down", "--nodes", "atl-db1,atl-db2,dal-db1"]);
+    let said = restore_into("atl-db1");
+    assert!(said.contains("made primary offline"), "{said}");
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db1"]);
     let c = d.wait_copy("mgc", "atl-db1", "the restored primary", |c| {
         c["role"] == "primary"
     });
+    ok(&d.dir, &["up", "--detach", "--nodes", "atl-db2,dal-db1"]);
     let mark: Value =
         serde_json::from_slice(&std::fs::read(d.dir.join("share/mgc/epoch.json")).unwrap())
             .unwrap();

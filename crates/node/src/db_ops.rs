@@ -321,6 +321,9 @@ pub(crate) async fn restore(
     let options = RestoreOptions {
         recovery,
         stop_at,
+        // A restore that recovers is a disaster-recovery move, as `recover` is: its epoch is
+        // above any a copy of the database used since the backup.
+        recover_epoch_floor: Some(crate::standby::cross_site_epoch(0)),
         ..Default::default()
     };
     let from = req.from.clone();

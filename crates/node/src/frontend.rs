@@ -69,8 +69,9 @@ async fn login(
 ) -> Result<Json<Value>, ApiError> {
     let Object(l) = body.map_err(ApiError::json)?;
     let from = peer.ip();
-    node.sign_ins
-        .check(from, &l.user, Instant::now())
+    let attempt = node
+        .sign_ins
+        .begin(from, &l.user, Instant::now())
         .map_err(|refusal| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -91,11 +92,9 @@ async fn login(
         .map_err(|_| ApiError::unavailable("this node is stopping"))?;
     let answer = check_password(&node, &l).await;
     match &answer {
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-            node.sign_ins.failed(from, &l.user, Instant::now())
-        }
-        Ok(_) => node.sign_ins.succeeded(from, &l.user),
-        Err(_) => {}
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => attempt.failed(Instant::now()),
+        Ok(_) => attempt.succeeded(),
+        Err(_) => drop(attempt),
     }
     answer.map(Json)
 }

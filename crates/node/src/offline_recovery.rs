@@ -78,11 +78,9 @@ pub(crate) async fn settle(node: &Shared) {
                 .map(|n| node.client.copy_role(&n.address, &database, PROBE_TIMEOUT)),
         )
         .await;
-        let serving = peers
-            .iter()
-            .zip(answers)
-            .filter_map(|(n, a)| a.ok().map(|r| (n.name.clone(), r)))
-            .find(|(_, r)| r.role == Role::Primary.to_string());
+        let serving = peers.iter().zip(answers).find_map(|(n, a)| {
+            kept_out_by(&n.name, &database, (id.epoch, id.lsn), a).map(|why| (n.name.clone(), why))
+        });
         drop(db);
         match serving {
             None => {
@@ -97,25 +95,19 @@ pub(crate) async fn settle(node: &Shared) {
                     database,
                     epoch = id.epoch,
                     lsn = id.lsn,
-                    "a copy restored offline is primary: no other copy of its database answers as primary"
+                    "a copy restored offline is primary: no other copy of its database is primary, ahead of it or hung"
                 );
             }
-            Some((other, r)) => {
-                let (o, dn, (epoch, lsn), (their_epoch, their_lsn)) = (
-                    other.clone(),
-                    database.clone(),
-                    (id.epoch, id.lsn),
-                    (r.epoch, r.lsn),
-                );
+            Some((other, why_not)) => {
+                let (dn, (epoch, lsn), why_not_shown) =
+                    (database.clone(), (id.epoch, id.lsn), why_not.clone());
                 let why = move |aside: &Path| {
                     format!(
-                        "the copy restored offline as primary (epoch {epoch}, LSN {lsn}) was not served: \
-                         {o} is primary of {dn} (epoch {their_epoch}, LSN {their_lsn}), and \
-                         this copy would have dropped what it acknowledged after the backup. Its \
-                         files are kept in {}; the copy is made again from its partner or \
-                         source. To put a backup's data in place of a serving database, restore \
-                         it online: tandem db restore --db {dn} --instance NODE --from FILE \
-                         --replace",
+                        "the copy restored offline as primary (epoch {epoch}, LSN {lsn}) was not \
+                         served: {why_not_shown}. Its files are kept in {}; the copy is made \
+                         again from its partner or source. To put a backup's data in place of a \
+                         serving database, restore it online: tandem db restore --db {dn} \
+                         --instance NODE --from FILE --replace",
                         aside.display()
                     )
                 };
@@ -127,7 +119,7 @@ pub(crate) async fn settle(node: &Shared) {
                 match aside {
                     Ok(aside) => {
                         unmark(&aside);
-                        tracing::error!(database, epoch = id.epoch, primary = other, primary_epoch = r.epoch, aside = %aside.display(), "a copy restored offline as primary was set aside, not served: another copy is primary");
+                        tracing::error!(database, epoch = id.epoch, other, why = why_not, aside = %aside.display(), "a copy restored offline as primary was set aside, not served: another copy is primary, ahead of it or hung");
                     }
                     Err(e) => {
                         tracing::error!(database, error = %e, "a copy restored offline as primary could not be set aside: it is not served");
@@ -135,5 +127,92 @@ pub(crate) async fn settle(node: &Shared) {
                 }
             }
         }
+    }
+}
+
+/// Why the answer of `other` about its copy of `database` keeps a copy restored offline (`id`)
+/// from serving: a copy that is primary (other than one restored alongside, at the same epoch
+/// and position: the witness picks one of those), one holding records past it (acknowledged
+/// after the backup: the mirror of a primary that stopped), or a node that takes the question
+/// and does not answer (hung: it may be serving). A node that refuses connections is gone, and
+/// keeps nothing out.
+fn kept_out_by(
+    other: &str,
+    database: &str,
+    (epoch, lsn): (u64, u64),
+    answer: Result<crate::client::CopyRole, crate::client::ClientError>,
+) -> Option<String> {
+    match answer {
+        Ok(r) if r.role == Role::Primary.to_string() && (r.epoch, r.lsn) != (epoch, lsn) => {
+            Some(format!(
+                "{other} is primary of {database} (epoch {}, LSN {}), and this copy would drop \
+                 what it acknowledged after the backup",
+                r.epoch, r.lsn
+            ))
+        }
+        Ok(r) if r.lsn > lsn => Some(format!(
+            "{other}'s copy of {database} ({}, epoch {}) holds LSN {}, past this copy's {}: \
+             records acknowledged after the backup, which this copy would drop",
+            r.role, r.epoch, r.lsn, lsn
+        )),
+        Err(crate::client::ClientError::Unreachable {
+            sent: true,
+            message,
+            ..
+        }) => Some(format!(
+            "{other} takes connections but does not answer ({message}): it may be serving \
+             {database}"
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientError, CopyRole};
+
+    fn copy(role: &str, epoch: u64, lsn: u64) -> Result<CopyRole, ClientError> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "node": "atl-db1", "database": "mgc", "role": role, "epoch": epoch, "lsn": lsn,
+            "writable": role == "primary",
+        }))
+        .unwrap())
+    }
+
+    fn unreachable(sent: bool) -> Result<CopyRole, ClientError> {
+        Err(ClientError::Unreachable {
+            addr: "127.0.0.1:1".into(),
+            message: "timed out".into(),
+            sent,
+        })
+    }
+
+    /// The restored copy is at epoch 2, LSN 22.
+    #[test]
+    fn a_copy_restored_offline_is_kept_out_by_a_primary_a_copy_ahead_or_a_hung_node() {
+        let kept = |a| kept_out_by("atl-db1", "mgc", (2, 22), a);
+        assert!(
+            kept(copy("primary", 1, 42))
+                .unwrap()
+                .contains("atl-db1 is primary of mgc")
+        );
+        assert!(
+            kept(copy("primary", 1, 10)).is_some(),
+            "a primary behind it too"
+        );
+        // A mirror whose primary stopped holds what was acknowledged after the backup.
+        let ahead = kept(copy("mirror", 1, 42)).unwrap();
+        assert!(
+            ahead.contains("holds LSN 42, past this copy's 22"),
+            "{ahead}"
+        );
+        // A node that takes the question and says nothing may be serving (SIGSTOP).
+        assert!(kept(unreachable(true)).unwrap().contains("does not answer"));
+        // Gone, behind, or restored alongside (same epoch and position): nothing keeps it out.
+        assert_eq!(kept(unreachable(false)), None);
+        assert_eq!(kept(copy("mirror", 1, 22)), None);
+        assert_eq!(kept(copy("restoring", 1, 5)), None);
+        assert_eq!(kept(copy("primary", 2, 22)), None);
     }
 }

@@ -21,6 +21,9 @@ const WAIT_MAX: Duration = Duration::from_secs(300);
 const FORGET_AFTER: Duration = Duration::from_secs(900);
 /// At most this many counts are kept: past it, the oldest are forgotten first.
 const KEPT_MAX: usize = 65_536;
+/// Sign-ins from one address checked at once: a burst of guesses sent in parallel was checked
+/// whole before the first failure counted (20 guesses at once for a name allowed 5).
+const ADDRESS_AT_ONCE: u32 = 2;
 /// Sign-ins checked at once on this node; the others wait up to `QUEUE_WAIT` for their turn.
 pub(crate) const AT_ONCE: usize = 4;
 pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(5);
@@ -43,6 +46,8 @@ struct Failures {
 /// Why a sign-in is refused before any password is checked.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// As many sign-ins from this address are being checked already.
+    Busy,
     /// Too many failures for this name from this address: wait this long.
     Name(Duration),
     /// Too many failures for any names from this address: wait this long.
@@ -52,13 +57,23 @@ pub(crate) enum Refusal {
 impl Refusal {
     pub(crate) fn wait(&self) -> Duration {
         match self {
+            Refusal::Busy => Duration::from_secs(1),
             Refusal::Name(w) | Refusal::Address(w) => *w,
         }
     }
 
     pub(crate) fn message(&self, user: &str, from: IpAddr) -> String {
         let secs = self.wait().as_secs_f64().ceil() as u64;
+        // The name as given, cut (a 100 KB name was echoed whole).
+        let user = match user.char_indices().nth(64) {
+            Some((end, _)) => format!("{}…", &user[..end]),
+            None => user.to_string(),
+        };
         match self {
+            Refusal::Busy => format!(
+                "{ADDRESS_AT_ONCE} sign-ins from {from} are being checked already: try again in \
+                 {secs} s"
+            ),
             Refusal::Name(_) => {
                 format!("too many failed sign-ins for {user:?} from {from}: try again in {secs} s")
             }
@@ -71,6 +86,8 @@ impl Refusal {
 
 pub(crate) struct SignIns {
     failures: Mutex<HashMap<Key, Failures>>,
+    /// Sign-ins being checked, per address (`counted`).
+    checking: Mutex<HashMap<IpAddr, u32>>,
     /// Turns for the argon2 checks.
     pub(crate) turns: tokio::sync::Semaphore,
 }
@@ -79,6 +96,7 @@ impl Default for SignIns {
     fn default() -> SignIns {
         SignIns {
             failures: Mutex::new(HashMap::new()),
+            checking: Mutex::new(HashMap::new()),
             turns: tokio::sync::Semaphore::new(AT_ONCE),
         }
     }
@@ -106,9 +124,64 @@ fn name_key(from: IpAddr, user: &str) -> Key {
     Key::Name(counted(from), user[..end].to_string())
 }
 
+/// A sign-in being checked: its address's turn, given back when dropped.
+pub(crate) struct Attempt<'a> {
+    sign_ins: &'a SignIns,
+    from: IpAddr,
+    user: String,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong (or the name unknown).
+    pub(crate) fn failed(self, now: Instant) {
+        self.sign_ins.failed(self.from, &self.user, now);
+    }
+
+    /// The password was right.
+    pub(crate) fn succeeded(self) {
+        self.sign_ins.succeeded(self.from, &self.user);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let address = counted(self.from);
+        let mut checking = self.sign_ins.checking.lock().expect("sign-ins checked");
+        if let Some(n) = checking.get_mut(&address) {
+            *n -= 1;
+            if *n == 0 {
+                checking.remove(&address);
+            }
+        }
+    }
+}
+
 impl SignIns {
-    /// Whether a sign-in for `user` from `from` may be checked now.
-    pub(crate) fn check(&self, from: IpAddr, user: &str, now: Instant) -> Result<(), Refusal> {
+    /// A sign-in for `user` from `from`, to be checked now: refused while its address or its
+    /// name from there waits after failures, or while `ADDRESS_AT_ONCE` sign-ins from its
+    /// address are being checked.
+    pub(crate) fn begin(
+        &self,
+        from: IpAddr,
+        user: &str,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Refusal> {
+        self.check(from, user, now)?;
+        let mut checking = self.checking.lock().expect("sign-ins checked");
+        let n = checking.entry(counted(from)).or_insert(0);
+        if *n >= ADDRESS_AT_ONCE {
+            return Err(Refusal::Busy);
+        }
+        *n += 1;
+        Ok(Attempt {
+            sign_ins: self,
+            from,
+            user: user.to_string(),
+        })
+    }
+
+    /// Whether a sign-in for `user` from `from` may be checked now, as far as failures go.
+    fn check(&self, from: IpAddr, user: &str, now: Instant) -> Result<(), Refusal> {
         let failures = self.failures.lock().expect("sign-in counts");
         let waiting = |key: &Key| {
             failures
@@ -127,7 +200,7 @@ impl SignIns {
     }
 
     /// A wrong password (or an unknown name) for `user` from `from`.
-    pub(crate) fn failed(&self, from: IpAddr, user: &str, now: Instant) {
+    fn failed(&self, from: IpAddr, user: &str, now: Instant) {
         let mut failures = self.failures.lock().expect("sign-in counts");
         if failures.len() + 2 > KEPT_MAX {
             failures.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
@@ -166,7 +239,7 @@ impl SignIns {
 
     /// A sign-in for `user` from `from` that succeeded: that name's count from there is cleared
     /// (the address's is not: one right password does not excuse guessing at other names).
-    pub(crate) fn succeeded(&self, from: IpAddr, user: &str) {
+    fn succeeded(&self, from: IpAddr, user: &str) {
         self.failures
             .lock()
             .expect("sign-in counts")
@@ -245,6 +318,34 @@ mod tests {
         s.succeeded(a, "user3");
         assert!(s.check(a, "user3", t0).is_err());
         assert_eq!(s.check(ip("192.0.2.8"), "user3", t0), Ok(()));
+    }
+
+    /// Guesses sent at once were all checked before the first failure counted: an address has
+    /// `ADDRESS_AT_ONCE` checked at a time, the others refused at once.
+    #[test]
+    fn an_address_has_few_sign_ins_checked_at_once() {
+        let s = SignIns::default();
+        let (a, t0) = (ip("10.0.0.1"), Instant::now());
+        let first = s.begin(a, "alice", t0).unwrap();
+        let second = s.begin(a, "alice", t0).unwrap();
+        assert_eq!(s.begin(a, "bob", t0).err(), Some(Refusal::Busy));
+        assert!(
+            s.begin(ip("10.0.0.2"), "alice", t0).is_ok(),
+            "another address"
+        );
+        first.failed(t0);
+        let third = s.begin(a, "alice", t0).unwrap();
+        drop(second);
+        drop(third);
+        assert!(
+            s.checking.lock().unwrap().is_empty(),
+            "every turn given back"
+        );
+        let long = "x".repeat(100_000);
+        let m = Refusal::Busy.message(&long, a);
+        assert!(m.len() < 200, "{m}");
+        let m = Refusal::Name(WAIT_FIRST).message(&long, a);
+        assert!(m.len() < 300 && m.contains('…'), "{m}");
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub struct RestoreOptions {
     /// How long a restore that replaces a copy waits for a handle still open on it to close
     /// (`restore_new`); then it refuses, the copy as it was.
     pub replace_wait: std::time::Duration,
+    /// With `Recover`: the new epoch is at least this (and above the copy's). A deployment
+    /// passes the time in ms, as its disaster-recovery moves do, so that the epoch is above any
+    /// a copy of the database used meanwhile: the backup's epoch plus one may already be
+    /// another copy's (a mirror that took over after the backup), two histories under one
+    /// epoch.
+    pub recover_epoch_floor: Option<Epoch>,
 }
 
 impl Default for RestoreOptions {
@@ -42,6 +48,7 @@ impl Default for RestoreOptions {
             stop_at: None,
             database: Options::default(),
             replace_wait: REPLACE_WAIT,
+            recover_epoch_floor: None,
         }
     }
 }
@@ -407,10 +414,13 @@ fn apply_logs(
     ))
 }
 
-fn finish(db: &Database, recovery: Recovery) -> Result<Identity> {
-    match recovery {
+fn finish(db: &Database, options: &RestoreOptions) -> Result<Identity> {
+    match options.recovery {
         Recovery::Recover => {
-            db.recover(None)?;
+            let next = db.identity().epoch + 1;
+            db.recover(Some(
+                options.recover_epoch_floor.map_or(next, |f| f.max(next)),
+            ))?;
         }
         Recovery::Standby => db.set_role(Role::Standby)?,
         Recovery::NoRecovery => db.set_role(Role::Restoring)?,
@@ -487,7 +497,7 @@ pub fn restore_new(
         }
         db.reset_journal()?;
         let applied = apply_logs(&db, &plan, options.stop_at)?;
-        let id = finish(&db, options.recovery)?;
+        let id = finish(&db, options)?;
         drop(db);
         Ok(report(&id, Some(full_path.clone()), applied, &plan))
     })();
@@ -747,7 +757,7 @@ pub fn restore_logs(
     let plan = plan(&files, Some(&id), options)?;
     verify_plan(&plan)?;
     let applied = apply_logs(db, &plan, options.stop_at)?;
-    let id = finish(db, options.recovery)?;
+    let id = finish(db, options)?;
     Ok(report(&id, None, applied, &plan))
 }
 
