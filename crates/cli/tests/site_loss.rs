@@ -1334,3 +1334,88 @@ fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_po
     posts.extend(post_n(&d.address("atl-fe"), &token, "after", 2));
     assert_kept(&d.address("atl-fe"), &token, &posts);
 }
+
+/// One post to `lobby` through `addr` that waits up to a minute for its answer (a node frozen
+/// meanwhile holds it): the status and the body.
+fn post_waiting(addr: &str, token: &str, text: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({ "text": text }).to_string();
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!(
+        "POST /api/v1/rooms/lobby/messages HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(req.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (code, body.unwrap_or_default())
+}
+
+/// Site atl frozen (SIGSTOP: a hung host, not a dead one), the CMS and the chat failed over to
+/// dal, then atl continued with posts queued at its chat node: atl-db1 woke with its mirror
+/// and its witness, frozen with it, renewing its lease at once, and answered those posts before
+/// its fence read the share's epoch mark — posts the failback dropped (until session 34). Every
+/// post acknowledged anywhere is in dal's history.
+#[test]
+fn a_frozen_site_that_wakes_after_the_failover_acknowledges_nothing_it_then_drops() {
+    let d = Deployment::up();
+    let (token, mut posts) = d.bob_posts_shipped(3);
+    let atl: Vec<i32> = ["atl-fe", "atl-db1", "atl-db2"]
+        .iter()
+        .map(|n| common::pid(&d.dir, n))
+        .collect();
+    /// Continues the frozen nodes, also when the test fails.
+    struct Continue(Vec<i32>);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                // SAFETY: processes the test started.
+                unsafe { libc::kill(*pid, libc::SIGCONT) };
+            }
+        }
+    }
+    let frozen = Continue(atl.clone());
+    for pid in &atl {
+        // SAFETY: processes the test started.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    let fe = d.address("atl-fe");
+    let queued: Vec<_> = (0..6)
+        .map(|i| {
+            let (fe, token) = (fe.clone(), token.clone());
+            std::thread::spawn(move || {
+                let text = format!("queued {i}");
+                let (code, body) = post_waiting(&fe, &token, &text);
+                (code, body, text)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&d.dir, &["cms", "failover", "--force"]);
+    ok(&d.dir, &["chat", "failover"]);
+    let dal = d.address("dal-fe");
+    posts.extend(post_n(&dal, &token, "during", 3));
+    drop(frozen);
+    for q in queued {
+        let (code, body, text) = q.join().unwrap();
+        if (200..300).contains(&code) {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            posts.push((v["id"].as_i64().unwrap(), 0, text));
+        }
+    }
+    // atl's copies step down and follow dal; posts go on there.
+    std::thread::sleep(Duration::from_secs(3));
+    posts.extend(post_n(&dal, &token, "after", 2));
+    assert_kept(&dal, &token, &posts);
+}

@@ -190,6 +190,9 @@ impl ReseedRetry {
 #[derive(Default)]
 struct LinkState {
     // The primary's side.
+    /// The share was read since the lease last ran out, and names no newer primary: the
+    /// mirror's pulls and the witness may renew it again (`lease_may_renew`).
+    lease_checked: bool,
     last_pull: Option<Instant>,
     hardened: Lsn,
     /// The witness was told the mirror is synchronized.
@@ -641,6 +644,17 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
     let sync_mode = link.partnership.mode == Mode::Sync;
     gate.require_lease(witness.is_some() && sync_mode);
     let id = db.identity();
+    if !lease_may_renew(link, &db) {
+        // The lease ran out: the share says whether another site made a copy primary at a
+        // newer epoch meanwhile, before the mirror or the witness renews it.
+        if let Some((_, reason)) =
+            crate::epoch_mark::newer_elsewhere(node, &link.database, id.epoch).await
+        {
+            crate::standby::step_down(node, &link.database, &db, &reason).await;
+            return;
+        }
+        link.st().lease_checked = true;
+    }
     if let Some(w) = &witness {
         let req = WitnessRequest::Heartbeat {
             database: link.database.clone(),
@@ -650,7 +664,9 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
         };
         match node.client.witness(&w.address, &req).await {
             Ok(a) if a.verdict == Verdict::Ok => {
-                gate.renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
+                if lease_may_renew(link, &db) {
+                    gate.renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
+                }
                 let mut st = link.st();
                 st.witness_heard = Some(Instant::now());
                 if let Some(r) = &a.record {
@@ -717,6 +733,18 @@ async fn primary_tick(node: &NodeState, link: &Arc<Link>, db: Database) {
             // witness before answering anything it lacks — unless its answer this round said
             // it knows.
             let known = witness.is_none() || link.st().witness_synchronized == Some(false);
+            // Before answering without the mirror, the share says whether another site made a
+            // copy primary at a newer epoch meanwhile: a site frozen (SIGSTOP, a hung host)
+            // while its database failed over wakes with its mirror silent and its own witness
+            // willing — and answered the posts queued at its chat node, which the failback then
+            // dropped (until session 34), in the milliseconds before its fence read the mark.
+            let epoch = db.identity().epoch;
+            if let Some((_, reason)) =
+                crate::epoch_mark::newer_elsewhere(node, &link.database, epoch).await
+            {
+                crate::standby::step_down(node, &link.database, &db, &reason).await;
+                return;
+            }
             if known || tell_witness(node, link, &db, witness.as_ref(), false).await {
                 if stalled_now {
                     tracing::warn!(database = %link.database, mirror = %link.partnership.partner, hardened, "mirror stalled (it pulls and hardens nothing): serving unprotected");
@@ -1486,10 +1514,28 @@ fn heard_from_mirror(link: &Link, db: &Database, hardened: Lsn) {
         st.hardened = st.hardened.max(hardened);
     }
     db.gate().hardened(hardened);
-    if db.identity().role == Role::Primary {
+    if db.identity().role == Role::Primary && lease_may_renew(link, db) {
         db.gate()
             .renew_lease(Instant::now() + Duration::from_millis(LEASE_MS));
     }
+}
+
+/// Whether the primary's lease may be renewed now: while it runs, or once the share was read
+/// since it ran out. A primary whose lease ran out (a node frozen — SIGSTOP, a hung host —
+/// longer than the lease) may wake after its database failed over to another site: its mirror
+/// and its witness, frozen with it, renewed the lease at once and the posts queued at its chat
+/// node were answered, then dropped by the failback (until session 34). `primary_tick` reads
+/// the share's epoch mark first.
+fn lease_may_renew(link: &Link, db: &Database) -> bool {
+    let g = db.gate().status();
+    let running = !g.lease_required || g.lease_left_ms > 0;
+    let mut st = link.st();
+    if running {
+        // The next time it runs out, the share is read again.
+        st.lease_checked = false;
+        return true;
+    }
+    st.lease_checked
 }
 
 /// `GET /internal/v1/mirroring/{db}/seed`: a full backup of the primary, streamed.
