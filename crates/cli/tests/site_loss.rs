@@ -1334,3 +1334,43 @@ fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_po
     posts.extend(post_n(&d.address("atl-fe"), &token, "after", 2));
     assert_kept(&d.address("atl-fe"), &token, &posts);
 }
+
+/// Users added and removed while the chat pool is failed over: their rooms are cleared on the
+/// copy the pool uses, dal-db1 — until session 34 every removal was refused ("mgc on atl-db1
+/// is standby (epoch 1): ask its primary") and every add warned that the rooms were not
+/// cleared: both asked the topology's primary, as a normal pool's.
+#[test]
+fn users_are_added_and_removed_while_the_chat_pool_is_failed_over() {
+    let d = Deployment::up();
+    let (token, mut posts) = drilled(&d);
+    let out = tandem(&d.dir, &["user", "add", "mallory", "--pool", "pool-dal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("not cleared"),
+        "{err}"
+    );
+    ok(
+        &d.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "lobby",
+            "mallory",
+            "--as",
+            "bob",
+        ],
+    );
+    let report = json(&d.dir, &["user", "remove", "mallory"]);
+    assert_eq!(
+        report["rooms_left"],
+        serde_json::json!(["lobby"]),
+        "{report}"
+    );
+    // The name given again starts with no room.
+    ok(&d.dir, &["user", "add", "mallory", "--pool", "pool-dal"]);
+    let report = json(&d.dir, &["user", "remove", "mallory"]);
+    assert_eq!(report["rooms_left"], serde_json::json!([]), "{report}");
+    posts.extend(post_n(&d.address("dal-fe"), &token, "after", 2));
+    assert_kept(&d.address("dal-fe"), &token, &posts);
+}
