@@ -879,6 +879,12 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
             if !done(clear_step) || done(servers_step) {
                 return None;
             }
+            // The pool serves from the primary site (another operator's run finished the
+            // failback): this run leaves nobody without service, whatever its record says (a
+            // resume refused then said "the chat pool serves nobody", until session 34).
+            if chat_state(d).is_ok_and(|(state, active)| state == "normal" && !active.is_empty()) {
+                return None;
+            }
             Some(match home(d) {
                 // The restore took effect and its copy then went silent: only forward.
                 None if role(d, &p.backup).is_some_and(|r| r.role == "standby") => format!(
