@@ -1339,6 +1339,58 @@ fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_po
     assert_kept(&d.address("atl-fe"), &token, &posts);
 }
 
+/// A drill (`chat failover --force`, atl answering) with the share missing: atl-db1's last
+/// writes cannot reach dal-db1, so the failover is refused before it changes anything — until
+/// session 34 it paused atl-db1, skipped steps 1 and 2, recovered dal-db1 short of every post
+/// acknowledged since the share went, and said "nothing acknowledged is lost". With the share
+/// back, the drill loses nothing.
+#[test]
+fn a_drill_without_the_share_is_refused_before_it_changes_anything() {
+    let d = Deployment::up();
+    let (token, mut posts) = d.bob_posts_shipped(3);
+    let share = d.dir.join("share");
+    let away = d.dir.join("share.away");
+    std::fs::rename(&share, &away).unwrap();
+    let atl_fe = d.address("atl-fe");
+    posts.extend(post_n(&atl_fe, &token, "unshipped", 5));
+    let out = tandem(&d.dir, &["chat", "failover", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("is missing")
+            && err.contains("atl-db1's last writes cannot reach dal-db1")
+            && err.contains("Bring the share back"),
+        "{err}"
+    );
+    let out = tandem(&d.dir, &["chat", "failover", "--force", "--dry-run"]);
+    let dry = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && dry.contains("refused: the share"),
+        "{dry}"
+    );
+    // Nothing changed: atl-db1 still takes posts (not paused), dal-db1 is not recovered, the
+    // pool is normal, and no run is left to resume.
+    assert_ne!(d.mgc_copy("dal-db1")["role"], "primary");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(
+        (&state["state"], &state["active"]),
+        (&serde_json::json!("normal"), &serde_json::json!(["atl-fe"])),
+        "{state}"
+    );
+    posts.extend(post_n(&atl_fe, &token, "still served", 2));
+    assert!(!d.dir.join(".tandem/runs/chat-failover.json").exists());
+    // The share back: the drill ships atl-db1's last writes and loses nothing.
+    std::fs::rename(&away, &share).unwrap();
+    let r = json(&d.dir, &["chat", "failover", "--force"]);
+    let loss = &r["data_loss"];
+    assert_eq!(loss["paused"], "atl-db1", "{r}");
+    assert!(
+        loss["last_lsn"].as_u64() >= loss["paused_lsn"].as_u64(),
+        "{r}"
+    );
+    assert_kept(&d.address("dal-fe"), &token, &posts);
+}
+
 /// Users added and removed while the chat pool is failed over: their rooms are cleared on the
 /// copy the pool uses, dal-db1 — until session 34 every removal was refused ("mgc on atl-db1
 /// is standby (epoch 1): ask its primary") and every add warned that the rooms were not
