@@ -282,33 +282,40 @@ fn operator_call(
     procedure: &str,
     args: Value,
 ) -> anyhow::Result<Value> {
+    rt.block_on(chat_database_call(d, procedure, &args))
+}
+
+/// Runs a procedure of the chat database `mgc` on the copy the chat pool uses now: among the
+/// primary site's copies, or the backup site's once the CMS says the pool is failed over (the
+/// topology's primary is not asked then: it stepped down). The operator's chat commands and
+/// `tandem user add|remove` (the user's rooms) go through it.
+pub(crate) async fn chat_database_call<T: serde::de::DeserializeOwned>(
+    d: &Deployment,
+    procedure: &str,
+    args: &Value,
+) -> anyhow::Result<T> {
     let client = d.client();
-    rt.block_on(async {
-        let (_, cms) = d.find_primary(tandem_topology::DATABASE_CMS).await?;
-        let snapshot = client
-            .cms_snapshot(&cms, Duration::from_millis(1_500))
-            .await
-            .with_context(|| format!("the CMS on {cms}"))?;
-        let failed_over = snapshot
-            .chat
-            .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver);
-        let candidates = tandem_node::locator::candidates(
-            &d.topology,
+    let (_, cms) = d.find_primary(tandem_topology::DATABASE_CMS).await?;
+    let snapshot = client
+        .cms_snapshot(&cms, Duration::from_millis(1_500))
+        .await
+        .with_context(|| format!("the CMS on {cms}"))?;
+    let failed_over = snapshot
+        .chat
+        .is_some_and(|c| c.state == tandem_pool::cms::ChatPoolState::FailedOver);
+    let candidates =
+        tandem_node::locator::candidates(&d.topology, tandem_topology::DATABASE_MGC, failed_over);
+    let answer = tandem_node::locator::Locator::new()
+        .call::<T, _>(
+            &client,
             tandem_topology::DATABASE_MGC,
             failed_over,
-        );
-        let answer = tandem_node::locator::Locator::new()
-            .call::<Value, _>(
-                &client,
-                tandem_topology::DATABASE_MGC,
-                failed_over,
-                &candidates,
-                procedure,
-                &args,
-            )
-            .await?;
-        Ok(answer.result)
-    })
+            &candidates,
+            procedure,
+            args,
+        )
+        .await?;
+    Ok(answer.result)
 }
 
 /// Refuses, naming the fix, a user name that no pool homes (the operator's changes are checked

@@ -93,9 +93,12 @@ fn writable_among<'a>(
 /// writable primary (the site is lost: what log shipping carried is what the failover
 /// recovers).
 fn last_log_backup(d: &Deployment, p: &Places) -> anyhow::Result<Value> {
-    let Some((node, _)) = writable_primary_site(d, p) else {
+    let Some(primary) = writable_primary_site(d, p) else {
         return Ok(Value::Null);
     };
+    // Checked again here, before the pause (the preconditions checked it before the run).
+    share_for_a_drill(d, p, &primary)?;
+    let node = primary.0;
     let paused = pause(
         d,
         &node,
@@ -112,14 +115,40 @@ fn last_log_backup(d: &Deployment, p: &Places) -> anyhow::Result<Value> {
             paused["durable_lsn"]
         );
     }
-    let mut report = json!({ "paused": node, "lsn": paused["lsn"] });
-    if share_ours(&d.topology).is_ok() {
-        report["backup"] = command(
-            d,
-            &["db", "backup", "--db", "mgc", "--instance", &node, "--log"],
-        )?;
-    }
-    Ok(report)
+    let backup = command(
+        d,
+        &["db", "backup", "--db", "mgc", "--instance", &node, "--log"],
+    )?;
+    Ok(json!({ "paused": node, "lsn": paused["lsn"], "backup": backup }))
+}
+
+/// Refuses a failover while the primary site's `primary` answers as a writable primary (a
+/// drill, forced) and the share is not there: that primary's last writes reach the secondary
+/// only as a log backup on the share (step 1), so the failover would drop what it acknowledged
+/// since the last log backup the secondary copied — a loss only a lost site may cost (its
+/// copies of mgc do not answer: the failover then goes on without the share, DESIGN.md §4).
+/// Until session 34 the drill paused it, skipped steps 1 and 2, lost those writes and said
+/// "nothing acknowledged is lost".
+fn share_for_a_drill(
+    d: &Deployment,
+    p: &Places,
+    (node, r): &(String, tandem_node::CopyRole),
+) -> anyhow::Result<()> {
+    let Err(why) = share_ours(&d.topology) else {
+        return Ok(());
+    };
+    let applied = role(d, &p.backup).map_or_else(|| "?".to_string(), |b| b.lsn.to_string());
+    bail!(
+        "{why}: {node}'s last writes cannot reach {backup}: a forced failover while {node} \
+         answers as the primary of mgc (a drill) pauses it and ships what it acknowledged \
+         through the share before {backup} is recovered ({node} is at LSN {lsn}, {backup} has \
+         applied up to LSN {applied}). Bring the share back and run the failover again; \
+         without it, only the loss of site {site} (its copies of mgc not answering) lets the \
+         failover go on, losing what log shipping had not carried",
+        backup = p.backup,
+        lsn = r.lsn,
+        site = p.primary_site,
+    )
 }
 
 /// Refuses to set the chat pool `state` (`normal`, `failed-over`) when no copy of mgc in its
@@ -564,6 +593,9 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
             if !recovered && !force {
                 healthy_primary_site(d, &p)?;
             }
+            if !recovered && let Some(primary) = writable_primary_site(d, &p) {
+                share_for_a_drill(d, &p, &primary)?;
+            }
             // Every step acts on the secondary (or what it recovered); steps 5 and 7 on the
             // CMS.
             if role(d, &p.backup).is_none() {
@@ -597,6 +629,9 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
         if !force {
             healthy_primary_site(d, &p)?;
         }
+        if let Some(primary) = writable_primary_site(d, &p) {
+            share_for_a_drill(d, &p, &primary)?;
+        }
         Ok(())
     };
     if dry_run {
@@ -604,21 +639,22 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
     }
     let (outcome, loss) = book.run(out, preconditions, |s: &RunState| {
         let r = s.report_of(3).cloned().unwrap_or(Value::Null);
+        let drained = s
+            .report_of(1)
+            .map(|r| r["last_log_backup"].clone())
+            .unwrap_or_default();
         json!({
             "last_lsn": r["last_lsn"],
             "last_write": r["last_write"],
             "last_time_ms": r["last_time_ms"],
             // A gap or a damaged log backup on the share ended the restore short of it.
             "stopped": r["restore"]["stopped"],
+            // A drill: the primary site's primary paused at this LSN, its last writes shipped.
+            "paused": drained["paused"],
+            "paused_lsn": drained["lsn"],
         })
     })?;
-    // A drill: the primary site's primary was paused and its last writes shipped before log
-    // shipping stopped, so nothing it acknowledged is lost (unless the restore stopped short).
-    let drained = outcome
-        .steps
-        .first()
-        .and_then(|s| s.report["last_log_backup"]["paused"].as_str())
-        .map(str::to_string);
+    let drained = loss["paused"].as_str().zip(loss["paused_lsn"].as_u64());
     let report = json!({ "run": outcome, "data_loss": loss, "new_primary": p.backup });
     out.emit(&report, || {
         format!(
@@ -630,18 +666,33 @@ pub fn failover(d: &Deployment, dry_run: bool, force: bool, out: &Output) -> any
                 Some(t) => format!("last message written {t}"),
                 None => "recovered before this run".to_string(),
             },
-            match (&drained, loss["stopped"].is_null()) {
-                (Some(node), true) => format!(
-                    "nothing acknowledged is lost ({node} was paused and its last writes \
-                     shipped first)"
-                ),
-                _ => "anything acknowledged after it in the lost site is lost".to_string(),
-            }
+            what_is_lost(drained, loss["last_lsn"].as_u64(), &p.backup),
         ) + &match loss["stopped"].as_str() {
             Some(why) => format!("the restore stopped there, short of the share's end: {why}\n"),
             None => String::new(),
         }
     })
+}
+
+/// What a failover lost, for its report. A drill (`drained`: the primary site's primary, paused
+/// at that LSN with its last writes shipped) lost nothing only when the copy recovered reaches
+/// that LSN, and says how much it lost otherwise (the last log backup taken but not copied, say:
+/// the share lost after step 1); without a drill, what the lost site acknowledged after the
+/// recovered LSN is lost, how much unknown.
+fn what_is_lost(drained: Option<(&str, u64)>, last_lsn: Option<u64>, backup: &str) -> String {
+    match (drained, last_lsn) {
+        (Some((node, paused)), Some(last)) if last >= paused => format!(
+            "nothing acknowledged is lost ({node} was paused at LSN {paused} and its last writes \
+             shipped first)"
+        ),
+        (Some((node, paused)), Some(last)) => format!(
+            "{} transactions {node} acknowledged are lost (LSN {} to {paused}: {node} was paused \
+             there, and its last writes did not all reach {backup})",
+            paused - last,
+            last + 1
+        ),
+        _ => "anything acknowledged after it in the lost site is lost".to_string(),
+    }
 }
 
 /// Whether `primary`'s copy of mgc is the chat's primary again (the failback restored it and
@@ -877,6 +928,12 @@ pub fn failback(d: &Deployment, dry_run: bool, abort: bool, out: &Output) -> any
         stopped: Box::new(|s: &RunState| {
             let done = |n: usize| s.steps.iter().any(|r| r.step == n);
             if !done(clear_step) || done(servers_step) {
+                return None;
+            }
+            // The pool serves from the primary site (another operator's run finished the
+            // failback): this run leaves nobody without service, whatever its record says (a
+            // resume refused then said "the chat pool serves nobody", until session 34).
+            if chat_state(d).is_ok_and(|(state, active)| state == "normal" && !active.is_empty()) {
                 return None;
             }
             Some(match home(d) {
@@ -1327,8 +1384,28 @@ fn plan_text(r: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::room_for_two_full_backups;
+    use super::{room_for_two_full_backups, what_is_lost};
     use std::path::Path;
+
+    #[test]
+    fn a_drill_says_nothing_is_lost_only_when_the_recovered_copy_reaches_the_pause() {
+        assert_eq!(
+            what_is_lost(Some(("atl-db1", 22)), Some(22), "dal-db1"),
+            "nothing acknowledged is lost (atl-db1 was paused at LSN 22 and its last writes \
+             shipped first)"
+        );
+        assert_eq!(
+            what_is_lost(Some(("atl-db1", 22)), Some(12), "dal-db1"),
+            "10 transactions atl-db1 acknowledged are lost (LSN 13 to 22: atl-db1 was paused \
+             there, and its last writes did not all reach dal-db1)"
+        );
+        for (drained, last) in [(None, Some(12)), (Some(("atl-db1", 22)), None)] {
+            assert_eq!(
+                what_is_lost(drained, last, "dal-db1"),
+                "anything acknowledged after it in the lost site is lost"
+            );
+        }
+    }
 
     #[test]
     fn a_failback_needs_room_for_two_full_backups_and_a_fifth_more() {

@@ -11,7 +11,7 @@ use serde_json::json;
 use tandem_node::ClientError;
 use tandem_pool::cms::Claim;
 use tandem_pool::users::{NewUser, UserInfo};
-use tandem_topology::{DATABASE_CMS, DATABASE_MGC};
+use tandem_topology::DATABASE_CMS;
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -379,20 +379,11 @@ impl Forgotten {
 }
 
 /// Takes `name` out of every chat room (`chat.forget_user`), handing the rooms it was the last
-/// manager of to another member.
+/// manager of to another member: on the copy of mgc the chat pool uses now, the backup site's
+/// once failed over (until session 34 the topology's primary was asked, and a failed-over pool
+/// refused every removal: "mgc on atl-db1 is standby").
 async fn forget_in_chat(d: &Deployment, name: &str) -> anyhow::Result<Forgotten> {
-    let (mgc_node, mgc) = d.find_primary(DATABASE_MGC).await?;
-    let r = d
-        .client()
-        .call::<Forgotten, _>(
-            &mgc,
-            DATABASE_MGC,
-            "chat.forget_user",
-            &json!({ "member": name }),
-        )
-        .await
-        .with_context(|| format!("mgc on {mgc_node}"))?;
-    Ok(r.result)
+    crate::chat::chat_database_call(d, "chat.forget_user", &json!({ "member": name })).await
 }
 
 /// The error of an add refused after its home was claimed, once the home is taken back (or

@@ -1299,7 +1299,9 @@ fn a_failback_whose_secondary_is_lost_after_the_restore_finishes_in_the_primary_
 fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_pool() {
     let d = Deployment::up();
     let (token, mut posts) = drilled(&d);
-    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[2/8]");
+    // Interrupted once step 3 is done: its step 2 (the active servers cleared) is surely in
+    // its record, so a refused resume would say what a stopped run leaves, if anything.
+    let (cli, lines, seen) = procedure_until(&d, &["chat", "failback"], "[3/8]");
     // SAFETY: the CLI this test started.
     unsafe { libc::kill(cli.id() as i32, libc::SIGINT) };
     let (status, err) = procedure_end(cli, lines, seen, Duration::from_secs(30));
@@ -1322,7 +1324,9 @@ fn a_failback_finished_from_another_directory_is_not_resumed_over_the_serving_po
     assert!(
         !out.status.success()
             && err.contains("the chat pool is normal already")
-            && err.contains("chat-failback.json"),
+            && err.contains("chat-failback.json")
+            // The pool serves: the refusal does not say it serves nobody (until session 34).
+            && !err.contains("serves nobody"),
         "{err}"
     );
     let state = json(&d.dir, &["chat", "state", "show"]);
@@ -1418,4 +1422,96 @@ fn a_frozen_site_that_wakes_after_the_failover_acknowledges_nothing_it_then_drop
     std::thread::sleep(Duration::from_secs(3));
     posts.extend(post_n(&dal, &token, "after", 2));
     assert_kept(&dal, &token, &posts);
+}
+
+/// A drill (`chat failover --force`, atl answering) with the share missing: atl-db1's last
+/// writes cannot reach dal-db1, so the failover is refused before it changes anything — until
+/// session 34 it paused atl-db1, skipped steps 1 and 2, recovered dal-db1 short of every post
+/// acknowledged since the share went, and said "nothing acknowledged is lost". With the share
+/// back, the drill loses nothing.
+#[test]
+fn a_drill_without_the_share_is_refused_before_it_changes_anything() {
+    let d = Deployment::up();
+    let (token, mut posts) = d.bob_posts_shipped(3);
+    let share = d.dir.join("share");
+    let away = d.dir.join("share.away");
+    std::fs::rename(&share, &away).unwrap();
+    let atl_fe = d.address("atl-fe");
+    posts.extend(post_n(&atl_fe, &token, "unshipped", 5));
+    let out = tandem(&d.dir, &["chat", "failover", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("is missing")
+            && err.contains("atl-db1's last writes cannot reach dal-db1")
+            && err.contains("Bring the share back"),
+        "{err}"
+    );
+    let out = tandem(&d.dir, &["chat", "failover", "--force", "--dry-run"]);
+    let dry = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && dry.contains("refused: the share"),
+        "{dry}"
+    );
+    // Nothing changed: atl-db1 still takes posts (not paused), dal-db1 is not recovered, the
+    // pool is normal, and no run is left to resume.
+    assert_ne!(d.mgc_copy("dal-db1")["role"], "primary");
+    let state = json(&d.dir, &["chat", "state", "show"]);
+    assert_eq!(
+        (&state["state"], &state["active"]),
+        (&serde_json::json!("normal"), &serde_json::json!(["atl-fe"])),
+        "{state}"
+    );
+    posts.extend(post_n(&atl_fe, &token, "still served", 2));
+    assert!(!d.dir.join(".tandem/runs/chat-failover.json").exists());
+    // The share back: the drill ships atl-db1's last writes and loses nothing.
+    std::fs::rename(&away, &share).unwrap();
+    let r = json(&d.dir, &["chat", "failover", "--force"]);
+    let loss = &r["data_loss"];
+    assert_eq!(loss["paused"], "atl-db1", "{r}");
+    assert!(
+        loss["last_lsn"].as_u64() >= loss["paused_lsn"].as_u64(),
+        "{r}"
+    );
+    assert_kept(&d.address("dal-fe"), &token, &posts);
+}
+
+/// Users added and removed while the chat pool is failed over: their rooms are cleared on the
+/// copy the pool uses, dal-db1 — until session 34 every removal was refused ("mgc on atl-db1
+/// is standby (epoch 1): ask its primary") and every add warned that the rooms were not
+/// cleared: both asked the topology's primary, as a normal pool's.
+#[test]
+fn users_are_added_and_removed_while_the_chat_pool_is_failed_over() {
+    let d = Deployment::up();
+    let (token, mut posts) = drilled(&d);
+    let out = tandem(&d.dir, &["user", "add", "mallory", "--pool", "pool-dal"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("not cleared"),
+        "{err}"
+    );
+    ok(
+        &d.dir,
+        &[
+            "chat",
+            "room",
+            "add-member",
+            "lobby",
+            "mallory",
+            "--as",
+            "bob",
+        ],
+    );
+    let report = json(&d.dir, &["user", "remove", "mallory"]);
+    assert_eq!(
+        report["rooms_left"],
+        serde_json::json!(["lobby"]),
+        "{report}"
+    );
+    // The name given again starts with no room.
+    ok(&d.dir, &["user", "add", "mallory", "--pool", "pool-dal"]);
+    let report = json(&d.dir, &["user", "remove", "mallory"]);
+    assert_eq!(report["rooms_left"], serde_json::json!([]), "{report}");
+    posts.extend(post_n(&d.address("dal-fe"), &token, "after", 2));
+    assert_kept(&d.address("dal-fe"), &token, &posts);
 }
