@@ -5,7 +5,7 @@
 //! `full-<lsn:016x>-e<epoch>-<created_ms>.tfb` and `log-<first:016x>-<last:016x>.tlb`.
 
 use crate::backup_file::{FULL_MAGIC, FileReader, FileWriter, LOG_MAGIC};
-use crate::database::{DB_FILE, Database, read_state};
+use crate::database::{DB_FILE, Database, Role, read_state};
 use crate::error::{Result, StoreError};
 use crate::history::History;
 use crate::journal::RecordBatch;
@@ -564,6 +564,31 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// run, then moves the log-backup cursor (which lets the journal drop them). Returns the files
 /// written; none when nothing was committed since the last one.
 pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
+    // Only what is durable here leaves this copy.
+    log_backup_upto(db, dir, db.durable_lsn())
+}
+
+/// `log_backup` of a primary copy, up to what its callers were answered: refused when the copy
+/// is not primary, or stops being primary while the bound is read. A primary that was frozen
+/// (SIGSTOP) while its mirror took over committed what its writer held when it woke, stepped
+/// down — after which a copy shows all it has on disk as durable — and its backup round, begun
+/// while it was primary, shipped those records, never acknowledged and of the old epoch, to the
+/// share (until session 34): the new primary then set the whole chain aside and the secondary
+/// was seeded again.
+pub fn log_backup_of_primary(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
+    let before = db.identity();
+    let upto = db.durable_lsn();
+    let after = db.identity();
+    if before.role != Role::Primary || (after.role, after.epoch) != (Role::Primary, before.epoch) {
+        return Err(StoreError::Role(format!(
+            "{} is {} (epoch {}), not a primary: no log backup leaves it",
+            after.name, after.role, after.epoch
+        )));
+    }
+    log_backup_upto(db, dir, upto)
+}
+
+fn log_backup_upto(db: &Database, dir: &Path, upto: Lsn) -> Result<Vec<BackupFile>> {
     let cursor = db
         .consumers()?
         .into_iter()
@@ -575,8 +600,6 @@ pub fn log_backup(db: &Database, dir: &Path) -> Result<Vec<BackupFile>> {
             )
         })?;
     let id = db.identity();
-    // Only what is durable here leaves this copy.
-    let upto = db.durable_lsn();
     let mut files = Vec::new();
     let cursor = adopt_unrecorded(db, dir, cursor, &mut files)?;
     let mut next = cursor + 1;
@@ -848,6 +871,39 @@ mod tests {
             other => panic!("not refused: {:?}", other.map(|s| s.header().clone())),
         }
         assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    }
+
+    /// A copy that stepped down shows all it has on disk as durable: its log backup round,
+    /// begun while it was primary, shipped records never acknowledged (until session 34).
+    #[test]
+    fn only_a_primary_writes_a_log_backup_of_primary() {
+        static SCHEMA: &[crate::Migration] = &[crate::Migration {
+            version: 1,
+            name: "t",
+            sql: "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(&dir.path().join("db"), "db", Options::default()).unwrap();
+        db.migrate(SCHEMA).unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        super::full_backup(&db, &share).unwrap();
+        db.write(|tx| tx.insert("t", vec![rusqlite::types::Value::Integer(1)]))
+            .unwrap();
+        assert_eq!(super::log_backup_of_primary(&db, &share).unwrap().len(), 1);
+        db.write(|tx| tx.insert("t", vec![rusqlite::types::Value::Integer(2)]))
+            .unwrap();
+        db.set_role(super::Role::Mirror).unwrap();
+        let e = super::log_backup_of_primary(&db, &share).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Role(m) if m.contains("not a primary")),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&share).unwrap().count(),
+            2,
+            "the full backup and the first log only"
+        );
     }
 
     #[test]

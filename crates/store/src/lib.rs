@@ -30,8 +30,8 @@ mod writer;
 pub use ack::{Gate, GateStatus};
 pub use backup::{
     BackupFile, FileName, FullHeader, LOG_BACKUP_CONSUMER, LogHeader, SeedStream, free_bytes,
-    full_backup, log_backup, log_file_name, parse_file_name, read_header, seed_backup, seed_stream,
-    verify_file,
+    full_backup, log_backup, log_backup_of_primary, log_file_name, parse_file_name, read_header,
+    seed_backup, seed_stream, verify_file,
 };
 pub use backup_file::BACKUP_FORMAT_VERSION;
 pub use callers::defer_to_databases;

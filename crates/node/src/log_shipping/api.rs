@@ -415,7 +415,7 @@ pub(crate) async fn backup_now(
                     dir.display()
                 ));
             }
-            return tandem_store::log_backup(&db, &dir).map_err(|e| e.to_string());
+            return tandem_store::log_backup_of_primary(&db, &dir).map_err(|e| e.to_string());
         }
         let full = tandem_store::full_backup(&db, &dir).map_err(|e| e.to_string())?;
         // A new chain reseeds the secondary of a log shipping configured from here.

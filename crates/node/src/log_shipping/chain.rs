@@ -234,7 +234,7 @@ pub(super) fn backup_round_locked(
             }
         }
     }
-    round.logs = tandem_store::log_backup(db, dir).map_err(|e| e.to_string())?;
+    round.logs = tandem_store::log_backup_of_primary(db, dir).map_err(|e| e.to_string())?;
     if existing.as_ref() != Some(&config) {
         write_config(dir, &config)?;
     }
