@@ -332,8 +332,26 @@ fn after_up_posts_reach_the_secondary_within_seconds() {
         "is missing (not mounted?",
     );
     assert!(!share_root.exists(), "a node made the share again");
+    // An empty directory at its path (a mount point with nothing mounted): not taken for a new
+    // share (the nodes claimed it, began a chain there and seeded the secondary from it).
+    std::fs::create_dir(&share_root).unwrap();
+    d.wait_jobs_state("atl-db1", "not mounted?");
+    let unmounted = posts(&d, &token, "while unmounted", 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let made: Vec<_> = std::fs::read_dir(&share_root).unwrap().flatten().collect();
+    assert!(
+        made.is_empty(),
+        "written into the empty directory: {made:?}"
+    );
+    std::fs::remove_dir(&share_root).unwrap();
     std::fs::rename(&away, &share_root).unwrap();
-    d.wait_applied(missing.last().unwrap().lsn);
+    d.wait_applied(
+        unmounted
+            .last()
+            .unwrap()
+            .lsn
+            .max(missing.last().unwrap().lsn),
+    );
 }
 
 #[test]

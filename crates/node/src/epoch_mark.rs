@@ -107,6 +107,8 @@ mod tests {
         let text = tandem_topology::example(41000, &"ab".repeat(32));
         let mut t = Topology::parse(&text, &share.join("topology.toml")).unwrap();
         t.share = share.to_path_buf();
+        // Claimed as a node's jobs claim it (a share that is not there stays unclaimed).
+        let _ = crate::log_shipping::share_claimed_by(&t, &share.join("share-claim.json"));
         t
     }
 

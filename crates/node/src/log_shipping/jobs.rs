@@ -48,8 +48,9 @@ pub(super) async fn tick(node: &Shared, database: &str) -> u64 {
     let share = share_dir(&node.topology, database);
     let config = {
         let (s, topology) = (share.clone(), node.topology.clone());
+        let memory = node.me().data_dir.join(SHARE_MEMORY_FILE);
         blocking(move || {
-            share_ours(&topology)?;
+            share_claimed_by(&topology, &memory)?;
             read_config(&s)
         })
         .await

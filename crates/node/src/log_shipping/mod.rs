@@ -42,8 +42,12 @@ pub(crate) use chain::*;
 pub(crate) use jobs::*;
 pub use monitor::*;
 pub use secondary::*;
+pub(crate) use share::share_claimed_by;
 pub(crate) use share::*;
 pub use share::{OWNER_FILE, deployment_of, share_ours, share_present, share_room};
+
+/// Where a node remembers the share it found claimed (`share::share_claimed_by`).
+const SHARE_MEMORY_FILE: &str = "share-claim.json";
 
 /// The configuration file in `SHARE/<db>/`.
 pub const CONFIG_FILE: &str = "log-shipping.json";

@@ -99,18 +99,61 @@ pub fn deployment_of(topology: &Topology) -> String {
 /// deployments given one share (a copied topology, a mistyped path) each took the other's
 /// backups for a stale chain, set them aside and began their own, and a secondary was seeded
 /// with the other deployment's database — refused now, naming the file.
+/// Only a node's log-shipping jobs claim it (`share_claimed_by`); everything else only checks.
 pub fn share_ours(topology: &Topology) -> Result<(), String> {
-    share_claimed(&topology.share, &deployment_of(topology))
+    share_claimed(&topology.share, &deployment_of(topology), None)
 }
 
-pub(crate) fn share_claimed(root: &FsPath, deployment: &str) -> Result<(), String> {
+/// `share_ours` for a node's jobs: an unclaimed share is claimed — unless `memory` (a file of
+/// the node's own) says this node found the share claimed before. A share that is not mounted
+/// often leaves an empty directory at its path: the nodes took it for a new share, started a
+/// chain there and seeded the secondary from it (until session 34).
+pub(crate) fn share_claimed_by(topology: &Topology, memory: &FsPath) -> Result<(), String> {
+    share_claimed(&topology.share, &deployment_of(topology), Some(memory))
+}
+
+/// What a node remembers of the share it uses.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    share: PathBuf,
+    deployment: String,
+    since_ms: i64,
+}
+
+fn remember(memory: &FsPath, root: &FsPath, deployment: &str) {
+    let known = read_json::<Remembered>(memory)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.share == root && r.deployment == deployment);
+    if !known {
+        let r = Remembered {
+            share: root.to_path_buf(),
+            deployment: deployment.to_string(),
+            since_ms: now_ms(),
+        };
+        if let Err(e) = write_json(memory, &r, true) {
+            tracing::warn!(error = %e, "cannot remember the share's owner");
+        }
+    }
+}
+
+pub(crate) fn share_claimed(
+    root: &FsPath,
+    deployment: &str,
+    memory: Option<&FsPath>,
+) -> Result<(), String> {
     share_present(root)?;
     let path = root.join(OWNER_FILE);
     let mut tries = 0;
     loop {
         match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Owner>(&bytes) {
-                Ok(o) if o.deployment == deployment => return Ok(()),
+                Ok(o) if o.deployment == deployment => {
+                    if let Some(m) = memory {
+                        remember(m, root, deployment);
+                    }
+                    return Ok(());
+                }
                 Ok(o) => {
                     return Err(format!(
                         "the share {} belongs to another deployment: its {OWNER_FILE} names \
@@ -127,6 +170,28 @@ pub(crate) fn share_claimed(root: &FsPath, deployment: &str) -> Result<(), Strin
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(memory) = memory else {
+                    return Err(format!(
+                        "the share {} holds no {OWNER_FILE}: not claimed yet (the node of the \
+                         primary claims it as its jobs start) — or not the share (is it \
+                         mounted?)",
+                        root.display()
+                    ));
+                };
+                if let Ok(Some(r)) = read_json::<Remembered>(memory)
+                    && r.share == root
+                    && r.deployment == deployment
+                {
+                    return Err(format!(
+                        "the share {} holds no {OWNER_FILE}, though this node found it claimed \
+                         there before (since {}): not mounted? An empty directory at its path \
+                         is not the share. If it is a new share on purpose, write \
+                         {{\"deployment\": \"{deployment}\", \"since_ms\": 0}} into {}",
+                        root.display(),
+                        r.since_ms,
+                        path.display()
+                    ));
+                }
                 let owner = Owner {
                     deployment: deployment.to_string(),
                     since_ms: now_ms(),
@@ -146,6 +211,7 @@ pub(crate) fn share_claimed(root: &FsPath, deployment: &str) -> Result<(), Strin
                         if let Ok(d) = std::fs::File::open(root) {
                             let _ = d.sync_all();
                         }
+                        remember(memory, root, deployment);
                         return Ok(());
                     }
                     // Claimed by another node meanwhile: read what it wrote.
@@ -192,6 +258,7 @@ impl ShareLock {
         share_claimed(
             dir.parent().expect("a database's directory on the share"),
             deployment,
+            None,
         )?;
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
@@ -329,6 +396,7 @@ mod tests {
     fn a_lock_held_too_long_is_refused_naming_its_holder() {
         let share = tempfile::tempdir().unwrap();
         let dir = share.path().join("mgc");
+        share_claimed(share.path(), "d1", Some(&share.path().join("memory.json"))).unwrap();
         let held = ShareLock::acquire(&dir, "atl-db1", "d1").unwrap();
         let wait = std::time::Duration::from_millis(200);
         let e = ShareLock::acquire_within(&dir, "dal-db1", "d1", wait)
@@ -346,9 +414,15 @@ mod tests {
     fn a_share_is_claimed_by_the_first_deployment_and_refused_to_another() {
         let share = tempfile::tempdir().unwrap();
         let root = share.path();
-        share_claimed(root, "d1").expect("claimed on first use");
-        share_claimed(root, "d1").expect("its own");
-        let e = share_claimed(root, "d2").unwrap_err();
+        let memory = root.join("node-memory").join("share.json");
+        std::fs::create_dir_all(memory.parent().unwrap()).unwrap();
+        let other_memory = root.join("node-memory").join("other.json");
+        // Only a node's jobs claim it.
+        let e = share_claimed(root, "d1", None).unwrap_err();
+        assert!(e.contains("not claimed yet"), "{e}");
+        share_claimed(root, "d1", Some(&memory)).expect("claimed on first use");
+        share_claimed(root, "d1", None).expect("its own");
+        let e = share_claimed(root, "d2", Some(&other_memory)).unwrap_err();
         assert!(
             e.contains("belongs to another deployment")
                 && e.contains("names deployment d1")
@@ -360,21 +434,35 @@ mod tests {
             .expect("no lock on another deployment's share");
         assert!(e.contains("belongs to another deployment"), "{e}");
         assert!(!root.join("mgc").exists(), "nothing made on it");
+        // The owner file gone (an empty directory where the share is not mounted): a node that
+        // found the share claimed before does not claim it again.
+        std::fs::remove_file(root.join(OWNER_FILE)).unwrap();
+        let e = share_claimed(root, "d1", Some(&memory)).unwrap_err();
+        assert!(e.contains("not mounted?"), "{e}");
+        assert!(!root.join(OWNER_FILE).exists());
         // A share that is not there is not claimed (nor made).
         let gone = root.join("gone");
-        assert!(share_claimed(&gone, "d1").unwrap_err().contains("missing"));
+        assert!(
+            share_claimed(&gone, "d1", Some(&memory))
+                .unwrap_err()
+                .contains("missing")
+        );
         assert!(!gone.exists());
         // A file is not a share, nor said to be missing.
         let file = root.join("file");
         std::fs::write(&file, b"x").unwrap();
         assert!(
-            share_claimed(&file, "d1")
+            share_claimed(&file, "d1", None)
                 .unwrap_err()
                 .contains("is not a directory")
         );
         // Damage is named.
         std::fs::write(root.join(OWNER_FILE), b"{").unwrap();
-        assert!(share_claimed(root, "d1").unwrap_err().contains(OWNER_FILE));
+        assert!(
+            share_claimed(root, "d1", None)
+                .unwrap_err()
+                .contains(OWNER_FILE)
+        );
     }
 
     #[test]
