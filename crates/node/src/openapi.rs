@@ -113,7 +113,7 @@ pub fn document_value() -> Value {
             "/api/v1/login": { "post": {
                 "summary": "Sign in with a password for a bearer token",
                 "requestBody": body("Login"),
-                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"], "415": error_responses(&["415"])["415"], "422": error_responses(&["422"])["422"], "429": error_responses(&["429"])["429"], "503": { "description": "this node is checking as many sign-ins as it may at once (wait the Retry-After seconds), or the user database is unreachable", "content": { "application/json": { "schema": schema("Error") } } } }
+                "responses": { "200": { "description": "signed in", "content": { "application/json": { "schema": schema("Token") } } }, "400": error_responses(&["400"])["400"], "401": error_responses(&["401"])["401"], "413": error_responses(&["413"])["413"], "415": error_responses(&["415"])["415"], "422": error_responses(&["422"])["422"], "429": error_responses(&["429"])["429"], "503": { "description": "this node is checking as many sign-ins as it may at once (wait the Retry-After seconds), or the user database is unreachable", "content": { "application/json": { "schema": schema("Error") } } } }
             } },
             "/api/v1/me": { "get": op("The signed-in user", ("200", "the user", schema("Me")), &["401"], json!({})) },
             "/api/v1/categories": {
