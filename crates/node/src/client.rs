@@ -42,6 +42,10 @@ pub enum ClientError {
     Local { message: String },
 }
 
+/// The message of an `Unreachable` whose request was sent and got no answer before its
+/// deadline: a hung node, as opposed to one that refused or reset the connection.
+pub const NO_ANSWER: &str = "no answer before the deadline";
+
 /// Where a node's copy of a database stands: `GET /internal/v1/db/{db}/role`.
 #[derive(Clone, Debug, serde::Deserialize, Serialize)]
 pub struct CopyRole {
@@ -164,7 +168,7 @@ impl Client {
         req.send().await.map_err(|e| ClientError::Unreachable {
             addr: addr.to_string(),
             message: if e.is_timeout() {
-                "no answer before the deadline".into()
+                NO_ANSWER.into()
             } else {
                 root(&e)
             },

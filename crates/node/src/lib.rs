@@ -33,8 +33,8 @@ mod status;
 pub mod witness;
 
 pub use client::{
-    CallAnswer, Client, ClientError, CopyRole, NODE_HEADER, REQUEST_TIMEOUT_MS, SECRET_HEADER,
-    UserApi,
+    CallAnswer, Client, ClientError, CopyRole, NO_ANSWER, NODE_HEADER, REQUEST_TIMEOUT_MS,
+    SECRET_HEADER, UserApi,
 };
 pub use error::ErrorBody;
 pub use frontend::user_token;
