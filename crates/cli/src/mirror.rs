@@ -365,7 +365,30 @@ async fn find_primary(d: &Deployment, db: &str) -> anyhow::Result<tandem_topolog
          past LSN {lsn}, if it ran unmirrored, is lost)"
     );
     let back = |p: &str| format!("bring {p} back ({})", d.revive_advice(p));
-    if told.contains("not synchronized") {
+    // The witness's own record says whether the mirror was synchronized when the primary went:
+    // the mirror's last error alternates between the witness's refusal and its pulls' failures,
+    // and the advice read from it changed from one moment to the next.
+    let unsynchronized = match d
+        .topology
+        .node(&m.node)
+        .and_then(|n| d.topology.witnesses.get(&n.site))
+        .and_then(|w| d.topology.node(w))
+    {
+        Some(w) => d
+            .client()
+            .witness(
+                &w.address,
+                &tandem_node::witness::WitnessRequest::Get {
+                    database: db.to_string(),
+                },
+            )
+            .await
+            .ok()
+            .and_then(|a| a.record)
+            .is_some_and(|r| !r.synchronized && r.primary != m.node),
+        None => false,
+    };
+    if unsynchronized || told.contains("not synchronized") {
         let primary = partner.as_deref().unwrap_or("the primary");
         bail!(
             "no node answers as primary of {db}: a planned failover needs it. Its mirror on \
