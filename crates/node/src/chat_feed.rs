@@ -195,6 +195,15 @@ pub(crate) async fn read_feed(
             sent: false,
         });
     };
+    // A node that left a call unanswered (hung): where is the primary now?
+    let first = if node.locator.suspected(&first.name) {
+        node.locator
+            .probe(&node.client, db, backup, &candidates)
+            .await
+            .unwrap_or(first)
+    } else {
+        first
+    };
     match node.client.feed(&first.address, db, after, wait_ms).await {
         Err(e) if e.retry_elsewhere() || matches!(e, crate::ClientError::Unreachable { .. }) => {
             match node

@@ -427,6 +427,31 @@ impl Load {
         }
     }
 
+    /// Waits (`within` of `t` at most) for a post acknowledged after `t`; how long after `t`
+    /// the first one was.
+    pub fn wait_acked_within(&self, t: Instant, within: Duration, what: &str) -> Duration {
+        loop {
+            let first = self
+                .acked
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, at)| *at)
+                .filter(|at| *at > t)
+                .min();
+            if let Some(at) = first {
+                let after = at.duration_since(t);
+                assert!(
+                    after <= within,
+                    "no post acknowledged {what}: the first after {after:?}"
+                );
+                return after;
+            }
+            assert!(t.elapsed() < within, "no post acknowledged {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops every poster; what was acknowledged, and when.
     pub fn stop(self) -> Vec<(Acked, Instant)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
