@@ -4,7 +4,7 @@
 //! object is refused here, naming what it is, after axum's own checks (content type, syntax,
 //! fields).
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Json, Request};
 use axum::http::StatusCode;
@@ -55,19 +55,40 @@ fn kind_of(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Whether the request says its body is JSON (`application/json`, or `application/…+json`), as
+/// axum's `Json` asks.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Object<T> {
     type Rejection = BodyRejection;
 
+    /// axum's checks, in its order (content type, body, syntax, fields), then the object's —
+    /// without handing the request to `Json` (which took a copy of its head for each request).
     async fn from_request(req: Request, state: &S) -> Result<Self, BodyRejection> {
-        let (parts, body) = req.into_parts();
-        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+        if !json_content_type(req.headers()) {
+            return Err(BodyRejection::Json(
+                axum::extract::rejection::MissingJsonContentType::default().into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| BodyRejection::Json(e.into()))?;
         let kind = kind_of(&bytes);
-        let Json(value) =
-            Json::<T>::from_request(Request::from_parts(parts, Body::from(bytes)), state)
-                .await
-                .map_err(BodyRejection::Json)?;
+        let Json(value) = Json::<T>::from_bytes(&bytes).map_err(BodyRejection::Json)?;
         match kind {
             None => Ok(Object(value)),
             Some(kind) => Err(BodyRejection::NotObject(kind)),
@@ -91,7 +112,11 @@ mod tests {
         if let Some(t) = content_type {
             req = req.header("content-type", t);
         }
-        Object::<Login>::from_request(req.body(Body::from(body.to_string())).unwrap(), &()).await
+        Object::<Login>::from_request(
+            req.body(axum::body::Body::from(body.to_string())).unwrap(),
+            &(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -114,6 +139,33 @@ mod tests {
             read(json, r#"["a","#).await.unwrap_err().status(),
             StatusCode::BAD_REQUEST
         );
+        for t in [
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/problem+json",
+        ] {
+            assert!(
+                read(Some(t), r#"{"user":"a","password":"b"}"#)
+                    .await
+                    .is_ok(),
+                "{t}"
+            );
+        }
+        for t in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "application/+json",
+        ] {
+            assert_eq!(
+                read(Some(t), r#"{"user":"a","password":"b"}"#)
+                    .await
+                    .unwrap_err()
+                    .status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{t}"
+            );
+        }
         let missing = read(json, r#"{"user":"a"}"#).await.unwrap_err();
         assert!(
             missing.body_text().contains("password"),
