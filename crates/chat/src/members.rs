@@ -46,13 +46,13 @@ pub fn members(db: &Database, user: &str, room: &str) -> Result<Vec<Member>, Cha
 /// Who changes a room's members: one of its users, under the room's rules, or the deployment's
 /// operator, who may change any room that exists (the way back for a room left without a
 /// manager or without members).
-#[derive(Clone, Copy, Debug)]
-enum Actor<'a> {
-    User(&'a str),
+#[derive(Clone, Debug)]
+enum Actor {
+    User(String),
     Operator,
 }
 
-impl Actor<'_> {
+impl Actor {
     /// The name the change's event is recorded as sent by.
     fn name(&self) -> &str {
         match self {
@@ -94,7 +94,7 @@ pub fn add_member(
     manager: bool,
 ) -> Result<Member, ChatError> {
     check_name(NameOf::User, user)?;
-    add_member_by(db, Actor::User(user), room, member, manager)
+    add_member_by(db, Actor::User(user.to_string()), room, member, manager)
 }
 
 /// Adds `member` to `room` as the deployment's operator (recorded as sent by `operator`):
@@ -113,7 +113,7 @@ pub fn add_member_as_operator(
 
 fn add_member_by(
     db: &Database,
-    actor: Actor<'_>,
+    actor: Actor,
     room: &str,
     member: &str,
     manager: bool,
@@ -124,11 +124,6 @@ fn add_member_by(
     let operator = matches!(actor, Actor::Operator);
     let (room, member) = (room.to_string(), member.to_string());
     let done = db.write(move |tx: &mut Tx<'_>| {
-        let actor = if operator {
-            Actor::Operator
-        } else {
-            Actor::User(&user)
-        };
         let r = actor.access(tx, &room)?;
         let joining = !operator && member == user;
         if !r.manager {
@@ -201,7 +196,7 @@ pub fn set_manager(
     manager: bool,
 ) -> Result<Member, ChatError> {
     check_name(NameOf::User, user)?;
-    set_manager_by(db, Actor::User(user), room, member, manager)
+    set_manager_by(db, Actor::User(user.to_string()), room, member, manager)
 }
 
 /// `set_manager` as the deployment's operator (recorded as sent by `operator`), in any room
@@ -217,7 +212,7 @@ pub fn set_manager_as_operator(
 
 fn set_manager_by(
     db: &Database,
-    actor: Actor<'_>,
+    actor: Actor,
     room: &str,
     member: &str,
     manager: bool,
@@ -228,11 +223,6 @@ fn set_manager_by(
     let operator = matches!(actor, Actor::Operator);
     let (room, member) = (room.to_string(), member.to_string());
     let done = db.write(move |tx: &mut Tx<'_>| {
-        let actor = if operator {
-            Actor::Operator
-        } else {
-            Actor::User(&user)
-        };
         let r = actor.access(tx, &room)?;
         if !r.manager {
             return Err(ChatError::Forbidden(format!(

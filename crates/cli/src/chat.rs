@@ -320,6 +320,26 @@ pub(crate) async fn chat_database_call<T: serde::de::DeserializeOwned>(
 
 /// Refuses, naming the fix, a user name that no pool homes (the operator's changes are checked
 /// here: the chat database knows no users).
+/// A change of `member`'s membership: through the users' API as `who.user` (`request`), or as
+/// the operator (`procedure` on the chat database's primary, `member` checked to be a user).
+fn as_user_or_operator(
+    d: &Deployment,
+    rt: &tokio::runtime::Runtime,
+    who: AsUserOrOperator,
+    member: &str,
+    (method, path, body): (Method, &str, Value),
+    procedure: &str,
+    args: Value,
+) -> anyhow::Result<Value> {
+    match who.user {
+        Some(u) => request(d, &As { user: u }, rt, method, path, Some(body)),
+        None => {
+            user_exists(d, rt, member)?;
+            operator_call(d, rt, procedure, args)
+        }
+    }
+}
+
 fn user_exists(d: &Deployment, rt: &tokio::runtime::Runtime, user: &str) -> anyhow::Result<()> {
     tandem_pool::users::validate_name(user)?;
     let client = d.client();
@@ -551,25 +571,19 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             manager,
             who,
         }) => {
-            let r = match who.user {
-                Some(u) => request(
-                    d,
-                    &As { user: u },
-                    &rt,
+            let r = as_user_or_operator(
+                d,
+                &rt,
+                who,
+                &user,
+                (
                     Method::POST,
                     &format!("/api/v1/rooms/{}/members", enc(&room)),
-                    Some(json!({ "user": user, "manager": manager })),
-                )?,
-                None => {
-                    user_exists(d, &rt, &user)?;
-                    operator_call(
-                        d,
-                        &rt,
-                        "chat.operator_add_member",
-                        json!({ "room": room, "member": user, "manager": manager }),
-                    )?
-                }
-            };
+                    json!({ "user": user, "manager": manager }),
+                ),
+                "chat.operator_add_member",
+                json!({ "room": room, "member": user, "manager": manager }),
+            )?;
             out.emit(&r, || {
                 format!(
                     "{user} is a {} of {room}\n",
@@ -583,25 +597,19 @@ pub fn run(d: &Deployment, cmd: ChatCommand, out: &Output) -> anyhow::Result<()>
             manager,
             who,
         }) => {
-            let r = match who.user {
-                Some(u) => request(
-                    d,
-                    &As { user: u },
-                    &rt,
+            let r = as_user_or_operator(
+                d,
+                &rt,
+                who,
+                &user,
+                (
                     Method::PATCH,
                     &format!("/api/v1/rooms/{}/members/{}", enc(&room), enc(&user)),
-                    Some(json!({ "manager": manager })),
-                )?,
-                None => {
-                    user_exists(d, &rt, &user)?;
-                    operator_call(
-                        d,
-                        &rt,
-                        "chat.operator_set_manager",
-                        json!({ "room": room, "member": user, "manager": manager }),
-                    )?
-                }
-            };
+                    json!({ "manager": manager }),
+                ),
+                "chat.operator_set_manager",
+                json!({ "room": room, "member": user, "manager": manager }),
+            )?;
             out.emit(&r, || {
                 format!(
                     "{user} is a {} of {room}\n",

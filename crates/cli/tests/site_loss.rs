@@ -321,6 +321,18 @@ fn assert_kept<'a>(
     }
 }
 
+/// Continues stopped (SIGSTOP) nodes when dropped: when the test ends, also when it fails.
+struct Continue(Vec<i32>);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: processes the test started.
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+    }
+}
+
 /// Posts `n` messages through `addr`, retrying each (a new text per attempt) until acknowledged.
 fn post_n(addr: &str, token: &str, prefix: &str, n: usize) -> Vec<(i64, u64, String)> {
     let mut acked = Vec::new();
@@ -762,16 +774,6 @@ fn comes_back_cut_off(nodes: &str, checked: &str, watch_ms: u64) {
         .iter()
         .map(|n| common::pid(&d.dir, n))
         .collect();
-    /// Continues the stopped nodes when the test ends, also when it fails.
-    struct Continue(Vec<i32>);
-    impl Drop for Continue {
-        fn drop(&mut self) {
-            for pid in &self.0 {
-                // SAFETY: processes the test started.
-                unsafe { libc::kill(*pid, libc::SIGCONT) };
-            }
-        }
-    }
     let _continue = Continue(dal.clone());
     for pid in &dal {
         // SAFETY: processes the test started.
@@ -1379,16 +1381,6 @@ fn a_frozen_site_that_wakes_after_the_failover_acknowledges_nothing_it_then_drop
         .iter()
         .map(|n| common::pid(&d.dir, n))
         .collect();
-    /// Continues the frozen nodes, also when the test fails.
-    struct Continue(Vec<i32>);
-    impl Drop for Continue {
-        fn drop(&mut self) {
-            for pid in &self.0 {
-                // SAFETY: processes the test started.
-                unsafe { libc::kill(*pid, libc::SIGCONT) };
-            }
-        }
-    }
     let frozen = Continue(atl.clone());
     for pid in &atl {
         // SAFETY: processes the test started.

@@ -40,7 +40,7 @@ impl BodyRejection {
 
 impl axum::response::IntoResponse for BodyRejection {
     fn into_response(self) -> axum::response::Response {
-        crate::error::ApiError::new(self.status(), "invalid", self.body_text()).into_response()
+        crate::error::ApiError::json(self).into_response()
     }
 }
 

@@ -1527,8 +1527,7 @@ fn heard_from_mirror(link: &Link, db: &Database, hardened: Lsn) {
 /// node were answered, then dropped by the failback (until session 34). `primary_tick` reads
 /// the share's epoch mark first.
 fn lease_may_renew(link: &Link, db: &Database) -> bool {
-    let g = db.gate().status();
-    let running = !g.lease_required || g.lease_left_ms > 0;
+    let running = db.gate().lease_running();
     let mut st = link.st();
     if running {
         // The next time it runs out, the share is read again.

@@ -152,6 +152,13 @@ impl Gate {
         }
     }
 
+    /// Whether the lease runs now (or none is required): what `status` shows as a lease left,
+    /// without the rest of the status.
+    pub fn lease_running(&self) -> bool {
+        let s = self.state.lock().expect("gate lock");
+        !s.lease_required || s.lease.is_some_and(|l| l > Instant::now())
+    }
+
     /// The copy learned of a newer epoch: every held answer fails, no write is accepted.
     pub fn fence(&self, reason: &str) {
         self.update(|s| {
